@@ -1,0 +1,142 @@
+import itertools
+
+import pytest
+import torch
+
+from lvdm.models.dit import DiT, parse_size
+from lvdm.ops.attention import attention, use_backend
+
+VARIANTS = list(itertools.product(["adaln", "cross_attn", "in_context"], ["full", "spatial_temporal"]))
+
+
+def tiny(conditioning="adaln", layout="full", **kw):
+    args = dict(in_channels=3, patch_size=(2, 4, 4), hidden_size=32, depth=2, num_heads=4,
+                conditioning=conditioning, layout=layout, context_dim=16)
+    args.update(kw)
+    return DiT(**args)
+
+
+def inputs(b=2, t=4, h=16, w=16, length=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 3, t, h, w, generator=g)
+    ctx = torch.randn(b, length, 16, generator=g)
+    mask = torch.ones(b, length, dtype=torch.bool)
+    mask[0, 3:] = False  # first caption has padding
+    return x, torch.rand(b, generator=g) * 1000, ctx, mask
+
+
+def test_dit_xl2_has_the_paper_parameter_count():
+    # DiT paper, Table 1 / Fig. 2: DiT-XL/2 for 256x256 images (latent 32x32x4), class-
+    # conditional with learned sigma: 675M parameters.
+    with torch.device("meta"):
+        model = DiT(size="XL/2", in_channels=4, out_channels=8, num_classes=1000)
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - 675e6) / 675e6 < 0.01, count
+    assert model.patch_size == (1, 2, 2) and model.hidden_size == 1152 and len(model.blocks) == 28
+
+
+def test_size_presets():
+    assert parse_size("S/4") == (12, 384, 6, 4)
+    with pytest.raises(ValueError, match="unknown DiT size"):
+        parse_size("M/2")
+
+
+@pytest.mark.parametrize("conditioning,layout", VARIANTS)
+def test_every_block_starts_as_identity(conditioning, layout):
+    torch.manual_seed(0)
+    model = tiny(conditioning, layout)
+    b, d, grid = 2, model.hidden_size, (2, 4, 4)
+    n = grid[0] * grid[1] * grid[2]
+    c = torch.randn(b, d)
+    ctx = torch.randn(b, 5, d)
+    ctx_mask = torch.ones(b, 5, dtype=torch.bool)
+    num_prefix = 6 if conditioning == "in_context" else 0
+    x = torch.randn(b, num_prefix + n, d)
+    prefix_mask = torch.ones(b, num_prefix, dtype=torch.bool) if num_prefix else None
+    mask = None
+    if num_prefix:
+        mask = torch.cat([prefix_mask, torch.ones(b, n, dtype=torch.bool)], 1) if layout == "full" else prefix_mask
+    for block in model.blocks:
+        out = block(x, None if conditioning == "in_context" else c, grid, ctx, ctx_mask, num_prefix, mask)
+        torch.testing.assert_close(out, x, rtol=0, atol=0)
+        # ...and the check can fail: once trained weights move off zero, the block acts.
+        with torch.no_grad():
+            for p in block.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        out = block(x, None if conditioning == "in_context" else c, grid, ctx, ctx_mask, num_prefix, mask)
+        assert (out - x).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("conditioning,layout", VARIANTS)
+def test_untrained_model_predicts_zero_with_right_shape(conditioning, layout):
+    model = tiny(conditioning, layout)
+    x, t, ctx, mask = inputs()
+    out = model(x, t, ctx, mask)
+    assert out.shape == x.shape
+    assert out.abs().max() == 0
+
+
+@pytest.mark.parametrize("conditioning,layout", VARIANTS)
+def test_each_variant_learns_a_tiny_batch(conditioning, layout):
+    torch.manual_seed(0)
+    model = tiny(conditioning, layout)
+    x, t, ctx, mask = inputs(b=4)
+    target = torch.randn_like(x) * 0.5 + x.mean(dim=(2, 3, 4), keepdim=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = (model(x, t, ctx, mask) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], (losses[0], losses[-1])
+
+
+@pytest.mark.parametrize("conditioning,layout", VARIANTS)
+def test_padded_caption_tokens_are_ignored(conditioning, layout):
+    torch.manual_seed(0)
+    model = tiny(conditioning, layout)
+    with torch.no_grad():  # leave the identity init so the conditioning matters
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, t, ctx, mask = inputs()
+    out = model(x, t, ctx, mask)
+    ctx2 = ctx.clone()
+    ctx2[0, 3:] = 100.0  # change only masked-out tokens of caption 0
+    torch.testing.assert_close(model(x, t, ctx2, mask), out)
+    ctx2[0, 0] = 5.0  # a real token does matter
+    assert not torch.allclose(model(x, t, ctx2, mask)[0], out[0])
+
+
+@pytest.mark.parametrize("layout", ["full", "spatial_temporal"])
+def test_any_grid_at_run_time(layout):
+    model = tiny("cross_attn", layout)
+    for t, h, w in [(2, 8, 8), (6, 12, 20), (4, 32, 16)]:
+        x, ts, ctx, mask = inputs(t=t, h=h, w=w)
+        assert model(x, ts, ctx, mask).shape == x.shape
+    with pytest.raises(ValueError, match="not divisible by the patch size"):
+        model(*inputs(t=3))
+
+
+def test_class_conditional_and_guards():
+    model = DiT(in_channels=4, patch_size=2, hidden_size=32, depth=1, num_heads=2, num_classes=10)
+    x = torch.randn(2, 4, 1, 8, 8)
+    assert model(x, torch.rand(2), class_labels=torch.tensor([1, 10])).shape == x.shape
+    with pytest.raises(ValueError, match="class_labels"):
+        model(x, torch.rand(2))
+    with pytest.raises(ValueError, match="conditioning"):
+        tiny("film")
+
+
+def test_attention_backends_agree():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g) for _ in range(3))
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    ref = attention(q, k, v, mask)
+    with use_backend("math"):
+        torch.testing.assert_close(attention(q, k, v, mask), ref)
+    # float64 reference
+    s = (q.double() @ k.double().transpose(-1, -2)) / 8**0.5
+    s = s.masked_fill(~mask[:, None, None], float("-inf"))
+    torch.testing.assert_close(ref.double(), s.softmax(-1) @ v.double(), rtol=1e-5, atol=1e-5)
