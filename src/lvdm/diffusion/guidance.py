@@ -1,0 +1,56 @@
+"""Classifier-free guidance as a wrapper around the denoiser."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _pad_tokens(x: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    extra = length - x.shape[1]
+    if extra <= 0:
+        return x, mask
+    return F.pad(x, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
+
+
+class GuidedDenoiser:
+    """``model_fn(x, t)`` that runs the denoiser on conditional and unconditional text in one
+    batch and extrapolates: ``u + scale · (c − u)``.
+
+    Args:
+        denoiser: the DiT (called as ``denoiser(x, t, context, context_mask)``).
+        context, context_mask: text tokens and mask of the prompts.
+        null_context, null_context_mask: the same for the empty prompt (one row, or one per
+            prompt).
+        scale: guidance scale; 1 disables guidance (and the second half of the batch).
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        context: torch.Tensor,
+        context_mask: torch.Tensor,
+        null_context: torch.Tensor,
+        null_context_mask: torch.Tensor,
+        scale: float,
+    ):
+        self.denoiser = denoiser
+        self.scale = scale
+        b = context.shape[0]
+        if null_context.shape[0] == 1:
+            null_context = null_context.expand(b, -1, -1)
+            null_context_mask = null_context_mask.expand(b, -1)
+        length = max(context.shape[1], null_context.shape[1])
+        self.context, self.mask = _pad_tokens(context, context_mask, length)
+        null_context, null_mask = _pad_tokens(null_context, null_context_mask, length)
+        if scale != 1.0:
+            self.context = torch.cat([self.context, null_context])
+            self.mask = torch.cat([self.mask, null_mask])
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.scale == 1.0:
+            return self.denoiser(x, t, self.context, self.mask)
+        out = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), self.context, self.mask)
+        cond, uncond = out.chunk(2)
+        return uncond + self.scale * (cond - uncond)

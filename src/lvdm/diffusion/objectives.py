@@ -1,0 +1,189 @@
+"""Diffusion objectives: what to noise, what to predict, how to sample back.
+
+An objective owns the forward process (timestep sampling, noising, regression target) and
+the matching samplers. The network is seen only through ``model_fn(x_t, t) -> prediction``,
+so classifier-free guidance (``lvdm.diffusion.guidance``) and any conditioning are bound
+outside. All samplers share one signature: ``sample(model_fn, noise, num_steps, progress)``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Callable, Literal, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Objective(ABC):
+    """Base class of the training objectives; also the sampler of its own process."""
+
+    num_sampling_steps: int
+
+    @abstractmethod
+    def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mean-squared error of the network's prediction on a noised ``x0`` (scalar)."""
+
+    @abstractmethod
+    def sample(
+        self, model_fn: ModelFn, noise: torch.Tensor, num_steps: Optional[int] = None, progress: bool = False
+    ) -> torch.Tensor:
+        """Integrate from pure ``noise`` to a clean sample."""
+
+
+class RectifiedFlow(Objective):
+    """Rectified flow / flow matching (SD3, Open-Sora 1.2).
+
+    ``x_t = (1 - t) x0 + t ε`` with ``t ∈ [0, 1]`` (1 = pure noise); the network predicts the
+    velocity ``v = ε - x0``. Training times are logit-normal (SD3); an optional shift
+    ``t' = s t / (1 + (s - 1) t)`` moves them (and the sampling grid) towards noise, with
+    ``s = shift · sqrt(numel / base_numel)`` when ``resolution_aware`` (larger videos need
+    more noise to destroy the same structure). The network sees ``t · time_scale``.
+
+    Args:
+        logit_mean: mean of the logit-normal timestep distribution.
+        logit_std: standard deviation of the logit-normal distribution.
+        shift: timestep shift ``s`` (1 = none).
+        resolution_aware: scale the shift by the latent size relative to ``base_numel``.
+        base_numel: latent elements per sample (C·T·H·W) at which the shift equals ``shift``.
+        num_sampling_steps: default number of Euler steps.
+        time_scale: factor applied to ``t`` before it reaches the network.
+    """
+
+    def __init__(
+        self,
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        shift: float = 1.0,
+        resolution_aware: bool = False,
+        base_numel: int = 4 * 32 * 32,
+        num_sampling_steps: int = 30,
+        time_scale: float = 1000.0,
+    ):
+        self.logit_mean = logit_mean
+        self.logit_std = logit_std
+        self.shift = shift
+        self.resolution_aware = resolution_aware
+        self.base_numel = base_numel
+        self.num_sampling_steps = num_sampling_steps
+        self.time_scale = time_scale
+
+    def effective_shift(self, x: torch.Tensor) -> float:
+        if not self.resolution_aware:
+            return self.shift
+        return self.shift * math.sqrt(x[0].numel() / self.base_numel)
+
+    @staticmethod
+    def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+        return shift * t / (1 + (shift - 1) * t)
+
+    def sample_time(self, x0: torch.Tensor) -> torch.Tensor:
+        u = torch.randn(x0.shape[0], device=x0.device) * self.logit_std + self.logit_mean
+        return self.shift_time(torch.sigmoid(u), self.effective_shift(x0))
+
+    def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        noise = torch.randn_like(x0) if noise is None else noise
+        t = self.sample_time(x0)
+        tb = t.view(-1, *([1] * (x0.ndim - 1)))
+        x_t = (1 - tb) * x0 + tb * noise
+        pred = model_fn(x_t, t * self.time_scale)
+        return torch.mean((pred.float() - (noise - x0).float()) ** 2)
+
+    def timesteps(self, num_steps: int, x: torch.Tensor) -> torch.Tensor:
+        """The Euler grid ``1 = t_0 > … > t_N = 0`` (shifted)."""
+        t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+        return self.shift_time(t, self.effective_shift(x))
+
+    @torch.no_grad()
+    def sample(
+        self, model_fn: ModelFn, noise: torch.Tensor, num_steps: Optional[int] = None, progress: bool = False
+    ) -> torch.Tensor:
+        """Euler integration of ``dx/dt = v`` from ``t = 1`` to ``t = 0``."""
+        grid = self.timesteps(num_steps or self.num_sampling_steps, noise)
+        x = noise
+        for i in tqdm(range(len(grid) - 1), disable=not progress, desc="sampling"):
+            t = torch.full((x.shape[0],), float(grid[i]), device=x.device)
+            v = model_fn(x, t * self.time_scale)
+            x = x + float(grid[i + 1] - grid[i]) * v.to(x.dtype)
+        return x
+
+
+class DDPM(Objective):
+    """Denoising diffusion (DDPM) with ε or v prediction; sampling with DDIM or DPM-Solver++.
+
+    The discrete process and the samplers are diffusers' schedulers, so a model trained here
+    samples with any diffusers scheduler built from :meth:`scheduler_config`.
+
+    Args:
+        prediction_type: ``epsilon`` or ``v_prediction``.
+        num_train_timesteps: length of the discrete chain.
+        beta_schedule: ``linear``, ``scaled_linear`` or ``squaredcos_cap_v2``.
+        beta_start: first β of the linear schedules.
+        beta_end: last β of the linear schedules.
+        sampler: ``ddim`` or ``dpm_solver`` (DPM-Solver++ multistep).
+        num_sampling_steps: default number of sampler steps.
+    """
+
+    def __init__(
+        self,
+        prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
+        num_train_timesteps: int = 1000,
+        beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear",
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        sampler: Literal["ddim", "dpm_solver"] = "ddim",
+        num_sampling_steps: int = 50,
+    ):
+        from diffusers import DDPMScheduler
+
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
+        if sampler not in ("ddim", "dpm_solver"):
+            raise ValueError(f"sampler must be ddim or dpm_solver, got {sampler!r}")
+        self.prediction_type = prediction_type
+        self.sampler = sampler
+        self.num_sampling_steps = num_sampling_steps
+        self.train_scheduler = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps,
+            beta_schedule=beta_schedule,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            prediction_type=prediction_type,
+            clip_sample=False,
+        )
+
+    def scheduler_config(self) -> dict:
+        return dict(self.train_scheduler.config)
+
+    def make_sampler(self):
+        """A fresh diffusers scheduler for sampling (schedulers keep per-run state)."""
+        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+        if self.sampler == "ddim":
+            return DDIMScheduler.from_config(self.train_scheduler.config, set_alpha_to_one=False)
+        return DPMSolverMultistepScheduler.from_config(self.train_scheduler.config, algorithm_type="dpmsolver++")
+
+    def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        noise = torch.randn_like(x0) if noise is None else noise
+        n = self.train_scheduler.config.num_train_timesteps
+        t = torch.randint(0, n, (x0.shape[0],), device=x0.device)
+        x_t = self.train_scheduler.add_noise(x0, noise, t)
+        target = noise if self.prediction_type == "epsilon" else self.train_scheduler.get_velocity(x0, noise, t)
+        pred = model_fn(x_t, t.float())
+        return torch.mean((pred.float() - target.float()) ** 2)
+
+    @torch.no_grad()
+    def sample(
+        self, model_fn: ModelFn, noise: torch.Tensor, num_steps: Optional[int] = None, progress: bool = False
+    ) -> torch.Tensor:
+        scheduler = self.make_sampler()
+        scheduler.set_timesteps(num_steps or self.num_sampling_steps, device=noise.device)
+        x = noise * scheduler.init_noise_sigma
+        for t in tqdm(scheduler.timesteps, disable=not progress, desc="sampling"):
+            model_in = scheduler.scale_model_input(x, t)
+            pred = model_fn(model_in, t.float().expand(x.shape[0]).to(x.device))
+            x = scheduler.step(pred, t, x).prev_sample
+        return x
