@@ -1,0 +1,54 @@
+import json
+
+import numpy as np
+import pytest
+
+from lvdm.data.synthetic import ALL_COMBOS, caption, render_clip
+from lvdm.data.video import write_mp4
+from lvdm.metrics.probe import probe_folder, probe_frames, probe_videos
+
+
+@pytest.fixture(scope="module")
+def ground_truth(tmp_path_factory):
+    """96 rendered clips (every combination twice) written as mp4, with prompts.txt."""
+    folder = tmp_path_factory.mktemp("gt")
+    rng = np.random.default_rng(7)
+    prompts = []
+    for i in range(96):
+        combo = ALL_COMBOS[i % len(ALL_COMBOS)]
+        write_mp4(folder / f"{i:03d}.mp4", render_clip(*combo, rng), fps=8)
+        prompts.append(caption(*combo))
+    (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    return folder, prompts
+
+
+def test_ground_truth_through_mp4_scores_high(ground_truth, tmp_path):
+    folder, _ = ground_truth
+    result = probe_folder(str(folder), output=str(tmp_path / "probe.json"))
+    for attribute in ("colour", "shape", "direction"):
+        assert result["counts"][attribute]["total"] == 96
+        assert result["accuracy"][attribute] >= 0.95, result["accuracy"]
+    assert json.loads((tmp_path / "probe.json").read_text())["accuracy"] == result["accuracy"]
+
+
+def test_wrong_prompts_score_zero(ground_truth):
+    folder, prompts = ground_truth
+    videos = sorted(folder.glob("*.mp4"))[:4]
+    assert prompts[:4] == [f"a red square moving {d}" for d in ("left", "right", "up", "down")]
+    result = probe_videos(videos, ["a green triangle moving " + d for d in ("right", "left", "down", "up")])
+    assert result["accuracy"] == {"colour": 0.0, "shape": 0.0, "direction": 0.0, "all": 0.0}
+
+
+def test_sidecar_prompts_and_partial_prompts(tmp_path):
+    rng = np.random.default_rng(0)
+    write_mp4(tmp_path / "a.mp4", render_clip("green", "circle", "down", rng))
+    (tmp_path / "a.txt").write_text("a green blob")
+    result = probe_folder(str(tmp_path))
+    assert result["counts"]["colour"]["total"] == 1 and result["counts"]["shape"]["total"] == 0
+    assert result["accuracy"]["colour"] == 1.0 and result["accuracy"]["shape"] is None
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        probe_folder(str(tmp_path), prompts=str(tmp_path / "nope.txt"))
+
+
+def test_empty_frames_give_none():
+    assert probe_frames(np.zeros((4, 32, 32, 3), np.uint8)) == {"colour": None, "shape": None, "direction": None}
