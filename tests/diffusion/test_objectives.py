@@ -135,3 +135,24 @@ def test_guidance_wrapper():
     assert calls == [4]
     GuidedDenoiser(denoiser, ctx, mask, null, null_mask, scale=1.0)(x, torch.zeros(2))
     assert calls[-1] == 2
+
+
+@pytest.mark.parametrize("prediction", ["velocity", "sample"])
+@pytest.mark.parametrize("shift", [1.0, 2.5])
+def test_flow_oracle_for_a_point_mass_recovers_the_point(prediction, shift):
+    """For data that is a single point x*, the exact network output is known in closed form
+    (velocity (x_t - x*)/t, or the sample x*); the sampler must land on x*."""
+    target = noise(5)
+    obj = RectifiedFlow(prediction=prediction, shift=shift, num_sampling_steps=7)
+
+    def oracle(x_t, t_scaled):
+        if prediction == "sample":
+            return target.expand_as(x_t)
+        t = (t_scaled / obj.time_scale).view(-1, 1, 1, 1, 1)
+        return (x_t - target) / t
+
+    torch.testing.assert_close(obj.sample(oracle, noise(6)), target, rtol=1e-5, atol=1e-5)
+    # the training loss of the oracle is zero (up to the min_t clamp, which the draw avoids)
+    torch.manual_seed(0)
+    obj.logit_std = 0.1
+    assert obj.training_loss(oracle, target, noise(7)).item() < 1e-8

@@ -43,6 +43,12 @@ class RectifiedFlow(Objective):
     ``s = shift · sqrt(numel / base_numel)`` when ``resolution_aware`` (larger videos need
     more noise to destroy the same structure). The network sees ``t · time_scale``.
 
+    ``prediction="sample"`` makes the network predict the clean sample ``x0`` instead of the
+    velocity, converted to ``v = (x_t - x0) / t`` for the loss and the sampler (JiT, Li & He
+    2025). With large patches of raw pixels the velocity is mostly noise, which a token
+    narrower than its patch cannot carry; the clean sample lies on a low-dimensional manifold
+    that it can. ``min_t`` bounds the ``1 / t`` of that conversion.
+
     Args:
         logit_mean: mean of the logit-normal timestep distribution.
         logit_std: standard deviation of the logit-normal distribution.
@@ -51,6 +57,8 @@ class RectifiedFlow(Objective):
         base_numel: latent elements per sample (C·T·H·W) at which the shift equals ``shift``.
         num_sampling_steps: default number of Euler steps.
         time_scale: factor applied to ``t`` before it reaches the network.
+        prediction: what the network outputs: ``velocity`` (ε − x0) or ``sample`` (x0).
+        min_t: lower bound on ``t`` when converting a sample prediction to a velocity.
     """
 
     def __init__(
@@ -62,7 +70,13 @@ class RectifiedFlow(Objective):
         base_numel: int = 4 * 32 * 32,
         num_sampling_steps: int = 30,
         time_scale: float = 1000.0,
+        prediction: Literal["velocity", "sample"] = "velocity",
+        min_t: float = 0.05,
     ):
+        if prediction not in ("velocity", "sample"):
+            raise ValueError(f"prediction must be velocity or sample, got {prediction!r}")
+        self.prediction = prediction
+        self.min_t = min_t
         self.logit_mean = logit_mean
         self.logit_std = logit_std
         self.shift = shift
@@ -80,6 +94,14 @@ class RectifiedFlow(Objective):
     def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
         return shift * t / (1 + (shift - 1) * t)
 
+    def velocity(self, model_fn: ModelFn, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's velocity estimate at ``(x_t, t)`` whatever it predicts."""
+        out = model_fn(x_t, t * self.time_scale)
+        if self.prediction == "velocity":
+            return out
+        tb = t.clamp(min=self.min_t).view(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)
+        return (x_t - out) / tb
+
     def sample_time(self, x0: torch.Tensor) -> torch.Tensor:
         u = torch.randn(x0.shape[0], device=x0.device) * self.logit_std + self.logit_mean
         return self.shift_time(torch.sigmoid(u), self.effective_shift(x0))
@@ -89,7 +111,7 @@ class RectifiedFlow(Objective):
         t = self.sample_time(x0)
         tb = t.view(-1, *([1] * (x0.ndim - 1)))
         x_t = (1 - tb) * x0 + tb * noise
-        pred = model_fn(x_t, t * self.time_scale)
+        pred = self.velocity(model_fn, x_t, t)
         return torch.mean((pred.float() - (noise - x0).float()) ** 2)
 
     def timesteps(self, num_steps: int, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +128,7 @@ class RectifiedFlow(Objective):
         x = noise
         for i in tqdm(range(len(grid) - 1), disable=not progress, desc="sampling"):
             t = torch.full((x.shape[0],), float(grid[i]), device=x.device)
-            v = model_fn(x, t * self.time_scale)
+            v = self.velocity(model_fn, x, t)
             x = x + float(grid[i + 1] - grid[i]) * v.to(x.dtype)
         return x
 

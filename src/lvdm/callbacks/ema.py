@@ -1,0 +1,141 @@
+"""Exponential moving average of the weights, kept in the callback's own state.
+
+Lightning's ``EMAWeightAveraging`` keeps the average inside an ``AveragedModel`` that
+DeepSpeed checkpoints lose (ZeRO-2) or cannot build (ZeRO-3). Here the average is a plain
+``{parameter name: tensor}`` dict that this callback owns and that Lightning stores under
+``checkpoint["callbacks"]``, so it travels with any strategy's checkpoint and can be read
+back without the training code (:func:`load_ema_weights`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class EMA(Callback):
+    """Keep an exponential moving average of every trainable parameter.
+
+    Args:
+        decay: EMA decay per update.
+        warmup: use ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so early
+            averages are not dominated by the random initialisation.
+        every_n_steps: update every this many optimizer steps.
+        validate_with_ema: swap the averaged weights in for validation and testing.
+    """
+
+    def __init__(self, decay: float = 0.999, warmup: bool = True, every_n_steps: int = 1, validate_with_ema: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.warmup = warmup
+        self.every_n_steps = every_n_steps
+        self.validate_with_ema = validate_with_ema
+        self.shadow: dict[str, torch.Tensor] = {}
+        self.num_updates = 0
+        self._backup: dict[str, torch.Tensor] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "EMA"
+
+    def _params(self, pl_module: L.LightningModule) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        params = self._params(pl_module)
+        if not self.shadow:  # fresh run (a resumed run already loaded its state)
+            self.shadow = {n: p.detach().float().clone() for n, p in params.items()}
+        else:
+            missing = set(params) - set(self.shadow)
+            if missing:
+                raise KeyError(f"EMA state has no entry for parameters {sorted(missing)[:5]}")
+            self.shadow = {n: t.to(params[n].device) for n, t in self.shadow.items()}
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step % self.every_n_steps:
+            return
+        decay = self.current_decay()
+        params = self._params(pl_module)
+        shadow = [self.shadow[n] for n in params]
+        torch._foreach_lerp_(shadow, [p.detach().float() for p in params.values()], 1.0 - decay)
+        self.num_updates += 1
+
+    @contextlib.contextmanager
+    def averaged_weights(self, pl_module: L.LightningModule) -> Iterator[None]:
+        """Temporarily load the averaged weights into ``pl_module``."""
+        if not self.shadow:
+            yield
+            return
+        params = self._params(pl_module)
+        backup = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self.shadow[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(backup[n])
+
+    def _swap_in(self, pl_module: L.LightningModule) -> None:
+        if self.validate_with_ema and self.shadow and self._backup is None:
+            params = self._params(pl_module)
+            self._backup = {n: p.detach().clone() for n, p in params.items()}
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(self.shadow[n])
+
+    def _swap_out(self, pl_module: L.LightningModule) -> None:
+        if self._backup is not None:
+            with torch.no_grad():
+                for n, p in self._params(pl_module).items():
+                    p.copy_(self._backup[n])
+            self._backup = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._swap_in(pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._swap_out(pl_module)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._swap_in(pl_module)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._swap_out(pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shadow": {n: t.cpu() for n, t in self.shadow.items()}, "num_updates": self.num_updates, "decay": self.decay}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.shadow = dict(state_dict["shadow"])
+        self.num_updates = int(state_dict["num_updates"])
+
+
+def load_ema_weights(checkpoint: dict, module: torch.nn.Module) -> bool:
+    """Copy the EMA weights stored in a Lightning ``checkpoint`` dict into ``module``.
+
+    Returns False (and changes nothing) when the checkpoint carries no EMA state."""
+    state = checkpoint.get("callbacks", {}).get("EMA")
+    if not state:
+        return False
+    params = dict(module.named_parameters())
+    unknown = set(state["shadow"]) - set(params)
+    if unknown:
+        raise KeyError(f"EMA state names parameters the model does not have: {sorted(unknown)[:5]}")
+    with torch.no_grad():
+        for n, t in state["shadow"].items():
+            params[n].copy_(t)
+    return True
