@@ -123,7 +123,10 @@ class LatentDiffusionModule(L.LightningModule):
         return [c if k else "" for c, k in zip(captions, keep.tolist())]
 
     def diffusion_loss(self, batch: dict) -> torch.Tensor:
-        latents = self.compressor.encode(batch["video"])
+        if "latent" in batch:  # precomputed raw latents (LatentDataModule)
+            latents = self.compressor.normalize(batch["latent"])
+        else:
+            latents = self.compressor.encode(batch["video"])
         ctx, mask = self.encode_text(self.drop_captions(batch["caption"]))
         return self.objective.training_loss(lambda x, t: self.denoiser(x, t, ctx, mask), latents)
 

@@ -1,15 +1,24 @@
-"""``VideoDataModule``: streams captioned mp4 clips from WebDataset shards.
+"""Data modules that stream samples from WebDataset shards.
 
-Nothing is loaded up front: shards are read as tar streams, samples are shuffled as raw bytes
-in a bounded buffer, and clips are decoded on the fly by :func:`lvdm.data.video.decode_clip`.
+:class:`ShardDataModule` holds everything that is not about the sample format: shard lists,
+resampling, the split across ranks and DataLoader workers, shuffling, batching, exact per-rank
+batch counts, and skipping (and counting) unreadable samples. Its subclasses only say how one
+raw sample becomes tensors: :class:`VideoDataModule` decodes ``key.mp4`` clips on the fly,
+:class:`LatentDataModule` reads precomputed raw latents (``key.latent.npy``, written by
+:func:`lvdm.data.latents.encode_shards`).
+
+Nothing is loaded up front: shards are read as tar streams and samples are shuffled as raw
+bytes in a bounded buffer before they are decoded.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import multiprocessing
 import random
 import warnings
+from abc import ABC, abstractmethod
 
 import lightning as L
 import numpy as np
@@ -20,7 +29,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from lvdm.data.shards import resolve_shards
 from lvdm.data.video import decode_clip
 
-__all__ = ["VideoDataModule", "SkipCounter"]
+__all__ = ["ShardDataModule", "VideoDataModule", "LatentDataModule", "SkipCounter"]
 
 
 class SkipCounter:
@@ -76,13 +85,14 @@ class _Shuffle:
         return wds.shuffle(self.bufsize, rng=rng)(samples)
 
 
-class _DecodeClips:
-    """Pipeline stage: raw samples -> ``{"video", "caption", "key"}``, skipping bad samples."""
+class _DecodeSamples:
+    """Pipeline stage: raw samples -> dicts by ``decode(sample, rng, random_start)`` plus
+    ``"key"``, skipping (with a warning) and counting samples it rejects with ``ValueError`` or
+    ``KeyError``."""
 
-    def __init__(self, num_frames: int, frame_interval: int, resolution: int | tuple[int, int],
-                 random_start: bool, seed: int, rank: int, skipped: SkipCounter) -> None:
-        self.num_frames, self.frame_interval, self.resolution = num_frames, frame_interval, resolution
-        self.random_start, self.seed, self.rank, self.skipped = random_start, seed, rank, skipped
+    def __init__(self, decode, random_start: bool, seed: int, rank: int, skipped: SkipCounter) -> None:
+        self.decode, self.random_start = decode, random_start
+        self.seed, self.rank, self.skipped = seed, rank, skipped
         self.epoch = 0
 
     def __call__(self, samples):
@@ -91,14 +101,12 @@ class _DecodeClips:
         for sample in samples:
             key, shard = sample.get("__key__"), sample.get("__url__")
             try:
-                video = decode_clip(sample["mp4"], self.num_frames, self.frame_interval, self.resolution,
-                                    random_start=self.random_start, rng=rng, name=repr(key))
-                caption = sample["txt"].decode("utf-8")
-            except (ValueError, KeyError) as exc:  # corrupt/short video, bad text, missing entry
+                decoded = self.decode(sample, rng, self.random_start)
+            except (ValueError, KeyError) as exc:  # corrupt/short data, bad text, missing entry
                 self.skipped.add()
                 warnings.warn(f"skipping sample {key!r} in shard {shard}: {type(exc).__name__}: {exc}")
                 continue
-            yield {"video": video, "caption": caption, "key": key}
+            yield {**decoded, "key": key}
 
 
 class _WorkerShare:
@@ -127,8 +135,19 @@ class _EpochPipeline(wds.DataPipeline):
 
 
 def _collate(samples: list[dict]) -> dict:
-    return {"video": torch.stack([s["video"] for s in samples]),
-            "caption": [s["caption"] for s in samples], "key": [s["key"] for s in samples]}
+    """Stack tensor fields (which must agree in shape) and list the others."""
+    batch = {}
+    for name, first in samples[0].items():
+        values = [sample[name] for sample in samples]
+        if isinstance(first, torch.Tensor):
+            shapes = [tuple(v.shape) for v in values]
+            if len(set(shapes)) > 1:
+                found = ", ".join(f"{s['key']!r}: {list(shape)}" for s, shape in zip(samples, shapes))
+                raise ValueError(f"cannot batch {name!r} tensors of different shapes ({found}); "
+                                 f"were these shards written with different settings?")
+            values = torch.stack(values)
+        batch[name] = values
+    return batch
 
 
 def _same_stream() -> int:
@@ -137,40 +156,34 @@ def _same_stream() -> int:
     return 0
 
 
-class VideoDataModule(L.LightningDataModule):
-    """Captioned video clips from WebDataset shards (``key.mp4`` + ``key.txt`` [+ ``key.json``]).
-
-    Batches are ``{"video": float [B, 3, T, H, W] in [-1, 1], "caption": list[str], "key":
-    list[str]}``.
+class ShardDataModule(L.LightningDataModule, ABC):
+    """Samples from WebDataset shards; subclasses define the sample format in :meth:`decode_sample`.
 
     Training samples shards with replacement (``webdataset.ResampledShards``, seeded by
     ``seed`` and the epoch), deals the draws out across ranks and DataLoader workers, shuffles
-    samples in a buffer, decodes a random valid window of each clip, and stops after exactly
+    samples in a buffer, decodes them, and stops after exactly
     ``samples_per_epoch // (batch_size * world_size)`` full batches on every rank, so uneven
     shards can never leave one rank waiting in a collective.
 
-    Validation reads every val shard once, in order, without shuffling, from the first frame:
-    rank ``r`` of ``n`` reads shards ``r, r + n, ...`` (so ranks may get different batch
-    counts; keep the number of val shards a multiple of the world size for equal counts), and
-    if there are fewer val shards than ranks every rank reads all of them, rather than some
-    ranks having none. The last batch may be smaller than ``batch_size``.
+    Validation reads every val shard once, in order, without shuffling: rank ``r`` of ``n``
+    reads shards ``r, r + n, ...`` (so ranks may get different batch counts; keep the number of
+    val shards a multiple of the world size for equal counts), and if there are fewer val shards
+    than ranks every rank reads all of them, rather than some ranks having none. The last batch
+    may be smaller than ``batch_size``.
 
-    Unreadable samples (corrupt or truncated mp4, too few frames, missing entries) are skipped
-    with a warning naming the key and shard, and counted: read ``datamodule.skipped`` (this
-    rank's total since ``setup``, including counts made in DataLoader workers).
+    Unreadable samples are skipped with a warning naming the key and shard, and counted: read
+    ``datamodule.skipped`` (this rank's total since ``setup``, including counts made in
+    DataLoader workers).
 
     Args:
         train_shards: Train shards: a directory, glob, brace pattern, file, or a list of these.
         val_shards: Validation shards, same forms; ``None`` for no validation.
-        batch_size: Clips per batch on each rank.
-        num_frames: Frames per clip.
-        frame_interval: Step between taken frames (1 = consecutive frames).
-        resolution: Clip ``(height, width)``, or one int for a square; videos are resized to
-            cover it and centre-cropped.
+        batch_size: Samples per batch on each rank.
         num_workers: DataLoader worker processes per rank (0 decodes in the main process).
-        samples_per_epoch: Train clips per epoch over all ranks (rounded down to whole batches).
+        samples_per_epoch: Train samples per epoch over all ranks (rounded down to whole batches).
         shuffle_buffer: Samples held in the train shuffle buffer (0 or 1 disables shuffling).
-        seed: Seed for shard sampling, shuffling and clip start positions.
+        seed: Seed for shard sampling, shuffling and any random choice made while decoding.
+        test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
     """
 
     def __init__(
@@ -178,24 +191,32 @@ class VideoDataModule(L.LightningDataModule):
         train_shards: str | list[str],
         val_shards: str | list[str] | None = None,
         batch_size: int = 16,
-        num_frames: int = 8,
-        frame_interval: int = 1,
-        resolution: int | tuple[int, int] = 32,
         num_workers: int = 0,
         samples_per_epoch: int = 4096,
         shuffle_buffer: int = 1000,
         seed: int = 0,
+        test_shards: str | list[str] | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or num_frames < 1 or frame_interval < 1 or num_workers < 0:
-            raise ValueError("batch_size, num_frames and frame_interval must be >= 1 and num_workers >= 0")
-        self.train_shards, self.val_shards = train_shards, val_shards
-        self.batch_size, self.num_frames, self.frame_interval = batch_size, num_frames, frame_interval
-        self.resolution, self.num_workers = resolution, num_workers
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+        self.train_shards, self.val_shards, self.test_shards = train_shards, val_shards, test_shards
+        self.batch_size, self.num_workers = batch_size, num_workers
         self.samples_per_epoch, self.shuffle_buffer, self.seed = samples_per_epoch, shuffle_buffer, seed
         self.train_urls: list[str] | None = None
         self.val_urls: list[str] | None = None
+        self.test_urls: list[str] | None = None
         self._skipped: SkipCounter | None = None
+
+    @abstractmethod
+    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
+        """One raw WebDataset sample (``{"__key__", "__url__", extension: bytes, ...}``) → a
+        dict of tensors and strings (without ``"key"``, which is added).
+
+        ``random_start`` is true for training (take a random window where the format has a
+        choice; draw from ``rng``) and false for evaluation. Raise ``ValueError`` or
+        ``KeyError`` for an unreadable sample: it is then skipped and counted.
+        """
 
     @property
     def skipped(self) -> int:
@@ -214,14 +235,18 @@ class VideoDataModule(L.LightningDataModule):
             self.train_urls = resolve_shards(self.train_shards)
         if self.val_shards is not None and stage in (None, "fit", "validate"):
             self.val_urls = resolve_shards(self.val_shards)
+        if stage in (None, "test"):
+            test = self.test_shards if self.test_shards is not None else self.val_shards
+            if test is None:
+                raise ValueError(f"{type(self).__name__} has neither test_shards nor val_shards to test on")
+            self.test_urls = resolve_shards(test)
         if self._skipped is None:
             self._skipped = SkipCounter()  # made here, not in __init__, so the module stays picklable
 
-    def _decoder(self, random_start: bool, rank: int) -> _DecodeClips:
+    def _decoder(self, random_start: bool, rank: int) -> _DecodeSamples:
         if self._skipped is None:
-            raise RuntimeError("call VideoDataModule.setup() before asking for a dataloader")
-        return _DecodeClips(self.num_frames, self.frame_interval, self.resolution, random_start,
-                            self.seed, rank, self._skipped)
+            raise RuntimeError(f"call {type(self).__name__}.setup() before asking for a dataloader")
+        return _DecodeSamples(self.decode_sample, random_start, self.seed, rank, self._skipped)
 
     def _loader(self, dataset) -> DataLoader:
         # Persistent workers keep the pipeline's epoch counters, so each epoch draws new shards.
@@ -231,7 +256,7 @@ class VideoDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Endless resampled stream cut to the same number of full batches on every rank."""
         if self.train_urls is None:
-            raise RuntimeError("call VideoDataModule.setup('fit') before asking for train_dataloader")
+            raise RuntimeError(f"call {type(self).__name__}.setup('fit') before asking for train_dataloader")
         world_size, rank = self._world()
         batches = self.samples_per_epoch // (self.batch_size * world_size)
         if batches == 0:
@@ -257,11 +282,113 @@ class VideoDataModule(L.LightningDataModule):
         if self.val_shards is None:
             return []
         if self.val_urls is None:
-            raise RuntimeError("call VideoDataModule.setup('fit' or 'validate') before asking for val_dataloader")
+            raise RuntimeError(f"call {type(self).__name__}.setup('fit' or 'validate') before asking for val_dataloader")
+        return self._eval_loader(self.val_urls)
+
+    def test_dataloader(self) -> DataLoader:
+        """Like :meth:`val_dataloader`, over ``test_shards`` (or the val shards when not given)."""
+        if self.test_urls is None:
+            raise RuntimeError(f"call {type(self).__name__}.setup('test') before asking for test_dataloader")
+        return self._eval_loader(self.test_urls)
+
+    def _eval_loader(self, urls: list[str]) -> DataLoader:
         world_size, rank = self._world()
-        stages = [wds.SimpleShardList(self.val_urls)]
-        if len(self.val_urls) >= world_size:
+        stages = [wds.SimpleShardList(urls)]
+        if len(urls) >= world_size:
             stages.append(_SplitByRank(rank, world_size))
         stages += [wds.split_by_worker, wds.tarfile_to_samples(handler=wds.warn_and_continue),
                    self._decoder(False, rank), wds.batched(self.batch_size, collation_fn=_collate, partial=True)]
         return self._loader(wds.DataPipeline(*stages))
+
+
+class VideoDataModule(ShardDataModule):
+    """Captioned video clips from WebDataset shards (``key.mp4`` + ``key.txt`` [+ ``key.json``]).
+
+    Batches are ``{"video": float [B, 3, T, H, W] in [-1, 1], "caption": list[str], "key":
+    list[str]}``. Clips are decoded on the fly (:func:`lvdm.data.video.decode_clip`): a random
+    valid window of each clip in training, from the first frame in validation and test.
+
+    Sampling, rank/worker split, exact per-rank batch counts and validation order are those of
+    :class:`ShardDataModule`. Unreadable samples (corrupt or truncated mp4, too few frames,
+    missing entries) are skipped with a warning naming the key and shard, and counted in
+    ``datamodule.skipped``.
+
+    Args:
+        train_shards: Train shards: a directory, glob, brace pattern, file, or a list of these.
+        val_shards: Validation shards, same forms; ``None`` for no validation.
+        batch_size: Clips per batch on each rank.
+        num_frames: Frames per clip.
+        frame_interval: Step between taken frames (1 = consecutive frames).
+        resolution: Clip ``(height, width)``, or one int for a square; videos are resized to
+            cover it and centre-cropped.
+        num_workers: DataLoader worker processes per rank (0 decodes in the main process).
+        samples_per_epoch: Train clips per epoch over all ranks (rounded down to whole batches).
+        shuffle_buffer: Samples held in the train shuffle buffer (0 or 1 disables shuffling).
+        seed: Seed for shard sampling, shuffling and clip start positions.
+        test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
+    """
+
+    def __init__(
+        self,
+        train_shards: str | list[str],
+        val_shards: str | list[str] | None = None,
+        batch_size: int = 16,
+        num_frames: int = 8,
+        frame_interval: int = 1,
+        resolution: int | tuple[int, int] = 32,
+        num_workers: int = 0,
+        samples_per_epoch: int = 4096,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        test_shards: str | list[str] | None = None,
+    ) -> None:
+        super().__init__(train_shards, val_shards, batch_size=batch_size, num_workers=num_workers,
+                         samples_per_epoch=samples_per_epoch, shuffle_buffer=shuffle_buffer, seed=seed,
+                         test_shards=test_shards)
+        if num_frames < 1 or frame_interval < 1:
+            raise ValueError(f"num_frames and frame_interval must be >= 1, got {num_frames}, {frame_interval}")
+        self.num_frames, self.frame_interval, self.resolution = num_frames, frame_interval, resolution
+
+    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
+        """``key.mp4`` → ``"video"`` ``[3, T, H, W]``, ``key.txt`` → ``"caption"``."""
+        video = decode_clip(sample["mp4"], self.num_frames, self.frame_interval, self.resolution,
+                            random_start=random_start, rng=rng, name=repr(sample.get("__key__")))
+        return {"video": video, "caption": sample["txt"].decode("utf-8")}
+
+
+class LatentDataModule(ShardDataModule):
+    """Precomputed raw latents from latent shards (``key.latent.npy`` + ``key.txt`` + ``key.json``).
+
+    The shards are written by ``lvdm data encode`` (:func:`lvdm.data.latents.encode_shards`).
+
+    Batches are ``{"latent": float32 [B, c, t, h, w] raw latents, "caption": list[str], "key":
+    list[str]}``. The latents are *raw*: :class:`lvdm.module.LatentDiffusionModule` normalises
+    them with its compressor's ``scale_factor``/``shift_factor``, so the model's compressor must
+    be the one that encoded the shards (their ``key.json`` names it). Reading a latent costs
+    no video decoding, which makes this the fast data path for training.
+
+    Sampling, rank/worker split, exact per-rank batch counts and validation order are those of
+    :class:`ShardDataModule`. Unreadable samples (a corrupt or non-4-D ``.latent.npy``, missing
+    entries) are skipped with a warning and counted in ``datamodule.skipped``; latents of
+    different shapes in one batch raise a ``ValueError`` naming their keys.
+
+    Args:
+        train_shards: Train latent shards: a directory, glob, brace pattern, file, or a list of these.
+        val_shards: Validation latent shards, same forms; ``None`` for no validation.
+        batch_size: Latents per batch on each rank.
+        num_workers: DataLoader worker processes per rank (0 reads in the main process).
+        samples_per_epoch: Train samples per epoch over all ranks (rounded down to whole batches).
+        shuffle_buffer: Samples held in the train shuffle buffer (0 or 1 disables shuffling).
+        seed: Seed for shard sampling and shuffling.
+        test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
+    """
+
+    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
+        """``key.latent.npy`` → ``"latent"`` float32 ``[c, t, h, w]``, ``key.txt`` → ``"caption"``."""
+        try:
+            latent = np.load(io.BytesIO(sample["latent.npy"]), allow_pickle=False)
+        except (OSError, EOFError) as exc:  # np.load's errors for truncated or foreign data
+            raise ValueError(f"cannot read latent.npy: {exc}") from exc
+        if latent.ndim != 4:
+            raise ValueError(f"latent has shape {list(latent.shape)}; expected 4-D [c, t, h, w]")
+        return {"latent": torch.from_numpy(latent.astype(np.float32)), "caption": sample["txt"].decode("utf-8")}

@@ -1,0 +1,141 @@
+"""Precompute a compressor's raw latents once: video shards → latent shards.
+
+Decoding an mp4 clip costs milliseconds of CPU per sample on every epoch; a latent shard
+stores the compressor's *raw* latent instead (``key.latent.npy``), so training reads a small
+array and skips both video decoding and the compressor's encoder. Raw rather than normalised
+latents are stored (as in NVlabs/edm2), so the shards stay valid when ``scale_factor`` or
+``shift_factor`` change; :class:`lvdm.data.datamodule.LatentDataModule` reads them back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from tqdm import tqdm
+
+from lvdm.compressors.base import Compressor
+from lvdm.compressors.pixels import PixelCompressor
+from lvdm.data.shards import _is_remote, resolve_shards
+from lvdm.data.video import decode_clip
+
+__all__ = ["encode_shards"]
+
+
+def encode_shards(
+    shards: str | list[str],
+    out: str,
+    compressor: Compressor | None = None,
+    num_frames: int = 8,
+    frame_interval: int = 1,
+    resolution: int | tuple[int, int] = 32,
+    batch_size: int = 16,
+    dtype: str = "float16",
+    device: str = "cpu",
+) -> dict:
+    """Encode video shards into latent shards of raw compressor latents, for LatentDataModule.
+
+    Each input shard is read once, in order; every clip is decoded from its first frame like
+    validation clips (:func:`lvdm.data.video.decode_clip`) and encoded with
+    ``compressor.encode_raw``. Each input shard gives one output shard of the same file name
+    in ``out`` (``train-000000.tar`` → ``out/train-000000.tar``) holding, per clip,
+    ``key.latent.npy`` (the raw latent ``[c, t, h, w]``), ``key.txt`` (the caption, unchanged)
+    and ``key.json`` (the input metadata plus ``latent_shape``, ``compressor``,
+    ``scale_factor``, ``shift_factor``, ``num_frames``, ``frame_interval`` and ``resolution``).
+    Unreadable clips are skipped with a warning naming the key and shard, and counted. When
+    all input shards lie in one local directory, its ``*.txt`` files (e.g. ``val_prompts.txt``)
+    are copied to ``out`` too.
+
+    Args:
+        shards: Video shards: a directory, glob, brace pattern, file, or a list of these.
+        out: Output directory for the latent shards (created if needed).
+        compressor: The compressor whose raw latents to store (default: the identity,
+            :class:`~lvdm.compressors.pixels.PixelCompressor`). Train with the same one.
+        num_frames: Frames per clip.
+        frame_interval: Step between taken frames (1 = consecutive frames).
+        resolution: Clip ``(height, width)``, or one int for a square; videos are resized to
+            cover it and centre-cropped.
+        batch_size: Clips encoded together.
+        dtype: numpy floating dtype the latents are stored in (``float16`` halves the size).
+        device: Torch device the compressor runs on (``cpu``, ``cuda``, ``cuda:1``...).
+
+    Returns:
+        Summary dict: ``out``, ``shards`` (written paths), ``encoded``, ``skipped``,
+        ``latent_shape``, ``seconds``.
+    """
+    store = np.dtype(dtype)
+    if store.kind != "f":
+        raise ValueError(f"dtype must be a numpy floating type such as 'float16' or 'float32', got {dtype!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    compressor = (compressor or PixelCompressor()).to(device)
+    compressor.latent_shape(num_frames, *size)  # fails early when sizes do not fit the downsampling
+    urls = resolve_shards(shards)
+    names = [os.path.basename(url) for url in urls]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"input shards share file names {twice}; output shards keep the input names, "
+                         f"so encode each set into its own out directory")
+    root = Path(out)
+    if any(not _is_remote(url) and Path(url).resolve() == (root / name).resolve() for url, name in zip(urls, names)):
+        raise ValueError(f"out={out} is the directory of the input shards; the latent shards would overwrite them")
+    root.mkdir(parents=True, exist_ok=True)
+    extra = {
+        "compressor": f"{type(compressor).__module__}.{type(compressor).__qualname__}",
+        "scale_factor": compressor.scale_factor, "shift_factor": compressor.shift_factor,
+        "num_frames": num_frames, "frame_interval": frame_interval, "resolution": list(size),
+    }
+
+    summary = {"out": str(root), "shards": [], "encoded": 0, "skipped": 0, "latent_shape": None}
+    bar = tqdm(desc="encoding clips", unit="clip")
+
+    def encode(batch: list[tuple[str, torch.Tensor, bytes, dict]], sink: wds.TarWriter) -> None:
+        with torch.no_grad():
+            latents = compressor.encode_raw(torch.stack([clip for _, clip, _, _ in batch]).to(device))
+        for (key, _, text, meta), latent in zip(batch, latents.float().cpu().numpy().astype(store)):
+            sink.write({"__key__": key, "latent.npy": latent, "txt": text,
+                        "json": {**meta, "latent_shape": list(latent.shape), **extra}})
+        summary["latent_shape"] = list(latents.shape[1:])
+        summary["encoded"] += len(batch)
+        bar.update(len(batch))
+
+    start = time.perf_counter()
+    with bar:
+        for url, name in zip(urls, names):
+            path = root / name
+            with wds.TarWriter(str(path)) as sink:
+                batch: list[tuple[str, torch.Tensor, bytes, dict]] = []
+                for sample in wds.WebDataset(url, shardshuffle=False):
+                    key = sample["__key__"]
+                    try:
+                        clip = decode_clip(sample["mp4"], num_frames, frame_interval, size, name=repr(key))
+                        text = sample["txt"]
+                        meta = json.loads(sample["json"]) if "json" in sample else {}
+                    except (ValueError, KeyError) as exc:  # corrupt/short video, bad json, missing entry
+                        summary["skipped"] += 1
+                        warnings.warn(f"skipping sample {key!r} in shard {url}: {type(exc).__name__}: {exc}")
+                        continue
+                    batch.append((key, clip, text, meta))
+                    if len(batch) == batch_size:
+                        encode(batch, sink)
+                        batch = []
+                if batch:
+                    encode(batch, sink)
+            summary["shards"].append(str(path))
+    parents = {os.path.dirname(os.path.abspath(url)) for url in urls if not _is_remote(url)}
+    if len(parents) == 1 and not any(_is_remote(url) for url in urls):  # one local directory
+        for prompts in sorted(Path(parents.pop()).glob("*.txt")):
+            shutil.copy(prompts, root / prompts.name)
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    print(f"encoded {summary['encoded']} clips into {len(summary['shards'])} latent shards in {root}/ "
+          f"(latent {summary['latent_shape']} {store.name}), skipped {summary['skipped']}, "
+          f"{summary['seconds']} s")
+    return summary
