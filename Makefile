@@ -8,10 +8,10 @@ DEMO_DIR ?= demo_out
 
 .PHONY: demo test venv clean
 
+# torch first, pinned: on these machines 2.13.0 is a local CPU wheel, while an unpinned torch
+# would pull several GB of CUDA packages.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# torch first, pinned: on these machines 2.13.0 is a local CPU wheel, while an unpinned
-	# torch would pull several GB of CUDA packages.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@

@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--num_train", type=int, default=4000, help="training clips to synthesise")
     args = parser.parse_args()
 
-    lvdm = [sys.executable, "-m", "lvdm.cli"]
+    script = Path(sys.executable).parent / "lvdm"  # the console script of this environment
+    lvdm = [str(script)] if script.exists() else [sys.executable, "-m", "lvdm.cli"]
     out = Path(args.out)
     data, run_dir, samples = out / "shapes", out / "run", out / "samples"
     t0 = time.time()

@@ -101,3 +101,23 @@ def test_fit_checkpoint_sample_probe_end_to_end(tmp_path):
     lvdm("eval", "probe", "--videos", str(out), "--output", str(result))
     scores = json.loads(result.read_text())
     assert len(scores["results"]) == 2 and {"colour", "shape", "direction"} <= set(scores["accuracy"])
+
+
+def test_fit_under_ddp_with_two_cpu_processes(tmp_path):
+    """Two gloo ranks: equal batch counts per rank (no hang), EMA and checkpoint from rank 0."""
+    import torch
+
+    data = tmp_path / "shapes"
+    lvdm("data", "synth", "--out", str(data), "--num_train", "40", "--num_val", "8", "--shard_size", "10")
+    run = tmp_path / "run"
+    lvdm("fit", "--config", "recipes/tiny/adaln.yaml", "--config", "callbacks/ema.yaml",
+         "--config", "callbacks/checkpoint.yaml",
+         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+         "--data.init_args.train_shards", str(data / "train-*.tar"),
+         "--data.init_args.val_shards", str(data / "val-*.tar"),
+         "--data.init_args.batch_size", "2", "--data.init_args.samples_per_epoch", "12",
+         "--trainer.max_steps", "5", "--trainer.val_check_interval", "2",
+         "--trainer.default_root_dir", str(run))
+    ckpt = torch.load(next(run.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 5
+    assert ckpt["callbacks"]["EMA"]["num_updates"] == 5

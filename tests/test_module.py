@@ -4,6 +4,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lvdm.callbacks.ema import EMA, load_ema_weights
+from lvdm.callbacks.preview import SamplePreview
 from lvdm.diffusion.objectives import DDPM, RectifiedFlow
 from lvdm.models.dit import DiT
 from lvdm.module import LatentDiffusionModule, WarmupCosineLR
@@ -35,10 +36,15 @@ def collate(items):
 def test_fit_with_ema_then_generate(tmp_path, objective):
     module = make_module(objective, lr_scheduler=lambda opt: WarmupCosineLR(opt, warmup_steps=2, total_steps=6))
     ema = EMA(decay=0.9)
+    preview = SamplePreview(prompts=["a red square"], every_n_steps=4, num_steps=2, dirpath=str(tmp_path / "prev"))
     trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        callbacks=[ema], default_root_dir=tmp_path, enable_progress_bar=False)
+                        callbacks=[ema, preview], default_root_dir=tmp_path, enable_progress_bar=False)
     trainer.fit(module, DataLoader(Batches(), batch_size=4, collate_fn=collate))
     assert ema.num_updates == 6
+    # previews at step 4 and at the end of training (step 6), with their prompts
+    assert [p.parent.name for p in preview.written] == ["step_0000004", "step_0000006"]
+    assert all(p.stat().st_size > 0 for p in preview.written)
+    assert (tmp_path / "prev/step_0000004/prompts.txt").read_text() == "a red square\n"
     # the EMA differs from the live weights and round-trips through a checkpoint dict
     name = "denoiser.final_layer.linear.weight"
     live = dict(module.named_parameters())[name].detach().clone()

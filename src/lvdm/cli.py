@@ -1,6 +1,6 @@
 """The ``lvdm`` command.
 
-``lvdm fit|validate|test|predict`` are Lightning's CLI over YAML recipes; ``lvdm sample``,
+``lvdm fit|validate|test`` are Lightning's CLI over YAML recipes; ``lvdm sample``,
 ``lvdm data synth`` and ``lvdm eval probe`` are lvdm's own commands, whose arguments come
 from the typed signatures and docstrings of the functions they call (one way to turn config
 into objects: jsonargparse).
@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 from jsonargparse import ArgumentParser
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 OVERVIEW = """\
 usage: lvdm <command> [options]
@@ -24,12 +24,12 @@ lvdm trains and samples latent video diffusion transformers (Open-Sora family).
 Training (Lightning CLI; compose YAML recipes with --config, override any key on the line):
   fit         train a model          lvdm fit --config recipes/tiny/cross_attn.yaml
   validate    run the validation loop on a checkpoint
-  test        run the test loop on a checkpoint
-  predict     run the predict loop
+  test        run the test loop on a checkpoint   lvdm test --config <recipe> --ckpt_path last.ckpt
 
 lvdm commands:
   sample      prompts -> mp4 files   lvdm sample --checkpoint last.ckpt --prompts '["a red square moving left"]'
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
+  data encode precompute a compressor's latents of video shards into latent shards
   eval probe  score generated shapes videos: colour / shape / direction accuracy
 
 Run `lvdm <command> --help` for the options of a command.
@@ -126,21 +126,38 @@ def _function_parser(fn: Callable, prog: str) -> ArgumentParser:
 
 def _run_function(fn: Callable, prog: str, argv: list[str]):
     parser = _function_parser(fn, prog)
-    cfg = parser.parse_args(argv)
-    kwargs = {k: v for k, v in cfg.as_dict().items() if k != "config"}
+    cfg = parser.instantiate_classes(parser.parse_args(argv))
+    kwargs = {k: v for k, v in vars(cfg).items() if k != "config"}
     return fn(**kwargs)
 
 
 def _subcommands() -> dict[str, dict[str, Callable]]:
+    from lvdm.data.latents import encode_shards
     from lvdm.data.synthetic import write_synthetic_dataset
     from lvdm.metrics.probe import probe_folder
 
-    return {"data": {"synth": write_synthetic_dataset}, "eval": {"probe": probe_folder}}
+    return {
+        "data": {"synth": write_synthetic_dataset, "encode": encode_shards},
+        "eval": {"probe": probe_folder},
+    }
+
+
+# Lightning warnings that are expected with lvdm's design and only confuse users:
+QUIET_WARNINGS = (
+    r".*IterableDataset. has .__len__. defined",  # VideoDataModule's length is exact per rank
+    r".*module\(s\) in eval mode at the start of training",  # frozen compressors stay in eval
+    r".*isinstance\(treespec, LeafSpec\)",  # torch/Lightning version skew, harmless
+)
 
 
 def lightning_cli(args: Optional[list[str]] = None, run: bool = True):
     """The Lightning CLI over lvdm's module and data modules (recipes name the classes)."""
+    import warnings
+
     import lightning as L
+
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
     from lightning.pytorch.cli import LightningCLI
 
     return LightningCLI(

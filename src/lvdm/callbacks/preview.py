@@ -16,7 +16,8 @@ from lvdm.utils import save_videos
 
 class SamplePreview(Callback):
     """Every ``every_n_steps`` optimizer steps (and at the end of training), generate one
-    video per prompt and write them as mp4 to ``<log_dir>/samples/step_<N>/`` (or ``dirpath``).
+    video per prompt and write them as mp4 to ``<log_dir>/samples/step_<N>/`` (or
+    ``<dirpath>/step_<N>/``).
     Uses the EMA weights when an :class:`~lvdm.callbacks.ema.EMA` callback is present.
 
     Args:
@@ -26,7 +27,7 @@ class SamplePreview(Callback):
         guidance_scale: classifier-free guidance scale (default: the module's).
         seed: noise seed (fixed, so previews of different steps are comparable).
         fps: frame rate of the written mp4s.
-        dirpath: output folder (default: the trainer's log dir, else its root dir).
+        dirpath: output folder (default: ``samples/`` in the trainer's log dir, else root dir).
     """
 
     def __init__(
@@ -50,7 +51,9 @@ class SamplePreview(Callback):
         self._last_step = -1
 
     def _root(self, trainer: L.Trainer) -> Path:
-        return Path(self.dirpath or trainer.log_dir or trainer.default_root_dir) / "samples"
+        if self.dirpath:
+            return Path(self.dirpath)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "samples"
 
     @rank_zero_only
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
