@@ -4,9 +4,11 @@ Runs the same commands a user would type, printing each one:
 
 1. ``lvdm data synth``  — write the synthetic moving-shapes dataset as WebDataset shards
    (train: 40 colour×shape×direction combinations; held out: 8 combinations never seen);
-2. ``lvdm fit``         — train the demo recipe (``recipes/demo/shapes.yaml``);
-3. ``lvdm sample``      — render the 64 held-out prompts to mp4;
-4. ``lvdm eval probe``  — measure colour / shape / direction accuracy of those videos.
+2. ``lvdm data encode`` — decode the mp4s once into latent shards (the pixel compressor's
+   latents are the pixels), so training does no video decoding;
+3. ``lvdm fit``         — train the demo recipe (``recipes/demo/shapes.yaml``);
+4. ``lvdm sample``      — render the 64 held-out prompts to mp4;
+5. ``lvdm eval probe``  — measure colour / shape / direction accuracy of those videos.
 
 Usage: ``python examples/demo.py [--out demo_out] [--max_steps N]``.
 """
@@ -42,14 +44,17 @@ def main() -> None:
     script = Path(sys.executable).parent / "lvdm"  # the console script of this environment
     lvdm = [str(script)] if script.exists() else [sys.executable, "-m", "lvdm.cli"]
     out = Path(args.out)
-    data, run_dir, samples = out / "shapes", out / "run", out / "samples"
+    data, latents = out / "shapes", out / "shapes_latents"
+    run_dir, samples = out / "run", out / "samples"
     t0 = time.time()
     if not (data / "val_prompts.txt").exists():
         run(lvdm + ["data", "synth", "--out", str(data), "--num_train", str(args.num_train), "--num_val", "64"])
+    if not (latents / "val_prompts.txt").exists():
+        run(lvdm + ["data", "encode", "--shards", str(data), "--out", str(latents)])
     fit = lvdm + [
         "fit", "--config", args.recipe,
-        "--data.init_args.train_shards", str(data / "train-*.tar"),
-        "--data.init_args.val_shards", str(data / "val-*.tar"),
+        "--data.init_args.train_shards", str(latents / "train-*.tar"),
+        "--data.init_args.val_shards", str(latents / "val-*.tar"),
         "--trainer.default_root_dir", str(run_dir),
     ]
     if args.max_steps is not None:
