@@ -80,3 +80,17 @@ def test_warmup_cosine():
         sched.step()
     assert lrs[0] == pytest.approx(0.25) and lrs[3] == pytest.approx(1.0)
     assert lrs[12] == pytest.approx(0.1) and lrs[13] == pytest.approx(0.1)
+
+
+def test_ema_swaps_averaged_weights_in_for_validation_and_back():
+    module = make_module()
+    ema = EMA(decay=0.5)
+    ema.on_fit_start(None, module)
+    live = {n: p.detach().clone() for n, p in module.named_parameters()}
+    ema.shadow = {n: t + 1.0 for n, t in ema.shadow.items()}
+    ema.on_validation_start(None, module)
+    for n, p in module.named_parameters():
+        torch.testing.assert_close(p.detach(), live[n] + 1.0)
+    ema.on_validation_end(None, module)
+    for n, p in module.named_parameters():
+        torch.testing.assert_close(p.detach(), live[n])

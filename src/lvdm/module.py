@@ -14,7 +14,6 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-from torch import nn
 
 from lvdm.compressors.base import Compressor
 from lvdm.compressors.pixels import PixelCompressor
@@ -181,6 +180,3 @@ class LatentDiffusionModule(L.LightningModule):
         model_fn = GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale)
         latents = self.objective.sample(model_fn, noise, num_steps, progress=progress)
         return self.compressor.decode(latents).clamp(-1, 1)
-
-    def trainable_named_parameters(self) -> dict[str, nn.Parameter]:
-        return {n: p for n, p in self.named_parameters() if p.requires_grad}

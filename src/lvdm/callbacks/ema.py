@@ -37,7 +37,7 @@ class EMA(Callback):
         self.validate_with_ema = validate_with_ema
         self.shadow: dict[str, torch.Tensor] = {}
         self.num_updates = 0
-        self._backup: dict[str, torch.Tensor] | None = None
+        self._swapped: contextlib.ExitStack | None = None  # averaged weights loaded for eval
 
     @property
     def state_key(self) -> str:
@@ -90,19 +90,14 @@ class EMA(Callback):
                     p.copy_(backup[n])
 
     def _swap_in(self, pl_module: L.LightningModule) -> None:
-        if self.validate_with_ema and self.shadow and self._backup is None:
-            params = self._params(pl_module)
-            self._backup = {n: p.detach().clone() for n, p in params.items()}
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(self.shadow[n])
+        if self.validate_with_ema and self._swapped is None:
+            self._swapped = contextlib.ExitStack()
+            self._swapped.enter_context(self.averaged_weights(pl_module))
 
     def _swap_out(self, pl_module: L.LightningModule) -> None:
-        if self._backup is not None:
-            with torch.no_grad():
-                for n, p in self._params(pl_module).items():
-                    p.copy_(self._backup[n])
-            self._backup = None
+        if self._swapped is not None:
+            self._swapped.close()
+            self._swapped = None
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._swap_in(pl_module)
