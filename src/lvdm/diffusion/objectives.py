@@ -137,7 +137,7 @@ class DDPM(Objective):
     """Denoising diffusion (DDPM) with ε or v prediction; sampling with DDIM or DPM-Solver++.
 
     The discrete process and the samplers are diffusers' schedulers, so a model trained here
-    samples with any diffusers scheduler built from :meth:`scheduler_config`.
+    samples with any diffusers scheduler built from ``train_scheduler.config``.
 
     Args:
         prediction_type: ``epsilon`` or ``v_prediction``.
@@ -176,9 +176,6 @@ class DDPM(Objective):
             prediction_type=prediction_type,
             clip_sample=False,
         )
-
-    def scheduler_config(self) -> dict:
-        return dict(self.train_scheduler.config)
 
     def make_sampler(self):
         """A fresh diffusers scheduler for sampling (schedulers keep per-run state)."""
