@@ -1,0 +1,1 @@
+"""Speed and cost: analytic FLOPs, peak-FLOPs table, cost estimates, compile helpers."""
