@@ -31,6 +31,7 @@ lvdm commands:
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
   data encode precompute a compressor's latents of video shards into latent shards
   eval probe  score generated shapes videos: colour / shape / direction accuracy
+  estimate    parameters, FLOPs, GPU-hours, s/video, memory/GPU   lvdm estimate --size XL/2 --frames 16
 
 Run `lvdm <command> --help` for the options of a command.
 """
@@ -183,6 +184,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         return
     if command == "sample":
         _run_function(sample, "lvdm sample", rest)
+        return
+    if command == "estimate":
+        from lvdm.perf.estimate import estimate
+
+        _run_function(estimate, "lvdm estimate", rest)
         return
     groups = _subcommands()
     if command in groups:

@@ -1,0 +1,84 @@
+"""`lvdm estimate`: the Sora cost analysis (seed 000) reproduced, recipes read, memory model."""
+
+from pathlib import Path
+
+import pytest
+
+from lvdm.cli import main
+from lvdm.models.dit import DiT
+from lvdm.perf.estimate import estimate
+from lvdm.perf.flops import DiTShape
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# DiT-XL/2 (ImageNet 512², 524.6 "Gflops" = MACs) × 30 (a ~20B model) × 180 latent frames
+# (one minute at 24 fps, 8× temporal compression), 250 steps, no guidance, 100% of an H100.
+SEED_ARGS = [
+    "--size", "XL/2", "--conditioning", "adaln", "--layout", "full", "--num_classes", "1000",
+    "--frames", "1", "--height", "512", "--width", "512", "--linear_frames", "180", "--model_scale", "30",
+    "--video_seconds", "60", "--sampling_steps", "250", "--guidance", "false", "--mfu", "1.0",
+    "--gpu", "h100-sxm", "--convention", "macs",
+]
+
+
+def test_seed_example_reproduces_the_sora_cost_analysis(capsys):
+    main(["estimate", *SEED_ARGS, "--training_flops", "1.08e25"])  # 1e21 × 30 × 4 × 180/2
+    out = capsys.readouterr().out
+    assert "sampling step (no CFG)  2.832e+15" in out  # seed: 524e9 × 30 × 180 ≈ 2.8e15
+    assert "7.081e+17" in out  # seed: 708e15 per video
+    assert "5.03 min of video per GPU-hour" in out  # seed: about 5 minutes per H100-hour
+    assert "4,211.3 GPU-months" in out  # seed: 4211 H100s for a month
+    assert "(15.25 M minutes of video)" in out  # seed: crossover after 15.3 million minutes
+
+
+def test_seed_optimistic_and_flop_convention():
+    r = estimate(**_seed_kwargs(), training_flops=2.7e25, print_report=False)  # 1e21 × 30 × 10 × 90
+    assert r["training_gpu_months"] == pytest.approx(10528, rel=1e-3)  # seed: 10528 H100-months
+    assert r["crossover_video_minutes"] / 1e6 == pytest.approx(38.1, abs=0.05)  # seed: 38.1 M minutes
+    # counted as real FLOPs (2 per multiply-add, what the H100 peak means) a minute costs twice as much
+    real = estimate(**{**_seed_kwargs(), "convention": "flops"}, print_report=False)
+    assert real["video_minutes_per_gpu_hour"] == pytest.approx(r["video_minutes_per_gpu_hour"] / 2)
+
+
+def _seed_kwargs():
+    return dict(size="XL/2", conditioning="adaln", layout="full", num_classes=1000, frames=1, height=512, width=512,
+                linear_frames=180, model_scale=30, video_seconds=60, sampling_steps=250, guidance=False, mfu=1.0,
+                convention="macs")
+
+
+def test_recipe_is_read_and_matches_the_built_model():
+    recipe = ROOT / "recipes/tiny/cross_attn.yaml"
+    r = estimate(recipe=str(recipe), print_report=False)
+    model = DiT(in_channels=3, patch_size=[2, 4, 4], hidden_size=96, depth=3, num_heads=4,
+                conditioning="cross_attn", layout="full", context_dim=64)
+    assert r["params"] == sum(p.numel() for p in model.parameters())
+    assert r["tokens"] == 4 * 8 * 8 and r["text_len"] == 8  # 8×32×32 pixels, patch (2, 4, 4); max_length 8
+    assert r["training_samples"] == 300 * 256  # max_steps × global batch
+    # a flag overrides the recipe
+    assert estimate(recipe=str(recipe), text_len=20, print_report=False)["text_len"] == 20
+
+
+def test_memory_model():
+    shape = DiTShape.from_kwargs(size="XL/2", conditioning="cross_attn", layout="spatial_temporal", context_dim=4096)
+    r = estimate(size="XL/2", num_gpus=8, micro_batch=2, print_report=False)["memory_per_gpu"]
+    p = shape.num_params
+    assert r["ddp"]["states"] == 18 * p
+    assert r["zero2"]["states"] == pytest.approx(2 * p + 14 * p / 8)
+    assert r["zero3_offload"]["states"] < r["zero3"]["states"] < r["zero2"]["states"] < r["ddp"]["states"]
+    ckpt = estimate(size="XL/2", num_gpus=8, micro_batch=2, checkpoint_fraction=1.0, print_report=False)
+    assert ckpt["memory_per_gpu"]["ddp"]["activations"] < r["ddp"]["activations"] / 5
+    sp = estimate(size="XL/2", num_gpus=8, micro_batch=2, sp_size=2, print_report=False)["memory_per_gpu"]
+    assert sp["ddp"]["activations"] == pytest.approx(r["ddp"]["activations"] / 2)
+    # recomputation costs one more forward of the blocks
+    assert ckpt["training_flops_per_sample"] == estimate(size="XL/2", print_report=False)["training_flops_per_sample"]
+
+
+def test_bad_input_names_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="unknown gpu 'h1000'"):
+        estimate(gpu="h1000", print_report=False)
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        estimate(recipe=str(tmp_path / "nope.yaml"), print_report=False)
+    with pytest.raises(ValueError, match="not divisible"):
+        estimate(height=250, print_report=False)
+    with pytest.raises(ValueError, match="mfu"):
+        estimate(mfu=1.5, print_report=False)
