@@ -39,7 +39,7 @@ def _inputs(text_len, masked, context_dim=16, batch=2):
 
 @pytest.mark.parametrize("conditioning", ["adaln", "cross_attn", "in_context"])
 @pytest.mark.parametrize("layout", ["full", "spatial_temporal"])
-@pytest.mark.parametrize("text_len,masked", [(1, False), (7, True), (12, False)])
+@pytest.mark.parametrize("text_len,masked", [(1, False), (7, True)])
 def test_forward_and_training_flops_match_flop_counter(conditioning, layout, text_len, masked):
     model = _tiny(conditioning, layout)
     x, t, ctx, mask = _inputs(text_len, masked)

@@ -1,0 +1,32 @@
+"""The CPU smoke run of benchmarks/bench_dit.py: both models train and sample through the same
+harness and the table prints the lvdm / Latte ratios (no timing assertions)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_dit", ROOT / "benchmarks/bench_dit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_smoke_prints_lvdm_vs_latte_table(tmp_path, capsys):
+    bench = _load()
+    out = tmp_path / "r.json"
+    result = bench.main(["--preset", "cpu-smoke", "--train_iters", "1", "--sampling_steps", "2", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "| lvdm DiT (STDiT) |" in text and "| diffusers Latte |" in text
+    assert "faster step" in text and "faster sampling" in text
+    rows = result["rows"]
+    for name in ("lvdm", "latte"):
+        assert rows[name]["train_ms_per_step"] > 0 and rows[name]["sampling_s"] > 0
+        assert rows[name]["fwd_gflops_per_sample"] > 0 and rows[name]["params_m"] > 0
+    # same width/depth/heads: parameter counts within 25% of each other
+    assert 0.75 < rows["lvdm"]["params_m"] / rows["latte"]["params_m"] < 1.25
+    assert set(result["ratios"]) == {"training_speedup", "training_flops_per_s", "sampling_speedup"}
+    assert json.loads(out.read_text())["preset"] == "cpu-smoke"
