@@ -25,7 +25,6 @@ import json
 import platform
 import sys
 import time
-from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -308,4 +307,3 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main()
-_ = nullcontext

@@ -67,3 +67,12 @@ def save_videos(
             f.write(prompt.replace("\n", " ") + "\n")
             paths.append(path)
     return paths
+
+
+def to_device_async(tensor: "torch.Tensor", device: "torch.device") -> "torch.Tensor":
+    """Copy a host tensor to ``device`` without a host sync: a plain ``.to("cuda")`` from
+    pageable memory waits for the GPU's queue to drain; a pinned source copies asynchronously."""
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

@@ -365,7 +365,7 @@ class DiT(nn.Module):
         ``context_mask`` ``[B, L]``) or on ``class_labels`` ``[B]``."""
         b, _, t, h, w = x.shape
         tokens, grid = self.x_embedder(x)
-        pos = sincos_pos_embed_3d(self.hidden_size, grid, self.base_grid).to(tokens)
+        pos = sincos_pos_embed_3d(self.hidden_size, grid, self.base_grid, device=tokens.device).to(tokens.dtype)
         tokens = tokens + pos[None]
         if timestep.ndim == 0:
             timestep = timestep.expand(b)

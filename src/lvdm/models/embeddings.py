@@ -72,14 +72,30 @@ def _sincos_3d_cached(hidden_size: int, grid: tuple[int, int, int], base: tuple[
     return emb.reshape(t * h * w, hidden_size).float()
 
 
-def sincos_pos_embed_3d(
-    hidden_size: int, grid: tuple[int, int, int], base_grid: tuple[int, int, int] | None = None
+@lru_cache(maxsize=64)
+def _sincos_3d_on_device(
+    hidden_size: int, grid: tuple[int, int, int], base: tuple[int, int, int], device: torch.device
 ) -> torch.Tensor:
-    """Fixed 3D sin-cos position code ``[T*H*W, hidden]`` for any grid, computed at run time.
+    # one host-to-device copy per (grid, device): a copy in every forward would be a blocking
+    # transfer, i.e. a host sync, in every training step
+    return _sincos_3d_cached(hidden_size, grid, base).to(device)
+
+
+def sincos_pos_embed_3d(
+    hidden_size: int,
+    grid: tuple[int, int, int],
+    base_grid: tuple[int, int, int] | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Fixed 3D sin-cos position code ``[T*H*W, hidden]`` (float32) for any grid, computed at
+    run time and cached (on ``device`` when given, else on the CPU).
 
     ``base_grid`` (optional) rescales positions so that a grid of another size spans the same
     position range as the grid the model was trained on (0 disables it for one axis)."""
-    return _sincos_3d_cached(hidden_size, tuple(grid), tuple(base_grid) if base_grid else (0, 0, 0))
+    base = tuple(base_grid) if base_grid else (0, 0, 0)
+    if device is None or torch.device(device).type == "cpu":
+        return _sincos_3d_cached(hidden_size, tuple(grid), base)
+    return _sincos_3d_on_device(hidden_size, tuple(grid), base, torch.device(device))
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import lightning as L
-import torch
 from torch import nn
 
 
@@ -17,6 +16,7 @@ def compile_blocks(
     mode: Optional[str] = None,
     fullgraph: bool = False,
     dynamic: Optional[bool] = False,
+    backend: str = "inductor",
 ) -> int:
     """Compile every ``block_class`` submodule of ``model`` in place (``nn.Module.compile``).
 
@@ -26,6 +26,7 @@ def compile_blocks(
         mode: ``torch.compile`` mode (``None``, ``"max-autotune"``, ``"reduce-overhead"``…).
         fullgraph: require each block to compile to one graph.
         dynamic: let shapes vary without recompiling (False: specialise, fastest).
+        backend: ``torch.compile`` backend (``inductor``; ``eager`` to test the wiring).
 
     Returns:
         the number of blocks compiled.
@@ -36,7 +37,7 @@ def compile_blocks(
     count = 0
     for module in model.modules():
         if isinstance(module, block_class):
-            module.compile(mode=mode, fullgraph=fullgraph, dynamic=dynamic)
+            module.compile(mode=mode, fullgraph=fullgraph, dynamic=dynamic, backend=backend)
             count += 1
     if count == 0:
         raise ValueError(f"{type(model).__name__} has no {block_class.__name__} submodules to compile")
@@ -53,11 +54,14 @@ class CompileBlocks(L.Callback):
         mode: ``torch.compile`` mode.
         fullgraph: require one graph per block.
         dynamic: allow varying shapes (bucketed video sizes) without recompiling.
+        backend: ``torch.compile`` backend.
     """
 
-    def __init__(self, mode: Optional[str] = None, fullgraph: bool = False, dynamic: Optional[bool] = None):
+    def __init__(
+        self, mode: Optional[str] = None, fullgraph: bool = False, dynamic: Optional[bool] = None, backend: str = "inductor"
+    ):
         super().__init__()
-        self.mode, self.fullgraph, self.dynamic = mode, fullgraph, dynamic
+        self.mode, self.fullgraph, self.dynamic, self.backend = mode, fullgraph, dynamic, backend
         self.compiled = 0
 
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
@@ -66,7 +70,7 @@ class CompileBlocks(L.Callback):
         denoiser: Any = getattr(pl_module, "denoiser", None)
         if denoiser is None:
             raise ValueError("CompileBlocks needs a module with a `denoiser`")
-        self.compiled = compile_blocks(denoiser, mode=self.mode, fullgraph=self.fullgraph, dynamic=self.dynamic)
+        self.compiled = compile_blocks(
+            denoiser, mode=self.mode, fullgraph=self.fullgraph, dynamic=self.dynamic, backend=self.backend
+        )
 
-
-_ = torch

@@ -19,7 +19,7 @@ checkpointed blocks run their forward a second time, adding ``fraction × blocks
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -289,4 +289,3 @@ __all__ = [
     "sampling_flops",
     "tokens",
 ]
-_ = Optional

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel
 
-from lvdm.utils import parse_dtype, resolve_pretrained
+from lvdm.utils import parse_dtype, resolve_pretrained, to_device_async
 
 
 class TextEncoder(nn.Module, ABC):
@@ -96,6 +96,6 @@ class PretrainedTextEncoder(TextEncoder):
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.tokenize(captions)
         device = self.model.device
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = to_device_async(ids, device), to_device_async(mask, device)
         hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         return hidden, mask

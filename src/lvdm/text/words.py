@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lvdm.text.base import TextEncoder
+from lvdm.utils import to_device_async
 
 _WORD = re.compile(r"[^\W_]+")  # runs of letters/digits (Unicode-aware)
 
@@ -62,7 +63,7 @@ class WordTextEncoder(TextEncoder):
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.token_ids(captions)
         device = self.embedding.weight.device
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = to_device_async(ids, device), to_device_async(mask, device)
         tokens = self.embedding(ids)
         if self.position is not None:
             tokens = tokens + self.position
