@@ -187,9 +187,11 @@ def forward_flops(name, cfg, batch=1):
 
 def run(args) -> dict:
     cfg = dict(PRESETS[args.preset])
-    for key in ("batch", "depth", "train_iters", "sampling_steps"):
+    for key in ("batch", "depth", "train_iters", "sampling_steps", "warmup"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
+    if args.checkpointing:
+        cfg["checkpointing"] = True
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype]
     if args.dtype != "fp32" and device.type == "cpu":
@@ -295,6 +297,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--depth", type=int, help="layers (overrides the preset)")
     parser.add_argument("--train_iters", type=int, help="timed training steps")
     parser.add_argument("--sampling_steps", type=int, help="sampling steps (0: skip sampling)")
+    parser.add_argument("--warmup", type=int, help="untimed training steps first")
+    parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing of every block")
     parser.add_argument("--json", help="also write the result as JSON here")
     args = parser.parse_args(argv)
     result = run(args)
