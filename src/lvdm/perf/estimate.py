@@ -275,6 +275,7 @@ def estimate(
         "text_len": text_len,
         "forward_flops_per_sample": fwd_sample,
         "training_flops_per_sample": train_sample,
+        "training_flops_per_sample_with_recompute": train_sample_hw,
         "flops_per_sampling_step": per_step,
         "flops_per_video": per_video,
         "video_seconds": seconds,
@@ -319,7 +320,9 @@ def format_report(r: dict[str, Any], *, shape: DiTShape, gpu: str, dtype: str, m
         f"counting     {word}",
         "",
         f"forward / sample            {_si(r['forward_flops_per_sample'])}",
-        f"training / sample (3× fwd)  {_si(r['training_flops_per_sample'])}",
+        f"training / sample (3× fwd)  {_si(r['training_flops_per_sample'])}"
+        + (f"  ({_si(r['training_flops_per_sample_with_recompute'])} with checkpointing recompute)"
+           if checkpoint_fraction else ""),
         f"sampling step ({'CFG, 2 forwards' if guidance else 'no CFG'})  {_si(r['flops_per_sampling_step'])}",
         f"generated video ({sampling_steps} steps, {r['video_seconds']:.3g} s of video)  {_si(r['flops_per_video'])}",
         f"  at {100 * mfu:.0f}% of {gpu} {dtype} peak: {r['gpu_seconds_per_video']:,.1f} GPU-s per video, "
