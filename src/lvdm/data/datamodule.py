@@ -250,8 +250,9 @@ class ShardDataModule(L.LightningDataModule, ABC):
 
     def _loader(self, dataset) -> DataLoader:
         # Persistent workers keep the pipeline's epoch counters, so each epoch draws new shards.
+        # Pinned batches let Lightning's non-blocking copy to the GPU overlap the step.
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         """Endless resampled stream cut to the same number of full batches on every rank."""
