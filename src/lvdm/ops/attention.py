@@ -18,13 +18,24 @@ Backend = Literal["sdpa", "flash", "math"]
 
 _BACKEND: Backend = "sdpa"
 
-try:  # flash-attn is optional: it cannot be built everywhere (e.g. CPU-only machines)
-    from flash_attn import flash_attn_func as _flash_attn_func
-except ImportError:  # pragma: no cover - depends on the environment
-    _flash_attn_func = None
+# flash-attn is optional: it cannot be built everywhere (e.g. CPU-only machines). FlashAttention-3
+# (Hopper; its package installs the module ``flash_attn_interface``) is preferred over 2.
+try:
+    from flash_attn_interface import flash_attn_func as _flash_attn_func  # pragma: no cover
+
+    FLASH_VERSION = 3  # pragma: no cover
+except ImportError:
+    try:
+        from flash_attn import flash_attn_func as _flash_attn_func
+
+        FLASH_VERSION = 2  # pragma: no cover
+    except ImportError:  # pragma: no cover - depends on the environment
+        _flash_attn_func = None
+        FLASH_VERSION = 0
 
 
 def flash_available() -> bool:
+    """Whether flash-attn (FlashAttention-3 or -2, see ``FLASH_VERSION``) is importable."""
     return _flash_attn_func is not None
 
 
@@ -84,6 +95,8 @@ def attention(
         backend = "sdpa"  # flash-attn has no key mask and needs half precision
     if backend == "flash":
         out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        if isinstance(out, tuple):  # some FlashAttention-3 releases also return the log-sum-exp
+            out = out[0]
         return out.transpose(1, 2)
     if backend == "math":
         return _math_attention(q, k, v, mask)
