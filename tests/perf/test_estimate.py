@@ -82,3 +82,10 @@ def test_bad_input_names_the_problem(tmp_path):
         estimate(height=250, print_report=False)
     with pytest.raises(ValueError, match="mfu"):
         estimate(mfu=1.5, print_report=False)
+
+
+def test_estimate_help_lists_its_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["estimate", "--help"])
+    out = capsys.readouterr().out
+    assert "--recipe" in out and "--checkpoint_fraction" in out and "--convention" in out

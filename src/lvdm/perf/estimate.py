@@ -101,7 +101,7 @@ def memory_per_gpu(
     """
     p = shape.num_params
     n = max(num_gpus, 1)
-    block_params = (p - 0) / max(shape.depth, 1)  # upper bound: embeddings counted into blocks
+    block_params = shape.block_params
     per_tok_block = activation_bytes_per_token_block(shape)
     tokens = micro_batch * tokens_per_sample / sp_size
     full = shape.depth * (1 - checkpoint_fraction) * per_tok_block * tokens

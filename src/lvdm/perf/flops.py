@@ -44,6 +44,7 @@ class DiTShape:
         context_dim: text token width (0: no text).
         num_classes: class labels (0: none).
         num_params: parameter count (0 if unknown).
+        block_params: parameters of one block (0 if unknown).
     """
 
     hidden_size: int
@@ -58,6 +59,7 @@ class DiTShape:
     context_dim: int = 0
     num_classes: int = 0
     num_params: int = 0
+    block_params: int = 0
 
     @classmethod
     def from_model(cls, model: DiT) -> "DiTShape":
@@ -77,6 +79,7 @@ class DiTShape:
             context_dim=model.context_dim,
             num_classes=model.num_classes,
             num_params=sum(p.numel() for p in model.parameters()),
+            block_params=sum(p.numel() for p in model.blocks[0].parameters()) if len(model.blocks) else 0,
         )
 
     @classmethod
