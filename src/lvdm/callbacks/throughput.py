@@ -84,7 +84,10 @@ class ThroughputMonitor(L.Callback):
         elif self.device_kind is not None:
             self._peak = PEAKS[self.device_kind].get(dtype_key(precision))
         else:
-            self._peak = device_peak_flops(pl_module.device, precision)
+            try:
+                self._peak = device_peak_flops(pl_module.device, precision)
+            except ValueError:  # a precision plugin the table has no column for: no MFU, still throughput
+                self._peak = None
 
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if self._hook is not None:
