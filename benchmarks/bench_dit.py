@@ -12,7 +12,9 @@ with cross-attention followed by a temporal block, each with its own MLP, so it 
 FLOPs per layer at the same width and depth — the table prints parameters and FLOPs of both,
 and the ratios both as time and as achieved FLOP/s.
 
-Training: AdamW, MSE on a rectified-flow target, forward + backward + optimizer step.
+Training: AdamW, MSE on a rectified-flow target, forward + backward + optimizer step. ``--dtype
+bf16`` runs both models and their optimizers wholly in bf16; add ``--mixed`` for fp32 weights
+with bf16 autocast (what ``trainer.precision: bf16-mixed`` does).
 Sampling: lvdm's Euler sampler with CFG (conditional and unconditional in one batch) driving
 each model. FLOPs: ``torch.utils.flop_counter`` on the ``meta`` device for both models (the
 training convention is 3 × forward for both). Prints one table; ``--json`` also writes it.
@@ -209,17 +211,22 @@ def run(args) -> dict:
         if name == "lvdm":  # the analytic count and the counter agree exactly (tests/perf/test_flops.py)
             analytic = dit_forward_flops(build_lvdm(cfg, torch.device("meta"), torch.float32), (t, h, w), cfg["text_len"]).total
             assert analytic == fwd, (analytic, fwd)
-        model = build_lvdm(cfg, device, dtype) if name == "lvdm" else build_latte(cfg, device, dtype)
+        # --mixed: fp32 weights and optimizer, matmuls under autocast (Lightning's bf16-mixed);
+        # otherwise the whole model and optimizer run in --dtype (bf16-true)
+        weights = torch.float32 if args.mixed else dtype
+        model = build_lvdm(cfg, device, weights) if name == "lvdm" else build_latte(cfg, device, weights)
         if cfg["checkpointing"]:
             _apply_checkpointing(name, model)
         if args.compile:
             block = model.block_class if name == "lvdm" else type(model.transformer_blocks[0])
             compile_blocks(model, block_class=block)
         fn = model if name == "lvdm" else LatteFn(model)
-        inputs = make_inputs(cfg, cfg["batch"], device, dtype)
-        train_s, peak_mem = bench_training(fn, list(model.parameters()), inputs, cfg, device)
-        model.eval()
-        sample_s = bench_sampling(fn, cfg, device, dtype)
+        autocast = torch.autocast(device.type, dtype=dtype, enabled=args.mixed and dtype != torch.float32)
+        inputs = make_inputs(cfg, cfg["batch"], device, weights)
+        with autocast:
+            train_s, peak_mem = bench_training(fn, list(model.parameters()), inputs, cfg, device)
+            model.eval()
+            sample_s = bench_sampling(fn, cfg, device, weights)
         train_flops = 3 * fwd * cfg["batch"]
         row = {
             "params_m": params / 1e6,
@@ -239,7 +246,7 @@ def run(args) -> dict:
     result = {
         "preset": args.preset, "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "dtype": args.dtype, "attention": args.attention, "compile": args.compile,
+        "dtype": args.dtype + ("-mixed" if args.mixed else ""), "attention": args.attention, "compile": args.compile,
         "torch": torch.__version__, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python " + " ".join(sys.argv), "tokens_per_sample": tokens, "rows": rows,
     }
@@ -289,6 +296,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-smoke")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--mixed", action="store_true",
+                        help="fp32 weights with autocast to --dtype (bf16-mixed) instead of pure --dtype")
     parser.add_argument("--attention", choices=["sdpa", "flash", "math"], default="sdpa")
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block (both models)")
     parser.add_argument("--models", nargs="+", choices=["lvdm", "latte"], default=["lvdm", "latte"])
