@@ -45,6 +45,7 @@ class DiTShape:
         num_classes: class labels (0: none).
         num_params: parameter count (0 if unknown).
         block_params: parameters of one block (0 if unknown).
+        frequency_dim: width of the sinusoidal timestep code fed to the timestep MLP.
     """
 
     hidden_size: int
@@ -60,6 +61,7 @@ class DiTShape:
     num_classes: int = 0
     num_params: int = 0
     block_params: int = 0
+    frequency_dim: int = 256
 
     @classmethod
     def from_model(cls, model: DiT) -> "DiTShape":
@@ -80,6 +82,7 @@ class DiTShape:
             num_classes=model.num_classes,
             num_params=sum(p.numel() for p in model.parameters()),
             block_params=sum(p.numel() for p in model.blocks[0].parameters()) if len(model.blocks) else 0,
+            frequency_dim=model.t_embedder.frequency_dim,
         )
 
     @classmethod
@@ -161,7 +164,7 @@ def dit_forward_flops(
 
     pt, ph, pw = s.patch_size
     out.add("patch_embed", b * _mm(n, s.in_channels * pt * ph * pw, d))
-    out.add("timestep_embed", b * (_mm(1, 256, d) + _mm(1, d, d)))
+    out.add("timestep_embed", b * (_mm(1, s.frequency_dim, d) + _mm(1, d, d)))
     if text:
         out.add("text_proj", b * (_mm(L, s.context_dim, d) + _mm(L, d, d)))
 
@@ -201,7 +204,7 @@ def input_grad_free_flops(model: DiT | DiTShape, latent_thw: Sequence[int], text
     s = model if isinstance(model, DiTShape) else DiTShape.from_model(model)
     t, h, w = s.latent_grid(latent_thw)
     pt, ph, pw = s.patch_size
-    flops = batch_size * (_mm(t * h * w, s.in_channels * pt * ph * pw, s.hidden_size) + _mm(1, 256, s.hidden_size))
+    flops = batch_size * (_mm(t * h * w, s.in_channels * pt * ph * pw, s.hidden_size) + _mm(1, s.frequency_dim, s.hidden_size))
     if s.context_dim:
         flops += batch_size * _mm(int(text_len), s.context_dim, s.hidden_size)
     return flops
