@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 from lvdm.distributed.checkpointing import apply_activation_checkpointing, remove_activation_checkpointing
 from lvdm.distributed.sequence_parallel import Mode, SequenceParallelGroup, new_sequence_parallel_group
@@ -32,7 +33,7 @@ def data_parallel_rank_world(trainer: Optional["L.Trainer"]) -> tuple[int, int]:
     world_size)``; ``(0, 1)`` without a trainer."""
     if trainer is None:
         return 0, 1
-    size = next((c.size for c in trainer.callbacks if isinstance(c, SequenceParallel)), 1)
+    size = next((c.size for c in getattr(trainer, "callbacks", ()) if isinstance(c, SequenceParallel)), 1)
     return trainer.global_rank // size, max(trainer.world_size // size, 1)
 
 
@@ -118,8 +119,10 @@ class SequenceParallel(Callback):
             box = [random.SystemRandom().randrange(2**31) if trainer.global_rank == 0 else 0]
             dist.broadcast_object_list(box, src=0)
             seed = box[0]
-        dp_rank, _ = data_parallel_rank_world(trainer)
+        dp_rank, dp_world = data_parallel_rank_world(trainer)
         _seed_all(int(seed) + dp_rank)
+        rank_zero_info(f"sequence parallelism: {dp_world} data-parallel replica(s) × {self.size} ranks "
+                       f"({self.mode}); random generators seeded with {seed} + data-parallel rank")
 
     def _check_model(self, pl_module: L.LightningModule) -> None:
         planned = [m for m in pl_module.modules() if getattr(m, "sequence_parallel_plan", None)]

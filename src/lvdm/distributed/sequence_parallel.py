@@ -15,13 +15,14 @@ and calls three hooks in :mod:`lvdm.ops.attention`, which this module makes dist
 
   - **Ulysses** (DeepSpeed-Ulysses): an all-to-all turns "all heads of N/P tokens" into "H/P
     heads of all N tokens", each rank runs ordinary attention (the selected backend: SDPA or
-    flash-attn) on its heads, and a second all-to-all turns it back. Per layer each rank
-    sends about 4·(P-1)/P² of its q, k, v, out activations — constant in P for a fixed
-    per-rank chunk. Needs ``heads % P == 0``.
+    flash-attn) on its heads, and a second all-to-all turns it back. Per sharded attention
+    each rank sends ``4·N·D·(P-1)/P²`` values (q, k, v and the output; ``N`` tokens, width
+    ``D``) in forward and as much in backward. Needs ``heads % P == 0``.
   - **Ring**: K/V chunks travel round the ring of ranks (P-1 sends); each step attends the
     local queries to one chunk, and the partial results merge by their log-sum-exp (online
-    softmax). Works for any head count; moves ``2·(P-1)/P`` of K/V per rank, and computes the
-    blocks in plain differentiable torch (no flash kernel), so it is slower than Ulysses.
+    softmax). Works for any head count; each rank sends ``2·N·D·(P-1)/P`` values (K and V,
+    P-1 times; twice that in backward), and the blocks are computed in plain differentiable
+    torch (no flash kernel; scores recomputed in backward), so it is slower than Ulysses.
 
 Why the gradients come out right (proved by ``tests/distributed/test_sequence_parallel.py``):
 after the final gather every rank of a group holds the whole output, so all ``P`` ranks compute
