@@ -88,6 +88,24 @@ def test_two_ranks_equal_train_batches_disjoint_val(shards):
         assert _keys(dm.val_dataloader()) == ["v000", "v001", "v002", "v003"]
 
 
+def test_sequence_parallel_ranks_read_the_same_batches(shards):
+    """Under SequenceParallel(size=2) the data split is by data-parallel rank: global ranks
+    0 and 1 form one group and read identical batches, ranks 2 and 3 the next replica's."""
+    from lvdm.distributed import SequenceParallel
+
+    dm = VideoDataModule(str(shards / "train-*.tar"), str(shards / "val-*.tar"), batch_size=2,
+                         samples_per_epoch=20, shuffle_buffer=4)
+    dm.setup("fit")
+    train, val = [], []
+    for rank in range(4):
+        dm.trainer = SimpleNamespace(world_size=4, global_rank=rank, callbacks=[SequenceParallel(size=2)])
+        train.append([batch["key"] for batch in dm.train_dataloader()])
+        val.append(_keys(dm.val_dataloader()))
+    assert len(train[0]) == 5  # 20 samples over 2 data-parallel replicas of batch 2
+    assert train[0] == train[1] and train[2] == train[3] and train[0] != train[2]
+    assert val[0] == val[1] and val[2] == val[3] and not set(val[0]) & set(val[2])
+
+
 def test_workers_share_the_epoch(shards):
     dm = VideoDataModule(str(shards), batch_size=2, samples_per_epoch=10, num_workers=2, shuffle_buffer=4)
     dm.setup("fit")

@@ -27,6 +27,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
 from lvdm.data.shards import resolve_shards
+from lvdm.distributed.callbacks import data_parallel_rank_world
 from lvdm.data.video import decode_clip
 
 __all__ = ["ShardDataModule", "VideoDataModule", "LatentDataModule", "SkipCounter"]
@@ -163,7 +164,9 @@ class ShardDataModule(L.LightningDataModule, ABC):
     ``seed`` and the epoch), deals the draws out across ranks and DataLoader workers, shuffles
     samples in a buffer, decodes them, and stops after exactly
     ``samples_per_epoch // (batch_size * world_size)`` full batches on every rank, so uneven
-    shards can never leave one rank waiting in a collective.
+    shards can never leave one rank waiting in a collective. Under sequence parallelism
+    (:class:`lvdm.distributed.SequenceParallel`) ranks and world size here are the
+    data-parallel ones: the ranks of one sequence-parallel group read the same batches.
 
     Validation reads every val shard once, in order, without shuffling: rank ``r`` of ``n``
     reads shards ``r, r + n, ...`` (so ranks may get different batch counts; keep the number of
@@ -224,10 +227,13 @@ class ShardDataModule(L.LightningDataModule, ABC):
         return self._skipped.value if self._skipped is not None else 0
 
     def _world(self) -> tuple[int, int]:
-        """``(world_size, global_rank)`` from the attached trainer, else ``(1, 0)``."""
-        if self.trainer is None:
-            return 1, 0
-        return self.trainer.world_size, self.trainer.global_rank
+        """``(world_size, rank)`` of data parallelism from the attached trainer, else ``(1, 0)``.
+
+        Under sequence parallelism the ranks of one group share each batch, so data is split
+        by data-parallel rank, not global rank (:func:`lvdm.distributed.data_parallel_rank_world`).
+        """
+        rank, world_size = data_parallel_rank_world(self.trainer)
+        return world_size, rank
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve the shard lists; a missing path raises ``FileNotFoundError`` naming it."""

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lvdm.models.embeddings import LabelEmbedder, PatchEmbed3D, TimestepEmbedder, sincos_pos_embed_3d
-from lvdm.ops.attention import attention
+from lvdm.ops.attention import attention, gather_sequence, sequence_parallel_size, shard_sequence
 
 Conditioning = Literal["adaln", "cross_attn", "in_context"]
 Layout = Literal["full", "spatial_temporal"]
@@ -74,15 +74,21 @@ class Attention(nn.Module):
         return x.view(b, n, self.num_heads, -1).transpose(1, 2)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, key_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        sharded: bool = False,
     ) -> torch.Tensor:
+        """``sharded``: ``x`` is this rank's chunk of a sequence split across ranks (see
+        :func:`lvdm.ops.attention.attention`)."""
         if self.cross:
             q = self.q(x)
             k, v = self.kv(context).chunk(2, dim=-1)
         else:
             q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k, v = self.q_norm(self._heads(q)), self.k_norm(self._heads(k)), self._heads(v)
-        out = attention(q, k, v, key_mask=key_mask)
+        out = attention(q, k, v, key_mask=key_mask, sharded=sharded)
         return self.proj(out.transpose(1, 2).reshape(x.shape))
 
 
@@ -156,8 +162,8 @@ class DiTBlock(nn.Module):
     def _self_attention(self, i: int, h: torch.Tensor, grid, num_prefix: int, prefix_mask) -> torch.Tensor:
         """Attention branch ``i`` on normalised tokens ``h`` ``[B, P + N, D]`` (P condition tokens)."""
         attn = self.attns[i]
-        if self.layout == "full":
-            return attn(h, key_mask=prefix_mask)
+        if self.layout == "full":  # keys are the whole sequence: sharded under sequence parallelism
+            return attn(h, key_mask=prefix_mask, sharded=True)
         b, _, d = h.shape
         t, hh, ww = grid
         prefix, video = h[:, :num_prefix], h[:, num_prefix:]
@@ -173,9 +179,10 @@ class DiTBlock(nn.Module):
             # each condition token takes the mean of its per-frame updates
             prefix_out = out[:, :num_prefix].reshape(b, t, num_prefix, d).mean(1)
             return torch.cat([prefix_out, video_out], dim=1)
-        # temporal: attention across frames at each spatial position (condition tokens untouched)
+        # temporal: attention across frames at each spatial position (condition tokens untouched);
+        # the frames are split across ranks under sequence parallelism
         cols = video.reshape(b, t, hh * ww, d).transpose(1, 2).reshape(b * hh * ww, t, d)
-        out = attn(cols).reshape(b, hh * ww, t, d).transpose(1, 2).reshape(b, t * hh * ww, d)
+        out = attn(cols, sharded=True).reshape(b, hh * ww, t, d).transpose(1, 2).reshape(b, t * hh * ww, d)
         return torch.cat([torch.zeros_like(prefix), out], dim=1)
 
     def forward(
@@ -305,6 +312,23 @@ class DiT(nn.Module):
     #: The unit that distributed code wraps, shards and checkpoints (see ``lvdm.distributed``).
     block_class = DiTBlock
 
+    #: Where sequence parallelism splits this model (``lvdm.distributed`` applies it; the model
+    #: only calls ``shard_sequence`` / ``gather_sequence``, identities without it): the patch
+    #: tokens ``[B, t*h*w, D]`` (t-major, positions added) are cut along dim 1 into equal
+    #: contiguous chunks of whole patch frames before the first block, the blocks see the local
+    #: grid ``(t // P, h, w)``, and the final layer's output (per token, so it can run on the
+    #: chunks) is gathered again. Full 3D attention and temporal attention are ``sharded``
+    #: (their keys live on all ranks); spatial and text cross-attention stay local.
+    #: ``in_context`` conditioning does not support it (its prefix tokens would need
+    #: replicating on every rank).
+    sequence_parallel_plan = {
+        "shard": {"before": "blocks", "dim": 1, "unit": "patch frame"},
+        "gather": {"after": "final_layer", "dim": 1},
+        "sharded_attention": ("full", "temporal"),
+        "local_attention": ("spatial", "cross"),
+        "unsupported_conditioning": ("in_context",),
+    }
+
     def initialize_weights(self) -> None:
         """DiT initialisation: Xavier linears, N(0, 0.02) embeddings, identity blocks, zero output."""
 
@@ -390,10 +414,28 @@ class DiT(nn.Module):
         else:
             mask = None
 
+        split = sequence_parallel_size()  # 1 unless lvdm.distributed turned it on
+        if split > 1:
+            self._check_sequence_split(grid, split)
+        tokens = shard_sequence(tokens, dim=1)
+        local_grid = (grid[0] // split, grid[1], grid[2])
         for block in self.blocks:
-            tokens = block(tokens, c, grid, ctx, ctx_mask, num_prefix, mask)
-        tokens = self.final_layer(tokens[:, num_prefix:], c)
+            tokens = block(tokens, c, local_grid, ctx, ctx_mask, num_prefix, mask)
+        tokens = gather_sequence(self.final_layer(tokens[:, num_prefix:], c), dim=1)
         return self.unpatchify(tokens, grid)
+
+    def _check_sequence_split(self, grid: tuple[int, int, int], split: int) -> None:
+        if self.conditioning in self.sequence_parallel_plan["unsupported_conditioning"]:
+            raise ValueError(
+                f"sequence parallelism (size {split}) does not support conditioning={self.conditioning!r}: "
+                "its condition tokens would need replicating on every rank; use adaln or cross_attn"
+            )
+        if grid[0] % split:
+            raise ValueError(
+                f"sequence parallelism splits whole latent frames: the latent has {grid[0]} frames after "
+                f"temporal patching (patch {self.patch_size[0]}), not divisible by the sequence-parallel "
+                f"size {split}; use a frame count that gives a multiple of {split}"
+            )
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         b = tokens.shape[0]
