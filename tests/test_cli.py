@@ -121,3 +121,69 @@ def test_fit_under_ddp_with_two_cpu_processes(tmp_path):
     ckpt = torch.load(next(run.rglob("last.ckpt")), map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 5
     assert ckpt["callbacks"]["EMA"]["num_updates"] == 5
+
+
+STRATEGIES = sorted((ROOT / "strategies").glob("*.yaml"))
+
+
+def test_strategy_fragments_exist():
+    assert {"ddp", "zero2", "zero2_offload", "zero3", "fsdp"} <= {p.stem for p in STRATEGIES}
+
+
+@pytest.mark.parametrize("fragment", STRATEGIES, ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_strategy_fragments_compose_with_every_recipe(recipe, fragment, capsys):
+    """Recipe + fragment parse together (class paths and init_args checked by jsonargparse)."""
+    with pytest.raises(SystemExit) as exit_info:
+        lightning_cli(["--config", str(recipe), "--config", str(fragment), "--print_config"], run=False)
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out.splitlines()
+    config = yaml.safe_load("\n".join(line for line in printed if not line.startswith("[")))  # DeepSpeed logs
+    wanted = yaml.safe_load(fragment.read_text())["trainer"]
+    assert config["trainer"]["strategy"]["class_path"] == wanted["strategy"]["class_path"]
+    assert config["trainer"]["precision"] == "bf16-mixed"
+    assert config["model"]["class_path"] == yaml.safe_load(recipe.read_text())["model"]["class_path"]
+
+
+@pytest.mark.parametrize("fragment", STRATEGIES, ids=lambda p: p.name)
+def test_strategy_fragments_build_their_strategy(fragment):
+    """The fragment's arguments reach the real Lightning strategy (built on CPU; fit needs GPUs)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    from lvdm.models.dit import DiTBlock
+
+    wanted = yaml.safe_load(fragment.read_text())["trainer"]["strategy"]
+    if "DeepSpeed" in wanted["class_path"]:
+        pytest.importorskip("deepspeed")
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.strategies import Strategy
+
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(Strategy, "strategy")
+    strategy = parser.instantiate_classes(parser.parse_object({"strategy": wanted})).strategy
+    assert type(strategy).__name__ == wanted["class_path"].rsplit(".", 1)[1]
+    if isinstance(strategy, DeepSpeedStrategy):
+        assert strategy.config["zero_optimization"]["stage"] == wanted["init_args"]["stage"]
+        assert ("offload_optimizer" in strategy.config["zero_optimization"]) == ("offload" in fragment.stem)
+    if isinstance(strategy, FSDPStrategy):
+        assert strategy.kwargs["auto_wrap_policy"]._module_classes == {DiTBlock}
+
+
+def test_launch_scripts_are_valid_bash():
+    for script in ("scripts/slurm/train.sbatch", "scripts/torchrun.sh"):
+        subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
+    sbatch = (ROOT / "scripts/slurm/train.sbatch").read_text()
+    assert "#SBATCH --signal=SIGUSR1@90" in sbatch and "#SBATCH --requeue" in sbatch and "srun" in sbatch
+
+
+def test_ema_refuses_fsdp_with_a_clear_error():
+    from types import SimpleNamespace
+
+    import torch
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from lvdm.callbacks.ema import EMA
+
+    trainer = SimpleNamespace(strategy=FSDPStrategy(), global_step=0)
+    with pytest.raises(RuntimeError, match="does not support FSDP.*zero2.yaml"):
+        EMA().on_fit_start(trainer, torch.nn.Linear(2, 2))

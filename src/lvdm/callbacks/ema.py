@@ -55,6 +55,13 @@ class EMA(Callback):
         return {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if isinstance(trainer.strategy, FSDPStrategy):
+            raise RuntimeError(
+                "the EMA callback does not support FSDP (its parameters are flat per-rank shards); "
+                "train with strategies/zero2.yaml or strategies/zero3.yaml (DeepSpeed) to keep an EMA"
+            )
         params = self._params(pl_module)
         if not self.shadow:  # fresh run (a resumed run already loaded its state)
             self.shadow = {n: t.clone() for n, t in full_fp32_parameters(params.items())}

@@ -1,18 +1,20 @@
-"""DeepSpeed and FSDP on CPU processes, for tests and dry runs without a GPU.
+"""DeepSpeed on CPU processes, for tests and dry runs without a GPU.
 
-Lightning's ``DeepSpeedStrategy`` refuses any accelerator but CUDA and ``strategy="fsdp"``
-refuses a CPU accelerator, yet both libraries run on CPU: DeepSpeed with its CPU accelerator
-(``DS_ACCELERATOR=cpu``) over gloo, FSDP over gloo. These subclasses lift only that refusal, so
-the real ZeRO / FSDP code paths (partitioning, gathering, sharded checkpoints) run on a laptop
-or in CI:
+Lightning's ``DeepSpeedStrategy`` refuses any accelerator but CUDA, yet DeepSpeed runs on CPU
+with its CPU accelerator (``DS_ACCELERATOR=cpu``) over gloo. This subclass lifts only that
+refusal, so the real ZeRO code paths (partitioning, gathering, sharded checkpoints) run on a
+laptop or in CI:
 
     lvdm fit --config recipes/tiny/adaln.yaml --config strategies/zero3.yaml \\
         --trainer.strategy.class_path lvdm.distributed.testing.CPUDeepSpeedStrategy \\
         --trainer.accelerator cpu --trainer.devices 2 --trainer.precision 32-true
 
-They live in the package (not under ``tests/``) so that a recipe can name them by
-``class_path`` and the worker processes Lightning launches can import them without any
-``sys.path`` set-up. They are for correctness checks, not for speed.
+It lives in the package (not under ``tests/``) so that a command line can name it by
+``class_path`` and the worker processes Lightning launches can import it without any
+``sys.path`` set-up. It is for correctness checks, not for speed.
+
+(FSDP has no CPU counterpart: torch's ``FullyShardedDataParallel`` itself refuses to run
+without an accelerator device.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 
 import torch
 from lightning.fabric.utilities.seed import reset_seed
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 
 def _use_deepspeed_cpu_accelerator() -> None:
@@ -71,12 +73,3 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         self.set_world_ranks()
         self._init_deepspeed_distributed()
 
-
-class CPUFSDPStrategy(FSDPStrategy):
-    """Lightning's ``FSDPStrategy`` on CPU processes (gloo); takes all of its arguments."""
-
-    strategy_name = "fsdp_cpu"
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("process_group_backend", "gloo")
-        super().__init__(**kwargs)
