@@ -102,6 +102,25 @@ def test_fit_checkpoint_sample_probe_end_to_end(tmp_path):
     scores = json.loads(result.read_text())
     assert len(scores["results"]) == 2 and {"colour", "shape", "direction"} <= set(scores["accuracy"])
 
+    # A plain .ckpt exports to one safetensors file holding the same (EMA) model.
+    import torch
+
+    from lvdm.callbacks.ema import load_ema_weights
+    from lvdm.distributed.checkpoint import load_safetensors_module
+    from lvdm.module import LatentDiffusionModule
+
+    weights = tmp_path / "model.safetensors"
+    main(["checkpoint", "export", "--checkpoint", str(ckpt), "--out", str(weights), "--ema", "true"])
+    reference = LatentDiffusionModule.load_from_checkpoint(ckpt, map_location="cpu")
+    assert load_ema_weights(torch.load(ckpt, map_location="cpu", weights_only=False), reference)
+    exported = load_safetensors_module(str(weights)).state_dict()
+    assert set(exported) == set(reference.state_dict())
+    for k, v in reference.state_dict().items():
+        assert torch.equal(exported[k], v), k
+    main(["sample", "--checkpoint", str(weights), "--prompts", '["a red square moving left"]',
+          "--out", str(tmp_path / "from_safetensors"), "--steps", "2"])
+    assert len(list((tmp_path / "from_safetensors").glob("*.mp4"))) == 1
+
 
 def test_fit_under_ddp_with_two_cpu_processes(tmp_path):
     """Two gloo ranks: equal batch counts per rank (no hang), EMA and checkpoint from rank 0."""
@@ -187,3 +206,16 @@ def test_ema_refuses_fsdp_with_a_clear_error():
     trainer = SimpleNamespace(strategy=FSDPStrategy(), global_step=0)
     with pytest.raises(RuntimeError, match="does not support FSDP.*zero2.yaml"):
         EMA().on_fit_start(trainer, torch.nn.Linear(2, 2))
+
+
+def test_export_and_sample_errors_name_the_path(tmp_path):
+    from lvdm.cli import sample
+    from lvdm.distributed.checkpoint import export_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
+        export_checkpoint(checkpoint=str(tmp_path / "nowhere.ckpt"), out=str(tmp_path / "m.safetensors"))
+    (tmp_path / "shards.ckpt").mkdir()
+    with pytest.raises(ValueError, match="not a DeepSpeed checkpoint"):
+        export_checkpoint(checkpoint=str(tmp_path / "shards.ckpt"), out=str(tmp_path / "m.safetensors"))
+    with pytest.raises(FileNotFoundError, match="lvdm checkpoint export"):
+        sample(checkpoint=str(tmp_path / "shards.ckpt"), prompts=["a red square"])

@@ -57,7 +57,7 @@ class EMA(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning.pytorch.strategies import FSDPStrategy
 
-        if isinstance(trainer.strategy, FSDPStrategy):
+        if isinstance(getattr(trainer, "strategy", None), FSDPStrategy):
             raise RuntimeError(
                 "the EMA callback does not support FSDP (its parameters are flat per-rank shards); "
                 "train with strategies/zero2.yaml or strategies/zero3.yaml (DeepSpeed) to keep an EMA"
@@ -70,7 +70,7 @@ class EMA(Callback):
             if missing:
                 raise KeyError(f"EMA state has no entry for parameters {sorted(missing)[:5]}")
             self.shadow = {n: t.to(params[n].device) for n, t in self.shadow.items()}
-        self._last_step = trainer.global_step
+        self._last_step = getattr(trainer, "global_step", 0)
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -82,7 +82,7 @@ class EMA(Callback):
         # Once per optimizer step (not per micro-batch under gradient accumulation).
         if trainer.global_step == self._last_step or trainer.global_step % self.every_n_steps:
             return
-        self._last_step = trainer.global_step
+        self._last_step = getattr(trainer, "global_step", 0)
         decay = self.current_decay()
         params = self._params(pl_module)
         if any(is_deepspeed_parameter(p) for p in params.values()):
