@@ -25,10 +25,24 @@ HERE = Path(__file__).resolve().parent
 DECAY = 0.999  # callbacks/ema.yaml
 
 
-def lvdm(*args, cwd=ROOT):
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def lvdm(*args, cwd=ROOT, torchrun=False):
+    """`lvdm <args>` in a subprocess; with ``torchrun``, `lvdm fit` through scripts/torchrun.sh (2 processes)."""
     env = dict(os.environ, DS_ACCELERATOR="cpu")
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "lvdm.cli", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    command = [sys.executable, "-m", "lvdm.cli", *args]
+    if torchrun:
+        assert args[0] == "fit"
+        env.update(NNODES="1", NPROC_PER_NODE="2", PYTHON=sys.executable, MASTER_PORT=str(free_port()))
+        command = ["bash", str(ROOT / "scripts/torchrun.sh"), *args[1:]]
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise AssertionError(f"lvdm {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -85,8 +99,10 @@ def test_zero_fit_resume_export_sample(stage, shapes, tmp_path):
     strategy = ["--config", f"strategies/zero{stage}.yaml"]
     cpu = ["--trainer.strategy.class_path", "lvdm.distributed.testing.CPUDeepSpeedStrategy"]
     run = tmp_path / "run"
+    # ZeRO-3's first run starts through scripts/torchrun.sh (torch elastic sets the ranks), the
+    # others through Lightning's own launcher.
     lvdm(*fit_args(shapes, run, [*strategy, "--config", probe_fragment(tmp_path / "a.yaml", "a")],
-                   *cpu, "--trainer.max_steps", "4"))
+                   *cpu, "--trainer.max_steps", "4"), torchrun=stage == 3)
     last = run / "checkpoints" / "last.ckpt"
     assert (last / "latest").is_file(), "DeepSpeed writes a checkpoint directory"
     a = records(tmp_path, "a")
