@@ -160,7 +160,12 @@ def test_strategy_fragments_compose_with_every_recipe(recipe, fragment, capsys):
     config = yaml.safe_load("\n".join(line for line in printed if not line.startswith("[")))  # DeepSpeed logs
     wanted = yaml.safe_load(fragment.read_text())["trainer"]
     assert config["trainer"]["strategy"]["class_path"] == wanted["strategy"]["class_path"]
-    assert config["trainer"]["precision"] == "bf16-mixed"
+    if "DeepSpeed" in wanted["strategy"]["class_path"]:  # bf16 with autocast, via the strategy's plugin
+        plugin = config["trainer"]["strategy"]["init_args"]["precision_plugin"]
+        assert plugin["class_path"] == "lvdm.distributed.precision.DeepSpeedAutocastPrecision"
+        assert plugin["init_args"]["precision"] == "bf16-mixed"
+    else:
+        assert config["trainer"]["precision"] == "bf16-mixed"
     assert config["model"]["class_path"] == yaml.safe_load(recipe.read_text())["model"]["class_path"]
 
 
@@ -182,6 +187,9 @@ def test_strategy_fragments_build_their_strategy(fragment):
     strategy = parser.instantiate_classes(parser.parse_object({"strategy": wanted})).strategy
     assert type(strategy).__name__ == wanted["class_path"].rsplit(".", 1)[1]
     if isinstance(strategy, DeepSpeedStrategy):
+        from lvdm.distributed.precision import DeepSpeedAutocastPrecision
+
+        assert isinstance(strategy.precision_plugin, DeepSpeedAutocastPrecision)
         assert strategy.config["zero_optimization"]["stage"] == wanted["init_args"]["stage"]
         assert ("offload_optimizer" in strategy.config["zero_optimization"]) == ("offload" in fragment.stem)
     if isinstance(strategy, FSDPStrategy):

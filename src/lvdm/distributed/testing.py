@@ -7,7 +7,7 @@ laptop or in CI:
 
     lvdm fit --config recipes/tiny/adaln.yaml --config strategies/zero3.yaml \\
         --trainer.strategy.class_path lvdm.distributed.testing.CPUDeepSpeedStrategy \\
-        --trainer.accelerator cpu --trainer.devices 2 --trainer.precision 32-true
+        --trainer.accelerator cpu --trainer.devices 2
 
 It lives in the package (not under ``tests/``) so that a command line can name it by
 ``class_path`` and the worker processes Lightning launches can import it without any
@@ -45,8 +45,8 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
     """``DeepSpeedStrategy`` on CPU processes (gloo): ZeRO stages 1-3, sharded checkpoints.
 
     Takes every argument of Lightning's ``DeepSpeedStrategy`` (``stage``, ``offload_optimizer``,
-    ``config``…). Use ``--trainer.accelerator cpu`` and ``--trainer.precision 32-true``:
-    DeepSpeed's CPU accelerator does not support half-precision training.
+    ``config``, ``precision_plugin``…). Use ``--trainer.accelerator cpu``. The strategy
+    fragments' bf16 (with autocast) runs on CPU too; float32 makes results exact.
     """
 
     strategy_name = "deepspeed_cpu"
