@@ -25,7 +25,7 @@ def lvdm(*args, cwd=ROOT, check=True):
 def test_top_level_help(capsys):
     main(["--help"])
     out = capsys.readouterr().out
-    for command in ("fit", "validate", "test", "sample", "data synth", "eval probe"):
+    for command in ("fit", "validate", "test", "sample", "data synth", "eval probe", "checkpoint export"):
         assert command in out
 
 
@@ -34,6 +34,7 @@ def test_top_level_help(capsys):
     (["sample", "--help"], "--checkpoint"),
     (["data", "synth", "--help"], "--num_train"),
     (["eval", "probe", "--help"], "--videos"),
+    (["checkpoint", "export", "--help"], "--ema"),
 ])
 def test_subcommand_help(argv, expect, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -102,6 +103,25 @@ def test_fit_checkpoint_sample_probe_end_to_end(tmp_path):
     scores = json.loads(result.read_text())
     assert len(scores["results"]) == 2 and {"colour", "shape", "direction"} <= set(scores["accuracy"])
 
+    # A plain .ckpt exports to one safetensors file holding the same (EMA) model.
+    import torch
+
+    from lvdm.callbacks.ema import load_ema_weights
+    from lvdm.distributed.checkpoint import load_safetensors_module
+    from lvdm.module import LatentDiffusionModule
+
+    weights = tmp_path / "model.safetensors"
+    main(["checkpoint", "export", "--checkpoint", str(ckpt), "--out", str(weights), "--ema", "true"])
+    reference = LatentDiffusionModule.load_from_checkpoint(ckpt, map_location="cpu")
+    assert load_ema_weights(torch.load(ckpt, map_location="cpu", weights_only=False), reference)
+    exported = load_safetensors_module(str(weights)).state_dict()
+    assert set(exported) == set(reference.state_dict())
+    for k, v in reference.state_dict().items():
+        assert torch.equal(exported[k], v), k
+    main(["sample", "--checkpoint", str(weights), "--prompts", '["a red square moving left"]',
+          "--out", str(tmp_path / "from_safetensors"), "--steps", "2"])
+    assert len(list((tmp_path / "from_safetensors").glob("*.mp4"))) == 1
+
 
 def test_fit_under_ddp_with_two_cpu_processes(tmp_path):
     """Two gloo ranks: equal batch counts per rank (no hang), EMA and checkpoint from rank 0."""
@@ -121,3 +141,91 @@ def test_fit_under_ddp_with_two_cpu_processes(tmp_path):
     ckpt = torch.load(next(run.rglob("last.ckpt")), map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 5
     assert ckpt["callbacks"]["EMA"]["num_updates"] == 5
+
+
+STRATEGIES = sorted((ROOT / "strategies").glob("*.yaml"))
+
+
+def test_strategy_fragments_exist():
+    assert {"ddp", "zero2", "zero2_offload", "zero3", "fsdp"} <= {p.stem for p in STRATEGIES}
+
+
+@pytest.mark.parametrize("fragment", STRATEGIES, ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_strategy_fragments_compose_with_every_recipe(recipe, fragment, capsys):
+    """Recipe + fragment parse together (class paths and init_args checked by jsonargparse)."""
+    with pytest.raises(SystemExit) as exit_info:
+        lightning_cli(["--config", str(recipe), "--config", str(fragment), "--print_config"], run=False)
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out.splitlines()
+    config = yaml.safe_load("\n".join(line for line in printed if not line.startswith("[")))  # DeepSpeed logs
+    wanted = yaml.safe_load(fragment.read_text())["trainer"]
+    assert config["trainer"]["strategy"]["class_path"] == wanted["strategy"]["class_path"]
+    if "DeepSpeed" in wanted["strategy"]["class_path"]:  # bf16 with autocast, via the strategy's plugin
+        plugin = config["trainer"]["strategy"]["init_args"]["precision_plugin"]
+        assert plugin["class_path"] == "lvdm.distributed.precision.DeepSpeedAutocastPrecision"
+        assert plugin["init_args"]["precision"] == "bf16-mixed"
+    else:
+        assert config["trainer"]["precision"] == "bf16-mixed"
+    assert config["model"]["class_path"] == yaml.safe_load(recipe.read_text())["model"]["class_path"]
+
+
+@pytest.mark.parametrize("fragment", STRATEGIES, ids=lambda p: p.name)
+def test_strategy_fragments_build_their_strategy(fragment):
+    """The fragment's arguments reach the real Lightning strategy (built on CPU; fit needs GPUs)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    from lvdm.models.dit import DiTBlock
+
+    wanted = yaml.safe_load(fragment.read_text())["trainer"]["strategy"]
+    if "DeepSpeed" in wanted["class_path"]:
+        pytest.importorskip("deepspeed")
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.strategies import Strategy
+
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(Strategy, "strategy")
+    strategy = parser.instantiate_classes(parser.parse_object({"strategy": wanted})).strategy
+    assert type(strategy).__name__ == wanted["class_path"].rsplit(".", 1)[1]
+    if isinstance(strategy, DeepSpeedStrategy):
+        from lvdm.distributed.precision import DeepSpeedAutocastPrecision
+
+        assert isinstance(strategy.precision_plugin, DeepSpeedAutocastPrecision)
+        stage = wanted["init_args"].get("stage") or wanted["init_args"]["config"]["zero_optimization"]["stage"]
+        assert strategy.config["zero_optimization"]["stage"] == stage
+        assert ("offload_optimizer" in strategy.config["zero_optimization"]) == ("offload" in fragment.stem)
+    if isinstance(strategy, FSDPStrategy):
+        assert strategy.kwargs["auto_wrap_policy"]._module_classes == {DiTBlock}
+
+
+def test_launch_scripts_are_valid_bash():
+    for script in ("scripts/slurm/train.sbatch", "scripts/torchrun.sh"):
+        subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
+    sbatch = (ROOT / "scripts/slurm/train.sbatch").read_text()
+    assert "#SBATCH --signal=SIGUSR1@90" in sbatch and "#SBATCH --requeue" in sbatch and "srun" in sbatch
+
+
+def test_ema_refuses_fsdp_with_a_clear_error():
+    from types import SimpleNamespace
+
+    import torch
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from lvdm.callbacks.ema import EMA
+
+    trainer = SimpleNamespace(strategy=FSDPStrategy(), global_step=0)
+    with pytest.raises(RuntimeError, match="does not support FSDP.*zero2.yaml"):
+        EMA().on_fit_start(trainer, torch.nn.Linear(2, 2))
+
+
+def test_export_and_sample_errors_name_the_path(tmp_path):
+    from lvdm.cli import sample
+    from lvdm.distributed.checkpoint import export_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
+        export_checkpoint(checkpoint=str(tmp_path / "nowhere.ckpt"), out=str(tmp_path / "m.safetensors"))
+    (tmp_path / "shards.ckpt").mkdir()
+    with pytest.raises(ValueError, match="not a DeepSpeed checkpoint"):
+        export_checkpoint(checkpoint=str(tmp_path / "shards.ckpt"), out=str(tmp_path / "m.safetensors"))
+    with pytest.raises(FileNotFoundError, match="lvdm checkpoint export"):
+        sample(checkpoint=str(tmp_path / "shards.ckpt"), prompts=["a red square"])

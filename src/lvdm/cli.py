@@ -32,6 +32,7 @@ lvdm commands:
   data encode precompute a compressor's latents of video shards into latent shards
   eval probe  score generated shapes videos: colour / shape / direction accuracy
   estimate    parameters, FLOPs, GPU-hours, s/video, memory/GPU   lvdm estimate --size XL/2 --frames 16
+  checkpoint export  a .ckpt or DeepSpeed checkpoint -> one .safetensors   lvdm checkpoint export --checkpoint last.ckpt --out model.safetensors --ema true
 
 Run `lvdm <command> --help` for the options of a command.
 """
@@ -59,7 +60,9 @@ def sample(
     ``<out>/prompts.txt``. The noise of prompt ``i`` depends only on ``seed + i``.
 
     Args:
-        checkpoint: a ``.ckpt`` written by ``lvdm fit`` (the model is rebuilt from its recipe).
+        checkpoint: a ``.ckpt`` written by ``lvdm fit`` (the model is rebuilt from its recipe),
+            or a ``.safetensors`` file from ``lvdm checkpoint export`` (which already holds the
+            weights it was exported with; ``use_ema`` does not apply).
         prompts: prompts to render, e.g. '["a red square moving left"]'.
         prompt_file: a text file with one prompt per line (added after ``prompts``).
         out: output folder.
@@ -90,19 +93,25 @@ def sample(
     if not all_prompts:
         raise ValueError("no prompts: give --prompts and/or --prompt_file")
     if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
+        hint = " (a DeepSpeed checkpoint directory: convert it with `lvdm checkpoint export`)" if Path(checkpoint).is_dir() else ""
+        raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist{hint}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "_instantiator" not in ckpt.get("hyper_parameters", {}):
-        raise ValueError(
-            f"checkpoint {checkpoint!r} carries no recipe (it was not trained with `lvdm fit`); "
-            "build the LatentDiffusionModule in Python and load its state_dict instead"
-        )
-    module = LatentDiffusionModule.load_from_checkpoint(checkpoint, map_location="cpu")
-    if use_ema:
-        load_ema_weights(ckpt, module)
+    if checkpoint.endswith(".safetensors"):
+        from lvdm.distributed.checkpoint import load_safetensors_module
+
+        module = load_safetensors_module(checkpoint)
+    else:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if "_instantiator" not in ckpt.get("hyper_parameters", {}):
+            raise ValueError(
+                f"checkpoint {checkpoint!r} carries no recipe (it was not trained with `lvdm fit`); "
+                "build the LatentDiffusionModule in Python and load its state_dict instead"
+            )
+        module = LatentDiffusionModule.load_from_checkpoint(checkpoint, map_location="cpu")
+        if use_ema:
+            load_ema_weights(ckpt, module)
     module.to(device).eval()
 
     out_dir = Path(out)
@@ -135,11 +144,13 @@ def _run_function(fn: Callable, prog: str, argv: list[str]):
 def _subcommands() -> dict[str, dict[str, Callable]]:
     from lvdm.data.latents import encode_shards
     from lvdm.data.synthetic import write_synthetic_dataset
+    from lvdm.distributed.checkpoint import export_checkpoint
     from lvdm.metrics.probe import probe_folder
 
     return {
         "data": {"synth": write_synthetic_dataset, "encode": encode_shards},
         "eval": {"probe": probe_folder},
+        "checkpoint": {"export": export_checkpoint},
     }
 
 

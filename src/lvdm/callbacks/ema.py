@@ -5,6 +5,11 @@ DeepSpeed checkpoints lose (ZeRO-2) or cannot build (ZeRO-3). Here the average i
 ``{parameter name: tensor}`` dict that this callback owns and that Lightning stores under
 ``checkpoint["callbacks"]``, so it travels with any strategy's checkpoint and can be read
 back without the training code (:func:`load_ema_weights`).
+
+Under DeepSpeed ZeRO the average is taken of the optimizer's float32 master weights, gathered
+one parameter at a time (:mod:`lvdm.distributed.zero`), so every rank holds the same whole
+average and ZeRO-3 never materialises the whole model. The gathers are collectives: under
+ZeRO, ``every_n_steps`` > 1 cuts their cost.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any, Iterator
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+
+from lvdm.distributed.zero import full_fp32_parameters, is_deepspeed_parameter, is_partitioned, writable
 
 
 class EMA(Callback):
@@ -38,6 +45,7 @@ class EMA(Callback):
         self.shadow: dict[str, torch.Tensor] = {}
         self.num_updates = 0
         self._swapped: contextlib.ExitStack | None = None  # averaged weights loaded for eval
+        self._last_step = -1  # global step of the last update
 
     @property
     def state_key(self) -> str:
@@ -47,14 +55,22 @@ class EMA(Callback):
         return {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if isinstance(getattr(trainer, "strategy", None), FSDPStrategy):
+            raise RuntimeError(
+                "the EMA callback does not support FSDP (its parameters are flat per-rank shards); "
+                "train with strategies/zero2.yaml or strategies/zero3.yaml (DeepSpeed) to keep an EMA"
+            )
         params = self._params(pl_module)
         if not self.shadow:  # fresh run (a resumed run already loaded its state)
-            self.shadow = {n: p.detach().float().clone() for n, p in params.items()}
+            self.shadow = {n: t.clone() for n, t in full_fp32_parameters(params.items())}
         else:
             missing = set(params) - set(self.shadow)
             if missing:
                 raise KeyError(f"EMA state has no entry for parameters {sorted(missing)[:5]}")
             self.shadow = {n: t.to(params[n].device) for n, t in self.shadow.items()}
+        self._last_step = getattr(trainer, "global_step", 0)
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -63,31 +79,45 @@ class EMA(Callback):
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step % self.every_n_steps:
+        # Once per optimizer step (not per micro-batch under gradient accumulation).
+        if trainer.global_step == self._last_step or trainer.global_step % self.every_n_steps:
             return
+        self._last_step = getattr(trainer, "global_step", 0)
         decay = self.current_decay()
         params = self._params(pl_module)
-        shadow = [self.shadow[n] for n in params]
-        torch._foreach_lerp_(shadow, [p.detach().float() for p in params.values()], 1.0 - decay)
+        if any(is_deepspeed_parameter(p) for p in params.values()):
+            # One whole parameter at a time (collectives; ZeRO-3 never holds the whole model).
+            for name, value in full_fp32_parameters(params.items()):
+                shadow = self.shadow[name]
+                shadow.lerp_(value.to(shadow.device), 1.0 - decay)
+        else:
+            shadow = [self.shadow[n] for n in params]
+            torch._foreach_lerp_(shadow, [p.detach().float() for p in params.values()], 1.0 - decay)
         self.num_updates += 1
 
     @contextlib.contextmanager
     def averaged_weights(self, pl_module: L.LightningModule) -> Iterator[None]:
-        """Temporarily load the averaged weights into ``pl_module``."""
+        """Temporarily load the averaged weights into ``pl_module``.
+
+        Works under ZeRO-3 too (each partitioned parameter is gathered, overwritten and split
+        back, its training value kept on the CPU meanwhile); a collective there."""
         if not self.shadow:
             yield
             return
         params = self._params(pl_module)
-        backup = {n: p.detach().clone() for n, p in params.items()}
+        backup: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for n, p in params.items():
-                p.copy_(self.shadow[n])
+                with writable(p):
+                    backup[n] = p.detach().to("cpu" if is_partitioned(p) else p.device, copy=True)
+                    p.copy_(self.shadow[n])
         try:
             yield
         finally:
             with torch.no_grad():
                 for n, p in params.items():
-                    p.copy_(backup[n])
+                    with writable(p):
+                        p.copy_(backup[n])
 
     def _swap_in(self, pl_module: L.LightningModule) -> None:
         if self.validate_with_ema and self._swapped is None:
