@@ -111,6 +111,12 @@ class LatentDiffusionModule(L.LightningModule):
             )
 
     # ------------------------------------------------------------------ training
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1:  # each data-parallel replica draws its own noise and timesteps
+            from lvdm.distributed import seed_data_parallel_replica
+
+            seed_data_parallel_replica(self.trainer)
+
     def encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ctx, mask = self.text_encoder(list(captions))
         return ctx.to(self.device), mask.to(self.device)

@@ -12,12 +12,17 @@ import torch
 import yaml
 
 from lvdm.cli import lightning_cli
-from lvdm.distributed import ActivationCheckpointing, SequenceParallel, data_parallel_rank_world
+from lvdm.distributed import (
+    ActivationCheckpointing,
+    SequenceParallel,
+    data_parallel_rank_world,
+    seed_data_parallel_replica,
+)
 from lvdm.distributed.checkpoint import read_checkpoint
 from lvdm.models.dit import DiT
 
 ROOT = Path(__file__).resolve().parents[2]
-FRAGMENTS = sorted((ROOT / "strategies").glob("*.yaml"))
+FRAGMENTS = [ROOT / "callbacks/sequence_parallel.yaml", ROOT / "callbacks/activation_checkpointing.yaml"]
 
 
 def _trainer(world_size=4, global_rank=3, callbacks=()):
@@ -29,6 +34,23 @@ def test_data_parallel_rank_world():
     assert data_parallel_rank_world(_trainer()) == (3, 4)
     assert data_parallel_rank_world(_trainer(callbacks=[SequenceParallel(size=2)])) == (1, 2)
     assert data_parallel_rank_world(_trainer(callbacks=[SequenceParallel(size=4)])) == (0, 1)
+
+
+def test_each_data_parallel_replica_draws_its_own_noise(monkeypatch):
+    """Lightning seeds every rank alike; lvdm reseeds with seed + data-parallel rank, so DDP
+    replicas draw different noise while the ranks of a sequence-parallel group draw the same."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+
+    def draw(trainer):
+        assert seed_data_parallel_replica(trainer) == 7
+        return torch.randn(4)
+
+    plain = [draw(_trainer(world_size=2, global_rank=r)) for r in (0, 1)]
+    assert not torch.equal(plain[0], plain[1])
+    grouped = [draw(_trainer(world_size=2, global_rank=r, callbacks=[SequenceParallel(size=2)])) for r in (0, 1)]
+    assert torch.equal(grouped[0], grouped[1]) and torch.equal(grouped[0], plain[0])
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    assert seed_data_parallel_replica(_trainer()) is None  # no seed_everything: nothing to spread
 
 
 def _module(**kwargs):
@@ -88,8 +110,8 @@ def test_fit_with_ulysses_and_checkpointing_on_two_cpu_processes(strategy, tmp_p
     lvdm("data", "synth", "--out", str(data), "--num_train", "20", "--num_val", "4", "--shard_size", "10")
     run = tmp_path / "run"
     strategy_args = ["--trainer.strategy", "ddp"] if strategy == "ddp" else ZERO2_ON_CPU
-    proc = lvdm("fit", "--config", "recipes/tiny/stdit.yaml", "--config", "strategies/sequence_parallel.yaml",
-                "--config", "strategies/activation_checkpointing.yaml", "--config", "callbacks/checkpoint.yaml", *strategy_args,
+    proc = lvdm("fit", "--config", "recipes/tiny/stdit.yaml", "--config", "callbacks/sequence_parallel.yaml",
+                "--config", "callbacks/activation_checkpointing.yaml", "--config", "callbacks/checkpoint.yaml", *strategy_args,
                 "--trainer.accelerator", "cpu", "--trainer.devices", "2",
                 "--data.init_args.train_shards", str(data / "train-*.tar"),
                 "--data.init_args.val_shards", str(data / "val-*.tar"),

@@ -9,7 +9,7 @@ Both are Lightning callbacks (:mod:`lvdm.distributed.callbacks`), imported lazil
 the torch-only mechanisms load without Lightning.
 """
 
-_CALLBACKS = ("SequenceParallel", "ActivationCheckpointing", "data_parallel_rank_world")
+_CALLBACKS = ("SequenceParallel", "ActivationCheckpointing", "data_parallel_rank_world", "seed_data_parallel_replica")
 
 __all__ = list(_CALLBACKS)
 

@@ -23,7 +23,7 @@ from lvdm.distributed.checkpointing import apply_activation_checkpointing, remov
 from lvdm.distributed.sequence_parallel import Mode, SequenceParallelGroup, new_sequence_parallel_group
 from lvdm.ops.attention import set_sequence_parallel
 
-__all__ = ["SequenceParallel", "ActivationCheckpointing", "data_parallel_rank_world"]
+__all__ = ["SequenceParallel", "ActivationCheckpointing", "data_parallel_rank_world", "seed_data_parallel_replica"]
 
 
 def data_parallel_rank_world(trainer: Optional["L.Trainer"]) -> tuple[int, int]:
@@ -37,10 +37,26 @@ def data_parallel_rank_world(trainer: Optional["L.Trainer"]) -> tuple[int, int]:
     return trainer.global_rank // size, max(trainer.world_size // size, 1)
 
 
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
+def seed_data_parallel_replica(trainer: "L.Trainer", seed: Optional[int] = None) -> Optional[int]:
+    """Seed ``random``, numpy and torch with ``seed + data-parallel rank``.
+
+    Lightning's ``seed_everything`` gives every rank the same seed, so without this every
+    data-parallel replica would draw the same timesteps, noise and caption dropout for its
+    (different) data; the ranks of one sequence-parallel group share a data-parallel rank and
+    stay alike, as they must. ``seed`` defaults to the run's ``seed_everything`` value; with
+    neither, nothing is reseeded (each process then keeps its own random seed). Returns the
+    base seed used, or ``None``.
+    """
+    if seed is None:
+        env = os.environ.get("PL_GLOBAL_SEED")
+        if env is None:
+            return None
+        seed = int(env)
+    dp_rank, _ = data_parallel_rank_world(trainer)
+    random.seed(seed + dp_rank)
+    np.random.seed((seed + dp_rank) % 2**32)
+    torch.manual_seed(seed + dp_rank)  # also seeds every CUDA device
+    return seed
 
 
 def _fingerprint(batch) -> str:
@@ -119,8 +135,8 @@ class SequenceParallel(Callback):
             box = [random.SystemRandom().randrange(2**31) if trainer.global_rank == 0 else 0]
             dist.broadcast_object_list(box, src=0)
             seed = box[0]
-        dp_rank, dp_world = data_parallel_rank_world(trainer)
-        _seed_all(int(seed) + dp_rank)
+        seed_data_parallel_replica(trainer, int(seed))
+        _, dp_world = data_parallel_rank_world(trainer)
         rank_zero_info(f"sequence parallelism: {dp_world} data-parallel replica(s) × {self.size} ranks "
                        f"({self.mode}); random generators seeded with {seed} + data-parallel rank")
 
