@@ -33,9 +33,9 @@ def _free_port() -> int:
 
 
 # --------------------------------------------------------------------------- cases
-def _case(name, *, layout, conditioning, mode, size, heads, ckpt=False):
+def _case(name, *, layout, conditioning, mode, size, heads, ckpt=False, adaln_single=False):
     return {"name": name, "layout": layout, "conditioning": conditioning, "mode": mode, "size": size,
-            "heads": heads, "ckpt": ckpt}
+            "heads": heads, "ckpt": ckpt, "adaln_single": adaln_single}
 
 
 CASES = {
@@ -47,6 +47,9 @@ CASES = {
               size=2, heads=3, ckpt=True),
         _case("st-cross-ulysses-ckpt", layout="spatial_temporal", conditioning="cross_attn", mode="ulysses",
               size=2, heads=4, ckpt=True),
+        # adaLN-single: the shared t_block runs once per sample outside the (checkpointed) blocks
+        _case("st-cross-ulysses-adaln-single-ckpt", layout="spatial_temporal", conditioning="cross_attn",
+              mode="ulysses", size=2, heads=4, ckpt=True, adaln_single=True),
     ],
     4: [
         _case("full-cross-ulysses", layout="full", conditioning="cross_attn", mode="ulysses", size=4, heads=4),
@@ -65,7 +68,8 @@ def _model(case) -> DiT:
     hidden = 16 * case["heads"] if case["heads"] == 3 else 32
     torch.manual_seed(0)
     model = DiT(in_channels=2, patch_size=(1, 2, 2), hidden_size=hidden, depth=2, num_heads=case["heads"],
-                conditioning=case["conditioning"], layout=case["layout"], context_dim=8).double()
+                conditioning=case["conditioning"], layout=case["layout"], context_dim=8,
+                adaln_single=case.get("adaln_single", False)).double()
     with torch.no_grad():  # DiT starts as the identity with output 0: randomise every weight
         for p in model.parameters():
             p.normal_(0.0, 0.2)

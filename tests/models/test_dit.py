@@ -7,6 +7,8 @@ from lvdm.models.dit import DiT, parse_size
 from lvdm.ops.attention import attention, use_backend
 
 VARIANTS = list(itertools.product(["adaln", "cross_attn", "in_context"], ["full", "spatial_temporal"]))
+# adaLN-single (one shared modulation linear, per-block tables): the modulated conditionings
+SINGLE = list(itertools.product(["adaln", "cross_attn"], ["full", "spatial_temporal"]))
 
 
 def tiny(conditioning="adaln", layout="full", **kw):
@@ -41,13 +43,15 @@ def test_size_presets():
         parse_size("M/2")
 
 
-@pytest.mark.parametrize("conditioning,layout", VARIANTS)
-def test_every_block_starts_as_identity(conditioning, layout):
+@pytest.mark.parametrize("conditioning,layout,single", [(*v, False) for v in VARIANTS] + [(*v, True) for v in SINGLE])
+def test_every_block_starts_as_identity(conditioning, layout, single):
     torch.manual_seed(0)
-    model = tiny(conditioning, layout)
+    model = tiny(conditioning, layout, adaln_single=single)
     b, d, grid = 2, model.hidden_size, (2, 4, 4)
     n = grid[0] * grid[1] * grid[2]
     c = torch.randn(b, d)
+    if single:  # blocks see the shared t_block's output (zero at init), which must not be what
+        c = model.t_block(c)  # makes them the identity on its own: see the companion checks
     ctx = torch.randn(b, 5, d)
     ctx_mask = torch.ones(b, 5, dtype=torch.bool)
     num_prefix = 6 if conditioning == "in_context" else 0
@@ -65,21 +69,67 @@ def test_every_block_starts_as_identity(conditioning, layout):
                 p.add_(0.1 * torch.randn_like(p))
         out = block(x, None if conditioning == "in_context" else c, grid, ctx, ctx_mask, num_prefix, mask)
         assert (out - x).abs().max() > 1e-3
+    if single:
+        # each of the two zero inits is needed: with the tables' gate rows zero, a trained
+        # (non-zero) t_block alone makes the blocks act, and so do non-zero gate rows alone
+        fresh = tiny(conditioning, layout, adaln_single=True)
+        with torch.no_grad():
+            fresh.t_block[-1].weight.normal_(0, 0.1)
+        c_trained = fresh.t_block(torch.randn(b, d))
+        for block in fresh.blocks:
+            assert (block(x, c_trained, grid, ctx, ctx_mask) - x).abs().max() > 1e-3
+            torch.testing.assert_close(block(x, torch.zeros_like(c_trained), grid, ctx, ctx_mask), x, rtol=0, atol=0)
+            with torch.no_grad():
+                block.scale_shift_table[2::3].normal_(0, 0.1)
+            assert (block(x, torch.zeros_like(c_trained), grid, ctx, ctx_mask) - x).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("conditioning,layout", VARIANTS)
-def test_untrained_model_predicts_zero_with_right_shape(conditioning, layout):
-    model = tiny(conditioning, layout)
+def test_adaln_single_shares_one_modulation_linear():
+    single = tiny("cross_attn", "spatial_temporal", adaln_single=True)
+    per_block = tiny("cross_attn", "spatial_temporal")
+    keys = set(single.state_dict())
+    assert "t_block.1.weight" in keys and not any("adaLN_modulation" in k for k in keys)
+    assert single.blocks[0].scale_shift_table.shape == (9, 32)  # (shift, scale, gate) × 3 branches
+    assert single.final_layer.scale_shift_table.shape == (2, 32)
+    # per-block adaLN: depth × (D·9D + 9D) + final (D·2D + 2D); adaLN-single: one D·9D + 9D,
+    # tables depth × 9D + 2D
+    d, depth = 32, 2
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    expected = depth * (9 * d * d + 9 * d) + (2 * d * d + 2 * d) - (9 * d * d + 9 * d) - depth * 9 * d - 2 * d
+    assert count(per_block) - count(single) == expected
+    # the default keeps every existing checkpoint loadable: same keys as before adaln_single
+    assert all("scale_shift_table" not in k and "t_block" not in k for k in per_block.state_dict())
+    with pytest.raises(ValueError, match="adaln_single=True needs conditioning"):
+        tiny("in_context", "full", adaln_single=True)
+
+
+def test_stdit_xl2_with_adaln_single_has_open_sora_size():
+    """Open-Sora 1.0's STDiT-XL/2 is published as "724M" (seed 002); counted from its code it
+    has ~759.6e6 parameters, i.e. 724 × 2**20. lvdm's STDiT-XL/2 with adaLN-single has ~764e6
+    (its temporal attention has its own modulation triple: 3 more rows in t_block)."""
+    kw = dict(size="XL/2", layout="spatial_temporal", conditioning="cross_attn", context_dim=4096,
+              in_channels=4, out_channels=8)
+    with torch.device("meta"):
+        single = DiT(**kw, adaln_single=True)
+        per_block = DiT(**kw)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert 0.75e9 < count(single) < 0.78e9, count(single)
+    assert 1.08e9 < count(per_block) < 1.10e9, count(per_block)
+
+
+@pytest.mark.parametrize("conditioning,layout,single", [(*v, False) for v in VARIANTS] + [(*v, True) for v in SINGLE])
+def test_untrained_model_predicts_zero_with_right_shape(conditioning, layout, single):
+    model = tiny(conditioning, layout, adaln_single=single)
     x, t, ctx, mask = inputs()
     out = model(x, t, ctx, mask)
     assert out.shape == x.shape
     assert out.abs().max() == 0
 
 
-@pytest.mark.parametrize("conditioning,layout", VARIANTS)
-def test_each_variant_learns_a_tiny_batch(conditioning, layout):
+@pytest.mark.parametrize("conditioning,layout,single", [(*v, False) for v in VARIANTS] + [("cross_attn", "full", True)])
+def test_each_variant_learns_a_tiny_batch(conditioning, layout, single):
     torch.manual_seed(0)
-    model = tiny(conditioning, layout)
+    model = tiny(conditioning, layout, adaln_single=single)
     x, t, ctx, mask = inputs(b=4)
     target = torch.randn_like(x) * 0.5 + x.mean(dim=(2, 3, 4), keepdim=True)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)

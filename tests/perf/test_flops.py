@@ -16,11 +16,12 @@ from lvdm.perf.flops import (
 LATENT = (4, 8, 8)  # (T, H, W): patch (2, 2, 2) → grid 2 × 4 × 4
 
 
-def _tiny(conditioning, layout, context_dim=16, num_classes=0):
+def _tiny(conditioning, layout, context_dim=16, num_classes=0, adaln_single=False):
     torch.manual_seed(0)
     return DiT(
         in_channels=4, hidden_size=32, depth=2, num_heads=2, patch_size=(2, 2, 2), mlp_ratio=3.0,
         conditioning=conditioning, layout=layout, context_dim=context_dim, num_classes=num_classes,
+        adaln_single=adaln_single,
     )
 
 
@@ -53,6 +54,32 @@ def test_forward_and_training_flops_match_flop_counter(conditioning, layout, tex
     assert dit_training_flops(model, LATENT, text_len, batch_size=2, exact_first_layers=True) == measured_train
     # the 3× convention is within a few percent of the real count even on a tiny model
     assert abs(dit_training_flops(model, LATENT, text_len, batch_size=2) / measured_train - 1) < 0.05
+
+
+@pytest.mark.parametrize("conditioning,layout", [("adaln", "full"), ("cross_attn", "spatial_temporal")])
+def test_adaln_single_flops_match_flop_counter_with_and_without_checkpointing(conditioning, layout):
+    """adaLN-single: one shared modulation linear per sample (``t_block``), no per-block or
+    final-layer modulation linear; activation checkpointing recomputes the blocks, not t_block."""
+    from lvdm.distributed.checkpointing import apply_activation_checkpointing
+
+    model = _tiny(conditioning, layout, adaln_single=True)
+    per_block = _tiny(conditioning, layout)
+    x, t, ctx, mask = _inputs(7, True)
+    fwd = dit_forward_flops(model, LATENT, 7, batch_size=2)
+    assert fwd.total == count_flops(model, x, t, ctx, mask)
+    assert "adaln" not in fwd.components and fwd.components["t_block"] > 0
+    # the counter sees the difference too: depth per-block linears + the final one → one t_block
+    n_mod = 6 if layout == "full" else 9
+    saved = count_flops(per_block, x, t, ctx, mask) - count_flops(model, x, t, ctx, mask)
+    assert saved == 2 * 2 * 32 * (2 * n_mod * 32 + 2 * 32) - 2 * 2 * 32 * n_mod * 32
+
+    def step():
+        model(x, t, ctx, mask).square().mean().backward()
+
+    assert dit_training_flops(model, LATENT, 7, batch_size=2, exact_first_layers=True) == count_flops(step)
+    apply_activation_checkpointing(model, 1.0)
+    recomputed = dit_training_flops(model, LATENT, 7, batch_size=2, checkpoint_fraction=1.0, exact_first_layers=True)
+    assert recomputed == count_flops(step)
 
 
 @pytest.mark.parametrize("conditioning", ["adaln", "in_context"])

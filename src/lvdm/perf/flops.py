@@ -46,6 +46,8 @@ class DiTShape:
         num_params: parameter count (0 if unknown).
         block_params: parameters of one block (0 if unknown).
         frequency_dim: width of the sinusoidal timestep code fed to the timestep MLP.
+        adaln_single: one shared modulation linear (``t_block``) instead of one per block and
+            one in the final layer (PixArt / STDiT adaLN-single).
     """
 
     hidden_size: int
@@ -62,6 +64,7 @@ class DiTShape:
     num_params: int = 0
     block_params: int = 0
     frequency_dim: int = 256
+    adaln_single: bool = False
 
     @classmethod
     def from_model(cls, model: DiT) -> "DiTShape":
@@ -83,6 +86,7 @@ class DiTShape:
             num_params=sum(p.numel() for p in model.parameters()),
             block_params=sum(p.numel() for p in model.blocks[0].parameters()) if len(model.blocks) else 0,
             frequency_dim=model.t_embedder.frequency_dim,
+            adaln_single=model.adaln_single,
         )
 
     @classmethod
@@ -147,9 +151,11 @@ def dit_forward_flops(
 
     Returns:
         a :class:`FlopsBreakdown` by component: ``patch_embed``, ``timestep_embed``,
-        ``text_proj``, ``adaln`` (all modulation linears), ``qkv_proj`` (self-attention input
-        and output projections), ``self_attention`` (scores and values), ``cross_proj``,
-        ``cross_attention``, ``mlp``, ``final_layer``.
+        ``t_block`` (the one shared modulation linear of an ``adaln_single`` model, once per
+        sample), ``text_proj``, ``adaln`` (the per-block modulation linears), ``qkv_proj``
+        (self-attention input and output projections), ``self_attention`` (scores and values),
+        ``cross_proj``, ``cross_attention``, ``mlp``, ``final_layer`` (with its modulation
+        linear unless ``adaln_single``, where a table is added: elementwise, not counted).
     """
     s = model if isinstance(model, DiTShape) else DiTShape.from_model(model)
     t, h, w = s.latent_grid(latent_thw)
@@ -165,6 +171,9 @@ def dit_forward_flops(
     pt, ph, pw = s.patch_size
     out.add("patch_embed", b * _mm(n, s.in_channels * pt * ph * pw, d))
     out.add("timestep_embed", b * (_mm(1, s.frequency_dim, d) + _mm(1, d, d)))
+    n_attn = 1 if s.layout == "full" else 2
+    if s.adaln_single:  # one linear per sample, outside the blocks (not recomputed by checkpointing)
+        out.add("t_block", b * _mm(1, d, 3 * (n_attn + 1) * d))
     if text:
         out.add("text_proj", b * (_mm(L, s.context_dim, d) + _mm(L, d, d)))
 
@@ -172,9 +181,8 @@ def dit_forward_flops(
     prefix = 0
     if s.conditioning == "in_context":
         prefix = 1 + (L if text else 1 if s.num_classes else 0)
-    n_attn = 1 if s.layout == "full" else 2
     for _ in range(s.depth):
-        if s.conditioning != "in_context":
+        if s.conditioning != "in_context" and not s.adaln_single:
             out.add("adaln", b * _mm(1, d, 3 * (n_attn + 1) * d))
         if s.layout == "full":
             seq = prefix + n
@@ -192,7 +200,7 @@ def dit_forward_flops(
             out.add("cross_proj", b * (_mm(n, d, d) + _mm(L, d, 2 * d) + _mm(n, d, d)))
             out.add("cross_attention", b * 4 * n * L * d)
         out.add("mlp", b * (_mm(prefix + n, d, f) + _mm(prefix + n, f, d)))
-    if s.conditioning != "in_context":
+    if s.conditioning != "in_context" and not s.adaln_single:
         out.add("final_layer", b * _mm(1, d, 2 * d))
     out.add("final_layer", b * _mm(n, d, pt * ph * pw * s.out_channels))
     return out
