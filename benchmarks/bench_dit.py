@@ -7,7 +7,11 @@ classifier-free-guided sampling run, same configuration, same inputs, same proce
 
 Both models: hidden 1152, 16 heads, 28 layers, patch 2, T5-width captions (4096) of 120
 tokens, latent 4×16×32×32 (16×256×256 video through an 8× VAE) for ``h100``. lvdm runs its
-``spatial_temporal`` layout with ``cross_attn`` conditioning (STDiT); Latte is a spatial block
+``spatial_temporal`` layout with ``cross_attn`` conditioning and adaLN-single modulation
+(STDiT: one shared modulation linear plus a learned table per block, ~764M parameters at
+XL/2, as Open-Sora's "724M" = 724·2²⁰ STDiT-XL/2; ``--adaln per_block`` benchmarks the 1.09B
+variant with one adaLN linear per block instead). Latte (``norm_type="ada_norm_single"``,
+adaLN-single too) is a spatial block
 with cross-attention followed by a temporal block, each with its own MLP, so it does more
 FLOPs per layer at the same width and depth — the table prints parameters and FLOPs of both,
 and the ratios both as time and as achieved FLOP/s.
@@ -64,7 +68,7 @@ def build_lvdm(cfg, device, dtype):
     c, t, h, w = cfg["latent"]
     model = DiT(in_channels=c, hidden_size=cfg["hidden"], depth=cfg["depth"], num_heads=cfg["heads"],
                 patch_size=(1, cfg["patch"], cfg["patch"]), conditioning="cross_attn", layout="spatial_temporal",
-                context_dim=cfg["context_dim"])
+                context_dim=cfg["context_dim"], adaln_single=cfg.get("adaln", "single") == "single")
     return model.to(device=device, dtype=dtype)
 
 
@@ -194,6 +198,7 @@ def run(args) -> dict:
             cfg[key] = getattr(args, key)
     if args.checkpointing:
         cfg["checkpointing"] = True
+    cfg["adaln"] = args.adaln
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype]
     if args.dtype != "fp32" and device.type == "cpu":
@@ -271,7 +276,7 @@ def table(result) -> str:
         f"attention={result['attention']} compile={result['compile']} torch={result['torch']} {result['date']}",
         f"# latent {cfg['latent']} → {result['tokens_per_sample']} tokens, text {cfg['text_len']}, hidden {cfg['hidden']}, "
         f"depth {cfg['depth']}, heads {cfg['heads']}, batch {cfg['batch']}, sampling {cfg['sampling_steps']} steps CFG "
-        f"(batch {cfg['sample_batch']}×2), checkpointing {cfg['checkpointing']}",
+        f"(batch {cfg['sample_batch']}×2), checkpointing {cfg['checkpointing']}, lvdm adaLN {cfg['adaln']}",
         "| model | params (M) | fwd GFLOPs/sample | train ms/step | samples/s | tokens/s | TFLOP/s | MFU | peak mem (GB) | sampling s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -308,6 +313,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--sampling_steps", type=int, help="sampling steps (0: skip sampling)")
     parser.add_argument("--warmup", type=int, help="untimed training steps first")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing of every block")
+    parser.add_argument("--adaln", choices=["single", "per_block"], default="single",
+                        help="lvdm's modulation: adaLN-single (STDiT/PixArt/Latte, default) or one adaLN linear per block")
     parser.add_argument("--json", help="also write the result as JSON here")
     args = parser.parse_args(argv)
     result = run(args)

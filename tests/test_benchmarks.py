@@ -22,6 +22,7 @@ def test_cpu_smoke_prints_lvdm_vs_latte_table(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| lvdm DiT (STDiT) |" in text and "| diffusers Latte |" in text
     assert "faster step" in text and "faster sampling" in text
+    assert "lvdm adaLN single" in text  # the STDiT-XL/2-sized model of the issue is the adaLN-single one
     rows = result["rows"]
     for name in ("lvdm", "latte"):
         assert rows[name]["train_ms_per_step"] > 0 and rows[name]["sampling_s"] > 0

@@ -89,3 +89,18 @@ def test_estimate_help_lists_its_options(capsys):
         main(["estimate", "--help"])
     out = capsys.readouterr().out
     assert "--recipe" in out and "--checkpoint_fraction" in out and "--convention" in out
+
+
+def test_adaln_single_passes_through(capsys):
+    main(["estimate", "--adaln_single", "true", "--print_report", "true"])
+    out = capsys.readouterr().out
+    assert "cross_attn/spatial_temporal adaLN-single" in out
+    single = estimate(adaln_single=True, print_report=False)
+    per_block = estimate(print_report=False)
+    shape = DiTShape.from_kwargs(size="XL/2", conditioning="cross_attn", layout="spatial_temporal", context_dim=4096,
+                                 adaln_single=True)
+    assert single["params"] == shape.num_params and 0.75e9 < single["params"] < 0.78e9
+    assert per_block["params"] > 1.08e9
+    # 28 per-block adaLN linears + the final one become one shared linear: fewer FLOPs, same blocks
+    assert single["forward_flops_per_sample"] < per_block["forward_flops_per_sample"]
+    assert single["breakdown"].components["mlp"] == per_block["breakdown"].components["mlp"]

@@ -125,6 +125,7 @@ def estimate(
     in_channels: Optional[int] = None,
     context_dim: Optional[int] = None,
     num_classes: Optional[int] = None,
+    adaln_single: Optional[bool] = None,
     frames: Optional[int] = None,
     height: Optional[int] = None,
     width: Optional[int] = None,
@@ -167,6 +168,9 @@ def estimate(
         in_channels: latent channels.
         context_dim: text embedding width (0: no text; T5-XXL is 4096).
         num_classes: class labels for a class-conditional model (ImageNet DiT: 1000).
+        adaln_single: adaLN-single modulation (one shared linear, as Open-Sora's STDiT, PixArt-α
+            and Latte) instead of one adaLN linear per block; ``true`` makes the default
+            STDiT-XL/2 the ~764M model Open-Sora describes (per-block adaLN: 1.09B).
         frames: video frames in pixels.
         height: video height in pixels.
         width: video width in pixels.
@@ -204,7 +208,7 @@ def estimate(
     if not dit_kwargs and size is None:
         size = "XL/2"
     for key, value in (("size", size), ("conditioning", conditioning), ("layout", layout), ("in_channels", in_channels),
-                       ("context_dim", context_dim), ("num_classes", num_classes)):
+                       ("context_dim", context_dim), ("num_classes", num_classes), ("adaln_single", adaln_single)):
         if value is not None:
             dit_kwargs[key] = value
     if not recipe:
@@ -313,7 +317,8 @@ def format_report(r: dict[str, Any], *, shape: DiTShape, gpu: str, dtype: str, m
     word = "FLOPs" if convention == "flops" else "MACs (DiT-paper 'FLOPs')"
     lines = [
         f"model        DiT D={shape.hidden_size} depth={shape.depth} heads={shape.num_heads} patch={shape.patch_size} "
-        f"{shape.conditioning}/{shape.layout}" + (f"  × model_scale {scale[0]:g}" if scale[0] != 1 else ""),
+        f"{shape.conditioning}/{shape.layout}" + (" adaLN-single" if shape.adaln_single else "")
+        + (f"  × model_scale {scale[0]:g}" if scale[0] != 1 else ""),
         f"parameters   {r['params'] / 1e6:,.1f} M",
         f"latent       {r['latent']} → {r['grid']} = {r['tokens']} tokens, text {r['text_len']} tokens"
         + (f"  × linear_frames {scale[1]}" if scale[1] != 1 else ""),
