@@ -14,7 +14,7 @@ def fvd():
     return FrechetVideoDistance()
 
 
-def test_tensorflow_reference_zeros_vs_ones(fvd):
+def test_tensorflow_reference_zeros_vs_ones(monkeypatch):
     """common_metrics_on_video_quality, README section "Comparison with orginal Tensorflow FVD
     metric" (https://github.com/JunyaoHu/common_metrics_on_video_quality, calculate_fvd_tensorflow.py):
     the original TF FVD of 8 all-zero vs 8 all-one videos, [8, 30 frames, 3, 64, 64] in [0, 1]
@@ -22,11 +22,18 @@ def test_tensorflow_reference_zeros_vs_ones(fvd):
 
     Constant videos make the resize irrelevant and the covariances zero, so this checks the I3D,
     the feature layer and the input scaling. All 8 videos of a set are identical, so one I3D pass
-    per set is repeated 8 times.
+    per set is repeated 8 times. Runs with the network cut: any connection attempt fails.
     """
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("network access attempted during FVD")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    fvd = FrechetVideoDistance()
     zeros = torch.zeros(1, 3, 30, 64, 64, dtype=torch.uint8)
     ones = torch.full((1, 3, 30, 64, 64), 255, dtype=torch.uint8)
-    fvd.reset()
     fvd.update(features=fvd.features(zeros).repeat(8, 1), real=True)
     fvd.update(features=fvd.features(ones).repeat(8, 1), real=False)
     assert fvd.counts == {"real": 8, "fake": 8}
