@@ -31,6 +31,8 @@ lvdm commands:
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
   data encode precompute a compressor's latents of video shards into latent shards
   eval probe  score generated shapes videos: colour / shape / direction accuracy
+  eval fvd    Fréchet Video Distance (original TF protocol)   lvdm eval fvd --real <shards|mp4s> --fake <mp4s>
+  eval clipscore  CLIPScore of videos against their prompts  lvdm eval clipscore --videos <mp4s> --clip <path|hub id>
   estimate    parameters, FLOPs, GPU-hours, s/video, memory/GPU   lvdm estimate --size XL/2 --frames 16
   checkpoint export  a .ckpt or DeepSpeed checkpoint -> one .safetensors   lvdm checkpoint export --checkpoint last.ckpt --out model.safetensors --ema true
 
@@ -145,11 +147,12 @@ def _subcommands() -> dict[str, dict[str, Callable]]:
     from lvdm.data.latents import encode_shards
     from lvdm.data.synthetic import write_synthetic_dataset
     from lvdm.distributed.checkpoint import export_checkpoint
+    from lvdm.metrics.evaluate import clipscore, fvd
     from lvdm.metrics.probe import probe_folder
 
     return {
         "data": {"synth": write_synthetic_dataset, "encode": encode_shards},
-        "eval": {"probe": probe_folder},
+        "eval": {"probe": probe_folder, "fvd": fvd, "clipscore": clipscore},
         "checkpoint": {"export": export_checkpoint},
     }
 

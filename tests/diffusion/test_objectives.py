@@ -156,3 +156,41 @@ def test_flow_oracle_for_a_point_mass_recovers_the_point(prediction, shift):
     torch.manual_seed(0)
     obj.logit_std = 0.1
     assert obj.training_loss(oracle, target, noise(7)).item() < 1e-8
+
+
+def test_flow_loss_at_float64_and_grid():
+    obj = RectifiedFlow(prediction="sample", shift=3.0)
+    x0, eps = noise(1), noise(2)
+    t = torch.tensor([0.25, 0.8])
+    pred = noise(3)
+    per_sample = obj.loss_at(lambda x_t, ts: pred, x0, eps, t)
+    tb = t.double().clamp(min=obj.min_t).view(-1, 1, 1, 1, 1)
+    x_t = (1 - tb) * x0.double() + tb * eps.double()
+    v = (x_t - pred.double()) / tb  # a sample prediction turned into a velocity
+    expected = ((v - (eps - x0).double()) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(per_sample.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(obj.fixed_timesteps(3), torch.tensor([0.25, 0.5, 0.75]))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddpm_loss_at_float64_and_grid(prediction_type):
+    obj = DDPM(prediction_type=prediction_type)
+    x0, eps = noise(1), noise(2)
+    t = torch.tensor([10, 900])
+    per_sample = obj.loss_at(lambda x_t, ts: torch.zeros_like(x_t), x0, eps, t)
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)[t].view(-1, 1, 1, 1, 1)
+    x0d, epsd = x0.double(), eps.double()
+    target = epsd if prediction_type == "epsilon" else abar.sqrt() * epsd - (1 - abar).sqrt() * x0d
+    torch.testing.assert_close(per_sample.double(), (target**2).flatten(1).mean(1), rtol=1e-5, atol=1e-5)
+    assert obj.fixed_timesteps(4).tolist() == [200, 400, 600, 800]
+
+
+def test_training_loss_is_loss_at_sampled_times(model):
+    """The training loss goes through loss_at: same noise and the same sampled time agree."""
+    obj = RectifiedFlow()
+    x0, eps = noise(1), noise(2)
+    torch.manual_seed(5)
+    loss = obj.training_loss(model, x0, eps)
+    torch.manual_seed(5)
+    t = obj.sample_time(x0)
+    torch.testing.assert_close(loss, obj.loss_at(model, x0, eps, t).mean())

@@ -28,6 +28,18 @@ class Objective(ABC):
         """Mean-squared error of the network's prediction on a noised ``x0`` (scalar)."""
 
     @abstractmethod
+    def loss_at(self, model_fn: ModelFn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The training loss of each sample at given times ``t`` ``[B]`` (the objective's own
+        time units) and noise: ``[B]`` mean-squared errors. ``training_loss`` is its mean at
+        sampled times, so fixed ``noise`` and ``t`` give a validation loss without sampling
+        noise (Open-Sora 1.2's evaluation loss)."""
+
+    @abstractmethod
+    def fixed_timesteps(self, num: int) -> torch.Tensor:
+        """``num`` evenly spaced interior times of the process (no endpoints), in the units
+        ``loss_at`` takes: the grid of a fixed-timestep validation loss."""
+
+    @abstractmethod
     def sample(
         self, model_fn: ModelFn, noise: torch.Tensor, num_steps: Optional[int] = None, progress: bool = False
     ) -> torch.Tensor:
@@ -108,11 +120,18 @@ class RectifiedFlow(Objective):
 
     def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         noise = torch.randn_like(x0) if noise is None else noise
-        t = self.sample_time(x0)
+        return self.loss_at(model_fn, x0, noise, self.sample_time(x0)).mean()
+
+    def loss_at(self, model_fn: ModelFn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Velocity MSE of each sample at times ``t`` ``[B]`` in [0, 1] (1 = pure noise)."""
         tb = t.view(-1, *([1] * (x0.ndim - 1)))
         x_t = (1 - tb) * x0 + tb * noise
         pred = self.velocity(model_fn, x_t, t)
-        return torch.mean((pred.float() - (noise - x0).float()) ** 2)
+        return ((pred.float() - (noise - x0).float()) ** 2).flatten(1).mean(dim=1)
+
+    def fixed_timesteps(self, num: int) -> torch.Tensor:
+        """``t = k / (num + 1)``, ``k = 1..num`` (unshifted: equal steps of the noise level)."""
+        return torch.linspace(0.0, 1.0, num + 2)[1:-1]
 
     def timesteps(self, num_steps: int, x: torch.Tensor) -> torch.Tensor:
         """The Euler grid ``1 = t_0 > … > t_N = 0`` (shifted)."""
@@ -189,10 +208,21 @@ class DDPM(Objective):
         noise = torch.randn_like(x0) if noise is None else noise
         n = self.train_scheduler.config.num_train_timesteps
         t = torch.randint(0, n, (x0.shape[0],), device=x0.device)
+        return self.loss_at(model_fn, x0, noise, t).mean()
+
+    def loss_at(self, model_fn: ModelFn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε or v MSE of each sample at integer timesteps ``t`` ``[B]`` in ``[0, num_train_timesteps)``."""
+        t = t.long()
         x_t = self.train_scheduler.add_noise(x0, noise, t)
         target = noise if self.prediction_type == "epsilon" else self.train_scheduler.get_velocity(x0, noise, t)
         pred = model_fn(x_t, t.float())
-        return torch.mean((pred.float() - target.float()) ** 2)
+        return ((pred.float() - target.float()) ** 2).flatten(1).mean(dim=1)
+
+    def fixed_timesteps(self, num: int) -> torch.Tensor:
+        """``num`` evenly spaced integer timesteps strictly inside ``[0, num_train_timesteps]``
+        (Open-Sora 1.2's evaluation grid)."""
+        n = self.train_scheduler.config.num_train_timesteps
+        return torch.linspace(0, n, num + 2)[1:-1].round().long().clamp(max=n - 1)
 
     @torch.no_grad()
     def sample(

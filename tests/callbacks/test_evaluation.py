@@ -1,0 +1,37 @@
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lvdm.callbacks.evaluation import PeriodicEvaluation
+from lvdm.data.synthetic import write_synthetic_dataset
+from lvdm.diffusion.objectives import RectifiedFlow
+from lvdm.models.dit import DiT
+from lvdm.module import LatentDiffusionModule
+from lvdm.text.words import WordTextEncoder
+
+
+def test_periodic_fvd(tmp_path):
+    write_synthetic_dataset(str(tmp_path / "shapes"), num_train=1, num_val=2, num_frames=9)
+    torch.manual_seed(0)
+    dit = DiT(in_channels=3, patch_size=(1, 8, 8), hidden_size=32, depth=1, num_heads=2,
+              conditioning="cross_attn", context_dim=16)
+    module = LatentDiffusionModule(dit, WordTextEncoder(dim=16, max_length=8), RectifiedFlow(num_sampling_steps=2),
+                                   sample_shape=(9, 32, 32))
+    callback = PeriodicEvaluation(real=str(tmp_path / "shapes/val-*.tar"), every_n_steps=2, num_videos=2)
+    batch = {"video": torch.rand(2, 3, 9, 32, 32) * 2 - 1, "caption": ["a red square moving left"] * 2}
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, callbacks=[callback], limit_val_batches=0)
+    trainer.fit(module, DataLoader([batch] * 2, batch_size=None))
+    assert [step for step, _ in callback.history] == [2]
+    results = callback.history[0][1]
+    assert set(results) == {"eval/fvd"} and results["eval/fvd"] > 0
+    assert trainer.callback_metrics["eval/fvd"].item() == pytest.approx(results["eval/fvd"])
+    assert len(callback._prompts) == 2 and callback._real_features.shape == (2, 400)
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="num_videos must be >= 2"):
+        PeriodicEvaluation(real="x", num_videos=1)
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        PeriodicEvaluation(real="x", fvd=False)
