@@ -127,11 +127,15 @@ class LatentDiffusionModule(L.LightningModule):
         keep = torch.rand(len(captions)) >= self.caption_dropout
         return [c if k else "" for c, k in zip(captions, keep.tolist())]
 
+    def latents(self, batch: dict) -> torch.Tensor:
+        """The normalised latents of a batch: its precomputed raw ``latent`` (LatentDataModule)
+        normalised, or its ``video`` encoded by the compressor."""
+        if "latent" in batch:
+            return self.compressor.normalize(batch["latent"])
+        return self.compressor.encode(batch["video"])
+
     def diffusion_loss(self, batch: dict) -> torch.Tensor:
-        if "latent" in batch:  # precomputed raw latents (LatentDataModule)
-            latents = self.compressor.normalize(batch["latent"])
-        else:
-            latents = self.compressor.encode(batch["video"])
+        latents = self.latents(batch)
         ctx, mask = self.encode_text(self.drop_captions(batch["caption"]))
         return self.objective.training_loss(lambda x, t: self.denoiser(x, t, ctx, mask), latents)
 

@@ -36,13 +36,6 @@ class FixedTimestepValLoss(Callback):
         self.seed = seed
 
     @staticmethod
-    def _latents(pl_module: L.LightningModule, batch: dict) -> torch.Tensor:
-        # The same inputs as LatentDiffusionModule.diffusion_loss.
-        if "latent" in batch:
-            return pl_module.compressor.normalize(batch["latent"])
-        return pl_module.compressor.encode(batch["video"])
-
-    @staticmethod
     def _name(t: torch.Tensor) -> str:
         return f"val/loss_t{int(t)}" if not t.is_floating_point() else f"val/loss_t{float(t):.3f}"
 
@@ -50,7 +43,7 @@ class FixedTimestepValLoss(Callback):
     def losses(self, pl_module: L.LightningModule, batch: dict, batch_idx: int, rank: int = 0) -> dict[str, torch.Tensor]:
         """``{log name: mean loss over the batch}`` at each time of the grid, for one batch."""
         objective = pl_module.objective
-        latents = self._latents(pl_module, batch)
+        latents = pl_module.latents(batch)
         ctx, mask = pl_module.encode_text(list(batch["caption"]))
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + rank * 100_003 + batch_idx)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
