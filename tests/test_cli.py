@@ -25,7 +25,8 @@ def lvdm(*args, cwd=ROOT, check=True):
 def test_top_level_help(capsys):
     main(["--help"])
     out = capsys.readouterr().out
-    for command in ("fit", "validate", "test", "sample", "data synth", "eval probe", "checkpoint export"):
+    for command in ("fit", "validate", "test", "sample", "data synth", "data encode", "eval probe", "eval fvd",
+                    "eval clipscore", "estimate", "checkpoint export"):
         assert command in out
 
 
@@ -35,6 +36,9 @@ def test_top_level_help(capsys):
     (["data", "synth", "--help"], "--num_train"),
     (["eval", "probe", "--help"], "--videos"),
     (["checkpoint", "export", "--help"], "--ema"),
+    (["eval", "fvd", "--help"], "--fake_checkpoint"),
+    (["eval", "clipscore", "--help"], "--clip"),
+    (["estimate", "--help"], "--sp_size"),
 ])
 def test_subcommand_help(argv, expect, capsys):
     with pytest.raises(SystemExit) as exit_info:
