@@ -107,6 +107,18 @@ def test_fit_checkpoint_sample_probe_end_to_end(tmp_path):
     scores = json.loads(result.read_text())
     assert len(scores["results"]) == 2 and {"colour", "shape", "direction"} <= set(scores["accuracy"])
 
+    # FVD of the checkpoint, sampled by `lvdm eval fvd` itself (10 frames: the I3D needs >= 9,
+    # the tiny recipe a multiple of its temporal patch 2)
+    real = tmp_path / "real10"
+    lvdm("data", "synth", "--out", str(real), "--num_train", "1", "--num_val", "2", "--num_frames", "10")
+    fvd_json = tmp_path / "fvd.json"
+    lvdm("eval", "fvd", "--real", str(real / "val-*.tar"), "--fake_checkpoint", str(ckpt),
+         "--prompt_file", str(data / "val_prompts.txt"), "--num_videos", "2", "--num_frames", "10",
+         "--steps", "1", "--device", "cpu", "--output", str(fvd_json))
+    fvd = json.loads(fvd_json.read_text())
+    assert fvd["fake"] == {"source": "generated", "num_videos": 2} and fvd["real"]["num_videos"] == 2
+    assert fvd["sampling"]["checkpoint"] == str(ckpt) and fvd["fvd"] > 0
+
     # A plain .ckpt exports to one safetensors file holding the same (EMA) model.
     import torch
 
