@@ -345,7 +345,9 @@ def format_report(r: dict[str, Any], *, shape: DiTShape, gpu: str, dtype: str, m
             f"({r['crossover_video_minutes'] / 1e6:,.2f} M minutes of video)",
         ]
     lines += ["", f"memory per GPU (GB; {num_gpus} GPUs, SP {sp_size}, micro-batch {micro_batch}, "
-                  f"checkpointing {checkpoint_fraction:.0%}; {PEAKS[gpu]['memory_gb']} GB on {gpu})",
+                  f"checkpointing {checkpoint_fraction:.0%}; {PEAKS[gpu]['memory_gb']} GB on {gpu})"
+              + (f"\n  of the model above before model_scale (which scales FLOPs and parameters only; "
+                 f"a {scale[0]:g}x model needs a real configuration to size its memory)" if scale[0] != 1 else ""),
               f"  {'strategy':<14} {'states':>9} {'activations':>12} {'total':>9}"]
     for name, m in r["memory_per_gpu"].items():
         lines.append(f"  {name:<14} {m['states'] / 1e9:>9.1f} {m['activations'] / 1e9:>12.1f} {m['total'] / 1e9:>9.1f}")
