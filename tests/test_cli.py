@@ -234,6 +234,20 @@ def test_ema_refuses_fsdp_with_a_clear_error():
         EMA().on_fit_start(trainer, torch.nn.Linear(2, 2))
 
 
+def test_export_writes_tied_weights(tmp_path):
+    """safetensors refuses tensors that share storage (T5 ties `shared` and `embed_tokens`)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from lvdm.distributed.checkpoint import _unshared
+
+    tied = torch.randn(4, 3)
+    weights = {"shared.weight": tied, "encoder.embed_tokens.weight": tied, "row": tied[1], "bias": torch.ones(2)}
+    save_file(_unshared(weights), tmp_path / "w.safetensors")
+    loaded = load_file(tmp_path / "w.safetensors")
+    assert all(torch.equal(loaded[k], v) for k, v in weights.items())
+
+
 def test_export_and_sample_errors_name_the_path(tmp_path):
     from lvdm.cli import sample
     from lvdm.distributed.checkpoint import export_checkpoint

@@ -30,6 +30,29 @@ def test_periodic_fvd(tmp_path):
     assert len(callback._prompts) == 2 and callback._real_features.shape == (2, 400)
 
 
+def test_processes_share_the_work_without_changing_the_videos(tmp_path):
+    """3 videos over 2 processes: contiguous shares, the same seed per video as on 1 process,
+    and the same number of sampling batches on every process (padding not scored)."""
+    from types import SimpleNamespace
+
+    write_synthetic_dataset(str(tmp_path / "shapes"), num_train=1, num_val=3, num_frames=9)
+    module = SimpleNamespace(sample_shape=(9, 32, 32), device=torch.device("cpu"))
+
+    def plan(rank, world):
+        callback = PeriodicEvaluation(real=str(tmp_path / "shapes/val-*.tar"), num_videos=3, batch_size=1,
+                                      seed=10, fvd=False, clip="unused")
+        callback.clip = None  # no CLIP to load: only the split is under test
+        callback._setup(SimpleNamespace(global_rank=rank, world_size=world), module)
+        return callback._prompts, callback._batches()
+
+    prompts, batches = plan(0, 1)
+    assert [(seed, keep) for _, seed, keep in batches] == [(10, 1), (11, 1), (12, 1)]
+    (p0, b0), (p1, b1) = plan(0, 2), plan(1, 2)
+    assert p0 + p1 == prompts and len(b0) == len(b1) == 2
+    scored = [(b[0][0], seed) for b, seed, keep in b0 + b1 if keep]
+    assert scored == [(b[0][0], seed) for b, seed, _ in batches]
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match="num_videos must be >= 2"):
         PeriodicEvaluation(real="x", num_videos=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -17,10 +18,12 @@ class PeriodicEvaluation(Callback):
     and log ``eval/fvd`` (against those real videos) and, with ``clip``, ``eval/clipscore``.
 
     The first ``num_videos`` videos of ``real`` and their captions are read once; their I3D
-    features are cached. Under DDP each process generates and embeds its share (every
-    ``world_size``-th video) and the metrics sum their states across processes, so all ranks
-    take part. Uses the EMA weights when an :class:`~lvdm.callbacks.ema.EMA` callback is
-    present. A small FVD (tens of videos) is biased upwards and noisy: compare values from
+    features are cached. Under DDP each process generates and embeds its share (a contiguous
+    block of the videos; video ``i`` always gets noise seed ``seed + i``, so the value does not
+    depend on the number of processes) and the metrics sum their states across processes. Every
+    process runs the same number of sampling batches (short shares are padded with generations
+    that are not scored), as sharded models (ZeRO-3) need. Uses the EMA weights when an
+    :class:`~lvdm.callbacks.ema.EMA` callback is present, and the trainer's precision. A small FVD (tens of videos) is biased upwards and noisy: compare values from
     the same settings, not with published numbers. ``history`` keeps ``(step, results)``.
 
     Args:
@@ -66,7 +69,8 @@ class PeriodicEvaluation(Callback):
         self._fvd = self._clip = None
         self._real_features: Optional[torch.Tensor] = None
         self._prompts: list[str] = []
-        self._indices: list[int] = []
+        self._first = 0  # global index of this process's first video
+        self._per_rank = 0  # videos each process generates (its share, padded)
 
     def _setup(self, trainer, pl_module) -> None:
         from lvdm.metrics.evaluate import iter_videos
@@ -80,20 +84,34 @@ class PeriodicEvaluation(Callback):
         missing = [name for name, _, prompt in items if prompt is None]
         if missing:
             raise ValueError(f"no caption for {missing[0]} (and {len(missing) - 1} more): real videos need captions")
-        self._indices = list(range(rank, len(items), world))
-        self._prompts = [items[i][2] for i in self._indices]
+        self._per_rank = -(-len(items) // world)
+        self._first = min(rank * self._per_rank, len(items))
+        mine = items[self._first : self._first + self._per_rank]
+        self._prompts = [prompt for _, _, prompt in mine]
+        self._pad_prompt = items[0][2]
         device = pl_module.device
         if self.use_fvd:
             from lvdm.metrics.fvd import FrechetVideoDistance
 
             self._fvd = FrechetVideoDistance(weights=self.i3d_weights, batch_size=self.batch_size).to(device)
-            mine = [items[i][1] for i in self._indices]
-            feats = [self._fvd.features(torch.stack(mine[s : s + self.batch_size])) for s in range(0, len(mine), self.batch_size)]
+            videos = [video for _, video, _ in mine]
+            feats = [self._fvd.features(torch.stack(videos[s : s + self.batch_size]))
+                     for s in range(0, len(videos), self.batch_size)]
             self._real_features = torch.cat(feats) if feats else torch.zeros(0, 400, dtype=torch.float64)
         if self.clip is not None:
             from lvdm.metrics.clipscore import VideoCLIPScore
 
             self._clip = VideoCLIPScore(pretrained=self.clip).to(device)
+
+    def _batches(self) -> list[tuple[list[str], int, int]]:
+        """This process's sampling batches: ``(prompts, noise seed of the first, how many to
+        score)``. Video ``i`` of the real set gets seed ``seed + i`` (``generate`` adds the
+        position in the batch); padding fills the share up to ``_per_rank`` and is not scored."""
+        mine = len(self._prompts)
+        prompts = self._prompts + [self._pad_prompt] * (self._per_rank - mine)
+        return [(prompts[start : start + self.batch_size], self.seed + self._first + start,
+                 max(0, min(self.batch_size, mine - start)))
+                for start in range(0, self._per_rank, self.batch_size)]
 
     @torch.no_grad()
     def evaluate(self, trainer, pl_module) -> dict[str, float]:
@@ -101,6 +119,7 @@ class PeriodicEvaluation(Callback):
         if self._fvd is None and self._clip is None:
             self._setup(trainer, pl_module)
         ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
+        averaged = ema.averaged_weights(pl_module) if ema is not None else contextlib.nullcontext()
         was_training = pl_module.training
         pl_module.eval()
         if self._fvd is not None:
@@ -109,19 +128,16 @@ class PeriodicEvaluation(Callback):
         if self._clip is not None:
             self._clip.reset()
         try:
-            for start in range(0, len(self._prompts), self.batch_size):
-                prompts = self._prompts[start : start + self.batch_size]
-                kwargs = dict(num_frames=self.num_frames, num_steps=self.num_steps,
-                              guidance_scale=self.guidance_scale, seed=self.seed + self._indices[start])
-                if ema is not None:
-                    with ema.averaged_weights(pl_module):
-                        videos = pl_module.generate(prompts, **kwargs)
-                else:
-                    videos = pl_module.generate(prompts, **kwargs)
-                if self._fvd is not None:
-                    self._fvd.update(videos, real=False)
-                if self._clip is not None:
-                    self._clip.update(videos, prompts)
+            with averaged, trainer.strategy.precision_plugin.forward_context():
+                for batch, seed, keep in self._batches():
+                    videos = pl_module.generate(batch, num_frames=self.num_frames, num_steps=self.num_steps,
+                                                guidance_scale=self.guidance_scale, seed=seed).float()
+                    if keep == 0:
+                        continue
+                    if self._fvd is not None:
+                        self._fvd.update(videos[:keep], real=False)
+                    if self._clip is not None:
+                        self._clip.update(videos[:keep], batch[:keep])
         finally:
             pl_module.train(was_training)
         results = {}

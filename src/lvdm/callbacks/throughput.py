@@ -113,15 +113,21 @@ class ThroughputMonitor(L.Callback):
             return
         now = self._sync_time(pl_module.device)
         elapsed = max(now - self._mark, 1e-9)
-        world = trainer.world_size
+        # Under sequence parallelism the P ranks of a group share each sample: the hook saw whole
+        # samples, so samples count once per data-parallel replica and each rank did 1/P of the FLOPs.
+        from lvdm.distributed import data_parallel_rank_world
+
+        _, replicas = data_parallel_rank_world(trainer)
+        share = replicas / trainer.world_size
+        flops = self._acc["flops"] * share
         row = {
-            "perf/samples_per_sec": world * self._acc["samples"] / elapsed,
-            "perf/tokens_per_sec": world * self._acc["tokens"] / elapsed,
-            "perf/tflops_per_device": self._acc["flops"] / elapsed / 1e12,
+            "perf/samples_per_sec": replicas * self._acc["samples"] / elapsed,
+            "perf/tokens_per_sec": replicas * self._acc["tokens"] / elapsed,
+            "perf/tflops_per_device": flops / elapsed / 1e12,
             "perf/step_time_ms": 1000 * elapsed / self._in_window,
         }
         if self._peak:
-            row["perf/mfu"] = self._acc["flops"] / elapsed / self._peak
+            row["perf/mfu"] = flops / elapsed / self._peak
         self.history.append(row)
         pl_module.log_dict(row, on_step=True, on_epoch=False, rank_zero_only=True)
         self._mark = now

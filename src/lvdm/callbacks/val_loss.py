@@ -19,7 +19,7 @@ class FixedTimestepValLoss(Callback):
     """Log the validation loss at ``num_timesteps`` fixed times with fixed noise.
 
     For each validation batch, the noise comes from a generator seeded with ``seed``, the
-    batch index and the process rank (drawn on the CPU, so it does not depend on the device);
+    batch index and the data-parallel rank (drawn on the CPU, so it does not depend on the device);
     captions are never dropped. Logged, averaged over the validation epoch (and processes):
     ``val/loss_t<t>`` for each time of the grid (the objective's units: ``t`` in (0, 1) for
     rectified flow, the integer step for DDPM) and their mean, ``val/loss_fixed``.
@@ -59,7 +59,14 @@ class FixedTimestepValLoss(Callback):
         return out
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        values = self.losses(pl_module, batch, batch_idx, rank=trainer.global_rank)
+        from lvdm.distributed import data_parallel_rank_world
+
+        # Seeded by the data-parallel rank: the ranks of a sequence-parallel group hold the same
+        # batch and must draw the same noise. Run under the trainer's precision (autocast), as
+        # the validation step itself is.
+        rank, _ = data_parallel_rank_world(trainer)
+        with trainer.strategy.precision_plugin.forward_context():
+            values = self.losses(pl_module, batch, batch_idx, rank=rank)
         batch_size = len(batch["caption"])
         for name, value in values.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size,

@@ -112,11 +112,25 @@ def export_checkpoint(checkpoint: str, out: str, ema: bool = False) -> str:
         raise ValueError(f"hyper-parameters of {checkpoint!r} are not JSON-serialisable: {err}") from err
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_file(
-        {k: v.contiguous() for k, v in weights.items()},
+        _unshared(weights),
         out,
         metadata={METADATA_KEY: meta, "weights": "ema" if ema else "model", "global_step": str(ckpt.get("global_step", ""))},
     )
     print(f"wrote {len(weights)} tensors ({'EMA' if ema else 'model'} weights, step {ckpt.get('global_step')}) to {out}")
+    return out
+
+
+def _unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous tensors with no storage shared between keys: safetensors refuses tied
+    weights (e.g. T5's ``shared`` / ``embed_tokens``), so a repeat is saved as its own copy
+    (loading writes the same values into the tied parameter twice)."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in weights.items():
+        value = value.contiguous()
+        storage = value.untyped_storage().data_ptr()
+        out[key] = value.clone() if storage in seen else value
+        seen.add(storage)
     return out
 
 

@@ -131,15 +131,16 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 @contextmanager
 def _exact_float32(device: torch.device):
-    """Autocast off and, on CUDA, no TF32 convolutions: the I3D must run in true float32."""
-    previous = torch.backends.cudnn.allow_tf32
+    """Autocast off and, on CUDA, no TF32 convolutions or matmuls: the resize and the I3D must
+    run in true float32."""
+    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         with torch.autocast(device_type=device.type, enabled=False):
             yield
     finally:
-        torch.backends.cudnn.allow_tf32 = previous
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 class FrechetVideoDistance(Metric):
@@ -182,8 +183,8 @@ class FrechetVideoDistance(Metric):
         device = next(self.i3d.parameters()).device
         out = []
         for start in range(0, videos.shape[0], self.batch_size):
-            chunk = preprocess_videos(videos[start : start + self.batch_size].to(device))
             with _exact_float32(device):
+                chunk = preprocess_videos(videos[start : start + self.batch_size].to(device))
                 out.append(self.i3d(chunk).double())
         return torch.cat(out)
 

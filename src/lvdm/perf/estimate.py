@@ -267,7 +267,6 @@ def estimate(
     train_total = training_flops if training_flops is not None else computed_train_total
     train_gpu_seconds = samples * train_sample_hw / (peak * mfu) if training_flops is None else train_total / (peak * mfu)
     crossover_videos = train_total / per_video if per_video else math.inf
-    dp = max(num_gpus // sp_size, 1)
     mb = micro_batch if micro_batch is not None else from_recipe.get("micro_batch", 1)
     memory = memory_per_gpu(shape, n_tokens, mb, num_gpus, sp_size, checkpoint_fraction)
 
