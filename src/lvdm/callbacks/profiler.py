@@ -193,3 +193,6 @@ class ProfilerSummary(L.Callback):
         if self._profiler is not None:  # training ended inside the window: keep what was recorded
             self._profiler.stop()
             self._profiler = None
+
+    def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
+        self.on_train_end(trainer, pl_module)  # a crash inside the window: stop the profiler all the same
