@@ -56,6 +56,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{str(path)!r} is a directory but not a DeepSpeed checkpoint (no 'latest' file in it); "
             "give the .ckpt directory that `lvdm fit` wrote under DeepSpeed"
         )
+    # Lightning's convert_zero_checkpoint_to_fp32_state_dict does the same merge but writes a
+    # file; here the merged dict is wanted in memory (export, tests), so its two DeepSpeed calls
+    # are made directly.
     try:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint, get_model_state_file
     except ImportError as err:
