@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from typing import Any, Optional
 
 import lightning as L
@@ -10,6 +11,12 @@ import torch
 
 from lvdm.perf.flops import DiTShape, dit_training_flops
 from lvdm.perf.hardware import PEAKS, device_peak_flops, dtype_key
+
+
+@lru_cache(maxsize=256)
+def _training_flops(shape: DiTShape, latent_thw: tuple[int, int, int], text_len: int, batch_size: int) -> int:
+    # called before every training forward: batches repeat a few shapes, so count each once
+    return dit_training_flops(shape, latent_thw, text_len, batch_size=batch_size)
 
 
 class ThroughputMonitor(L.Callback):
@@ -70,7 +77,7 @@ class ThroughputMonitor(L.Callback):
         grid = self._shape.latent_grid((t, h, w))
         self._acc["samples"] += b
         self._acc["tokens"] += b * grid[0] * grid[1] * grid[2]
-        self._acc["flops"] += dit_training_flops(self._shape, (t, h, w), text_len, batch_size=b)
+        self._acc["flops"] += _training_flops(self._shape, (t, h, w), text_len, b)
 
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         denoiser = getattr(pl_module, "denoiser", None)

@@ -378,15 +378,11 @@ class DiT(nn.Module):
     #: grid ``(t // P, h, w)``, and the final layer's output (per token, so it can run on the
     #: chunks) is gathered again. Full 3D attention and temporal attention are ``sharded``
     #: (their keys live on all ranks); spatial and text cross-attention stay local.
-    #: ``in_context`` conditioning does not support it (its prefix tokens would need
-    #: replicating on every rank).
-    sequence_parallel_plan = {
-        "shard": {"before": "blocks", "dim": 1, "unit": "patch frame"},
-        "gather": {"after": "final_layer", "dim": 1},
-        "sharded_attention": ("full", "temporal"),
-        "local_attention": ("spatial", "cross"),
-        "unsupported_conditioning": ("in_context",),
-    }
+    #: The split itself is in ``forward`` (and ``sharded=`` at each attention call); this dict
+    #: holds what ``lvdm.distributed`` checks before it turns sequence parallelism on:
+    #: ``in_context`` conditioning is refused (its prefix tokens would need replicating on
+    #: every rank).
+    sequence_parallel_plan = {"unsupported_conditioning": ("in_context",)}
 
     def initialize_weights(self) -> None:
         """DiT initialisation: Xavier linears, N(0, 0.02) embeddings, identity blocks, zero output."""
