@@ -8,22 +8,23 @@ import torch
 from torch import nn
 
 
-def latent_frames(num_frames: int, time_downsample: int, causal: bool) -> int:
+def latent_frames(num_frames: int, time_downsample: int, causal: bool, latent_step: int = 1) -> int:
     """Latent frames of ``num_frames`` frames; fails with the valid counts when there are none.
 
     Causal: the first frame is encoded alone, so ``1 + f·k`` frames → ``1 + k`` latent frames;
-    otherwise ``f·k`` → ``k``.
+    otherwise ``f·k`` → ``k``. ``latent_step`` > 1 further asks ``k`` to be a multiple of it
+    (CogVideoX decodes latent frames in pairs after the first: ``1 + 2j`` latent frames).
     """
-    f = time_downsample
+    f = time_downsample * latent_step
     if causal:
         if num_frames < 1 or (num_frames - 1) % f:
             raise ValueError(f"num_frames={num_frames} is not valid for a causal autoencoder with time_downsample={f}: "
                              f"use 1 + {f}k frames (1, {1 + f}, {1 + 2 * f}, {1 + 4 * f}, ...)")
-        return 1 + (num_frames - 1) // f
+        return 1 + (num_frames - 1) // time_downsample
     if num_frames < 1 or num_frames % f:
         raise ValueError(f"num_frames={num_frames} is not valid with time_downsample={f}: use a multiple of {f} "
                          f"({f}, {2 * f}, {4 * f}, ...)")
-    return num_frames // f
+    return num_frames // time_downsample
 
 
 @dataclass

@@ -129,16 +129,43 @@ def stage_plan(time_downsample: int, spatial_downsample: int, channel_mult: tupl
     return [(i < s, i >= n - t) for i in range(n)]
 
 
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """``[B, C, T, H, W]`` → ``[B, C·p·p, T, H/p, W/p]`` (space-to-depth per frame)."""
+    if p == 1:
+        return x
+    b, c, t, h, w = x.shape
+    x = x.view(b, c, t, h // p, p, w // p, p).permute(0, 1, 4, 6, 2, 3, 5)
+    return x.reshape(b, c * p * p, t, h // p, w // p)
+
+
+def unpatchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`."""
+    if p == 1:
+        return x
+    b, cpp, t, h, w = x.shape
+    x = x.view(b, cpp // (p * p), p, p, t, h, w).permute(0, 1, 4, 5, 2, 6, 3)
+    return x.reshape(b, cpp // (p * p), t, h * p, w * p)
+
+
+def _spatial_stages(spatial_downsample: int, patch_size: int) -> int:
+    if patch_size < 1 or spatial_downsample % patch_size:
+        raise ValueError(f"patch_size={patch_size} must divide spatial_downsample={spatial_downsample}")
+    return spatial_downsample // patch_size
+
+
 class Encoder3d(nn.Module):
-    """Video ``[B, in, T, H, W]`` → ``[B, out, t, H/s, W/s]``: a convolution in, per level
-    ``num_res_blocks`` residual blocks then a down-sampling stage, two middle blocks, out."""
+    """Video ``[B, in, T, H, W]`` → ``[B, out, t, H/s, W/s]``: optional space-to-depth patches
+    (LTX-Video's ``patch_size``: the convolutions then run at ``1/p²`` of the pixels, which is
+    what makes CPU training affordable), a convolution in, per level ``num_res_blocks``
+    residual blocks then a down-sampling stage, two middle blocks, out."""
 
     def __init__(self, in_channels: int, out_channels: int, base_channels: int, channel_mult: tuple[int, ...],
-                 num_res_blocks: int, time_downsample: int, spatial_downsample: int, causal: bool):
+                 num_res_blocks: int, time_downsample: int, spatial_downsample: int, causal: bool, patch_size: int = 1):
         super().__init__()
-        plan = stage_plan(time_downsample, spatial_downsample, channel_mult)
+        self.patch_size = patch_size
+        plan = stage_plan(time_downsample, _spatial_stages(spatial_downsample, patch_size), channel_mult)
         widths = [base_channels * m for m in channel_mult]
-        self.conv_in = VideoConv3d(in_channels, widths[0], 3, causal)
+        self.conv_in = VideoConv3d(in_channels * patch_size**2, widths[0], 3, causal)
         blocks: list[nn.Module] = []
         for level, (space, time) in enumerate(plan):
             for i in range(num_res_blocks):
@@ -151,16 +178,17 @@ class Encoder3d(nn.Module):
         self.conv_out = VideoConv3d(widths[-1], out_channels, 3, causal)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(x)))))
+        return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(patchify(x, self.patch_size))))))
 
 
 class Decoder3d(nn.Module):
     """Mirror of :class:`Encoder3d`: latent ``[B, in, t, h, w]`` → video ``[B, out, T, H, W]``."""
 
     def __init__(self, in_channels: int, out_channels: int, base_channels: int, channel_mult: tuple[int, ...],
-                 num_res_blocks: int, time_downsample: int, spatial_downsample: int, causal: bool):
+                 num_res_blocks: int, time_downsample: int, spatial_downsample: int, causal: bool, patch_size: int = 1):
         super().__init__()
-        plan = stage_plan(time_downsample, spatial_downsample, channel_mult)
+        self.patch_size = patch_size
+        plan = stage_plan(time_downsample, _spatial_stages(spatial_downsample, patch_size), channel_mult)
         widths = [base_channels * m for m in channel_mult]
         self.conv_in = VideoConv3d(in_channels, widths[-1], 3, causal)
         blocks: list[nn.Module] = [ResBlock3d(widths[-1], widths[-1], causal) for _ in range(2)]
@@ -171,7 +199,7 @@ class Decoder3d(nn.Module):
             blocks += [ResBlock3d(widths[level], widths[level], causal) for _ in range(num_res_blocks)]
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = FrameGroupNorm(widths[0])
-        self.conv_out = VideoConv3d(widths[0], out_channels, 3, causal)
+        self.conv_out = VideoConv3d(widths[0], out_channels * patch_size**2, 3, causal)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(z)))))
+        return unpatchify(self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(z))))), self.patch_size)

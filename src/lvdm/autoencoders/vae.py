@@ -25,7 +25,9 @@ class CausalVAE3D(VideoAutoencoder):
             than there are down-sampling stages (``max(log2 time, log2 space)``).
         num_res_blocks: residual blocks per level.
         time_downsample: temporal factor (power of two).
-        spatial_downsample: spatial factor (power of two).
+        spatial_downsample: spatial factor (power of two), patches included.
+        patch_size: space-to-depth patch side taken before the first convolution (LTX-Video
+            style; part of ``spatial_downsample``): convolutions run on ``1/p²`` of the pixels.
         kl_weight: weight of the KL term (mean over latent elements) in the training loss.
         causal: causal temporal convolutions (first frame alone); ``False`` gives ``f·k → k``.
     """
@@ -41,11 +43,12 @@ class CausalVAE3D(VideoAutoencoder):
         spatial_downsample: int = 8,
         kl_weight: float = 1e-4,
         causal: bool = True,
+        patch_size: int = 1,
     ):
         super().__init__()
         self.latent_channels, self.time_downsample, self.spatial_downsample = latent_channels, time_downsample, spatial_downsample
         self.causal, self.kl_weight = causal, kl_weight
-        args = (base_channels, tuple(channel_mult), num_res_blocks, time_downsample, spatial_downsample, causal)
+        args = (base_channels, tuple(channel_mult), num_res_blocks, time_downsample, spatial_downsample, causal, patch_size)
         self.encoder = Encoder3d(in_channels, 2 * latent_channels, *args)
         self.decoder = Decoder3d(latent_channels, in_channels, *args)
 
@@ -67,4 +70,4 @@ class CausalVAE3D(VideoAutoencoder):
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if sample else mean
         kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
         return AutoencoderOutput(self.decode(z), {"kl": self.kl_weight * kl},
-                                 {"kl": float(kl), "latent_std": float(mean.std())})
+                                 {"kl": float(kl.detach()), "latent_std": float(mean.detach().std())})

@@ -117,7 +117,9 @@ class VideoVQVAE(VideoAutoencoder):
         channel_mult: width of each level (one more entry than down-sampling stages).
         num_res_blocks: residual blocks per level.
         time_downsample: temporal factor (power of two).
-        spatial_downsample: spatial factor (power of two).
+        spatial_downsample: spatial factor (power of two), patches included.
+        patch_size: space-to-depth patch side taken before the first convolution (LTX-Video
+            style; part of ``spatial_downsample``): convolutions run on ``1/p²`` of the pixels.
         commitment: weight of the commitment loss.
         decay: codebook EMA decay.
         restart_threshold: EMA count under which a code is restarted (0: never).
@@ -139,11 +141,12 @@ class VideoVQVAE(VideoAutoencoder):
         decay: float = 0.99,
         restart_threshold: float = 1.0,
         causal: bool = False,
+        patch_size: int = 1,
     ):
         super().__init__()
         self.latent_channels, self.time_downsample, self.spatial_downsample = latent_channels, time_downsample, spatial_downsample
         self.causal = causal
-        args = (base_channels, tuple(channel_mult), num_res_blocks, time_downsample, spatial_downsample, causal)
+        args = (base_channels, tuple(channel_mult), num_res_blocks, time_downsample, spatial_downsample, causal, patch_size)
         self.encoder = Encoder3d(in_channels, latent_channels, *args)
         self.quantizer = EMAVectorQuantizer(num_codes, latent_channels, decay, commitment, restart_threshold)
         self.decoder = Decoder3d(latent_channels, in_channels, *args)
