@@ -113,6 +113,16 @@ def lightning_cli(args: Optional[list[str]] = None, run: bool = True):
                 callbacks = [*callbacks, RunCheckpoint()]
             return super()._instantiate_trainer(config, callbacks)
 
+        def _run_subcommand(self, subcommand: str) -> None:
+            # DeepSpeed unpickles a checkpoint directory freely when Lightning resumes from it:
+            # scan it first (a "last" resolved by RunCheckpoint is scanned there).
+            from lvdm.checkpoint import check_deepspeed_checkpoint, is_deepspeed_checkpoint
+
+            path = self.config_init[subcommand].get("ckpt_path")
+            if path and path not in ("last", "best", "hpc") and is_deepspeed_checkpoint(path):
+                check_deepspeed_checkpoint(path)
+            super()._run_subcommand(subcommand)
+
     return CLI(
         L.LightningModule,
         L.LightningDataModule,
