@@ -13,7 +13,7 @@ from lvdm.data.schema import (
     media_entry, read_manifest, read_rejects, sniff_media, write_manifest, write_rejects,
 )
 from lvdm.data.shards import ShardWriter, write_shards
-from media_corpus import encode_image, encode_video, frames
+from lvdm.data.testing import encode_image, encode_video, frames
 
 MP4 = b"\x00\x00\x00\x18ftypisom" + b"\x00" * 8
 
