@@ -116,7 +116,7 @@ def test_probe_bounds_frames_and_pixels(folder):
 
 def test_ingest_folder_accounts_for_every_input(folder, tmp_path, capsys):
     out = tmp_path / "ds"
-    summary = ingest(str(folder), str(out), shard_size=4, min_frames=4)
+    summary = ingest(str(folder), str(out), shard_size=4, min_frames=4, workers=0)
     assert summary["inputs"] == len(GOOD_FOLDER) + len(BAD_FOLDER) == summary["accepted"] + summary["rejected"]
     assert summary["accepted"] == len(GOOD_FOLDER)
     printed = capsys.readouterr().out
@@ -153,7 +153,7 @@ def test_ingest_folder_accounts_for_every_input(folder, tmp_path, capsys):
 
 
 def test_missing_caption_policy_empty(folder, tmp_path):
-    summary = ingest(str(folder), str(tmp_path / "ds"), min_frames=4, missing_caption="empty")
+    summary = ingest(str(folder), str(tmp_path / "ds"), min_frames=4, missing_caption="empty", workers=0)
     rejects = dict(read_rejects(tmp_path / "ds"))
     assert summary["accepted"] == len(GOOD_FOLDER) + 4  # the four caption problems now pass
     assert not any("caption" in reason for reason in rejects.values())
@@ -190,15 +190,15 @@ def test_ingest_table(folder, tmp_path):
 def test_ingest_parquet_and_tsv_tables(tmp_path):
     _write(tmp_path / "a.mp4", _video("mp4"))
     pd.DataFrame({"path": ["a.mp4"], "text": ["x"], "fps": [30]}).to_parquet(tmp_path / "t.parquet")
-    summary = ingest(str(tmp_path / "t.parquet"), str(tmp_path / "p"))
+    summary = ingest(str(tmp_path / "t.parquet"), str(tmp_path / "p"), workers=0)
     assert summary["accepted"] == 1
     meta = json.loads(next(iter(_samples(tmp_path / "p").values()))["json"])
     assert meta["fps"] == 8 and meta["input_fps"] == 30  # measured wins; the table's value is kept aside
     (tmp_path / "t.tsv").write_text("path\ttext\na.mp4\ty\n")
-    assert ingest(str(tmp_path / "t.tsv"), str(tmp_path / "t"))["accepted"] == 1
+    assert ingest(str(tmp_path / "t.tsv"), str(tmp_path / "t"), workers=0)["accepted"] == 1
     (tmp_path / "bad.csv").write_text("file,text\na.mp4,x\n")
     with pytest.raises(ValueError, match="no 'path' column"):
-        ingest(str(tmp_path / "bad.csv"), str(tmp_path / "b"))
+        ingest(str(tmp_path / "bad.csv"), str(tmp_path / "b"), workers=0)
 
 
 def _tar_add(tar, name, data):
@@ -224,7 +224,7 @@ def test_ingest_video2dataset_shards(tmp_path):
         _tar_add(tar, "000000000.mp4", _video("mp4", seed=32))  # the same key again
         _tar_add(tar, "000000004.webm", _video("webm", seed=33))
         _tar_add(tar, "000000004.txt", b"webm clip")
-    summary = ingest(str(shards), str(tmp_path / "ds"))
+    summary = ingest(str(shards), str(tmp_path / "ds"), workers=0)
     assert (summary["inputs"], summary["accepted"], summary["rejected"]) == (6, 3, 3)
     reasons = dict(read_rejects(tmp_path / "ds"))
     assert reasons[f"{shards}/00000.tar#000000002"].startswith("malformed json 000000002.json")
@@ -241,17 +241,17 @@ def test_ingest_video2dataset_shards(tmp_path):
 
 def test_resume_keeps_finished_shards(folder, tmp_path, capsys):
     out = tmp_path / "ds"
-    first = ingest(str(folder), str(out), shard_size=5, min_frames=4)
+    first = ingest(str(folder), str(out), shard_size=5, min_frames=4, workers=0)
     with pytest.raises(FileExistsError, match="--resume"):
-        ingest(str(folder), str(out), shard_size=5, min_frames=4)
+        ingest(str(folder), str(out), shard_size=5, min_frames=4, workers=0)
     with pytest.raises(ValueError, match="inputs or options differ"):
-        ingest(str(folder), str(out), shard_size=5, min_frames=3, resume=True)
+        ingest(str(folder), str(out), shard_size=5, min_frames=3, resume=True, workers=0)
     # lose one shard's completion record and tar: resume rewrites only that shard
     assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000002.tar", "shard-000003.tar"]  # 0, 1: all bad
     (out / ".ingest" / "shard-000002.json").unlink()
     (out / "shard-000002.tar").unlink()
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
-    second = ingest(str(folder), str(out), shard_size=5, min_frames=4, resume=True)
+    second = ingest(str(folder), str(out), shard_size=5, min_frames=4, resume=True, workers=0)
     assert {k: v for k, v in second.items() if k != "shards"} == {k: v for k, v in first.items() if k != "shards"}
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar") if p.name in kept} == kept
     assert (out / "shard-000002.tar").is_file() and "1 shard tasks run now, 3 finished before" in capsys.readouterr().out
@@ -259,7 +259,7 @@ def test_resume_keeps_finished_shards(folder, tmp_path, capsys):
 
 
 def test_reencode_caps_size(folder, tmp_path):
-    summary = ingest(str(folder / "clips"), str(tmp_path / "ds"), reencode=True, max_size=16)
+    summary = ingest(str(folder / "clips"), str(tmp_path / "ds"), reencode=True, max_size=16, workers=0)
     assert summary["accepted"] == 7
     for sample in _samples(tmp_path / "ds").values():
         meta = json.loads(sample["json"])
@@ -273,6 +273,35 @@ def test_reencode_caps_size(folder, tmp_path):
 def test_cli_ingest(folder, tmp_path, capsys):
     from lvdm.cli import main
 
-    main(["data", "ingest", "--source", str(folder / "img"), "--out", str(tmp_path / "ds"), "--shard_size", "2"])
+    main(["data", "ingest", "--source", str(folder / "img"), "--out", str(tmp_path / "ds"), "--shard_size", "2",
+          "--workers", "0"])
     assert "3 accepted + 0 rejected = 3" in capsys.readouterr().out
     assert len(list((tmp_path / "ds").glob("shard-*.tar"))) == 2
+
+
+@pytest.mark.slow  # ~50 s: starting Ray; the engines' equivalence is also tested in test_engine.py
+def test_ray_and_local_engines_write_the_same_dataset(folder, tmp_path):
+    ray = pytest.importorskip("ray")
+    import os
+
+    import lvdm
+
+    src = os.path.dirname(os.path.dirname(lvdm.__file__))  # Ray's workers import this lvdm
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}})
+    try:
+        on_ray = ingest(str(folder), str(tmp_path / "ray"), engine="ray", shard_size=6, min_frames=4)
+    finally:
+        ray.shutdown()
+    local = ingest(str(folder), str(tmp_path / "local"), workers=2, shard_size=6, min_frames=4)
+    assert {k: v for k, v in on_ray.items() if k not in ("out", "shards")} == \
+        {k: v for k, v in local.items() if k not in ("out", "shards")}
+    assert read_manifest(tmp_path / "ray").equals(read_manifest(tmp_path / "local"))
+    assert read_rejects(tmp_path / "ray") == read_rejects(tmp_path / "local")
+    for shard in (tmp_path / "local").glob("shard-*.tar"):
+        ray_samples = list(wds.WebDataset(str(tmp_path / "ray" / shard.name), shardshuffle=False))
+        local_samples = list(wds.WebDataset(str(shard), shardshuffle=False))
+        assert [{k: v for k, v in s.items() if k in ("__key__", "txt", "json") or not k.startswith("_")}
+                for s in ray_samples] == \
+            [{k: v for k, v in s.items() if k in ("__key__", "txt", "json") or not k.startswith("_")}
+             for s in local_samples]

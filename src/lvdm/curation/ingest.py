@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from lvdm.curation.engine import failed, make_engine
 from lvdm.data.probe import ProbeError, probe_media
 from lvdm.data.schema import (
     MANIFEST_NAME, MEDIA_EXTENSIONS, METADATA_FIELDS, REJECTS_NAME, SHARD_PATTERN, assign_keys, manifest_row,
@@ -407,17 +408,6 @@ def _ingest_shard(task: _ShardTask) -> dict:
     return part
 
 
-def _map(fn, tasks: list, workers: int) -> list:
-    """Run ``fn`` over ``tasks`` in a process pool (in this process when ``workers <= 1``)."""
-    if workers <= 1 or len(tasks) <= 1:
-        return [fn(task) for task in tasks]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(fn, tasks))
-
-
 # ---------------------------------------------------------------- the command
 
 def _plan_digest(keyed: list[tuple[str, InputItem]], shard_size: int, options: IngestOptions) -> str:
@@ -447,7 +437,9 @@ def ingest(
     out: str,
     source_format: str = "auto",
     shard_size: int = 1000,
-    workers: int = 1,
+    engine: str = "local",
+    workers: Optional[int] = None,
+    ray_address: Optional[str] = None,
     resume: bool = False,
     missing_caption: str = "reject",
     min_frames: int = 1,
@@ -475,7 +467,12 @@ def ingest(
         out: output folder.
         source_format: ``auto`` (decide from ``source``), ``folder``, ``table`` or ``shards``.
         shard_size: inputs per shard (a shard holds fewer samples when some are rejected).
-        workers: processes probing and writing shards in parallel (one shard per task).
+        engine: ``local`` (a process pool) or ``ray`` (Ray Data; workers then write the shards
+            into ``out`` themselves, so on a cluster ``out`` must be a shared filesystem).
+        workers: processes (local; ``0`` runs in this process; default 2) or Ray actors
+            (default one per CPU) probing and writing shards, one shard per task.
+        ray_address: with ``engine=ray``: ``None`` starts a local Ray, ``auto`` joins this
+            machine's cluster, ``ray://host:10001`` connects to a remote one.
         resume: finish an interrupted ingest into ``out``: shards already finished are kept,
             the others are redone. Refused if the inputs or options changed.
         missing_caption: ``reject`` an input whose caption is missing, empty or unreadable,
@@ -514,7 +511,10 @@ def ingest(
         if resume and state.is_file():
             done[task.index] = json.loads(state.read_text())
     todo = [task for task in tasks if task.index not in done]
-    for task, part in zip(todo, _map(_ingest_shard, todo, workers)):
+    results = make_engine(engine, workers, ray_address).map(_ingest_shard, todo, desc="ingest shards")
+    for task, part in zip(todo, results):
+        if failed(part):  # the worker died on this shard: each of its inputs is rejected with why
+            part = {"rows": [], "rejects": [(item.source, f"worker failed: {part.error}") for _, item in task.items]}
         done[task.index] = part
 
     rows = [row for i in sorted(done) for row in done[i]["rows"]]
