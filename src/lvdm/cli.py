@@ -30,6 +30,7 @@ lvdm commands:
   sample      prompts -> mp4 files   lvdm sample --checkpoint last.ckpt --prompts '["a red square moving left"]'
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
   data encode precompute a compressor's latents of video shards into latent shards
+  data score  add scores (motion, ocr, duplicates, rules, aesthetic, clip_match) to a dataset folder
   eval probe  score generated shapes videos: colour / shape / direction accuracy
   eval fvd    Fréchet Video Distance (original TF protocol)   lvdm eval fvd --real <shards|mp4s> --fake <mp4s>
   eval clipscore  CLIPScore of videos against their prompts  lvdm eval clipscore --videos <mp4s> --clip <path|hub id>
@@ -144,6 +145,7 @@ def _run_function(fn: Callable, prog: str, argv: list[str]):
 
 
 def _subcommands() -> dict[str, dict[str, Callable]]:
+    from lvdm.curation.score import score_dataset
     from lvdm.data.latents import encode_shards
     from lvdm.data.synthetic import write_synthetic_dataset
     from lvdm.distributed.checkpoint import export_checkpoint
@@ -151,7 +153,7 @@ def _subcommands() -> dict[str, dict[str, Callable]]:
     from lvdm.metrics.probe import probe_folder
 
     return {
-        "data": {"synth": write_synthetic_dataset, "encode": encode_shards},
+        "data": {"synth": write_synthetic_dataset, "encode": encode_shards, "score": score_dataset},
         "eval": {"probe": probe_folder, "fvd": fvd, "clipscore": clipscore},
         "checkpoint": {"export": export_checkpoint},
     }
