@@ -74,3 +74,44 @@ def test_invalid_frame_count_fails_clearly(tmp_path):
     module = AutoencoderModule(tiny_vae())
     with pytest.raises(ValueError, match=r"num_frames=4 .*1 \+ 2k"):
         fit(module, 4, 1, tmp_path)
+
+
+def test_trained_autoencoder_loads_as_compressor_from_ckpt_and_safetensors(tmp_path):
+    """The recipe-carrying checkpoint that `lvdm fit` writes, and its exported .safetensors,
+    load through lvdm.checkpoint.load_module into an AutoencoderCompressor."""
+    import yaml
+
+    from lvdm.cli import main
+    from lvdm.compressors.autoencoder import AutoencoderCompressor
+    from lvdm.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(str(tmp_path / "data"), num_train=8, num_val=4, num_frames=5, size=32)
+    recipe = {
+        "trainer": {"accelerator": "cpu", "max_steps": 2, "limit_val_batches": 1, "logger": False,
+                    "enable_progress_bar": False, "default_root_dir": str(tmp_path / "run"),
+                    "callbacks": [{"class_path": "lvdm.callbacks.ema.EMA", "init_args": {"decay": 0.9}},
+                                  {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True, "save_top_k": 0}}]},
+        "model": {"class_path": "lvdm.autoencoder_module.AutoencoderModule", "init_args": {"autoencoder": {
+            "class_path": "lvdm.autoencoders.CausalVAE3D",
+            "init_args": {"latent_channels": 4, "base_channels": 8, "channel_mult": [1, 1, 1], "num_res_blocks": 1,
+                          "time_downsample": 4, "spatial_downsample": 4, "patch_size": 2}}}},
+        "data": {"class_path": "lvdm.data.datamodule.VideoDataModule",
+                 "init_args": {"train_shards": str(tmp_path / "data/train-*.tar"), "val_shards": str(tmp_path / "data/val-*.tar"),
+                               "num_frames": 5, "resolution": 16, "batch_size": 4, "samples_per_epoch": 8}},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    main(["fit", "--config", str(tmp_path / "recipe.yaml")])
+    ckpt = tmp_path / "ckpt/last.ckpt"
+    comp = AutoencoderCompressor(str(ckpt))
+    assert "EMA" in comp.source
+    assert (comp.latent_channels, comp.time_downsample, comp.spatial_downsample, comp.causal_time) == (4, 4, 4, True)
+    assert isinstance(comp.scale_factor, list) and len(comp.scale_factor) == 4  # per-channel statistics
+    video = torch.rand(2, 3, 5, 16, 16) * 2 - 1
+    z = comp.encode(video)
+    assert z.shape == (2, 4, 2, 4, 4) and comp.decode(z).shape == video.shape
+    with pytest.raises(ValueError, match=r"num_frames=4 is not valid .*1 \+ 4k"):
+        comp.encode(video[:, :, :4])
+    main(["checkpoint", "export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "ae.safetensors"), "--ema", "true"])
+    exported = AutoencoderCompressor(str(tmp_path / "ae.safetensors"))
+    torch.testing.assert_close(exported.encode(video), z)
