@@ -23,6 +23,8 @@ when Lightning calls ``.train()`` on the surrounding LightningModule.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from typing import Sequence
 
@@ -88,6 +90,25 @@ class Compressor(nn.Module, ABC):
     def _channel_tensor(value: float | list[float]) -> torch.Tensor:
         t = torch.tensor(value, dtype=torch.float32)
         return t.view(-1, 1, 1, 1) if t.ndim else t  # [c, 1, 1, 1] broadcasts over [B, c, t, h, w]
+
+    def identity(self) -> dict:
+        """What identifies this compressor's raw latents (stored in latent shards, checked by
+        :class:`lvdm.data.datamodule.LatentDataModule`): its class, ``config_hash`` — a SHA-256
+        over its factors, channels, frame rule and every weight, so two checkpoints of one
+        architecture differ — and its scale and shift."""
+        digest = hashlib.sha256(json.dumps(
+            {"class": self.class_path(), "latent_channels": self.latent_channels, "time_downsample": self.time_downsample,
+             "spatial_downsample": self.spatial_downsample, "causal_time": self.causal_time,
+             "latent_step": self.latent_step}, sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(str(tensor.dtype).encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return {"compressor": self.class_path(), "compressor_config_hash": digest.hexdigest()[:16],
+                "scale_factor": self.scale_factor, "shift_factor": self.shift_factor}
+
+    def class_path(self) -> str:
+        return f"{type(self).__module__}.{type(self).__qualname__}"
 
     def _freeze(self) -> None:
         self.requires_grad_(False)
