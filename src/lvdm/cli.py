@@ -30,6 +30,7 @@ lvdm commands:
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
   data encode precompute a compressor's latents of video shards into latent shards
   data score  add scores (motion, ocr, duplicates, rules, aesthetic, clip_match) to a dataset folder
+  data caption  captions from a vision-language model (transformers or an OpenAI-compatible server)
   eval probe  score generated shapes videos: colour / shape / direction accuracy
   eval fvd    Fréchet Video Distance (original TF protocol)   lvdm eval fvd --real <shards|mp4s> --fake <mp4s>
   eval clipscore  CLIPScore of videos against their prompts  lvdm eval clipscore --videos <mp4s> --clip <path|hub id>
@@ -65,6 +66,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "synth": "lvdm.data.synthetic:write_synthetic_dataset",
         "encode": "lvdm.data.latents:encode_shards",
         "score": "lvdm.curation.score:score_dataset",
+        "caption": "lvdm.curation.caption:caption_dataset",
     },
     "eval": {
         "probe": "lvdm.metrics.probe:probe_folder",

@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["MEDIA_EXTENSIONS", "split_name", "read_manifest", "work_items", "read_samples", "rewrite_shard",
+__all__ = ["MEDIA_EXTENSIONS", "split_name", "media_of", "meta_of", "error_text", "read_manifest", "work_items", "read_samples", "rewrite_shard",
            "prepare_output", "write_updated_folder"]
 
 MEDIA_EXTENSIONS = ("mp4", "webm", "mkv", "mov", "avi", "gif", "jpg", "jpeg", "png", "webp")
@@ -96,6 +96,33 @@ def rewrite_shard(item: tuple[str, str, Mapping[str, Mapping[str, Any]]]) -> int
             target.addfile(member, _bytes(data))
     os.replace(partial, dst)
     return changed
+
+
+def media_of(key: str, entries: dict[str, bytes]) -> tuple[str, bytes]:
+    """``(extension, bytes)`` of a sample's one media entry."""
+    found = [ext for ext in MEDIA_EXTENSIONS if ext in entries]
+    if len(found) != 1:
+        raise ValueError(f"sample {key!r} has {len(found)} media entries ({sorted(entries)})")
+    return found[0], entries[found[0]]
+
+
+def meta_of(key: str, entries: dict[str, bytes]) -> dict:
+    """A sample's json as a dict (empty when it has none; malformed json names the key)."""
+    if "json" not in entries:
+        return {}
+    try:
+        meta = json.loads(entries["json"])
+    except ValueError as exc:
+        raise ValueError(f"sample {key!r}: malformed json: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"sample {key!r}: json is a {type(meta).__name__}, not an object")
+    return meta
+
+
+def error_text(exc: Exception) -> str:
+    """``"ExceptionType: first line"``: an error short enough for a manifest column."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _bytes(data: bytes):
