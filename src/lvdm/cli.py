@@ -29,6 +29,7 @@ lvdm commands:
   sample      prompts -> mp4 files   lvdm sample --checkpoint last.ckpt --prompts '["a red square moving left"]'
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
   data encode precompute a compressor's latents of video shards into latent shards
+  data ingest your videos/images (folder, CSV/parquet table, video2dataset shards) -> shards + manifest + rejects
   data score  add scores (motion, ocr, duplicates, rules, aesthetic, clip_match) to a dataset folder
   data caption  captions from a vision-language model (transformers or an OpenAI-compatible server)
   eval probe  score generated shapes videos: colour / shape / direction accuracy
@@ -65,6 +66,7 @@ GROUPS: dict[str, dict[str, str]] = {
     "data": {
         "synth": "lvdm.data.synthetic:write_synthetic_dataset",
         "encode": "lvdm.data.latents:encode_shards",
+        "ingest": "lvdm.curation.ingest:ingest",
         "score": "lvdm.curation.score:score_dataset",
         "caption": "lvdm.curation.caption:caption_dataset",
     },
@@ -116,6 +118,16 @@ def lightning_cli(args: Optional[list[str]] = None, run: bool = True):
             if config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
                 callbacks = [*callbacks, RunCheckpoint()]
             return super()._instantiate_trainer(config, callbacks)
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            # DeepSpeed unpickles a checkpoint directory freely when Lightning resumes from it:
+            # scan it first (a "last" resolved by RunCheckpoint is scanned there).
+            from lvdm.checkpoint import check_deepspeed_checkpoint, is_deepspeed_checkpoint
+
+            path = self.config_init[subcommand].get("ckpt_path")
+            if path and path not in ("last", "best", "hpc") and is_deepspeed_checkpoint(path):
+                check_deepspeed_checkpoint(path)
+            super()._run_subcommand(subcommand)
 
     return CLI(
         L.LightningModule,

@@ -155,13 +155,14 @@ class LatentDiffusionModule(L.LightningModule):
         return loss
 
     def configure_callbacks(self):
-        """A default :class:`~lvdm.callbacks.guard.NonFiniteGuard` when the trainer has none, so a
-        NaN batch never spreads into the weights (``callbacks/nonfinite_guard.yaml`` configures it)."""
+        """Defaults for what the trainer lacks: a :class:`~lvdm.callbacks.guard.NonFiniteGuard`, so a
+        NaN batch never spreads into the weights (``callbacks/nonfinite_guard.yaml`` configures
+        it), and :class:`~lvdm.callbacks.data.DataHealth`, which logs skipped samples by reason."""
+        from lvdm.callbacks.data import DataHealth
         from lvdm.callbacks.guard import NonFiniteGuard
 
-        if any(isinstance(c, NonFiniteGuard) for c in self.trainer.callbacks):
-            return []
-        return [NonFiniteGuard()]
+        have = {type(c) for c in self.trainer.callbacks}
+        return [cls() for cls in (NonFiniteGuard, DataHealth) if not any(issubclass(h, cls) for h in have)]
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
