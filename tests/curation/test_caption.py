@@ -190,3 +190,22 @@ def test_cli_data_caption(server, dataset, tmp_path):
           "--backend", "openai", "--base_url", url, "--field", "vlm", "--num_frames", "2", "--workers", "0"])
     manifest = pd.read_parquet(tmp_path / "o" / "manifest.parquet").set_index("key")
     assert manifest.loc["pan2", "vlm"] == "2 frames of stub"
+
+
+def test_reader_trains_on_the_chosen_caption_field(server, dataset, tmp_path):
+    from lvdm.data.datamodule import VideoDataModule, sample_caption
+
+    _, url = server
+    _Stub.mode = "ok"
+    src, _ = dataset
+    caption_dataset(str(src), str(tmp_path / "o"), model="stub", backend="openai", base_url=url, num_frames=2,
+                    workers=0)
+    raw = {**read_samples(str(tmp_path / "o" / "shard-000000.tar"), ["pan"])["pan"], "__key__": "pan"}
+    module = VideoDataModule(str(tmp_path / "o"), num_frames=2, resolution=16, caption_field="caption_vlm")
+    batch = module.decode_sample(raw, np.random.default_rng(0), random_start=False)
+    assert batch["caption"] == "2 frames of stub" and batch["video"].shape == (3, 2, 16, 16)
+    assert sample_caption(raw) == "original one"  # the default stays key.txt
+    failed = {**raw, "json": json.dumps({"caption_vlm": None}).encode()}
+    assert sample_caption(failed, "caption_vlm") == "original one"  # a failed caption falls back
+    with pytest.raises(ValueError, match="'pan'"):
+        sample_caption({**raw, "json": b"{not json"}, "caption_vlm")

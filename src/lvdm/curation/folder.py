@@ -1,7 +1,7 @@
 """Reading samples from a dataset folder and writing a copy whose json fields changed.
 
-A dataset folder is ``shard-*.tar`` + ``manifest.parquet`` + ``rejects.csv`` (see
-``lvdm.data.schema``). Stages that only add json fields (scores, captions) rewrite each shard
+A dataset folder is ``shard-*.tar`` + ``manifest.parquet`` + ``rejects.csv``
+(:mod:`lvdm.data.schema`). Stages that only add json fields (scores, captions) rewrite each shard
 entry by entry: media and caption bytes are copied as they are, never decoded or re-encoded.
 """
 
@@ -14,11 +14,11 @@ import tarfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["MEDIA_EXTENSIONS", "split_name", "media_of", "meta_of", "error_text", "read_manifest", "work_items", "read_samples", "rewrite_shard",
+from lvdm.data import schema
+
+__all__ = ["split_name", "media_of", "meta_of", "error_text", "read_manifest", "work_items", "read_samples", "rewrite_shard",
            "prepare_output", "write_updated_folder"]
 
-MEDIA_EXTENSIONS = ("mp4", "webm", "mkv", "mov", "avi", "gif", "jpg", "jpeg", "png", "webp")
-MANIFEST, REJECTS = "manifest.parquet", "rejects.csv"
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -30,12 +30,11 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def read_manifest(folder: str | Path):
-    import pandas as pd
-
-    path = Path(folder) / MANIFEST
+    """The manifest of a dataset folder, checked to have ``key`` and ``shard`` columns."""
+    path = Path(folder) / schema.MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a dataset folder: {path} does not exist (write one with `lvdm data ingest`)")
-    manifest = pd.read_parquet(path)
+    manifest = schema.read_manifest(path)
     for column in ("key", "shard"):
         if column not in manifest.columns:
             raise ValueError(f"manifest {path} has no {column!r} column")
@@ -49,7 +48,7 @@ def work_items(folder: str | Path, chunk_size: int) -> list[tuple[str, list[str]
     for shard, group in manifest.groupby("shard", sort=False):
         path = Path(folder) / shard
         if not path.is_file():
-            raise FileNotFoundError(f"shard {path} named by {Path(folder) / MANIFEST} does not exist")
+            raise FileNotFoundError(f"shard {path} named by {Path(folder) / schema.MANIFEST_NAME} does not exist")
         keys = list(group["key"])
         items += [(str(path), keys[i : i + chunk_size]) for i in range(0, len(keys), chunk_size)]
     return items
@@ -99,11 +98,8 @@ def rewrite_shard(item: tuple[str, str, Mapping[str, Mapping[str, Any]]]) -> int
 
 
 def media_of(key: str, entries: dict[str, bytes]) -> tuple[str, bytes]:
-    """``(extension, bytes)`` of a sample's one media entry."""
-    found = [ext for ext in MEDIA_EXTENSIONS if ext in entries]
-    if len(found) != 1:
-        raise ValueError(f"sample {key!r} has {len(found)} media entries ({sorted(entries)})")
-    return found[0], entries[found[0]]
+    """``(extension, bytes)`` of a sample's one media entry (KeyError naming the key if not one)."""
+    return schema.media_entry({**entries, "__key__": key})
 
 
 def meta_of(key: str, entries: dict[str, bytes]) -> dict:
@@ -163,14 +159,9 @@ def write_updated_folder(src: str | Path, dst: str | Path, updates: Mapping[str,
     errors = [f"{Path(item[0]).name}: {r.error}" for item, r in zip(items, results) if failed(r)]
     if errors:
         raise RuntimeError(f"could not write {len(errors)} shard(s) of {dst}: {'; '.join(errors[:3])}")
-    columns: dict[str, list] = {}
-    for row, key in enumerate(manifest["key"]):
-        for name, value in updates.get(key, {}).items():
-            if _scalar(value):
-                columns.setdefault(name, [None] * len(manifest))[row] = value
-    for name, values in columns.items():
-        manifest[name] = values
-    manifest.to_parquet(dst / MANIFEST, index=False)
-    if (src / REJECTS).is_file():
-        shutil.copyfile(src / REJECTS, dst / REJECTS)
+    rows = [{**row, **{name: value for name, value in updates.get(row["key"], {}).items() if _scalar(value)}}
+            for row in manifest.to_dict("records")]
+    schema.write_manifest(rows, dst / schema.MANIFEST_NAME)
+    if (src / schema.REJECTS_NAME).is_file():
+        shutil.copyfile(src / schema.REJECTS_NAME, dst / schema.REJECTS_NAME)
     return sum(results)

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lvdm.data.schema import IMAGE_EXTENSIONS
 from lvdm.data.video import VideoDecodeError
 
-__all__ = ["Clip", "IMAGE_EXTENSIONS", "count_frames", "evenly_spaced", "load_clip_frames", "resize_short_side"]
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+__all__ = ["Clip", "count_frames", "evenly_spaced", "load_clip_frames", "resize_short_side"]
 
 
 @dataclass

@@ -9,7 +9,8 @@ from typing import Any, Optional, Sequence
 from lvdm.curation.engine import failed, make_engine
 from lvdm.curation.folder import (error_text, media_of, meta_of, prepare_output, read_samples, work_items,
                                   write_updated_folder)
-from lvdm.curation.frames import IMAGE_EXTENSIONS, Clip, load_clip_frames
+from lvdm.curation.frames import Clip, load_clip_frames
+from lvdm.data.schema import IMAGE_EXTENSIONS
 
 __all__ = ["score_dataset", "build_scorers", "ScoreChunk"]
 
