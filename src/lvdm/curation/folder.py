@@ -7,6 +7,7 @@ entry by entry: media and caption bytes are copied as they are, never decoded or
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -92,7 +93,7 @@ def rewrite_shard(item: tuple[str, str, Mapping[str, Mapping[str, Any]]]) -> int
                 member = tarfile.TarInfo(member.name)
                 member.size, member.mtime, member.mode = len(data), 0, 0o644
                 changed += 1
-            target.addfile(member, _bytes(data))
+            target.addfile(member, io.BytesIO(data))
     os.replace(partial, dst)
     return changed
 
@@ -119,12 +120,6 @@ def error_text(exc: Exception) -> str:
     """``"ExceptionType: first line"``: an error short enough for a manifest column."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def _bytes(data: bytes):
-    import io
-
-    return io.BytesIO(data)
 
 
 def _scalar(value: Any) -> bool:
