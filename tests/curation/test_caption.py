@@ -209,3 +209,15 @@ def test_reader_trains_on_the_chosen_caption_field(server, dataset, tmp_path):
     assert sample_caption(failed, "caption_vlm") == "original one"  # a failed caption falls back
     with pytest.raises(ValueError, match="'pan'"):
         sample_caption({**raw, "json": b"{not json"}, "caption_vlm")
+
+
+def test_local_and_ray_captions_are_identical(server, dataset, tmp_path, local_ray):
+    _, url = server
+    _Stub.mode = "ok"
+    src, _ = dataset
+    for engine in ("local", "ray"):
+        caption_dataset(str(src), str(tmp_path / engine), model="stub", backend="openai", base_url=url, num_frames=2,
+                        engine=engine, workers=2, batch_size=1, concurrency=1)
+    local = pd.read_parquet(tmp_path / "local" / "manifest.parquet")
+    pd.testing.assert_frame_equal(local, pd.read_parquet(tmp_path / "ray" / "manifest.parquet"))
+    assert local["caption_vlm"].notna().sum() == 3
