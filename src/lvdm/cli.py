@@ -32,6 +32,7 @@ lvdm commands:
   data encode precompute a compressor's latents of video shards into latent shards
   data ingest your videos/images (folder, CSV/parquet table, video2dataset shards) -> shards + manifest + rejects
   data score  add scores (motion, ocr, duplicates, rules, aesthetic, clip_match) to a dataset folder
+  data caption  captions from a vision-language model (transformers or an OpenAI-compatible server)
   eval probe  score generated shapes videos: colour / shape / direction accuracy
   eval fvd    Fréchet Video Distance (original TF protocol)   lvdm eval fvd --real <shards|mp4s> --fake <mp4s>
   eval clipscore  CLIPScore of videos against their prompts  lvdm eval clipscore --videos <mp4s> --clip <path|hub id>
@@ -72,6 +73,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "encode": "lvdm.data.latents:encode_shards",
         "ingest": "lvdm.curation.ingest:ingest",
         "score": "lvdm.curation.score:score_dataset",
+        "caption": "lvdm.curation.caption:caption_dataset",
     },
     "eval": {
         "probe": "lvdm.metrics.probe:probe_folder",
