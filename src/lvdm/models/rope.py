@@ -37,8 +37,9 @@ def _tables(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @lru_cache(maxsize=64)
 def rope_1d(length: int, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin) ``[length, head_dim]`` for positions ``0 … length-1``."""
-    positions = torch.arange(length, dtype=torch.float32)
-    return _tables(positions[:, None] * rope_frequencies(head_dim, theta)[None])
+    with torch.device("cpu"):  # cached: never build it on a default meta / CUDA device
+        positions = torch.arange(length, dtype=torch.float32)
+        return _tables(positions[:, None] * rope_frequencies(head_dim, theta)[None])
 
 
 def split_rope_dims(head_dim: int) -> tuple[int, int, int]:
@@ -55,14 +56,15 @@ def rope_3d(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0) -
     """(cos, sin) ``[t·h·w, head_dim]`` for the tokens of a ``(t, h, w)`` grid in raster
     order: channels ``[time | height | width]``, each part rotated by its own coordinate."""
     t, h, w = grid
-    coords = torch.stack(
-        torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"), dim=-1
-    ).reshape(-1, 3).float()
-    angles = [
-        coords[:, axis, None] * rope_frequencies(dim, theta)[None]
-        for axis, dim in enumerate(split_rope_dims(head_dim))
-    ]
-    return _tables(torch.cat(angles, dim=-1))
+    with torch.device("cpu"):  # cached: never build it on a default meta / CUDA device
+        coords = torch.stack(
+            torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"), dim=-1
+        ).reshape(-1, 3).float()
+        angles = [
+            coords[:, axis, None] * rope_frequencies(dim, theta)[None]
+            for axis, dim in enumerate(split_rope_dims(head_dim))
+        ]
+        return _tables(torch.cat(angles, dim=-1))
 
 
 def rotate_pairs(x: torch.Tensor) -> torch.Tensor:

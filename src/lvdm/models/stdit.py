@@ -65,7 +65,11 @@ def sincos_2d(hidden_size: int, h: int, w: int, base_size: Optional[int], interp
     computed in float32 as diffusers does."""
     if hidden_size % 4:
         raise ValueError(f"a 2D sin-cos position code needs hidden_size divisible by 4, got {hidden_size}")
+    with torch.device("cpu"):  # cached: never build it on a default meta / CUDA device
+        return _sincos_2d(hidden_size, h, w, base_size, interpolation_scale)
 
+
+def _sincos_2d(hidden_size, h, w, base_size, interpolation_scale) -> torch.Tensor:
     def axis(n: int) -> torch.Tensor:
         pos = torch.arange(n, dtype=torch.float32)
         if base_size:
@@ -81,7 +85,8 @@ def sincos_2d(hidden_size: int, h: int, w: int, base_size: Optional[int], interp
 @lru_cache(maxsize=64)
 def sincos_frames(hidden_size: int, length: int) -> torch.Tensor:
     """1D sin-cos code ``[length, hidden]`` of frame positions ``0 … length-1`` (float32)."""
-    return _sincos_1d(hidden_size, torch.arange(length, dtype=torch.float32)).float()
+    with torch.device("cpu"):
+        return _sincos_1d(hidden_size, torch.arange(length, dtype=torch.float32)).float()
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
