@@ -98,9 +98,22 @@ def lightning_cli(args: Optional[list[str]] = None, run: bool = True):
 
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
-    return LightningCLI(
+    from lvdm.callbacks.checkpoint import RunCheckpoint
+
+    class CLI(LightningCLI):
+        def _instantiate_trainer(self, config, callbacks):
+            # Every run checkpoints into <default_root_dir>/checkpoints, atomically, and
+            # `--ckpt_path last` finds the newest valid checkpoint there (see RunCheckpoint).
+            own = config.get("callbacks") or []
+            given = [*(own if isinstance(own, list) else [own]), *callbacks]
+            if config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
+                callbacks = [*callbacks, RunCheckpoint()]
+            return super()._instantiate_trainer(config, callbacks)
+
+    return CLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,
