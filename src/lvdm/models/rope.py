@@ -75,6 +75,6 @@ def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate queries or keys ``x`` ``[..., N, head_dim]`` by the code ``(cos, sin)``
-    (``[N, head_dim]``, or any shape that broadcasts), computed in float32."""
-    out = x.float() * cos + rotate_pairs(x.float()) * sin
-    return out.to(x.dtype)
+    (``[N, head_dim]``, or any shape that broadcasts), computed in float32 (or float64)."""
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (wide * cos + rotate_pairs(wide) * sin).to(x.dtype)
