@@ -71,3 +71,7 @@ def test_tiny_curriculum_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert "new (kept their initialisation): 0" in reports["phase3_hq"]
     last = torch.load("runs/opensora_tiny/phase3/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 3 and any("attn_temp" in k for k in last["state_dict"])
+    # the stored recipe (a preset function as class_path) rebuilds the model for sampling
+    main(["sample", "--checkpoint", "runs/opensora_tiny/phase3/checkpoints/last.ckpt", "--prompts",
+          '["a red square moving left"]', "--out", "samples", "--steps", "2"])
+    assert [p.name for p in Path("samples").glob("*.mp4")] == ["00000_a_red_square_moving_left.mp4"]
