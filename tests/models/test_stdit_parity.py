@@ -132,3 +132,24 @@ def test_latte_single_frame_and_image_mode_agree_with_diffusers():
     with torch.no_grad():
         want = ref(x, timestep=t, encoder_hidden_states=ctx).sample[:, :4]
         assert (model(x, t, ctx) - want).abs().max() < TOL
+
+
+def test_from_diffusers_reads_model_and_pipeline_folders(tmp_path):
+    import json
+
+    from lvdm.models.presets import from_diffusers
+
+    ref = _latte()
+    ref.save_pretrained(tmp_path / "pipe" / "transformer")  # a pipeline folder: model in transformer/
+    model = from_diffusers(str(tmp_path / "pipe")).eval()
+    x = torch.randn(1, 4, 3, 8, 8)
+    ctx, _ = _text(1)
+    t = torch.tensor([42.0])
+    with torch.no_grad():
+        assert (model(x, t, ctx) - ref(x, timestep=t, encoder_hidden_states=ctx).sample[:, :4]).abs().max() < TOL
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    with pytest.raises(ValueError, match="UNet2DConditionModel"):
+        from_diffusers(str(tmp_path / "unet"))
+    with pytest.raises(FileNotFoundError, match="not a diffusers model folder"):
+        from_diffusers(str(tmp_path))  # a folder with neither config.json nor transformer/config.json
