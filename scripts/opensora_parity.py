@@ -130,14 +130,15 @@ def run_stdit3() -> float:
                    context_length=10).eval()
     model.load_state_dict(opensora.convert_state_dict(ref.state_dict(), model), strict=True)
     b = 2
-    x = torch.randn(b, 4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(b, 4, 3, 6, 10, generator=torch.Generator().manual_seed(2))  # a non-square latent
     t = torch.tensor([10.0, 700.0])
     y, mask = _text(b, 10, 32)
     fps = torch.tensor([24.0, 8.0])
-    side = torch.tensor([512.0, 512.0])  # STDiT3 scales positions by sqrt(h·w) / 512: 1 here
+    # STDiT3 scales positions by sqrt(h·w) / 512 of the pixel size: 48 × 80 px through an 8× VAE
+    height, width = torch.tensor([48.0, 48.0]), torch.tensor([80.0, 80.0])
     with torch.no_grad():
-        want = ref(x, t, y, mask=mask, fps=fps, height=side, width=side)[:, :4]
-        got = model(x, t, y[:, 0], mask.bool(), fps=fps)
+        want = ref(x, t, y, mask=mask, fps=fps, height=height, width=width)[:, :4]
+        got = model(x, t, y[:, 0], mask.bool(), fps=fps)  # resolution from the latent × latent_scale 8
     return (got - want).abs().max().item()
 
 

@@ -74,3 +74,29 @@ def test_activation_checkpointing_keeps_gradients():
     model(x, t, ctx).square().mean().backward()
     for n, p in model.named_parameters():
         assert torch.allclose(p.grad, want[n], atol=1e-6), n
+
+
+def test_stdit3_position_scale_follows_the_pixel_resolution():
+    """Open-Sora 1.2: positions i / (√(H·W)/512) · round(√(h·w)) / n per axis, [w | h] halves."""
+    import math
+
+    import numpy as np
+
+    from lvdm.models.stdit import sincos_2d
+
+    model = STDiT(**dict(KW, hidden_size=32), resolution_scale=512, latent_scale=8)
+    x = torch.zeros(1, 3, 1, 6, 10)  # 48 × 80 px
+    base, scale = model._position_scale(x, 6, 10, None)
+    assert base == round(math.sqrt(60)) and math.isclose(scale, math.sqrt(48 * 80) / 512)
+    assert model._position_scale(x, 6, 10, torch.tensor([[512.0, 512.0]])) == (8, 1.0)
+
+    def code(d, p):
+        omega = 1.0 / 10000 ** (np.arange(d // 2) / (d / 2.0))
+        out = np.outer(p, omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    rows = np.arange(6) / scale * base / 6
+    cols = np.arange(10) / scale * base / 10
+    hh, ww = np.meshgrid(rows, cols, indexing="ij")
+    want = np.concatenate([code(16, ww.reshape(-1)), code(16, hh.reshape(-1))], axis=1)
+    assert np.abs(sincos_2d(32, 6, 10, base, scale).numpy() - want).max() < 1e-5

@@ -40,8 +40,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "opensora-v1.0-stdit-xl2-512": dict(_XL, context_length=120, temporal="inline",
                                         temporal_position="sincos_branch", base_size=None, interpolation_scale=1.0),
     "opensora-v1.2-stdit3-xl2": dict(_XL, context_length=300, temporal="blocks", temporal_cross_attention=True,
-                                     temporal_position="rope", qk_norm=True, fps_conditioning=True, base_size=None,
-                                     interpolation_scale=1.0),
+                                     temporal_position="rope", qk_norm=True, fps_conditioning=True,
+                                     resolution_scale=512),
     "latte-1": dict(_XL, context_length=0, temporal="blocks", temporal_cross_attention=False,
                     temporal_position="sincos_stream", base_size=32, interpolation_scale=1.0),
 }

@@ -219,7 +219,12 @@ class STDiT(nn.Module):
         base_size: the patch grid the 2D code is stretched to (PixArt: ``sample_size //
             patch``; None: positions 0 … n-1, Open-Sora).
         interpolation_scale: positions are divided by this (PixArt: ``max(sample_size // 64,
-            1)``; Open-Sora 1.0's ``space_scale`` inverted: 256 px ⇒ 2).
+            1)``; Open-Sora 1.0: its ``space_scale``, 0.5 at 256 px).
+        resolution_scale: Open-Sora 1.2's position scale instead of the two above: the
+            reference size in pixels (its ``input_sq_size``, 512); positions are divided by
+            ``√(H·W) / resolution_scale`` of the pixel resolution (``forward``'s ``resolution``,
+            else the latent size × ``latent_scale``) and stretched to a base grid of
+            ``round(√(h·w))`` patches.
         qk_norm: RMS-normalise self-attention queries and keys (STDiT3).
         size_conditioning: PixArt-α 1024's micro-conditions: resolution ``(h, w)`` in pixels
             and aspect ratio ``h / w``, each embedded to ``hidden_size / 3``.
@@ -249,6 +254,7 @@ class STDiT(nn.Module):
         position: Position = "sincos_2d",
         base_size: Optional[int] = None,
         interpolation_scale: float = 1.0,
+        resolution_scale: Optional[int] = None,
         qk_norm: bool = False,
         size_conditioning: bool = False,
         fps_conditioning: bool = False,
@@ -266,6 +272,7 @@ class STDiT(nn.Module):
         self.context_dim = context_dim
         self.temporal, self.temporal_position, self.position = temporal, temporal_position, position
         self.base_size, self.interpolation_scale = base_size, float(interpolation_scale)
+        self.resolution_scale = resolution_scale
         self.size_conditioning, self.fps_conditioning = size_conditioning, fps_conditioning
         self.latent_scale, self.default_fps = latent_scale, float(default_fps)
 
@@ -372,6 +379,16 @@ class STDiT(nn.Module):
             extra = emb if extra is None else extra + emb
         return extra
 
+    def _position_scale(self, x: torch.Tensor, h: int, w: int, resolution) -> tuple[Optional[int], float]:
+        """(base grid, interpolation scale) of the 2D code for a latent with an h × w patch grid."""
+        if not self.resolution_scale:
+            return self.base_size, self.interpolation_scale
+        if resolution is None:
+            rh, rw = x.shape[-2] * self.latent_scale, x.shape[-1] * self.latent_scale
+        else:  # one scale per batch, from its first sample (as Open-Sora 1.2)
+            rh, rw = (float(v) for v in torch.as_tensor(resolution).reshape(-1, 2)[0])
+        return round(math.sqrt(h * w)), math.sqrt(rh * rw) / self.resolution_scale
+
     def _context(self, context, context_mask, b: int):
         if context is None:
             if not hasattr(self, "null_context"):
@@ -425,7 +442,7 @@ class STDiT(nn.Module):
         t, h, w = grid
         tokens = tokens.view(b, t, h * w, self.hidden_size)
         if self.position == "sincos_2d":
-            pos = sincos_2d(self.hidden_size, h, w, self.base_size, self.interpolation_scale)
+            pos = sincos_2d(self.hidden_size, h, w, *self._position_scale(x, h, w, resolution))
             tokens = tokens + pos.to(device=tokens.device, dtype=tokens.dtype)
         c = self._embed_timestep(timestep, b, t)
         extra = self._micro_conditions(x, resolution, aspect_ratio, fps)
