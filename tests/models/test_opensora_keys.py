@@ -4,7 +4,6 @@ for key with equal shapes, at real size on the meta device.
 The expected state dicts are written from Open-Sora's published source (v1.0.0 / v1.2.0:
 ``opensora/models/stdit/stdit.py``, ``stdit3.py``, ``layers/blocks.py``) and PixArt-α's."""
 
-import math
 
 import numpy as np
 import pytest
