@@ -435,6 +435,16 @@ class LatentDataModule(ShardDataModule):
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
     """
 
+    def setup(self, stage: str | None = None) -> None:
+        """As :meth:`ShardDataModule.setup`; when a trainer's model has a ``compressor``, also
+        refuses train shards that another compressor encoded (:func:`lvdm.data.latents.check_latent_compressor`)."""
+        super().setup(stage)
+        compressor = getattr(getattr(getattr(self, "trainer", None), "lightning_module", None), "compressor", None)
+        if compressor is not None and self.train_urls and stage in (None, "fit"):
+            from lvdm.data.latents import check_latent_compressor
+
+            check_latent_compressor(self.train_urls[0], compressor)
+
     def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
         """``key.latent.npy`` → ``"latent"`` float32 ``[c, t, h, w]``, ``key.txt`` → ``"caption"``."""
         try:
