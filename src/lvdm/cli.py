@@ -30,6 +30,7 @@ lvdm commands:
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
   data encode precompute a compressor's latents of video shards into latent shards
   data ingest your videos/images (folder, CSV/parquet table, video2dataset shards) -> shards + manifest + rejects
+  data split  cut videos into scene clips (PySceneDetect), min/max length or fixed chunks
   eval probe  score generated shapes videos: colour / shape / direction accuracy
   eval fvd    Fréchet Video Distance (original TF protocol)   lvdm eval fvd --real <shards|mp4s> --fake <mp4s>
   eval clipscore  CLIPScore of videos against their prompts  lvdm eval clipscore --videos <mp4s> --clip <path|hub id>
@@ -65,6 +66,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "synth": "lvdm.data.synthetic:write_synthetic_dataset",
         "encode": "lvdm.data.latents:encode_shards",
         "ingest": "lvdm.curation.ingest:ingest",
+        "split": "lvdm.curation.split:split",
     },
     "eval": {
         "probe": "lvdm.metrics.probe:probe_folder",

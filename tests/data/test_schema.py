@@ -171,3 +171,15 @@ def test_random_start_in_a_container_without_frame_count():
         column = int(clip[0, 0, 6].argmax())  # the square's left edge in the first frame
         starts.add(column // 2)
     assert len(starts) > 1 and max(starts) <= 16
+
+
+def test_one_unbounded_shard_under_a_plain_name_read_back_in_order(tmp_path):
+    from lvdm.data.shards import read_shard
+
+    with ShardWriter(str(tmp_path / "train-7.tar"), max_count=None) as sink:
+        for i in range(5):
+            sink.write(_sample(f"k{i}"))
+    assert sink.paths == [str(tmp_path / "train-7.tar")]
+    read = list(read_shard(sink.paths[0]))
+    assert [s["__key__"] for s in read] == [f"k{i}" for i in range(5)]
+    assert read[0]["mp4"] == MP4 and read[0]["txt"] == b"a caption" and json.loads(read[0]["json"]) == {"fps": 8}
