@@ -31,6 +31,8 @@ lvdm commands:
   data encode precompute a compressor's latents of video shards into latent shards
   data ingest your videos/images (folder, CSV/parquet table, video2dataset shards) -> shards + manifest + rejects
   data split  cut videos into scene clips (PySceneDetect), min/max length or fixed chunks
+  data filter keep samples by json-field expressions   lvdm data filter --source ds --out kept --keep 'motion > 0.5'
+  data stats  counts, percentiles and histogram PNGs of a dataset folder's fields
   eval probe  score generated shapes videos: colour / shape / direction accuracy
   eval fvd    Fréchet Video Distance (original TF protocol)   lvdm eval fvd --real <shards|mp4s> --fake <mp4s>
   eval clipscore  CLIPScore of videos against their prompts  lvdm eval clipscore --videos <mp4s> --clip <path|hub id>
@@ -67,6 +69,8 @@ GROUPS: dict[str, dict[str, str]] = {
         "encode": "lvdm.data.latents:encode_shards",
         "ingest": "lvdm.curation.ingest:ingest",
         "split": "lvdm.curation.split:split",
+        "filter": "lvdm.curation.filter:filter_dataset",
+        "stats": "lvdm.curation.stats:dataset_stats",
     },
     "eval": {
         "probe": "lvdm.metrics.probe:probe_folder",
