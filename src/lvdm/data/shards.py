@@ -192,12 +192,13 @@ def read_shard(path: str | os.PathLike):
         yield current
 
 
-def _is_remote(spec: str) -> bool:
+def is_remote(spec: str) -> bool:
+    """A URL or a ``pipe:`` command (webdataset opens it), not a local path."""
     return "://" in spec or spec.startswith("pipe:")
 
 
 def _resolve_one(spec: str) -> list[str]:
-    if _is_remote(spec):  # URLs and pipe: commands are webdataset's business; only expand braces
+    if is_remote(spec):  # URLs and pipe: commands are webdataset's business; only expand braces
         return list(braceexpand.braceexpand(spec))
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
