@@ -105,7 +105,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 8, crf: int = 1
     return path
 
 
-def _iter_rgb(container: av.container.InputContainer, label: str):
+def _iter_rgb(container: av.container.InputContainer, label: str, skip: int = 0):
+    """RGB frames in order; the first ``skip`` are decoded but yielded as ``None`` (not
+    converted: a random window late in a clip then costs decoding only, not RGB conversion)."""
     max_pixels = MAX_PIXELS
     stream = container.streams.video[0]
     height, width = stream.codec_context.height, stream.codec_context.width
@@ -118,11 +120,11 @@ def _iter_rgb(container: av.container.InputContainer, label: str):
     # context for every frame, which made RGB conversion 5x the cost of decoding itself.
     reformatter = VideoReformatter()
     try:
-        for frame in container.decode(stream):
+        for index, frame in enumerate(container.decode(stream)):
             if frame.height * frame.width > max_pixels:  # the header may understate the size
                 raise VideoTooLargeError(f"video {label} has a {frame.width}x{frame.height} frame, "
                                          f"more than the {max_pixels} pixels allowed")
-            yield reformatter.reformat(frame, format="rgb24").to_ndarray()
+            yield None if index < skip else reformatter.reformat(frame, format="rgb24").to_ndarray()
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(f"cannot decode video {label}: {exc}") from exc
 
@@ -221,7 +223,7 @@ def decode_clip(
         start = 0
         if random_start and total:
             start = int((rng or np.random.default_rng()).integers(0, total - span + 1))
-            frames = _take(_iter_rgb(container, label), start, span)
+            frames = _take(_iter_rgb(container, label, skip=start), start, span)
         else:
             frames = _take(_iter_rgb(container, label), 0, span)
     if len(frames) < span:
