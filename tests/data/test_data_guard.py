@@ -83,12 +83,16 @@ def test_empty_shards_stop_after_the_time_limit(shards):
     assert "no sample could be read for" in message and "are the shards empty?" in message
 
 
-def test_a_good_stream_with_some_bad_samples_passes(shards):
+def test_a_good_stream_with_some_bad_samples_passes(shards, caplog):
     dm = VideoDataModule([str(shards / "good-000000.tar"), str(shards / "bad-000000.tar")], batch_size=2,
                          samples_per_epoch=16, data_guard=DataGuard(window=10, max_skip_fraction=0.8))
     dm.setup("fit")
-    assert len(list(dm.train_dataloader())) == 8
+    with caplog.at_level("WARNING", logger="lvdm.data"):
+        assert len(list(dm.train_dataloader())) == 8
     assert dm.skip_reasons["corrupt_video"] == dm.skipped > 0
+    # every skip is reported, repeats of the same sample included (a warnings filter shows each once)
+    skips = [r.getMessage() for r in caplog.records if "skipping sample" in r.getMessage()]
+    assert len(skips) == dm.skipped and len(set(skips)) < len(skips)
 
 
 STUCK = textwrap.dedent('''
