@@ -68,6 +68,7 @@ class LatentDiffusionModule(L.LightningModule):
             the unconditional prediction that classifier-free guidance needs.
         guidance_scale: default classifier-free guidance scale for sampling.
         sample_shape: default (frames, height, width) of generated videos.
+        fps: frame rate of the training clips: the rate generated videos are written at.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class LatentDiffusionModule(L.LightningModule):
         caption_dropout: float = 0.1,
         guidance_scale: float = 4.0,
         sample_shape: Sequence[int] = (8, 32, 32),
+        fps: float = 8.0,
     ):
         super().__init__()
         # Under the lvdm CLI, Lightning hands over the recipe (class paths and arguments) and
@@ -99,6 +101,9 @@ class LatentDiffusionModule(L.LightningModule):
         self.caption_dropout = caption_dropout
         self.guidance_scale = guidance_scale
         self.sample_shape = tuple(sample_shape)
+        if fps <= 0:
+            raise ValueError(f"fps must be positive; got {fps}")
+        self.fps = fps
         ctx_dim = getattr(denoiser, "context_dim", None)
         if ctx_dim is not None and ctx_dim != text_encoder.dim:
             raise ValueError(

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from lvdm.data.guard import DataGuard, StreamWatch
 from lvdm.data.schema import media_entry
 from lvdm.data.shards import resolve_shards
-from lvdm.distributed.callbacks import data_parallel_rank_world
+from lvdm.distributed.ranks import data_parallel_rank_world
 from lvdm.data.video import decode_clip
 
 __all__ = ["ShardDataModule", "VideoDataModule", "LatentDataModule", "SkipCounter"]
@@ -240,14 +240,13 @@ class ShardDataModule(L.LightningDataModule, ABC):
         (:data:`lvdm.data.guard.REASONS`)."""
         return self.data_guard.counts()
 
-    def _world(self) -> tuple[int, int]:
-        """``(world_size, rank)`` of data parallelism from the attached trainer, else ``(1, 0)``.
+    def _rank_world(self) -> tuple[int, int]:
+        """``(rank, world_size)`` of data parallelism from the attached trainer, else ``(0, 1)``.
 
         Under sequence parallelism the ranks of one group share each batch, so data is split
         by data-parallel rank, not global rank (:func:`lvdm.distributed.data_parallel_rank_world`).
         """
-        rank, world_size = data_parallel_rank_world(self.trainer)
-        return world_size, rank
+        return data_parallel_rank_world(self.trainer)
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve the shard lists; a missing path raises ``FileNotFoundError`` naming it."""
@@ -279,7 +278,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         """Endless resampled stream cut to the same number of full batches on every rank."""
         if self.train_urls is None:
             raise RuntimeError(f"call {type(self).__name__}.setup('fit') before asking for train_dataloader")
-        world_size, rank = self._world()
+        rank, world_size = self._rank_world()
         batches = self.samples_per_epoch // (self.batch_size * world_size)
         if batches == 0:
             raise ValueError(f"samples_per_epoch={self.samples_per_epoch} gives no full batch of "
@@ -316,7 +315,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         return self._eval_loader(self.test_urls)
 
     def _eval_loader(self, urls: list[str]) -> DataLoader:
-        world_size, rank = self._world()
+        rank, world_size = self._rank_world()
         stages = [wds.SimpleShardList(urls)]
         if len(urls) >= world_size:
             stages.append(_SplitByRank(rank, world_size))

@@ -208,7 +208,11 @@ def decode_clip(
     with _open(source, label) as container:
         if not container.streams.video:
             raise VideoDecodeError(f"no video stream in {label}")
-        total = container.streams.video[0].frames  # 0 when the container does not say
+        total = container.streams.video[0].frames  # 0 when the container does not say (webm, mkv)
+        if not total and random_start:
+            # Count by demuxing (no decoding) rather than decoding the whole video to choose a start.
+            total = sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+            container.seek(0)
         if total and total < span:
             raise VideoTooShortError(f"video {label} has {total} frames, fewer than the {span} needed for "
                              f"num_frames={num_frames}, frame_interval={frame_interval}")
