@@ -110,10 +110,29 @@ class LatentDiffusionModule(L.LightningModule):
             raise ValueError(
                 f"denoiser.context_dim ({ctx_dim}) must equal text_encoder.dim ({text_encoder.dim})"
             )
+        self._check_sample_shape()
+        if not 0.0 <= caption_dropout <= 1.0:
+            raise ValueError(f"LatentDiffusionModule.caption_dropout must be in [0, 1], got {caption_dropout}")
         if denoiser.in_channels != self.compressor.latent_channels:
             raise ValueError(
                 f"denoiser.in_channels ({denoiser.in_channels}) must equal the compressor's "
                 f"latent_channels ({self.compressor.latent_channels})"
+            )
+
+    def _check_sample_shape(self) -> None:
+        """``sample_shape`` must be 3 positive sizes whose latent grid the patch divides."""
+        shape = self.sample_shape
+        if len(shape) != 3 or any(int(n) < 1 for n in shape):
+            raise ValueError(f"LatentDiffusionModule.sample_shape must be 3 positive sizes (frames, height, width), got {list(shape)}")
+        try:
+            grid = self.compressor.latent_shape(*shape)[1:]
+        except ValueError as err:
+            raise ValueError(f"LatentDiffusionModule.sample_shape {list(shape)}: {err}") from None
+        patch = getattr(self.denoiser, "patch_size", None)
+        if patch is not None and any(g % p for g, p in zip(grid, patch)):
+            raise ValueError(
+                f"LatentDiffusionModule.sample_shape {list(shape)} gives a latent grid (t, h, w) = {list(grid)} that "
+                f"the denoiser's patch_size {list(patch)} does not divide"
             )
 
     # ------------------------------------------------------------------ training

@@ -145,6 +145,8 @@ def encode_shards(
                         clip = decode_clip(media_entry(sample)[1], num_frames, frame_interval, size, name=repr(key))
                         text = sample["txt"]
                         meta = json.loads(sample["json"]) if "json" in sample else {}
+                        if not isinstance(meta, dict):  # valid JSON, but not the metadata object
+                            raise ValueError(f"key.json is a JSON {type(meta).__name__}, not an object")
                     except (ValueError, KeyError) as exc:  # corrupt/short video, bad json, missing entry
                         summary["skipped"] += 1
                         warnings.warn(f"skipping sample {key!r} in shard {url}: {type(exc).__name__}: {exc}")

@@ -34,10 +34,9 @@ class VideoTooShortError(ValueError):
     """A video has fewer frames than a clip needs; names the source."""
 
 
-# Decoding limits: a few KB of container can claim a huge frame size or hide its frame count
-# (a 52 KB file decoded to 1.3 GB of frames before these bounds).
+# A few KB of container can claim a huge frame size: frames above this are refused.
 MAX_PIXELS = 4096 * 4096  # per frame
-MAX_SCANNED_FRAMES = 10_000  # frames decoded to find a random window in a clip of unknown length
+MAX_SCANNED_FRAMES = 10_000  # frames counted to choose a random window in a clip of unknown length
 
 
 def _source_name(source: VideoSource, name: str | None) -> str:
@@ -196,8 +195,7 @@ def decode_clip(
 
     Raises:
         VideoTooShortError: the video has fewer than ``(num_frames - 1) * frame_interval + 1``
-            frames (a ``ValueError`` subclass; a clip of unknown length is searched over its first
-            ``MAX_SCANNED_FRAMES`` frames).
+            frames (a ``ValueError`` subclass).
         VideoTooLargeError: its frames have more than ``MAX_PIXELS`` pixels.
         VideoDecodeError: the data is corrupt or not a video (a ``ValueError`` subclass).
         FileNotFoundError: ``source`` is a path that does not exist.

@@ -271,6 +271,12 @@ class FinalLayer(nn.Module):
         return self.linear(x)
 
 
+def _check_positive(**values) -> None:
+    for key, value in values.items():
+        if not value > 0:
+            raise ValueError(f"DiT.{key} must be > 0, got {value}")
+
+
 class DiT(nn.Module):
     """Diffusion Transformer over spacetime patches of a latent video ``[B, C, T, H, W]``.
 
@@ -329,6 +335,14 @@ class DiT(nn.Module):
         patch_size = patch_size or 2
         if isinstance(patch_size, int):
             patch_size = (1, patch_size, patch_size)
+        _check_positive(in_channels=in_channels, hidden_size=hidden_size, depth=depth, num_heads=num_heads,
+                        mlp_ratio=mlp_ratio, out_channels=1 if out_channels is None else out_channels)
+        if len(patch_size) != 3 or any(int(p) < 1 for p in patch_size):
+            raise ValueError(f"DiT.patch_size must be 3 positive sizes (pt, ph, pw), got {list(patch_size)}")
+        if context_dim < 0 or num_classes < 0:
+            raise ValueError(f"DiT.context_dim and DiT.num_classes must be >= 0, got {context_dim}, {num_classes}")
+        if hidden_size % num_heads:
+            raise ValueError(f"DiT.num_heads ({num_heads}) must divide DiT.hidden_size ({hidden_size})")
         if conditioning not in ("adaln", "cross_attn", "in_context"):
             raise ValueError(f"conditioning must be adaln, cross_attn or in_context, got {conditioning!r}")
         if layout not in ("full", "spatial_temporal"):
