@@ -30,6 +30,8 @@ lvdm commands:
   sample      prompts -> mp4 files   lvdm sample --checkpoint last.ckpt --prompts '["a red square moving left"]'
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
   data encode precompute a compressor's latents of video shards into latent shards
+  data ingest your videos/images (folder, CSV/parquet table, video2dataset shards) -> shards + manifest + rejects
+  data score  add scores (motion, ocr, duplicates, rules, aesthetic, clip_match) to a dataset folder
   eval probe  score generated shapes videos: colour / shape / direction accuracy
   eval fvd    Fréchet Video Distance (original TF protocol)   lvdm eval fvd --real <shards|mp4s> --fake <mp4s>
   eval clipscore  CLIPScore of videos against their prompts  lvdm eval clipscore --videos <mp4s> --clip <path|hub id>
@@ -68,6 +70,8 @@ GROUPS: dict[str, dict[str, str]] = {
     "data": {
         "synth": "lvdm.data.synthetic:write_synthetic_dataset",
         "encode": "lvdm.data.latents:encode_shards",
+        "ingest": "lvdm.curation.ingest:ingest",
+        "score": "lvdm.curation.score:score_dataset",
     },
     "eval": {
         "probe": "lvdm.metrics.probe:probe_folder",

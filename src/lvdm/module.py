@@ -159,6 +159,16 @@ class LatentDiffusionModule(L.LightningModule):
         self.log("test/loss", loss, sync_dist=True, batch_size=len(batch["caption"]))
         return loss
 
+    def configure_callbacks(self):
+        """Defaults for what the trainer lacks: a :class:`~lvdm.callbacks.guard.NonFiniteGuard`, so a
+        NaN batch never spreads into the weights (``callbacks/nonfinite_guard.yaml`` configures
+        it), and :class:`~lvdm.callbacks.data.DataHealth`, which logs skipped samples by reason."""
+        from lvdm.callbacks.data import DataHealth
+        from lvdm.callbacks.guard import NonFiniteGuard
+
+        have = {type(c) for c in self.trainer.callbacks}
+        return [cls() for cls in (NonFiniteGuard, DataHealth) if not any(issubclass(h, cls) for h in have)]
+
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)

@@ -70,3 +70,22 @@ def to_device_async(tensor: "torch.Tensor", device: "torch.device") -> "torch.Te
     if device.type != "cuda" or tensor.device.type != "cpu":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def nonfinite_tensors(tensors, limit: int = 5) -> list[str]:
+    """Names of the first ``limit`` floating-point tensors of a ``{name: tensor}`` mapping that
+    hold a NaN or an infinity (an empty list when every value is finite)."""
+    bad = []
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad.append(name)
+            if len(bad) >= limit:
+                break
+    return bad
+
+
+def check_finite(tensors, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` and the offending tensors when any value is NaN or infinite."""
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise ValueError(f"{what} holds non-finite (NaN/inf) values in {', '.join(bad)}; refusing to use it")

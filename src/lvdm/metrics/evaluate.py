@@ -62,6 +62,7 @@ def iter_videos(
         return
     import webdataset as wds
 
+    from lvdm.data.schema import media_entry
     from lvdm.data.shards import resolve_shards
 
     urls = resolve_shards(source)
@@ -69,10 +70,9 @@ def iter_videos(
         if limit is not None and count >= limit:
             return
         name = f"{sample.get('__url__', '?')}:{sample['__key__']}"
-        if "mp4" not in sample:
-            raise ValueError(f"shard sample {name} has no mp4")
+        _, media = media_entry(sample)
         prompt = sample["txt"].decode("utf-8").strip() if "txt" in sample else None
-        yield name, decode(sample["mp4"], name), prompt
+        yield name, decode(media, name), prompt
         count += 1
 
 
