@@ -8,10 +8,12 @@ only parses: nothing in the library imports it.
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-from jsonargparse import ArgumentParser
+if TYPE_CHECKING:  # jsonargparse costs 0.2 s to import: only commands that parse pay for it
+    from jsonargparse import ArgumentParser
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -30,11 +32,16 @@ lvdm commands:
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
   data encode precompute a compressor's latents of video shards into latent shards
   data ingest your videos/images (folder, CSV/parquet table, video2dataset shards) -> shards + manifest + rejects
+  data split  cut videos into scene clips (PySceneDetect), min/max length or fixed chunks
   data score  add scores (motion, ocr, duplicates, rules, aesthetic, clip_match) to a dataset folder
+  data caption  captions from a vision-language model (transformers or an OpenAI-compatible server)
+  data filter keep samples by json-field expressions   lvdm data filter --source ds --out kept --keep 'motion > 0.5'
+  data stats  counts, percentiles and histogram PNGs of a dataset folder's fields
   eval probe  score generated shapes videos: colour / shape / direction accuracy
   eval fvd    Fréchet Video Distance (original TF protocol)   lvdm eval fvd --real <shards|mp4s> --fake <mp4s>
   eval clipscore  CLIPScore of videos against their prompts  lvdm eval clipscore --videos <mp4s> --clip <path|hub id>
   eval vae    reconstruction PSNR / SSIM / rFVD of a compressor   lvdm eval vae --videos <shards> --checkpoint ae.ckpt
+  app         a web page over a checkpoint: prompts -> videos   lvdm app --checkpoint last.ckpt
   estimate    parameters, FLOPs, GPU-hours, s/video, memory/GPU   lvdm estimate --size XL/2 --frames 16
   checkpoint export  a .ckpt or DeepSpeed checkpoint -> one .safetensors   lvdm checkpoint export --checkpoint last.ckpt --out model.safetensors --ema true
 
@@ -42,7 +49,9 @@ Run `lvdm <command> --help` for the options of a command.
 """
 
 
-def _function_parser(fn: Callable, prog: str) -> ArgumentParser:
+def _function_parser(fn: Callable, prog: str) -> "ArgumentParser":
+    from jsonargparse import ArgumentParser
+
     parser = ArgumentParser(prog=prog, description=(fn.__doc__ or "").split("\n\n")[0], exit_on_error=True)
     parser.add_argument("--config", action="config", help="a YAML file with these options")
     parser.add_function_arguments(fn, as_group=False)
@@ -61,13 +70,18 @@ def _run_function(fn: Callable, prog: str, argv: list[str]):
 COMMANDS: dict[str, str] = {
     "sample": "lvdm.sampling:sample",
     "estimate": "lvdm.perf.estimate:estimate",
+    "app": "lvdm.app:app",
 }
 GROUPS: dict[str, dict[str, str]] = {
     "data": {
         "synth": "lvdm.data.synthetic:write_synthetic_dataset",
         "encode": "lvdm.data.latents:encode_shards",
         "ingest": "lvdm.curation.ingest:ingest",
+        "split": "lvdm.curation.split:split",
         "score": "lvdm.curation.score:score_dataset",
+        "caption": "lvdm.curation.caption:caption_dataset",
+        "filter": "lvdm.curation.filter:filter_dataset",
+        "stats": "lvdm.curation.stats:dataset_stats",
     },
     "eval": {
         "probe": "lvdm.metrics.probe:probe_folder",
@@ -93,6 +107,7 @@ QUIET_WARNINGS = (
     r".*IterableDataset. has .__len__. defined",  # VideoDataModule's length is exact per rank
     r".*module\(s\) in eval mode at the start of training",  # frozen compressors stay in eval
     r".*isinstance\(treespec, LeafSpec\)",  # torch/Lightning version skew, harmless
+    r"LightningCLI's args parameter is intended",  # `lvdm` hands LightningCLI the argv it was given
 )
 
 
@@ -101,35 +116,17 @@ def lightning_cli(args: Optional[list[str]] = None, run: bool = True):
     import warnings
 
     import lightning as L
+    from jsonargparse import set_parsing_settings
+
+    from lvdm.lightning_cli import LvdmCLI, quiet_lightning_tips
 
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI
-
-    from lvdm.callbacks.checkpoint import RunCheckpoint
-
-    class CLI(LightningCLI):
-        def _instantiate_trainer(self, config, callbacks):
-            # Every run checkpoints into <default_root_dir>/checkpoints, atomically, and
-            # `--ckpt_path last` finds the newest valid checkpoint there (see RunCheckpoint).
-            own = config.get("callbacks") or []
-            given = [*(own if isinstance(own, list) else [own]), *callbacks]
-            if config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
-                callbacks = [*callbacks, RunCheckpoint()]
-            return super()._instantiate_trainer(config, callbacks)
-
-        def _run_subcommand(self, subcommand: str) -> None:
-            # DeepSpeed unpickles a checkpoint directory freely when Lightning resumes from it:
-            # scan it first (a "last" resolved by RunCheckpoint is scanned there).
-            from lvdm.checkpoint import check_deepspeed_checkpoint, is_deepspeed_checkpoint
-
-            path = self.config_init[subcommand].get("ckpt_path")
-            if path and path not in ("last", "best", "hpc") and is_deepspeed_checkpoint(path):
-                check_deepspeed_checkpoint(path)
-            super()._run_subcommand(subcommand)
-
-    return CLI(
+    quiet_lightning_tips()
+    # a recipe's absolute `${trainer.max_steps}` is read relative to where it stands, so it still
+    # resolves under the subcommand (`fit.trainer.max_steps`) and inside `callbacks+` fragments
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    return LvdmCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,
@@ -137,12 +134,52 @@ def lightning_cli(args: Optional[list[str]] = None, run: bool = True):
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": "Train and evaluate lvdm models from YAML recipes."},
+        # omegaconf+: recipes may interpolate (`total_steps: ${trainer.max_steps}`), resolved
+        # after every --config and command-line value is merged
+        parser_kwargs={"description": "Train and evaluate lvdm models from YAML recipes.",
+                       "parser_mode": "omegaconf+"},
     )
+
+
+# Errors that describe bad input (a config value, a file, the data): the CLI prints their message
+# alone, not the traceback (set LVDM_TRACEBACK=1 to see it). Anything else keeps its traceback.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
+
+
+def _user_error_names() -> tuple[type, ...]:
+    from lvdm.callbacks.guard import NonFiniteTrainingError
+    from lvdm.data.guard import DataLoaderStopped, DataStreamError
+
+    return (*USER_ERRORS, NonFiniteTrainingError, DataStreamError, DataLoaderStopped)
+
+
+def error_message(err: BaseException) -> str:
+    """The message of a user-facing error, with jsonargparse's union wrapper taken off (a failing
+    constructor inside ``class_path`` config is reported as 'Does not validate against any of the
+    Union subtypes' followed by the real error and a dump of the whole config)."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    if "Does not validate against any of the Union subtypes" in text and "Errors:" in text:
+        errors = text.split("Errors:", 1)[1].split("Given value", 1)[0]
+        lines = [line.strip()[2:].strip() for line in errors.splitlines() if line.strip().startswith("- ")]
+        real = [line for line in lines if not line.startswith("Expected a <class 'NoneType'>")]
+        text = "\n  ".join(real or lines)
+    return f"{type(err).__name__}: {text}"
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("LVDM_TRACEBACK") or not argv or argv[0] in ("-h", "--help", "help"):
+        return _dispatch(argv)
+    try:
+        return _dispatch(argv)
+    except Exception as err:
+        if not isinstance(err, _user_error_names()):
+            raise
+        sys.exit(f"lvdm {' '.join(a for a in argv[:2] if not a.startswith('-'))}: {error_message(err)}\n"
+                 "(set LVDM_TRACEBACK=1 for the traceback)")
+
+
+def _dispatch(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(OVERVIEW)
         return

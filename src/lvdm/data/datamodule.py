@@ -14,6 +14,7 @@ bytes in a bounded buffer before they are decoded.
 from __future__ import annotations
 
 import io
+import json
 import itertools
 import multiprocessing
 import random
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from lvdm.data.guard import DataGuard, StreamWatch
 from lvdm.data.schema import media_entry
 from lvdm.data.shards import resolve_shards
-from lvdm.distributed.callbacks import data_parallel_rank_world
+from lvdm.distributed.ranks import data_parallel_rank_world
 from lvdm.data.video import decode_clip
 
 __all__ = ["ShardDataModule", "VideoDataModule", "LatentDataModule", "SkipCounter"]
@@ -240,14 +241,13 @@ class ShardDataModule(L.LightningDataModule, ABC):
         (:data:`lvdm.data.guard.REASONS`)."""
         return self.data_guard.counts()
 
-    def _world(self) -> tuple[int, int]:
-        """``(world_size, rank)`` of data parallelism from the attached trainer, else ``(1, 0)``.
+    def _rank_world(self) -> tuple[int, int]:
+        """``(rank, world_size)`` of data parallelism from the attached trainer, else ``(0, 1)``.
 
         Under sequence parallelism the ranks of one group share each batch, so data is split
         by data-parallel rank, not global rank (:func:`lvdm.distributed.data_parallel_rank_world`).
         """
-        rank, world_size = data_parallel_rank_world(self.trainer)
-        return world_size, rank
+        return data_parallel_rank_world(self.trainer)
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve the shard lists; a missing path raises ``FileNotFoundError`` naming it."""
@@ -279,7 +279,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         """Endless resampled stream cut to the same number of full batches on every rank."""
         if self.train_urls is None:
             raise RuntimeError(f"call {type(self).__name__}.setup('fit') before asking for train_dataloader")
-        world_size, rank = self._world()
+        rank, world_size = self._rank_world()
         batches = self.samples_per_epoch // (self.batch_size * world_size)
         if batches == 0:
             raise ValueError(f"samples_per_epoch={self.samples_per_epoch} gives no full batch of "
@@ -316,7 +316,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         return self._eval_loader(self.test_urls)
 
     def _eval_loader(self, urls: list[str]) -> DataLoader:
-        world_size, rank = self._world()
+        rank, world_size = self._rank_world()
         stages = [wds.SimpleShardList(urls)]
         if len(urls) >= world_size:
             stages.append(_SplitByRank(rank, world_size))
@@ -324,6 +324,19 @@ class ShardDataModule(L.LightningDataModule, ABC):
         stages += [wds.split_by_worker, watch.shards, wds.tarfile_to_samples(handler=watch.shard_error),
                    self._decoder(False, rank, watch), wds.batched(self.batch_size, collation_fn=_collate, partial=True)]
         return self._loader(wds.DataPipeline(*stages))
+
+
+def sample_caption(sample: dict, caption_field: str | None = None) -> str:
+    """A raw sample's caption: its json's ``caption_field`` when that is a non-empty string,
+    else its ``txt``. Malformed json raises ``ValueError`` (the sample is skipped and counted)."""
+    if caption_field is not None and "json" in sample:
+        try:
+            value = json.loads(sample["json"]).get(caption_field)
+        except (ValueError, AttributeError) as exc:
+            raise ValueError(f"json of sample {sample.get('__key__')!r} is not a readable object: {exc}") from exc
+        if isinstance(value, str) and value.strip():
+            return value
+    return sample["txt"].decode("utf-8")
 
 
 class VideoDataModule(ShardDataModule):
@@ -357,6 +370,9 @@ class VideoDataModule(ShardDataModule):
         seed: Seed for shard sampling, shuffling and clip start positions.
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
         data_guard: limits on skipped samples and time without a sample (see :class:`ShardDataModule`).
+        caption_field: train on this json field's caption (e.g. ``caption_vlm``, written by
+            ``lvdm data caption``) instead of ``key.txt``; a sample whose field is missing or
+            empty (its captioning failed) uses its ``key.txt``. ``None``: always ``key.txt``.
     """
 
     def __init__(
@@ -373,6 +389,7 @@ class VideoDataModule(ShardDataModule):
         seed: int = 0,
         test_shards: str | list[str] | None = None,
         data_guard: DataGuard | None = None,
+        caption_field: str | None = None,
     ) -> None:
         super().__init__(train_shards, val_shards, batch_size=batch_size, num_workers=num_workers,
                          samples_per_epoch=samples_per_epoch, shuffle_buffer=shuffle_buffer, seed=seed,
@@ -380,13 +397,15 @@ class VideoDataModule(ShardDataModule):
         if num_frames < 1 or frame_interval < 1:
             raise ValueError(f"num_frames and frame_interval must be >= 1, got {num_frames}, {frame_interval}")
         self.num_frames, self.frame_interval, self.resolution = num_frames, frame_interval, resolution
+        self.caption_field = caption_field
 
     def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
-        """``key.<ext>`` → ``"video"`` ``[3, T, H, W]``, ``key.txt`` → ``"caption"``."""
+        """``key.<ext>`` → ``"video"`` ``[3, T, H, W]``, ``key.txt`` (or the json's
+        ``caption_field``) → ``"caption"``."""
         _, media = media_entry(sample)
         video = decode_clip(media, self.num_frames, self.frame_interval, self.resolution,
                             random_start=random_start, rng=rng, name=repr(sample.get("__key__")))
-        return {"video": video, "caption": sample["txt"].decode("utf-8")}
+        return {"video": video, "caption": sample_caption(sample, self.caption_field)}
 
 
 class LatentDataModule(ShardDataModule):
