@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import io
 import itertools
-import multiprocessing
+import json
 import random
 import warnings
 from abc import ABC, abstractmethod
+from typing import Optional
 
 import lightning as L
 import numpy as np
@@ -26,28 +27,16 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
+from lvdm.data.buckets import UNFIT_REASONS, Bucket, BucketConfig
 from lvdm.data.shards import resolve_shards
+from lvdm.data.stream import Counters, TrainStream, decode_group, plan_and_group
 from lvdm.distributed.callbacks import data_parallel_rank_world
-from lvdm.data.video import decode_clip
+from lvdm.data.video import decode_clip, probe_video
 
-__all__ = ["ShardDataModule", "VideoDataModule", "LatentDataModule", "SkipCounter"]
+__all__ = ["ShardDataModule", "VideoDataModule", "LatentDataModule"]
 
-
-class SkipCounter:
-    """Number of samples skipped as unreadable, shared between a process and its DataLoader
-    workers (a ``multiprocessing.Value``), so counts made in workers are visible to the trainer.
-    """
-
-    def __init__(self) -> None:
-        self._value = multiprocessing.Value("q", 0)
-
-    def add(self, count: int = 1) -> None:
-        with self._value.get_lock():
-            self._value.value += count
-
-    @property
-    def value(self) -> int:
-        return int(self._value.value)
+# what the data modules count: unreadable samples, and samples that fit no bucket (by reason)
+_COUNTS = ("skipped", *UNFIT_REASONS, "not_in_config")
 
 
 class _SplitByRank:
@@ -71,27 +60,12 @@ def _stream_seed(seed: int, rank: int, epoch: int) -> list[int]:
     return [seed, rank, worker.id if worker else 0, epoch]
 
 
-class _Shuffle:
-    """Pipeline stage: ``webdataset.shuffle`` with a buffer of ``bufsize`` raw samples, seeded
-    per rank, worker and epoch (ranks may draw the same shard, and must not then yield the
-    same sample order)."""
-
-    def __init__(self, bufsize: int, seed: int, rank: int) -> None:
-        self.bufsize, self.seed, self.rank = bufsize, seed, rank
-        self.epoch = 0
-
-    def __call__(self, samples):
-        rng = random.Random(str(_stream_seed(self.seed, self.rank, self.epoch)))
-        self.epoch += 1
-        return wds.shuffle(self.bufsize, rng=rng)(samples)
-
-
 class _DecodeSamples:
     """Pipeline stage: raw samples -> dicts by ``decode(sample, rng, random_start)`` plus
     ``"key"``, skipping (with a warning) and counting samples it rejects with ``ValueError`` or
     ``KeyError``."""
 
-    def __init__(self, decode, random_start: bool, seed: int, rank: int, skipped: SkipCounter) -> None:
+    def __init__(self, decode, random_start: bool, seed: int, rank: int, skipped: Counters) -> None:
         self.decode, self.random_start = decode, random_start
         self.seed, self.rank, self.skipped = seed, rank, skipped
         self.epoch = 0
@@ -104,35 +78,10 @@ class _DecodeSamples:
             try:
                 decoded = self.decode(sample, rng, self.random_start)
             except (ValueError, KeyError) as exc:  # corrupt/short data, bad text, missing entry
-                self.skipped.add()
+                self.skipped.add("skipped")
                 warnings.warn(f"skipping sample {key!r} in shard {shard}: {type(exc).__name__}: {exc}")
                 continue
             yield {**decoded, "key": key}
-
-
-class _WorkerShare:
-    """Pipeline stage: this DataLoader worker's share of ``total`` batches, so that all workers
-    of a rank together yield exactly ``total`` (``with_epoch`` would give each worker the same
-    count and the rank ``num_workers`` times too many)."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-
-    def __call__(self, batches):
-        worker = get_worker_info()
-        index, count = (worker.id, worker.num_workers) if worker else (0, 1)
-        return itertools.islice(batches, self.total // count + int(index < self.total % count))
-
-
-class _EpochPipeline(wds.DataPipeline):
-    """A pipeline with a known number of batches per epoch, so Lightning can size its loops."""
-
-    def __init__(self, *stages, length: int) -> None:
-        super().__init__(*stages)
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
 
 
 def _collate(samples: list[dict]) -> dict:
@@ -151,28 +100,37 @@ def _collate(samples: list[dict]) -> dict:
     return batch
 
 
-def _same_stream() -> int:
-    """Worker seed for ``ResampledShards``: every rank and worker draws the same shard sequence,
-    and the rank and worker splitters then deal it out, so no two of them read the same draw."""
-    return 0
-
-
 class ShardDataModule(L.LightningDataModule, ABC):
     """Samples from WebDataset shards; subclasses define the sample format in :meth:`decode_sample`.
 
-    Training samples shards with replacement (``webdataset.ResampledShards``, seeded by
-    ``seed`` and the epoch), deals the draws out across ranks and DataLoader workers, shuffles
-    samples in a buffer, decodes them, and stops after exactly
-    ``samples_per_epoch // (batch_size * world_size)`` full batches on every rank, so uneven
-    shards can never leave one rank waiting in a collective. Under sequence parallelism
+    Training samples shards with replacement (seeded by ``seed`` and the epoch), deals the
+    draws out across ranks and DataLoader workers, shuffles samples in a buffer, decodes them,
+    and stops after exactly ``samples_per_epoch // (batch_size * world_size)`` batches on every
+    rank, so uneven shards or buckets can never leave one rank waiting in a collective
+    (:class:`lvdm.data.stream.TrainStream`). Under sequence parallelism
     (:class:`lvdm.distributed.SequenceParallel`) ranks and world size here are the
     data-parallel ones: the ranks of one sequence-parallel group read the same batches.
+
+    With ``buckets`` (:class:`lvdm.data.buckets.BucketConfig`) every sample goes to a bucket
+    (a resolution, aspect bin and frame count) and each batch holds one bucket's samples, as
+    many as that bucket's batch size; ``batch_size`` then only sizes the epoch. Samples that
+    fit no bucket are counted by reason: ``datamodule.unfit``.
+
+    Resuming: the data module's ``state_dict`` (which Lightning stores in checkpoints) holds
+    the stream position — epoch and batches delivered in it, the same on every rank — and a
+    resumed run replays each rank's stream up to it without decoding, then continues with the
+    batch the uninterrupted run would have delivered next. This is exact when the world size,
+    ``num_workers``, ``batch_size``, ``samples_per_epoch``, ``seed`` and buckets are those of
+    the checkpoint. When one of them changed, the position is carried over by global sample
+    count (batches done × batch_size × world size, re-divided by the new ones) in the same
+    epoch: the count of samples trained on is kept, but the batches that follow are a fresh
+    draw for the new layout, not the ones the old run would have seen.
 
     Validation reads every val shard once, in order, without shuffling: rank ``r`` of ``n``
     reads shards ``r, r + n, ...`` (so ranks may get different batch counts; keep the number of
     val shards a multiple of the world size for equal counts), and if there are fewer val shards
     than ranks every rank reads all of them, rather than some ranks having none. The last batch
-    may be smaller than ``batch_size``.
+    (of each bucket, with buckets) may be smaller than the batch size.
 
     Unreadable samples are skipped with a warning naming the key and shard, and counted: read
     ``datamodule.skipped`` (this rank's total since ``setup``, including counts made in
@@ -181,12 +139,13 @@ class ShardDataModule(L.LightningDataModule, ABC):
     Args:
         train_shards: Train shards: a directory, glob, brace pattern, file, or a list of these.
         val_shards: Validation shards, same forms; ``None`` for no validation.
-        batch_size: Samples per batch on each rank.
+        batch_size: Samples per batch on each rank (with ``buckets``: only sizes the epoch).
         num_workers: DataLoader worker processes per rank (0 decodes in the main process).
         samples_per_epoch: Train samples per epoch over all ranks (rounded down to whole batches).
         shuffle_buffer: Samples held in the train shuffle buffer (0 or 1 disables shuffling).
         seed: Seed for shard sampling, shuffling and any random choice made while decoding.
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
+        buckets: Resolution / aspect / duration buckets; ``None`` for one shape.
     """
 
     def __init__(
@@ -199,6 +158,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         test_shards: str | list[str] | None = None,
+        buckets: Optional[BucketConfig] = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0:
@@ -206,25 +166,42 @@ class ShardDataModule(L.LightningDataModule, ABC):
         self.train_shards, self.val_shards, self.test_shards = train_shards, val_shards, test_shards
         self.batch_size, self.num_workers = batch_size, num_workers
         self.samples_per_epoch, self.shuffle_buffer, self.seed = samples_per_epoch, shuffle_buffer, seed
+        self.buckets = buckets
         self.train_urls: list[str] | None = None
         self.val_urls: list[str] | None = None
         self.test_urls: list[str] | None = None
-        self._skipped: SkipCounter | None = None
+        self._counts: Counters | None = None
+        self._resume: dict | None = None
 
     @abstractmethod
-    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
+    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool,
+                      bucket: Optional[Bucket] = None) -> dict:
         """One raw WebDataset sample (``{"__key__", "__url__", extension: bytes, ...}``) → a
         dict of tensors and strings (without ``"key"``, which is added).
 
         ``random_start`` is true for training (take a random window where the format has a
-        choice; draw from ``rng``) and false for evaluation. Raise ``ValueError`` or
-        ``KeyError`` for an unreadable sample: it is then skipped and counted.
+        choice; draw from ``rng``) and false for evaluation. ``bucket`` is the sample's bucket
+        (from :meth:`assign_sample`) whose shape the output must have, or ``None``. Raise
+        ``ValueError`` or ``KeyError`` for an unreadable sample: it is then skipped and counted.
         """
+
+    def assign_sample(self, sample: dict, rng: np.random.Generator):
+        """``(group, batch size, bucket)`` of a raw sample, read from its header or metadata
+        only (no decoding), or a reason string when it fits no bucket. Samples of one group
+        are batched together. Without buckets: one group of ``batch_size``."""
+        return None, self.batch_size, None
 
     @property
     def skipped(self) -> int:
         """Samples skipped as unreadable on this rank since ``setup`` (0 before it)."""
-        return self._skipped.value if self._skipped is not None else 0
+        return self._counts.as_dict()["skipped"] if self._counts is not None else 0
+
+    @property
+    def unfit(self) -> dict[str, int]:
+        """Samples that fit no bucket on this rank since ``setup``, by reason (``too_small``,
+        ``too_short``, ``dropped``; ``not_in_config`` for latents of a bucket the config lacks)."""
+        counts = self._counts.as_dict() if self._counts is not None else dict.fromkeys(_COUNTS, 0)
+        return {name: n for name, n in counts.items() if name != "skipped"}
 
     def _world(self) -> tuple[int, int]:
         """``(world_size, rank)`` of data parallelism from the attached trainer, else ``(1, 0)``.
@@ -246,13 +223,18 @@ class ShardDataModule(L.LightningDataModule, ABC):
             if test is None:
                 raise ValueError(f"{type(self).__name__} has neither test_shards nor val_shards to test on")
             self.test_urls = resolve_shards(test)
-        if self._skipped is None:
-            self._skipped = SkipCounter()  # made here, not in __init__, so the module stays picklable
+        if self._counts is None:
+            self._counts = Counters(_COUNTS)  # made here, not in __init__, so the module stays picklable
+
+    def teardown(self, stage: str | None = None) -> None:
+        unfit = {name: n for name, n in self.unfit.items() if n}
+        if unfit:
+            warnings.warn(f"{sum(unfit.values())} sample(s) fit no bucket and were left out: {unfit}")
 
     def _decoder(self, random_start: bool, rank: int) -> _DecodeSamples:
-        if self._skipped is None:
+        if self._counts is None:
             raise RuntimeError(f"call {type(self).__name__}.setup() before asking for a dataloader")
-        return _DecodeSamples(self.decode_sample, random_start, self.seed, rank, self._skipped)
+        return _DecodeSamples(self.decode_sample, random_start, self.seed, rank, self._counts)
 
     def _loader(self, dataset) -> DataLoader:
         # Persistent workers keep the pipeline's epoch counters, so each epoch draws new shards.
@@ -260,26 +242,62 @@ class ShardDataModule(L.LightningDataModule, ABC):
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
+    # ------------------------------------------------------------------ stream position
+    def _layout(self) -> dict:
+        world_size, _ = self._world()
+        return {"world_size": world_size, "num_workers": self.num_workers, "batch_size": self.batch_size,
+                "samples_per_epoch": self.samples_per_epoch, "seed": self.seed, "buckets": repr(self.buckets)}
+
+    def state_dict(self) -> dict:
+        """The training stream's position: epoch and batches delivered in it on each rank (the
+        same on all), with the layout they count in. Empty outside of fitting."""
+        trainer = self._trainer
+        if trainer is None or getattr(getattr(trainer, "state", None), "fn", None) != "fit":
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return {"stream": {"epoch": trainer.current_epoch, "batches": done, **self._layout()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue the stream from a :meth:`state_dict` at the next ``train_dataloader``."""
+        self._resume = state_dict.get("stream")
+
+    def _resume_position(self, batches: int) -> tuple[int, int]:
+        """``(epoch, batches to skip in it)`` from a loaded state; ``(-1, 0)`` without one."""
+        if self._resume is None:
+            return -1, 0
+        state, layout = self._resume, self._layout()
+        epoch, done = state["epoch"], state["batches"]
+        if any(state.get(k) != v for k, v in layout.items()):
+            changed = {k: (state.get(k), v) for k, v in layout.items() if state.get(k) != v}
+            samples = done * state["batch_size"] * state["world_size"]
+            done = samples // (self.batch_size * layout["world_size"])
+            warnings.warn(f"resuming the data stream with a changed layout {changed} (checkpoint, now): "
+                          f"carried over by sample count ({samples} samples = {done} batches of this epoch); "
+                          f"the batches that follow are a new draw, not those of the original run")
+        if done >= batches:
+            return epoch + 1, 0
+        return epoch, done
+
     def train_dataloader(self) -> DataLoader:
-        """Endless resampled stream cut to the same number of full batches on every rank."""
-        if self.train_urls is None:
+        """Endless resampled stream cut to the same number of batches on every rank."""
+        if self.train_urls is None or self._counts is None:
             raise RuntimeError(f"call {type(self).__name__}.setup('fit') before asking for train_dataloader")
         world_size, rank = self._world()
         batches = self.samples_per_epoch // (self.batch_size * world_size)
         if batches == 0:
             raise ValueError(f"samples_per_epoch={self.samples_per_epoch} gives no full batch of "
                              f"{self.batch_size} on each of {world_size} ranks")
-        stages = [
-            wds.ResampledShards(self.train_urls, seed=self.seed, deterministic=True, worker_seed=_same_stream),
-            _SplitByRank(rank, world_size),
-            wds.split_by_worker,
-            wds.tarfile_to_samples(handler=wds.warn_and_continue),
-        ]
-        if self.shuffle_buffer > 1:
-            stages.append(_Shuffle(self.shuffle_buffer, self.seed, rank))
-        stages += [self._decoder(True, rank), wds.batched(self.batch_size, collation_fn=_collate, partial=False),
-                   _WorkerShare(batches)]
-        return self._loader(_EpochPipeline(*stages, length=batches))
+        skip_epoch, skip = self._resume_position(batches)
+        trainer = self._trainer
+        start = trainer.current_epoch if trainer is not None and hasattr(trainer, "current_epoch") else 0
+        stream = TrainStream(self.train_urls, batches, rank, world_size, self.seed, self.shuffle_buffer,
+                             self.assign_sample, self.decode_sample, _collate, self._counts,
+                             start_epoch=start, skip_epoch=skip_epoch, skip=skip)
+        return self._loader(stream)
+
+    @property
+    def _trainer(self):
+        return getattr(self, "trainer", None)
 
     def val_dataloader(self) -> DataLoader | list:
         """Each val shard once, in order, split across ranks (see the class docstring).
@@ -303,9 +321,27 @@ class ShardDataModule(L.LightningDataModule, ABC):
         stages = [wds.SimpleShardList(urls)]
         if len(urls) >= world_size:
             stages.append(_SplitByRank(rank, world_size))
-        stages += [wds.split_by_worker, wds.tarfile_to_samples(handler=wds.warn_and_continue),
-                   self._decoder(False, rank), wds.batched(self.batch_size, collation_fn=_collate, partial=True)]
+        stages += [wds.split_by_worker, wds.tarfile_to_samples(handler=wds.warn_and_continue)]
+        if self.buckets is None:
+            stages += [self._decoder(False, rank), wds.batched(self.batch_size, collation_fn=_collate, partial=True)]
+        else:
+            stages.append(_EvalBuckets(self.assign_sample, self.decode_sample, self.seed, rank, self._counts))
         return self._loader(wds.DataPipeline(*stages))
+
+
+class _EvalBuckets:
+    """Pipeline stage for evaluation with buckets: plan (with a fixed seed), group by bucket,
+    decode from each clip's first frame; the partial groups left at the end are batches too."""
+
+    def __init__(self, assign, decode, seed: int, rank: int, counts: Counters) -> None:
+        self.assign, self.decode, self.seed, self.rank, self.counts = assign, decode, seed, rank, counts
+
+    def __call__(self, samples):
+        rng = np.random.default_rng(_stream_seed(self.seed, self.rank, 0))
+        for group in plan_and_group(samples, self.assign, rng, self.counts, flush=True):
+            decoded = decode_group(group, self.decode, False, self.counts)
+            if decoded:
+                yield _collate(decoded)
 
 
 class VideoDataModule(ShardDataModule):
@@ -333,6 +369,11 @@ class VideoDataModule(ShardDataModule):
         shuffle_buffer: Samples held in the train shuffle buffer (0 or 1 disables shuffling).
         seed: Seed for shard sampling, shuffling and clip start positions.
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
+        buckets: Resolution / aspect / duration buckets (:class:`lvdm.data.buckets.BucketConfig`):
+            each clip is cut, resized and cropped to its bucket's shape and batched with its
+            bucket; ``num_frames``, ``frame_interval`` and ``resolution`` are then unused (the
+            buckets give them) and ``batch_size`` only sizes the epoch. A clip's size and length
+            come from its ``key.json`` (``height``, ``width``, ``frames``) or else its header.
     """
 
     def __init__(
@@ -348,19 +389,42 @@ class VideoDataModule(ShardDataModule):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         test_shards: str | list[str] | None = None,
+        buckets: Optional[BucketConfig] = None,
     ) -> None:
         super().__init__(train_shards, val_shards, batch_size=batch_size, num_workers=num_workers,
                          samples_per_epoch=samples_per_epoch, shuffle_buffer=shuffle_buffer, seed=seed,
-                         test_shards=test_shards)
+                         test_shards=test_shards, buckets=buckets)
         if num_frames < 1 or frame_interval < 1:
             raise ValueError(f"num_frames and frame_interval must be >= 1, got {num_frames}, {frame_interval}")
         self.num_frames, self.frame_interval, self.resolution = num_frames, frame_interval, resolution
 
-    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
-        """``key.mp4`` → ``"video"`` ``[3, T, H, W]``, ``key.txt`` → ``"caption"``."""
-        video = decode_clip(sample["mp4"], self.num_frames, self.frame_interval, self.resolution,
+    def assign_sample(self, sample: dict, rng: np.random.Generator):
+        """The clip's bucket from its size and length (``key.json`` or the video header)."""
+        if self.buckets is None:
+            return super().assign_sample(sample, rng)
+        height, width, frames = _media_size(sample)
+        bucket, reason = self.buckets.assign(height, width, frames, rng)
+        return (bucket.name, bucket.batch_size, bucket) if bucket is not None else reason
+
+    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool,
+                      bucket: Optional[Bucket] = None) -> dict:
+        """``key.mp4`` → ``"video"`` ``[3, T, H, W]`` (the bucket's shape, if any), ``key.txt`` → ``"caption"``."""
+        frames, interval, size = self.num_frames, self.frame_interval, self.resolution
+        if bucket is not None:
+            frames, interval, size = bucket.num_frames, self.buckets.frame_interval, (bucket.height, bucket.width)
+        video = decode_clip(sample["mp4"], frames, interval, size,
                             random_start=random_start, rng=rng, name=repr(sample.get("__key__")))
         return {"video": video, "caption": sample["txt"].decode("utf-8")}
+
+
+def _media_size(sample: dict) -> tuple[int, int, int]:
+    """``(height, width, frames)`` of a sample's video from its ``key.json`` when that gives all
+    three, else from the container header."""
+    meta = json.loads(sample["json"]) if "json" in sample else {}
+    size = [meta.get(name) for name in ("height", "width", "frames")]
+    if all(isinstance(v, int) and v > 0 for v in size):
+        return tuple(size)
+    return probe_video(sample["mp4"], name=repr(sample.get("__key__")))
 
 
 class LatentDataModule(ShardDataModule):
@@ -390,7 +454,23 @@ class LatentDataModule(ShardDataModule):
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
     """
 
-    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
+    def assign_sample(self, sample: dict, rng: np.random.Generator):
+        """With ``buckets``: the bucket ``lvdm data encode`` wrote in ``key.json`` (its batch
+        size from the config; ``not_in_config`` if the config lacks it), else the latent's
+        shape (``batch_size``), read from the ``.npy`` header."""
+        if self.buckets is None:
+            return super().assign_sample(sample, rng)
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        bucket = meta.get("bucket")
+        if bucket is None:
+            return _npy_shape(sample["latent.npy"]), self.batch_size, None
+        frames = self.buckets.resolutions.get(bucket["resolution"], {}).get(bucket["num_frames"])
+        if frames is None:
+            return "not_in_config"
+        return bucket["name"], frames[1], None
+
+    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool,
+                      bucket: Optional[Bucket] = None) -> dict:
         """``key.latent.npy`` → ``"latent"`` float32 ``[c, t, h, w]``, ``key.txt`` → ``"caption"``."""
         try:
             latent = np.load(io.BytesIO(sample["latent.npy"]), allow_pickle=False)
@@ -399,3 +479,18 @@ class LatentDataModule(ShardDataModule):
         if latent.ndim != 4:
             raise ValueError(f"latent has shape {list(latent.shape)}; expected 4-D [c, t, h, w]")
         return {"latent": torch.from_numpy(latent.astype(np.float32)), "caption": sample["txt"].decode("utf-8")}
+
+
+def _npy_shape(data: bytes) -> tuple[int, ...]:
+    """The array shape in a ``.npy`` file's header, reading nothing else."""
+    buffer = io.BytesIO(data)
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(buffer)
+        if version not in ((1, 0), (2, 0)):  # no public header reader: load the array
+            return tuple(np.load(io.BytesIO(data), allow_pickle=False).shape)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, _ = read(buffer)
+    except (OSError, EOFError, ValueError) as exc:
+        raise ValueError(f"cannot read latent.npy header: {exc}") from exc
+    return tuple(shape)

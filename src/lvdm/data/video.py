@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["VideoDecodeError", "encode_mp4", "write_mp4", "read_frames", "decode_clip"]
+__all__ = ["VideoDecodeError", "encode_mp4", "write_mp4", "read_frames", "decode_clip", "probe_video"]
 
 VideoSource = bytes | str | Path
 
@@ -216,3 +216,24 @@ def _take(frames, start: int, count: int) -> list[np.ndarray]:
             if len(out) == count:
                 break
     return out
+
+
+def probe_video(source: VideoSource, name: str | None = None) -> tuple[int, int, int]:
+    """``(height, width, frames)`` of a video from its container header, decoding nothing when
+    the container states its frame count (mp4 does); otherwise the frames are counted by
+    decoding.
+
+    Raises:
+        VideoDecodeError: the data is corrupt or not a video.
+    """
+    label = _source_name(source, name)
+    with _open(source, label) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"no video stream in {label}")
+        stream = container.streams.video[0]
+        height, width, frames = stream.codec_context.height, stream.codec_context.width, stream.frames
+        if not frames:
+            frames = sum(1 for _ in _iter_rgb(container, label))
+    if not (height and width and frames):
+        raise VideoDecodeError(f"video {label} has no frames or no size ({frames} frames of {width}x{height})")
+    return height, width, frames
