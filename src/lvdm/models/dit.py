@@ -449,8 +449,12 @@ class DiT(nn.Module):
     ) -> torch.Tensor:
         """Predict the denoising target for latents ``x`` ``[B, C, T, H, W]`` at ``timestep``
         ``[B]``, conditioned on text tokens ``context`` ``[B, L, context_dim]`` (with boolean
-        ``context_mask`` ``[B, L]``) or on ``class_labels`` ``[B]``."""
+        ``context_mask`` ``[B, L]``) or on ``class_labels`` ``[B]``. A frame count that is not
+        a multiple of the temporal patch (an image: ``T = 1``) is padded by repeating the last
+        frame, and the prediction cut back to ``T`` frames."""
         b, _, t, h, w = x.shape
+        if t % self.patch_size[0]:  # images and odd lengths: repeat the last frame to whole temporal patches
+            x = torch.cat([x, x[:, :, -1:].expand(-1, -1, -t % self.patch_size[0], -1, -1)], dim=2)
         tokens, grid = self.x_embedder(x)
         pos = sincos_pos_embed_3d(self.hidden_size, grid, self.base_grid, device=tokens.device).to(tokens.dtype)
         tokens = tokens + pos[None]
@@ -486,7 +490,7 @@ class DiT(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, block_c, local_grid, ctx, ctx_mask, num_prefix, mask)
         tokens = gather_sequence(self.final_layer(tokens[:, num_prefix:], c), dim=1)
-        return self.unpatchify(tokens, grid)
+        return self.unpatchify(tokens, grid)[:, :, :t]
 
     def _check_sequence_split(self, grid: tuple[int, int, int], split: int) -> None:
         if self.conditioning in self.sequence_parallel_plan["unsupported_conditioning"]:
