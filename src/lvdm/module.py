@@ -117,6 +117,13 @@ class LatentDiffusionModule(L.LightningModule):
 
             seed_data_parallel_replica(self.trainer)
 
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # noise, timesteps and caption dropout follow from (seed, rank, batch count), so a
+        # resumed run draws what the uninterrupted one drew
+        from lvdm.distributed import seed_training_batch
+
+        seed_training_batch(self.trainer)
+
     def encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ctx, mask = self.text_encoder(list(captions))
         return ctx.to(self.device), mask.to(self.device)
