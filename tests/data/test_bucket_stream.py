@@ -1,13 +1,14 @@
 """The bucketed training stream: a mixed corpus of landscape, portrait and square videos of
 several lengths plus images, batched by bucket."""
 
-import json
+import io
 import math
 from collections import Counter, defaultdict
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from lvdm.data.buckets import BucketConfig
 from lvdm.data.datamodule import VideoDataModule
@@ -31,8 +32,15 @@ def _corpus(rng):
     for kind, h, w, t, count in CORPUS:
         for i in range(count):
             frames = rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8)
-            yield {"key": f"{kind}{i}", "mp4": encode_mp4(frames), "txt": f"a {kind} clip",
-                   "json": {"height": h, "width": w, "frames": t, "fps": 8}}
+            media = {"png": _png(frames[0])} if kind == "image" else {"mp4": encode_mp4(frames)}
+            meta = {"height": h, "width": w, "frames": t, "fps": 8} if i % 2 else {}  # else: read the header
+            yield {"key": f"{kind}{i}", **media, "txt": f"a {kind} clip", "json": meta}
+
+
+def _png(frame) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(frame).save(out, "PNG")
+    return out.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 :class:`ShardDataModule` holds everything that is not about the sample format: shard lists,
 resampling, the split across ranks and DataLoader workers, shuffling, batching, exact per-rank
 batch counts, and skipping (and counting) unreadable samples. Its subclasses only say how one
-raw sample becomes tensors: :class:`VideoDataModule` decodes ``key.mp4`` clips on the fly,
+raw sample becomes tensors: :class:`VideoDataModule` decodes video and image clips on the fly,
 :class:`LatentDataModule` reads precomputed raw latents (``key.latent.npy``, written by
 :func:`lvdm.data.latents.encode_shards`).
 
@@ -28,6 +28,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
 from lvdm.data.buckets import UNFIT_REASONS, Bucket, BucketConfig
+from lvdm.data.schema import media_entry
 from lvdm.data.shards import resolve_shards
 from lvdm.data.stream import Counters, TrainStream, decode_group, plan_and_group
 from lvdm.distributed.callbacks import data_parallel_rank_world
@@ -345,7 +346,13 @@ class _EvalBuckets:
 
 
 class VideoDataModule(ShardDataModule):
-    """Captioned video clips from WebDataset shards (``key.mp4`` + ``key.txt`` [+ ``key.json``]).
+    """Captioned video clips from WebDataset shards (``key.<ext>`` + ``key.txt`` [+ ``key.json``]).
+
+    The media entry may be any container PyAV reads under its own extension (``mp4``, ``webm``,
+    ``mkv``, ``mov``, ``avi``, ``gif``) or an image (``jpg``, ``jpeg``, ``png``, ``webp``), which
+    is a 1-frame clip: images are read when ``num_frames`` is 1 (with ``buckets``: into the
+    1-frame buckets) and otherwise skipped and counted as too short, like any clip with fewer
+    frames than asked for.
 
     Batches are ``{"video": float [B, 3, T, H, W] in [-1, 1], "caption": list[str], "key":
     list[str]}``. Clips are decoded on the fly (:func:`lvdm.data.video.decode_clip`): a random
@@ -408,23 +415,25 @@ class VideoDataModule(ShardDataModule):
 
     def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool,
                       bucket: Optional[Bucket] = None) -> dict:
-        """``key.mp4`` → ``"video"`` ``[3, T, H, W]`` (the bucket's shape, if any), ``key.txt`` → ``"caption"``."""
+        """``key.<ext>`` → ``"video"`` ``[3, T, H, W]`` (the bucket's shape, if any), ``key.txt`` → ``"caption"``."""
+        _, media = media_entry(sample)
         frames, interval, size = self.num_frames, self.frame_interval, self.resolution
         if bucket is not None:
             frames, interval, size = bucket.num_frames, self.buckets.frame_interval, (bucket.height, bucket.width)
-        video = decode_clip(sample["mp4"], frames, interval, size,
+        video = decode_clip(media, frames, interval, size,
                             random_start=random_start, rng=rng, name=repr(sample.get("__key__")))
         return {"video": video, "caption": sample["txt"].decode("utf-8")}
 
 
 def _media_size(sample: dict) -> tuple[int, int, int]:
-    """``(height, width, frames)`` of a sample's video from its ``key.json`` when that gives all
-    three, else from the container header."""
+    """``(height, width, frames)`` of a sample's video or image (1 frame) from its ``key.json``
+    when that gives all three, else from the media header."""
     meta = json.loads(sample["json"]) if "json" in sample else {}
     size = [meta.get(name) for name in ("height", "width", "frames")]
     if all(isinstance(v, int) and v > 0 for v in size):
         return tuple(size)
-    return probe_video(sample["mp4"], name=repr(sample.get("__key__")))
+    _, media = media_entry(sample)
+    return probe_video(media, name=repr(sample.get("__key__")))
 
 
 class LatentDataModule(ShardDataModule):
