@@ -28,6 +28,7 @@ Training (Lightning CLI; compose YAML recipes with --config, override any key on
 lvdm commands:
   sample      prompts -> mp4 files   lvdm sample --checkpoint last.ckpt --prompts '["a red square moving left"]'
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
+  data synth-mixed  the shapes dataset in mixed sizes and lengths, with images (bucketed training)
   data encode precompute a compressor's latents of video shards into latent shards
   eval probe  score generated shapes videos: colour / shape / direction accuracy
   eval fvd    Fréchet Video Distance (original TF protocol)   lvdm eval fvd --real <shards|mp4s> --fake <mp4s>
@@ -62,6 +63,7 @@ COMMANDS: dict[str, str] = {
 GROUPS: dict[str, dict[str, str]] = {
     "data": {
         "synth": "lvdm.data.synthetic:write_synthetic_dataset",
+        "synth-mixed": "lvdm.data.mixed:write_mixed_shapes",
         "encode": "lvdm.data.latents:encode_shards",
     },
     "eval": {

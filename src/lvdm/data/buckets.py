@@ -106,7 +106,7 @@ class BucketConfig:
 
     Args:
         resolutions: resolution name → {frame count → (probability, batch size)}. Names:
-            ``144p`` … ``1080p``, ``<N>p`` (16:9 of height N), ``<N>`` (N×N) or ``<H>x<W>``;
+            ``144p`` … ``1080p``, ``<N>p`` (16:9 of height N), ``<N>`` (N×N, also as a number) or ``<H>x<W>``;
             only the name's pixel area matters, the aspect bins give the exact sizes. Frame
             count 1 is the image bucket.
         aspect_ratios: height/width ratios of the bins, the same for every resolution, or a
@@ -121,8 +121,8 @@ class BucketConfig:
 
     def __init__(
         self,
-        resolutions: dict[str, dict[int, tuple[float, int]]],
-        aspect_ratios: Optional[list[float] | dict[str, list[float]]] = None,
+        resolutions: dict[str | int, dict[int, tuple[float, int]]],
+        aspect_ratios: Optional[list[float] | dict[str | int, list[float]]] = None,
         max_upscale: float = 1.0,
         multiple_of: int = 16,
         frame_interval: int = 1,
@@ -133,9 +133,12 @@ class BucketConfig:
             raise ValueError(f"need max_upscale >= 1, multiple_of >= 1, frame_interval >= 1; got "
                              f"{max_upscale}, {multiple_of}, {frame_interval}")
         self.max_upscale, self.multiple_of, self.frame_interval = max_upscale, multiple_of, frame_interval
-        self.resolutions = {name: {int(t): (float(p), int(b)) for t, (p, b) in frames.items()}
+        # str(name): YAML reads an unquoted square size (256:) as a number
+        self.resolutions = {str(name): {int(t): (float(p), int(b)) for t, (p, b) in frames.items()}
                             for name, frames in resolutions.items()}
         ratios = aspect_ratios if aspect_ratios is not None else list(DEFAULT_ASPECT_RATIOS)
+        if isinstance(ratios, dict):
+            ratios = {str(name): r for name, r in ratios.items()}
         if isinstance(ratios, dict) and set(self.resolutions) - set(ratios):
             missing = sorted(set(self.resolutions) - set(ratios))
             raise ValueError(f"aspect_ratios names no bins for resolution(s) {missing}")
