@@ -17,6 +17,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from lvdm.compressors.base import Compressor
 from lvdm.compressors.pixels import PixelCompressor
+from lvdm.data.cache import check_identity, identity
 from lvdm.diffusion.guidance import GuidedDenoiser
 from lvdm.diffusion.objectives import Objective, RectifiedFlow
 from lvdm.models.dit import DiT
@@ -128,22 +129,55 @@ class LatentDiffusionModule(L.LightningModule):
         ctx, mask = self.text_encoder(list(captions))
         return ctx.to(self.device), mask.to(self.device)
 
-    def drop_captions(self, captions: Sequence[str]) -> list[str]:
+    def caption_keep(self, count: int) -> torch.Tensor:
+        """Which of ``count`` captions survive caption dropout (all outside training)."""
         if not self.training or self.caption_dropout <= 0:
-            return list(captions)
-        keep = torch.rand(len(captions)) >= self.caption_dropout
+            return torch.ones(count, dtype=torch.bool)
+        return torch.rand(count) >= self.caption_dropout
+
+    def drop_captions(self, captions: Sequence[str]) -> list[str]:
+        keep = self.caption_keep(len(captions))
         return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+    def part_identity(self, part: str) -> str:
+        """:func:`lvdm.data.cache.identity` of the frozen ``compressor`` or ``text_encoder``
+        (computed once)."""
+        known = self.__dict__.setdefault("_identities", {})
+        if part not in known:
+            known[part] = identity(getattr(self, part))
+        return known[part]
+
+    def text_condition(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption tokens and mask of a batch, after caption dropout: the cached embeddings
+        (``text``, ``text_mask`` from ``lvdm data encode --text_encoder``) with dropped ones
+        replaced by the empty caption's, else the text encoder's."""
+        if "text" not in batch:
+            return self.encode_text(self.drop_captions(batch["caption"]))
+        check_identity(batch.get("text_encoder_identity"), self.part_identity("text_encoder"), "text encoder",
+                       batch.get("key"))
+        ctx, mask = batch["text"].to(self.device), batch["text_mask"].to(self.device)
+        keep = self.caption_keep(len(ctx)).to(self.device)
+        if not keep.all():
+            if "_null_text" not in self.__dict__:  # the encoder is frozen: "" encodes once
+                self._null_text = self.encode_text([""])
+            null_ctx, null_mask = self._null_text
+            ctx = torch.where(keep[:, None, None], ctx, null_ctx.to(ctx.dtype))
+            mask = torch.where(keep[:, None], mask, null_mask)
+        return ctx, mask
 
     def latents(self, batch: dict) -> torch.Tensor:
         """The normalised latents of a batch: its precomputed raw ``latent`` (LatentDataModule)
-        normalised, or its ``video`` encoded by the compressor."""
+        normalised — refused when the cache records another compressor — or its ``video``
+        encoded by the compressor."""
         if "latent" in batch:
+            check_identity(batch.get("compressor_identity"), self.part_identity("compressor"), "compressor",
+                           batch.get("key"))
             return self.compressor.normalize(batch["latent"])
         return self.compressor.encode(batch["video"])
 
     def diffusion_loss(self, batch: dict) -> torch.Tensor:
         latents = self.latents(batch)
-        ctx, mask = self.encode_text(self.drop_captions(batch["caption"]))
+        ctx, mask = self.text_condition(batch)
         return self.objective.training_loss(lambda x, t: self.denoiser(x, t, ctx, mask), latents)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

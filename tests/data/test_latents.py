@@ -9,6 +9,7 @@ import webdataset as wds
 from jsonargparse import ArgumentParser
 
 from lvdm.compressors.pixels import PixelCompressor
+from lvdm.data.cache import identity
 from lvdm.data.datamodule import LatentDataModule, VideoDataModule
 from lvdm.data.latents import encode_shards
 from lvdm.data.shards import write_shards
@@ -20,6 +21,7 @@ from lvdm.module import LatentDiffusionModule
 from lvdm.text.words import WordTextEncoder
 
 ADDED = {"latent_shape": [3, 8, 32, 32], "compressor": "lvdm.compressors.pixels.PixelCompressor",
+         "compressor_identity": identity(PixelCompressor()),
          "scale_factor": 1.0, "shift_factor": 0.0, "num_frames": 8, "frame_interval": 1, "resolution": [32, 32]}
 
 

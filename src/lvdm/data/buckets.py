@@ -15,12 +15,13 @@ probability draw (a bucket with probability ``p`` keeps a fitting sample with ch
 and otherwise passes it to the next smaller candidate, as in Open-Sora). A sample that fits
 no bucket gets ``None`` and a reason, which the data modules count and report.
 
-Everything here is plain Python, so the same config sizes data, the memory planner
-(``lvdm estimate --buckets``) and the latent cache.
+The same config sizes the data modules' batches, the latent cache (``lvdm data encode
+--buckets``) and the memory planner (``lvdm estimate --buckets``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -28,7 +29,10 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["Bucket", "BucketConfig", "resolution_area", "DEFAULT_ASPECT_RATIOS", "UNFIT_REASONS"]
+from lvdm.data.schema import media_entry
+from lvdm.data.video import probe_video
+
+__all__ = ["Bucket", "BucketConfig", "resolution_area", "sample_size", "DEFAULT_ASPECT_RATIOS", "UNFIT_REASONS"]
 
 # height × width of the named resolutions (Open-Sora's 16:9 sizes)
 _NAMED = {"144p": (144, 256), "240p": (240, 426), "360p": (360, 640), "480p": (480, 854),
@@ -229,3 +233,14 @@ class BucketConfig:
     def __repr__(self) -> str:
         return (f"BucketConfig(resolutions={self.resolutions}, max_upscale={self.max_upscale}, "
                 f"multiple_of={self.multiple_of}, frame_interval={self.frame_interval})")
+
+
+def sample_size(sample: dict) -> tuple[int, int, int]:
+    """``(height, width, frames)`` of a raw WebDataset sample's video or image (1 frame): from
+    its ``key.json`` when that gives all three, else from the media header."""
+    meta = json.loads(sample["json"]) if "json" in sample else {}
+    size = [meta.get(name) for name in ("height", "width", "frames")]
+    if all(isinstance(v, int) and v > 0 for v in size):
+        return size[0], size[1], size[2]
+    _, media = media_entry(sample)
+    return probe_video(media, name=repr(sample.get("__key__")))

@@ -27,12 +27,12 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
-from lvdm.data.buckets import UNFIT_REASONS, Bucket, BucketConfig
+from lvdm.data.buckets import UNFIT_REASONS, Bucket, BucketConfig, sample_size
 from lvdm.data.schema import media_entry
 from lvdm.data.shards import resolve_shards
 from lvdm.data.stream import Counters, TrainStream, decode_group, plan_and_group
 from lvdm.distributed.callbacks import data_parallel_rank_world
-from lvdm.data.video import decode_clip, probe_video
+from lvdm.data.video import decode_clip
 
 __all__ = ["ShardDataModule", "VideoDataModule", "LatentDataModule"]
 
@@ -409,7 +409,7 @@ class VideoDataModule(ShardDataModule):
         """The clip's bucket from its size and length (``key.json`` or the video header)."""
         if self.buckets is None:
             return super().assign_sample(sample, rng)
-        height, width, frames = _media_size(sample)
+        height, width, frames = sample_size(sample)
         bucket, reason = self.buckets.assign(height, width, frames, rng)
         return (bucket.name, bucket.batch_size, bucket) if bucket is not None else reason
 
@@ -425,27 +425,23 @@ class VideoDataModule(ShardDataModule):
         return {"video": video, "caption": sample["txt"].decode("utf-8")}
 
 
-def _media_size(sample: dict) -> tuple[int, int, int]:
-    """``(height, width, frames)`` of a sample's video or image (1 frame) from its ``key.json``
-    when that gives all three, else from the media header."""
-    meta = json.loads(sample["json"]) if "json" in sample else {}
-    size = [meta.get(name) for name in ("height", "width", "frames")]
-    if all(isinstance(v, int) and v > 0 for v in size):
-        return tuple(size)
-    _, media = media_entry(sample)
-    return probe_video(media, name=repr(sample.get("__key__")))
-
-
 class LatentDataModule(ShardDataModule):
     """Precomputed raw latents from latent shards (``key.latent.npy`` + ``key.txt`` + ``key.json``).
 
     The shards are written by ``lvdm data encode`` (:func:`lvdm.data.latents.encode_shards`).
 
     Batches are ``{"latent": float32 [B, c, t, h, w] raw latents, "caption": list[str], "key":
-    list[str]}``. The latents are *raw*: :class:`lvdm.module.LatentDiffusionModule` normalises
+    list[str], "compressor_identity": list}``, plus ``"text"`` ``[B, L, dim]`` and
+    ``"text_mask"`` ``[B, L]`` (and ``"text_encoder_identity"``) when the shards cache caption
+    embeddings. The latents are *raw*: :class:`lvdm.module.LatentDiffusionModule` normalises
     them with its compressor's ``scale_factor``/``shift_factor``, so the model's compressor must
-    be the one that encoded the shards (their ``key.json`` names it). Reading a latent costs
-    no video decoding, which makes this the fast data path for training.
+    be the one that encoded the shards: their ``key.json`` records its identity
+    (:mod:`lvdm.data.cache`) and the module refuses batches of another compressor or text
+    encoder. Reading a latent costs no video decoding (and a cached embedding no text
+    encoder), which makes this the fast data path for training.
+
+    Shards encoded with buckets (``lvdm data encode --buckets``) are batched by the bucket in
+    their ``key.json`` when ``buckets`` is given, with that bucket's batch size from it.
 
     Sampling, rank/worker split, exact per-rank batch counts and validation order are those of
     :class:`ShardDataModule`. Unreadable samples (a corrupt or non-4-D ``.latent.npy``, missing
@@ -461,6 +457,8 @@ class LatentDataModule(ShardDataModule):
         shuffle_buffer: Samples held in the train shuffle buffer (0 or 1 disables shuffling).
         seed: Seed for shard sampling and shuffling.
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
+        buckets: The bucket config the shards were encoded with (for the batch sizes); ``None``
+            batches every latent alike.
     """
 
     def assign_sample(self, sample: dict, rng: np.random.Generator):
@@ -487,7 +485,21 @@ class LatentDataModule(ShardDataModule):
             raise ValueError(f"cannot read latent.npy: {exc}") from exc
         if latent.ndim != 4:
             raise ValueError(f"latent has shape {list(latent.shape)}; expected 4-D [c, t, h, w]")
-        return {"latent": torch.from_numpy(latent.astype(np.float32)), "caption": sample["txt"].decode("utf-8")}
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        out = {"latent": torch.from_numpy(latent.astype(np.float32)), "caption": sample["txt"].decode("utf-8"),
+               "compressor_identity": meta.get("compressor_identity")}
+        if "text.npy" in sample:
+            out["text"] = torch.from_numpy(_load_npy(sample, "text.npy").astype(np.float32))
+            out["text_mask"] = torch.from_numpy(_load_npy(sample, "text_mask.npy").astype(bool))
+            out["text_encoder_identity"] = meta.get("text_encoder_identity")
+        return out
+
+
+def _load_npy(sample: dict, entry: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(sample[entry]), allow_pickle=False)
+    except (OSError, EOFError) as exc:  # np.load's errors for truncated or foreign data
+        raise ValueError(f"cannot read {entry}: {exc}") from exc
 
 
 def _npy_shape(data: bytes) -> tuple[int, ...]:
