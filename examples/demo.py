@@ -58,14 +58,13 @@ def main() -> None:
         "--trainer.default_root_dir", str(run_dir),
     ]
     if args.max_steps is not None:
-        fit += ["--trainer.max_steps", str(args.max_steps),
-                "--model.init_args.lr_scheduler.init_args.total_steps", str(args.max_steps)]
+        fit += ["--trainer.max_steps", str(args.max_steps)]  # the recipe's schedule follows it
     run(fit)
-    checkpoints = sorted((run_dir).rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not checkpoints:
-        sys.exit(f"no last.ckpt under {run_dir}: did training save a checkpoint?")
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if not checkpoint.exists():
+        sys.exit(f"no {checkpoint}: did training save a checkpoint?")
     run(lvdm + [
-        "sample", "--checkpoint", str(checkpoints[-1]),
+        "sample", "--checkpoint", str(checkpoint),
         "--prompt_file", str(data / "val_prompts.txt"),
         "--out", str(samples), "--batch_size", "64",
     ])

@@ -29,8 +29,8 @@ from typing import Optional
 
 import numpy as np
 
+from lvdm.data.probe import probe_media
 from lvdm.data.schema import media_entry
-from lvdm.data.video import probe_video
 
 __all__ = ["Bucket", "BucketConfig", "resolution_area", "sample_size", "DEFAULT_ASPECT_RATIOS", "UNFIT_REASONS"]
 
@@ -242,5 +242,6 @@ def sample_size(sample: dict) -> tuple[int, int, int]:
     size = [meta.get(name) for name in ("height", "width", "frames")]
     if all(isinstance(v, int) and v > 0 for v in size):
         return size[0], size[1], size[2]
-    _, media = media_entry(sample)
-    return probe_video(media, name=repr(sample.get("__key__")))
+    ext, media = media_entry(sample)
+    info = probe_media(media, ext)  # a ProbeError (a ValueError) when it is not readable media
+    return info.height, info.width, info.frames

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import random
+import logging
 import warnings
 from abc import ABC, abstractmethod
 from typing import Optional
@@ -28,10 +28,11 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
 from lvdm.data.buckets import UNFIT_REASONS, Bucket, BucketConfig, sample_size
+from lvdm.data.guard import DataGuard, StreamWatch
 from lvdm.data.schema import media_entry
 from lvdm.data.shards import resolve_shards
 from lvdm.data.stream import Counters, TrainStream, decode_group, plan_and_group
-from lvdm.distributed.callbacks import data_parallel_rank_world
+from lvdm.distributed.ranks import data_parallel_rank_world
 from lvdm.data.video import decode_clip
 
 __all__ = ["ShardDataModule", "VideoDataModule", "LatentDataModule"]
@@ -63,25 +64,27 @@ def _stream_seed(seed: int, rank: int, epoch: int) -> list[int]:
 
 class _DecodeSamples:
     """Pipeline stage: raw samples -> dicts by ``decode(sample, rng, random_start)`` plus
-    ``"key"``, skipping (with a warning) and counting samples it rejects with ``ValueError`` or
-    ``KeyError``."""
+    ``"key"``, skipping (logged, counted by reason, checked against the :class:`DataGuard`
+    limits by ``watch``) samples it rejects with ``ValueError`` or ``KeyError``."""
 
-    def __init__(self, decode, random_start: bool, seed: int, rank: int, skipped: Counters) -> None:
+    def __init__(self, decode, random_start: bool, seed: int, rank: int, skipped: Counters, watch: StreamWatch) -> None:
         self.decode, self.random_start = decode, random_start
-        self.seed, self.rank, self.skipped = seed, rank, skipped
+        self.seed, self.rank, self.skipped, self.watch = seed, rank, skipped, watch
         self.epoch = 0
 
     def __call__(self, samples):
         rng = np.random.default_rng(_stream_seed(self.seed, self.rank, self.epoch))
         self.epoch += 1
+        self.watch.start()
         for sample in samples:
             key, shard = sample.get("__key__"), sample.get("__url__")
             try:
                 decoded = self.decode(sample, rng, self.random_start)
             except (ValueError, KeyError) as exc:  # corrupt/short data, bad text, missing entry
                 self.skipped.add("skipped")
-                warnings.warn(f"skipping sample {key!r} in shard {shard}: {type(exc).__name__}: {exc}")
+                self.watch.skipped(exc, key, shard)
                 continue
+            self.watch.delivered(shard)
             yield {**decoded, "key": key}
 
 
@@ -147,6 +150,9 @@ class ShardDataModule(L.LightningDataModule, ABC):
         seed: Seed for shard sampling, shuffling and any random choice made while decoding.
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
         buckets: Resolution / aspect / duration buckets; ``None`` for one shape.
+        data_guard: limits on skipped samples and on time without a sample, past which the
+            stream stops with an error saying why (:class:`lvdm.data.guard.DataGuard`;
+            ``None``: its defaults).
     """
 
     def __init__(
@@ -160,6 +166,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         seed: int = 0,
         test_shards: str | list[str] | None = None,
         buckets: Optional[BucketConfig] = None,
+        data_guard: DataGuard | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0:
@@ -173,6 +180,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         self.test_urls: list[str] | None = None
         self._counts: Counters | None = None
         self._resume: dict | None = None
+        self.data_guard = data_guard or DataGuard()
 
     @abstractmethod
     def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool,
@@ -204,14 +212,19 @@ class ShardDataModule(L.LightningDataModule, ABC):
         counts = self._counts.as_dict() if self._counts is not None else dict.fromkeys(_COUNTS, 0)
         return {name: n for name, n in counts.items() if name != "skipped"}
 
-    def _world(self) -> tuple[int, int]:
-        """``(world_size, rank)`` of data parallelism from the attached trainer, else ``(1, 0)``.
+    @property
+    def skip_reasons(self) -> dict[str, int]:
+        """Samples (and unreadable shards) skipped on this rank since ``setup``, by reason
+        (:data:`lvdm.data.guard.REASONS`)."""
+        return self.data_guard.counts()
+
+    def _rank_world(self) -> tuple[int, int]:
+        """``(rank, world_size)`` of data parallelism from the attached trainer, else ``(0, 1)``.
 
         Under sequence parallelism the ranks of one group share each batch, so data is split
         by data-parallel rank, not global rank (:func:`lvdm.distributed.data_parallel_rank_world`).
         """
-        rank, world_size = data_parallel_rank_world(self.trainer)
-        return world_size, rank
+        return data_parallel_rank_world(self.trainer)
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve the shard lists; a missing path raises ``FileNotFoundError`` naming it."""
@@ -226,16 +239,18 @@ class ShardDataModule(L.LightningDataModule, ABC):
             self.test_urls = resolve_shards(test)
         if self._counts is None:
             self._counts = Counters(_COUNTS)  # made here, not in __init__, so the module stays picklable
+            self.data_guard.attach()
 
     def teardown(self, stage: str | None = None) -> None:
         unfit = {name: n for name, n in self.unfit.items() if n}
         if unfit:
-            warnings.warn(f"{sum(unfit.values())} sample(s) fit no bucket and were left out: {unfit}")
+            logging.getLogger(__name__).warning("%d sample(s) fit no bucket and were left out: %s",
+                                                sum(unfit.values()), unfit)
 
-    def _decoder(self, random_start: bool, rank: int) -> _DecodeSamples:
+    def _decoder(self, random_start: bool, rank: int, watch: StreamWatch) -> _DecodeSamples:
         if self._counts is None:
             raise RuntimeError(f"call {type(self).__name__}.setup() before asking for a dataloader")
-        return _DecodeSamples(self.decode_sample, random_start, self.seed, rank, self._counts)
+        return _DecodeSamples(self.decode_sample, random_start, self.seed, rank, self._counts, watch)
 
     def _loader(self, dataset) -> DataLoader:
         # Persistent workers keep the pipeline's epoch counters, so each epoch draws new shards.
@@ -245,7 +260,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
 
     # ------------------------------------------------------------------ stream position
     def _layout(self) -> dict:
-        world_size, _ = self._world()
+        _, world_size = self._rank_world()
         return {"world_size": world_size, "num_workers": self.num_workers, "batch_size": self.batch_size,
                 "samples_per_epoch": self.samples_per_epoch, "seed": self.seed, "buckets": repr(self.buckets)}
 
@@ -283,7 +298,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         """Endless resampled stream cut to the same number of batches on every rank."""
         if self.train_urls is None or self._counts is None:
             raise RuntimeError(f"call {type(self).__name__}.setup('fit') before asking for train_dataloader")
-        world_size, rank = self._world()
+        rank, world_size = self._rank_world()
         batches = self.samples_per_epoch // (self.batch_size * world_size)
         if batches == 0:
             raise ValueError(f"samples_per_epoch={self.samples_per_epoch} gives no full batch of "
@@ -292,7 +307,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         trainer = self._trainer
         start = trainer.current_epoch if trainer is not None and hasattr(trainer, "current_epoch") else 0
         stream = TrainStream(self.train_urls, batches, rank, world_size, self.seed, self.shuffle_buffer,
-                             self.assign_sample, self.decode_sample, _collate, self._counts,
+                             self.assign_sample, self.decode_sample, _collate, self._counts, self.data_guard.watch(),
                              start_epoch=start, skip_epoch=skip_epoch, skip=skip)
         return self._loader(stream)
 
@@ -318,15 +333,16 @@ class ShardDataModule(L.LightningDataModule, ABC):
         return self._eval_loader(self.test_urls)
 
     def _eval_loader(self, urls: list[str]) -> DataLoader:
-        world_size, rank = self._world()
+        rank, world_size = self._rank_world()
         stages = [wds.SimpleShardList(urls)]
         if len(urls) >= world_size:
             stages.append(_SplitByRank(rank, world_size))
-        stages += [wds.split_by_worker, wds.tarfile_to_samples(handler=wds.warn_and_continue)]
+        watch = self.data_guard.watch()
+        stages += [wds.split_by_worker, watch.shards, wds.tarfile_to_samples(handler=watch.shard_error)]
         if self.buckets is None:
-            stages += [self._decoder(False, rank), wds.batched(self.batch_size, collation_fn=_collate, partial=True)]
+            stages += [self._decoder(False, rank, watch), wds.batched(self.batch_size, collation_fn=_collate, partial=True)]
         else:
-            stages.append(_EvalBuckets(self.assign_sample, self.decode_sample, self.seed, rank, self._counts))
+            stages.append(_EvalBuckets(self.assign_sample, self.decode_sample, self.seed, rank, self._counts, watch))
         return self._loader(wds.DataPipeline(*stages))
 
 
@@ -334,13 +350,15 @@ class _EvalBuckets:
     """Pipeline stage for evaluation with buckets: plan (with a fixed seed), group by bucket,
     decode from each clip's first frame; the partial groups left at the end are batches too."""
 
-    def __init__(self, assign, decode, seed: int, rank: int, counts: Counters) -> None:
+    def __init__(self, assign, decode, seed: int, rank: int, counts: Counters, watch: StreamWatch) -> None:
         self.assign, self.decode, self.seed, self.rank, self.counts = assign, decode, seed, rank, counts
+        self.watch = watch
 
     def __call__(self, samples):
         rng = np.random.default_rng(_stream_seed(self.seed, self.rank, 0))
-        for group in plan_and_group(samples, self.assign, rng, self.counts, flush=True):
-            decoded = decode_group(group, self.decode, False, self.counts)
+        self.watch.start()
+        for group in plan_and_group(samples, self.assign, rng, self.counts, self.watch, flush=True):
+            decoded = decode_group(group, self.decode, False, self.counts, self.watch)
             if decoded:
                 yield _collate(decoded)
 
@@ -381,6 +399,7 @@ class VideoDataModule(ShardDataModule):
             bucket; ``num_frames``, ``frame_interval`` and ``resolution`` are then unused (the
             buckets give them) and ``batch_size`` only sizes the epoch. A clip's size and length
             come from its ``key.json`` (``height``, ``width``, ``frames``) or else its header.
+        data_guard: limits on skipped samples and time without a sample (see :class:`ShardDataModule`).
     """
 
     def __init__(
@@ -397,10 +416,11 @@ class VideoDataModule(ShardDataModule):
         seed: int = 0,
         test_shards: str | list[str] | None = None,
         buckets: Optional[BucketConfig] = None,
+        data_guard: DataGuard | None = None,
     ) -> None:
         super().__init__(train_shards, val_shards, batch_size=batch_size, num_workers=num_workers,
                          samples_per_epoch=samples_per_epoch, shuffle_buffer=shuffle_buffer, seed=seed,
-                         test_shards=test_shards, buckets=buckets)
+                         test_shards=test_shards, buckets=buckets, data_guard=data_guard)
         if num_frames < 1 or frame_interval < 1:
             raise ValueError(f"num_frames and frame_interval must be >= 1, got {num_frames}, {frame_interval}")
         self.num_frames, self.frame_interval, self.resolution = num_frames, frame_interval, resolution

@@ -18,10 +18,9 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import random
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterator, Optional
+from typing import Callable, Hashable, Iterator
 
 import numpy as np
 import webdataset as wds
@@ -63,26 +62,26 @@ Assign = Callable[[dict, np.random.Generator], "tuple[Hashable, int, object] | s
 Decode = Callable[[dict, np.random.Generator, bool, object], dict]
 
 
-def _warn_skip(sample: dict, exc: Exception) -> None:
-    warnings.warn(f"skipping sample {sample.get('__key__')!r} in shard {sample.get('__url__')}: "
-                  f"{type(exc).__name__}: {exc}")
+def _skip(sample: dict, exc: Exception, counters: Counters, watch) -> None:
+    counters.add("skipped")
+    watch.skipped(exc, sample.get("__key__"), sample.get("__url__"))  # logged, by reason, guard-checked
 
 
-def plan_and_group(samples, assign: Assign, rng: np.random.Generator, counters: Counters,
+def plan_and_group(samples, assign: Assign, rng: np.random.Generator, counters: Counters, watch,
                    flush: bool = False) -> Iterator[list[Planned]]:
     """Plan each sample (:data:`Assign`) and yield a group as soon as it holds its bucket's
     batch size; with ``flush``, the partial groups left at the end too (evaluation).
 
-    Samples whose header cannot be read are skipped, warned and counted (``skipped``); samples
-    that fit no bucket are counted under their reason."""
+    Samples whose header cannot be read are skipped and counted (``skipped``, and by reason in
+    the :class:`~lvdm.data.guard.StreamWatch` ``watch``, which stops a stream that skips too
+    much); samples that fit no bucket are counted under their reason."""
     pending: dict = defaultdict(list)
     for sample in samples:
         seed = int(rng.integers(2**63))  # drawn for every sample, so a skip shifts nothing else
         try:
             planned = assign(sample, rng)
         except (ValueError, KeyError) as exc:
-            counters.add("skipped")
-            _warn_skip(sample, exc)
+            _skip(sample, exc, counters, watch)
             continue
         if isinstance(planned, str):
             counters.add(planned)
@@ -95,21 +94,23 @@ def plan_and_group(samples, assign: Assign, rng: np.random.Generator, counters: 
         yield from (group for group in pending.values() if group)
 
 
-def decode_group(group: list[Planned], decode: Decode, random_start: bool, counters: Counters) -> list[dict]:
+def decode_group(group: list[Planned], decode: Decode, random_start: bool, counters: Counters, watch) -> list[dict]:
     """Decode the samples of one group, each with the generator of its own seed.
 
-    A sample that fails here (its header read, its body did not) is skipped, warned and
-    counted, and its place taken by another sample of the group, so the batch keeps its size
-    and the stream its length (replacing it with a later sample would make the stream depend
-    on what was decoded, and resuming it inexact). Returns ``[]`` when none decodes."""
+    A sample that fails here (its header read, its body did not) is skipped and counted, and
+    its place taken by another sample of the group, so the batch keeps its size and the stream
+    its length (replacing it with a later sample would make the stream depend on what was
+    decoded, and resuming it inexact). Returns ``[]`` when none decodes; the stream then takes
+    the next group instead (the one case where a resumed stream can differ: when every sample
+    of a batch in the replayed part failed)."""
     decoded = []
     for item in group:
         try:
             out = decode(item.sample, np.random.default_rng(item.seed), random_start, item.bucket)
         except (ValueError, KeyError) as exc:  # corrupt/short data, bad text, missing entry
-            counters.add("skipped")
-            _warn_skip(item.sample, exc)
+            _skip(item.sample, exc, counters, watch)
             continue
+        watch.delivered(item.sample.get("__url__"))
         decoded.append({**out, "key": item.sample.get("__key__")})
     if decoded and len(decoded) < len(group):
         decoded = list(itertools.islice(itertools.cycle(decoded), len(group)))
@@ -149,16 +150,18 @@ class TrainStream(IterableDataset):
         assign, decode: the data module's sample planning and decoding.
         collate: list of decoded samples → batch.
         counters: where skipped and unfit samples are counted.
+        watch: the :class:`~lvdm.data.guard.StreamWatch` that sees every shard, skip and
+            delivered sample and stops a stream that fails too often.
         start_epoch: epoch number of the first iteration.
         skip_epoch, skip: resume position (``skip`` batches of epoch ``skip_epoch`` are done).
     """
 
     def __init__(self, urls: list[str], batches: int, rank: int, world: int, seed: int, shuffle_buffer: int,
-                 assign: Assign, decode: Decode, collate: Callable[[list[dict]], dict], counters: Counters,
+                 assign: Assign, decode: Decode, collate: Callable[[list[dict]], dict], counters: Counters, watch,
                  start_epoch: int = 0, skip_epoch: int = -1, skip: int = 0) -> None:
         self.urls, self.batches, self.rank, self.world = urls, batches, rank, world
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
-        self.assign, self.decode, self.collate, self.counters = assign, decode, collate, counters
+        self.assign, self.decode, self.collate, self.counters, self.watch = assign, decode, collate, counters, watch
         self.epoch, self.skip_epoch, self.skip = start_epoch, skip_epoch, skip
 
     def __len__(self) -> int:
@@ -178,19 +181,22 @@ class TrainStream(IterableDataset):
         role = (wid + skip) % workers
         passed, count = worker_share(self.batches, skip, workers, role)
         stream = [self.seed, self.rank, role, epoch]
-        samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)(self._shards(epoch, role, workers))
+        self.watch.start()
+        shards = self.watch.shards(self._shards(epoch, role, workers))
+        samples = wds.tarfile_to_samples(handler=self.watch.shard_error)(shards)
         if self.shuffle_buffer > 1:
             samples = wds.shuffle(self.shuffle_buffer, rng=random.Random(str(stream + ["shuffle"])))(samples)
-        groups = plan_and_group(samples, self.assign, np.random.default_rng(stream), self.counters)
-        last: Optional[dict] = None
-        for group in itertools.islice(groups, passed, passed + count):
-            decoded = decode_group(group, self.decode, True, self.counters)
-            if decoded:
-                last = self.collate(decoded)
-            elif last is None:
-                keys = [item.sample.get("__key__") for item in group]
-                raise ValueError(f"no sample of the batch {keys} could be decoded, and there is no earlier batch "
-                                 f"to repeat in its place; check these samples")
-            else:
-                warnings.warn("no sample of a batch could be decoded; repeating the previous batch in its place")
-            yield last
+        groups = plan_and_group(samples, self.assign, np.random.default_rng(stream), self.counters, self.watch)
+        if count == 0:
+            return
+        delivered = 0
+        for index, group in enumerate(groups):
+            if index < passed:  # replayed up to the resume position: planned, never decoded
+                continue
+            decoded = decode_group(group, self.decode, True, self.counters, self.watch)
+            if not decoded:  # every sample failed (each logged and counted): the next group takes its place
+                continue
+            yield self.collate(decoded)
+            delivered += 1
+            if delivered == count:
+                return
