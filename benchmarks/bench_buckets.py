@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import tempfile
 import time
@@ -142,7 +143,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
-    warnings.filterwarnings("ignore", message="skipping sample")  # cropping skips every image as too short
+    # cropping skips every image as too short: one log line each
+    logging.getLogger("lvdm.data").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="skipping sample")
     with tempfile.TemporaryDirectory() as tmp:
         result = {"preset": args.preset, "device": args.device, "threads": torch.get_num_threads(),
                   "buckets_vs_crop": buckets_vs_crop(Path(tmp), preset, args.device, args.warmup),
