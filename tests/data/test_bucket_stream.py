@@ -126,3 +126,15 @@ def test_eval_with_buckets_reads_everything_once(mixed):
     keys = [k for batch in dm.val_dataloader() for k in batch["key"]]
     total = sum(count for kind, *_, count in CORPUS if kind != "tiny")
     assert len(keys) == len(set(keys)) == total
+
+
+def test_changed_layout_resumes_by_global_sample_count(mixed):
+    dm = _module(mixed)  # 150 samples / 3 = 50 batches an epoch on one rank
+    state = {"stream": {**dm._layout(), "epoch": 2, "batches": 3, "world_size": 4, "batch_size": 2}}
+    dm.load_state_dict(state)
+    with pytest.warns(UserWarning, match="carried over by sample count"):
+        # 3 batches x 2 samples x 4 ranks = 24 samples = 8 batches of 3 on 1 rank
+        assert dm._resume_position(50) == (2, 8)
+    dm.load_state_dict({"stream": {**dm._layout(), "epoch": 2, "batches": 50}})
+    assert dm._resume_position(50) == (3, 0)  # a finished epoch resumes at the next one
+    assert dm.state_dict() == {}  # outside of fitting there is no position to save
