@@ -1,6 +1,6 @@
 """Latent + text-embedding caches: written per bucket, read back batched by bucket, equal to
 encoding on the fly, the text encoder run once per caption, and refused when made by another
-compressor or text encoder."""
+text encoder (another compressor's latents: tests/data/test_latents.py)."""
 
 import json
 
@@ -49,7 +49,7 @@ def test_latents_written_per_bucket_with_identities(cache):
         meta = json.loads(sample["json"])
         bucket = meta["bucket"]
         assert meta["latent_shape"] == [3, bucket["num_frames"], bucket["height"], bucket["width"]]
-        assert meta["compressor_identity"].startswith("lvdm.compressors.pixels.PixelCompressor@")
+        assert meta["compressor"] == "lvdm.compressors.pixels.PixelCompressor" and meta["compressor_config_hash"]
         assert meta["text_encoder_identity"].startswith("lvdm.text.t5.T5TextEncoder@")
         assert "text.npy" in sample and "text_mask.npy" in sample
 
@@ -84,8 +84,5 @@ def test_a_cache_of_another_part_is_refused(cache):
     other_t5 = build_tiny_t5(root / "t5_other", [caption(*c) for c in ALL_COMBOS], d_model=16, seed=1)
     with pytest.raises(ValueError, match=r"cached by another text encoder .*T5TextEncoder@"):
         _model(other_t5).diffusion_loss(batch)
-    forged = {**batch, "compressor_identity": ["lvdm.compressors.vae2d.FrameVAECompressor@0123"] * len(batch["key"])}
-    with pytest.raises(ValueError, match=r"cached by another compressor \(sample '.*'\).*FrameVAECompressor@0123"):
-        _model(t5).diffusion_loss(forged)
     with pytest.raises(ValueError, match="trained with the DiT"):
         encode_shards(str(root / "videos" / "val-*.tar"), str(root / "never"), text_encoder=WordTextEncoder(16))

@@ -1,11 +1,11 @@
-"""Identities of the frozen parts whose outputs ``lvdm data encode`` caches.
+"""Identity of a frozen text encoder whose caption embeddings ``lvdm data encode`` caches.
 
-A latent or text-embedding cache is only valid for the compressor or text encoder that wrote
-it: another VAE's latents or another T5's embeddings train a model on garbage without any
-error. :func:`identity` names a module by its class, its configuration numbers and a digest
-of its weights; ``lvdm data encode`` writes it into every sample's ``key.json`` and
-:class:`lvdm.module.LatentDiffusionModule` refuses a batch whose identity differs from its own
-part's (:func:`check_identity`).
+A text-embedding cache is only valid for the encoder that wrote it: another T5's embeddings
+train a model on garbage without any error. :func:`identity` names a module by its class, its
+configuration numbers and a digest of its weights; ``lvdm data encode`` writes it into every
+sample's ``key.json`` and :class:`lvdm.module.LatentDiffusionModule` refuses a batch whose
+identity differs from its own encoder's (:func:`check_identity`). (Compressors have their own,
+:meth:`lvdm.compressors.base.Compressor.identity`, checked when latent shards are opened.)
 
 The digest covers every tensor's name, shape and dtype and its first and last 4096 values
 (not the whole tensor, so a multi-billion-parameter T5 is fingerprinted in milliseconds);
@@ -24,8 +24,7 @@ from torch import nn
 __all__ = ["identity", "check_identity"]
 
 _EDGE = 4096
-# not scale_factor / shift_factor: latent caches hold raw latents, valid whatever the normalisation
-_CONFIG = ("latent_channels", "time_downsample", "spatial_downsample", "causal_time", "dim", "max_length")
+_CONFIG = ("dim", "max_length")
 
 
 def identity(module: nn.Module) -> str:

@@ -14,6 +14,7 @@ bytes in a bounded buffer before they are decoded.
 from __future__ import annotations
 
 import io
+import json
 import itertools
 import json
 import logging
@@ -363,6 +364,19 @@ class _EvalBuckets:
                 yield _collate(decoded)
 
 
+def sample_caption(sample: dict, caption_field: str | None = None) -> str:
+    """A raw sample's caption: its json's ``caption_field`` when that is a non-empty string,
+    else its ``txt``. Malformed json raises ``ValueError`` (the sample is skipped and counted)."""
+    if caption_field is not None and "json" in sample:
+        try:
+            value = json.loads(sample["json"]).get(caption_field)
+        except (ValueError, AttributeError) as exc:
+            raise ValueError(f"json of sample {sample.get('__key__')!r} is not a readable object: {exc}") from exc
+        if isinstance(value, str) and value.strip():
+            return value
+    return sample["txt"].decode("utf-8")
+
+
 class VideoDataModule(ShardDataModule):
     """Captioned video clips from WebDataset shards (``key.<ext>`` + ``key.txt`` [+ ``key.json``]).
 
@@ -400,6 +414,9 @@ class VideoDataModule(ShardDataModule):
             buckets give them) and ``batch_size`` only sizes the epoch. A clip's size and length
             come from its ``key.json`` (``height``, ``width``, ``frames``) or else its header.
         data_guard: limits on skipped samples and time without a sample (see :class:`ShardDataModule`).
+        caption_field: train on this json field's caption (e.g. ``caption_vlm``, written by
+            ``lvdm data caption``) instead of ``key.txt``; a sample whose field is missing or
+            empty (its captioning failed) uses its ``key.txt``. ``None``: always ``key.txt``.
     """
 
     def __init__(
@@ -417,6 +434,7 @@ class VideoDataModule(ShardDataModule):
         test_shards: str | list[str] | None = None,
         buckets: Optional[BucketConfig] = None,
         data_guard: DataGuard | None = None,
+        caption_field: str | None = None,
     ) -> None:
         super().__init__(train_shards, val_shards, batch_size=batch_size, num_workers=num_workers,
                          samples_per_epoch=samples_per_epoch, shuffle_buffer=shuffle_buffer, seed=seed,
@@ -424,6 +442,7 @@ class VideoDataModule(ShardDataModule):
         if num_frames < 1 or frame_interval < 1:
             raise ValueError(f"num_frames and frame_interval must be >= 1, got {num_frames}, {frame_interval}")
         self.num_frames, self.frame_interval, self.resolution = num_frames, frame_interval, resolution
+        self.caption_field = caption_field
 
     def assign_sample(self, sample: dict, rng: np.random.Generator):
         """The clip's bucket from its size and length (``key.json`` or the video header)."""
@@ -435,14 +454,15 @@ class VideoDataModule(ShardDataModule):
 
     def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool,
                       bucket: Optional[Bucket] = None) -> dict:
-        """``key.<ext>`` → ``"video"`` ``[3, T, H, W]`` (the bucket's shape, if any), ``key.txt`` → ``"caption"``."""
+        """``key.<ext>`` → ``"video"`` ``[3, T, H, W]`` (the bucket's shape, if any), ``key.txt`` (or the
+        json's ``caption_field``) → ``"caption"``."""
         _, media = media_entry(sample)
         frames, interval, size = self.num_frames, self.frame_interval, self.resolution
         if bucket is not None:
             frames, interval, size = bucket.num_frames, self.buckets.frame_interval, (bucket.height, bucket.width)
         video = decode_clip(media, frames, interval, size,
                             random_start=random_start, rng=rng, name=repr(sample.get("__key__")))
-        return {"video": video, "caption": sample["txt"].decode("utf-8")}
+        return {"video": video, "caption": sample_caption(sample, self.caption_field)}
 
 
 class LatentDataModule(ShardDataModule):
@@ -451,14 +471,13 @@ class LatentDataModule(ShardDataModule):
     The shards are written by ``lvdm data encode`` (:func:`lvdm.data.latents.encode_shards`).
 
     Batches are ``{"latent": float32 [B, c, t, h, w] raw latents, "caption": list[str], "key":
-    list[str], "compressor_identity": list}``, plus ``"text"`` ``[B, L, dim]`` and
-    ``"text_mask"`` ``[B, L]`` (and ``"text_encoder_identity"``) when the shards cache caption
-    embeddings. The latents are *raw*: :class:`lvdm.module.LatentDiffusionModule` normalises
-    them with its compressor's ``scale_factor``/``shift_factor``, so the model's compressor must
-    be the one that encoded the shards: their ``key.json`` records its identity
-    (:mod:`lvdm.data.cache`) and the module refuses batches of another compressor or text
-    encoder. Reading a latent costs no video decoding (and a cached embedding no text
-    encoder), which makes this the fast data path for training.
+    list[str]}``, plus ``"text"`` ``[B, L, dim]``, ``"text_mask"`` ``[B, L]`` and
+    ``"text_encoder_identity"`` when the shards cache caption embeddings. The latents are *raw*:
+    :class:`lvdm.module.LatentDiffusionModule` normalises them with its compressor's
+    ``scale_factor``/``shift_factor``, so the model's compressor must be the one that encoded
+    the shards (checked at ``setup``), and it refuses batches whose cached text another encoder
+    made (:mod:`lvdm.data.cache`). Reading a latent costs no video decoding (and a cached
+    embedding no text encoder), which makes this the fast data path for training.
 
     Shards encoded with buckets (``lvdm data encode --buckets``) are batched by the bucket in
     their ``key.json`` when ``buckets`` is given, with that bucket's batch size from it.
@@ -480,6 +499,16 @@ class LatentDataModule(ShardDataModule):
         buckets: The bucket config the shards were encoded with (for the batch sizes); ``None``
             batches every latent alike.
     """
+
+    def setup(self, stage: str | None = None) -> None:
+        """As :meth:`ShardDataModule.setup`; when a trainer's model has a ``compressor``, also
+        refuses train shards that another compressor encoded (:func:`lvdm.data.latents.check_latent_compressor`)."""
+        super().setup(stage)
+        compressor = getattr(getattr(getattr(self, "trainer", None), "lightning_module", None), "compressor", None)
+        if compressor is not None and self.train_urls and stage in (None, "fit"):
+            from lvdm.data.latents import check_latent_compressor
+
+            check_latent_compressor(self.train_urls[0], compressor)
 
     def assign_sample(self, sample: dict, rng: np.random.Generator):
         """With ``buckets``: the bucket ``lvdm data encode`` wrote in ``key.json`` (its batch
@@ -506,8 +535,7 @@ class LatentDataModule(ShardDataModule):
         if latent.ndim != 4:
             raise ValueError(f"latent has shape {list(latent.shape)}; expected 4-D [c, t, h, w]")
         meta = json.loads(sample["json"]) if "json" in sample else {}
-        out = {"latent": torch.from_numpy(latent.astype(np.float32)), "caption": sample["txt"].decode("utf-8"),
-               "compressor_identity": meta.get("compressor_identity")}
+        out = {"latent": torch.from_numpy(latent.astype(np.float32)), "caption": sample["txt"].decode("utf-8")}
         if "text.npy" in sample:
             out["text"] = torch.from_numpy(_load_npy(sample, "text.npy").astype(np.float32))
             out["text_mask"] = torch.from_numpy(_load_npy(sample, "text_mask.npy").astype(bool))
