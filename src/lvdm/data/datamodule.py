@@ -388,7 +388,28 @@ class LatentDataModule(ShardDataModule):
         shuffle_buffer: Samples held in the train shuffle buffer (0 or 1 disables shuffling).
         seed: Seed for shard sampling and shuffling.
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
+        num_frames: take this many consecutive latent frames of each clip (a random window in
+            training, the first in evaluation); ``1`` makes an image phase from video latents
+            (single frames, Open-Sora's stage 1). ``None``: whole clips.
     """
+
+    def __init__(
+        self,
+        train_shards: str | list[str],
+        val_shards: str | list[str] | None = None,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        samples_per_epoch: int = 4096,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        test_shards: str | list[str] | None = None,
+        num_frames: int | None = None,
+    ) -> None:
+        super().__init__(train_shards, val_shards, batch_size, num_workers, samples_per_epoch, shuffle_buffer,
+                         seed, test_shards)
+        if num_frames is not None and num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1 (or None for whole clips), got {num_frames}")
+        self.num_frames = num_frames
 
     def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
         """``key.latent.npy`` → ``"latent"`` float32 ``[c, t, h, w]``, ``key.txt`` → ``"caption"``."""
@@ -398,4 +419,9 @@ class LatentDataModule(ShardDataModule):
             raise ValueError(f"cannot read latent.npy: {exc}") from exc
         if latent.ndim != 4:
             raise ValueError(f"latent has shape {list(latent.shape)}; expected 4-D [c, t, h, w]")
+        if self.num_frames is not None:
+            if latent.shape[1] < self.num_frames:
+                raise ValueError(f"latent has {latent.shape[1]} frames, fewer than num_frames={self.num_frames}")
+            start = int(rng.integers(latent.shape[1] - self.num_frames + 1)) if random_start else 0
+            latent = latent[:, start : start + self.num_frames]
         return {"latent": torch.from_numpy(latent.astype(np.float32)), "caption": sample["txt"].decode("utf-8")}
