@@ -122,15 +122,16 @@ def test_fit_checkpoint_sample_probe_end_to_end(tmp_path):
     # A plain .ckpt exports to one safetensors file holding the same (EMA) model.
     import torch
 
-    from lvdm.callbacks.ema import load_ema_weights
-    from lvdm.distributed.checkpoint import load_safetensors_module
+    from lvdm.checkpoint import load_ema_weights, load_module
     from lvdm.module import LatentDiffusionModule
 
     weights = tmp_path / "model.safetensors"
     main(["checkpoint", "export", "--checkpoint", str(ckpt), "--out", str(weights), "--ema", "true"])
     reference = LatentDiffusionModule.load_from_checkpoint(ckpt, map_location="cpu")
-    assert load_ema_weights(torch.load(ckpt, map_location="cpu", weights_only=False), reference)
-    exported = load_safetensors_module(str(weights)).state_dict()
+    assert load_ema_weights(torch.load(ckpt, map_location="cpu", weights_only=True), reference)
+    loaded = load_module(weights)
+    assert loaded.weights == "ema" and loaded.global_step == 4
+    exported = loaded.module.state_dict()
     assert set(exported) == set(reference.state_dict())
     for k, v in reference.state_dict().items():
         assert torch.equal(exported[k], v), k
@@ -154,7 +155,7 @@ def test_fit_under_ddp_with_two_cpu_processes(tmp_path):
          "--data.init_args.batch_size", "2", "--data.init_args.samples_per_epoch", "12",
          "--trainer.max_steps", "5", "--trainer.val_check_interval", "2",
          "--trainer.default_root_dir", str(run))
-    ckpt = torch.load(next(run.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    ckpt = torch.load(next(run.rglob("last.ckpt")), map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 5
     assert ckpt["callbacks"]["EMA"]["num_updates"] == 5
 
@@ -249,13 +250,15 @@ def test_export_writes_tied_weights(tmp_path):
 
 
 def test_export_and_sample_errors_name_the_path(tmp_path):
-    from lvdm.cli import sample
     from lvdm.distributed.checkpoint import export_checkpoint
+    from lvdm.sampling import sample
 
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
         export_checkpoint(checkpoint=str(tmp_path / "nowhere.ckpt"), out=str(tmp_path / "m.safetensors"))
     (tmp_path / "shards.ckpt").mkdir()
     with pytest.raises(ValueError, match="not a DeepSpeed checkpoint"):
         export_checkpoint(checkpoint=str(tmp_path / "shards.ckpt"), out=str(tmp_path / "m.safetensors"))
-    with pytest.raises(FileNotFoundError, match="lvdm checkpoint export"):
+    with pytest.raises(ValueError, match="not a DeepSpeed checkpoint"):
         sample(checkpoint=str(tmp_path / "shards.ckpt"), prompts=["a red square"])
+    with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
+        sample(checkpoint=str(tmp_path / "nowhere.ckpt"), prompts=["a red square"])

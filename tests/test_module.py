@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lvdm.callbacks.ema import EMA, load_ema_weights
+from lvdm.callbacks.ema import EMA
+from lvdm.checkpoint import load_ema_weights
 from lvdm.callbacks.preview import SamplePreview
 from lvdm.diffusion.objectives import DDPM, RectifiedFlow
 from lvdm.models.dit import DiT

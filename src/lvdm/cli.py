@@ -1,15 +1,14 @@
 """The ``lvdm`` command.
 
-``lvdm fit|validate|test`` are Lightning's CLI over YAML recipes; ``lvdm sample``,
-``lvdm data synth`` and ``lvdm eval probe`` are lvdm's own commands, whose arguments come
-from the typed signatures and docstrings of the functions they call (one way to turn config
-into objects: jsonargparse).
+``lvdm fit|validate|test`` are Lightning's CLI over YAML recipes; the other commands
+(:data:`COMMANDS`, :data:`GROUPS`) call library functions, whose arguments come from their
+typed signatures and docstrings (one way to turn config into objects: jsonargparse). The CLI
+only parses: nothing in the library imports it.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Callable, Optional
 
 from jsonargparse import ArgumentParser
@@ -28,6 +27,7 @@ Training (Lightning CLI; compose YAML recipes with --config, override any key on
 
 lvdm commands:
   sample      prompts -> mp4 files   lvdm sample --checkpoint last.ckpt --prompts '["a red square moving left"]'
+              image-to-video: --image first.png; continuation: --video start.mp4 --extend 16
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
   data encode precompute a compressor's latents of video shards into latent shards
   eval probe  score generated shapes videos: colour / shape / direction accuracy
@@ -38,122 +38,6 @@ lvdm commands:
 
 Run `lvdm <command> --help` for the options of a command.
 """
-
-
-def sample(
-    checkpoint: str,
-    prompts: Optional[list[str]] = None,
-    prompt_file: Optional[str] = None,
-    out: str = "samples",
-    num_frames: Optional[int] = None,
-    height: Optional[int] = None,
-    width: Optional[int] = None,
-    steps: Optional[int] = None,
-    guidance: Optional[float] = None,
-    seed: int = 0,
-    batch_size: int = 16,
-    use_ema: bool = True,
-    fps: int = 8,
-    device: str = "auto",
-    image: Optional[str] = None,
-    video: Optional[str] = None,
-    extend: int = 0,
-    context_frames: Optional[int] = None,
-) -> list[str]:
-    """Generate one mp4 per prompt from a trained checkpoint; image-to-video with ``--image``,
-    continuation with ``--video start.mp4 --extend N``.
-
-    Videos are written as ``<out>/<index>_<prompt>.mp4`` with the prompts, in file order, in
-    ``<out>/prompts.txt``. The noise of prompt ``i`` depends only on ``seed + i``. Given frames
-    (``--image``, ``--video``) need a model trained with ``frame_masks``.
-
-    Args:
-        checkpoint: a ``.ckpt`` written by ``lvdm fit`` (the model is rebuilt from its recipe),
-            or a ``.safetensors`` file from ``lvdm checkpoint export`` (which already holds the
-            weights it was exported with; ``use_ema`` does not apply).
-        prompts: prompts to render, e.g. '["a red square moving left"]'.
-        prompt_file: a text file with one prompt per line (added after ``prompts``).
-        out: output folder.
-        num_frames: frames per video (default: the model's sample_shape).
-        height: video height in pixels (default: the model's sample_shape).
-        width: video width in pixels (default: the model's sample_shape).
-        steps: sampler steps (default: the objective's).
-        guidance: classifier-free guidance scale (default: the model's; 1 disables it).
-        seed: base noise seed.
-        batch_size: prompts generated together.
-        use_ema: use the EMA weights stored in the checkpoint, when there are any.
-        fps: frame rate of the mp4 files.
-        device: ``cpu``, ``cuda``, ``cuda:1``… or ``auto`` (a GPU when there is one).
-        image: image-to-video: an image file, the first frame of every video, or a folder of
-            images, one per prompt in name order; the video size follows the image.
-        video: a video file to continue (the same start for every prompt); needs ``extend``.
-        extend: with ``video``: frames to add; the written videos hold the given frames first.
-        context_frames: with ``video``: given frames per generated window (default: half of
-            ``num_frames``).
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from lvdm.callbacks.ema import load_ema_weights
-    from lvdm.module import LatentDiffusionModule
-    from lvdm.utils import save_videos
-
-    all_prompts = list(prompts or [])
-    if prompt_file:
-        path = Path(prompt_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"prompt file {str(path)!r} does not exist")
-        all_prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not all_prompts:
-        raise ValueError("no prompts: give --prompts and/or --prompt_file")
-    if not Path(checkpoint).is_file():
-        hint = " (a DeepSpeed checkpoint directory: convert it with `lvdm checkpoint export`)" if Path(checkpoint).is_dir() else ""
-        raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist{hint}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-
-    if checkpoint.endswith(".safetensors"):
-        from lvdm.distributed.checkpoint import load_safetensors_module
-
-        module = load_safetensors_module(checkpoint)
-    else:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if "_instantiator" not in ckpt.get("hyper_parameters", {}):
-            raise ValueError(
-                f"checkpoint {checkpoint!r} carries no recipe (it was not trained with `lvdm fit`); "
-                "build the LatentDiffusionModule in Python and load its state_dict instead"
-            )
-        module = LatentDiffusionModule.load_from_checkpoint(checkpoint, map_location="cpu")
-        if use_ema:
-            load_ema_weights(ckpt, module)
-    module.to(device).eval()
-    if image and video:
-        raise ValueError("give --image (image-to-video) or --video (continuation), not both")
-    if video and extend < 1:
-        raise ValueError("--video needs --extend N: the number of frames to add")
-    if extend and not video:
-        raise ValueError("--extend continues a video: give it with --video start.mp4")
-    from lvdm.data.given import read_images, read_video
-
-    first = read_images(image, len(all_prompts)) if image else None
-    start_clip = read_video(video)[None] if video else None
-
-    out_dir = Path(out)
-    (out_dir / "prompts.txt").unlink(missing_ok=True)
-    written: list[str] = []
-    for start in tqdm(range(0, len(all_prompts), batch_size), desc="generating", unit="batch"):
-        chunk = all_prompts[start : start + batch_size]
-        if start_clip is not None:
-            videos = module.extend(start_clip.expand(len(chunk), -1, -1, -1, -1), chunk, extend, context_frames,
-                                   num_frames, num_steps=steps, guidance_scale=guidance, seed=seed + start)
-        else:
-            videos = module.generate(
-                chunk, num_frames, height, width, num_steps=steps, guidance_scale=guidance, seed=seed + start,
-                first_frames=None if first is None else first[start : start + batch_size],
-            )
-        written += [str(p) for p in save_videos(videos, chunk, out_dir, fps=fps, start_index=start)]
-    print(f"wrote {len(written)} videos to {out_dir}/")
-    return written
 
 
 def _function_parser(fn: Callable, prog: str) -> ArgumentParser:
@@ -170,18 +54,33 @@ def _run_function(fn: Callable, prog: str, argv: list[str]):
     return fn(**kwargs)
 
 
-def _subcommands() -> dict[str, dict[str, Callable]]:
-    from lvdm.data.latents import encode_shards
-    from lvdm.data.synthetic import write_synthetic_dataset
-    from lvdm.distributed.checkpoint import export_checkpoint
-    from lvdm.metrics.evaluate import clipscore, fvd
-    from lvdm.metrics.probe import probe_folder
+# Every lvdm command: name → "module:function". Modules are imported only when their command
+# runs (or its --help is asked for), so `lvdm --help` and `lvdm <group> --help` stay fast.
+COMMANDS: dict[str, str] = {
+    "sample": "lvdm.sampling:sample",
+    "estimate": "lvdm.perf.estimate:estimate",
+}
+GROUPS: dict[str, dict[str, str]] = {
+    "data": {
+        "synth": "lvdm.data.synthetic:write_synthetic_dataset",
+        "encode": "lvdm.data.latents:encode_shards",
+    },
+    "eval": {
+        "probe": "lvdm.metrics.probe:probe_folder",
+        "fvd": "lvdm.metrics.evaluate:fvd",
+        "clipscore": "lvdm.metrics.evaluate:clipscore",
+    },
+    "checkpoint": {
+        "export": "lvdm.distributed.checkpoint:export_checkpoint",
+    },
+}
 
-    return {
-        "data": {"synth": write_synthetic_dataset, "encode": encode_shards},
-        "eval": {"probe": probe_folder, "fvd": fvd, "clipscore": clipscore},
-        "checkpoint": {"export": export_checkpoint},
-    }
+
+def _resolve(target: str) -> Callable:
+    import importlib
+
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 # Lightning warnings that are expected with lvdm's design and only confuse users:
@@ -200,9 +99,22 @@ def lightning_cli(args: Optional[list[str]] = None, run: bool = True):
 
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
-    return LightningCLI(
+    from lvdm.callbacks.checkpoint import RunCheckpoint
+
+    class CLI(LightningCLI):
+        def _instantiate_trainer(self, config, callbacks):
+            # Every run checkpoints into <default_root_dir>/checkpoints, atomically, and
+            # `--ckpt_path last` finds the newest valid checkpoint there (see RunCheckpoint).
+            own = config.get("callbacks") or []
+            given = [*(own if isinstance(own, list) else [own]), *callbacks]
+            if config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
+                callbacks = [*callbacks, RunCheckpoint()]
+            return super()._instantiate_trainer(config, callbacks)
+
+    return CLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,
@@ -223,24 +135,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     if command in LIGHTNING_COMMANDS:
         lightning_cli(argv)
         return
-    if command == "sample":
-        _run_function(sample, "lvdm sample", rest)
+    if command in COMMANDS:
+        _run_function(_resolve(COMMANDS[command]), f"lvdm {command}", rest)
         return
-    if command == "estimate":
-        from lvdm.perf.estimate import estimate
-
-        _run_function(estimate, "lvdm estimate", rest)
-        return
-    groups = _subcommands()
-    if command in groups:
-        sub = groups[command]
+    if command in GROUPS:
+        sub = GROUPS[command]
         if not rest or rest[0] in ("-h", "--help") or rest[0] not in sub:
             names = ", ".join(sub)
             print(f"usage: lvdm {command} {{{names}}} [options]\n\nRun `lvdm {command} <name> --help`.")
             if rest and rest[0] not in ("-h", "--help"):
                 sys.exit(f"lvdm {command}: unknown command {rest[0]!r}; choose from {names}")
             return
-        _run_function(sub[rest[0]], f"lvdm {command} {rest[0]}", rest[1:])
+        _run_function(_resolve(sub[rest[0]]), f"lvdm {command} {rest[0]}", rest[1:])
         return
     sys.exit(f"lvdm: unknown command {command!r}; run `lvdm --help`")
 

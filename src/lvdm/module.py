@@ -170,6 +170,15 @@ class LatentDiffusionModule(L.LightningModule):
         self.log("test/loss", loss, sync_dist=True, batch_size=len(batch["caption"]))
         return loss
 
+    def configure_callbacks(self):
+        """A default :class:`~lvdm.callbacks.guard.NonFiniteGuard` when the trainer has none, so a
+        NaN batch never spreads into the weights (``callbacks/nonfinite_guard.yaml`` configures it)."""
+        from lvdm.callbacks.guard import NonFiniteGuard
+
+        if any(isinstance(c, NonFiniteGuard) for c in self.trainer.callbacks):
+            return []
+        return [NonFiniteGuard()]
+
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)

@@ -1,11 +1,8 @@
-"""Small helpers shared across lvdm: dtype names, pretrained locations, writing videos."""
+"""Small helpers shared across lvdm: dtype names, pretrained locations, prompt files, devices."""
 
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -41,32 +38,29 @@ def resolve_pretrained(pretrained: str, subfolder: str | None = None) -> str:
     return pretrained
 
 
-def slugify(text: str, max_length: int = 60) -> str:
-    """A file-name-safe version of a prompt."""
-    slug = re.sub(r"[^a-zA-Z0-9]+", "_", text.strip().lower()).strip("_")
-    return slug[:max_length] or "empty"
+def read_prompt_file(path: str) -> list[str]:
+    """The prompts of a text file, one per line (blank lines skipped).
+
+    ``-`` reads standard input, and pipes work (``--prompt_file <(grep red prompts.txt)``)."""
+    import sys
+
+    if path == "-":
+        text = sys.stdin.read()
+    else:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"prompt file {path!r} does not exist")
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"prompt file {path!r} is a directory")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def save_videos(
-    videos: torch.Tensor, prompts: Sequence[str], out_dir: str | Path, fps: int = 8, start_index: int = 0
-) -> list[Path]:
-    """Write ``videos`` ``[B, 3, T, H, W]`` in [-1, 1] as ``<out_dir>/<index>_<prompt>.mp4`` and
-    append their prompts, in file order, to ``<out_dir>/prompts.txt`` (what ``lvdm eval
-    probe`` reads)."""
-    from lvdm.data.video import write_mp4
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    frames = ((videos.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    frames = frames.permute(0, 2, 3, 4, 1).cpu().numpy()  # [B, T, H, W, 3]
-    paths = []
-    with open(out_dir / "prompts.txt", "a") as f:
-        for i, (clip, prompt) in enumerate(zip(frames, prompts)):
-            path = out_dir / f"{start_index + i:05d}_{slugify(prompt)}.mp4"
-            write_mp4(path, clip, fps=fps)
-            f.write(prompt.replace("\n", " ") + "\n")
-            paths.append(path)
-    return paths
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → the first GPU when there is one, else the CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def to_device_async(tensor: "torch.Tensor", device: "torch.device") -> "torch.Tensor":
@@ -76,3 +70,22 @@ def to_device_async(tensor: "torch.Tensor", device: "torch.device") -> "torch.Te
     if device.type != "cuda" or tensor.device.type != "cpu":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def nonfinite_tensors(tensors, limit: int = 5) -> list[str]:
+    """Names of the first ``limit`` floating-point tensors of a ``{name: tensor}`` mapping that
+    hold a NaN or an infinity (an empty list when every value is finite)."""
+    bad = []
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad.append(name)
+            if len(bad) >= limit:
+                break
+    return bad
+
+
+def check_finite(tensors, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` and the offending tensors when any value is NaN or infinite."""
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise ValueError(f"{what} holds non-finite (NaN/inf) values in {', '.join(bad)}; refusing to use it")

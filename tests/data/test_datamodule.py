@@ -16,7 +16,8 @@ def _samples(prefix, n, rng, bad=()):
         combo = COMBOS[i % 3]
         mp4 = encode_mp4(render_clip(*combo, rng))
         if i in bad:
-            mp4 = mp4[: len(mp4) // 2] if i % 2 else b"\x00garbage" * 50  # truncated or junk
+            # truncated, or junk behind an mp4 signature (write_shards refuses bytes that are not media)
+            mp4 = mp4[: len(mp4) // 2] if i % 2 else b"\x00\x00\x00\x18ftypisom" + b"\x00garbage" * 50
         yield {"key": f"{prefix}{i:03d}", "mp4": mp4, "txt": caption(*combo),
                "json": {"fps": 8, "frames": 8, "height": 32, "width": 32}}
 

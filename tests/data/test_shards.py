@@ -5,9 +5,12 @@ import pytest
 from lvdm.data.shards import resolve_shards, write_shards
 
 
+MP4 = b"\x00\x00\x00\x18ftypisom" + b"\x00" * 10  # a signature is all write_shards reads
+
+
 def _samples(n):
     for i in range(n):
-        yield {"key": f"s{i:03d}", "mp4": b"\x00" * 10, "txt": f"caption {i}",
+        yield {"key": f"s{i:03d}", "mp4": MP4, "txt": f"caption {i}",
                "json": {"fps": 8, "frames": 8, "height": 32, "width": 32}}
 
 

@@ -18,7 +18,7 @@ from lvdm.distributed import (
     data_parallel_rank_world,
     seed_data_parallel_replica,
 )
-from lvdm.distributed.checkpoint import read_checkpoint
+from lvdm.checkpoint import read_checkpoint
 from lvdm.models.dit import DiT
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import yaml
 pytest.importorskip("deepspeed")
 
 from lvdm.cli import main  # noqa: E402
-from lvdm.distributed.checkpoint import read_checkpoint  # noqa: E402
+from lvdm.checkpoint import read_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

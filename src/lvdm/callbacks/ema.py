@@ -4,7 +4,7 @@ Lightning's ``EMAWeightAveraging`` keeps the average inside an ``AveragedModel``
 DeepSpeed checkpoints lose (ZeRO-2) or cannot build (ZeRO-3). Here the average is a plain
 ``{parameter name: tensor}`` dict that this callback owns and that Lightning stores under
 ``checkpoint["callbacks"]``, so it travels with any strategy's checkpoint and can be read
-back without the training code (:func:`load_ema_weights`).
+back without the training code (:func:`lvdm.checkpoint.load_ema_weights`).
 
 Under DeepSpeed ZeRO the average is taken of the optimizer's float32 master weights, gathered
 one parameter at a time (:mod:`lvdm.distributed.zero`), so every rank holds the same whole
@@ -147,20 +147,3 @@ class EMA(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.shadow = dict(state_dict["shadow"])
         self.num_updates = int(state_dict["num_updates"])
-
-
-def load_ema_weights(checkpoint: dict, module: torch.nn.Module) -> bool:
-    """Copy the EMA weights stored in a Lightning ``checkpoint`` dict into ``module``.
-
-    Returns False (and changes nothing) when the checkpoint carries no EMA state."""
-    state = checkpoint.get("callbacks", {}).get("EMA")
-    if not state:
-        return False
-    params = dict(module.named_parameters())
-    unknown = set(state["shadow"]) - set(params)
-    if unknown:
-        raise KeyError(f"EMA state names parameters the model does not have: {sorted(unknown)[:5]}")
-    with torch.no_grad():
-        for n, t in state["shadow"].items():
-            params[n].copy_(t)
-    return True

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from lvdm.callbacks.ema import EMA
-from lvdm.utils import save_videos
+from lvdm.sampling import save_videos
 
 
 class SamplePreview(Callback):

@@ -3,7 +3,7 @@
 :class:`ShardDataModule` holds everything that is not about the sample format: shard lists,
 resampling, the split across ranks and DataLoader workers, shuffling, batching, exact per-rank
 batch counts, and skipping (and counting) unreadable samples. Its subclasses only say how one
-raw sample becomes tensors: :class:`VideoDataModule` decodes ``key.mp4`` clips on the fly,
+raw sample becomes tensors: :class:`VideoDataModule` decodes video and image clips on the fly,
 :class:`LatentDataModule` reads precomputed raw latents (``key.latent.npy``, written by
 :func:`lvdm.data.latents.encode_shards`).
 
@@ -26,6 +26,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
+from lvdm.data.schema import media_entry
 from lvdm.data.shards import resolve_shards
 from lvdm.distributed.callbacks import data_parallel_rank_world
 from lvdm.data.video import decode_clip
@@ -309,7 +310,12 @@ class ShardDataModule(L.LightningDataModule, ABC):
 
 
 class VideoDataModule(ShardDataModule):
-    """Captioned video clips from WebDataset shards (``key.mp4`` + ``key.txt`` [+ ``key.json``]).
+    """Captioned video clips from WebDataset shards (``key.<ext>`` + ``key.txt`` [+ ``key.json``]).
+
+    The media entry may be any container PyAV reads under its own extension (``mp4``, ``webm``,
+    ``mkv``, ``mov``, ``avi``, ``gif``) or an image (``jpg``, ``jpeg``, ``png``, ``webp``), which
+    is a 1-frame clip: images are read when ``num_frames`` is 1 and otherwise skipped and
+    counted as too short, like any clip with fewer frames than asked for.
 
     Batches are ``{"video": float [B, 3, T, H, W] in [-1, 1], "caption": list[str], "key":
     list[str]}``. Clips are decoded on the fly (:func:`lvdm.data.video.decode_clip`): a random
@@ -357,8 +363,9 @@ class VideoDataModule(ShardDataModule):
         self.num_frames, self.frame_interval, self.resolution = num_frames, frame_interval, resolution
 
     def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
-        """``key.mp4`` → ``"video"`` ``[3, T, H, W]``, ``key.txt`` → ``"caption"``."""
-        video = decode_clip(sample["mp4"], self.num_frames, self.frame_interval, self.resolution,
+        """``key.<ext>`` → ``"video"`` ``[3, T, H, W]``, ``key.txt`` → ``"caption"``."""
+        _, media = media_entry(sample)
+        video = decode_clip(media, self.num_frames, self.frame_interval, self.resolution,
                             random_start=random_start, rng=rng, name=repr(sample.get("__key__")))
         return {"video": video, "caption": sample["txt"].decode("utf-8")}
 

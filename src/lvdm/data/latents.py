@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from lvdm.compressors.base import Compressor
 from lvdm.compressors.pixels import PixelCompressor
+from lvdm.data.schema import media_entry
 from lvdm.data.shards import _is_remote, resolve_shards
 from lvdm.data.video import decode_clip
 
@@ -42,7 +43,8 @@ def encode_shards(
 ) -> dict:
     """Encode video shards into latent shards of raw compressor latents, for LatentDataModule.
 
-    Each input shard is read once, in order; every clip is decoded from its first frame like
+    Each input shard is read once, in order; every clip (any video or image extension of
+    :mod:`lvdm.data.schema`; an image is a 1-frame clip) is decoded from its first frame like
     validation clips (:func:`lvdm.data.video.decode_clip`) and encoded with
     ``compressor.encode_raw``. Each input shard gives one output shard of the same file name
     in ``out`` (``train-000000.tar`` → ``out/train-000000.tar``) holding, per clip,
@@ -116,7 +118,7 @@ def encode_shards(
                 for sample in wds.WebDataset(url, shardshuffle=False):
                     key = sample["__key__"]
                     try:
-                        clip = decode_clip(sample["mp4"], num_frames, frame_interval, size, name=repr(key))
+                        clip = decode_clip(media_entry(sample)[1], num_frames, frame_interval, size, name=repr(key))
                         text = sample["txt"]
                         meta = json.loads(sample["json"]) if "json" in sample else {}
                     except (ValueError, KeyError) as exc:  # corrupt/short video, bad json, missing entry

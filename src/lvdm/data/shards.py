@@ -1,7 +1,9 @@
 """WebDataset shard writing and shard-list resolution.
 
-A sample is stored in a tar shard as three entries sharing one key: ``key.mp4`` (the video),
-``key.txt`` (the caption) and ``key.json`` (metadata: at least fps, frames, height, width).
+A sample is stored in a tar shard as three entries sharing one key: ``key.<ext>`` (the media
+bytes under their real extension: ``mp4``, ``webm``, ``jpg``... — see
+:mod:`lvdm.data.schema`), ``key.txt`` (the caption) and ``key.json`` (metadata: at least fps,
+frames, height, width).
 """
 
 from __future__ import annotations
@@ -14,16 +16,111 @@ from pathlib import Path
 import braceexpand
 import webdataset as wds
 
-__all__ = ["write_shards", "resolve_shards"]
+from lvdm.data.schema import InvalidSampleError, MEDIA_EXTENSIONS, check_key, check_media
 
-_REQUIRED = ("key", "mp4", "txt", "json")
+__all__ = ["ShardWriter", "write_shards", "resolve_shards"]
+
+
+def _validated(sample: dict, seen: set[str]) -> dict:
+    """The tar entries of one sample after checking its key and media (raises InvalidSampleError)."""
+    if not isinstance(sample, dict) or "key" not in sample:
+        raise InvalidSampleError(f"a sample must be a dict with a 'key', got {type(sample).__name__} "
+                                 f"{sorted(sample) if isinstance(sample, dict) else ''}")
+    key = check_key(sample["key"])
+    if key in seen:
+        raise InvalidSampleError(f"sample key {key!r} is written twice: webdataset would merge or drop one of "
+                                 f"the two samples; keys must be unique (lvdm.data.schema.assign_keys)")
+    media = [ext for ext in MEDIA_EXTENSIONS if ext in sample]
+    other = sorted(set(sample) - {"key", "txt", "json", *media})
+    missing = [name for name in ("txt", "json") if name not in sample]
+    if len(media) != 1 or other or missing:
+        raise InvalidSampleError(
+            f"sample {key!r} must hold exactly one media entry ({', '.join(MEDIA_EXTENSIONS)}), 'txt' and "
+            f"'json'; it has media {media}, missing {missing}, unknown {other}")
+    check_media(media[0], sample[media[0]], key)
+    seen.add(key)
+    return {"__key__": key, media[0]: sample[media[0]], "txt": sample["txt"], "json": sample["json"]}
+
+
+class ShardWriter:
+    """Write validated samples into numbered tar shards, ``max_count`` samples per shard.
+
+    Each sample is checked before anything is written (:func:`write_shards` lists the checks);
+    a refused sample raises :class:`~lvdm.data.schema.InvalidSampleError` naming its key. A
+    shard is written under a temporary name (``.partial``) and renamed when complete; leaving
+    the ``with`` block on an error discards the shard being written, so a failed or
+    interrupted run never leaves a truncated shard under a final name.
+
+    Args:
+        pattern: Shard path with a printf field for the shard index, e.g. ``out/shard-%06d.tar``;
+            parent folders are created.
+        max_count: Maximum number of samples per shard.
+        start_index: Index of the first shard.
+    """
+
+    def __init__(self, pattern: str, max_count: int = 1000, start_index: int = 0) -> None:
+        if "%" not in pattern:
+            raise ValueError(f"shard pattern {pattern!r} needs a printf field for the index, e.g. 'shard-%06d.tar'")
+        if max_count < 1:
+            raise ValueError(f"max_count must be >= 1, got {max_count}")
+        self.pattern, self.max_count, self.index = pattern, max_count, start_index
+        self.paths: list[str] = []
+        self._seen: set[str] = set()
+        self._tar: wds.TarWriter | None = None
+        self._count = 0
+        Path(pattern % start_index).parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, sample: dict) -> str:
+        """Write one sample ``{"key", <ext>: bytes, "txt": str, "json": dict}``; returns the path
+        of the shard it went into."""
+        entries = _validated(sample, self._seen)
+        if self._tar is None:
+            self._path = self.pattern % self.index
+            self._tar = wds.TarWriter(self._path + ".partial")
+            self.index += 1
+        self._tar.write(entries)
+        self._count += 1
+        path = self._path
+        if self._count == self.max_count:  # publish a full shard at once
+            self._finish()
+        return path
+
+    def _finish(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            os.replace(self._path + ".partial", self._path)
+            self.paths.append(self._path)
+            self._tar, self._count = None, 0
+
+    def close(self) -> None:
+        """Close and publish the last shard."""
+        self._finish()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._tar is not None:
+            self._tar.close()
+            os.remove(self._path + ".partial")
+            self._tar = None
 
 
 def write_shards(samples: Iterable[dict], pattern: str, max_count: int = 1000) -> list[str]:
     """Write samples into WebDataset tar shards.
 
+    Refused with :class:`~lvdm.data.schema.InvalidSampleError` (a ``ValueError`` naming the
+    key): keys webdataset would split or drop (empty, containing ``.``, ``/`` or ``\\``, or
+    repeated), samples without exactly one media entry plus ``txt`` and ``json``, and media
+    that is empty, not a media file, or of another container than its extension says (a webm
+    stored as ``.mp4``). Only the signature is read: a truncated body passes, and readers
+    skip and count it.
+
     Args:
-        samples: Dicts ``{"key": str, "mp4": bytes, "txt": str, "json": dict}``.
+        samples: Dicts ``{"key": str, <ext>: bytes, "txt": str, "json": dict}`` where ``<ext>``
+            is one of :data:`lvdm.data.schema.MEDIA_EXTENSIONS`.
         pattern: Shard path with a printf field for the shard index, e.g. ``out/train-%06d.tar``;
             parent folders are created.
         max_count: Maximum number of samples per shard.
@@ -31,17 +128,10 @@ def write_shards(samples: Iterable[dict], pattern: str, max_count: int = 1000) -
     Returns:
         The written shard paths, in order.
     """
-    if "%" not in pattern:
-        raise ValueError(f"shard pattern {pattern!r} needs a printf field for the index, e.g. 'train-%06d.tar'")
-    Path(pattern % 0).parent.mkdir(parents=True, exist_ok=True)
-    written: list[str] = []
-    with wds.ShardWriter(pattern, maxcount=max_count, post=written.append, verbose=0) as sink:
+    with ShardWriter(pattern, max_count=max_count) as sink:
         for sample in samples:
-            missing = [k for k in _REQUIRED if k not in sample]
-            if missing:
-                raise KeyError(f"sample {sample.get('key', '<no key>')!r} lacks {missing}")
-            sink.write({"__key__": sample["key"], "mp4": sample["mp4"], "txt": sample["txt"], "json": sample["json"]})
-    return written
+            sink.write(sample)
+    return sink.paths
 
 
 def _is_remote(spec: str) -> bool:

@@ -15,21 +15,15 @@ from typing import Iterator, Optional
 import torch
 from tqdm.auto import tqdm
 
+from lvdm.utils import read_prompt_file, resolve_device
+
 __all__ = ["iter_videos", "fvd", "clipscore"]
 
 
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _mp4_prompts(folder: Path, paths: list[Path]) -> list[Optional[str]]:
-    from lvdm.metrics.probe import _read_prompt_file
-
     prompt_file = folder / "prompts.txt"
     if prompt_file.is_file():
-        texts = _read_prompt_file(prompt_file)
+        texts = read_prompt_file(str(prompt_file))
         if len(texts) != len(paths):
             raise ValueError(f"{prompt_file} has {len(texts)} prompts but {folder} has {len(paths)} mp4 files")
         return list(texts)
@@ -68,6 +62,7 @@ def iter_videos(
         return
     import webdataset as wds
 
+    from lvdm.data.schema import media_entry
     from lvdm.data.shards import resolve_shards
 
     urls = resolve_shards(source)
@@ -75,10 +70,9 @@ def iter_videos(
         if limit is not None and count >= limit:
             return
         name = f"{sample.get('__url__', '?')}:{sample['__key__']}"
-        if "mp4" not in sample:
-            raise ValueError(f"shard sample {name} has no mp4")
+        _, media = media_entry(sample)
         prompt = sample["txt"].decode("utf-8").strip() if "txt" in sample else None
-        yield name, decode(sample["mp4"], name), prompt
+        yield name, decode(media, name), prompt
         count += 1
 
 
@@ -161,15 +155,15 @@ def fvd(
         raise ValueError("give exactly one of fake= (a folder of videos) or fake_checkpoint= (a .ckpt to sample)")
     if num_videos < 2:
         raise ValueError(f"FVD needs at least 2 videos per set; num_videos={num_videos}")
-    dev = _device(device)
+    dev = resolve_device(device)
     sampling = None
     with tempfile.TemporaryDirectory(prefix="lvdm_fvd_") as tmp:
         if fake_checkpoint is not None:
-            from lvdm.cli import sample
+            from lvdm.sampling import sample
 
             if prompt_file is None:
                 raise ValueError("fake_checkpoint needs prompt_file= (the prompts to generate from)")
-            prompts = [line.strip() for line in Path(prompt_file).read_text().splitlines() if line.strip()]
+            prompts = read_prompt_file(prompt_file)
             chosen = Path(tmp) / "prompts.txt"
             chosen.write_text("\n".join(prompts[:num_videos]) + "\n")
             fake = samples_dir or str(Path(tmp) / "samples")
@@ -223,7 +217,7 @@ def clipscore(
     """
     from lvdm.metrics.clipscore import VideoCLIPScore
 
-    dev = _device(device)
+    dev = resolve_device(device)
     metric = VideoCLIPScore(pretrained=clip).to(dev)
     count = 0
     for name, video, prompt in tqdm(iter_videos(videos, num_frames, num_videos), desc="CLIPScore", unit="video"):

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from lvdm.data.synthetic import COLOURS, parse_caption
 from lvdm.data.video import read_frames
+from lvdm.utils import read_prompt_file
 
 __all__ = ["ATTRIBUTES", "FILL_RATIOS", "probe_frames", "probe_videos", "probe_folder"]
 
@@ -136,13 +137,6 @@ def probe_videos(videos: list[str | Path], prompts: list[str]) -> dict:
     return {"accuracy": accuracy, "counts": counts, "results": results}
 
 
-def _read_prompt_file(path: Path) -> list[str]:
-    lines = path.read_text().splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return [line.strip() for line in lines]
-
-
 def probe_folder(videos: str, prompts: str | None = None, output: str | None = None) -> dict:
     """Score a folder of generated shapes-world mp4s against their prompts.
 
@@ -166,7 +160,7 @@ def probe_folder(videos: str, prompts: str | None = None, output: str | None = N
     if prompts is not None or prompt_file.is_file():
         if not prompt_file.is_file():
             raise FileNotFoundError(f"prompt file {prompt_file} does not exist")
-        texts = _read_prompt_file(prompt_file)
+        texts = read_prompt_file(str(prompt_file))
         if len(texts) != len(paths):
             raise ValueError(f"{prompt_file} has {len(texts)} prompts but {folder} has {len(paths)} mp4 files")
     else:

@@ -1,0 +1,132 @@
+"""Prompts → mp4 files: what ``lvdm sample``, ``lvdm eval fvd --fake_checkpoint`` and the sample
+previews call (the library does the sampling; the CLI only parses its arguments)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+
+def slugify(text: str, max_length: int = 60) -> str:
+    """A file-name-safe version of a prompt."""
+    slug = re.sub(r"[^a-zA-Z0-9]+", "_", text.strip().lower()).strip("_")
+    return slug[:max_length] or "empty"
+
+
+def save_videos(
+    videos: torch.Tensor, prompts: Sequence[str], out_dir: str | Path, fps: int = 8, start_index: int = 0
+) -> list[Path]:
+    """Write ``videos`` ``[B, 3, T, H, W]`` in [-1, 1] as ``<out_dir>/<index>_<prompt>.mp4`` and
+    append their prompts, in file order, to ``<out_dir>/prompts.txt`` (what ``lvdm eval
+    probe`` reads)."""
+    from lvdm.data.video import write_mp4
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = ((videos.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    frames = frames.permute(0, 2, 3, 4, 1).cpu().numpy()  # [B, T, H, W, 3]
+    paths = []
+    with open(out_dir / "prompts.txt", "a") as f:
+        for i, (clip, prompt) in enumerate(zip(frames, prompts)):
+            path = out_dir / f"{start_index + i:05d}_{slugify(prompt)}.mp4"
+            write_mp4(path, clip, fps=fps)
+            f.write(prompt.replace("\n", " ") + "\n")
+            paths.append(path)
+    return paths
+
+
+def sample(
+    checkpoint: str,
+    prompts: Optional[list[str]] = None,
+    prompt_file: Optional[str] = None,
+    out: str = "samples",
+    num_frames: Optional[int] = None,
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+    steps: Optional[int] = None,
+    guidance: Optional[float] = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    use_ema: bool = True,
+    fps: int = 8,
+    device: str = "auto",
+    image: Optional[str] = None,
+    video: Optional[str] = None,
+    extend: int = 0,
+    context_frames: Optional[int] = None,
+) -> list[str]:
+    """Generate one mp4 per prompt from a trained checkpoint; image-to-video with ``--image``,
+    continuation with ``--video start.mp4 --extend N``.
+
+    Videos are written as ``<out>/<index>_<prompt>.mp4`` with the prompts, in file order, in
+    ``<out>/prompts.txt``. The noise of prompt ``i`` depends only on ``seed + i``. Given frames
+    (``--image``, ``--video``) need a model trained with ``frame_masks``.
+
+    Args:
+        checkpoint: a ``.ckpt`` written by ``lvdm fit`` (the model is rebuilt from its recipe),
+            a DeepSpeed checkpoint directory, or a ``.safetensors`` file from ``lvdm checkpoint
+            export`` (which already holds the weights it was exported with; ``use_ema`` does not apply).
+        prompts: prompts to render, e.g. '["a red square moving left"]'.
+        prompt_file: a text file with one prompt per line (added after ``prompts``); ``-`` reads
+            standard input.
+        out: output folder.
+        num_frames: frames per video (default: the model's sample_shape).
+        height: video height in pixels (default: the model's sample_shape).
+        width: video width in pixels (default: the model's sample_shape).
+        steps: sampler steps (default: the objective's).
+        guidance: classifier-free guidance scale (default: the model's; 1 disables it).
+        seed: base noise seed.
+        batch_size: prompts generated together.
+        use_ema: use the EMA weights stored in the checkpoint, when there are any.
+        fps: frame rate of the mp4 files.
+        device: ``cpu``, ``cuda``, ``cuda:1``… or ``auto`` (a GPU when there is one).
+        image: image-to-video: an image file, the first frame of every video, or a folder of
+            images, one per prompt in name order; the video size follows the image.
+        video: a video file to continue (the same start for every prompt); needs ``extend``.
+        extend: with ``video``: frames to add; the written videos hold the given frames first.
+        context_frames: with ``video``: given frames per generated window (default: half of
+            ``num_frames``).
+    """
+    from tqdm.auto import tqdm
+
+    from lvdm.checkpoint import load_module
+    from lvdm.utils import read_prompt_file, resolve_device
+
+    all_prompts = list(prompts or [])
+    if prompt_file:
+        all_prompts += read_prompt_file(prompt_file)
+    if not all_prompts:
+        raise ValueError("no prompts: give --prompts and/or --prompt_file")
+    if image and video:
+        raise ValueError("give --image (image-to-video) or --video (continuation), not both")
+    if video and extend < 1:
+        raise ValueError("--video needs --extend N: the number of frames to add")
+    if extend and not video:
+        raise ValueError("--extend continues a video: give it with --video start.mp4")
+    from lvdm.data.given import read_images, read_video
+
+    first = read_images(image, len(all_prompts)) if image else None
+    start_clip = read_video(video)[None] if video else None
+    loaded = load_module(checkpoint, weights="auto" if use_ema else "raw", map_location=resolve_device(device))
+    print(f"sampling with {loaded.describe()}")
+    module = loaded.module.eval()
+
+    out_dir = Path(out)
+    (out_dir / "prompts.txt").unlink(missing_ok=True)
+    written: list[str] = []
+    for start in tqdm(range(0, len(all_prompts), batch_size), desc="generating", unit="batch"):
+        chunk = all_prompts[start : start + batch_size]
+        if start_clip is not None:
+            videos = module.extend(start_clip.expand(len(chunk), -1, -1, -1, -1), chunk, extend, context_frames,
+                                   num_frames, num_steps=steps, guidance_scale=guidance, seed=seed + start)
+        else:
+            videos = module.generate(
+                chunk, num_frames, height, width, num_steps=steps, guidance_scale=guidance, seed=seed + start,
+                first_frames=None if first is None else first[start : start + batch_size],
+            )
+        written += [str(p) for p in save_videos(videos, chunk, out_dir, fps=fps, start_index=start)]
+    print(f"wrote {len(written)} videos to {out_dir}/")
+    return written

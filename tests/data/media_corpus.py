@@ -1,0 +1,61 @@
+"""Small media files built in tests: videos in several containers/codecs and images."""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import av
+import numpy as np
+from PIL import Image
+
+# container format → (codec, pixel format); odd sizes need a 4:4:4 or paletted format
+CODECS = {
+    "mp4": ("libx264", "yuv444p"),
+    "webm": ("libvpx-vp9", "yuv444p"),
+    "mkv": ("mpeg4", "yuv420p"),
+    "avi": ("mpeg4", "yuv420p"),
+    "mov": ("libx264", "yuv444p"),
+    "gif": ("gif", "rgb8"),
+}
+_FORMATS = {"mp4": "mp4", "webm": "webm", "mkv": "matroska", "avi": "avi", "mov": "mov", "gif": "gif"}
+
+
+def frames(t: int, h: int, w: int, seed: int = 0, cuts: tuple[int, ...] = ()) -> np.ndarray:
+    """``[t, h, w, 3]`` uint8: a bright square moving right over a flat background whose
+    colour changes at each frame index in ``cuts`` (scene cuts a detector must find)."""
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(0, 200, size=(len(cuts) + 1, 3))
+    out = np.empty((t, h, w, 3), np.uint8)
+    for i in range(t):
+        scene = sum(i >= c for c in cuts)
+        out[i] = palette[scene]
+        side = max(2, min(h, w) // 4)
+        x = (2 * i) % max(1, w - side)
+        out[i, h // 3 : h // 3 + side, x : x + side] = 255
+    return out
+
+
+def encode_video(video: np.ndarray, ext: str = "mp4", fps: float = 8) -> bytes:
+    """Encode ``[t, h, w, 3]`` uint8 frames into the container ``ext`` with its test codec."""
+    codec, pix_fmt = CODECS[ext]
+    if pix_fmt == "yuv420p" and (video.shape[1] % 2 or video.shape[2] % 2):
+        raise ValueError(f"{codec} in {ext} needs even sizes, got {video.shape[1:3]}")
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=_FORMATS[ext]) as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.height, stream.width = video.shape[1:3]
+        stream.pix_fmt = pix_fmt
+        if codec == "libvpx-vp9":
+            stream.options = {"deadline": "realtime", "cpu-used": "8"}
+        for frame in video:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def encode_image(frame: np.ndarray, ext: str = "png") -> bytes:
+    """One ``[h, w, 3]`` uint8 frame as ``png``, ``jpg`` or ``webp`` bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format={"jpg": "JPEG", "jpeg": "JPEG"}.get(ext, ext.upper()))
+    return buffer.getvalue()
