@@ -48,10 +48,10 @@ def run(cmd: list[str]) -> float:
 
 
 def last_checkpoint(run_dir: Path) -> Path:
-    checkpoints = sorted(run_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not checkpoints:
-        sys.exit(f"no last.ckpt under {run_dir}: did training save a checkpoint?")
-    return checkpoints[-1]
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if not checkpoint.exists():
+        sys.exit(f"no {checkpoint}: did training save a checkpoint?")
+    return checkpoint
 
 
 def fit(lvdm, recipe, latents: Path, run_dir: Path, steps: int | None, extra=()) -> tuple[Path, float]:
@@ -62,14 +62,14 @@ def fit(lvdm, recipe, latents: Path, run_dir: Path, steps: int | None, extra=())
         "--trainer.default_root_dir", str(run_dir), *extra,
     ]
     if steps is not None:
-        cmd += ["--trainer.max_steps", str(steps), "--model.init_args.lr_scheduler.init_args.total_steps", str(steps)]
+        cmd += ["--trainer.max_steps", str(steps)]  # the recipe's schedule follows it
     seconds = run(cmd)
     return last_checkpoint(run_dir), seconds
 
 
 def probe(lvdm, checkpoint: Path, prompts: Path, samples: Path, result: Path, extra=(), probe_extra=()) -> dict:
     run(lvdm + ["sample", "--checkpoint", str(checkpoint), "--prompt_file", str(prompts), "--out", str(samples),
-                "--batch_size", "64", *extra])
+                "--batch_size", "64", "--overwrite", "true", *extra])
     run(lvdm + ["eval", "probe", "--videos", str(samples), "--output", str(result), *probe_extra])
     return json.loads(result.read_text())["accuracy"]
 

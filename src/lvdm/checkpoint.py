@@ -28,6 +28,8 @@ from typing import Any, Iterator, Literal
 
 import torch
 
+from lvdm.utils import check_finite
+
 #: Packages whose classes a stored recipe may name (``class_path`` values).
 ALLOWED_CLASS_PREFIXES = ("lvdm.", "torch.nn.", "torch.optim.", "lightning.pytorch.")
 #: The only instantiator a stored recipe may name: Lightning CLI's.
@@ -100,6 +102,17 @@ def _check_deepspeed_files(tag_dir: Path) -> None:
                 f"refusing DeepSpeed file {str(file)!r}: it names types outside lvdm's allow-list {unknown[:5]} "
                 "(loading it could run code)"
             )
+
+
+def check_deepspeed_checkpoint(path: str | Path) -> None:
+    """Scan the files of the DeepSpeed checkpoint directory ``path`` (the tag ``latest`` names)
+    before DeepSpeed unpickles them, e.g. when Lightning resumes from it; raise
+    :class:`UnsafeCheckpointError` for a type off the allow-list."""
+    path = Path(path)
+    tag_dir = path / (path / "latest").read_text().strip()
+    if not tag_dir.is_dir():
+        raise FileNotFoundError(f"DeepSpeed checkpoint {str(path)!r}: its 'latest' names {tag_dir.name!r}, which does not exist")
+    _check_deepspeed_files(tag_dir)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -261,6 +274,7 @@ def load_module(
         module, stored, step = _load_safetensors(path)
         if weights != "auto" and weights != stored:
             raise ValueError(f"{str(path)!r} holds {stored} weights (exported so); asked for {weights!r}")
+        check_finite(module.state_dict(), f"weights file {str(path)!r}")
         return LoadedModel(module.to(map_location), stored, step, str(path))
     ckpt = read_checkpoint(path)
     module = build_module(ckpt.get("hyper_parameters") or {}, source=f"checkpoint {str(path)!r}")
@@ -271,6 +285,7 @@ def load_module(
             used = "ema"
         elif weights == "ema":
             raise ValueError(f"checkpoint {str(path)!r} has no EMA weights (train with --config callbacks/ema.yaml)")
+    check_finite(module.state_dict(), f"the {used} weights of checkpoint {str(path)!r}")
     return LoadedModel(module.to(map_location), used, ckpt.get("global_step"), str(path))
 
 

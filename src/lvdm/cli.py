@@ -9,9 +9,10 @@ only parses: nothing in the library imports it.
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-from jsonargparse import ArgumentParser
+if TYPE_CHECKING:  # jsonargparse costs 0.2 s to import: only commands that parse pay for it
+    from jsonargparse import ArgumentParser
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -30,9 +31,12 @@ lvdm commands:
               image-to-video: --image first.png; continuation: --video start.mp4 --extend 16
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
   data encode precompute a compressor's latents of video shards into latent shards
+  data ingest your videos/images (folder, CSV/parquet table, video2dataset shards) -> shards + manifest + rejects
+  data score  add scores (motion, ocr, duplicates, rules, aesthetic, clip_match) to a dataset folder
   eval probe  score generated shapes videos: colour / shape / direction accuracy
   eval fvd    Fréchet Video Distance (original TF protocol)   lvdm eval fvd --real <shards|mp4s> --fake <mp4s>
   eval clipscore  CLIPScore of videos against their prompts  lvdm eval clipscore --videos <mp4s> --clip <path|hub id>
+  app         a web page over a checkpoint: prompts -> videos   lvdm app --checkpoint last.ckpt
   estimate    parameters, FLOPs, GPU-hours, s/video, memory/GPU   lvdm estimate --size XL/2 --frames 16
   checkpoint export  a .ckpt or DeepSpeed checkpoint -> one .safetensors   lvdm checkpoint export --checkpoint last.ckpt --out model.safetensors --ema true
 
@@ -40,7 +44,9 @@ Run `lvdm <command> --help` for the options of a command.
 """
 
 
-def _function_parser(fn: Callable, prog: str) -> ArgumentParser:
+def _function_parser(fn: Callable, prog: str) -> "ArgumentParser":
+    from jsonargparse import ArgumentParser
+
     parser = ArgumentParser(prog=prog, description=(fn.__doc__ or "").split("\n\n")[0], exit_on_error=True)
     parser.add_argument("--config", action="config", help="a YAML file with these options")
     parser.add_function_arguments(fn, as_group=False)
@@ -59,11 +65,14 @@ def _run_function(fn: Callable, prog: str, argv: list[str]):
 COMMANDS: dict[str, str] = {
     "sample": "lvdm.sampling:sample",
     "estimate": "lvdm.perf.estimate:estimate",
+    "app": "lvdm.app:app",
 }
 GROUPS: dict[str, dict[str, str]] = {
     "data": {
         "synth": "lvdm.data.synthetic:write_synthetic_dataset",
         "encode": "lvdm.data.latents:encode_shards",
+        "ingest": "lvdm.curation.ingest:ingest",
+        "score": "lvdm.curation.score:score_dataset",
     },
     "eval": {
         "probe": "lvdm.metrics.probe:probe_folder",
@@ -88,6 +97,7 @@ QUIET_WARNINGS = (
     r".*IterableDataset. has .__len__. defined",  # VideoDataModule's length is exact per rank
     r".*module\(s\) in eval mode at the start of training",  # frozen compressors stay in eval
     r".*isinstance\(treespec, LeafSpec\)",  # torch/Lightning version skew, harmless
+    r"LightningCLI's args parameter is intended",  # `lvdm` hands LightningCLI the argv it was given
 )
 
 
@@ -96,25 +106,17 @@ def lightning_cli(args: Optional[list[str]] = None, run: bool = True):
     import warnings
 
     import lightning as L
+    from jsonargparse import set_parsing_settings
+
+    from lvdm.lightning_cli import LvdmCLI, quiet_lightning_tips
 
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI
-
-    from lvdm.callbacks.checkpoint import RunCheckpoint
-
-    class CLI(LightningCLI):
-        def _instantiate_trainer(self, config, callbacks):
-            # Every run checkpoints into <default_root_dir>/checkpoints, atomically, and
-            # `--ckpt_path last` finds the newest valid checkpoint there (see RunCheckpoint).
-            own = config.get("callbacks") or []
-            given = [*(own if isinstance(own, list) else [own]), *callbacks]
-            if config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
-                callbacks = [*callbacks, RunCheckpoint()]
-            return super()._instantiate_trainer(config, callbacks)
-
-    return CLI(
+    quiet_lightning_tips()
+    # a recipe's absolute `${trainer.max_steps}` is read relative to where it stands, so it still
+    # resolves under the subcommand (`fit.trainer.max_steps`) and inside `callbacks+` fragments
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    return LvdmCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,
@@ -122,7 +124,10 @@ def lightning_cli(args: Optional[list[str]] = None, run: bool = True):
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": "Train and evaluate lvdm models from YAML recipes."},
+        # omegaconf+: recipes may interpolate (`total_steps: ${trainer.max_steps}`), resolved
+        # after every --config and command-line value is merged
+        parser_kwargs={"description": "Train and evaluate lvdm models from YAML recipes.",
+                       "parser_mode": "omegaconf+"},
     )
 
 

@@ -73,6 +73,7 @@ class LatentDiffusionModule(L.LightningModule):
             image-to-video, continuation, loop and random masks (``lvdm.diffusion.masking``);
             None trains text-to-video only. Needed for ``generate(first_frames=...)`` and
             ``extend``.
+        fps: frame rate of the training clips: the rate generated videos are written at.
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class LatentDiffusionModule(L.LightningModule):
         guidance_scale: float = 4.0,
         sample_shape: Sequence[int] = (8, 32, 32),
         frame_masks: Optional[FrameMasks] = None,
+        fps: float = 8.0,
     ):
         super().__init__()
         # Under the lvdm CLI, Lightning hands over the recipe (class paths and arguments) and
@@ -106,6 +108,9 @@ class LatentDiffusionModule(L.LightningModule):
         self.guidance_scale = guidance_scale
         self.sample_shape = tuple(sample_shape)
         self.frame_masks = frame_masks
+        if fps <= 0:
+            raise ValueError(f"fps must be positive; got {fps}")
+        self.fps = fps
         ctx_dim = getattr(denoiser, "context_dim", None)
         if ctx_dim is not None and ctx_dim != text_encoder.dim:
             raise ValueError(
@@ -171,13 +176,14 @@ class LatentDiffusionModule(L.LightningModule):
         return loss
 
     def configure_callbacks(self):
-        """A default :class:`~lvdm.callbacks.guard.NonFiniteGuard` when the trainer has none, so a
-        NaN batch never spreads into the weights (``callbacks/nonfinite_guard.yaml`` configures it)."""
+        """Defaults for what the trainer lacks: a :class:`~lvdm.callbacks.guard.NonFiniteGuard`, so a
+        NaN batch never spreads into the weights (``callbacks/nonfinite_guard.yaml`` configures
+        it), and :class:`~lvdm.callbacks.data.DataHealth`, which logs skipped samples by reason."""
+        from lvdm.callbacks.data import DataHealth
         from lvdm.callbacks.guard import NonFiniteGuard
 
-        if any(isinstance(c, NonFiniteGuard) for c in self.trainer.callbacks):
-            return []
-        return [NonFiniteGuard()]
+        have = {type(c) for c in self.trainer.callbacks}
+        return [cls() for cls in (NonFiniteGuard, DataHealth) if not any(issubclass(h, cls) for h in have)]
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

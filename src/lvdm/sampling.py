@@ -17,7 +17,7 @@ def slugify(text: str, max_length: int = 60) -> str:
 
 
 def save_videos(
-    videos: torch.Tensor, prompts: Sequence[str], out_dir: str | Path, fps: int = 8, start_index: int = 0
+    videos: torch.Tensor, prompts: Sequence[str], out_dir: str | Path, fps: float = 8, start_index: int = 0
 ) -> list[Path]:
     """Write ``videos`` ``[B, 3, T, H, W]`` in [-1, 1] as ``<out_dir>/<index>_<prompt>.mp4`` and
     append their prompts, in file order, to ``<out_dir>/prompts.txt`` (what ``lvdm eval
@@ -38,6 +38,20 @@ def save_videos(
     return paths
 
 
+def clear_video_folder(folder: Path, overwrite: bool) -> None:
+    """Make ``folder`` ready for a new set of videos: refuse it when it already holds mp4 files
+    (or, with ``overwrite``, delete them), and drop its old ``prompts.txt``."""
+    old = sorted(folder.glob("*.mp4")) if folder.is_dir() else []
+    if old and not overwrite:
+        raise FileExistsError(
+            f"{folder} already holds {len(old)} videos (e.g. {old[0].name}); choose another --out "
+            "or pass --overwrite true to delete them"
+        )
+    for path in old:
+        path.unlink()
+    (folder / "prompts.txt").unlink(missing_ok=True)
+
+
 def sample(
     checkpoint: str,
     prompts: Optional[list[str]] = None,
@@ -51,12 +65,13 @@ def sample(
     seed: int = 0,
     batch_size: int = 16,
     use_ema: bool = True,
-    fps: int = 8,
+    fps: Optional[float] = None,
     device: str = "auto",
     image: Optional[str] = None,
     video: Optional[str] = None,
     extend: int = 0,
     context_frames: Optional[int] = None,
+    overwrite: bool = False,
 ) -> list[str]:
     """Generate one mp4 per prompt from a trained checkpoint; image-to-video with ``--image``,
     continuation with ``--video start.mp4 --extend N``.
@@ -81,7 +96,7 @@ def sample(
         seed: base noise seed.
         batch_size: prompts generated together.
         use_ema: use the EMA weights stored in the checkpoint, when there are any.
-        fps: frame rate of the mp4 files.
+        fps: frame rate of the mp4 files (default: the model's ``fps``, the rate of its training clips).
         device: ``cpu``, ``cuda``, ``cuda:1``… or ``auto`` (a GPU when there is one).
         image: image-to-video: an image file, the first frame of every video, or a folder of
             images, one per prompt in name order; the video size follows the image.
@@ -89,6 +104,8 @@ def sample(
         extend: with ``video``: frames to add; the written videos hold the given frames first.
         context_frames: with ``video``: given frames per generated window (default: half of
             ``num_frames``).
+        overwrite: delete the videos already in ``out`` first; without it a folder that holds
+            videos is refused (``lvdm eval`` would score the old ones with the new).
     """
     from tqdm.auto import tqdm
 
@@ -110,12 +127,12 @@ def sample(
 
     first = read_images(image, len(all_prompts)) if image else None
     start_clip = read_video(video)[None] if video else None
-    loaded = load_module(checkpoint, weights="auto" if use_ema else "raw", map_location=resolve_device(device))
-    print(f"sampling with {loaded.describe()}")
-    module = loaded.module.eval()
-
     out_dir = Path(out)
-    (out_dir / "prompts.txt").unlink(missing_ok=True)
+    clear_video_folder(out_dir, overwrite)
+    loaded = load_module(checkpoint, weights="auto" if use_ema else "raw", map_location=resolve_device(device))
+    module = loaded.module.eval()
+    fps = fps or getattr(module, "fps", 8.0)
+    print(f"sampling with {loaded.describe()}; writing {fps:g} fps")
     written: list[str] = []
     for start in tqdm(range(0, len(all_prompts), batch_size), desc="generating", unit="batch"):
         chunk = all_prompts[start : start + batch_size]

@@ -19,6 +19,18 @@ _spec.loader.exec_module(_metrics)
 clip_dir = _metrics.clip_dir
 
 
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray (2 CPUs) for every Ray test; its workers can import the test modules."""
+    ray = pytest.importorskip("ray")
+    import os
+
+    path = os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield ray
+    ray.shutdown()
+
+
 def texture(height, width, seed=0, blur=2.0):
     """Smooth random RGB texture (optical flow and hashes need structure, not flat colour)."""
     import cv2

@@ -68,16 +68,9 @@ def test_make_engine_rejects_bad_options():
     assert make_engine("local").map(square_or_fail, []) == []
 
 
-def test_ray_engine_matches_local():
-    ray = pytest.importorskip("ray")
-    # the functions above live in this test module: Ray's workers must be able to import it
-    path = os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
-    try:
-        items = list(range(13))
-        ray_results = RayEngine(progress=False, batch_size=4).map(square_or_fail, items)
-        check(ray_results, items)
-        assert ray_results == LocalEngine(workers=2, progress=False).map(square_or_fail, items)
-        assert RayEngine(progress=False).map(square_or_fail, []) == []
-    finally:
-        ray.shutdown()
+def test_ray_engine_matches_local(local_ray):
+    items = list(range(13))
+    ray_results = RayEngine(progress=False, batch_size=4).map(square_or_fail, items)
+    check(ray_results, items)
+    assert ray_results == LocalEngine(workers=2, progress=False).map(square_or_fail, items)
+    assert RayEngine(progress=False).map(square_or_fail, []) == []

@@ -52,12 +52,12 @@ def test_batches_shapes_ranges_captions(shards):
     assert dm.skipped == 0
 
 
-def test_corrupt_samples_skipped_warned_counted(shards):
+def test_corrupt_samples_skipped_warned_counted(shards, caplog):
     dm = VideoDataModule(str(shards / "train-000000.tar"), str(shards / "corrupt-000000.tar"), batch_size=3)
     dm.setup("fit")
-    with pytest.warns(UserWarning) as record:
+    with caplog.at_level("WARNING", logger="lvdm.data"):
         keys = _keys(dm.val_dataloader())
-    messages = [str(w.message) for w in record]
+    messages = [r.getMessage() for r in caplog.records]
     for key in ("c002", "c005"):
         assert any(f"'{key}' in shard" in m and "corrupt-000000.tar" in m for m in messages), messages
     assert keys == [f"c{i:03d}" for i in range(8) if i not in (2, 5)]
@@ -65,10 +65,12 @@ def test_corrupt_samples_skipped_warned_counted(shards):
     # training on a corrupt shard still delivers full batches
     dm = VideoDataModule(str(shards / "corrupt-000000.tar"), batch_size=4, samples_per_epoch=12, shuffle_buffer=0)
     dm.setup("fit")
-    with pytest.warns(UserWarning, match="skipping sample"):
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lvdm.data"):
         batches = list(dm.train_dataloader())
+    assert any("skipping sample" in r.getMessage() for r in caplog.records)
     assert len(batches) == 3 and all(len(b["key"]) == 4 for b in batches)
-    assert dm.skipped >= 2
+    assert dm.skipped >= 2 and dm.skip_reasons["corrupt_video"] == dm.skipped
 
 
 def test_two_ranks_equal_train_batches_disjoint_val(shards):

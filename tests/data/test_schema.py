@@ -13,7 +13,7 @@ from lvdm.data.schema import (
     media_entry, read_manifest, read_rejects, sniff_media, write_manifest, write_rejects,
 )
 from lvdm.data.shards import ShardWriter, write_shards
-from media_corpus import encode_image, encode_video, frames
+from lvdm.data.testing import encode_image, encode_video, frames
 
 MP4 = b"\x00\x00\x00\x18ftypisom" + b"\x00" * 8
 
@@ -156,3 +156,18 @@ def test_encode_reads_every_extension(mixed_shards, tmp_path):
     assert [s["__key__"] for s in read][-3:] == ["i_png", "i_jpg", "i_webp"]
     assert all(json.loads(s["json"])["latent_shape"] == [3, 1, 8, 8] for s in read)
     assert all(np.isfinite(np.load(io.BytesIO(s["latent.npy"]))).all() for s in read)
+
+
+def test_random_start_in_a_container_without_frame_count():
+    """webm lists no frame count: the start is drawn from the demuxed packet count, and each
+    window is a real run of consecutive frames (the square moves 2 px a frame)."""
+    from lvdm.data.video import decode_clip
+
+    webm = encode_video(frames(20, 16, 48), "webm")
+    starts = set()
+    for seed in range(6):
+        clip = decode_clip(webm, 4, random_start=True, rng=np.random.default_rng(seed))
+        assert clip.shape == (3, 4, 16, 48)
+        column = int(clip[0, 0, 6].argmax())  # the square's left edge in the first frame
+        starts.add(column // 2)
+    assert len(starts) > 1 and max(starts) <= 16

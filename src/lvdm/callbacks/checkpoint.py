@@ -152,4 +152,10 @@ class RunCheckpoint(ModelCheckpoint):
     def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
         # Called by Lightning to resolve ckpt_path="last" (before setup: the folder is computed here).
         newest = newest_valid_checkpoint(self.run_folder(trainer), trainer.default_root_dir)
-        return {os.path.normpath(newest)} if newest is not None else set()
+        if newest is None:
+            return set()
+        if newest.is_dir():  # DeepSpeed unpickles its files freely: scan them before it does
+            from lvdm.checkpoint import check_deepspeed_checkpoint
+
+            check_deepspeed_checkpoint(newest)
+        return {os.path.normpath(newest)}

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lvdm.callbacks.steps import EveryNSteps
 from lvdm.distributed.zero import full_fp32_parameters, is_deepspeed_parameter, is_partitioned, writable
 
 
@@ -45,7 +46,7 @@ class EMA(Callback):
         self.shadow: dict[str, torch.Tensor] = {}
         self.num_updates = 0
         self._swapped: contextlib.ExitStack | None = None  # averaged weights loaded for eval
-        self._last_step = -1  # global step of the last update
+        self._schedule = EveryNSteps(every_n_steps)
 
     @property
     def state_key(self) -> str:
@@ -70,7 +71,7 @@ class EMA(Callback):
             if missing:
                 raise KeyError(f"EMA state has no entry for parameters {sorted(missing)[:5]}")
             self.shadow = {n: t.to(params[n].device) for n, t in self.shadow.items()}
-        self._last_step = getattr(trainer, "global_step", 0)
+        self._schedule.claim(getattr(trainer, "global_step", 0))  # a resumed run's step is done
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -79,10 +80,8 @@ class EMA(Callback):
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Once per optimizer step (not per micro-batch under gradient accumulation).
-        if trainer.global_step == self._last_step or trainer.global_step % self.every_n_steps:
+        if not self._schedule.due(trainer.global_step):
             return
-        self._last_step = getattr(trainer, "global_step", 0)
         decay = self.current_decay()
         params = self._params(pl_module)
         if any(is_deepspeed_parameter(p) for p in params.values()):
@@ -147,3 +146,10 @@ class EMA(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.shadow = dict(state_dict["shadow"])
         self.num_updates = int(state_dict["num_updates"])
+
+
+def averaged_weights_if_any(trainer: L.Trainer, pl_module: L.LightningModule) -> contextlib.AbstractContextManager:
+    """The :class:`EMA` callback's averaged weights loaded into ``pl_module`` for a ``with``
+    block when the trainer has one; the weights as they are otherwise."""
+    ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
+    return ema.averaged_weights(pl_module) if ema is not None else contextlib.nullcontext()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
+from pathlib import Path
 from typing import Optional
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lvdm.callbacks.ema import EMA
+from lvdm.callbacks.ema import averaged_weights_if_any
+from lvdm.callbacks.media import log_videos
+from lvdm.callbacks.steps import EveryNSteps
 
 __all__ = ["PeriodicEvaluation"]
 
@@ -39,6 +41,8 @@ class PeriodicEvaluation(Callback):
         guidance_scale: guidance scale (default: the module's).
         seed: noise seed (fixed, so evaluations at different steps are comparable).
         batch_size: videos generated and embedded at once.
+        num_logged_videos: how many of the generated videos (the first ones) are written as
+            mp4 to ``<log_dir>/eval/step_<N>/`` and logged to the run's loggers (``eval/<i>``).
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class PeriodicEvaluation(Callback):
         guidance_scale: Optional[float] = None,
         seed: int = 0,
         batch_size: int = 8,
+        num_logged_videos: int = 4,
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1; got {every_n_steps}")
@@ -64,8 +69,9 @@ class PeriodicEvaluation(Callback):
         self.real, self.every_n_steps, self.num_videos, self.num_frames = real, every_n_steps, num_videos, num_frames
         self.use_fvd, self.clip, self.i3d_weights = fvd, clip, i3d_weights
         self.num_steps, self.guidance_scale, self.seed, self.batch_size = num_steps, guidance_scale, seed, batch_size
+        self.num_logged_videos = num_logged_videos
         self.history: list[tuple[int, dict[str, float]]] = []
-        self._last_step = -1
+        self._schedule = EveryNSteps(every_n_steps)
         self._fvd = self._clip = None
         self._real_features: Optional[torch.Tensor] = None
         self._prompts: list[str] = []
@@ -113,13 +119,24 @@ class PeriodicEvaluation(Callback):
                  max(0, min(self.batch_size, mine - start)))
                 for start in range(0, self._per_rank, self.batch_size)]
 
+    def _show(self, trainer, pl_module, videos: torch.Tensor, prompts: list[str], out: Path) -> None:
+        """Write ``videos`` as mp4 to ``out`` and log them (on rank zero, which generated them)."""
+        from lvdm.sampling import save_videos
+
+        if len(videos) == 0:
+            return
+        fps = getattr(pl_module, "fps", 8.0)
+        paths = save_videos(videos, prompts[: len(videos)], out, fps=fps)
+        log_videos(trainer, "eval", videos, paths, prompts[: len(videos)], fps)
+
     @torch.no_grad()
     def evaluate(self, trainer, pl_module) -> dict[str, float]:
         """Generate, score and log now; returns ``{"eval/fvd": ..., "eval/clipscore": ...}``."""
         if self._fvd is None and self._clip is None:
             self._setup(trainer, pl_module)
-        ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
-        averaged = ema.averaged_weights(pl_module) if ema is not None else contextlib.nullcontext()
+        # trainer.log_dir is a collective: every process asks
+        out = Path(trainer.log_dir or trainer.default_root_dir) / "eval" / f"step_{trainer.global_step:07d}"
+        averaged = averaged_weights_if_any(trainer, pl_module)
         was_training = pl_module.training
         pl_module.eval()
         if self._fvd is not None:
@@ -134,6 +151,8 @@ class PeriodicEvaluation(Callback):
                                                 guidance_scale=self.guidance_scale, seed=seed).float()
                     if keep == 0:
                         continue
+                    if seed == self.seed:  # the first batch of the set: show it
+                        self._show(trainer, pl_module, videos[: min(keep, self.num_logged_videos)], batch, out)
                     if self._fvd is not None:
                         self._fvd.update(videos[:keep], real=False)
                     if self._clip is not None:
@@ -149,8 +168,6 @@ class PeriodicEvaluation(Callback):
         return results
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self._last_step = step  # with gradient accumulation several batches share a step
+        if self._schedule.due(trainer.global_step):
             for name, value in self.evaluate(trainer, pl_module).items():
                 pl_module.log(name, value, on_step=True, on_epoch=False, rank_zero_only=True)

@@ -10,14 +10,17 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from lvdm.callbacks.ema import EMA
+from lvdm.callbacks.ema import averaged_weights_if_any
+from lvdm.callbacks.media import log_videos
+from lvdm.callbacks.steps import EveryNSteps
 from lvdm.sampling import save_videos
 
 
 class SamplePreview(Callback):
     """Every ``every_n_steps`` optimizer steps (and at the end of training), generate one
     video per prompt and write them as mp4 to ``<log_dir>/samples/step_<N>/`` (or
-    ``<dirpath>/step_<N>/``).
+    ``<dirpath>/step_<N>/``), and log them to the run's loggers (``samples/<i>`` in
+    TensorBoard's image tab, the mp4s in W&B).
     Uses the EMA weights when an :class:`~lvdm.callbacks.ema.EMA` callback is present.
 
     Args:
@@ -26,7 +29,7 @@ class SamplePreview(Callback):
         num_steps: sampler steps (default: the objective's).
         guidance_scale: classifier-free guidance scale (default: the module's).
         seed: noise seed (fixed, so previews of different steps are comparable).
-        fps: frame rate of the written mp4s.
+        fps: frame rate of the written mp4s (default: the module's ``fps``).
         dirpath: output folder (default: ``samples/`` in the trainer's log dir, else root dir).
     """
 
@@ -37,7 +40,7 @@ class SamplePreview(Callback):
         num_steps: Optional[int] = None,
         guidance_scale: Optional[float] = None,
         seed: int = 0,
-        fps: int = 8,
+        fps: Optional[float] = None,
         dirpath: Optional[str] = None,
     ):
         self.prompts = list(prompts)
@@ -48,28 +51,30 @@ class SamplePreview(Callback):
         self.fps = fps
         self.dirpath = dirpath
         self.written: list[Path] = []
-        self._last_step = -1
+        self._schedule = EveryNSteps(every_n_steps)
 
     def _root(self, trainer: L.Trainer) -> Path:
         if self.dirpath:
             return Path(self.dirpath)
         return Path(trainer.log_dir or trainer.default_root_dir) / "samples"
 
-    @rank_zero_only
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
+        self._write_on_rank_zero(trainer, pl_module, self._root(trainer))  # log_dir: every process asks
+
+    @rank_zero_only
+    def _write_on_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule, root: Path) -> None:
         was_training = pl_module.training
         pl_module.eval()
         try:
-            if ema is not None:
-                with ema.averaged_weights(pl_module):
-                    videos = self._generate(pl_module)
-            else:
+            with averaged_weights_if_any(trainer, pl_module):
                 videos = self._generate(pl_module)
         finally:
             pl_module.train(was_training)
-        out = self._root(trainer) / f"step_{trainer.global_step:07d}"
-        self.written.extend(save_videos(videos, self.prompts, out, fps=self.fps))
+        out = root / f"step_{trainer.global_step:07d}"
+        fps = self.fps or getattr(pl_module, "fps", 8.0)
+        paths = save_videos(videos, self.prompts, out, fps=fps)
+        self.written.extend(paths)
+        log_videos(trainer, "samples", videos, paths, self.prompts, fps)
 
     def _generate(self, pl_module):
         return pl_module.generate(
@@ -77,12 +82,9 @@ class SamplePreview(Callback):
         )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self._last_step = step  # with gradient accumulation several batches share a step
+        if self._schedule.due(trainer.global_step):
             self._write(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step != self._last_step:
-            self._last_step = trainer.global_step
+        if self._schedule.claim(trainer.global_step):
             self._write(trainer, pl_module)

@@ -7,7 +7,7 @@ Ray or a cluster. Both return the results in input order, and an exception raise
 becomes that item's :class:`Failure` instead of ending the run: a corrupt video costs one
 rejected sample, never a thousand-video job.
 
-The function is shipped to each worker once (a pool initializer, a Ray actor), so a callable
+The function is shipped to each worker once (a pool initializer; cached per Ray worker), so a callable
 object that loads a model lazily on first call keeps it for every later item on that worker.
 """
 
@@ -148,15 +148,27 @@ class LocalEngine:
         return [i for i in pending if i not in done]
 
 
-class _RayApply:
-    """A Ray Data actor: unpickles the function once, applies it to each row of a batch."""
+# The function a Ray worker process last unpickled, by the digest of its bytes: Ray reuses
+# worker processes across tasks (and across stages), so the function, and any model it loaded
+# lazily, is unpickled once per worker, not once per batch. One entry, so an old stage's model
+# does not stay in memory.
+_RAY_FN: dict[str, Callable] = {}
 
-    def __init__(self, fn_bytes: bytes) -> None:
-        self.fn = pickle.loads(fn_bytes)
 
-    def __call__(self, batch: dict) -> dict:
-        results = [pickle.dumps(_apply(self.fn, pickle.loads(blob))) for blob in batch["item"]]
+def _ray_batch_fn(fn_bytes: bytes) -> Callable[[dict], dict]:
+    import hashlib
+
+    digest = hashlib.sha1(fn_bytes).hexdigest()
+
+    def apply(batch: dict) -> dict:
+        if digest not in _RAY_FN:
+            _RAY_FN.clear()
+            _RAY_FN[digest] = pickle.loads(fn_bytes)
+        fn = _RAY_FN[digest]
+        results = [pickle.dumps(_apply(fn, pickle.loads(blob))) for blob in batch["item"]]
         return {"index": batch["index"], "result": results}
+
+    return apply
 
 
 class RayEngine:
@@ -169,11 +181,11 @@ class RayEngine:
         ray_address: ``None`` starts a local Ray (unless one is already initialised in this
             process, which is then used); ``auto`` joins the cluster this machine belongs to;
             ``ray://host:10001`` connects a client to a remote cluster.
-        workers: actors applying the function (``None``: one per CPU Ray reports, at most the
-            number of items).
-        num_cpus: CPUs each actor reserves.
-        num_gpus: GPUs each actor reserves (e.g. ``1`` for a scorer on ``cuda``).
-        batch_size: items per Ray Data batch (per actor call).
+        workers: concurrent tasks applying the function (``None``: one per CPU Ray reports, at
+            most the number of items).
+        num_cpus: CPUs each task reserves.
+        num_gpus: GPUs each task reserves (e.g. ``1`` for a scorer on ``cuda``).
+        batch_size: items per Ray Data batch (per task).
         progress: show a progress bar.
     """
 
@@ -212,15 +224,18 @@ class RayEngine:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         workers = self.workers or max(1, min(cpus // max(1, int(self.num_cpus)), len(items)))
         batch_size = max(1, min(self.batch_size, -(-len(items) // workers)))
+        # tasks, not actors: Ray keeps its worker processes between tasks and stages, so
+        # imports are paid once per worker, and _RAY_FN keeps the function per worker
+        pool = getattr(ray.data, "TaskPoolStrategy", None)
+        parallelism = {"compute": pool(size=workers)} if pool else {"concurrency": workers}
         dataset = ray.data.from_items(rows, override_num_blocks=-(-len(items) // batch_size)).map_batches(
-            _RayApply,
             # cloudpickle: a function defined in the user's script (__main__) travels by value
-            fn_constructor_args=(ray.cloudpickle.dumps(fn),),
+            _ray_batch_fn(ray.cloudpickle.dumps(fn)),
             batch_size=batch_size,
             batch_format="numpy",
-            concurrency=workers,
             num_cpus=self.num_cpus,
             num_gpus=self.num_gpus,
+            **parallelism,
         )
         results: list[Any] = [None] * len(items)
         with _progress(len(items), desc, self.progress) as bar:
@@ -241,9 +256,9 @@ def make_engine(
 
     Args:
         engine: ``local`` (a process pool) or ``ray`` (Ray Data).
-        workers: processes (local; default 2) or actors (ray; default one per CPU).
+        workers: processes (local; default 2) or concurrent tasks (ray; default one per CPU).
         ray_address: ``None`` (a local Ray), ``auto`` or ``ray://host:port``; ray only.
-        num_gpus: GPUs per Ray actor; ray only.
+        num_gpus: GPUs per Ray task; ray only.
         progress: show a progress bar.
     """
     if engine == "local":

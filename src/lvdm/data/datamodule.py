@@ -17,7 +17,6 @@ import io
 import itertools
 import multiprocessing
 import random
-import warnings
 from abc import ABC, abstractmethod
 
 import lightning as L
@@ -26,9 +25,10 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
+from lvdm.data.guard import DataGuard, StreamWatch
 from lvdm.data.schema import media_entry
 from lvdm.data.shards import resolve_shards
-from lvdm.distributed.callbacks import data_parallel_rank_world
+from lvdm.distributed.ranks import data_parallel_rank_world
 from lvdm.data.video import decode_clip
 
 __all__ = ["ShardDataModule", "VideoDataModule", "LatentDataModule", "SkipCounter"]
@@ -89,25 +89,27 @@ class _Shuffle:
 
 class _DecodeSamples:
     """Pipeline stage: raw samples -> dicts by ``decode(sample, rng, random_start)`` plus
-    ``"key"``, skipping (with a warning) and counting samples it rejects with ``ValueError`` or
-    ``KeyError``."""
+    ``"key"``, skipping (logged, counted by reason, checked against the :class:`DataGuard`
+    limits by ``watch``) samples it rejects with ``ValueError`` or ``KeyError``."""
 
-    def __init__(self, decode, random_start: bool, seed: int, rank: int, skipped: SkipCounter) -> None:
+    def __init__(self, decode, random_start: bool, seed: int, rank: int, skipped: SkipCounter, watch: StreamWatch) -> None:
         self.decode, self.random_start = decode, random_start
-        self.seed, self.rank, self.skipped = seed, rank, skipped
+        self.seed, self.rank, self.skipped, self.watch = seed, rank, skipped, watch
         self.epoch = 0
 
     def __call__(self, samples):
         rng = np.random.default_rng(_stream_seed(self.seed, self.rank, self.epoch))
         self.epoch += 1
+        self.watch.start()
         for sample in samples:
             key, shard = sample.get("__key__"), sample.get("__url__")
             try:
                 decoded = self.decode(sample, rng, self.random_start)
             except (ValueError, KeyError) as exc:  # corrupt/short data, bad text, missing entry
                 self.skipped.add()
-                warnings.warn(f"skipping sample {key!r} in shard {shard}: {type(exc).__name__}: {exc}")
+                self.watch.skipped(exc, key, shard)
                 continue
+            self.watch.delivered(shard)
             yield {**decoded, "key": key}
 
 
@@ -188,6 +190,9 @@ class ShardDataModule(L.LightningDataModule, ABC):
         shuffle_buffer: Samples held in the train shuffle buffer (0 or 1 disables shuffling).
         seed: Seed for shard sampling, shuffling and any random choice made while decoding.
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
+        data_guard: limits on skipped samples and on time without a sample, past which the
+            stream stops with an error saying why (:class:`lvdm.data.guard.DataGuard`;
+            ``None``: its defaults).
     """
 
     def __init__(
@@ -200,6 +205,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         test_shards: str | list[str] | None = None,
+        data_guard: DataGuard | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0:
@@ -211,6 +217,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         self.val_urls: list[str] | None = None
         self.test_urls: list[str] | None = None
         self._skipped: SkipCounter | None = None
+        self.data_guard = data_guard or DataGuard()
 
     @abstractmethod
     def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
@@ -227,14 +234,19 @@ class ShardDataModule(L.LightningDataModule, ABC):
         """Samples skipped as unreadable on this rank since ``setup`` (0 before it)."""
         return self._skipped.value if self._skipped is not None else 0
 
-    def _world(self) -> tuple[int, int]:
-        """``(world_size, rank)`` of data parallelism from the attached trainer, else ``(1, 0)``.
+    @property
+    def skip_reasons(self) -> dict[str, int]:
+        """Samples (and unreadable shards) skipped on this rank since ``setup``, by reason
+        (:data:`lvdm.data.guard.REASONS`)."""
+        return self.data_guard.counts()
+
+    def _rank_world(self) -> tuple[int, int]:
+        """``(rank, world_size)`` of data parallelism from the attached trainer, else ``(0, 1)``.
 
         Under sequence parallelism the ranks of one group share each batch, so data is split
         by data-parallel rank, not global rank (:func:`lvdm.distributed.data_parallel_rank_world`).
         """
-        rank, world_size = data_parallel_rank_world(self.trainer)
-        return world_size, rank
+        return data_parallel_rank_world(self.trainer)
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve the shard lists; a missing path raises ``FileNotFoundError`` naming it."""
@@ -249,11 +261,12 @@ class ShardDataModule(L.LightningDataModule, ABC):
             self.test_urls = resolve_shards(test)
         if self._skipped is None:
             self._skipped = SkipCounter()  # made here, not in __init__, so the module stays picklable
+            self.data_guard.attach()
 
-    def _decoder(self, random_start: bool, rank: int) -> _DecodeSamples:
+    def _decoder(self, random_start: bool, rank: int, watch: StreamWatch) -> _DecodeSamples:
         if self._skipped is None:
             raise RuntimeError(f"call {type(self).__name__}.setup() before asking for a dataloader")
-        return _DecodeSamples(self.decode_sample, random_start, self.seed, rank, self._skipped)
+        return _DecodeSamples(self.decode_sample, random_start, self.seed, rank, self._skipped, watch)
 
     def _loader(self, dataset) -> DataLoader:
         # Persistent workers keep the pipeline's epoch counters, so each epoch draws new shards.
@@ -265,20 +278,22 @@ class ShardDataModule(L.LightningDataModule, ABC):
         """Endless resampled stream cut to the same number of full batches on every rank."""
         if self.train_urls is None:
             raise RuntimeError(f"call {type(self).__name__}.setup('fit') before asking for train_dataloader")
-        world_size, rank = self._world()
+        rank, world_size = self._rank_world()
         batches = self.samples_per_epoch // (self.batch_size * world_size)
         if batches == 0:
             raise ValueError(f"samples_per_epoch={self.samples_per_epoch} gives no full batch of "
                              f"{self.batch_size} on each of {world_size} ranks")
+        watch = self.data_guard.watch()
         stages = [
             wds.ResampledShards(self.train_urls, seed=self.seed, deterministic=True, worker_seed=_same_stream),
             _SplitByRank(rank, world_size),
             wds.split_by_worker,
-            wds.tarfile_to_samples(handler=wds.warn_and_continue),
+            watch.shards,
+            wds.tarfile_to_samples(handler=watch.shard_error),
         ]
         if self.shuffle_buffer > 1:
             stages.append(_Shuffle(self.shuffle_buffer, self.seed, rank))
-        stages += [self._decoder(True, rank), wds.batched(self.batch_size, collation_fn=_collate, partial=False),
+        stages += [self._decoder(True, rank, watch), wds.batched(self.batch_size, collation_fn=_collate, partial=False),
                    _WorkerShare(batches)]
         return self._loader(_EpochPipeline(*stages, length=batches))
 
@@ -300,12 +315,13 @@ class ShardDataModule(L.LightningDataModule, ABC):
         return self._eval_loader(self.test_urls)
 
     def _eval_loader(self, urls: list[str]) -> DataLoader:
-        world_size, rank = self._world()
+        rank, world_size = self._rank_world()
         stages = [wds.SimpleShardList(urls)]
         if len(urls) >= world_size:
             stages.append(_SplitByRank(rank, world_size))
-        stages += [wds.split_by_worker, wds.tarfile_to_samples(handler=wds.warn_and_continue),
-                   self._decoder(False, rank), wds.batched(self.batch_size, collation_fn=_collate, partial=True)]
+        watch = self.data_guard.watch()
+        stages += [wds.split_by_worker, watch.shards, wds.tarfile_to_samples(handler=watch.shard_error),
+                   self._decoder(False, rank, watch), wds.batched(self.batch_size, collation_fn=_collate, partial=True)]
         return self._loader(wds.DataPipeline(*stages))
 
 
@@ -339,6 +355,7 @@ class VideoDataModule(ShardDataModule):
         shuffle_buffer: Samples held in the train shuffle buffer (0 or 1 disables shuffling).
         seed: Seed for shard sampling, shuffling and clip start positions.
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
+        data_guard: limits on skipped samples and time without a sample (see :class:`ShardDataModule`).
     """
 
     def __init__(
@@ -354,10 +371,11 @@ class VideoDataModule(ShardDataModule):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         test_shards: str | list[str] | None = None,
+        data_guard: DataGuard | None = None,
     ) -> None:
         super().__init__(train_shards, val_shards, batch_size=batch_size, num_workers=num_workers,
                          samples_per_epoch=samples_per_epoch, shuffle_buffer=shuffle_buffer, seed=seed,
-                         test_shards=test_shards)
+                         test_shards=test_shards, data_guard=data_guard)
         if num_frames < 1 or frame_interval < 1:
             raise ValueError(f"num_frames and frame_interval must be >= 1, got {num_frames}, {frame_interval}")
         self.num_frames, self.frame_interval, self.resolution = num_frames, frame_interval, resolution

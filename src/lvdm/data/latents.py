@@ -24,7 +24,7 @@ from tqdm import tqdm
 from lvdm.compressors.base import Compressor
 from lvdm.compressors.pixels import PixelCompressor
 from lvdm.data.schema import media_entry
-from lvdm.data.shards import _is_remote, resolve_shards
+from lvdm.data.shards import is_remote, resolve_shards
 from lvdm.data.video import decode_clip
 
 __all__ = ["encode_shards"]
@@ -87,7 +87,7 @@ def encode_shards(
         raise ValueError(f"input shards share file names {twice}; output shards keep the input names, "
                          f"so encode each set into its own out directory")
     root = Path(out)
-    if any(not _is_remote(url) and Path(url).resolve() == (root / name).resolve() for url, name in zip(urls, names)):
+    if any(not is_remote(url) and Path(url).resolve() == (root / name).resolve() for url, name in zip(urls, names)):
         raise ValueError(f"out={out} is the directory of the input shards; the latent shards would overwrite them")
     root.mkdir(parents=True, exist_ok=True)
     extra = {
@@ -132,8 +132,8 @@ def encode_shards(
                 if batch:
                     encode(batch, sink)
             summary["shards"].append(str(path))
-    parents = {os.path.dirname(os.path.abspath(url)) for url in urls if not _is_remote(url)}
-    if len(parents) == 1 and not any(_is_remote(url) for url in urls):  # one local directory
+    parents = {os.path.dirname(os.path.abspath(url)) for url in urls if not is_remote(url)}
+    if len(parents) == 1 and not any(is_remote(url) for url in urls):  # one local directory
         for prompts in sorted(Path(parents.pop()).glob("*.txt")):
             shutil.copy(prompts, root / prompts.name)
     summary["seconds"] = round(time.perf_counter() - start, 2)

@@ -9,12 +9,15 @@ frames, height, width).
 from __future__ import annotations
 
 import glob
+import io
+import json
 import os
+import tarfile
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import braceexpand
-import webdataset as wds
 
 from lvdm.data.schema import InvalidSampleError, MEDIA_EXTENSIONS, check_key, check_media
 
@@ -39,7 +42,35 @@ def _validated(sample: dict, seen: set[str]) -> dict:
             f"'json'; it has media {media}, missing {missing}, unknown {other}")
     check_media(media[0], sample[media[0]], key)
     seen.add(key)
-    return {"__key__": key, media[0]: sample[media[0]], "txt": sample["txt"], "json": sample["json"]}
+    return {f"{key}.{media[0]}": bytes(sample[media[0]]), f"{key}.txt": _encoded(sample["txt"]),
+            f"{key}.json": _encoded(sample["json"])}
+
+
+def _encoded(value) -> bytes:
+    """Entry bytes: bytes as they are, text as UTF-8, anything else as json."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return (value if isinstance(value, str) else json.dumps(value)).encode("utf-8")
+
+
+class _Tar:
+    """A plain tar of sample entries, as webdataset's TarWriter writes them. Written with the
+    standard library because importing webdataset imports torch, which would cost every
+    curation worker process seconds of start-up for nothing."""
+
+    def __init__(self, path: str) -> None:
+        self._tar = tarfile.open(path, "w")
+        self._now = time.time()
+
+    def write(self, entries: dict[str, bytes]) -> None:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), self._now, 0o444
+            info.uname = info.gname = "bigdata"
+            self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self._tar.close()
 
 
 class ShardWriter:
@@ -66,7 +97,7 @@ class ShardWriter:
         self.pattern, self.max_count, self.index = pattern, max_count, start_index
         self.paths: list[str] = []
         self._seen: set[str] = set()
-        self._tar: wds.TarWriter | None = None
+        self._tar: _Tar | None = None
         self._count = 0
         Path(pattern % start_index).parent.mkdir(parents=True, exist_ok=True)
 
@@ -76,7 +107,7 @@ class ShardWriter:
         entries = _validated(sample, self._seen)
         if self._tar is None:
             self._path = self.pattern % self.index
-            self._tar = wds.TarWriter(self._path + ".partial")
+            self._tar = _Tar(self._path + ".partial")
             self.index += 1
         self._tar.write(entries)
         self._count += 1
@@ -134,12 +165,13 @@ def write_shards(samples: Iterable[dict], pattern: str, max_count: int = 1000) -
     return sink.paths
 
 
-def _is_remote(spec: str) -> bool:
+def is_remote(spec: str) -> bool:
+    """A URL or a ``pipe:`` command (webdataset opens it), not a local path."""
     return "://" in spec or spec.startswith("pipe:")
 
 
 def _resolve_one(spec: str) -> list[str]:
-    if _is_remote(spec):  # URLs and pipe: commands are webdataset's business; only expand braces
+    if is_remote(spec):  # URLs and pipe: commands are webdataset's business; only expand braces
         return list(braceexpand.braceexpand(spec))
     path = os.path.expanduser(spec)
     if os.path.isdir(path):

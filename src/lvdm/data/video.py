@@ -6,7 +6,9 @@ ships its own FFmpeg with libx264.
 
 from __future__ import annotations
 
+import collections
 import io
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,13 +18,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["VideoDecodeError", "encode_mp4", "write_mp4", "read_frames", "decode_clip"]
+__all__ = ["VideoDecodeError", "VideoTooLargeError", "VideoTooShortError", "encode_mp4", "write_mp4", "read_frames", "decode_clip"]
 
 VideoSource = bytes | str | Path
 
 
 class VideoDecodeError(ValueError):
     """A video could not be decoded (corrupt, truncated or not a video); names the source."""
+
+
+class VideoTooLargeError(VideoDecodeError):
+    """A video's frames are larger than the decoder's pixel limit; names the source."""
+
+
+class VideoTooShortError(ValueError):
+    """A video has fewer frames than a clip needs; names the source."""
+
+
+# Decoding limits: a few KB of container can claim a huge frame size or hide its frame count
+# (a 52 KB file decoded to 1.3 GB of frames before these bounds).
+MAX_PIXELS = 4096 * 4096  # per frame
+MAX_SCANNED_FRAMES = 10_000  # frames decoded to find a random window in a clip of unknown length
 
 
 def _source_name(source: VideoSource, name: str | None) -> str:
@@ -91,7 +107,11 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 8, crf: int = 1
 
 
 def _iter_rgb(container: av.container.InputContainer, label: str):
+    max_pixels = MAX_PIXELS
     stream = container.streams.video[0]
+    height, width = stream.codec_context.height, stream.codec_context.width
+    if height * width > max_pixels:
+        raise VideoTooLargeError(f"video {label} has {width}x{height} frames, more than the {max_pixels} pixels allowed")
     # One decoder thread: parallelism comes from DataLoader workers, and on short clips
     # FFmpeg's frame threads cost more to start than they save (2x slower on 32x32 clips).
     stream.codec_context.thread_count = 1
@@ -100,6 +120,9 @@ def _iter_rgb(container: av.container.InputContainer, label: str):
     reformatter = VideoReformatter()
     try:
         for frame in container.decode(stream):
+            if frame.height * frame.width > max_pixels:  # the header may understate the size
+                raise VideoTooLargeError(f"video {label} has a {frame.width}x{frame.height} frame, "
+                                         f"more than the {max_pixels} pixels allowed")
             yield reformatter.reformat(frame, format="rgb24").to_ndarray()
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(f"cannot decode video {label}: {exc}") from exc
@@ -171,7 +194,10 @@ def decode_clip(
         ``[3, num_frames, H, W]`` float32 in ``[-1, 1]``.
 
     Raises:
-        ValueError: the video has fewer than ``(num_frames - 1) * frame_interval + 1`` frames.
+        VideoTooShortError: the video has fewer than ``(num_frames - 1) * frame_interval + 1``
+            frames (a ``ValueError`` subclass; a clip of unknown length is searched over its first
+            ``MAX_SCANNED_FRAMES`` frames).
+        VideoTooLargeError: its frames have more than ``MAX_PIXELS`` pixels.
         VideoDecodeError: the data is corrupt or not a video (a ``ValueError`` subclass).
         FileNotFoundError: ``source`` is a path that does not exist.
     """
@@ -182,29 +208,46 @@ def decode_clip(
     with _open(source, label) as container:
         if not container.streams.video:
             raise VideoDecodeError(f"no video stream in {label}")
-        total = container.streams.video[0].frames  # 0 when the container does not say
+        total = container.streams.video[0].frames  # 0 when the container does not say (webm, mkv)
+        if not total and random_start:
+            # Count by demuxing (no decoding) rather than decoding the whole video to choose a start.
+            total = sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+            container.seek(0)
         if total and total < span:
-            raise ValueError(f"video {label} has {total} frames, fewer than the {span} needed for "
+            raise VideoTooShortError(f"video {label} has {total} frames, fewer than the {span} needed for "
                              f"num_frames={num_frames}, frame_interval={frame_interval}")
         start = 0
         if random_start and total:
             start = int((rng or np.random.default_rng()).integers(0, total - span + 1))
             frames = _take(_iter_rgb(container, label), start, span)
-        elif random_start:  # unknown length: decode everything, then choose
-            frames = list(_iter_rgb(container, label))
-            if len(frames) >= span:
-                start = int((rng or np.random.default_rng()).integers(0, len(frames) - span + 1))
-                frames = frames[start : start + span]
+        elif random_start:  # unknown length: one pass, holding at most 2 windows of frames
+            start, frames = _random_window(_iter_rgb(container, label), span, rng or np.random.default_rng())
         else:
             frames = _take(_iter_rgb(container, label), 0, span)
     if len(frames) < span:
-        raise ValueError(f"video {label} decoded {start + len(frames)} frames, fewer than the "
+        raise VideoTooShortError(f"video {label} decoded {start + len(frames)} frames, fewer than the "
                          f"{start + span} needed for num_frames={num_frames}, frame_interval={frame_interval}")
     video = torch.from_numpy(np.stack(frames[::frame_interval])).permute(0, 3, 1, 2).float()
     if resolution is not None:
         size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
         video = _resize_crop(video, size)
     return (video / 127.5 - 1.0).clamp_(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
+
+
+def _random_window(frames, span: int, rng: np.random.Generator):
+    """``(start, frames)`` of a uniformly random window of ``span`` consecutive frames of a
+    stream of unknown length, in one pass over at most ``MAX_SCANNED_FRAMES`` frames (reservoir sampling
+    over windows: the window ending at frame ``i`` replaces the kept one with probability
+    ``1 / (number of windows so far)``). Fewer than ``span`` frames: all of them, start 0."""
+    recent: collections.deque = collections.deque(maxlen=span)
+    kept, start, seen = [], 0, 0
+    for index, frame in enumerate(itertools.islice(frames, MAX_SCANNED_FRAMES)):
+        recent.append(frame)
+        if len(recent) == span:
+            seen += 1
+            if rng.integers(0, seen) == 0:
+                kept, start = list(recent), index - span + 1
+    return (start, kept) if kept else (0, list(recent))
 
 
 def _take(frames, start: int, count: int) -> list[np.ndarray]:

@@ -13,50 +13,17 @@ import random
 from typing import Optional
 
 import lightning as L
-import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lvdm.distributed.checkpointing import apply_activation_checkpointing, remove_activation_checkpointing
+from lvdm.distributed.ranks import data_parallel_rank_world, seed_data_parallel_replica
 from lvdm.distributed.sequence_parallel import Mode, SequenceParallelGroup, new_sequence_parallel_group
 from lvdm.ops.attention import set_sequence_parallel
 
 __all__ = ["SequenceParallel", "ActivationCheckpointing", "data_parallel_rank_world", "seed_data_parallel_replica"]
-
-
-def data_parallel_rank_world(trainer: Optional["L.Trainer"]) -> tuple[int, int]:
-    """``(data-parallel rank, data-parallel world size)`` of this process: with a
-    :class:`SequenceParallel` callback of size ``P``, ``(global_rank // P, world_size // P)``
-    (all ranks of one sequence-parallel group read the same data); else ``(global_rank,
-    world_size)``; ``(0, 1)`` without a trainer."""
-    if trainer is None:
-        return 0, 1
-    size = next((c.size for c in getattr(trainer, "callbacks", ()) if isinstance(c, SequenceParallel)), 1)
-    return trainer.global_rank // size, max(trainer.world_size // size, 1)
-
-
-def seed_data_parallel_replica(trainer: "L.Trainer", seed: Optional[int] = None) -> Optional[int]:
-    """Seed ``random``, numpy and torch with ``seed + data-parallel rank``.
-
-    Lightning's ``seed_everything`` gives every rank the same seed, so without this every
-    data-parallel replica would draw the same timesteps, noise and caption dropout for its
-    (different) data; the ranks of one sequence-parallel group share a data-parallel rank and
-    stay alike, as they must. ``seed`` defaults to the run's ``seed_everything`` value; with
-    neither, nothing is reseeded (each process then keeps its own random seed). Returns the
-    base seed used, or ``None``.
-    """
-    if seed is None:
-        env = os.environ.get("PL_GLOBAL_SEED")
-        if env is None:
-            return None
-        seed = int(env)
-    dp_rank, _ = data_parallel_rank_world(trainer)
-    random.seed(seed + dp_rank)
-    np.random.seed((seed + dp_rank) % 2**32)
-    torch.manual_seed(seed + dp_rank)  # also seeds every CUDA device
-    return seed
 
 
 def _fingerprint(batch) -> str:
@@ -120,6 +87,11 @@ class SequenceParallel(Callback):
         self.mode = mode
         self.group: Optional[SequenceParallelGroup] = None
         self._checked = False
+
+    @property
+    def sequence_parallel_size(self) -> int:
+        """Ranks that share each sequence (what :func:`data_parallel_rank_world` reads)."""
+        return self.size
 
     # ---------------------------------------------------------------- setup / teardown
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from lvdm.checkpoint import METADATA_KEY, ema_weights, read_checkpoint
+from lvdm.utils import check_finite
 
 
 def export_checkpoint(checkpoint: str, out: str, ema: bool = False) -> str:
@@ -49,6 +50,7 @@ def export_checkpoint(checkpoint: str, out: str, ema: bool = False) -> str:
         if unknown:
             raise KeyError(f"EMA state of {checkpoint!r} names tensors the model does not have: {sorted(unknown)[:5]}")
         weights.update({k: v.float() for k, v in shadow.items()})
+    check_finite(weights, f"checkpoint {checkpoint!r}" + (" (EMA weights)" if ema else ""))
     try:
         meta = json.dumps(hparams)
     except TypeError as err:

@@ -56,10 +56,6 @@ def set_backend(backend: Backend) -> None:
     _BACKEND = backend
 
 
-def get_backend() -> Backend:
-    return _BACKEND
-
-
 @contextlib.contextmanager
 def use_backend(backend: Backend) -> Iterator[None]:
     """Temporarily switch the attention backend."""

@@ -285,13 +285,6 @@ def dit_paper_gflops(model: DiT | DiTShape, latent_thw: Sequence[int], text_len:
     return dit_forward_flops(model, latent_thw, text_len).total / 2e9
 
 
-def tokens(model: DiT | DiTShape, latent_thw: Sequence[int]) -> int:
-    """Video tokens of one sample."""
-    s = model if isinstance(model, DiTShape) else DiTShape.from_model(model)
-    t, h, w = s.latent_grid(latent_thw)
-    return t * h * w
-
-
 __all__ = [
     "DiTShape",
     "FlopsBreakdown",
@@ -301,5 +294,4 @@ __all__ = [
     "dit_training_flops",
     "input_grad_free_flops",
     "sampling_flops",
-    "tokens",
 ]

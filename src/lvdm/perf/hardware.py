@@ -90,12 +90,3 @@ def device_peak_flops(device: torch.device, dtype: torch.dtype | str) -> Optiona
         return None
     kind = device_kind(torch.cuda.get_device_name(device))
     return None if kind is None else PEAKS[kind].get(dtype_key(dtype))
-
-
-def peak_table() -> str:
-    """The table as markdown (TFLOP/s, dense)."""
-    rows = ["| device | " + " | ".join(DTYPES) + " | memory (GB) |", "|---" * (len(DTYPES) + 2) + "|"]
-    for kind, peaks in PEAKS.items():
-        cells = [f"{peaks[d] / 1e12:.1f}" if d in peaks else "—" for d in DTYPES]
-        rows.append(f"| {kind} | " + " | ".join(cells) + f" | {peaks['memory_gb']} |")
-    return "\n".join(rows)

@@ -11,18 +11,19 @@ __all__ = ["MotionScorer"]
 
 
 class MotionScorer(Scorer):
-    """Mean optical-flow magnitude between consecutive frames, in pixels per frame of frames
-    resized so their shorter side is ``short_side`` (the unit does not depend on the video's
-    resolution: a pan across a tenth of a 256-pixel-high frame per frame scores ~25.6 at 240p
-    and at 4K alike).
+    """Mean optical-flow magnitude between consecutive frames, in pixels per frame at a
+    shorter side of ``short_side`` pixels, whatever the video's resolution: a pan across a tenth
+    of the frame height per frame scores ~25.6 at 240p and at 4K alike.
 
     Flow is Farneback's (OpenCV) on grayscale frames, computed for ``pairs`` pairs of
     consecutive frames spread over the clip; the score is the mean magnitude over pixels and
-    pairs. Still images and one-frame clips score 0.
+    pairs. Larger frames are downscaled to ``short_side`` first (speed); smaller ones are not
+    upscaled (interpolation invents no motion to measure) and their flow is scaled by
+    ``short_side / their shorter side`` instead. Still images and one-frame clips score 0.
 
     Args:
         pairs: frame pairs measured per clip.
-        short_side: frames are resized (up or down) to this shorter side before the flow.
+        short_side: the reference shorter side (and the size flow is computed at, at most).
     """
 
     name = "motion"
@@ -46,12 +47,12 @@ class MotionScorer(Scorer):
             return {"motion": 0.0}
         gray = {}
         for index in {i for s in starts for i in (s, s + 1)}:
-            frame = resize_short_side(clip.frames[index], self.short_side, upscale=True)
-            gray[index] = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+            gray[index] = cv2.cvtColor(resize_short_side(clip.frames[index], self.short_side), cv2.COLOR_RGB2GRAY)
+        unit = self.short_side / min(gray[starts[0]].shape)
         magnitudes = []
         for s in starts:
             flow = cv2.calcOpticalFlowFarneback(
                 gray[s], gray[s + 1], None, pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5,
                 poly_sigma=1.2, flags=0)
             magnitudes.append(float(np.sqrt((flow.astype(np.float64) ** 2).sum(-1)).mean()))
-        return {"motion": float(np.mean(magnitudes))}
+        return {"motion": float(np.mean(magnitudes)) * unit}

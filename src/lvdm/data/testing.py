@@ -1,4 +1,7 @@
-"""Small media files built in tests: videos in several containers/codecs and images."""
+"""Small media files for tests and benchmarks: videos in several containers and codecs, images.
+
+Everything is built from numpy frames with PyAV (and Pillow for still images), so tests need
+no media files on disk and no network."""
 
 from __future__ import annotations
 
@@ -59,3 +62,28 @@ def encode_image(frame: np.ndarray, ext: str = "png") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format={"jpg": "JPEG", "jpeg": "JPEG"}.get(ext, ext.upper()))
     return buffer.getvalue()
+
+
+def encode_audio_only(seconds: float = 0.5, ext: str = "mp4") -> bytes:
+    """A container holding one AAC audio stream and no video (a sine tone)."""
+    rate = 16000
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=_FORMATS[ext]) as container:
+        stream = container.add_stream("aac", rate=rate)
+        samples = np.sin(np.arange(int(seconds * rate)) * 0.05).astype(np.float32)
+        for start in range(0, len(samples), 1024):
+            frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="fltp", layout="mono")
+            frame.sample_rate = rate
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def misstate_avi_frames(data: bytes, frames: int) -> bytes:
+    """An AVI whose headers (``avih`` total frames, ``strh`` length) claim ``frames`` frames."""
+    out = bytearray(data)
+    avih = out.index(b"avih")
+    out[avih + 8 + 16 : avih + 8 + 20] = frames.to_bytes(4, "little")
+    strh = out.index(b"strh")
+    out[strh + 8 + 32 : strh + 8 + 36] = frames.to_bytes(4, "little")
+    return bytes(out)

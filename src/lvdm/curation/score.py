@@ -1,0 +1,228 @@
+"""``lvdm data score``: run scorers over a dataset folder, writing their fields into each sample's
+json and the manifest (media bytes are copied, never re-encoded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from lvdm.curation.engine import failed, make_engine
+from lvdm.curation.folder import MEDIA_EXTENSIONS, prepare_output, read_samples, work_items, write_updated_folder
+from lvdm.curation.frames import IMAGE_EXTENSIONS, Clip, load_clip_frames
+
+__all__ = ["score_dataset", "build_scorers", "ScoreChunk"]
+
+
+def _media(key: str, entries: dict[str, bytes]) -> tuple[str, bytes]:
+    found = [ext for ext in MEDIA_EXTENSIONS if ext in entries]
+    if len(found) != 1:
+        raise ValueError(f"sample {key!r} has {len(found)} media entries ({sorted(entries)})")
+    return found[0], entries[found[0]]
+
+
+def _meta(key: str, entries: dict[str, bytes]) -> dict:
+    if "json" not in entries:
+        return {}
+    try:
+        meta = json.loads(entries["json"])
+    except ValueError as exc:
+        raise ValueError(f"sample {key!r}: malformed json: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"sample {key!r}: json is a {type(meta).__name__}, not an object")
+    return meta
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class ScoreChunk:
+    """The per-worker function of the score stage: ``(shard, keys) -> [(key, fields, error)]``.
+
+    Decodes, per sample, the union of the frames its scorers ask for (once), then runs each
+    scorer over the chunk's clips together (a batch for model scorers). A sample that cannot be
+    read or decoded, or on which a scorer raises, keeps the other scorers' fields and gets the
+    reason in ``error``; a scorer failing on a batch is retried clip by clip so that only the
+    culprit loses its fields.
+
+    Args:
+        scorers: the scorers to run.
+        max_short_side: decoded frames are downscaled to this shorter side.
+        threads: torch / OpenCV threads in a worker (``None`` leaves them alone).
+    """
+
+    def __init__(self, scorers: Sequence, max_short_side: int = 512, threads: Optional[int] = 1) -> None:
+        self.scorers = list(scorers)
+        self.max_short_side = max_short_side
+        self.threads = threads
+        self._threads_set = False
+
+    def _indices(self, total: int) -> list[int]:
+        return sorted({i for scorer in self.scorers for i in scorer.frame_indices(total)})
+
+    def _meta_clip(self, key: str, entries: dict[str, bytes]) -> Clip:
+        """The clip without frames: what metadata-only scorers (rules) need."""
+        ext, _ = _media(key, entries)
+        meta, caption = _meta(key, entries), entries.get("txt", b"").decode("utf-8", errors="replace")
+        kind = "image" if ext in IMAGE_EXTENSIONS else "video"
+        return Clip(key, kind, int(meta.get("frames") or 1), {}, meta, caption,
+                    int(meta.get("width") or 0), int(meta.get("height") or 0))
+
+    def _clip(self, clip: Clip, entries: dict[str, bytes]) -> Clip:
+        ext, data = _media(clip.key, entries)
+        return load_clip_frames(data, ext, clip.key, self._indices, clip.meta, clip.caption,
+                                max_short_side=self.max_short_side)
+
+    def _set_threads(self) -> None:
+        if self.threads is None or self._threads_set:
+            return
+        import cv2
+        import torch
+
+        cv2.setNumThreads(self.threads)
+        torch.set_num_threads(self.threads)
+        self._threads_set = True
+
+    def __call__(self, item: tuple[str, list[str]]) -> list[tuple[str, dict, str]]:
+        self._set_threads()
+        shard, keys = item
+        entries = read_samples(shard, keys)
+        fields: dict[str, dict] = {key: {} for key in keys}
+        errors: dict[str, list[str]] = {key: [] for key in keys}
+        clips: dict[str, Clip] = {}
+        decoded: set[str] = set()
+        needs_frames = {scorer.name: bool(scorer.frame_indices(1 << 20)) for scorer in self.scorers}
+        for key in keys:
+            if key not in entries:
+                errors[key].append(f"read: sample not found in {Path(shard).name}")
+                continue
+            try:
+                clips[key] = self._meta_clip(key, entries[key])
+                if any(needs_frames.values()):
+                    clips[key] = self._clip(clips[key], entries[key])
+                    decoded.add(key)
+            except Exception as exc:  # a bad sample is reported, not fatal
+                errors[key].append(f"{'decode' if key in clips else 'read'}: {_short(exc)}")
+        for scorer in self.scorers:
+            ready = [key for key in keys if key in (decoded if needs_frames[scorer.name] else clips)]
+            try:
+                results = dict(zip(ready, scorer.score_batch([clips[k] for k in ready])))
+            except Exception:  # find the culprit(s): one clip at a time
+                results = {}
+                for key in ready:
+                    try:
+                        results[key] = scorer.score_batch([clips[key]])[0]
+                    except Exception as exc:
+                        errors[key].append(f"{scorer.name}: {_short(exc)}")
+            for key, values in results.items():
+                fields[key].update(values)
+        return [(key, fields[key], "; ".join(errors[key])) for key in keys]
+
+
+def build_scorers(
+    names: Sequence[str],
+    clip: Optional[str] = None,
+    aesthetic_head: Optional[str] = None,
+    aesthetic_head_filename: Optional[str] = None,
+    device: str = "cpu",
+    options: Optional[dict[str, dict[str, Any]]] = None,
+) -> list:
+    """Scorer objects for ``names`` (see :data:`lvdm.curation.scorers.SCORERS`)."""
+    from lvdm.curation.scorers import SCORERS
+
+    options = dict(options or {})
+    unknown = [n for n in list(names) + list(options) if n not in SCORERS]
+    if unknown:
+        raise ValueError(f"unknown scorer(s) {unknown}; choose from {sorted(SCORERS)}")
+    if not names:
+        raise ValueError(f"no scorers chosen; choose from {sorted(SCORERS)}")
+    scorers = []
+    for name in dict.fromkeys(names):
+        kwargs = dict(options.get(name, {}))
+        if name in ("aesthetic", "clip_match"):
+            if not clip:
+                raise ValueError(f"scorer {name!r} needs a CLIP model: give clip=<folder or hub id>")
+            kwargs.setdefault("clip", clip)
+            kwargs.setdefault("device", device)
+        if name == "aesthetic":
+            if not aesthetic_head:
+                raise ValueError("scorer 'aesthetic' needs aesthetic_head=<.pth/.safetensors file or hub repo>")
+            kwargs.setdefault("head", aesthetic_head)
+            kwargs.setdefault("head_filename", aesthetic_head_filename)
+        try:
+            scorers.append(SCORERS[name](**kwargs))
+        except TypeError as exc:
+            raise ValueError(f"bad options for scorer {name!r}: {exc}") from exc
+    return scorers
+
+
+def score_dataset(
+    input: str,
+    output: str,
+    scorers: list[str],
+    clip: Optional[str] = None,
+    aesthetic_head: Optional[str] = None,
+    aesthetic_head_filename: Optional[str] = None,
+    options: Optional[dict[str, dict[str, Any]]] = None,
+    device: str = "cpu",
+    engine: str = "local",
+    workers: Optional[int] = None,
+    ray_address: Optional[str] = None,
+    num_gpus: float = 0,
+    chunk_size: int = 16,
+    max_short_side: int = 512,
+    overwrite: bool = False,
+) -> dict:
+    """Score every sample of a dataset folder and write a scored copy.
+
+    Each scorer's fields (``motion``, ``ocr_area``, ``duplicate_of``, ``aesthetic``…) go into
+    the sample's json and, when scalar, into the output manifest; ``score_error`` names what
+    failed for a sample (empty when nothing did). Samples are never dropped here: filter them
+    with ``lvdm data filter``. Media and captions are copied byte for byte.
+
+    Args:
+        input: the dataset folder to score (shards, manifest.parquet, rejects.csv).
+        output: the new dataset folder.
+        scorers: scorer names: motion, ocr, duplicates, rules, aesthetic, clip_match.
+        clip: CLIP folder or hub id, for aesthetic and clip_match.
+        aesthetic_head: the aesthetic head's state dict file, or a hub repo id.
+        aesthetic_head_filename: the head's file name within a hub repo.
+        options: constructor arguments by scorer name, e.g.
+            ``{"motion": {"pairs": 8}, "rules": {"min_short_side": 480}}``.
+        device: where model scorers run (``cpu``, ``cuda``).
+        engine: ``local`` (a process pool) or ``ray`` (Ray Data).
+        workers: processes (local) or concurrent tasks (ray); local default 2.
+        ray_address: ``None`` (a local Ray), ``auto`` or ``ray://host:10001``; ray only.
+        num_gpus: GPUs per Ray task (model scorers on ``cuda``); ray only.
+        chunk_size: samples per work item (and per model batch).
+        max_short_side: decoded frames are downscaled to this shorter side.
+        overwrite: replace the shards of a non-empty output folder.
+
+    Returns:
+        ``{"samples": n, "errors": samples with a score_error, "output": folder}``.
+    """
+    chosen = build_scorers(scorers, clip, aesthetic_head, aesthetic_head_filename, device, options)
+    items = work_items(input, chunk_size)
+    out = prepare_output(input, output, overwrite)
+    runner = make_engine(engine, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
+    in_process = engine == "local" and getattr(runner, "workers", 1) == 0
+    chunk = ScoreChunk(chosen, max_short_side=max_short_side, threads=None if in_process else 1)
+    results = runner.map(chunk, items, desc="scoring")
+    keys, rows, problems = [], [], []
+    for (shard, chunk_keys), result in zip(items, results):
+        if failed(result):  # the whole chunk failed (unreadable shard, a dead worker)
+            result = [(key, {}, f"chunk: {result.error}") for key in chunk_keys]
+        for key, fields, error in result:
+            keys.append(key)
+            rows.append(fields)
+            problems.append(error)
+    for scorer in chosen:
+        rows = scorer.finalize(keys, rows)
+    updates = {key: {**fields, "score_error": error} for key, fields, error in zip(keys, rows, problems)}
+    write_updated_folder(input, out, updates, runner)
+    summary = {"samples": len(keys), "errors": sum(bool(p) for p in problems), "output": str(out)}
+    print(f"scored {summary['samples']} samples with {[s.name for s in chosen]} ({summary['errors']} with "
+          f"errors, see score_error) -> {out}")
+    return summary

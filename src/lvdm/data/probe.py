@@ -1,0 +1,189 @@
+"""Probe media bytes from their container: what a sample's json says, without a full decode.
+
+:func:`probe_media` reads the container header, counts the video packets (demuxing only —
+no pixels are produced) and decodes the first frame to prove the codec works. Only when the
+container contradicts itself (its header lists a frame count its packets do not match) are
+the frames decoded, one at a time and never more than ``max_frames`` of them, each checked
+against ``max_pixels`` — so a small file whose header promises millions of huge frames costs
+a bounded amount of memory and time, and is rejected with the reason.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+
+import av
+
+from lvdm.data.schema import IMAGE_EXTENSIONS, canonical_extension, media_kind, sniff_media
+
+__all__ = ["MediaInfo", "ProbeError", "probe_media"]
+
+
+class ProbeError(ValueError):
+    """Media that cannot become a sample; the message is the reason written to rejects.csv."""
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What :func:`probe_media` found.
+
+    Attributes:
+        ext: the extension to store the bytes under (their real container).
+        kind: ``video`` or ``image``.
+        codec: the video codec (``h264``, ``vp9``, ``gif``, ``png``...).
+        fps: frames per second (0 for images).
+        frames: number of frames (1 for images).
+        width, height: frame size in pixels.
+        duration: seconds (``frames / fps``; 0 for images).
+        aspect: ``width / height``.
+        frames_listed: the frame count the container header states (0 when it states none).
+    """
+
+    ext: str
+    kind: str
+    codec: str
+    fps: float
+    frames: int
+    width: int
+    height: int
+    duration: float
+    aspect: float
+    frames_listed: int = 0
+
+    def metadata(self) -> dict:
+        """The sample-json fields (``kind``, ``codec``, ``fps``, ``frames``, ``width``, ``height``,
+        ``duration``, ``aspect``)."""
+        fields = asdict(self)
+        for name in ("ext", "frames_listed"):
+            fields.pop(name)
+        return fields
+
+
+def _fps(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def _check_size(width: int, height: int, max_pixels: int, what: str) -> None:
+    if width <= 0 or height <= 0:
+        raise ProbeError(f"{what} has no frame size ({width}x{height})")
+    if width * height > max_pixels:
+        raise ProbeError(f"{what} frames are {width}x{height} = {width * height} pixels, more than "
+                         f"max_pixels={max_pixels}")
+
+
+def _first_frame(container, stream, max_pixels: int) -> tuple[int, int]:
+    """Decode until the first frame appears (at most 64 packets); its ``(width, height)``."""
+    stream.codec_context.thread_count = 1
+    for index, packet in enumerate(container.demux(stream)):
+        if index >= 64:
+            break
+        for frame in packet.decode():
+            _check_size(frame.width, frame.height, max_pixels, "decoded")
+            return frame.width, frame.height
+    raise ProbeError("no frame decodes from the video stream")
+
+
+def _count_packets(container, stream, max_frames: int) -> tuple[int, float]:
+    """Video packets with data, and the seconds their timestamps span, by demuxing only."""
+    count, first, last = 0, None, None
+    for packet in container.demux(stream):
+        if not packet.size:
+            continue
+        count += 1
+        if count > max_frames:
+            raise ProbeError(f"more than max_frames={max_frames} frames")
+        if packet.pts is not None and packet.time_base is not None:
+            start = float(packet.pts * packet.time_base)
+            end = start + float((packet.duration or 0) * packet.time_base)
+            first = start if first is None else min(first, start)
+            last = end if last is None else max(last, end)
+    return count, (last - first) if first is not None else 0.0
+
+
+def _decode_count(data: bytes, max_frames: int, max_pixels: int) -> int:
+    """Frames that really decode: one frame alive at a time, at most ``max_frames``."""
+    count = 0
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        for frame in container.decode(stream):
+            _check_size(frame.width, frame.height, max_pixels, "decoded")
+            count += 1
+            if count > max_frames:
+                raise ProbeError(f"more than max_frames={max_frames} frames decode")
+    return count
+
+
+def probe_media(
+    data: bytes,
+    ext: str | None = None,
+    max_frames: int = 100_000,
+    max_pixels: int = 4096 * 4096,
+) -> MediaInfo:
+    """Probe media bytes and check that they can become a sample.
+
+    Args:
+        data: the file's bytes.
+        ext: the input's own extension; kept when it names the bytes' container (``.mov``
+            stays ``mov``), otherwise the container's usual extension is used (matroska bytes
+            named ``.mp4`` become ``webm`` when the codec is VP8/VP9/AV1, else ``mkv``).
+        max_frames: reject videos with more frames (bounds every decode here).
+        max_pixels: reject frames larger than this many pixels (bounds every decode here).
+
+    Returns:
+        The :class:`MediaInfo`.
+
+    Raises:
+        ProbeError: with the reason: empty; not a media file; cannot be opened; no video
+            stream; no decodable frame; truncated (fewer frames or seconds than the header
+            lists); too many frames or pixels.
+    """
+    if not data:
+        raise ProbeError("empty file (0 bytes)")
+    real = canonical_extension(data, ext)
+    if real is None:
+        raise ProbeError(f"not a media file (starts with {bytes(data[:12])!r})")
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                kinds = sorted({s.type for s in container.streams}) or ["none"]
+                raise ProbeError(f"no video stream (streams: {', '.join(kinds)})")
+            stream = container.streams.video[0]
+            codec = stream.codec_context.name
+            if real == "mkv" and (ext or "").lower().lstrip(".") != "mkv" and codec in ("vp8", "vp9", "av1"):
+                real = "webm"
+            if real in IMAGE_EXTENSIONS:
+                width, height = _first_frame(container, stream, max_pixels)
+                return MediaInfo(real, "image", codec, 0.0, 1, width, height, 0.0, round(width / height, 6))
+            fps, listed = _fps(stream), int(stream.frames or 0)
+            # The video stream's own duration when the container records one (an audio track may
+            # run longer than the video), else the container's.
+            if stream.duration and stream.time_base:
+                declared = float(stream.duration * stream.time_base)
+            else:
+                declared = float(container.duration) / av.time_base if container.duration else 0.0
+            _check_size(stream.width, stream.height, max_pixels, "video")
+            width, height = _first_frame(container, stream, max_pixels)
+            container.seek(0)
+            frames, span = _count_packets(container, stream, max_frames)
+    except av.error.FFmpegError as exc:
+        raise ProbeError(f"cannot read container: {exc}") from exc
+    if listed and frames != listed:
+        # The header contradicts the packets: only decoding tells how many frames are real.
+        try:
+            frames = _decode_count(data, max_frames, max_pixels)
+        except av.error.FFmpegError as exc:
+            raise ProbeError(f"corrupt: header lists {listed} frames, {frames} packets, decoding fails: {exc}") from exc
+        if frames < listed:
+            raise ProbeError(f"truncated or misstated: the header lists {listed} frames, {frames} decode")
+    elif declared and fps and span + 1.5 / fps < 0.9 * declared:
+        raise ProbeError(f"truncated: the header says {declared:.2f} s, its frames cover {span:.2f} s")
+    if real == "gif" and not bytes(data).rstrip(b"\x00").endswith(b";"):
+        raise ProbeError("truncated: the GIF has no trailer")
+    if frames == 0:
+        raise ProbeError("no frames in the video stream")
+    duration = frames / fps if fps else declared
+    return MediaInfo(real, media_kind(real), codec, round(fps, 6), frames, width, height, round(duration, 6),
+                     round(width / height, 6), listed)

@@ -1,0 +1,96 @@
+"""`lvdm app`: the page, served on 127.0.0.1, generates a video through gradio's client."""
+
+import shutil
+import socket
+import threading
+
+import pytest
+import torch
+
+from lvdm.checkpoint import INSTANTIATOR, build_module
+
+gradio = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+HPARAMS = {
+    "_class_path": "lvdm.module.LatentDiffusionModule",
+    "_instantiator": INSTANTIATOR,
+    "denoiser": {"class_path": "lvdm.models.dit.DiT", "init_args": {
+        "in_channels": 3, "patch_size": [2, 4, 4], "hidden_size": 32, "depth": 1, "num_heads": 2,
+        "conditioning": "cross_attn", "layout": "full", "context_dim": 16}},
+    "text_encoder": {"class_path": "lvdm.text.words.WordTextEncoder", "init_args": {"dim": 16, "max_length": 4}},
+    "objective": {"class_path": "lvdm.diffusion.objectives.RectifiedFlow", "init_args": {"num_sampling_steps": 2}},
+    "compressor": {"class_path": "lvdm.compressors.pixels.PixelCompressor"},
+    "sample_shape": [4, 16, 16],
+    "fps": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    module = build_module(HPARAMS)
+    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(HPARAMS), "global_step": 3,
+                "callbacks": {}}, path)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_generator_renders_the_same_video_as_the_module(checkpoint, tmp_path):
+    from lvdm.app import VideoGenerator
+    from lvdm.data.video import read_frames
+    from lvdm.sampling import save_videos
+
+    generator = VideoGenerator(str(checkpoint), out=str(tmp_path), device="cpu")
+    assert generator.frame_multiple == 2 and generator.pixel_multiple == 4
+    assert generator.frames_for(1.0) == 4 and generator.frames_for(0.1) == 2 and generator.frames_for(1.4) == 6
+    paths = generator("a red square moving left\n\na blue circle", 1.0, 16, 12, 2, 3.0, 5)
+    assert [p.name for p in paths] == ["00000_a_red_square_moving_left.mp4", "00001_a_blue_circle.mp4"]
+    frames, fps = read_frames(paths[1])
+    assert frames.shape == (4, 16, 12, 3) and fps == 4
+    expected = generator.module.generate(["a red square moving left", "a blue circle"], num_frames=4, height=16,
+                                         width=12, num_steps=2, guidance_scale=3.0, seed=5)
+    (reference,) = save_videos(expected[1:], ["a blue circle"], tmp_path / "reference", fps=4)
+    assert (read_frames(reference)[0] == frames).all()  # the same clip, the same encoder
+    with pytest.raises(ValueError, match="multiple of 4"):
+        generator("a", 1.0, 10, 16, 2, 3.0, 0)
+    with pytest.raises(ValueError, match="at least one prompt"):
+        generator(" \n", 1.0, 16, 16, 2, 3.0, 0)
+
+
+def test_page_generates_a_video_through_the_client(checkpoint, tmp_path):
+    from gradio_client import Client
+
+    from lvdm.app import VideoGenerator, build_app
+
+    generator = VideoGenerator(str(checkpoint), out=str(tmp_path / "videos"), device="cpu")
+    page = build_app(generator).queue()
+    port = _free_port()
+    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                allowed_paths=[str(generator.out)], quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
+        video, files = client.predict("a red square moving left\na green triangle moving up", 1.0, 16, 16, 2, 3.0, 0,
+                                      api_name="/generate")
+        first = video["video"] if isinstance(video, dict) else video
+        from lvdm.data.video import read_frames
+
+        frames, fps = read_frames(first)
+        assert frames.shape == (4, 16, 16, 3) and fps == 4
+        assert len(files) == 2 and all(str(f).endswith(".mp4") for f in files)
+        assert len(list((tmp_path / "videos").rglob("*.mp4"))) == 2
+        browser = shutil.which("chromium") or shutil.which("chromium-browser")
+        if browser is not None:  # a real headless browser renders the page
+            import subprocess
+
+            dom = subprocess.run([browser, "--headless", "--no-sandbox", "--virtual-time-budget=5000", "--dump-dom",
+                                  f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=60).stdout
+            assert "Generate" in dom
+    finally:
+        page.close()
