@@ -390,8 +390,8 @@ class DiT(nn.Module):
     #: tokens ``[B, t*h*w, D]`` (t-major, positions added) are cut along dim 1 into equal
     #: contiguous chunks of whole patch frames before the first block, the blocks see the local
     #: grid ``(t // P, h, w)`` (per-frame conditioning vectors ``[B, t, D]`` of masked-frame
-    #: conditioning are cut along the same frames), and the final layer's output (per token, so it can run on the
-    #: chunks) is gathered again. Full 3D attention and temporal attention are ``sharded``
+    #: conditioning are cut along the same frames), and the final layer's output (per token,
+    #: so it can run on the chunks) is gathered again. Full 3D attention and temporal attention are ``sharded``
     #: (their keys live on all ranks); spatial and text cross-attention stay local.
     #: The split itself is in ``forward`` (and ``sharded=`` at each attention call); this dict
     #: holds what ``lvdm.distributed`` checks before it turns sequence parallelism on:
