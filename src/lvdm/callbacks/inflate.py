@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -12,19 +10,16 @@ from lvdm.models.inflate import inflate_image_state
 
 
 def image_checkpoint_state(checkpoint: str, use_ema: bool = True) -> dict[str, torch.Tensor]:
-    """The module state of a Lightning checkpoint written by ``lvdm fit`` (loaded with
-    ``weights_only=True``), with the EMA weights in place of the raw ones when it has them
-    and ``use_ema``."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"image checkpoint {checkpoint!r} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "state_dict" not in ckpt:
-        raise ValueError(f"{checkpoint!r} is not a Lightning checkpoint (no 'state_dict')")
+    """The module state of a checkpoint written by ``lvdm fit`` (a ``.ckpt`` or a DeepSpeed
+    directory, read safely by :func:`lvdm.checkpoint.read_checkpoint`), with the EMA weights in
+    place of the raw ones when it has them and ``use_ema``."""
+    from lvdm.checkpoint import ema_weights, read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint)
     state = dict(ckpt["state_dict"])
-    ema = ckpt.get("callbacks", {}).get("EMA") if use_ema else None
+    ema = ema_weights(ckpt) if use_ema else None
     if ema:
-        state.update(ema["shadow"])
+        state.update(ema)
     return state
 
 
@@ -38,7 +33,8 @@ class InflateFromImage(Callback):
     run resumes from its own checkpoint (``--ckpt_path``).
 
     Args:
-        checkpoint: the image phase's ``.ckpt`` (e.g. its ``last.ckpt``).
+        checkpoint: the image phase's ``.ckpt`` (e.g. its ``checkpoints/last.ckpt``) or
+            DeepSpeed checkpoint directory.
         use_ema: take the EMA weights stored in the checkpoint when there are any.
     """
 
