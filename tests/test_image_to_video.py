@@ -58,6 +58,17 @@ def test_image_to_video_keeps_frame_zero_after_the_round_trip(kind, objective, v
     assert not torch.allclose(free[:, :, :1], round_trip, atol=1e-2)
 
 
+def test_loop_ends_on_the_image():
+    module = make_module()
+    image = torch.rand(2, 3, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    video = module.generate(["a red square", "a blue circle"], num_frames=4, first_frames=image, loop=True)
+    torch.testing.assert_close(video[:, :, :1], image)
+    torch.testing.assert_close(video[:, :, -1:], image)
+    assert not torch.allclose(video[:, :, 1], image[:, :, 0], atol=1e-3)
+    with pytest.raises(ValueError, match="loop=True needs first_frames"):
+        module.generate(["a"], loop=True)
+
+
 @pytest.mark.parametrize("kind", ["pixels", "frame_vae"])
 def test_extend_keeps_the_given_frames(kind, vae_dir):
     module = make_module(compressors(vae_dir)[kind])

@@ -69,6 +69,7 @@ def test_sample_video_extend_keeps_the_given_frames(checkpoint, tmp_path):
     (["--video", "y.mp4"], "--extend"),
     (["--extend", "3"], "--video"),
     (["--image", "missing.png"], "missing.png"),
+    (["--loop", "true"], "--image"),
 ])
 def test_sample_given_frames_clear_errors(checkpoint, argv, fragment):
     with pytest.raises((ValueError, FileNotFoundError), match=fragment):

@@ -206,6 +206,7 @@ class LatentDiffusionModule(L.LightningModule):
         seed: int = 0,
         progress: bool = False,
         first_frames: Optional[torch.Tensor] = None,
+        loop: bool = False,
     ) -> torch.Tensor:
         """Generate one video per prompt: ``[B, 3, T, H, W]`` in [-1, 1].
 
@@ -215,8 +216,10 @@ class LatentDiffusionModule(L.LightningModule):
         ``first_frames`` ``[B, 3, k, H, W]`` in [-1, 1] (one clip per prompt; ``k = 1``: an
         image) makes it image-to-video or continuation: their latents are given frames
         (``lvdm.diffusion.masking``), kept clean at every sampling step, so the video starts
-        with them as the compressor reproduces them; the size follows them. The model should
-        have been trained with ``frame_masks``."""
+        with them as the compressor reproduces them; the size follows them. ``loop`` also gives
+        the first given latent frame as the last one, so the video ends where it starts (a
+        seamless loop). The model should have been trained with ``frame_masks`` (``loop`` masks
+        for looping)."""
         frames, h, w = num_frames or self.sample_shape[0], height or self.sample_shape[1], width or self.sample_shape[2]
         if first_frames is not None:
             h, w = first_frames.shape[-2:]
@@ -224,7 +227,9 @@ class LatentDiffusionModule(L.LightningModule):
         noise = torch.stack(
             [torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(len(prompts))]
         ).to(self.device)
-        x_given, frame_mask = (None, None) if first_frames is None else self.given_latents(first_frames, noise)
+        if loop and first_frames is None:
+            raise ValueError("loop=True needs first_frames: the image the video starts and ends with")
+        x_given, frame_mask = (None, None) if first_frames is None else self.given_latents(first_frames, noise, loop)
         ctx, mask = self.encode_text(prompts)
         null_ctx, null_mask = self.encode_text([""])
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
@@ -233,21 +238,26 @@ class LatentDiffusionModule(L.LightningModule):
                                         frame_mask=frame_mask)
         return self.compressor.decode(latents).clamp(-1, 1)
 
-    def given_latents(self, first_frames: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clean latents with ``first_frames`` encoded at the start, and the frame mask that
-        marks them: the ``(x_given, frame_mask)`` of the samplers."""
+    def given_latents(self, first_frames: torch.Tensor, noise: torch.Tensor,
+                      loop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean latents with ``first_frames`` encoded at the start (and, with ``loop``, the
+        first of them again at the end), and the frame mask that marks them: the
+        ``(x_given, frame_mask)`` of the samplers."""
         if first_frames.ndim != 5 or first_frames.shape[:2] != (noise.shape[0], 3):
             raise ValueError(f"first_frames must be [{noise.shape[0]} prompts, 3, frames, H, W] in [-1, 1], "
                              f"got {tuple(first_frames.shape)}")
         z = self.compressor.encode(first_frames.to(self.device, torch.float32))
         k, total = z.shape[2], noise.shape[2]
-        if k >= total:
+        if k + int(loop) >= total:
             raise ValueError(f"the {first_frames.shape[2]} given frames fill {k} of the video's {total} latent "
                              "frames: nothing is left to generate; ask for more frames")
         x_given = torch.zeros_like(noise)
         x_given[:, :, :k] = z.to(noise.dtype)
         frame_mask = torch.zeros(noise.shape[0], total, dtype=torch.bool, device=noise.device)
         frame_mask[:, :k] = True
+        if loop:
+            x_given[:, :, -1] = z[:, :, 0].to(noise.dtype)
+            frame_mask[:, -1] = True
         return x_given, frame_mask
 
     @torch.no_grad()

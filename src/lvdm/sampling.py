@@ -71,6 +71,7 @@ def sample(
     video: Optional[str] = None,
     extend: int = 0,
     context_frames: Optional[int] = None,
+    loop: bool = False,
     overwrite: bool = False,
 ) -> list[str]:
     """Generate one mp4 per prompt from a trained checkpoint; image-to-video with ``--image``,
@@ -104,6 +105,7 @@ def sample(
         extend: with ``video``: frames to add; the written videos hold the given frames first.
         context_frames: with ``video``: given frames per generated window (default: half of
             ``num_frames``).
+        loop: with ``image``: the video also ends on the image (a seamless loop).
         overwrite: delete the videos already in ``out`` first; without it a folder that holds
             videos is refused (``lvdm eval`` would score the old ones with the new).
     """
@@ -123,6 +125,8 @@ def sample(
         raise ValueError("--video needs --extend N: the number of frames to add")
     if extend and not video:
         raise ValueError("--extend continues a video: give it with --video start.mp4")
+    if loop and not image:
+        raise ValueError("--loop makes a video that starts and ends on an image: give it with --image")
     from lvdm.data.given import read_images, read_video
 
     first = read_images(image, len(all_prompts)) if image else None
@@ -142,7 +146,7 @@ def sample(
         else:
             videos = module.generate(
                 chunk, num_frames, height, width, num_steps=steps, guidance_scale=guidance, seed=seed + start,
-                first_frames=None if first is None else first[start : start + batch_size],
+                first_frames=None if first is None else first[start : start + batch_size], loop=loop,
             )
         written += [str(p) for p in save_videos(videos, chunk, out_dir, fps=fps, start_index=start)]
     print(f"wrote {len(written)} videos to {out_dir}/")
