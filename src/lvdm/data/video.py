@@ -34,10 +34,9 @@ class VideoTooShortError(ValueError):
     """A video has fewer frames than a clip needs; names the source."""
 
 
-# Decoding limits: a few KB of container can claim a huge frame size or hide its frame count
-# (a 52 KB file decoded to 1.3 GB of frames before these bounds).
+# A few KB of container can claim a huge frame size: frames above this are refused.
 MAX_PIXELS = 4096 * 4096  # per frame
-MAX_SCANNED_FRAMES = 10_000  # frames decoded to find a random window in a clip of unknown length
+MAX_SCANNED_FRAMES = 10_000  # frames counted to choose a random window in a clip of unknown length
 
 
 def _source_name(source: VideoSource, name: str | None) -> str:
@@ -105,7 +104,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 8, crf: int = 1
     return path
 
 
-def _iter_rgb(container: av.container.InputContainer, label: str):
+def _iter_rgb(container: av.container.InputContainer, label: str, skip: int = 0):
+    """RGB frames in order; the first ``skip`` are decoded but yielded as ``None`` (not
+    converted: a random window late in a clip then costs decoding only, not RGB conversion)."""
     max_pixels = MAX_PIXELS
     stream = container.streams.video[0]
     height, width = stream.codec_context.height, stream.codec_context.width
@@ -118,11 +119,11 @@ def _iter_rgb(container: av.container.InputContainer, label: str):
     # context for every frame, which made RGB conversion 5x the cost of decoding itself.
     reformatter = VideoReformatter()
     try:
-        for frame in container.decode(stream):
+        for index, frame in enumerate(container.decode(stream)):
             if frame.height * frame.width > max_pixels:  # the header may understate the size
                 raise VideoTooLargeError(f"video {label} has a {frame.width}x{frame.height} frame, "
                                          f"more than the {max_pixels} pixels allowed")
-            yield reformatter.reformat(frame, format="rgb24").to_ndarray()
+            yield None if index < skip else reformatter.reformat(frame, format="rgb24").to_ndarray()
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(f"cannot decode video {label}: {exc}") from exc
 
@@ -194,8 +195,7 @@ def decode_clip(
 
     Raises:
         VideoTooShortError: the video has fewer than ``(num_frames - 1) * frame_interval + 1``
-            frames (a ``ValueError`` subclass; a clip of unknown length is searched over its first
-            ``MAX_SCANNED_FRAMES`` frames).
+            frames (a ``ValueError`` subclass).
         VideoTooLargeError: its frames have more than ``MAX_PIXELS`` pixels.
         VideoDecodeError: the data is corrupt or not a video (a ``ValueError`` subclass).
         FileNotFoundError: ``source`` is a path that does not exist.
@@ -221,7 +221,7 @@ def decode_clip(
         start = 0
         if random_start and total:
             start = int((rng or np.random.default_rng()).integers(0, total - span + 1))
-            frames = _take(_iter_rgb(container, label), start, span)
+            frames = _take(_iter_rgb(container, label, skip=start), start, span)
         else:
             frames = _take(_iter_rgb(container, label), 0, span)
     if len(frames) < span:
