@@ -29,6 +29,7 @@ Training (Lightning CLI; compose YAML recipes with --config, override any key on
 
 lvdm commands:
   sample      prompts -> mp4 files   lvdm sample --checkpoint last.ckpt --prompts '["a red square moving left"]'
+              image-to-video: --image first.png; continuation: --video start.mp4 --extend 16
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
   data synth-mixed  the shapes dataset in mixed sizes and lengths, with images (bucketed training)
   data encode precompute a compressor's latents of video shards into latent shards
