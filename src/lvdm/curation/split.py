@@ -26,7 +26,7 @@ from typing import Optional
 
 from lvdm.curation.engine import failed, make_engine
 from lvdm.data.schema import (
-    MANIFEST_NAME, REJECTS_NAME, manifest_row, media_entry, media_kind, write_manifest, write_rejects,
+    InvalidSampleError, MANIFEST_NAME, REJECTS_NAME, manifest_row, media_entry, media_kind, write_manifest, write_rejects,
 )
 from lvdm.data.shards import ShardWriter, read_shard, resolve_shards
 from lvdm.data.transcode import cut_segments
@@ -150,8 +150,11 @@ def _split_shard(task: tuple[str, str, _Options]) -> dict:
             except Exception as exc:  # one unreadable video is one reject, never the end of the run
                 rejects.append((key, f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)))
                 continue
-            for clip in new:
-                rows.append(manifest_row(clip["key"], sink.write(clip), clip["json"]))
+            try:
+                for clip in new:
+                    rows.append(manifest_row(clip["key"], sink.write(clip), clip["json"]))
+            except InvalidSampleError as exc:  # a clip key equal to another sample's key
+                rejects.append((key, str(exc)))
     return {"rows": rows, "rejects": rejects, "videos": videos}
 
 
