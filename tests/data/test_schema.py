@@ -132,10 +132,12 @@ def mixed_shards(tmp_path_factory):
     return root
 
 
-def test_video_datamodule_reads_every_extension(mixed_shards):
+def test_video_datamodule_reads_every_extension(mixed_shards, caplog):
     dm = VideoDataModule(str(mixed_shards), str(mixed_shards), batch_size=3, num_frames=4, resolution=(8, 12))
     dm.setup("fit")
-    batches = list(dm.val_dataloader())  # an image is a 1-frame clip: too short for 4 frames
+    with caplog.at_level("WARNING", logger="lvdm.data"):
+        batches = list(dm.val_dataloader())
+    assert "'i_png'" in caplog.text and "too_short" in caplog.text  # an image is a 1-frame clip: too short for 4 frames
     keys = [k for b in batches for k in b["key"]]
     assert keys == [f"v_{e}" for e in ("mp4", "webm", "mkv", "avi", "mov", "gif")]
     assert dm.skipped == 3

@@ -6,7 +6,6 @@ ships its own FFmpeg with libx264.
 
 from __future__ import annotations
 
-import collections
 import io
 import itertools
 from fractions import Fraction
@@ -35,10 +34,9 @@ class VideoTooShortError(ValueError):
     """A video has fewer frames than a clip needs; names the source."""
 
 
-# Decoding limits: a few KB of container can claim a huge frame size or hide its frame count
-# (a 52 KB file decoded to 1.3 GB of frames before these bounds).
+# A few KB of container can claim a huge frame size: frames above this are refused.
 MAX_PIXELS = 4096 * 4096  # per frame
-MAX_SCANNED_FRAMES = 10_000  # frames decoded to find a random window in a clip of unknown length
+MAX_SCANNED_FRAMES = 10_000  # frames counted to choose a random window in a clip of unknown length
 
 
 def _source_name(source: VideoSource, name: str | None) -> str:
@@ -197,8 +195,7 @@ def decode_clip(
 
     Raises:
         VideoTooShortError: the video has fewer than ``(num_frames - 1) * frame_interval + 1``
-            frames (a ``ValueError`` subclass; a clip of unknown length is searched over its first
-            ``MAX_SCANNED_FRAMES`` frames).
+            frames (a ``ValueError`` subclass).
         VideoTooLargeError: its frames have more than ``MAX_PIXELS`` pixels.
         VideoDecodeError: the data is corrupt or not a video (a ``ValueError`` subclass).
         FileNotFoundError: ``source`` is a path that does not exist.
@@ -210,7 +207,14 @@ def decode_clip(
     with _open(source, label) as container:
         if not container.streams.video:
             raise VideoDecodeError(f"no video stream in {label}")
-        total = container.streams.video[0].frames  # 0 when the container does not say
+        total = container.streams.video[0].frames  # 0 when the container does not say (webm, mkv)
+        if not total and random_start:
+            # Count by demuxing (no decoding) rather than decoding the whole video to choose a
+            # start; only the first MAX_SCANNED_FRAMES frames are candidates, so a container that
+            # hides a huge frame count cannot make one clip decode without bound.
+            packets = (p for p in container.demux(container.streams.video[0]) if p.size)
+            total = sum(1 for _ in itertools.islice(packets, MAX_SCANNED_FRAMES))
+            container.seek(0)
         if total and total < span:
             raise VideoTooShortError(f"video {label} has {total} frames, fewer than the {span} needed for "
                              f"num_frames={num_frames}, frame_interval={frame_interval}")
@@ -218,8 +222,6 @@ def decode_clip(
         if random_start and total:
             start = int((rng or np.random.default_rng()).integers(0, total - span + 1))
             frames = _take(_iter_rgb(container, label, skip=start), start, span)
-        elif random_start:  # unknown length: one pass, holding at most 2 windows of frames
-            start, frames = _random_window(_iter_rgb(container, label), span, rng or np.random.default_rng())
         else:
             frames = _take(_iter_rgb(container, label), 0, span)
     if len(frames) < span:
@@ -230,22 +232,6 @@ def decode_clip(
         size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
         video = _resize_crop(video, size)
     return (video / 127.5 - 1.0).clamp_(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
-
-
-def _random_window(frames, span: int, rng: np.random.Generator):
-    """``(start, frames)`` of a uniformly random window of ``span`` consecutive frames of a
-    stream of unknown length, in one pass over at most ``MAX_SCANNED_FRAMES`` frames (reservoir sampling
-    over windows: the window ending at frame ``i`` replaces the kept one with probability
-    ``1 / (number of windows so far)``). Fewer than ``span`` frames: all of them, start 0."""
-    recent: collections.deque = collections.deque(maxlen=span)
-    kept, start, seen = [], 0, 0
-    for index, frame in enumerate(itertools.islice(frames, MAX_SCANNED_FRAMES)):
-        recent.append(frame)
-        if len(recent) == span:
-            seen += 1
-            if rng.integers(0, seen) == 0:
-                kept, start = list(recent), index - span + 1
-    return (start, kept) if kept else (0, list(recent))
 
 
 def _take(frames, start: int, count: int) -> list[np.ndarray]:
