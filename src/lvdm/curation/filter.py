@@ -19,7 +19,7 @@ import json
 import operator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from lvdm.curation.engine import failed, make_engine
 from lvdm.data.schema import MANIFEST_NAME, REJECTS_NAME, manifest_row, media_entry, write_manifest, write_rejects
@@ -163,7 +163,7 @@ def filter_dataset(
     source: str,
     out: str,
     keep: Union[str, list[str]],
-    engine: str = "local",
+    engine: Literal["local", "ray"] = "local",
     workers: Optional[int] = None,
     ray_address: Optional[str] = None,
     overwrite: bool = False,

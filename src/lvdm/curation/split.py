@@ -22,7 +22,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from lvdm.curation.engine import failed, make_engine
 from lvdm.data.schema import (
@@ -161,7 +161,7 @@ def _split_shard(task: tuple[str, str, _Options]) -> dict:
 def split(
     source: str,
     out: str,
-    detector: str = "content",
+    detector: Literal["content", "adaptive"] = "content",
     threshold: Optional[float] = None,
     detect: bool = True,
     min_seconds: float = 1.0,
@@ -169,7 +169,7 @@ def split(
     chunk_seconds: Optional[float] = None,
     max_size: Optional[int] = None,
     crf: int = 18,
-    engine: str = "local",
+    engine: Literal["local", "ray"] = "local",
     workers: Optional[int] = None,
     ray_address: Optional[str] = None,
     overwrite: bool = False,
