@@ -3,7 +3,6 @@ import json
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import webdataset as wds

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import av
 
-from lvdm.data.schema import IMAGE_EXTENSIONS, canonical_extension, media_kind, sniff_media
+from lvdm.data.schema import IMAGE_EXTENSIONS, canonical_extension, media_kind
 
 __all__ = ["MediaInfo", "ProbeError", "probe_media"]
 
