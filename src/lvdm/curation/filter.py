@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from lvdm.curation.engine import failed, make_engine
+from lvdm.curation.split import prepare_stage_output
 from lvdm.data.schema import MANIFEST_NAME, REJECTS_NAME, manifest_row, media_entry, write_manifest, write_rejects
 from lvdm.data.shards import ShardWriter, read_shard, resolve_shards
 
@@ -193,12 +194,7 @@ def filter_dataset(
     expressions = [keep] if isinstance(keep, str) else list(keep)
     conditions = parse_conditions(expressions)  # refuse a bad expression before reading anything
     shards = resolve_shards(source)
-    root = Path(out)
-    if any(Path(s).resolve().parent == root.resolve() for s in shards):
-        raise ValueError(f"out={out} is the input folder: filter writes a new dataset folder")
-    if root.is_dir() and any(root.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; choose an empty folder or pass overwrite=True")
-    root.mkdir(parents=True, exist_ok=True)
+    root = prepare_stage_output(out, shards, overwrite)
     tasks = [(shard, str(root), expressions) for shard in shards]
     results = make_engine(engine, workers, ray_address).map(_filter_shard, tasks, desc="filter shards")
     rows, rejects = [], []
