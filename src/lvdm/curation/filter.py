@@ -161,7 +161,7 @@ def _filter_shard(task: tuple[str, str, list[str]]) -> dict:
 
 
 def filter_dataset(
-    source: str,
+    source: Union[str, list[str]],
     out: str,
     keep: Union[str, list[str]],
     engine: Literal["local", "ray"] = "local",

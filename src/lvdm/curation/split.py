@@ -22,7 +22,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from lvdm.curation.engine import failed, make_engine
 from lvdm.curation.folder import prepare_output
@@ -160,7 +160,7 @@ def _split_shard(task: tuple[str, str, _Options]) -> dict:
 
 
 def split(
-    source: str,
+    source: Union[str, list[str]],
     out: str,
     detector: Literal["content", "adaptive"] = "content",
     threshold: Optional[float] = None,
