@@ -10,7 +10,9 @@ import webdataset as wds
 from lvdm.curation.ingest import ingest
 from lvdm.data.probe import ProbeError, probe_media
 from lvdm.data.schema import METADATA_FIELDS, media_entry, read_manifest, read_rejects
-from lvdm.data.testing import encode_audio_only, encode_image, encode_video, frames, misstate_avi_frames
+from lvdm.data.testing import (
+    encode_audio_only, encode_image, encode_video, encode_video_with_audio, frames, misstate_avi_frames,
+)
 
 # folder inputs: relative path → (media bytes builder, sidecars)
 GOOD_FOLDER = {
@@ -98,6 +100,16 @@ def test_probe_reads_the_container(folder):
     assert probe_media((folder / "clips/webm_named.mp4").read_bytes(), "mp4").ext == "webm"
     info = probe_media((folder / "img/pic.png").read_bytes(), "png")
     assert (info.kind, info.frames, info.width, info.height, info.fps) == ("image", 1, 33, 9, 0)
+
+
+def test_probe_truncation_check_allows_a_longer_audio_track():
+    """matroska records one duration for the file: a 1.5 s video with 4 s of audio is whole,
+    the same file cut in half is truncated."""
+    mkv = encode_video_with_audio(frames(12, 18, 24), "mkv", audio_seconds=4.0)
+    info = probe_media(mkv, "mkv")
+    assert (info.frames, info.duration) == (12, 1.5)
+    with pytest.raises(ProbeError, match="truncated: the header says 4.1"):
+        probe_media(mkv[: len(mkv) // 2], "mkv")
 
 
 def test_probe_bounds_frames_and_pixels(folder):
