@@ -11,7 +11,10 @@ import yaml
 from lvdm.cli import lightning_cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+# The real-size Open-Sora phases need GPUs and pretrained T5 / VAE / PixArt-α weights: they are
+# parsed and their models built on the meta device in tests/test_opensora_recipes.py instead.
+REAL_SIZE_RECIPES = sorted((ROOT / "recipes/opensora").glob("*.yaml"))
+RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set(REAL_SIZE_RECIPES))
 FRAGMENTS = sorted((ROOT / "callbacks").glob("*.yaml"))
 
 
@@ -56,7 +59,8 @@ def test_recipes_exist_for_every_conditioning_variant():
 def test_every_recipe_loads(recipe):
     cli = lightning_cli(["--config", str(recipe)], run=False)
     model = cli.model
-    assert sum(p.numel() for p in model.parameters()) > 0
+    wanted = yaml.safe_load(recipe.read_text())["model"]["init_args"]["denoiser"]["init_args"]
+    assert model.denoiser.hidden_size == wanted["hidden_size"] and len(model.denoiser.blocks) == wanted["depth"]
     assert model.denoiser.context_dim == model.text_encoder.dim
 
 
@@ -114,10 +118,15 @@ def test_fit_checkpoint_sample_probe_end_to_end(tmp_path):
     fvd_json = tmp_path / "fvd.json"
     lvdm("eval", "fvd", "--real", str(real / "val-*.tar"), "--fake_checkpoint", str(ckpt),
          "--prompt_file", str(data / "val_prompts.txt"), "--num_videos", "2", "--num_frames", "10",
-         "--steps", "1", "--device", "cpu", "--output", str(fvd_json))
+         "--steps", "1", "--device", "cpu", "--output", str(fvd_json), "--samples_dir", str(tmp_path / "fvd_fake"))
     fvd = json.loads(fvd_json.read_text())
     assert fvd["fake"] == {"source": "generated", "num_videos": 2} and fvd["real"]["num_videos"] == 2
-    assert fvd["sampling"]["checkpoint"] == str(ckpt) and fvd["fvd"] > 0
+    assert fvd["sampling"]["checkpoint"] == str(ckpt)
+    from lvdm.metrics.evaluate import fvd as folder_fvd  # the same generated videos, scored as a folder
+
+    again = folder_fvd(real=str(real / "val-*.tar"), fake=str(tmp_path / "fvd_fake"), num_videos=2, num_frames=10,
+                       device="cpu")
+    assert fvd["fvd"] == pytest.approx(again["fvd"], rel=1e-6)
 
     # A plain .ckpt exports to one safetensors file holding the same (EMA) model.
     import torch

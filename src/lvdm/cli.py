@@ -32,7 +32,11 @@ lvdm commands:
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
   data encode precompute a compressor's latents of video shards into latent shards
   data ingest your videos/images (folder, CSV/parquet table, video2dataset shards) -> shards + manifest + rejects
+  data split  cut videos into scene clips (PySceneDetect), min/max length or fixed chunks
   data score  add scores (motion, ocr, duplicates, rules, aesthetic, clip_match) to a dataset folder
+  data caption  captions from a vision-language model (transformers or an OpenAI-compatible server)
+  data filter keep samples by json-field expressions   lvdm data filter --source ds --out kept --keep 'motion > 0.5'
+  data stats  counts, percentiles and histogram PNGs of a dataset folder's fields
   eval probe  score generated shapes videos: colour / shape / direction accuracy
   eval fvd    Fréchet Video Distance (original TF protocol)   lvdm eval fvd --real <shards|mp4s> --fake <mp4s>
   eval clipscore  CLIPScore of videos against their prompts  lvdm eval clipscore --videos <mp4s> --clip <path|hub id>
@@ -72,7 +76,11 @@ GROUPS: dict[str, dict[str, str]] = {
         "synth": "lvdm.data.synthetic:write_synthetic_dataset",
         "encode": "lvdm.data.latents:encode_shards",
         "ingest": "lvdm.curation.ingest:ingest",
+        "split": "lvdm.curation.split:split",
         "score": "lvdm.curation.score:score_dataset",
+        "caption": "lvdm.curation.caption:caption_dataset",
+        "filter": "lvdm.curation.filter:filter_dataset",
+        "stats": "lvdm.curation.stats:dataset_stats",
     },
     "eval": {
         "probe": "lvdm.metrics.probe:probe_folder",

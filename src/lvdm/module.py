@@ -19,7 +19,6 @@ from lvdm.compressors.base import Compressor
 from lvdm.compressors.pixels import PixelCompressor
 from lvdm.diffusion.guidance import GuidedDenoiser
 from lvdm.diffusion.objectives import Objective, RectifiedFlow
-from lvdm.models.dit import DiT
 from lvdm.text.base import TextEncoder
 
 
@@ -57,7 +56,9 @@ class LatentDiffusionModule(L.LightningModule):
     """Text-to-video latent diffusion: compressor → DiT denoiser under an objective.
 
     Args:
-        denoiser: the diffusion transformer (its ``context_dim`` must equal the text
+        denoiser: the diffusion transformer, e.g. :class:`~lvdm.models.dit.DiT` or
+            :class:`~lvdm.models.stdit.STDiT` (a function returning one, such as
+            :func:`lvdm.models.presets.preset`, also works in a recipe; its ``context_dim`` must equal the text
             encoder's ``dim``).
         text_encoder: turns captions into token embeddings and a mask.
         objective: rectified flow or DDPM; also the sampler.
@@ -73,7 +74,7 @@ class LatentDiffusionModule(L.LightningModule):
 
     def __init__(
         self,
-        denoiser: DiT,
+        denoiser: torch.nn.Module,
         text_encoder: TextEncoder,
         objective: Objective | None = None,
         compressor: Compressor | None = None,

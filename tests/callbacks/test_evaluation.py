@@ -21,12 +21,27 @@ def test_periodic_fvd(tmp_path):
     callback = PeriodicEvaluation(real=str(tmp_path / "shapes/val-*.tar"), every_n_steps=2, num_videos=2)
     batch = {"video": torch.rand(2, 3, 9, 32, 32) * 2 - 1, "caption": ["a red square moving left"] * 2}
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, callbacks=[callback], limit_val_batches=0)
+                        enable_progress_bar=False, callbacks=[callback], limit_val_batches=0,
+                        default_root_dir=tmp_path / "run")
     trainer.fit(module, DataLoader([batch] * 2, batch_size=None))
     assert [step for step, _ in callback.history] == [2]
     results = callback.history[0][1]
-    assert set(results) == {"eval/fvd"} and results["eval/fvd"] > 0
+    assert set(results) == {"eval/fvd"}
     assert trainer.callback_metrics["eval/fvd"].item() == pytest.approx(results["eval/fvd"])
+    # the generated videos are shown: written as mp4 (and logged to the loggers, none here)
+    shown = sorted((tmp_path / "run/eval/step_0000002").glob("*.mp4"))
+    assert len(shown) == 2 and (tmp_path / "run/eval/step_0000002/prompts.txt").read_text().splitlines() == \
+        callback._prompts
+
+    # the same FVD from the same videos, computed outside the callback
+    from lvdm.metrics.fvd import FrechetVideoDistance
+
+    with torch.no_grad():
+        fake = module.generate(callback._prompts, num_frames=9, num_steps=None, seed=callback.seed)
+        reference = FrechetVideoDistance()
+        reference.update(features=callback._real_features, real=True)
+        reference.update(fake.float(), real=False)
+    assert results["eval/fvd"] == pytest.approx(reference.compute().item(), rel=1e-6)
     assert len(callback._prompts) == 2 and callback._real_features.shape == (2, 400)
 
 

@@ -152,25 +152,29 @@ def _hidden_length_video(frames=300, size=16):
 
 def test_hidden_frame_count_decodes_only_up_to_the_window(monkeypatch):
     """A container without a frame count (the 52 KB file that decoded to 1.3 GB): the start is
-    drawn from a demuxed packet count and decoding stops at the window's last frame."""
-    data = _hidden_length_video(120)
+    drawn from a demuxed packet count capped at MAX_SCANNED_FRAMES, and decoding stops at the
+    window's last frame."""
+    data = _hidden_length_video(300)
     with av.open(io.BytesIO(data)) as c:
         assert c.streams.video[0].frames == 0  # the container hides the length
     pulled = []
     real = video_mod._iter_rgb
 
-    def counting(container, label):
-        for frame in real(container, label):
+    def counting(container, label, skip=0):
+        for frame in real(container, label, skip):
             pulled.append(1)
             yield frame
 
     monkeypatch.setattr(video_mod, "_iter_rgb", counting)
-    for seed in range(3):
+    monkeypatch.setattr(video_mod, "MAX_SCANNED_FRAMES", 100)
+    for seed in range(5):  # uncapped, a start in [0, 296] would pass frame 100 with probability 2/3 each
         pulled.clear()
         clip = decode_clip(data, 4, random_start=True, rng=np.random.default_rng(seed))
-        index = [(clip[0, t, 0, 0].item() + 1) * 127.5 / 2 for t in range(4)]  # frame i has brightness 2i
+        # frame i has brightness 2i: the window starts within the 100 scanned frames, frames consecutive
+        index = [(clip[0, t, 0, 0].item() + 1) * 127.5 / 2 for t in range(4)]
+        assert clip.shape == (3, 4, 16, 16) and -0.5 <= index[0] <= 96.5
         assert np.allclose(np.diff(index), 1, atol=0.5)
-        assert len(pulled) <= round(index[0]) + 4 + 1  # nothing decoded past the window
+        assert len(pulled) <= round(index[0]) + 4  # nothing decoded past the window
 
 
 def test_frames_above_the_pixel_limit_are_refused(monkeypatch):

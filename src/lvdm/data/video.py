@@ -7,6 +7,7 @@ ships its own FFmpeg with libx264.
 from __future__ import annotations
 
 import io
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class VideoTooShortError(ValueError):
 
 # A few KB of container can claim a huge frame size: frames above this are refused.
 MAX_PIXELS = 4096 * 4096  # per frame
+MAX_SCANNED_FRAMES = 10_000  # frames counted to choose a random window in a clip of unknown length
 
 
 def _source_name(source: VideoSource, name: str | None) -> str:
@@ -102,7 +104,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 8, crf: int = 1
     return path
 
 
-def _iter_rgb(container: av.container.InputContainer, label: str):
+def _iter_rgb(container: av.container.InputContainer, label: str, skip: int = 0):
+    """RGB frames in order; the first ``skip`` are decoded but yielded as ``None`` (not
+    converted: a random window late in a clip then costs decoding only, not RGB conversion)."""
     max_pixels = MAX_PIXELS
     stream = container.streams.video[0]
     height, width = stream.codec_context.height, stream.codec_context.width
@@ -115,11 +119,11 @@ def _iter_rgb(container: av.container.InputContainer, label: str):
     # context for every frame, which made RGB conversion 5x the cost of decoding itself.
     reformatter = VideoReformatter()
     try:
-        for frame in container.decode(stream):
+        for index, frame in enumerate(container.decode(stream)):
             if frame.height * frame.width > max_pixels:  # the header may understate the size
                 raise VideoTooLargeError(f"video {label} has a {frame.width}x{frame.height} frame, "
                                          f"more than the {max_pixels} pixels allowed")
-            yield reformatter.reformat(frame, format="rgb24").to_ndarray()
+            yield None if index < skip else reformatter.reformat(frame, format="rgb24").to_ndarray()
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(f"cannot decode video {label}: {exc}") from exc
 
@@ -205,8 +209,11 @@ def decode_clip(
             raise VideoDecodeError(f"no video stream in {label}")
         total = container.streams.video[0].frames  # 0 when the container does not say (webm, mkv)
         if not total and random_start:
-            # Count by demuxing (no decoding) rather than decoding the whole video to choose a start.
-            total = sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+            # Count by demuxing (no decoding) rather than decoding the whole video to choose a
+            # start; only the first MAX_SCANNED_FRAMES frames are candidates, so a container that
+            # hides a huge frame count cannot make one clip decode without bound.
+            packets = (p for p in container.demux(container.streams.video[0]) if p.size)
+            total = sum(1 for _ in itertools.islice(packets, MAX_SCANNED_FRAMES))
             container.seek(0)
         if total and total < span:
             raise VideoTooShortError(f"video {label} has {total} frames, fewer than the {span} needed for "
@@ -214,7 +221,7 @@ def decode_clip(
         start = 0
         if random_start and total:
             start = int((rng or np.random.default_rng()).integers(0, total - span + 1))
-            frames = _take(_iter_rgb(container, label), start, span)
+            frames = _take(_iter_rgb(container, label, skip=start), start, span)
         else:
             frames = _take(_iter_rgb(container, label), 0, span)
     if len(frames) < span:

@@ -22,7 +22,7 @@ and the final projection is zero, so an untrained model predicts 0 (DiT's
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 from torch import nn
@@ -85,15 +85,19 @@ class Attention(nn.Module):
         context: torch.Tensor | None = None,
         key_mask: torch.Tensor | None = None,
         sharded: bool = False,
+        rope: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``sharded``: ``x`` is this rank's chunk of a sequence split across ranks (see
-        :func:`lvdm.ops.attention.attention`)."""
+        :func:`lvdm.ops.attention.attention`). ``rope``: a rotary position code applied to the
+        (normalised) queries and keys ``[B, heads, L, head_dim]`` (:mod:`lvdm.models.rope`)."""
         if self.cross:
             q = self.q(x)
             k, v = self.kv(context).chunk(2, dim=-1)
         else:
             q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k, v = self.q_norm(self._heads(q)), self.k_norm(self._heads(k)), self._heads(v)
+        if rope is not None:
+            q, k = rope(q), rope(k)
         out = attention(q, k, v, key_mask=key_mask, sharded=sharded)
         return self.proj(out.transpose(1, 2).reshape(x.shape))
 
