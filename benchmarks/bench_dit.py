@@ -14,7 +14,10 @@ variant with one adaLN linear per block instead). Latte (``norm_type="ada_norm_s
 adaLN-single too) is a spatial block
 with cross-attention followed by a temporal block, each with its own MLP, so it does more
 FLOPs per layer at the same width and depth — the table prints parameters and FLOPs of both,
-and the ratios both as time and as achieved FLOP/s.
+and the ratios both as time and as achieved FLOP/s. ``lvdm-latte`` is lvdm's STDiT in Latte's
+exact layout (weights convert one to one, outputs agree to 1e-5): the same architecture as
+diffusers' Latte, so its ratio measures the code alone; its FLOPs are slightly lower only because
+it projects the caption's keys and values once per clip where Latte does it once per frame.
 
 Training: AdamW, MSE on a rectified-flow target, forward + backward + optimizer step. ``--dtype
 bf16`` runs both models and their optimizers wholly in bf16; add ``--mixed`` for fp32 weights
@@ -86,6 +89,21 @@ def build_latte(cfg, device, dtype):
     return model.to(device=device, dtype=dtype)
 
 
+def build_lvdm_latte(cfg, device, dtype):
+    """lvdm's STDiT in Latte's exact layout (the converter's reading of the same Latte config):
+    same architecture and parameters as ``build_latte`` — only the code differs."""
+    from lvdm.models.convert import latte
+    from lvdm.models.stdit import STDiT
+
+    with torch.device("meta"):
+        config = build_latte(cfg, torch.device("meta"), torch.float32).config
+    return STDiT(**latte.stdit_kwargs(config)).to(device=device, dtype=dtype)
+
+
+BUILDERS = {"lvdm": build_lvdm, "latte": build_latte, "lvdm-latte": build_lvdm_latte}
+LABELS = {"lvdm": "lvdm DiT (STDiT)", "latte": "diffusers Latte", "lvdm-latte": "lvdm STDiT, Latte layout"}
+
+
 class LatteFn(torch.nn.Module):
     """Latte called with lvdm's denoiser signature ``(x, t, context, mask)``.
 
@@ -121,7 +139,7 @@ def _sync(device):
 
 
 def _apply_checkpointing(name, model):
-    if name == "lvdm":
+    if name != "latte":
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
         apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, model.block_class))
@@ -181,7 +199,8 @@ def forward_flops(name, cfg, batch=1):
     """Forward FLOPs per ``batch`` samples, counted on the meta device (no memory, no compute)."""
     device = torch.device("meta")
     with device:
-        model = build_lvdm(cfg, device, torch.float32) if name == "lvdm" else LatteFn(build_latte(cfg, device, torch.float32))
+        model = BUILDERS[name](cfg, device, torch.float32)
+        model = LatteFn(model) if name == "latte" else model
     c, t, h, w = cfg["latent"]
     x = torch.empty(batch, c, t, h, w, device=device)
     ctx = torch.empty(batch, cfg["text_len"], cfg["context_dim"], device=device)
@@ -219,13 +238,13 @@ def run(args) -> dict:
         # --mixed: fp32 weights and optimizer, matmuls under autocast (Lightning's bf16-mixed);
         # otherwise the whole model and optimizer run in --dtype (bf16-true)
         weights = torch.float32 if args.mixed else dtype
-        model = build_lvdm(cfg, device, weights) if name == "lvdm" else build_latte(cfg, device, weights)
+        model = BUILDERS[name](cfg, device, weights)
         if cfg["checkpointing"]:
             _apply_checkpointing(name, model)
         if args.compile:
-            block = model.block_class if name == "lvdm" else type(model.transformer_blocks[0])
+            block = type(model.transformer_blocks[0]) if name == "latte" else model.block_class
             compile_blocks(model, block_class=block)
-        fn = model if name == "lvdm" else LatteFn(model)
+        fn = LatteFn(model) if name == "latte" else model
         autocast = torch.autocast(device.type, dtype=dtype, enabled=args.mixed and dtype != torch.float32)
         inputs = make_inputs(cfg, cfg["batch"], device, weights)
         with autocast:
@@ -262,6 +281,13 @@ def run(args) -> dict:
             "training_flops_per_s": a["train_tflops_per_s"] / b["train_tflops_per_s"],
             "sampling_speedup": (b["sampling_s"] / a["sampling_s"]) if a["sampling_s"] and b["sampling_s"] else None,
         }
+    if "lvdm-latte" in rows and "latte" in rows:  # same architecture and FLOPs: the code's speed alone
+        a, b = rows["lvdm-latte"], rows["latte"]
+        result["latte_layout_ratios"] = {
+            "training_speedup": b["train_ms_per_step"] / a["train_ms_per_step"],
+            "sampling_speedup": (b["sampling_s"] / a["sampling_s"]) if a["sampling_s"] and b["sampling_s"] else None,
+            "flops_ratio": a["fwd_gflops_per_sample"] / b["fwd_gflops_per_sample"],
+        }
     return result
 
 
@@ -281,7 +307,7 @@ def table(result) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in result["rows"].items():
-        label = "lvdm DiT (STDiT)" if name == "lvdm" else "diffusers Latte"
+        label = LABELS[name]
         lines.append(
             f"| {label} | {r['params_m']:.1f} | {r['fwd_gflops_per_sample']:.2f} | {r['train_ms_per_step']:.1f} | "
             f"{r['samples_per_s']:.3f} | {r['tokens_per_s']:.0f} | {r['train_tflops_per_s']:.4f} | "
@@ -294,6 +320,12 @@ def table(result) -> str:
             f"| **lvdm / Latte** | | | **{q['training_speedup']:.2f}× faster step** | | | "
             f"**{q['training_flops_per_s']:.2f}× FLOP/s** | | | **{_fmt(q['sampling_speedup'], '.2f')}× faster sampling** |"
         )
+    if "latte_layout_ratios" in result:
+        q = result["latte_layout_ratios"]
+        lines.append(
+            f"| **lvdm Latte layout / Latte** (same architecture; {q['flops_ratio']:.3f}× the FLOPs: caption K/V once per clip) | | | "
+            f"**{q['training_speedup']:.2f}× faster step** | | | | | | **{_fmt(q['sampling_speedup'], '.2f')}× faster sampling** |"
+        )
     return "\n".join(lines)
 
 
@@ -305,7 +337,8 @@ def main(argv=None) -> dict:
                         help="fp32 weights with autocast to --dtype (bf16-mixed) instead of pure --dtype")
     parser.add_argument("--attention", choices=["sdpa", "flash", "math"], default="sdpa")
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block (both models)")
-    parser.add_argument("--models", nargs="+", choices=["lvdm", "latte"], default=["lvdm", "latte"])
+    parser.add_argument("--models", nargs="+", choices=sorted(BUILDERS), default=["lvdm", "latte", "lvdm-latte"],
+                        help="lvdm-latte: lvdm's STDiT in Latte's exact layout (same architecture and FLOPs as latte)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, help="training batch (overrides the preset)")
     parser.add_argument("--depth", type=int, help="layers (overrides the preset)")

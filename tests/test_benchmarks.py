@@ -30,4 +30,9 @@ def test_cpu_smoke_prints_lvdm_vs_latte_table(tmp_path, capsys):
     # same width/depth/heads: parameter counts within 25% of each other
     assert 0.75 < rows["lvdm"]["params_m"] / rows["latte"]["params_m"] < 1.25
     assert set(result["ratios"]) == {"training_speedup", "training_flops_per_s", "sampling_speedup"}
+    # lvdm's STDiT in Latte's layout: the same model as diffusers' Latte, FLOP for FLOP
+    assert "| lvdm STDiT, Latte layout |" in text and "same architecture" in text
+    assert rows["lvdm-latte"]["params_m"] == rows["latte"]["params_m"]
+    # FLOPs: lvdm projects the caption's keys/values once per clip, diffusers' Latte once per frame
+    assert 0.9 < result["latte_layout_ratios"]["flops_ratio"] <= 1.0
     assert json.loads(out.read_text())["preset"] == "cpu-smoke"

@@ -11,7 +11,10 @@ import yaml
 from lvdm.cli import lightning_cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+# The real-size Open-Sora phases need GPUs and pretrained T5 / VAE / PixArt-α weights: they are
+# parsed and their models built on the meta device in tests/test_opensora_recipes.py instead.
+REAL_SIZE_RECIPES = sorted((ROOT / "recipes/opensora").glob("*.yaml"))
+RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set(REAL_SIZE_RECIPES))
 FRAGMENTS = sorted((ROOT / "callbacks").glob("*.yaml"))
 
 

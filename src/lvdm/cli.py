@@ -8,6 +8,7 @@ only parses: nothing in the library imports it.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -31,7 +32,11 @@ lvdm commands:
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
   data encode precompute a compressor's latents of video shards into latent shards
   data ingest your videos/images (folder, CSV/parquet table, video2dataset shards) -> shards + manifest + rejects
+  data split  cut videos into scene clips (PySceneDetect), min/max length or fixed chunks
   data score  add scores (motion, ocr, duplicates, rules, aesthetic, clip_match) to a dataset folder
+  data caption  captions from a vision-language model (transformers or an OpenAI-compatible server)
+  data filter keep samples by json-field expressions   lvdm data filter --source ds --out kept --keep 'motion > 0.5'
+  data stats  counts, percentiles and histogram PNGs of a dataset folder's fields
   eval probe  score generated shapes videos: colour / shape / direction accuracy
   eval fvd    Fréchet Video Distance (original TF protocol)   lvdm eval fvd --real <shards|mp4s> --fake <mp4s>
   eval clipscore  CLIPScore of videos against their prompts  lvdm eval clipscore --videos <mp4s> --clip <path|hub id>
@@ -71,7 +76,11 @@ GROUPS: dict[str, dict[str, str]] = {
         "synth": "lvdm.data.synthetic:write_synthetic_dataset",
         "encode": "lvdm.data.latents:encode_shards",
         "ingest": "lvdm.curation.ingest:ingest",
+        "split": "lvdm.curation.split:split",
         "score": "lvdm.curation.score:score_dataset",
+        "caption": "lvdm.curation.caption:caption_dataset",
+        "filter": "lvdm.curation.filter:filter_dataset",
+        "stats": "lvdm.curation.stats:dataset_stats",
     },
     "eval": {
         "probe": "lvdm.metrics.probe:probe_folder",
@@ -130,8 +139,45 @@ def lightning_cli(args: Optional[list[str]] = None, run: bool = True):
     )
 
 
+# Errors that describe bad input (a config value, a file, the data): the CLI prints their message
+# alone, not the traceback (set LVDM_TRACEBACK=1 to see it). Anything else keeps its traceback.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
+
+
+def _user_error_names() -> tuple[type, ...]:
+    from lvdm.callbacks.guard import NonFiniteTrainingError
+    from lvdm.data.guard import DataLoaderStopped, DataStreamError
+
+    return (*USER_ERRORS, NonFiniteTrainingError, DataStreamError, DataLoaderStopped)
+
+
+def error_message(err: BaseException) -> str:
+    """The message of a user-facing error, with jsonargparse's union wrapper taken off (a failing
+    constructor inside ``class_path`` config is reported as 'Does not validate against any of the
+    Union subtypes' followed by the real error and a dump of the whole config)."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    if "Does not validate against any of the Union subtypes" in text and "Errors:" in text:
+        errors = text.split("Errors:", 1)[1].split("Given value", 1)[0]
+        lines = [line.strip()[2:].strip() for line in errors.splitlines() if line.strip().startswith("- ")]
+        real = [line for line in lines if not line.startswith("Expected a <class 'NoneType'>")]
+        text = "\n  ".join(real or lines)
+    return f"{type(err).__name__}: {text}"
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("LVDM_TRACEBACK") or not argv or argv[0] in ("-h", "--help", "help"):
+        return _dispatch(argv)
+    try:
+        return _dispatch(argv)
+    except Exception as err:
+        if not isinstance(err, _user_error_names()):
+            raise
+        sys.exit(f"lvdm {' '.join(a for a in argv[:2] if not a.startswith('-'))}: {error_message(err)}\n"
+                 "(set LVDM_TRACEBACK=1 for the traceback)")
+
+
+def _dispatch(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(OVERVIEW)
         return

@@ -160,3 +160,25 @@ def test_clip_match_is_the_caption_frames_cosine(clip_dir):
     images, texts = _reference_clip(clip_dir, frames[:1], ["a red square moving left"])
     assert got[0]["clip_match"] == pytest.approx(float(images[0] @ texts[0]), abs=1e-6)
     assert got[1] == {"clip_match": None}
+
+
+def test_a_container_that_overstates_its_length_is_sampled_from_the_frames_it_has():
+    from lvdm.data.testing import encode_video, misstate_avi_frames
+
+    video = panning(64, 80, 8, 2)
+    lying = misstate_avi_frames(encode_video(video, "avi"), 5000)
+    scorer = MotionScorer(pairs=2)
+    clip = load_clip_frames(lying, "avi", "liar", scorer.frame_indices)
+    assert clip.total == 8 and sorted(clip.frames) == scorer.frame_indices(8)
+    assert scorer.score(clip)["motion"] == pytest.approx(2 * 256 / 64, rel=0.15)
+
+
+def test_a_truncated_video_keeps_the_frames_that_decode():
+    from lvdm.data.testing import encode_video
+
+    data = encode_video(panning(64, 80, 24, 1), "mkv")  # a streamable container: the head still plays
+    clip = load_clip_frames(data[: len(data) * 2 // 3], "mkv", "cut", lambda n: evenly_spaced(n, 4))
+    assert 0 < len(clip.frames) <= 4 and all(i < clip.total for i in clip.frames)
+    mp4 = video_sample("t", panning(64, 80, 24, 1))["mp4"]  # its index is at the end: nothing to read
+    with pytest.raises(VideoDecodeError, match="'cut'"):
+        load_clip_frames(mp4[: len(mp4) * 2 // 3], "mp4", "cut", lambda n: evenly_spaced(n, 4))

@@ -21,7 +21,7 @@ from lvdm.module import LatentDiffusionModule
 from lvdm.text.words import WordTextEncoder
 
 ADDED = {"latent_shape": [3, 8, 32, 32], "compressor": "lvdm.compressors.pixels.PixelCompressor",
-         "scale_factor": 1.0, "shift_factor": 0.0, "num_frames": 8, "frame_interval": 1, "resolution": [32, 32]}
+         "compressor_config_hash": PixelCompressor().identity()["compressor_config_hash"], "scale_factor": 1.0, "shift_factor": 0.0, "num_frames": 8, "frame_interval": 1, "resolution": [32, 32]}
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,34 @@ def test_encode_through_jsonargparse(data, tmp_path):
     assert summary["encoded"] == 8 and (tmp_path / "val-000000.tar").is_file()
     with pytest.raises(ValueError, match="dtype must be a numpy floating type"):
         encode_shards(str(root / "video" / "val-000000.tar"), str(tmp_path), dtype="int8")
+
+
+def test_training_refuses_latents_of_another_compressor(data):
+    """Latent shards record their compressor; a model whose compressor differs (another class,
+    or the same class with other weights) is refused at setup, naming both."""
+    import lightning as L
+
+    from lvdm.autoencoders import CausalVAE3D
+    from lvdm.compressors.autoencoder import AutoencoderCompressor
+    from lvdm.data.latents import check_latent_compressor
+
+    root, _ = data
+    shard = str(root / "latent" / "train-000000.tar")
+    check_latent_compressor(shard, PixelCompressor())  # the one that wrote them
+    torch.manual_seed(0)
+    vae = CausalVAE3D(latent_channels=3, base_channels=8, channel_mult=(1,), num_res_blocks=1, time_downsample=1,
+                      spatial_downsample=1, causal=False)
+    other = AutoencoderCompressor.from_autoencoder(vae)
+    with pytest.raises(ValueError, match=r"encoded by lvdm.compressors.pixels.PixelCompressor .* but the model's "
+                                         r"compressor is lvdm.compressors.autoencoder.AutoencoderCompressor"):
+        check_latent_compressor(shard, other)
+    same_class = AutoencoderCompressor.from_autoencoder(CausalVAE3D(latent_channels=3, base_channels=8, channel_mult=(1,),
+                                                                    num_res_blocks=1, time_downsample=1, spatial_downsample=1,
+                                                                    causal=False))
+    assert same_class.identity()["compressor_config_hash"] != other.identity()["compressor_config_hash"]  # other weights
+    dit = DiT(in_channels=3, patch_size=(2, 8, 8), hidden_size=32, depth=1, num_heads=2, conditioning="adaln", context_dim=16)
+    module = LatentDiffusionModule(dit, WordTextEncoder(dim=16), RectifiedFlow(), compressor=other)
+    dm = LatentDataModule(str(root / "latent" / "train-*.tar"), batch_size=4, samples_per_epoch=8)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="re-encode the shards with this compressor"):
+        trainer.fit(module, dm)

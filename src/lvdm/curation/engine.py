@@ -96,7 +96,7 @@ class LocalEngine:
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str = "") -> list[Any]:
         items = list(items)
-        if self.workers == 0 or len(items) <= 1:
+        if self.workers == 0 or not items:
             results = []
             with _progress(len(items), desc, self.progress) as bar:
                 for item in items:

@@ -1,12 +1,13 @@
 """Reading samples from a dataset folder and writing a copy whose json fields changed.
 
-A dataset folder is ``shard-*.tar`` + ``manifest.parquet`` + ``rejects.csv`` (see
-``lvdm.data.schema``). Stages that only add json fields (scores, captions) rewrite each shard
+A dataset folder is ``shard-*.tar`` + ``manifest.parquet`` + ``rejects.csv``
+(:mod:`lvdm.data.schema`). Stages that only add json fields (scores, captions) rewrite each shard
 entry by entry: media and caption bytes are copied as they are, never decoded or re-encoded.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -14,11 +15,11 @@ import tarfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["MEDIA_EXTENSIONS", "split_name", "read_manifest", "work_items", "read_samples", "rewrite_shard",
+from lvdm.data import schema
+
+__all__ = ["split_name", "media_of", "meta_of", "error_text", "read_manifest", "work_items", "read_samples", "rewrite_shard",
            "prepare_output", "write_updated_folder"]
 
-MEDIA_EXTENSIONS = ("mp4", "webm", "mkv", "mov", "avi", "gif", "jpg", "jpeg", "png", "webp")
-MANIFEST, REJECTS = "manifest.parquet", "rejects.csv"
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -30,12 +31,11 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def read_manifest(folder: str | Path):
-    import pandas as pd
-
-    path = Path(folder) / MANIFEST
+    """The manifest of a dataset folder, checked to have ``key`` and ``shard`` columns."""
+    path = Path(folder) / schema.MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a dataset folder: {path} does not exist (write one with `lvdm data ingest`)")
-    manifest = pd.read_parquet(path)
+    manifest = schema.read_manifest(path)
     for column in ("key", "shard"):
         if column not in manifest.columns:
             raise ValueError(f"manifest {path} has no {column!r} column")
@@ -49,7 +49,7 @@ def work_items(folder: str | Path, chunk_size: int) -> list[tuple[str, list[str]
     for shard, group in manifest.groupby("shard", sort=False):
         path = Path(folder) / shard
         if not path.is_file():
-            raise FileNotFoundError(f"shard {path} named by {Path(folder) / MANIFEST} does not exist")
+            raise FileNotFoundError(f"shard {path} named by {Path(folder) / schema.MANIFEST_NAME} does not exist")
         keys = list(group["key"])
         items += [(str(path), keys[i : i + chunk_size]) for i in range(0, len(keys), chunk_size)]
     return items
@@ -93,15 +93,33 @@ def rewrite_shard(item: tuple[str, str, Mapping[str, Mapping[str, Any]]]) -> int
                 member = tarfile.TarInfo(member.name)
                 member.size, member.mtime, member.mode = len(data), 0, 0o644
                 changed += 1
-            target.addfile(member, _bytes(data))
+            target.addfile(member, io.BytesIO(data))
     os.replace(partial, dst)
     return changed
 
 
-def _bytes(data: bytes):
-    import io
+def media_of(key: str, entries: dict[str, bytes]) -> tuple[str, bytes]:
+    """``(extension, bytes)`` of a sample's one media entry (KeyError naming the key if not one)."""
+    return schema.media_entry({**entries, "__key__": key})
 
-    return io.BytesIO(data)
+
+def meta_of(key: str, entries: dict[str, bytes]) -> dict:
+    """A sample's json as a dict (empty when it has none; malformed json names the key)."""
+    if "json" not in entries:
+        return {}
+    try:
+        meta = json.loads(entries["json"])
+    except ValueError as exc:
+        raise ValueError(f"sample {key!r}: malformed json: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"sample {key!r}: json is a {type(meta).__name__}, not an object")
+    return meta
+
+
+def error_text(exc: Exception) -> str:
+    """``"ExceptionType: first line"``: an error short enough for a manifest column."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _scalar(value: Any) -> bool:
@@ -136,14 +154,9 @@ def write_updated_folder(src: str | Path, dst: str | Path, updates: Mapping[str,
     errors = [f"{Path(item[0]).name}: {r.error}" for item, r in zip(items, results) if failed(r)]
     if errors:
         raise RuntimeError(f"could not write {len(errors)} shard(s) of {dst}: {'; '.join(errors[:3])}")
-    columns: dict[str, list] = {}
-    for row, key in enumerate(manifest["key"]):
-        for name, value in updates.get(key, {}).items():
-            if _scalar(value):
-                columns.setdefault(name, [None] * len(manifest))[row] = value
-    for name, values in columns.items():
-        manifest[name] = values
-    manifest.to_parquet(dst / MANIFEST, index=False)
-    if (src / REJECTS).is_file():
-        shutil.copyfile(src / REJECTS, dst / REJECTS)
+    rows = [{**row, **{name: value for name, value in updates.get(row["key"], {}).items() if _scalar(value)}}
+            for row in manifest.to_dict("records")]
+    schema.write_manifest(rows, dst / schema.MANIFEST_NAME)
+    if (src / schema.REJECTS_NAME).is_file():
+        shutil.copyfile(src / schema.REJECTS_NAME, dst / schema.REJECTS_NAME)
     return sum(results)

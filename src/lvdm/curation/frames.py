@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lvdm.data.schema import IMAGE_EXTENSIONS
 from lvdm.data.video import VideoDecodeError
 
-__all__ = ["Clip", "IMAGE_EXTENSIONS", "count_frames", "evenly_spaced", "load_clip_frames", "resize_short_side"]
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+__all__ = ["Clip", "count_frames", "evenly_spaced", "load_clip_frames", "resize_short_side"]
 
 
 @dataclass
@@ -96,6 +95,49 @@ def _image(data: bytes, key: str, indices_for, max_pixels: int, max_short_side: 
     return Clip(key, "image", 1, frames, meta, caption, width, height)
 
 
+def _decode_wanted(data, key, indices_for, max_frames, max_pixels, max_short_side, total):
+    """One bounded pass: ``(total, frames, decoded, width, height)``. ``decoded`` counts the
+    frames decoded when the pass ran to the end of the stream, else equals ``total``."""
+    import av
+    from av.video.reformatter import VideoReformatter
+
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except av.error.FFmpegError as exc:
+        raise VideoDecodeError(f"cannot open video {key!r}: {exc}") from exc
+    with container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"no video stream in {key!r}")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > max_pixels:
+            raise VideoDecodeError(f"video {key!r} is {width}x{height}, over the {max_pixels}-pixel limit")
+        if total is None:
+            try:
+                total = count_frames(container, stream, max_frames)
+            except av.error.FFmpegError as exc:
+                raise VideoDecodeError(f"cannot read video {key!r}: {exc}") from exc
+        wanted = set(indices_for(total)) if total else set()
+        last = max(wanted) if wanted else -1
+        frames: dict[int, np.ndarray] = {}
+        stream.codec_context.thread_count = 1
+        reformatter = VideoReformatter()
+        decoded, ended = 0, True
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                decoded = index + 1
+                if index in wanted:
+                    rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
+                    frames[index] = resize_short_side(rgb, max_short_side)
+                if index >= last or decoded >= max_frames:
+                    ended = False
+                    break
+        except av.error.FFmpegError as exc:
+            if not frames and not decoded:
+                raise VideoDecodeError(f"cannot decode video {key!r}: {exc}") from exc
+    return total, frames, (decoded if ended else total), width, height
+
+
 def load_clip_frames(
     data: bytes,
     ext: str,
@@ -123,46 +165,16 @@ def load_clip_frames(
     Raises:
         VideoDecodeError: not decodable, no video stream, too large, or no frame decoded.
     """
-    import av
-    from av.video.reformatter import VideoReformatter
-
     meta = dict(meta or {})
     if ext in IMAGE_EXTENSIONS:
         return _image(data, key, indices_for, max_pixels, max_short_side, meta, caption)
-    try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except av.error.FFmpegError as exc:
-        raise VideoDecodeError(f"cannot open video {key!r}: {exc}") from exc
-    with container:
-        if not container.streams.video:
-            raise VideoDecodeError(f"no video stream in {key!r}")
-        stream = container.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-        if width * height > max_pixels:
-            raise VideoDecodeError(f"video {key!r} is {width}x{height}, over the {max_pixels}-pixel limit")
-        try:
-            total = count_frames(container, stream, max_frames)
-        except av.error.FFmpegError as exc:
-            raise VideoDecodeError(f"cannot read video {key!r}: {exc}") from exc
-        wanted = set(indices_for(total)) if total else set()
-        frames: dict[int, np.ndarray] = {}
-        stream.codec_context.thread_count = 1
-        reformatter = VideoReformatter()
-        last = max(wanted) if wanted else -1
-        decoded = 0
-        try:
-            for index, frame in enumerate(container.decode(stream)):
-                decoded = index + 1
-                if index in wanted:
-                    rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
-                    frames[index] = resize_short_side(rgb, max_short_side)
-                if index >= last or index + 1 >= max_frames:
-                    break
-        except av.error.FFmpegError as exc:
-            if not frames:
-                raise VideoDecodeError(f"cannot decode video {key!r}: {exc}") from exc
-    if wanted and not frames:
-        raise VideoDecodeError(f"no frames decoded from video {key!r} (container says {total})")
-    if decoded < total and decoded <= last:  # the container overstated its length: keep what exists
-        total = decoded
+    total, frames, decoded, width, height = _decode_wanted(data, key, indices_for, max_frames, max_pixels,
+                                                          max_short_side, None)
+    if decoded < total:
+        # the container overstated its length and the frames asked for were chosen from a count
+        # that does not exist: choose again from the frames that decoded (a second bounded pass)
+        total, frames, decoded, width, height = _decode_wanted(data, key, indices_for, max_frames, max_pixels,
+                                                              max_short_side, decoded)
+    if not frames and indices_for(total):
+        raise VideoDecodeError(f"no frames decoded from video {key!r}")
     return Clip(key, "video", total, frames, meta, caption, width, height)

@@ -368,10 +368,11 @@ def _sample(key: str, item: InputItem, options: IngestOptions) -> dict:
     meta = {"source": item.source, **info.metadata()}
     ext = info.ext
     if options.reencode and info.kind == "video":
-        data, frames, (width, height), fps = transcode_mp4(data, max_size=options.max_size, crf=options.crf)
-        ext = "mp4"
-        meta.update(codec="h264", fps=round(fps, 6), frames=frames, width=width, height=height,
-                    duration=round(frames / fps, 6), aspect=round(width / height, 6), source_codec=info.codec)
+        clip = transcode_mp4(data, max_size=options.max_size, crf=options.crf)
+        data, ext = clip.data, "mp4"
+        meta.update(codec="h264", fps=round(clip.fps, 6), frames=clip.frames, width=clip.width, height=clip.height,
+                    duration=round(clip.frames / clip.fps, 6), aspect=round(clip.width / clip.height, 6),
+                    source_codec=info.codec)
     if info.frames_listed and info.frames_listed != info.frames:
         meta["frames_listed"] = info.frames_listed
     meta["caption_source"] = item.caption_source if item.caption is not None else "none"

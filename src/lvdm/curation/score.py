@@ -3,39 +3,16 @@ json and the manifest (media bytes are copied, never re-encoded)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lvdm.curation.engine import failed, make_engine
-from lvdm.curation.folder import MEDIA_EXTENSIONS, prepare_output, read_samples, work_items, write_updated_folder
-from lvdm.curation.frames import IMAGE_EXTENSIONS, Clip, load_clip_frames
+from lvdm.curation.folder import (error_text, media_of, meta_of, prepare_output, read_samples, work_items,
+                                  write_updated_folder)
+from lvdm.curation.frames import Clip, load_clip_frames
+from lvdm.data.schema import IMAGE_EXTENSIONS
 
 __all__ = ["score_dataset", "build_scorers", "ScoreChunk"]
-
-
-def _media(key: str, entries: dict[str, bytes]) -> tuple[str, bytes]:
-    found = [ext for ext in MEDIA_EXTENSIONS if ext in entries]
-    if len(found) != 1:
-        raise ValueError(f"sample {key!r} has {len(found)} media entries ({sorted(entries)})")
-    return found[0], entries[found[0]]
-
-
-def _meta(key: str, entries: dict[str, bytes]) -> dict:
-    if "json" not in entries:
-        return {}
-    try:
-        meta = json.loads(entries["json"])
-    except ValueError as exc:
-        raise ValueError(f"sample {key!r}: malformed json: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise ValueError(f"sample {key!r}: json is a {type(meta).__name__}, not an object")
-    return meta
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 class ScoreChunk:
@@ -64,14 +41,14 @@ class ScoreChunk:
 
     def _meta_clip(self, key: str, entries: dict[str, bytes]) -> Clip:
         """The clip without frames: what metadata-only scorers (rules) need."""
-        ext, _ = _media(key, entries)
-        meta, caption = _meta(key, entries), entries.get("txt", b"").decode("utf-8", errors="replace")
+        ext, _ = media_of(key, entries)
+        meta, caption = meta_of(key, entries), entries.get("txt", b"").decode("utf-8", errors="replace")
         kind = "image" if ext in IMAGE_EXTENSIONS else "video"
         return Clip(key, kind, int(meta.get("frames") or 1), {}, meta, caption,
                     int(meta.get("width") or 0), int(meta.get("height") or 0))
 
     def _clip(self, clip: Clip, entries: dict[str, bytes]) -> Clip:
-        ext, data = _media(clip.key, entries)
+        ext, data = media_of(clip.key, entries)
         return load_clip_frames(data, ext, clip.key, self._indices, clip.meta, clip.caption,
                                 max_short_side=self.max_short_side)
 
@@ -104,7 +81,7 @@ class ScoreChunk:
                     clips[key] = self._clip(clips[key], entries[key])
                     decoded.add(key)
             except Exception as exc:  # a bad sample is reported, not fatal
-                errors[key].append(f"{'decode' if key in clips else 'read'}: {_short(exc)}")
+                errors[key].append(f"{'decode' if key in clips else 'read'}: {error_text(exc)}")
         for scorer in self.scorers:
             ready = [key for key in keys if key in (decoded if needs_frames[scorer.name] else clips)]
             try:
@@ -115,7 +92,7 @@ class ScoreChunk:
                     try:
                         results[key] = scorer.score_batch([clips[key]])[0]
                     except Exception as exc:
-                        errors[key].append(f"{scorer.name}: {_short(exc)}")
+                        errors[key].append(f"{scorer.name}: {error_text(exc)}")
             for key, values in results.items():
                 fields[key].update(values)
         return [(key, fields[key], "; ".join(errors[key])) for key in keys]

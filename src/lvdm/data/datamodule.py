@@ -14,6 +14,7 @@ bytes in a bounded buffer before they are decoded.
 from __future__ import annotations
 
 import io
+import json
 import itertools
 import multiprocessing
 import random
@@ -325,6 +326,19 @@ class ShardDataModule(L.LightningDataModule, ABC):
         return self._loader(wds.DataPipeline(*stages))
 
 
+def sample_caption(sample: dict, caption_field: str | None = None) -> str:
+    """A raw sample's caption: its json's ``caption_field`` when that is a non-empty string,
+    else its ``txt``. Malformed json raises ``ValueError`` (the sample is skipped and counted)."""
+    if caption_field is not None and "json" in sample:
+        try:
+            value = json.loads(sample["json"]).get(caption_field)
+        except (ValueError, AttributeError) as exc:
+            raise ValueError(f"json of sample {sample.get('__key__')!r} is not a readable object: {exc}") from exc
+        if isinstance(value, str) and value.strip():
+            return value
+    return sample["txt"].decode("utf-8")
+
+
 class VideoDataModule(ShardDataModule):
     """Captioned video clips from WebDataset shards (``key.<ext>`` + ``key.txt`` [+ ``key.json``]).
 
@@ -356,6 +370,9 @@ class VideoDataModule(ShardDataModule):
         seed: Seed for shard sampling, shuffling and clip start positions.
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
         data_guard: limits on skipped samples and time without a sample (see :class:`ShardDataModule`).
+        caption_field: train on this json field's caption (e.g. ``caption_vlm``, written by
+            ``lvdm data caption``) instead of ``key.txt``; a sample whose field is missing or
+            empty (its captioning failed) uses its ``key.txt``. ``None``: always ``key.txt``.
     """
 
     def __init__(
@@ -372,6 +389,7 @@ class VideoDataModule(ShardDataModule):
         seed: int = 0,
         test_shards: str | list[str] | None = None,
         data_guard: DataGuard | None = None,
+        caption_field: str | None = None,
     ) -> None:
         super().__init__(train_shards, val_shards, batch_size=batch_size, num_workers=num_workers,
                          samples_per_epoch=samples_per_epoch, shuffle_buffer=shuffle_buffer, seed=seed,
@@ -379,13 +397,15 @@ class VideoDataModule(ShardDataModule):
         if num_frames < 1 or frame_interval < 1:
             raise ValueError(f"num_frames and frame_interval must be >= 1, got {num_frames}, {frame_interval}")
         self.num_frames, self.frame_interval, self.resolution = num_frames, frame_interval, resolution
+        self.caption_field = caption_field
 
     def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
-        """``key.<ext>`` → ``"video"`` ``[3, T, H, W]``, ``key.txt`` → ``"caption"``."""
+        """``key.<ext>`` → ``"video"`` ``[3, T, H, W]``, ``key.txt`` (or the json's
+        ``caption_field``) → ``"caption"``."""
         _, media = media_entry(sample)
         video = decode_clip(media, self.num_frames, self.frame_interval, self.resolution,
                             random_start=random_start, rng=rng, name=repr(sample.get("__key__")))
-        return {"video": video, "caption": sample["txt"].decode("utf-8")}
+        return {"video": video, "caption": sample_caption(sample, self.caption_field)}
 
 
 class LatentDataModule(ShardDataModule):
@@ -414,6 +434,16 @@ class LatentDataModule(ShardDataModule):
         seed: Seed for shard sampling and shuffling.
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
     """
+
+    def setup(self, stage: str | None = None) -> None:
+        """As :meth:`ShardDataModule.setup`; when a trainer's model has a ``compressor``, also
+        refuses train shards that another compressor encoded (:func:`lvdm.data.latents.check_latent_compressor`)."""
+        super().setup(stage)
+        compressor = getattr(getattr(getattr(self, "trainer", None), "lightning_module", None), "compressor", None)
+        if compressor is not None and self.train_urls and stage in (None, "fit"):
+            from lvdm.data.latents import check_latent_compressor
+
+            check_latent_compressor(self.train_urls[0], compressor)
 
     def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
         """``key.latent.npy`` → ``"latent"`` float32 ``[c, t, h, w]``, ``key.txt`` → ``"caption"``."""

@@ -27,7 +27,32 @@ from lvdm.data.schema import media_entry
 from lvdm.data.shards import is_remote, resolve_shards
 from lvdm.data.video import decode_clip
 
-__all__ = ["encode_shards"]
+__all__ = ["check_latent_compressor", "encode_shards"]
+
+
+def check_latent_compressor(url: str, compressor: Compressor) -> None:
+    """Refuse latent shards that another compressor encoded.
+
+    Reads the first sample's ``key.json`` of the shard ``url`` and compares the class and
+    ``compressor_config_hash`` recorded by :func:`encode_shards` with ``compressor.identity()``.
+    Raises ``ValueError`` naming the shard and both compressors when they differ (a diffusion
+    model trained on another compressor's latents learns a space its decoder cannot read).
+    Shards written before hashes were recorded are checked by class only, with a warning.
+    """
+    sample = next(iter(wds.WebDataset(url, shardshuffle=False, empty_check=False)), None)
+    if sample is None or "json" not in sample:
+        raise ValueError(f"latent shard {url} has no sample with a key.json; write it with `lvdm data encode`")
+    meta = json.loads(sample["json"])
+    ours = compressor.identity()
+    stored_class, stored_hash = meta.get("compressor"), meta.get("compressor_config_hash")
+    if stored_class != ours["compressor"] or (stored_hash is not None and stored_hash != ours["compressor_config_hash"]):
+        raise ValueError(
+            f"latent shard {url} was encoded by {stored_class} (config hash {stored_hash}), but the model's compressor "
+            f"is {ours['compressor']} (config hash {ours['compressor_config_hash']}): re-encode the shards with this "
+            "compressor (`lvdm data encode`), or train with the compressor that wrote them")
+    if stored_hash is None:
+        warnings.warn(f"latent shard {url} records no compressor_config_hash (written by an older lvdm); "
+                      f"only its compressor class {stored_class} was checked")
 
 
 def _output_names(urls: list[str], root: Path) -> list[str]:
@@ -72,7 +97,7 @@ def encode_shards(
     in ``out`` (``train-000000.tar`` → ``out/train-000000.tar``) holding, per clip,
     ``key.latent.npy`` (the raw latent ``[c, t, h, w]``), ``key.txt`` (the caption, unchanged)
     and ``key.json`` (the input metadata plus ``latent_shape``, ``compressor``,
-    ``scale_factor``, ``shift_factor``, ``num_frames``, ``frame_interval`` and ``resolution``).
+    ``compressor_config_hash`` (:meth:`~lvdm.compressors.base.Compressor.identity`), ``scale_factor``, ``shift_factor``, ``num_frames``, ``frame_interval`` and ``resolution``).
     Unreadable clips are skipped with a warning naming the key and shard, and counted. When
     all input shards lie in one local directory, its ``*.txt`` files (e.g. ``val_prompts.txt``)
     are copied to ``out`` too.
@@ -107,8 +132,7 @@ def encode_shards(
     names = _output_names(urls, root)
     root.mkdir(parents=True, exist_ok=True)
     extra = {
-        "compressor": f"{type(compressor).__module__}.{type(compressor).__qualname__}",
-        "scale_factor": compressor.scale_factor, "shift_factor": compressor.shift_factor,
+        **compressor.identity(),  # compressor, compressor_config_hash, scale_factor, shift_factor
         "num_frames": num_frames, "frame_interval": frame_interval, "resolution": list(size),
     }
 
@@ -137,6 +161,8 @@ def encode_shards(
                         clip = decode_clip(media_entry(sample)[1], num_frames, frame_interval, size, name=repr(key))
                         text = sample["txt"]
                         meta = json.loads(sample["json"]) if "json" in sample else {}
+                        if not isinstance(meta, dict):  # valid JSON, but not the metadata object
+                            raise ValueError(f"key.json is a JSON {type(meta).__name__}, not an object")
                     except (ValueError, KeyError) as exc:  # corrupt/short video, bad json, missing entry
                         summary["skipped"] += 1
                         warnings.warn(f"skipping sample {key!r} in shard {url}: {type(exc).__name__}: {exc}")

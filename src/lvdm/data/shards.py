@@ -21,7 +21,7 @@ import braceexpand
 
 from lvdm.data.schema import InvalidSampleError, MEDIA_EXTENSIONS, check_key, check_media
 
-__all__ = ["ShardWriter", "write_shards", "resolve_shards"]
+__all__ = ["ShardWriter", "write_shards", "read_shard", "resolve_shards"]
 
 
 def _validated(sample: dict, seen: set[str]) -> dict:
@@ -84,15 +84,17 @@ class ShardWriter:
 
     Args:
         pattern: Shard path with a printf field for the shard index, e.g. ``out/shard-%06d.tar``;
-            parent folders are created.
-        max_count: Maximum number of samples per shard.
+            parent folders are created. With ``max_count=None`` it may be a plain path.
+        max_count: Maximum number of samples per shard; ``None`` writes one shard of any size.
         start_index: Index of the first shard.
     """
 
-    def __init__(self, pattern: str, max_count: int = 1000, start_index: int = 0) -> None:
-        if "%" not in pattern:
+    def __init__(self, pattern: str, max_count: int | None = 1000, start_index: int = 0) -> None:
+        if max_count is None and "%" not in pattern:
+            pattern = pattern + "%.0s"  # a plain path: the index is formatted away
+        elif "%" not in pattern:
             raise ValueError(f"shard pattern {pattern!r} needs a printf field for the index, e.g. 'shard-%06d.tar'")
-        if max_count < 1:
+        elif max_count is not None and max_count < 1:
             raise ValueError(f"max_count must be >= 1, got {max_count}")
         self.pattern, self.max_count, self.index = pattern, max_count, start_index
         self.paths: list[str] = []
@@ -163,6 +165,31 @@ def write_shards(samples: Iterable[dict], pattern: str, max_count: int = 1000) -
         for sample in samples:
             sink.write(sample)
     return sink.paths
+
+
+def read_shard(path: str | os.PathLike):
+    """Yield the samples of one local tar shard, in order, as ``{"__key__": key, ext: bytes}``.
+
+    Entries are grouped as webdataset groups them (key = the entry name up to the first dot of
+    its base name; a sample's entries are consecutive). Uses the standard library only, so
+    curation workers need not import webdataset (and with it torch).
+    """
+    current: dict | None = None
+    with tarfile.open(path, "r") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            folder, _, base = member.name.rpartition("/")
+            stem, _, ext = base.partition(".")
+            key = f"{folder}/{stem}" if folder else stem
+            if current is not None and current["__key__"] != key:
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key}
+            current[ext] = tar.extractfile(member).read()
+    if current is not None:
+        yield current
 
 
 def is_remote(spec: str) -> bool:

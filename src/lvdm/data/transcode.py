@@ -1,18 +1,31 @@
-"""Re-encode a stretch of a video as H.264 mp4, one frame in memory at a time.
+"""Re-encode stretches of a video as H.264 mp4, one frame in memory at a time.
 
 Used by ``lvdm data ingest --reencode`` (whole videos, size capped) and ``lvdm data split``
-(one clip per scene). Frames stream from the decoder to the encoder, so memory does not grow
-with the video's length, and decoding stops after ``end``.
+(one clip per scene, all clips of a video from one decoding pass). Frames stream from the
+decoder to the encoders, so memory does not grow with the video's length, and decoding stops
+after the last frame asked for.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 
-__all__ = ["fit_size", "transcode_mp4"]
+__all__ = ["Encoded", "fit_size", "transcode_mp4", "cut_segments"]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One encoded stretch: mp4 ``data``, ``frames`` written, ``width``, ``height``, ``fps``."""
+
+    data: bytes
+    frames: int
+    width: int
+    height: int
+    fps: float
 
 
 def fit_size(width: int, height: int, max_size: int | None) -> tuple[int, int]:
@@ -22,55 +35,93 @@ def fit_size(width: int, height: int, max_size: int | None) -> tuple[int, int]:
     return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
 
 
-def transcode_mp4(
+class _Mp4Writer:
+    def __init__(self, width: int, height: int, fps: Fraction, crf: int, preset: str) -> None:
+        self.buffer = io.BytesIO()
+        self.container = av.open(self.buffer, mode="w", format="mp4")
+        self.stream = self.container.add_stream("libx264", rate=fps)
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        self.stream.options = {"crf": str(crf), "preset": preset}
+        self.stream.codec_context.thread_count = 1
+        self.fps, self.frames = fps, 0
+
+    def add(self, frame: av.VideoFrame) -> None:
+        image = frame.reformat(width=self.stream.width, height=self.stream.height, format="yuv420p")
+        image.pts, image.time_base = self.frames, 1 / self.fps  # renumbered: each clip starts at 0
+        self.container.mux(self.stream.encode(image))
+        self.frames += 1
+
+    def finish(self) -> Encoded:
+        self.container.mux(self.stream.encode())
+        self.container.close()
+        return Encoded(self.buffer.getvalue(), self.frames, self.stream.width, self.stream.height, float(self.fps))
+
+
+def cut_segments(
     data: bytes,
-    start: int = 0,
-    end: int | None = None,
+    segments: list[tuple[int, int]],
     max_size: int | None = None,
     crf: int = 18,
     preset: str = "veryfast",
-) -> tuple[bytes, int, tuple[int, int], float]:
-    """Decode frames ``start .. end - 1`` of a video and encode them as H.264 mp4 (yuv420p).
+) -> list[Encoded]:
+    """Encode frames ``[start, end)`` of each segment as its own H.264 mp4 (yuv420p), decoding
+    the source once.
 
     Args:
         data: the source video's bytes (any container and codec PyAV decodes).
-        start: first frame (decode order = display order for the frames PyAV returns).
-        end: one past the last frame; ``None`` for the end of the video.
+        segments: ``(start, end)`` frame ranges in display order, sorted, not overlapping.
         max_size: cap on the longer side in pixels (aspect kept, sizes even); ``None`` keeps
             the size (rounded down to even).
         crf: x264 constant rate factor (lower is better quality; 18 is visually lossless).
         preset: x264 preset.
 
     Returns:
-        ``(mp4 bytes, frames written, (width, height), fps)``.
+        One :class:`Encoded` per segment, in order.
 
     Raises:
-        ValueError: no frame in ``[start, end)``.
+        ValueError: the segments are not sorted and disjoint, or the video ends before a
+            segment does.
     """
-    out = io.BytesIO()
-    written = 0
-    with av.open(io.BytesIO(data)) as source, av.open(out, mode="w", format="mp4") as sink:
+    if any(s >= e for s, e in segments) or any(a[1] > b[0] for a, b in zip(segments, segments[1:])):
+        raise ValueError(f"segments must be non-empty, sorted and disjoint, got {segments}")
+    results: list[Encoded] = []
+    with av.open(io.BytesIO(data)) as source:
         stream = source.streams.video[0]
         stream.codec_context.thread_count = 1
-        rate = stream.average_rate or stream.guessed_rate or Fraction(8)
-        fps = Fraction(rate).limit_denominator(1001)
-        encoder = None
+        fps = Fraction(stream.average_rate or stream.guessed_rate or 8).limit_denominator(1001)
+        writer, todo = None, list(segments)
         for index, frame in enumerate(source.decode(stream)):
+            if not todo:
+                break
+            start, end = todo[0]
             if index < start:
                 continue
-            if end is not None and index >= end:
-                break
-            if encoder is None:
-                width, height = fit_size(frame.width, frame.height, max_size)
-                encoder = sink.add_stream("libx264", rate=fps)
-                encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
-                encoder.options = {"crf": str(crf), "preset": preset}
-                encoder.codec_context.thread_count = 1
-            image = frame.reformat(width=width, height=height, format="yuv420p")
-            image.pts, image.time_base = written, 1 / fps  # renumbered: the clip starts at 0
-            sink.mux(encoder.encode(image))
-            written += 1
-        if encoder is None:
-            raise ValueError(f"no frames in [{start}, {end}) to encode")
-        sink.mux(encoder.encode())
-    return out.getvalue(), written, (width, height), float(fps)
+            if writer is None:
+                writer = _Mp4Writer(*fit_size(frame.width, frame.height, max_size), fps, crf, preset)
+            writer.add(frame)
+            if index == end - 1:
+                results.append(writer.finish())
+                writer, todo = None, todo[1:]
+    if todo:
+        raise ValueError(f"the video ends before frame {todo[0][1] - 1} (segment {todo[0]})")
+    return results
+
+
+def transcode_mp4(data: bytes, max_size: int | None = None, crf: int = 18, preset: str = "veryfast") -> Encoded:
+    """Every frame of a video re-encoded as H.264 mp4 (arguments as in :func:`cut_segments`).
+
+    Raises:
+        ValueError: no frame decodes.
+    """
+    with av.open(io.BytesIO(data)) as source:
+        stream = source.streams.video[0]
+        stream.codec_context.thread_count = 1
+        fps = Fraction(stream.average_rate or stream.guessed_rate or 8).limit_denominator(1001)
+        writer = None
+        for frame in source.decode(stream):
+            if writer is None:
+                writer = _Mp4Writer(*fit_size(frame.width, frame.height, max_size), fps, crf, preset)
+            writer.add(frame)
+    if writer is None:
+        raise ValueError("no frame decodes")
+    return writer.finish()

@@ -6,7 +6,6 @@ ships its own FFmpeg with libx264.
 
 from __future__ import annotations
 
-import collections
 import io
 import itertools
 from fractions import Fraction
@@ -35,10 +34,9 @@ class VideoTooShortError(ValueError):
     """A video has fewer frames than a clip needs; names the source."""
 
 
-# Decoding limits: a few KB of container can claim a huge frame size or hide its frame count
-# (a 52 KB file decoded to 1.3 GB of frames before these bounds).
+# A few KB of container can claim a huge frame size: frames above this are refused.
 MAX_PIXELS = 4096 * 4096  # per frame
-MAX_SCANNED_FRAMES = 10_000  # frames decoded to find a random window in a clip of unknown length
+MAX_SCANNED_FRAMES = 10_000  # frames counted to choose a random window in a clip of unknown length
 
 
 def _source_name(source: VideoSource, name: str | None) -> str:
@@ -106,7 +104,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 8, crf: int = 1
     return path
 
 
-def _iter_rgb(container: av.container.InputContainer, label: str):
+def _iter_rgb(container: av.container.InputContainer, label: str, skip: int = 0):
+    """RGB frames in order; the first ``skip`` are decoded but yielded as ``None`` (not
+    converted: a random window late in a clip then costs decoding only, not RGB conversion)."""
     max_pixels = MAX_PIXELS
     stream = container.streams.video[0]
     height, width = stream.codec_context.height, stream.codec_context.width
@@ -119,11 +119,11 @@ def _iter_rgb(container: av.container.InputContainer, label: str):
     # context for every frame, which made RGB conversion 5x the cost of decoding itself.
     reformatter = VideoReformatter()
     try:
-        for frame in container.decode(stream):
+        for index, frame in enumerate(container.decode(stream)):
             if frame.height * frame.width > max_pixels:  # the header may understate the size
                 raise VideoTooLargeError(f"video {label} has a {frame.width}x{frame.height} frame, "
                                          f"more than the {max_pixels} pixels allowed")
-            yield reformatter.reformat(frame, format="rgb24").to_ndarray()
+            yield None if index < skip else reformatter.reformat(frame, format="rgb24").to_ndarray()
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(f"cannot decode video {label}: {exc}") from exc
 
@@ -195,8 +195,7 @@ def decode_clip(
 
     Raises:
         VideoTooShortError: the video has fewer than ``(num_frames - 1) * frame_interval + 1``
-            frames (a ``ValueError`` subclass; a clip of unknown length is searched over its first
-            ``MAX_SCANNED_FRAMES`` frames).
+            frames (a ``ValueError`` subclass).
         VideoTooLargeError: its frames have more than ``MAX_PIXELS`` pixels.
         VideoDecodeError: the data is corrupt or not a video (a ``ValueError`` subclass).
         FileNotFoundError: ``source`` is a path that does not exist.
@@ -210,8 +209,11 @@ def decode_clip(
             raise VideoDecodeError(f"no video stream in {label}")
         total = container.streams.video[0].frames  # 0 when the container does not say (webm, mkv)
         if not total and random_start:
-            # Count by demuxing (no decoding) rather than decoding the whole video to choose a start.
-            total = sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+            # Count by demuxing (no decoding) rather than decoding the whole video to choose a
+            # start; only the first MAX_SCANNED_FRAMES frames are candidates, so a container that
+            # hides a huge frame count cannot make one clip decode without bound.
+            packets = (p for p in container.demux(container.streams.video[0]) if p.size)
+            total = sum(1 for _ in itertools.islice(packets, MAX_SCANNED_FRAMES))
             container.seek(0)
         if total and total < span:
             raise VideoTooShortError(f"video {label} has {total} frames, fewer than the {span} needed for "
@@ -219,9 +221,7 @@ def decode_clip(
         start = 0
         if random_start and total:
             start = int((rng or np.random.default_rng()).integers(0, total - span + 1))
-            frames = _take(_iter_rgb(container, label), start, span)
-        elif random_start:  # unknown length: one pass, holding at most 2 windows of frames
-            start, frames = _random_window(_iter_rgb(container, label), span, rng or np.random.default_rng())
+            frames = _take(_iter_rgb(container, label, skip=start), start, span)
         else:
             frames = _take(_iter_rgb(container, label), 0, span)
     if len(frames) < span:
@@ -232,22 +232,6 @@ def decode_clip(
         size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
         video = _resize_crop(video, size)
     return (video / 127.5 - 1.0).clamp_(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
-
-
-def _random_window(frames, span: int, rng: np.random.Generator):
-    """``(start, frames)`` of a uniformly random window of ``span`` consecutive frames of a
-    stream of unknown length, in one pass over at most ``MAX_SCANNED_FRAMES`` frames (reservoir sampling
-    over windows: the window ending at frame ``i`` replaces the kept one with probability
-    ``1 / (number of windows so far)``). Fewer than ``span`` frames: all of them, start 0."""
-    recent: collections.deque = collections.deque(maxlen=span)
-    kept, start, seen = [], 0, 0
-    for index, frame in enumerate(itertools.islice(frames, MAX_SCANNED_FRAMES)):
-        recent.append(frame)
-        if len(recent) == span:
-            seen += 1
-            if rng.integers(0, seen) == 0:
-                kept, start = list(recent), index - span + 1
-    return (start, kept) if kept else (0, list(recent))
 
 
 def _take(frames, start: int, count: int) -> list[np.ndarray]:

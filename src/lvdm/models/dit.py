@@ -22,7 +22,7 @@ and the final projection is zero, so an untrained model predicts 0 (DiT's
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 from torch import nn
@@ -86,15 +86,19 @@ class Attention(nn.Module):
         context: torch.Tensor | None = None,
         key_mask: torch.Tensor | None = None,
         sharded: bool = False,
+        rope: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``sharded``: ``x`` is this rank's chunk of a sequence split across ranks (see
-        :func:`lvdm.ops.attention.attention`)."""
+        :func:`lvdm.ops.attention.attention`). ``rope``: a rotary position code applied to the
+        (normalised) queries and keys ``[B, heads, L, head_dim]`` (:mod:`lvdm.models.rope`)."""
         if self.cross:
             q = self.q(x)
             k, v = self.kv(context).chunk(2, dim=-1)
         else:
             q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k, v = self.q_norm(self._heads(q)), self.k_norm(self._heads(k)), self._heads(v)
+        if rope is not None:
+            q, k = rope(q), rope(k)
         out = attention(q, k, v, key_mask=key_mask, sharded=sharded)
         return self.proj(out.transpose(1, 2).reshape(x.shape))
 
@@ -268,6 +272,12 @@ class FinalLayer(nn.Module):
         return self.linear(x)
 
 
+def _check_positive(**values) -> None:
+    for key, value in values.items():
+        if not value > 0:
+            raise ValueError(f"DiT.{key} must be > 0, got {value}")
+
+
 class DiT(nn.Module):
     """Diffusion Transformer over spacetime patches of a latent video ``[B, C, T, H, W]``.
 
@@ -326,6 +336,14 @@ class DiT(nn.Module):
         patch_size = patch_size or 2
         if isinstance(patch_size, int):
             patch_size = (1, patch_size, patch_size)
+        _check_positive(in_channels=in_channels, hidden_size=hidden_size, depth=depth, num_heads=num_heads,
+                        mlp_ratio=mlp_ratio, out_channels=1 if out_channels is None else out_channels)
+        if len(patch_size) != 3 or any(int(p) < 1 for p in patch_size):
+            raise ValueError(f"DiT.patch_size must be 3 positive sizes (pt, ph, pw), got {list(patch_size)}")
+        if context_dim < 0 or num_classes < 0:
+            raise ValueError(f"DiT.context_dim and DiT.num_classes must be >= 0, got {context_dim}, {num_classes}")
+        if hidden_size % num_heads:
+            raise ValueError(f"DiT.num_heads ({num_heads}) must divide DiT.hidden_size ({hidden_size})")
         if conditioning not in ("adaln", "cross_attn", "in_context"):
             raise ValueError(f"conditioning must be adaln, cross_attn or in_context, got {conditioning!r}")
         if layout not in ("full", "spatial_temporal"):

@@ -28,7 +28,9 @@ class TextEncoder(nn.Module, ABC):
     def __init__(self, dim: int, max_length: int):
         super().__init__()
         if max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {max_length}")
+            raise ValueError(f"{type(self).__name__}.max_length must be >= 1, got {max_length}")
+        if dim < 1:
+            raise ValueError(f"{type(self).__name__}.dim must be >= 1, got {dim}")
         self.dim = dim
         self.max_length = max_length
 

@@ -1,0 +1,229 @@
+"""Vision-language captioners: a transformers image-text-to-text model, or an OpenAI-compatible
+HTTP endpoint. Both take a few frames per clip and return one caption per clip."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import numpy as np
+
+from lvdm.curation.frames import Clip, evenly_spaced
+
+__all__ = ["DEFAULT_PROMPT", "format_prompt", "TransformersCaptioner", "OpenAICaptioner", "CaptionRequestError"]
+
+#: The default captioning instruction, after Open-Sora's (reworded): a dense, regenerable
+#: description of content, motion and style, in at most six sentences.
+DEFAULT_PROMPT = (
+    "You are shown {frames} frame(s) taken in order from one video. Describe the video in one detailed "
+    "paragraph: the main subjects and their actions, the setting and background, how the camera moves, "
+    "and the lighting, colours and visual style. Write it so that a video generation model could recreate "
+    "the video from your words alone. Use at most six sentences, describe the video rather than the frames, "
+    "and do not begin with 'The video shows'."
+)
+
+
+def format_prompt(template: str, clip: Clip, frames: int) -> str:
+    """``template`` with ``{frames}`` (frames shown) and ``{caption}`` (the sample's current
+    caption, e.g. as a hint) filled in; other braces are left alone."""
+    return template.replace("{frames}", str(frames)).replace("{caption}", clip.caption.strip())
+
+
+class _Captioner:
+    num_frames: int = 3
+
+    def frame_indices(self, total: int) -> list[int]:
+        """Frames shown to the model: ``num_frames`` evenly spaced (1 for an image)."""
+        return evenly_spaced(total, self.num_frames)
+
+    def frames(self, clip: Clip) -> list[np.ndarray]:
+        return [clip.frames[i] for i in self.frame_indices(clip.total) if i in clip.frames]
+
+    def caption_batch(self, clips: Sequence[Clip]) -> list:
+        """One caption (``str``) per clip, or the ``Exception`` that clip's request ended with."""
+        raise NotImplementedError
+
+
+class TransformersCaptioner(_Captioner):
+    """A transformers image-text-to-text model (LLaVA, LLaVA-NeXT, Qwen2-VL…), loaded with
+    ``AutoModelForImageTextToText`` / ``AutoProcessor`` from a local folder or a hub id.
+
+    Each clip becomes one user message with its frames as images and the prompt; the
+    processor's chat template renders it. Clips are captioned ``batch_size`` at a time with
+    greedy decoding (left padding), so a caption depends only on the clip and the model.
+
+    Args:
+        model: model folder (``save_pretrained``) or hub id.
+        num_frames: frames per clip shown to the model.
+        prompt: the instruction (``{frames}`` and ``{caption}`` are filled in).
+        max_new_tokens: longest caption, in tokens.
+        batch_size: clips per ``generate``.
+        device: ``cpu``, ``cuda``…
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+    """
+
+    def __init__(self, model: str, num_frames: int = 3, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 200,
+                 batch_size: int = 4, device: str = "cpu", dtype: str = "float32") -> None:
+        self.model = model
+        self.num_frames = num_frames
+        self.prompt = prompt
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self._loaded = None
+
+    def __getstate__(self):  # the model is loaded again on each worker
+        return {**self.__dict__, "_loaded": None}
+
+    def _load(self):
+        if self._loaded is None:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            from lvdm.utils import parse_dtype, resolve_pretrained
+
+            location = resolve_pretrained(self.model)
+            processor = AutoProcessor.from_pretrained(location)
+            model = AutoModelForImageTextToText.from_pretrained(location, dtype=parse_dtype(self.dtype))
+            tokenizer = getattr(processor, "tokenizer", processor)
+            tokenizer.padding_side = "left"  # generation continues from the right end of each row
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self._loaded = (model.to(self.device).eval(), processor)
+        return self._loaded
+
+    def prompt_text(self, clip: Clip, frames: int) -> str:
+        """The chat-templated prompt of one clip (image placeholders included)."""
+        _, processor = self._load()
+        content = [{"type": "image"} for _ in range(frames)]
+        content.append({"type": "text", "text": format_prompt(self.prompt, clip, frames)})
+        return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    def caption_batch(self, clips: Sequence[Clip]) -> list:
+        import torch
+
+        model, processor = self._load()
+        out: list = []
+        for start in range(0, len(clips), self.batch_size):
+            chunk = clips[start : start + self.batch_size]
+            images = [self.frames(clip) for clip in chunk]
+            texts = [self.prompt_text(clip, len(frames)) for clip, frames in zip(chunk, images)]
+            inputs = processor(images=images, text=texts, padding=True, return_tensors="pt").to(self.device)
+            with torch.inference_mode():
+                generated = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+            out += [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+        return out
+
+
+class CaptionRequestError(RuntimeError):
+    """An HTTP caption request that failed after its retries (the message says why)."""
+
+
+def _jpeg_data_url(frame: np.ndarray, quality: int = 90) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class OpenAICaptioner(_Captioner):
+    """An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, SGLang, LM Studio…): each
+    clip is one request whose user message holds the prompt and its frames as JPEG data URLs.
+
+    Requests run ``concurrency`` at a time. A connection error, a timeout, HTTP 429 or a 5xx
+    answer is retried up to ``retries`` more times, waiting ``backoff * 2**attempt`` seconds
+    between tries; then (or at once, for another 4xx) the clip's caption is a recorded failure,
+    never a hang or a crash of the run.
+
+    Args:
+        base_url: the API root, e.g. ``http://127.0.0.1:8000/v1`` (``/chat/completions`` is appended).
+        model: the model name the endpoint serves.
+        api_key_env: environment variable holding the API key (sent as a bearer token; no
+            header when the variable is unset, as local servers expect).
+        num_frames: frames per clip sent.
+        prompt: the instruction (``{frames}`` and ``{caption}`` are filled in).
+        max_tokens: longest caption, in tokens.
+        concurrency: requests in flight at once (per worker).
+        retries: extra tries of a failed request.
+        timeout: seconds a request may wait on the server (connect and each read).
+        backoff: seconds before the first retry (doubling after each).
+        temperature: sampling temperature (0: the most repeatable captions).
+    """
+
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", num_frames: int = 3,
+                 prompt: str = DEFAULT_PROMPT, max_tokens: int = 300, concurrency: int = 4, retries: int = 3,
+                 timeout: float = 60.0, backoff: float = 1.0, temperature: float = 0.0) -> None:
+        if concurrency < 1 or retries < 0 or timeout <= 0:
+            raise ValueError("concurrency must be >= 1, retries >= 0 and timeout > 0")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.api_key_env = api_key_env
+        self.num_frames = num_frames
+        self.prompt = prompt
+        self.max_tokens = max_tokens
+        self.concurrency = concurrency
+        self.retries = retries
+        self.timeout = timeout
+        self.backoff = backoff
+        self.temperature = temperature
+
+    def request_body(self, clip: Clip) -> dict:
+        """The chat-completions request of one clip."""
+        frames = self.frames(clip)
+        content = [{"type": "text", "text": format_prompt(self.prompt, clip, len(frames))}]
+        content += [{"type": "image_url", "image_url": {"url": _jpeg_data_url(f)}} for f in frames]
+        return {"model": self.model, "messages": [{"role": "user", "content": content}],
+                "max_tokens": self.max_tokens, "temperature": self.temperature}
+
+    def _post(self, body: bytes) -> str:
+        import urllib.error
+        import urllib.request
+
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    answer = json.loads(response.read())
+                return _content(answer)
+            except urllib.error.HTTPError as exc:
+                last = f"HTTP {exc.code} {exc.reason}: {exc.read()[:200].decode('utf-8', 'replace')}"
+                if exc.code != 429 and exc.code < 500:
+                    raise CaptionRequestError(f"{self.url} refused the request: {last}") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                last = f"unreadable answer: {exc}"
+        raise CaptionRequestError(f"{self.url} failed {self.retries + 1} times; last: {last}")
+
+    def _caption(self, clip: Clip):
+        try:
+            return self._post(json.dumps(self.request_body(clip)).encode("utf-8"))
+        except Exception as exc:  # recorded per clip by the stage
+            return exc
+
+    def caption_batch(self, clips: Sequence[Clip]) -> list:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self._caption, clips))
+
+
+def _content(answer: dict) -> str:
+    content = answer["choices"][0]["message"]["content"]
+    if isinstance(content, list):  # content parts
+        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    if not isinstance(content, str) or not content.strip():
+        raise ValueError("the answer has no caption text")
+    return content.strip()

@@ -1,0 +1,470 @@
+"""The PixArt-α family of diffusion transformers, with the exact layout of the public weights
+(pure torch: no Lightning, no torch.distributed).
+
+One class, :class:`STDiT`, with a few named options, covers four published models:
+
+============================  ===============  ==========================================
+model                         ``temporal``     temporal position
+============================  ===============  ==========================================
+PixArt-α (image)              ``"none"``       —
+Open-Sora 1.0 STDiT           ``"inline"``     ``"sincos_branch"`` (block 0's temporal input)
+Latte                         ``"blocks"``     ``"sincos_stream"`` (added after spatial block 0)
+Open-Sora 1.2 STDiT3          ``"blocks"``     ``"rope"`` (on the temporal queries and keys)
+============================  ===============  ==========================================
+
+What they share, and where they differ from :class:`lvdm.models.dit.DiT`:
+
+* **adaLN-single**: one ``t_block`` maps the conditioning vector to six modulations (shift,
+  scale, gate of the attention and of the MLP) that every block adds to its own
+  ``scale_shift_table``; the final layer adds its ``[2, D]`` table to the vector itself.
+* **cross-attention without a norm** in front (lvdm's DiT has a LayerNorm there).
+* **2D sin-cos position per frame**, channels ``[w | h]``, positions stretched to a base grid
+  (``base_size``) and divided by ``interpolation_scale`` (PixArt), instead of a 3D
+  ``[t | h | w]`` code.
+* **temporal layers**: ``"inline"`` (:class:`STDiTBlock`): attention across frames inside
+  each block, on the un-normalised tokens, scaled by the spatial gate; ``"blocks"``: a separate
+  :class:`PixArtBlock` across frames after each spatial one, with its own modulation table and
+  MLP (and, for STDiT3, its own cross-attention).
+* **micro-conditions**: PixArt-α 1024's resolution and aspect ratio, Open-Sora 1.2's fps, each
+  a sinusoidal code + MLP added to the timestep embedding.
+* ``pred_sigma``: the published models predict a variance too (``2·C`` output channels); the
+  variance half is kept so the weights load, and :meth:`STDiT.forward` returns the first ``C``
+  channels, the only ones lvdm's objectives use.
+
+Initialisation makes every block the identity by zeroing the output projections of its
+residual branches (attention, cross-attention, MLP), so temporal layers added to a trained
+image model leave it unchanged (the phase 1 → 2 hand-off, :mod:`lvdm.models.init_from`).
+Timesteps may be ``[B]`` or per latent frame ``[B, T]``: modulations are computed per frame
+and broadcast over the frame's tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Callable, Literal, NamedTuple, Optional, Sequence
+
+import torch
+from torch import nn
+
+from lvdm.models.dit import Attention, Mlp
+from lvdm.models.embeddings import PatchEmbed3D, TimestepEmbedder, _sincos_1d
+from lvdm.models.rope import apply_rope, rope_1d, rope_3d
+
+Temporal = Literal["none", "inline", "blocks"]
+TemporalPosition = Literal["none", "sincos_stream", "sincos_branch", "rope"]
+Position = Literal["sincos_2d", "rope_3d"]
+Rope = Callable[[torch.Tensor], torch.Tensor]
+
+
+@lru_cache(maxsize=64)
+def sincos_2d(hidden_size: int, h: int, w: int, base_size: Optional[int], interpolation_scale: float) -> torch.Tensor:
+    """PixArt's 2D sin-cos code ``[h·w, hidden]`` (float32): the first half of the channels
+    encodes the column (w), the second the row (h). Positions along an axis of n patches are
+    ``i · base_size / n / interpolation_scale`` (``i / interpolation_scale`` without a base),
+    computed in float32 as diffusers does."""
+    if hidden_size % 4:
+        raise ValueError(f"a 2D sin-cos position code needs hidden_size divisible by 4, got {hidden_size}")
+    with torch.device("cpu"):  # cached: never build it on a default meta / CUDA device
+        return _sincos_2d(hidden_size, h, w, base_size, interpolation_scale)
+
+
+def _sincos_2d(hidden_size, h, w, base_size, interpolation_scale) -> torch.Tensor:
+    def axis(n: int) -> torch.Tensor:
+        pos = torch.arange(n, dtype=torch.float32)
+        if base_size:
+            pos = pos / (n / base_size)
+        return pos / interpolation_scale
+
+    rows, cols = torch.meshgrid(axis(h), axis(w), indexing="ij")
+    emb_w = _sincos_1d(hidden_size // 2, cols.reshape(-1))
+    emb_h = _sincos_1d(hidden_size // 2, rows.reshape(-1))
+    return torch.cat([emb_w, emb_h], dim=1).float()
+
+
+@lru_cache(maxsize=64)
+def sincos_frames(hidden_size: int, length: int) -> torch.Tensor:
+    """1D sin-cos code ``[length, hidden]`` of frame positions ``0 … length-1`` (float32)."""
+    with torch.device("cpu"):
+        return _sincos_1d(hidden_size, torch.arange(length, dtype=torch.float32)).float()
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class Positions(NamedTuple):
+    """The position codes one forward pass hands to its blocks."""
+
+    spatial_rope: Optional[Rope] = None  #: applied to q/k of attention within a frame
+    temporal_rope: Optional[Rope] = None  #: applied to q/k of attention across frames
+    temporal_sincos: Optional[torch.Tensor] = None  #: ``[T, D]`` added to a temporal branch's input
+
+
+def attend(attn: Attention, x: torch.Tensor, temporal: bool, rope: Optional[Rope] = None) -> torch.Tensor:
+    """Self-attention of ``x`` ``[B, T, S, D]`` within each frame (over S) or, ``temporal``,
+    across frames at each position (over T)."""
+    b, t, s, d = x.shape
+    if temporal:
+        out = attn(x.transpose(1, 2).reshape(b * s, t, d), rope=rope)
+        return out.reshape(b, s, t, d).transpose(1, 2)
+    return attn(x.reshape(b * t, s, d), rope=rope).reshape(b, t, s, d)
+
+
+class PixArtBlock(nn.Module):
+    """PixArt-α's block (diffusers ``BasicTransformerBlock`` with ``ada_norm_single``; also
+    Latte's and STDiT3's spatial and temporal blocks): modulated self-attention within a
+    frame (or across frames, ``temporal``), cross-attention to the text tokens with no norm
+    in front, modulated MLP.
+
+    Args:
+        hidden_size, num_heads, mlp_ratio: dimensions.
+        temporal: attend across frames instead of within a frame.
+        cross_attention: include the text cross-attention (Latte's temporal blocks have none).
+        qk_norm: RMS-normalise self-attention queries and keys (STDiT3; never cross-attention).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, temporal: bool = False,
+                 cross_attention: bool = True, qk_norm: bool = False):
+        super().__init__()
+        self.temporal = temporal
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm)
+        self.cross_attn = Attention(hidden_size, num_heads, cross=True) if cross_attention else None
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
+
+    def output_projections(self) -> list[nn.Linear]:
+        """The last linear of every residual branch: all zero makes the block the identity."""
+        projs = [self.attn.proj, self.mlp.fc2]
+        return projs + ([self.cross_attn.proj] if self.cross_attn is not None else [])
+
+    def forward(self, x: torch.Tensor, mods: torch.Tensor, context: Optional[torch.Tensor] = None,
+                context_mask: Optional[torch.Tensor] = None, positions: Positions = Positions()) -> torch.Tensor:
+        """``x`` ``[B, T, S, D]``; ``mods`` ``[B, T or 1, 6, D]``: the shared ``t_block`` output
+        (per frame or per sample); ``context`` ``[B, L, D]`` projected text tokens."""
+        table = mods + self.scale_shift_table.to(mods.dtype)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = table.unsqueeze(3).unbind(2)
+        x = self.self_attention(x, shift_msa, scale_msa, gate_msa, positions)
+        if self.cross_attn is not None:  # per token: run on the whole sequence, not per frame
+            b, t, s, d = x.shape
+            x = x + self.cross_attn(x.reshape(b, t * s, d), context=context, key_mask=context_mask).view(b, t, s, d)
+        return x + gate_mlp * self.mlp(_modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+    def self_attention(self, x, shift, scale, gate, positions: Positions) -> torch.Tensor:
+        rope = positions.temporal_rope if self.temporal else positions.spatial_rope
+        return x + gate * attend(self.attn, _modulate(self.norm1(x), shift, scale), self.temporal, rope)
+
+
+class STDiTBlock(PixArtBlock):
+    """Open-Sora 1.0's block: a spatial :class:`PixArtBlock` whose attention branch is followed
+    by attention across frames (``attn_temp``) on the un-normalised, unmodulated tokens,
+    scaled by the same gate; block 0 adds the temporal sin-cos code to that branch's input."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
+        super().__init__(hidden_size, num_heads, mlp_ratio, temporal=False, cross_attention=True, qk_norm=qk_norm)
+        self.attn_temp = Attention(hidden_size, num_heads, qk_norm=qk_norm)
+
+    def output_projections(self) -> list[nn.Linear]:
+        return super().output_projections() + [self.attn_temp.proj]
+
+    def self_attention(self, x, shift, scale, gate, positions: Positions) -> torch.Tensor:
+        x = super().self_attention(x, shift, scale, gate, positions)
+        x_t = x if positions.temporal_sincos is None else x + positions.temporal_sincos[None, :, None].to(x.dtype)
+        return x + gate * attend(self.attn_temp, x_t, temporal=True, rope=positions.temporal_rope)
+
+
+class FinalLayer(nn.Module):
+    """PixArt's ``T2IFinalLayer``: norm, (shift, scale) = table + conditioning vector, linear."""
+
+    def __init__(self, hidden_size: int, patch_volume: int, out_channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
+        self.linear = nn.Linear(hidden_size, patch_volume * out_channels)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, T, S, D]``, ``c`` ``[B, T or 1, D]``."""
+        shift, scale = (self.scale_shift_table.to(c.dtype) + c[:, :, None]).unsqueeze(3).unbind(2)
+        return self.linear(_modulate(self.norm(x), shift, scale))
+
+
+class STDiT(nn.Module):
+    """Spatial-temporal DiT of the PixArt-α family (see the module docstring for the table
+    of published models and :mod:`lvdm.models.presets` for them by name).
+
+    Args:
+        in_channels: latent channels.
+        pred_sigma: the model also predicts a variance (``2·in_channels`` outputs, as the
+            published checkpoints); :meth:`forward` returns the first ``in_channels``.
+        patch_size: ``(pt, ph, pw)`` spacetime patch; an int means ``(1, p, p)``.
+        hidden_size, depth, num_heads, mlp_ratio: transformer dimensions.
+        context_dim: width of the text encoder's token embeddings (T5-XXL: 4096).
+        context_length: tokens of the learned null caption (Open-Sora's ``y_embedding``),
+            used when ``forward`` gets no ``context``; 0 for none.
+        temporal: ``"none"`` (an image model applied to each frame), ``"inline"``
+            (:class:`STDiTBlock`) or ``"blocks"`` (a temporal :class:`PixArtBlock` after each
+            spatial block).
+        temporal_cross_attention: the temporal blocks attend to the text too (STDiT3: yes,
+            Latte: no).
+        temporal_position: where frame positions enter: ``"sincos_stream"`` (Latte: added to
+            the tokens after spatial block 0), ``"sincos_branch"`` (STDiT: added to block 0's
+            temporal-attention input only), ``"rope"`` (STDiT3: rotary on temporal q/k) or
+            ``"none"``. Only ``"sincos_stream"`` changes the tokens themselves, so it is the one
+            layout whose new temporal layers are not the identity at a phase hand-off.
+        position: ``"sincos_2d"`` (the published models) or ``"rope_3d"``: a 3D rotary code
+            on every self-attention's queries and keys (Open-Sora 2.0 / Wan), no additive code;
+            then ``temporal_position`` must be ``"none"``.
+        base_size: the patch grid the 2D code is stretched to (PixArt: ``sample_size //
+            patch``; None: positions 0 … n-1, Open-Sora).
+        interpolation_scale: positions are divided by this (PixArt: ``max(sample_size // 64,
+            1)``; Open-Sora 1.0: its ``space_scale``, 0.5 at 256 px).
+        resolution_scale: Open-Sora 1.2's position scale instead of the two above: the
+            reference size in pixels (its ``input_sq_size``, 512); positions are divided by
+            ``√(H·W) / resolution_scale`` of the pixel resolution (``forward``'s ``resolution``,
+            else the latent size × ``latent_scale``) and stretched to a base grid of
+            ``round(√(h·w))`` patches.
+        qk_norm: RMS-normalise self-attention queries and keys (STDiT3).
+        size_conditioning: PixArt-α 1024's micro-conditions: resolution ``(h, w)`` in pixels
+            and aspect ratio ``h / w``, each embedded to ``hidden_size / 3``.
+        fps_conditioning: Open-Sora 1.2's frame-rate condition.
+        latent_scale: pixels per latent pixel, to derive the resolution micro-condition when
+            ``forward`` is not given one (8 for the SD VAE).
+        default_fps: the fps condition when ``forward`` is not given one.
+    """
+
+    #: The unit distributed code wraps and checkpoints (``STDiTBlock`` is a ``PixArtBlock``).
+    block_class = PixArtBlock
+
+    def __init__(
+        self,
+        in_channels: int = 4,
+        pred_sigma: bool = False,
+        patch_size: int | Sequence[int] = (1, 2, 2),
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        context_dim: int = 4096,
+        context_length: int = 0,
+        temporal: Temporal = "blocks",
+        temporal_cross_attention: bool = True,
+        temporal_position: TemporalPosition = "rope",
+        position: Position = "sincos_2d",
+        base_size: Optional[int] = None,
+        interpolation_scale: float = 1.0,
+        resolution_scale: Optional[int] = None,
+        qk_norm: bool = False,
+        size_conditioning: bool = False,
+        fps_conditioning: bool = False,
+        latent_scale: int = 8,
+        default_fps: float = 24.0,
+    ):
+        super().__init__()
+        self._check_options(temporal, temporal_position, position, hidden_size, size_conditioning)
+        if isinstance(patch_size, int):
+            patch_size = (1, patch_size, patch_size)
+        self.in_channels = in_channels
+        self.out_channels = 2 * in_channels if pred_sigma else in_channels
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.hidden_size, self.num_heads = hidden_size, num_heads
+        self.context_dim = context_dim
+        self.temporal, self.temporal_position, self.position = temporal, temporal_position, position
+        self.base_size, self.interpolation_scale = base_size, float(interpolation_scale)
+        self.resolution_scale = resolution_scale
+        self.size_conditioning, self.fps_conditioning = size_conditioning, fps_conditioning
+        self.latent_scale, self.default_fps = latent_scale, float(default_fps)
+
+        self.x_embedder = PatchEmbed3D(in_channels, hidden_size, self.patch_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        if size_conditioning:
+            self.resolution_embedder = TimestepEmbedder(hidden_size // 3)
+            self.aspect_ratio_embedder = TimestepEmbedder(hidden_size // 3)
+        if fps_conditioning:
+            self.fps_embedder = TimestepEmbedder(hidden_size)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        self.context_proj = Mlp(context_dim, hidden_size, hidden_size)
+        if context_length:
+            self.register_buffer("null_context", torch.randn(context_length, context_dim) / context_dim**0.5)
+        if temporal == "inline":
+            self.blocks = nn.ModuleList(STDiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth))
+        else:
+            self.blocks = nn.ModuleList(
+                PixArtBlock(hidden_size, num_heads, mlp_ratio, qk_norm=qk_norm) for _ in range(depth)
+            )
+        if temporal == "blocks":
+            self.temporal_blocks = nn.ModuleList(
+                PixArtBlock(hidden_size, num_heads, mlp_ratio, temporal=True,
+                            cross_attention=temporal_cross_attention, qk_norm=qk_norm)
+                for _ in range(depth)
+            )
+        patch_volume = math.prod(self.patch_size)
+        self.final_layer = FinalLayer(hidden_size, patch_volume, self.out_channels)
+        self.initialize_weights()
+
+    @staticmethod
+    def _check_options(temporal, temporal_position, position, hidden_size, size_conditioning) -> None:
+        if temporal not in ("none", "inline", "blocks"):
+            raise ValueError(f"temporal must be none, inline or blocks, got {temporal!r}")
+        allowed = {"none": ("none",), "inline": ("none", "sincos_branch", "rope"),
+                   "blocks": ("none", "sincos_stream", "rope")}[temporal]
+        if temporal_position not in allowed:
+            raise ValueError(f"temporal={temporal!r} takes temporal_position in {allowed}, got {temporal_position!r}")
+        if position not in ("sincos_2d", "rope_3d"):
+            raise ValueError(f"position must be sincos_2d or rope_3d, got {position!r}")
+        if position == "rope_3d" and temporal_position != "none":
+            raise ValueError("position='rope_3d' already codes time: set temporal_position='none'")
+        if size_conditioning and hidden_size % 3:
+            raise ValueError(f"size_conditioning embeds 3 scalars of hidden_size/3: {hidden_size} is not divisible by 3")
+
+    def all_blocks(self) -> list[PixArtBlock]:
+        return list(self.blocks) + list(getattr(self, "temporal_blocks", []))
+
+    def initialize_weights(self) -> None:
+        """Xavier linears, N(0, 0.02) timestep / caption embedders, zero micro-condition outputs,
+        and every block the identity (zero residual output projections), zero final linear."""
+
+        def _basic(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+        self.apply(_basic)
+        w = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        for linear in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.t_block[1],
+                       self.context_proj.fc1, self.context_proj.fc2):
+            nn.init.normal_(linear.weight, std=0.02)
+        # a new micro-condition starts as "no change" (Open-Sora's fps embedder init)
+        for name in ("resolution_embedder", "aspect_ratio_embedder", "fps_embedder"):
+            if hasattr(self, name):
+                nn.init.zeros_(getattr(self, name).mlp[2].weight)
+        for block in self.all_blocks():
+            for linear in block.output_projections():
+                nn.init.zeros_(linear.weight)
+                nn.init.zeros_(linear.bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    # ----------------------------------------------------------------------------- conditioning
+    def _embed_timestep(self, timestep: torch.Tensor, b: int, t: int) -> torch.Tensor:
+        """``[B]`` (or scalar) → ``[B, 1, D]``; per-frame ``[B, T]`` → ``[B, T, D]``."""
+        if timestep.ndim == 0:
+            timestep = timestep.expand(b)
+        if timestep.ndim == 1:
+            return self.t_embedder(timestep)[:, None]
+        if timestep.shape != (b, t):
+            raise ValueError(f"per-frame timesteps must be [B, T] = [{b}, {t}] (latent frames after patching), "
+                             f"got {list(timestep.shape)}")
+        return self.t_embedder(timestep.reshape(-1)).view(b, t, -1)
+
+    def _micro_conditions(self, x: torch.Tensor, resolution, aspect_ratio, fps) -> Optional[torch.Tensor]:
+        """``[B, D]`` added to the timestep embedding (None without micro-conditions)."""
+        b, dtype, extra = x.shape[0], self.t_block[1].weight.dtype, None
+        if self.size_conditioning:
+            if resolution is None:  # the pixel size the latent decodes to
+                resolution = torch.tensor([x.shape[-2] * self.latent_scale, x.shape[-1] * self.latent_scale])
+            resolution = torch.as_tensor(resolution, device=x.device, dtype=torch.float32).reshape(-1, 2).expand(b, 2)
+            if aspect_ratio is None:
+                aspect_ratio = resolution[:, 0] / resolution[:, 1]
+            aspect_ratio = torch.as_tensor(aspect_ratio, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
+            res = self.resolution_embedder(resolution.reshape(-1)).reshape(b, -1)
+            extra = torch.cat([res, self.aspect_ratio_embedder(aspect_ratio)], dim=1).to(dtype)
+        if self.fps_conditioning:
+            fps = self.default_fps if fps is None else fps
+            fps = torch.as_tensor(fps, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
+            emb = self.fps_embedder(fps)
+            extra = emb if extra is None else extra + emb
+        return extra
+
+    def _position_scale(self, x: torch.Tensor, h: int, w: int, resolution) -> tuple[Optional[int], float]:
+        """(base grid, interpolation scale) of the 2D code for a latent with an h × w patch grid."""
+        if not self.resolution_scale:
+            return self.base_size, self.interpolation_scale
+        if resolution is None:
+            rh, rw = x.shape[-2] * self.latent_scale, x.shape[-1] * self.latent_scale
+        else:  # one scale per batch, from its first sample (as Open-Sora 1.2)
+            rh, rw = (float(v) for v in torch.as_tensor(resolution).reshape(-1, 2)[0])
+        return round(math.sqrt(h * w)), math.sqrt(rh * rw) / self.resolution_scale
+
+    def _context(self, context, context_mask, b: int):
+        if context is None:
+            if not hasattr(self, "null_context"):
+                raise ValueError("this STDiT has no null caption (context_length=0): pass context")
+            context, context_mask = self.null_context[None].expand(b, -1, -1), None
+        if context.shape[-1] != self.context_dim:
+            raise ValueError(f"context has width {context.shape[-1]}, the model expects context_dim={self.context_dim}")
+        return self.context_proj(context), (context_mask.bool() if context_mask is not None else None)
+
+    def _positions(self, b: int, grid: tuple[int, int, int], device: torch.device) -> Positions:
+        t, h, w = grid
+        head_dim = self.hidden_size // self.num_heads
+        if self.position == "rope_3d":
+            cos, sin = (c.to(device) for c in rope_3d(grid, head_dim))
+            cos, sin = cos.view(t, 1, h * w, head_dim), sin.view(t, 1, h * w, head_dim)
+
+            def spatial(q):  # q [B*T, heads, S, hd]
+                return apply_rope(q.unflatten(0, (b, t)), cos, sin).flatten(0, 1)
+
+            def temporal(q):  # q [B*S, heads, T, hd]
+                return apply_rope(q.unflatten(0, (b, h * w)), cos.transpose(0, 2), sin.transpose(0, 2)).flatten(0, 1)
+
+            return Positions(spatial_rope=spatial, temporal_rope=temporal)
+        if self.temporal_position == "rope":
+            cos, sin = (c.to(device) for c in rope_1d(t, head_dim))
+            return Positions(temporal_rope=lambda q: apply_rope(q, cos, sin))
+        if self.temporal_position == "sincos_branch":
+            return Positions(temporal_sincos=sincos_frames(self.hidden_size, t).to(device))
+        return Positions()
+
+    # ------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        context: Optional[torch.Tensor] = None,
+        context_mask: Optional[torch.Tensor] = None,
+        *,
+        resolution: Optional[torch.Tensor] = None,
+        aspect_ratio: Optional[torch.Tensor] = None,
+        fps: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Predict the denoising target for latents ``x`` ``[B, C, T, H, W]`` at ``timestep``
+        ``[B]`` or per latent frame ``[B, T]``, conditioned on text tokens ``context``
+        ``[B, L, context_dim]`` with boolean ``context_mask`` ``[B, L]`` (None: the learned null
+        caption). Micro-conditions (when the model has them): ``resolution`` ``[B, 2]`` pixels
+        ``(h, w)``, ``aspect_ratio`` ``[B]``, ``fps`` ``[B]``; derived from ``x`` /
+        ``default_fps`` when not given."""
+        b = x.shape[0]
+        tokens, grid = self.x_embedder(x)
+        t, h, w = grid
+        tokens = tokens.view(b, t, h * w, self.hidden_size)
+        if self.position == "sincos_2d":
+            pos = sincos_2d(self.hidden_size, h, w, *self._position_scale(x, h, w, resolution))
+            tokens = tokens + pos.to(device=tokens.device, dtype=tokens.dtype)
+        c = self._embed_timestep(timestep, b, t)
+        extra = self._micro_conditions(x, resolution, aspect_ratio, fps)
+        if extra is not None:
+            c = c + extra[:, None]
+        mods = self.t_block(c).unflatten(-1, (6, self.hidden_size))
+        ctx, ctx_mask = self._context(context, context_mask, b)
+        positions = self._positions(b, grid, tokens.device)
+        later = positions._replace(temporal_sincos=None)  # STDiT adds the frame code in block 0 only
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens, mods, ctx, ctx_mask, positions if i == 0 else later)
+            if self.temporal == "blocks":
+                if i == 0 and self.temporal_position == "sincos_stream" and t > 1:
+                    tokens = tokens + sincos_frames(self.hidden_size, t).to(tokens.device, tokens.dtype)[None, :, None]
+                tokens = self.temporal_blocks[i](tokens, mods, ctx, ctx_mask, positions)
+        out = self.unpatchify(self.final_layer(tokens, c), grid)
+        return out[:, : self.in_channels]
+
+    def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``[B, T, S, pt·ph·pw·C_out]`` → ``[B, C_out, T·pt, H·ph, W·pw]``."""
+        b = tokens.shape[0]
+        pt, ph, pw = self.patch_size
+        t, h, w = grid
+        x = tokens.reshape(b, t, h, w, pt, ph, pw, self.out_channels)
+        return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, self.out_channels, t * pt, h * ph, w * pw)
