@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import itertools
-import json
 import logging
 import warnings
 from abc import ABC, abstractmethod
