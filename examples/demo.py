@@ -77,7 +77,6 @@ def probe(lvdm, checkpoint: Path, prompts: Path, samples: Path, result: Path, ex
 def write_first_frames(shards: Path, out: Path) -> Path:
     """The first frame of every held-out clip as ``<out>/<index>.png`` (the order of
     ``val_prompts.txt``)."""
-    import io
     import tarfile
 
     from PIL import Image

@@ -17,6 +17,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from lvdm.compressors.base import Compressor
 from lvdm.compressors.pixels import PixelCompressor
+from lvdm.data.cache import check_identity, identity
 from lvdm.diffusion.guidance import GuidedDenoiser
 from lvdm.diffusion.masking import FrameMasks
 from lvdm.diffusion.objectives import Objective, RectifiedFlow
@@ -149,15 +150,49 @@ class LatentDiffusionModule(L.LightningModule):
 
             seed_data_parallel_replica(self.trainer)
 
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # noise, timesteps and caption dropout follow from (seed, rank, batch count), so a
+        # resumed run draws what the uninterrupted one drew
+        from lvdm.distributed import seed_training_batch
+
+        seed_training_batch(self.trainer)
+
     def encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ctx, mask = self.text_encoder(list(captions))
         return ctx.to(self.device), mask.to(self.device)
 
-    def drop_captions(self, captions: Sequence[str]) -> list[str]:
+    def caption_keep(self, count: int) -> torch.Tensor:
+        """Which of ``count`` captions survive caption dropout (all outside training)."""
         if not self.training or self.caption_dropout <= 0:
-            return list(captions)
-        keep = torch.rand(len(captions)) >= self.caption_dropout
+            return torch.ones(count, dtype=torch.bool)
+        return torch.rand(count) >= self.caption_dropout
+
+    def drop_captions(self, captions: Sequence[str]) -> list[str]:
+        keep = self.caption_keep(len(captions))
         return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+    def text_identity(self) -> str:
+        """:func:`lvdm.data.cache.identity` of the (frozen) text encoder, computed once."""
+        if "_text_identity" not in self.__dict__:
+            self._text_identity = identity(self.text_encoder)
+        return self._text_identity
+
+    def text_condition(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption tokens and mask of a batch, after caption dropout: the cached embeddings
+        (``text``, ``text_mask`` from ``lvdm data encode --text_encoder``) with dropped ones
+        replaced by the empty caption's, else the text encoder's."""
+        if "text" not in batch:
+            return self.encode_text(self.drop_captions(batch["caption"]))
+        check_identity(batch.get("text_encoder_identity"), self.text_identity(), "text encoder", batch.get("key"))
+        ctx, mask = batch["text"].to(self.device), batch["text_mask"].to(self.device)
+        keep = self.caption_keep(len(ctx)).to(self.device)
+        if not keep.all():
+            if "_null_text" not in self.__dict__:  # the encoder is frozen: "" encodes once
+                self._null_text = self.encode_text([""])
+            null_ctx, null_mask = self._null_text
+            ctx = torch.where(keep[:, None, None], ctx, null_ctx.to(ctx.dtype))
+            mask = torch.where(keep[:, None], mask, null_mask)
+        return ctx, mask
 
     def latents(self, batch: dict) -> torch.Tensor:
         """The normalised latents of a batch: its precomputed raw ``latent`` (LatentDataModule)
@@ -175,7 +210,7 @@ class LatentDiffusionModule(L.LightningModule):
 
     def diffusion_loss(self, batch: dict) -> torch.Tensor:
         latents = self.latents(batch)
-        ctx, mask = self.encode_text(self.drop_captions(batch["caption"]))
+        ctx, mask = self.text_condition(batch)
         return self.objective.training_loss(
             self.denoiser, latents, frame_mask=self.draw_frame_mask(latents), context=ctx, context_mask=mask
         )

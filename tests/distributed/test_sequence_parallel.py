@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lvdm.distributed.checkpointing import apply_activation_checkpointing
+from lvdm.distributed.plan import apply_sequence_split
 from lvdm.distributed.sequence_parallel import SequenceParallelGroup, new_sequence_parallel_group
 from lvdm.models.dit import DiT
 from lvdm.ops.attention import attention, sequence_parallel
@@ -79,6 +80,7 @@ def _model(case) -> DiT:
     with torch.no_grad():  # DiT starts as the identity with output 0: randomise every weight
         for p in model.parameters():
             p.normal_(0.0, 0.2)
+    apply_sequence_split(model)  # what the SequenceParallel callback does (no-op while SP is off)
     return model
 
 

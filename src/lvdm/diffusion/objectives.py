@@ -79,7 +79,11 @@ class RectifiedFlow(Objective):
     velocity ``v = ε - x0``. Training times are logit-normal (SD3); an optional shift
     ``t' = s t / (1 + (s - 1) t)`` moves them (and the sampling grid) towards noise, with
     ``s = shift · sqrt(numel / base_numel)`` when ``resolution_aware`` (larger videos need
-    more noise to destroy the same structure). The network sees ``t · time_scale``.
+    more noise to destroy the same structure). With ``base_area`` set, the resolution-aware
+    shift is Open-Sora 1.2's, on the latent grid ``(t, h, w)`` of each batch:
+    ``s = shift · sqrt(h·w / base_area) · sqrt(t / base_frames)`` — it grows with the
+    resolution and with the square root of the frame count, so every bucket of a bucketed run
+    (and an image, ``t = 1``) gets its own. The network sees ``t · time_scale``.
 
     ``prediction="sample"`` makes the network predict the clean sample ``x0`` instead of the
     velocity, converted to ``v = (x_t - x0) / t`` for the loss and the sampler (JiT, Li & He
@@ -92,7 +96,11 @@ class RectifiedFlow(Objective):
         logit_std: standard deviation of the logit-normal distribution.
         shift: timestep shift ``s`` (1 = none).
         resolution_aware: scale the shift by the latent size relative to ``base_numel``.
-        base_numel: latent elements per sample (C·T·H·W) at which the shift equals ``shift``.
+        base_numel: latent elements per sample (C·T·H·W) at which the shift equals ``shift``
+            (used when ``base_area`` is not set).
+        base_area: latent ``h·w`` at which the spatial factor is 1 (Open-Sora 1.2: 512×512
+            pixels, i.e. 64×64 latents for an 8× VAE); ``None`` uses ``base_numel``.
+        base_frames: latent frame count at which the temporal factor is 1 (Open-Sora 1.2: 1).
         num_sampling_steps: default number of Euler steps.
         time_scale: factor applied to ``t`` before it reaches the network.
         prediction: what the network outputs: ``velocity`` (ε − x0) or ``sample`` (x0).
@@ -110,6 +118,8 @@ class RectifiedFlow(Objective):
         time_scale: float = 1000.0,
         prediction: Literal["velocity", "sample"] = "velocity",
         min_t: float = 0.05,
+        base_area: Optional[int] = None,
+        base_frames: int = 1,
     ):
         if prediction not in ("velocity", "sample"):
             raise ValueError(f"prediction must be velocity or sample, got {prediction!r}")
@@ -120,12 +130,16 @@ class RectifiedFlow(Objective):
         self.shift = shift
         self.resolution_aware = resolution_aware
         self.base_numel = base_numel
+        self.base_area, self.base_frames = base_area, base_frames
         self.num_sampling_steps = num_sampling_steps
         self.time_scale = time_scale
 
     def effective_shift(self, x: torch.Tensor) -> float:
         if not self.resolution_aware:
             return self.shift
+        if self.base_area is not None:
+            t, h, w = x.shape[-3:]
+            return self.shift * math.sqrt(h * w / self.base_area) * math.sqrt(t / self.base_frames)
         return self.shift * math.sqrt(x[0].numel() / self.base_numel)
 
     @staticmethod

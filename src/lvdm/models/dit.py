@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from lvdm.models.embeddings import LabelEmbedder, PatchEmbed3D, TimestepEmbedder, sincos_pos_embed_3d
-from lvdm.ops.attention import attention, gather_sequence, sequence_parallel_size, shard_sequence
+from lvdm.models.parallel_plan import SequenceSplit
+from lvdm.ops.attention import attention
 
 Conditioning = Literal["adaln", "cross_attn", "in_context"]
 Layout = Literal["full", "spatial_temporal"]
@@ -403,19 +404,20 @@ class DiT(nn.Module):
     #: The unit that distributed code wraps, shards and checkpoints (see ``lvdm.distributed``).
     block_class = DiTBlock
 
-    #: Where sequence parallelism splits this model (``lvdm.distributed`` applies it; the model
-    #: only calls ``shard_sequence`` / ``gather_sequence``, identities without it): the patch
-    #: tokens ``[B, t*h*w, D]`` (t-major, positions added) are cut along dim 1 into equal
-    #: contiguous chunks of whole patch frames before the first block, the blocks see the local
-    #: grid ``(t // P, h, w)`` (per-frame conditioning vectors ``[B, t, D]`` of masked-frame
-    #: conditioning are cut along the same frames), and the final layer's output (per token,
-    #: so it can run on the chunks) is gathered again. Full 3D attention and temporal attention are ``sharded``
-    #: (their keys live on all ranks); spatial and text cross-attention stay local.
-    #: The split itself is in ``forward`` (and ``sharded=`` at each attention call); this dict
-    #: holds what ``lvdm.distributed`` checks before it turns sequence parallelism on:
-    #: ``in_context`` conditioning is refused (its prefix tokens would need replicating on
-    #: every rank).
-    sequence_parallel_plan = {"unsupported_conditioning": ("in_context",)}
+    #: Where sequence parallelism splits this model (``lvdm.distributed`` applies it with hooks;
+    #: ``forward`` is single-device code): the patch tokens ``[B, t*h*w, D]`` (t-major, positions
+    #: added) entering the first block are cut along dim 1 into equal contiguous chunks of whole
+    #: latent frames, the blocks see the local grid ``(t // P, h, w)``, and the final layer's
+    #: output (per token) is gathered again. Full 3D and temporal attention are ``sharded`` (their
+    #: keys live on all ranks); spatial and text cross-attention stay local. Per-token block
+    #: inputs named in ``follow_split`` are cut like the tokens: the per-frame conditioning
+    #: ``c`` ``[B, t, ...]`` of masked-frame conditioning (per-sample ``c`` ``[B, D]`` is not
+    #: cut). ``in_context`` is refused.
+    sequence_parallel_plan = SequenceSplit(
+        blocks="blocks", tokens="x", grid="grid", gather="final_layer", follow_split=("c",),
+        unsupported=(("conditioning", "in_context",
+                      "its condition tokens would need replicating on every rank; use adaln or cross_attn"),),
+    )
 
     def initialize_weights(self) -> None:
         """DiT initialisation: Xavier linears, N(0, 0.02) embeddings, identity blocks, zero output."""
@@ -503,8 +505,12 @@ class DiT(nn.Module):
         ``[B]`` (or one per latent frame, ``[B, T]``: masked-frame conditioning, whose
         modulation applies to each frame's tokens), conditioned on text tokens ``context``
         ``[B, L, context_dim]`` (with boolean ``context_mask`` ``[B, L]``) or on
-        ``class_labels`` ``[B]``."""
+        ``class_labels`` ``[B]``. A frame count that is not a multiple of the temporal patch (an
+        image: ``T = 1``) is padded by repeating the last frame, and the prediction cut back to
+        ``T`` frames."""
         b, _, t, h, w = x.shape
+        if t % self.patch_size[0]:  # images and odd lengths: repeat the last frame to whole temporal patches
+            x = torch.cat([x, x[:, :, -1:].expand(-1, -1, -t % self.patch_size[0], -1, -1)], dim=2)
         tokens, grid = self.x_embedder(x)
         pos = sincos_pos_embed_3d(self.hidden_size, grid, self.base_grid, device=tokens.device).to(tokens.dtype)
         tokens = tokens + pos[None]
@@ -529,31 +535,11 @@ class DiT(nn.Module):
         else:
             mask = None
 
-        split = sequence_parallel_size()  # 1 unless lvdm.distributed turned it on
-        if split > 1:
-            self._check_sequence_split(grid, split)
-        tokens = shard_sequence(tokens, dim=1)
-        if c is not None and c.ndim == 3:  # per-frame conditioning follows its frames' tokens
-            c = shard_sequence(c, dim=1)
-        local_grid = (grid[0] // split, grid[1], grid[2])
-        block_c = self.t_block(c) if self.adaln_single else c  # per sample: unaffected by the sequence split
+        block_c = self.t_block(c) if self.adaln_single else c  # per sample, or per frame (cut with the frames under SP)
         for block in self.blocks:
-            tokens = block(tokens, block_c, local_grid, ctx, ctx_mask, num_prefix, mask)
-        tokens = gather_sequence(self.final_layer(tokens[:, num_prefix:], c), dim=1)
-        return self.unpatchify(tokens, grid)
-
-    def _check_sequence_split(self, grid: tuple[int, int, int], split: int) -> None:
-        if self.conditioning in self.sequence_parallel_plan["unsupported_conditioning"]:
-            raise ValueError(
-                f"sequence parallelism (size {split}) does not support conditioning={self.conditioning!r}: "
-                "its condition tokens would need replicating on every rank; use adaln or cross_attn"
-            )
-        if grid[0] % split:
-            raise ValueError(
-                f"sequence parallelism splits whole latent frames: the latent has {grid[0]} frames after "
-                f"temporal patching (patch {self.patch_size[0]}), not divisible by the sequence-parallel "
-                f"size {split}; use a frame count that gives a multiple of {split}"
-            )
+            tokens = block(tokens, block_c, grid, ctx, ctx_mask, num_prefix, mask)
+        tokens = self.final_layer(tokens[:, num_prefix:], c)
+        return self.unpatchify(tokens, grid)[:, :, :t]
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         b = tokens.shape[0]
