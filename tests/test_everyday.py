@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from lvdm.callbacks.progress import epoch_description
@@ -63,7 +62,7 @@ def test_every_n_steps_claims_each_step_once():
 def test_every_recipe_keeps_last_ckpt_where_the_readme_says(recipe):
     cli = lightning_cli(["--config", str(recipe), "--trainer.default_root_dir", "/tmp/runs/x"], run=False)
     checkpoint = cli.trainer.checkpoint_callback
-    assert checkpoint.save_last and Path(checkpoint.dirpath) == Path("/tmp/runs/x/checkpoints")
+    assert checkpoint.save_last and Path(checkpoint.run_folder(cli.trainer)) == Path("/tmp/runs/x/checkpoints")
     assert cli.model.fps == 8
 
 

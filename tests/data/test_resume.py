@@ -2,7 +2,6 @@
 uninterrupted run, bit for bit (CPU, bucketed images + videos)."""
 
 import lightning as L
-import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 

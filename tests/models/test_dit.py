@@ -104,7 +104,7 @@ def test_adaln_single_shares_one_modulation_linear():
 
 
 def test_stdit_xl2_with_adaln_single_has_open_sora_size():
-    """Open-Sora 1.0's STDiT-XL/2 is published as "724M" (seed 002); counted from its code it
+    """Open-Sora 1.0's STDiT-XL/2 is published as "724M" (Open-Sora 1.0 release notes); counted from its code it
     has ~759.6e6 parameters, i.e. 724 × 2**20. lvdm's STDiT-XL/2 with adaLN-single has ~764e6
     (its temporal attention has its own modulation triple: 3 more rows in t_block)."""
     kw = dict(size="XL/2", layout="spatial_temporal", conditioning="cross_attn", context_dim=4096,

@@ -1,4 +1,4 @@
-"""`lvdm estimate`: the Sora cost analysis (seed 000) reproduced, recipes read, memory model."""
+"""`lvdm estimate`: Factorial Fund's Sora cost analysis (DiT-XL/2 per-step FLOPs, GPU-hours) reproduced, recipes read, memory model."""
 
 from pathlib import Path
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import itertools
-import json
 import logging
 import warnings
 from abc import ABC, abstractmethod
@@ -498,7 +497,31 @@ class LatentDataModule(ShardDataModule):
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
         buckets: The bucket config the shards were encoded with (for the batch sizes); ``None``
             batches every latent alike.
+        data_guard: Limits on skipped samples and time without a sample (``None``: defaults).
+        num_frames: take this many consecutive latent frames of each clip (a random window in
+            training, the first in evaluation); ``1`` makes an image phase from video latents
+            (single frames, Open-Sora's stage 1). ``None``: whole clips.
     """
+
+    def __init__(
+        self,
+        train_shards: str | list[str],
+        val_shards: str | list[str] | None = None,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        samples_per_epoch: int = 4096,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        test_shards: str | list[str] | None = None,
+        buckets: Optional[BucketConfig] = None,
+        data_guard: DataGuard | None = None,
+        num_frames: int | None = None,
+    ) -> None:
+        super().__init__(train_shards, val_shards, batch_size, num_workers, samples_per_epoch, shuffle_buffer,
+                         seed, test_shards, buckets, data_guard)
+        if num_frames is not None and num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1 (or None for whole clips), got {num_frames}")
+        self.num_frames = num_frames
 
     def setup(self, stage: str | None = None) -> None:
         """As :meth:`ShardDataModule.setup`; when a trainer's model has a ``compressor``, also
@@ -534,6 +557,11 @@ class LatentDataModule(ShardDataModule):
             raise ValueError(f"cannot read latent.npy: {exc}") from exc
         if latent.ndim != 4:
             raise ValueError(f"latent has shape {list(latent.shape)}; expected 4-D [c, t, h, w]")
+        if self.num_frames is not None:
+            if latent.shape[1] < self.num_frames:
+                raise ValueError(f"latent has {latent.shape[1]} frames, fewer than num_frames={self.num_frames}")
+            start = int(rng.integers(latent.shape[1] - self.num_frames + 1)) if random_start else 0
+            latent = latent[:, start : start + self.num_frames]
         meta = json.loads(sample["json"]) if "json" in sample else {}
         out = {"latent": torch.from_numpy(latent.astype(np.float32)), "caption": sample["txt"].decode("utf-8")}
         if "text.npy" in sample:

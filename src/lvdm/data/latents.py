@@ -65,6 +65,28 @@ def check_latent_compressor(url: str, compressor: Compressor) -> None:
                       f"only its compressor class {stored_class} was checked")
 
 
+def _output_names(urls: list[str], root: Path) -> list[str]:
+    """The output shard names (the input file names), refused when two inputs share a name or
+    when an output would overwrite its input."""
+    names = [os.path.basename(url) for url in urls]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"input shards share file names {twice}; output shards keep the input names, "
+                         f"so encode each set into its own out directory")
+    if any(not is_remote(url) and Path(url).resolve() == (root / name).resolve() for url, name in zip(urls, names)):
+        raise ValueError(f"out={root} is the directory of the input shards; the latent shards would overwrite them")
+    return names
+
+
+def _copy_prompt_files(urls: list[str], root: Path) -> None:
+    """Copy the ``*.txt`` files (``val_prompts.txt``…) of the input shards' directory to ``root``
+    when all inputs lie in one local directory."""
+    parents = {os.path.dirname(os.path.abspath(url)) for url in urls if not is_remote(url)}
+    if len(parents) == 1 and not any(is_remote(url) for url in urls):
+        for prompts in sorted(Path(parents.pop()).glob("*.txt")):
+            shutil.copy(prompts, root / prompts.name)
+
+
 def encode_shards(
     shards: str | list[str],
     out: str,
@@ -143,14 +165,8 @@ def encode_shards(
                              f"during training and cannot be cached; cache only a frozen encoder (T5, CLIP)")
         text_encoder = text_encoder.to(device).eval()
     urls = resolve_shards(shards)
-    names = [os.path.basename(url) for url in urls]
-    if len(set(names)) < len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"input shards share file names {twice}; output shards keep the input names, "
-                         f"so encode each set into its own out directory")
     root = Path(out)
-    if any(not is_remote(url) and Path(url).resolve() == (root / name).resolve() for url, name in zip(urls, names)):
-        raise ValueError(f"out={out} is the directory of the input shards; the latent shards would overwrite them")
+    names = _output_names(urls, root)
     root.mkdir(parents=True, exist_ok=True)
     extra = dict(compressor.identity())  # compressor, compressor_config_hash, scale_factor, shift_factor
     if buckets is None:
@@ -224,10 +240,7 @@ def encode_shards(
                 for batch in pending.values():
                     encode(batch, sink)
             summary["shards"].append(str(path))
-    parents = {os.path.dirname(os.path.abspath(url)) for url in urls if not is_remote(url)}
-    if len(parents) == 1 and not any(is_remote(url) for url in urls):  # one local directory
-        for prompts in sorted(Path(parents.pop()).glob("*.txt")):
-            shutil.copy(prompts, root / prompts.name)
+    _copy_prompt_files(urls, root)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     print(f"encoded {summary['encoded']} clips into {len(summary['shards'])} latent shards in {root}/ "
           f"(latent {summary['latent_shape']} {store.name}), skipped {summary['skipped']}, "

@@ -122,6 +122,34 @@ def memory_per_gpu(
     return {k: {"states": v, "activations": act, "total": v + act} for k, v in states.items()}
 
 
+def _model_shape(from_recipe: dict[str, Any], has_recipe: bool, **flags: Any) -> DiTShape:
+    """The DiT to estimate: the recipe's, overridden by the flags that are given; without a
+    recipe, an Open-Sora STDiT (text width 4096) unless the flags say otherwise."""
+    dit_kwargs: dict[str, Any] = dict(from_recipe.get("dit", {}))
+    if not dit_kwargs and flags["size"] is None:
+        flags["size"] = "XL/2"
+    dit_kwargs.update({key: value for key, value in flags.items() if value is not None})
+    if not has_recipe:
+        dit_kwargs.setdefault("conditioning", "cross_attn")
+        dit_kwargs.setdefault("layout", "spatial_temporal")
+        dit_kwargs.setdefault("context_dim", 0 if dit_kwargs.get("num_classes") else 4096)
+    if dit_kwargs.get("num_classes") and dit_kwargs.get("context_dim"):
+        raise ValueError("give either --num_classes or --context_dim (a text model), not both")
+    return DiTShape.from_kwargs(**dit_kwargs)
+
+
+def _peak_flops(gpu: str, dtype: str, mfu: float) -> float:
+    """The table's peak FLOP/s of ``gpu`` at ``dtype``, after checking ``mfu``."""
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu must be in (0, 1], got {mfu}")
+    if gpu not in PEAKS:
+        raise ValueError(f"unknown gpu {gpu!r}; choose from {sorted(PEAKS)}")
+    peak = PEAKS[gpu].get(dtype)
+    if peak is None:
+        raise ValueError(f"{gpu} has no {dtype} peak in the table")
+    return peak
+
+
 def estimate(
     recipe: Optional[str] = None,
     size: Optional[str] = None,
@@ -216,23 +244,9 @@ def estimate(
         print_report: print the report.
     """
     from_recipe = _read_recipe(recipe) if recipe else {}
-    dit_kwargs: dict[str, Any] = dict(from_recipe.get("dit", {}))
-    if not dit_kwargs and size is None:
-        size = "XL/2"
-    for key, value in (("size", size), ("conditioning", conditioning), ("layout", layout), ("in_channels", in_channels),
-                       ("context_dim", context_dim), ("num_classes", num_classes), ("adaln_single", adaln_single)):
-        if value is not None:
-            dit_kwargs[key] = value
-    if not recipe:
-        dit_kwargs.setdefault("conditioning", "cross_attn")
-        dit_kwargs.setdefault("layout", "spatial_temporal")
-        if dit_kwargs.get("num_classes"):
-            dit_kwargs.setdefault("context_dim", 0)
-        else:
-            dit_kwargs.setdefault("context_dim", 4096)
-    if dit_kwargs.get("num_classes") and dit_kwargs.get("context_dim"):
-        raise ValueError("give either --num_classes or --context_dim (a text model), not both")
-    shape = DiTShape.from_kwargs(**dit_kwargs)
+    shape = _model_shape(from_recipe, bool(recipe), size=size, conditioning=conditioning, layout=layout,
+                         in_channels=in_channels, context_dim=context_dim, num_classes=num_classes,
+                         adaln_single=adaln_single)
 
     def pick(value, key, default):
         return value if value is not None else from_recipe.get(key, default)
@@ -246,13 +260,7 @@ def estimate(
     sampling_steps = pick(sampling_steps, "sampling_steps", 50)
     guidance = pick(guidance, "guidance", True)
     steps = pick(steps, "steps", None) if dataset_size == 0 else steps
-    if not 0 < mfu <= 1:
-        raise ValueError(f"mfu must be in (0, 1], got {mfu}")
-    if gpu not in PEAKS:
-        raise ValueError(f"unknown gpu {gpu!r}; choose from {sorted(PEAKS)}")
-    peak = PEAKS[gpu].get(dtype)
-    if peak is None:
-        raise ValueError(f"{gpu} has no {dtype} peak in the table")
+    peak = _peak_flops(gpu, dtype, mfu)
     if frames % tc or height % sc or width % sc:
         raise ValueError(f"clip {frames}×{height}×{width} is not divisible by the compression ({tc}, {sc}, {sc})")
     latent = (frames // tc, height // sc, width // sc)
