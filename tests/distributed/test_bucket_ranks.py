@@ -25,8 +25,8 @@ def _fit(tmp_path, *extra, strategy=("--trainer.strategy", "ddp")):
                     "--num_val", "4", "--shard_size", "10"], cwd=ROOT, check=True, capture_output=True)
     run = tmp_path / "run"
     steps = tmp_path / "steps"
-    args = [sys.executable, "-m", "lvdm.cli", "fit", "--config", "recipes/tiny/buckets.yaml",
-            "--trainer.accelerator", "cpu", "--trainer.devices", "2", *strategy,
+    args = [sys.executable, "-m", "lvdm.cli", "fit", "--config", "recipes/tiny/buckets.yaml", *strategy,
+            "--trainer.accelerator", "cpu", "--trainer.devices", "2",
             "--data.init_args.train_shards", str(data / "train-*.tar"),
             "--data.init_args.val_shards", str(data / "val-*.tar"),
             "--data.init_args.batch_size", "2", "--data.init_args.samples_per_epoch", "8",
