@@ -2,7 +2,6 @@
 
 import shutil
 import socket
-import threading
 
 import pytest
 import torch

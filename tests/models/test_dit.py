@@ -165,8 +165,10 @@ def test_any_grid_at_run_time(layout):
     for t, h, w in [(2, 8, 8), (6, 12, 20), (4, 32, 16)]:
         x, ts, ctx, mask = inputs(t=t, h=h, w=w)
         assert model(x, ts, ctx, mask).shape == x.shape
+    x, ts, ctx, mask = inputs(t=3)  # an odd frame count is padded to whole temporal patches
+    assert model(x, ts, ctx, mask).shape == x.shape
     with pytest.raises(ValueError, match="not divisible by the patch size"):
-        model(*inputs(t=3))
+        model(*inputs(h=10))
 
 
 def test_class_conditional_and_guards():

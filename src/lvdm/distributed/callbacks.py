@@ -20,11 +20,12 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lvdm.distributed.checkpointing import apply_activation_checkpointing, remove_activation_checkpointing
 from lvdm.distributed.plan import apply_sequence_split, check_sequence_split, planned_modules, remove_sequence_split
-from lvdm.distributed.ranks import data_parallel_rank_world, seed_data_parallel_replica
+from lvdm.distributed.ranks import data_parallel_rank_world, seed_data_parallel_replica, seed_training_batch
 from lvdm.distributed.sequence_parallel import Mode, SequenceParallelGroup, new_sequence_parallel_group
 from lvdm.ops.attention import set_sequence_parallel
 
-__all__ = ["SequenceParallel", "ActivationCheckpointing", "data_parallel_rank_world", "seed_data_parallel_replica"]
+__all__ = ["SequenceParallel", "ActivationCheckpointing", "data_parallel_rank_world", "seed_data_parallel_replica",
+           "seed_training_batch"]
 
 
 def _fingerprint(batch) -> str:

@@ -64,10 +64,31 @@ def _block_hook(model: nn.Module, plan: SequenceSplit, block: nn.Module, first: 
         if first:
             check_sequence_split(model, size, grid=grid)
             values[plan.tokens] = shard_sequence(values[plan.tokens], plan.dim)
-        for name in plan.follow_split:
-            if values.get(name) is not None:
-                values[name] = shard_sequence(values[name], plan.dim)
+        _cut_followers(plan, values)
         values[plan.grid] = (grid[0] // size, *grid[1:])
+        return tuple(bound.args[1:]), dict(bound.kwargs)
+
+    return hook
+
+
+def _cut_followers(plan: SequenceSplit, values: dict) -> None:
+    """Cut the ``follow_split`` inputs that run along the sequence (``[B, N or t, ...]``, at
+    least 3-D); a per-sample one (``[B, D]``) is the same on every rank and stays whole."""
+    for name in plan.follow_split:
+        value = values.get(name)
+        if isinstance(value, torch.Tensor) and value.ndim > 2:
+            values[name] = shard_sequence(value, plan.dim)
+
+
+def _gather_pre_hook(module: nn.Module, plan: SequenceSplit):
+    """The gather module runs on the local chunk too: its ``follow_split`` inputs are cut."""
+    signature = inspect.signature(type(module).forward)
+
+    def hook(module, args, kwargs):
+        if sequence_parallel_size() == 1 or not plan.follow_split:
+            return None
+        bound = signature.bind(module, *args, **kwargs)
+        _cut_followers(plan, bound.arguments)
         return tuple(bound.args[1:]), dict(bound.kwargs)
 
     return hook
@@ -93,7 +114,9 @@ def apply_sequence_split(model: nn.Module) -> list[nn.Module]:
         blocks = list(getattr(module, plan.blocks))
         handles = [block.register_forward_pre_hook(_block_hook(module, plan, block, i == 0), with_kwargs=True)
                    for i, block in enumerate(blocks)]
-        handles.append(getattr(module, plan.gather).register_forward_hook(_gather_hook(plan)))
+        gather = getattr(module, plan.gather)
+        handles.append(gather.register_forward_pre_hook(_gather_pre_hook(gather, plan), with_kwargs=True))
+        handles.append(gather.register_forward_hook(_gather_hook(plan)))
         setattr(module, _HANDLES, handles)
     return planned
 
