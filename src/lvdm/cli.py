@@ -29,7 +29,9 @@ Training (Lightning CLI; compose YAML recipes with --config, override any key on
 
 lvdm commands:
   sample      prompts -> mp4 files   lvdm sample --checkpoint last.ckpt --prompts '["a red square moving left"]'
+              image-to-video: --image first.png; continuation: --video start.mp4 --extend 16
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
+  data synth-mixed  the shapes dataset in mixed sizes and lengths, with images (bucketed training)
   data encode precompute a compressor's latents of video shards into latent shards
   data ingest your videos/images (folder, CSV/parquet table, video2dataset shards) -> shards + manifest + rejects
   data split  cut videos into scene clips (PySceneDetect), min/max length or fixed chunks
@@ -75,6 +77,7 @@ COMMANDS: dict[str, str] = {
 GROUPS: dict[str, dict[str, str]] = {
     "data": {
         "synth": "lvdm.data.synthetic:write_synthetic_dataset",
+        "synth-mixed": "lvdm.data.mixed:write_mixed_shapes",
         "encode": "lvdm.data.latents:encode_shards",
         "ingest": "lvdm.curation.ingest:ingest",
         "split": "lvdm.curation.split:split",
