@@ -2,8 +2,8 @@
 
 import shutil
 import socket
-import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,6 +58,19 @@ def test_generator_renders_the_same_video_as_the_module(checkpoint, tmp_path):
                                          width=12, num_steps=2, guidance_scale=3.0, seed=5)
     (reference,) = save_videos(expected[1:], ["a blue circle"], tmp_path / "reference", fps=4)
     assert (read_frames(reference)[0] == frames).all()  # the same clip, the same encoder
+    # image-to-video: the size follows the image, the first frame is the image (pixel compressor)
+    from PIL import Image
+
+    ramp = np.zeros((8, 12, 3), dtype=np.uint8)
+    ramp[..., 0] = np.linspace(40, 200, 12, dtype=np.uint8)[None]
+    ramp[..., 1] = 120
+    Image.fromarray(ramp).save(tmp_path / "first.png")
+    (started,) = generator("a red square moving left", 1.0, 16, 16, 2, 3.0, 0, image=str(tmp_path / "first.png"))
+    frames, _ = read_frames(started)
+    assert frames.shape == (4, 8, 12, 3)
+    assert np.abs(frames[0].astype(float) - ramp).mean() < 6  # the given frame, through H.264
+    with pytest.raises(ValueError, match="give one"):
+        generator("a", 1.0, 16, 16, 2, 3.0, 0, loop=True)
     with pytest.raises(ValueError, match="multiple of 4"):
         generator("a", 1.0, 10, 16, 2, 3.0, 0)
     with pytest.raises(ValueError, match="at least one prompt"):
@@ -77,7 +90,7 @@ def test_page_generates_a_video_through_the_client(checkpoint, tmp_path):
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
         video, files = client.predict("a red square moving left\na green triangle moving up", 1.0, 16, 16, 2, 3.0, 0,
-                                      api_name="/generate")
+                                      None, False, api_name="/generate")
         first = video["video"] if isinstance(video, dict) else video
         from lvdm.data.video import read_frames
 

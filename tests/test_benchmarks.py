@@ -36,3 +36,18 @@ def test_cpu_smoke_prints_lvdm_vs_latte_table(tmp_path, capsys):
     # FLOPs: lvdm projects the caption's keys/values once per clip, diffusers' Latte once per frame
     assert 0.9 < result["latte_layout_ratios"]["flops_ratio"] <= 1.0
     assert json.loads(out.read_text())["preset"] == "cpu-smoke"
+
+
+def test_bench_compressors_smoke(capsys):
+    spec = importlib.util.spec_from_file_location("bench_compressors", ROOT / "benchmarks/bench_compressors.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--size", "tiny", "--frames", "4", "--resolution", "32", "--repeats", "1"])
+    names = [r["compressor"] for r in result["rows"]]
+    assert names == ["pixels", "SD-VAE per frame", "CogVideoX", "Wan", "LTXVideo", "HunyuanVideo", "Mochi",
+                     "lvdm causal 3D VAE", "lvdm VQ-VAE"]
+    frames = {r["compressor"]: r["frames"] for r in result["rows"]}
+    assert frames["pixels"] == 4 and frames["Wan"] == 5 and frames["CogVideoX"] == 9 and frames["Mochi"] == 7
+    assert all(r["encode_fps"] > 0 and r["decode_fps"] > 0 for r in result["rows"])
+    assert result["cached_vs_in_loop"]["ratio"] > 0
+    assert "caching is" in capsys.readouterr().out

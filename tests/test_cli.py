@@ -59,9 +59,17 @@ def test_recipes_exist_for_every_conditioning_variant():
 def test_every_recipe_loads(recipe):
     cli = lightning_cli(["--config", str(recipe)], run=False)
     model = cli.model
-    wanted = yaml.safe_load(recipe.read_text())["model"]["init_args"]["denoiser"]["init_args"]
-    assert model.denoiser.hidden_size == wanted["hidden_size"] and len(model.denoiser.blocks) == wanted["depth"]
-    assert model.denoiser.context_dim == model.text_encoder.dim
+    spec = yaml.safe_load(recipe.read_text())["model"]
+    assert f"{type(model).__module__}.{type(model).__qualname__}" == spec["class_path"]
+    autoencoder = spec["init_args"].get("autoencoder")
+    if autoencoder is not None:  # recipes/autoencoder/
+        assert type(model.autoencoder).__name__ == autoencoder["class_path"].rsplit(".", 1)[1]
+        assert model.autoencoder.latent_channels == autoencoder["init_args"]["latent_channels"]
+    denoiser = spec["init_args"].get("denoiser")
+    if denoiser is not None:  # diffusion recipes: the DiT they name, its text width the encoder's
+        wanted = denoiser["init_args"]
+        assert model.denoiser.hidden_size == wanted["hidden_size"] and len(model.denoiser.blocks) == wanted["depth"]
+        assert model.denoiser.context_dim == model.text_encoder.dim
 
 
 @pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: p.name)

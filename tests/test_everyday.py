@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from lvdm.callbacks.progress import epoch_description
@@ -14,7 +13,8 @@ from lvdm.callbacks.steps import EveryNSteps
 from lvdm.cli import lightning_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+# the real-size Open-Sora phases are built on the meta device elsewhere (tests/test_opensora_recipes.py)
+RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set((ROOT / "recipes/opensora").glob("*.yaml")))
 
 
 def lvdm(*args, cwd=ROOT):
@@ -61,10 +61,12 @@ def test_every_n_steps_claims_each_step_once():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_recipe_keeps_last_ckpt_where_the_readme_says(recipe):
-    cli = lightning_cli(["--config", str(recipe), "--trainer.default_root_dir", "/tmp/runs/x"], run=False)
+    cli = lightning_cli(["--config", str(recipe)], run=False)
     checkpoint = cli.trainer.checkpoint_callback
-    assert checkpoint.save_last and Path(checkpoint.dirpath) == Path("/tmp/runs/x/checkpoints")
-    assert cli.model.fps == 8
+    folder = checkpoint.dirpath or checkpoint.run_folder(cli.trainer)  # the Open-Sora phases name theirs
+    assert checkpoint.save_last and Path(folder).resolve() == (Path(cli.trainer.default_root_dir) / "checkpoints").resolve()
+    if "fps" in yaml.safe_load(recipe.read_text())["model"]["init_args"]:
+        assert cli.model.fps == 8  # the synthetic shapes clips' rate, what lvdm sample writes
 
 
 def test_recipes_interpolate_through_omegaconf():

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -15,3 +17,17 @@ def test_train_in_python_example(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "probe accuracy over 16 videos" in proc.stdout
     assert len(list((tmp_path / "samples").glob("*.mp4"))) == 16
+
+
+@pytest.mark.slow  # minutes: two fits and four samplings of 64 prompts; the parts are tested one by one
+def test_demo_curriculum_runs_end_to_end(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "examples/demo.py", "--out", str(tmp_path), "--num_train", "64", "--image_steps", "2",
+         "--video_steps", "2"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "initialised" in proc.stdout and "inflated in time" in proc.stdout
+    assert "image-to-video from the held-out first frames" in proc.stdout
+    assert len(list((tmp_path / "samples_i2v").glob("*.mp4"))) == 64
+    assert len(list((tmp_path / "first_frames").glob("*.png"))) == 64

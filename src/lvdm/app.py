@@ -3,7 +3,7 @@
 Built with Gradio (``pip install 'lvdm[app]'``). The model is loaded once through
 :func:`lvdm.checkpoint.load_module`; each request renders one video per prompt with
 :meth:`~lvdm.module.LatentDiffusionModule.generate` (the sampler's progress is shown as the
-page's progress bar) and writes them with :func:`lvdm.sampling.save_videos` to a fresh folder
+page's progress bar; an optional image makes it image-to-video) and writes them with :func:`lvdm.sampling.save_videos` to a fresh folder
 under ``out``, from where the page plays the first and offers all for download.
 """
 
@@ -54,15 +54,23 @@ class VideoGenerator:
         return max(k, round(seconds * self.fps / k) * k)
 
     def __call__(self, prompts: str, seconds: float, height: int, width: int, steps: int, guidance: float,
-                 seed: int) -> list[Path]:
-        """Render one mp4 per non-empty line of ``prompts``; returns their paths."""
+                 seed: int, image: Optional[str] = None, loop: bool = False) -> list[Path]:
+        """Render one mp4 per non-empty line of ``prompts``; returns their paths. With ``image``
+        (a file) every video starts on it (image-to-video; the size follows the image), and with
+        ``loop`` also ends on it."""
         import torch
 
+        from lvdm.data.given import read_images
         from lvdm.sampling import save_videos
 
         lines = [line.strip() for line in prompts.splitlines() if line.strip()]
         if not lines:
             raise ValueError("write at least one prompt")
+        first = read_images(image, len(lines)) if image else None
+        if loop and first is None:
+            raise ValueError("a loop starts and ends on an image: give one")
+        if first is not None:
+            height, width = first.shape[-2:]
         for name, value in (("height", height), ("width", width)):
             if value <= 0 or value % self.pixel_multiple:
                 raise ValueError(f"{name} must be a positive multiple of {self.pixel_multiple}; got {value}")
@@ -71,7 +79,7 @@ class VideoGenerator:
             folder = self.out / f"request_{self._count:05d}"
             videos = self.module.generate(lines, num_frames=self.frames_for(seconds), height=int(height),
                                           width=int(width), num_steps=int(steps), guidance_scale=float(guidance),
-                                          seed=int(seed), progress=True)
+                                          seed=int(seed), progress=True, first_frames=first, loop=loop)
             return save_videos(videos, lines, folder, fps=self.fps)
 
 
@@ -83,10 +91,11 @@ def build_app(generator: VideoGenerator):
     frames, height, width = module.sample_shape
     steps = getattr(module.objective, "num_sampling_steps", 20)
 
-    def run(prompts, seconds, h, w, n_steps, guidance, seed, progress=gr.Progress(track_tqdm=True)):
+    def run(prompts, seconds, h, w, n_steps, guidance, seed, image=None, loop=False,
+            progress=gr.Progress(track_tqdm=True)):
         try:
-            paths = generator(prompts, seconds, int(h), int(w), int(n_steps), guidance, int(seed))
-        except ValueError as err:
+            paths = generator(prompts, seconds, int(h), int(w), int(n_steps), guidance, int(seed), image, bool(loop))
+        except (ValueError, FileNotFoundError) as err:
             raise gr.Error(str(err)) from None
         return str(paths[0]), [str(p) for p in paths]
 
@@ -102,11 +111,15 @@ def build_app(generator: VideoGenerator):
                 n_steps = gr.Slider(1, 200, value=steps, step=1, label="sampler steps")
                 guidance = gr.Slider(1.0, 15.0, value=module.guidance_scale, step=0.5, label="guidance scale")
                 seed = gr.Number(label="seed", value=0, precision=0)
+                with gr.Accordion("image-to-video (models trained with frame masks)", open=False):
+                    image = gr.Image(label="first frame (the size follows it)", type="filepath")
+                    loop = gr.Checkbox(label="loop: end on the image too", value=False)
                 button = gr.Button("Generate", variant="primary")
             with gr.Column():
                 video = gr.Video(label="first video")
                 files = gr.File(label="all videos (mp4)", file_count="multiple")
-        button.click(run, [prompts, seconds, h, w, n_steps, guidance, seed], [video, files], api_name="generate")
+        button.click(run, [prompts, seconds, h, w, n_steps, guidance, seed, image, loop], [video, files],
+                     api_name="generate")
     return page
 
 

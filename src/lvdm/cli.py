@@ -29,7 +29,9 @@ Training (Lightning CLI; compose YAML recipes with --config, override any key on
 
 lvdm commands:
   sample      prompts -> mp4 files   lvdm sample --checkpoint last.ckpt --prompts '["a red square moving left"]'
+              image-to-video: --image first.png; continuation: --video start.mp4 --extend 16
   data synth  write the synthetic moving-shapes dataset as WebDataset shards
+  data synth-mixed  the shapes dataset in mixed sizes and lengths, with images (bucketed training)
   data encode precompute a compressor's latents of video shards into latent shards
   data ingest your videos/images (folder, CSV/parquet table, video2dataset shards) -> shards + manifest + rejects
   data split  cut videos into scene clips (PySceneDetect), min/max length or fixed chunks
@@ -40,6 +42,7 @@ lvdm commands:
   eval probe  score generated shapes videos: colour / shape / direction accuracy
   eval fvd    Fréchet Video Distance (original TF protocol)   lvdm eval fvd --real <shards|mp4s> --fake <mp4s>
   eval clipscore  CLIPScore of videos against their prompts  lvdm eval clipscore --videos <mp4s> --clip <path|hub id>
+  eval vae    reconstruction PSNR / SSIM / rFVD of a compressor   lvdm eval vae --videos <shards> --checkpoint ae.ckpt
   app         a web page over a checkpoint: prompts -> videos   lvdm app --checkpoint last.ckpt
   estimate    parameters, FLOPs, GPU-hours, s/video, memory/GPU   lvdm estimate --size XL/2 --frames 16
   checkpoint export  a .ckpt or DeepSpeed checkpoint -> one .safetensors   lvdm checkpoint export --checkpoint last.ckpt --out model.safetensors --ema true
@@ -74,6 +77,7 @@ COMMANDS: dict[str, str] = {
 GROUPS: dict[str, dict[str, str]] = {
     "data": {
         "synth": "lvdm.data.synthetic:write_synthetic_dataset",
+        "synth-mixed": "lvdm.data.mixed:write_mixed_shapes",
         "encode": "lvdm.data.latents:encode_shards",
         "ingest": "lvdm.curation.ingest:ingest",
         "split": "lvdm.curation.split:split",
@@ -86,6 +90,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "probe": "lvdm.metrics.probe:probe_folder",
         "fvd": "lvdm.metrics.evaluate:fvd",
         "clipscore": "lvdm.metrics.evaluate:clipscore",
+        "vae": "lvdm.metrics.vae_eval:evaluate_vae",
     },
     "checkpoint": {
         "export": "lvdm.distributed.checkpoint:export_checkpoint",

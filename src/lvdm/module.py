@@ -17,7 +17,9 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from lvdm.compressors.base import Compressor
 from lvdm.compressors.pixels import PixelCompressor
+from lvdm.data.cache import check_identity, identity
 from lvdm.diffusion.guidance import GuidedDenoiser
+from lvdm.diffusion.masking import FrameMasks
 from lvdm.diffusion.objectives import Objective, RectifiedFlow
 from lvdm.text.base import TextEncoder
 
@@ -69,6 +71,10 @@ class LatentDiffusionModule(L.LightningModule):
             the unconditional prediction that classifier-free guidance needs.
         guidance_scale: default classifier-free guidance scale for sampling.
         sample_shape: default (frames, height, width) of generated videos.
+        frame_masks: masked-frame conditioning in training (Open-Sora 1.1+): the mix of
+            image-to-video, continuation, loop and random masks (``lvdm.diffusion.masking``);
+            None trains text-to-video only. Needed for ``generate(first_frames=...)`` and
+            ``extend``.
         fps: frame rate of the training clips: the rate generated videos are written at.
     """
 
@@ -83,6 +89,7 @@ class LatentDiffusionModule(L.LightningModule):
         caption_dropout: float = 0.1,
         guidance_scale: float = 4.0,
         sample_shape: Sequence[int] = (8, 32, 32),
+        frame_masks: Optional[FrameMasks] = None,
         fps: float = 8.0,
     ):
         super().__init__()
@@ -102,6 +109,7 @@ class LatentDiffusionModule(L.LightningModule):
         self.caption_dropout = caption_dropout
         self.guidance_scale = guidance_scale
         self.sample_shape = tuple(sample_shape)
+        self.frame_masks = frame_masks
         if fps <= 0:
             raise ValueError(f"fps must be positive; got {fps}")
         self.fps = fps
@@ -142,15 +150,49 @@ class LatentDiffusionModule(L.LightningModule):
 
             seed_data_parallel_replica(self.trainer)
 
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # noise, timesteps and caption dropout follow from (seed, rank, batch count), so a
+        # resumed run draws what the uninterrupted one drew
+        from lvdm.distributed import seed_training_batch
+
+        seed_training_batch(self.trainer)
+
     def encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ctx, mask = self.text_encoder(list(captions))
         return ctx.to(self.device), mask.to(self.device)
 
-    def drop_captions(self, captions: Sequence[str]) -> list[str]:
+    def caption_keep(self, count: int) -> torch.Tensor:
+        """Which of ``count`` captions survive caption dropout (all outside training)."""
         if not self.training or self.caption_dropout <= 0:
-            return list(captions)
-        keep = torch.rand(len(captions)) >= self.caption_dropout
+            return torch.ones(count, dtype=torch.bool)
+        return torch.rand(count) >= self.caption_dropout
+
+    def drop_captions(self, captions: Sequence[str]) -> list[str]:
+        keep = self.caption_keep(len(captions))
         return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+    def text_identity(self) -> str:
+        """:func:`lvdm.data.cache.identity` of the (frozen) text encoder, computed once."""
+        if "_text_identity" not in self.__dict__:
+            self._text_identity = identity(self.text_encoder)
+        return self._text_identity
+
+    def text_condition(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption tokens and mask of a batch, after caption dropout: the cached embeddings
+        (``text``, ``text_mask`` from ``lvdm data encode --text_encoder``) with dropped ones
+        replaced by the empty caption's, else the text encoder's."""
+        if "text" not in batch:
+            return self.encode_text(self.drop_captions(batch["caption"]))
+        check_identity(batch.get("text_encoder_identity"), self.text_identity(), "text encoder", batch.get("key"))
+        ctx, mask = batch["text"].to(self.device), batch["text_mask"].to(self.device)
+        keep = self.caption_keep(len(ctx)).to(self.device)
+        if not keep.all():
+            if "_null_text" not in self.__dict__:  # the encoder is frozen: "" encodes once
+                self._null_text = self.encode_text([""])
+            null_ctx, null_mask = self._null_text
+            ctx = torch.where(keep[:, None, None], ctx, null_ctx.to(ctx.dtype))
+            mask = torch.where(keep[:, None], mask, null_mask)
+        return ctx, mask
 
     def latents(self, batch: dict) -> torch.Tensor:
         """The normalised latents of a batch: its precomputed raw ``latent`` (LatentDataModule)
@@ -159,10 +201,19 @@ class LatentDiffusionModule(L.LightningModule):
             return self.compressor.normalize(batch["latent"])
         return self.compressor.encode(batch["video"])
 
+    def draw_frame_mask(self, latents: torch.Tensor) -> Optional[torch.Tensor]:
+        """A training frame mask ``[B, T]`` from ``frame_masks`` (None when nothing is given)."""
+        if self.frame_masks is None or not self.training:
+            return None
+        mask = self.frame_masks(latents.shape[0], latents.shape[2], device=latents.device)
+        return mask if bool(mask.any()) else None
+
     def diffusion_loss(self, batch: dict) -> torch.Tensor:
         latents = self.latents(batch)
-        ctx, mask = self.encode_text(self.drop_captions(batch["caption"]))
-        return self.objective.training_loss(lambda x, t: self.denoiser(x, t, ctx, mask), latents)
+        ctx, mask = self.text_condition(batch)
+        return self.objective.training_loss(
+            self.denoiser, latents, frame_mask=self.draw_frame_mask(latents), context=ctx, context_mask=mask
+        )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.diffusion_loss(batch)
@@ -209,19 +260,93 @@ class LatentDiffusionModule(L.LightningModule):
         guidance_scale: Optional[float] = None,
         seed: int = 0,
         progress: bool = False,
+        first_frames: Optional[torch.Tensor] = None,
+        loop: bool = False,
     ) -> torch.Tensor:
         """Generate one video per prompt: ``[B, 3, T, H, W]`` in [-1, 1].
 
         The noise of prompt ``i`` depends only on ``seed`` and ``i``, so a prompt's video does
-        not change with the batch it is generated in."""
+        not change with the batch it is generated in.
+
+        ``first_frames`` ``[B, 3, k, H, W]`` in [-1, 1] (one clip per prompt; ``k = 1``: an
+        image) makes it image-to-video or continuation: their latents are given frames
+        (``lvdm.diffusion.masking``), kept clean at every sampling step, so the video starts
+        with them as the compressor reproduces them; the size follows them. ``loop`` also gives
+        the first given latent frame as the last one, so the video ends where it starts (a
+        seamless loop). The model should have been trained with ``frame_masks`` (``loop`` masks
+        for looping)."""
         frames, h, w = num_frames or self.sample_shape[0], height or self.sample_shape[1], width or self.sample_shape[2]
+        if first_frames is not None:
+            h, w = first_frames.shape[-2:]
         shape = self.compressor.latent_shape(frames, h, w)
         noise = torch.stack(
             [torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(len(prompts))]
         ).to(self.device)
+        if loop and first_frames is None:
+            raise ValueError("loop=True needs first_frames: the image the video starts and ends with")
+        x_given, frame_mask = (None, None) if first_frames is None else self.given_latents(first_frames, noise, loop)
         ctx, mask = self.encode_text(prompts)
         null_ctx, null_mask = self.encode_text([""])
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
         model_fn = GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale)
-        latents = self.objective.sample(model_fn, noise, num_steps, progress=progress)
+        latents = self.objective.sample(model_fn, noise, num_steps, progress=progress, x_given=x_given,
+                                        frame_mask=frame_mask)
         return self.compressor.decode(latents).clamp(-1, 1)
+
+    def given_latents(self, first_frames: torch.Tensor, noise: torch.Tensor,
+                      loop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean latents with ``first_frames`` encoded at the start (and, with ``loop``, the
+        first of them again at the end), and the frame mask that marks them: the
+        ``(x_given, frame_mask)`` of the samplers."""
+        if first_frames.ndim != 5 or first_frames.shape[:2] != (noise.shape[0], 3):
+            raise ValueError(f"first_frames must be [{noise.shape[0]} prompts, 3, frames, H, W] in [-1, 1], "
+                             f"got {tuple(first_frames.shape)}")
+        z = self.compressor.encode(first_frames.to(self.device, torch.float32))
+        k, total = z.shape[2], noise.shape[2]
+        if k + int(loop) >= total:
+            raise ValueError(f"the {first_frames.shape[2]} given frames fill {k} of the video's {total} latent "
+                             "frames: nothing is left to generate; ask for more frames")
+        x_given = torch.zeros_like(noise)
+        x_given[:, :, :k] = z.to(noise.dtype)
+        frame_mask = torch.zeros(noise.shape[0], total, dtype=torch.bool, device=noise.device)
+        frame_mask[:, :k] = True
+        if loop:
+            x_given[:, :, -1] = z[:, :, 0].to(noise.dtype)
+            frame_mask[:, -1] = True
+        return x_given, frame_mask
+
+    @torch.no_grad()
+    def extend(
+        self,
+        video: torch.Tensor,
+        prompts: Sequence[str],
+        num_new_frames: int,
+        context_frames: Optional[int] = None,
+        num_frames: Optional[int] = None,
+        num_steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Continue ``video`` ``[B, 3, F, H, W]`` in [-1, 1] by ``num_new_frames`` frames:
+        ``[B, 3, F + num_new_frames, H, W]`` whose first ``F`` frames are ``video`` itself.
+
+        Windows of ``num_frames`` frames (default: the model's sample_shape) are generated one
+        after another, each given the last ``context_frames`` frames so far (default: half a
+        window) and adding the rest (Open-Sora's loop of conditioned generations)."""
+        window = num_frames or self.sample_shape[0]
+        context = context_frames or max(1, window // 2)
+        if not 0 < context < window:
+            raise ValueError(f"context_frames must be in 1..{window - 1} (num_frames={window}), got {context}")
+        if num_new_frames < 1:
+            raise ValueError(f"num_new_frames must be at least 1, got {num_new_frames}")
+        if video.ndim != 5 or video.shape[2] < 1:
+            raise ValueError(f"video must be [B, 3, frames, H, W] with at least one frame, got {tuple(video.shape)}")
+        out, target, rounds = video.to(self.device, torch.float32), video.shape[2] + num_new_frames, 0
+        while out.shape[2] < target:
+            given = out[:, :, -context:]
+            clip = self.generate(prompts, window, num_steps=num_steps, guidance_scale=guidance_scale,
+                                 seed=seed + 100_003 * rounds, progress=progress, first_frames=given)
+            out = torch.cat([out, clip[:, :, given.shape[2]:]], dim=2)
+            rounds += 1
+        return out[:, :, :target]

@@ -67,12 +67,19 @@ def sample(
     use_ema: bool = True,
     fps: Optional[float] = None,
     device: str = "auto",
+    image: Optional[str] = None,
+    video: Optional[str] = None,
+    extend: int = 0,
+    context_frames: Optional[int] = None,
+    loop: bool = False,
     overwrite: bool = False,
 ) -> list[str]:
-    """Generate one mp4 per prompt from a trained checkpoint.
+    """Generate one mp4 per prompt from a trained checkpoint; image-to-video with ``--image``,
+    continuation with ``--video start.mp4 --extend N``.
 
     Videos are written as ``<out>/<index>_<prompt>.mp4`` with the prompts, in file order, in
-    ``<out>/prompts.txt``. The noise of prompt ``i`` depends only on ``seed + i``.
+    ``<out>/prompts.txt``. The noise of prompt ``i`` depends only on ``seed + i``. Given frames
+    (``--image``, ``--video``) need a model trained with ``frame_masks``.
 
     Args:
         checkpoint: a ``.ckpt`` written by ``lvdm fit`` (the model is rebuilt from its recipe),
@@ -92,6 +99,13 @@ def sample(
         use_ema: use the EMA weights stored in the checkpoint, when there are any.
         fps: frame rate of the mp4 files (default: the model's ``fps``, the rate of its training clips).
         device: ``cpu``, ``cuda``, ``cuda:1``… or ``auto`` (a GPU when there is one).
+        image: image-to-video: an image file, the first frame of every video, or a folder of
+            images, one per prompt in name order; the video size follows the image.
+        video: a video file to continue (the same start for every prompt); needs ``extend``.
+        extend: with ``video``: frames to add; the written videos hold the given frames first.
+        context_frames: with ``video``: given frames per generated window (default: half of
+            ``num_frames``).
+        loop: with ``image``: the video also ends on the image (a seamless loop).
         overwrite: delete the videos already in ``out`` first; without it a folder that holds
             videos is refused (``lvdm eval`` would score the old ones with the new).
     """
@@ -105,6 +119,18 @@ def sample(
         all_prompts += read_prompt_file(prompt_file)
     if not all_prompts:
         raise ValueError("no prompts: give --prompts and/or --prompt_file")
+    if image and video:
+        raise ValueError("give --image (image-to-video) or --video (continuation), not both")
+    if video and extend < 1:
+        raise ValueError("--video needs --extend N: the number of frames to add")
+    if extend and not video:
+        raise ValueError("--extend continues a video: give it with --video start.mp4")
+    if loop and not image:
+        raise ValueError("--loop makes a video that starts and ends on an image: give it with --image")
+    from lvdm.data.given import read_images, read_video
+
+    first = read_images(image, len(all_prompts)) if image else None
+    start_clip = read_video(video)[None] if video else None
     out_dir = Path(out)
     clear_video_folder(out_dir, overwrite)
     loaded = load_module(checkpoint, weights="auto" if use_ema else "raw", map_location=resolve_device(device))
@@ -114,9 +140,14 @@ def sample(
     written: list[str] = []
     for start in tqdm(range(0, len(all_prompts), batch_size), desc="generating", unit="batch"):
         chunk = all_prompts[start : start + batch_size]
-        videos = module.generate(
-            chunk, num_frames, height, width, num_steps=steps, guidance_scale=guidance, seed=seed + start
-        )
+        if start_clip is not None:
+            videos = module.extend(start_clip.expand(len(chunk), -1, -1, -1, -1), chunk, extend, context_frames,
+                                   num_frames, num_steps=steps, guidance_scale=guidance, seed=seed + start)
+        else:
+            videos = module.generate(
+                chunk, num_frames, height, width, num_steps=steps, guidance_scale=guidance, seed=seed + start,
+                first_frames=None if first is None else first[start : start + batch_size], loop=loop,
+            )
         written += [str(p) for p in save_videos(videos, chunk, out_dir, fps=fps, start_index=start)]
     print(f"wrote {len(written)} videos to {out_dir}/")
     return written

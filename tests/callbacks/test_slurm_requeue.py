@@ -4,7 +4,6 @@ the requeued job's `--ckpt_path last` resumes from that checkpoint. SLURM is sim
 environment variables, a fake `scontrol` on PATH that records the call, and the signals."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -3,7 +3,6 @@ import json
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import webdataset as wds
@@ -11,7 +10,9 @@ import webdataset as wds
 from lvdm.curation.ingest import ingest
 from lvdm.data.probe import ProbeError, probe_media
 from lvdm.data.schema import METADATA_FIELDS, media_entry, read_manifest, read_rejects
-from lvdm.data.testing import encode_audio_only, encode_image, encode_video, frames, misstate_avi_frames
+from lvdm.data.testing import (
+    encode_audio_only, encode_image, encode_video, encode_video_with_audio, frames, misstate_avi_frames,
+)
 
 # folder inputs: relative path → (media bytes builder, sidecars)
 GOOD_FOLDER = {
@@ -99,6 +100,16 @@ def test_probe_reads_the_container(folder):
     assert probe_media((folder / "clips/webm_named.mp4").read_bytes(), "mp4").ext == "webm"
     info = probe_media((folder / "img/pic.png").read_bytes(), "png")
     assert (info.kind, info.frames, info.width, info.height, info.fps) == ("image", 1, 33, 9, 0)
+
+
+def test_probe_truncation_check_allows_a_longer_audio_track():
+    """matroska records one duration for the file: a 1.5 s video with 4 s of audio is whole,
+    the same file cut in half is truncated."""
+    mkv = encode_video_with_audio(frames(12, 18, 24), "mkv", audio_seconds=4.0)
+    info = probe_media(mkv, "mkv")
+    assert (info.frames, info.duration) == (12, 1.5)
+    with pytest.raises(ProbeError, match="truncated: the header says 4.1"):
+        probe_media(mkv[: len(mkv) // 2], "mkv")
 
 
 def test_probe_bounds_frames_and_pixels(folder):
@@ -279,8 +290,9 @@ def test_cli_ingest(folder, tmp_path, capsys):
     assert len(list((tmp_path / "ds").glob("shard-*.tar"))) == 2
 
 
-@pytest.mark.slow  # ~50 s: starting Ray; the engines' equivalence is also tested in test_engine.py
-def test_ray_and_local_engines_write_the_same_dataset(folder, tmp_path):
+@pytest.mark.slow  # ~1 min: starting Ray; the engines' equivalence is also tested in test_engine.py
+def test_ray_and_local_engines_write_the_same_datasets(folder, tmp_path):
+    """ingest, split and filter on a local Ray and on the process pool: the same folders."""
     ray = pytest.importorskip("ray")
     import os
 
@@ -289,11 +301,22 @@ def test_ray_and_local_engines_write_the_same_dataset(folder, tmp_path):
     src = os.path.dirname(os.path.dirname(lvdm.__file__))  # Ray's workers import this lvdm
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}})
+    from lvdm.curation.filter import filter_dataset
+    from lvdm.curation.split import split
+
     try:
         on_ray = ingest(str(folder), str(tmp_path / "ray"), engine="ray", shard_size=6, min_frames=4)
+        split(str(tmp_path / "ray"), str(tmp_path / "ray_clips"), engine="ray", min_seconds=0.5)
+        filter_dataset(str(tmp_path / "ray_clips"), str(tmp_path / "ray_kept"), "frames >= 6", engine="ray")
     finally:
         ray.shutdown()
     local = ingest(str(folder), str(tmp_path / "local"), workers=2, shard_size=6, min_frames=4)
+    split(str(tmp_path / "local"), str(tmp_path / "local_clips"), workers=2, min_seconds=0.5)
+    filter_dataset(str(tmp_path / "local_clips"), str(tmp_path / "local_kept"), "frames >= 6", workers=2)
+    for stage in ("clips", "kept"):
+        assert read_manifest(tmp_path / f"ray_{stage}").equals(read_manifest(tmp_path / f"local_{stage}"))
+        assert read_rejects(tmp_path / f"ray_{stage}") == read_rejects(tmp_path / f"local_{stage}")
+    assert len(read_manifest(tmp_path / "local_kept")) > 0
     assert {k: v for k, v in on_ray.items() if k not in ("out", "shards")} == \
         {k: v for k, v in local.items() if k not in ("out", "shards")}
     assert read_manifest(tmp_path / "ray").equals(read_manifest(tmp_path / "local"))
@@ -305,3 +328,30 @@ def test_ray_and_local_engines_write_the_same_dataset(folder, tmp_path):
                 for s in ray_samples] == \
             [{k: v for k, v in s.items() if k in ("__key__", "txt", "json") or not k.startswith("_")}
              for s in local_samples]
+
+
+def test_probe_gives_a_reason_for_any_damaged_file():
+    """Mutated, cut and spliced media: probing succeeds or raises ProbeError, never anything
+    else (a damaged header once left a stream without a codec context: AttributeError)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for ext in ("mp4", "webm", "gif", "avi"):
+        seed = encode_video(frames(8, 16, 16), ext)
+        for _ in range(60):
+            data = bytearray(seed)
+            for _ in range(int(rng.integers(1, 6))):
+                pos = int(rng.integers(0, len(data)))
+                op = rng.integers(0, 3)
+                if op == 0:
+                    data[pos] = int(rng.integers(0, 256))
+                elif op == 1:
+                    del data[pos : pos + int(rng.integers(1, 50))]
+                else:
+                    data = data[:pos]
+                if not data:
+                    break
+            try:
+                probe_media(bytes(data), ext, max_frames=1000)
+            except ProbeError:
+                pass

@@ -1,6 +1,5 @@
 """A user's raw media → ingest → split → filter → stats → `lvdm fit` on the result."""
 
-import json
 from pathlib import Path
 
 import numpy as np

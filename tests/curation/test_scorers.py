@@ -152,7 +152,6 @@ def test_aesthetic_is_the_linear_head_on_clip_embeddings(clip_dir, tmp_path):
 
 def test_clip_match_is_the_caption_frames_cosine(clip_dir):
     frames = np.stack([texture(32, 32, seed=s) for s in range(4)])
-    from PIL import Image
 
     samples = [image_sample("a", frames[0], "a red square moving left"), image_sample("b", frames[1], "")]
     scorer = ClipMatchScorer(clip=str(clip_dir), num_frames=1)

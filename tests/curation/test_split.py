@@ -127,3 +127,13 @@ def test_cli_split(dataset, tmp_path, capsys):
     main(["data", "split", "--source", str(dataset), "--out", str(tmp_path / "c"), "--detector", "adaptive",
           "--min_seconds", "1", "--workers", "0"])
     assert "split 2 videos into 3 clips" in capsys.readouterr().out
+
+
+def test_split_refuses_to_write_over_its_input(dataset, tmp_path):
+    with pytest.raises(ValueError, match="is the input folder"):
+        split(str(dataset), str(dataset), workers=0)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "shard-000000.tar").write_bytes((dataset / "shard-000000.tar").read_bytes())
+    with pytest.raises(ValueError, match="share file names"):
+        split([str(dataset / "shard-000000.tar"), str(other / "shard-000000.tar")], str(tmp_path / "o"), workers=0)

@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lvdm.distributed.checkpointing import apply_activation_checkpointing
+from lvdm.distributed.plan import apply_sequence_split
 from lvdm.distributed.sequence_parallel import SequenceParallelGroup, new_sequence_parallel_group
 from lvdm.models.dit import DiT
 from lvdm.ops.attention import attention, sequence_parallel
@@ -33,9 +34,9 @@ def _free_port() -> int:
 
 
 # --------------------------------------------------------------------------- cases
-def _case(name, *, layout, conditioning, mode, size, heads, ckpt=False, adaln_single=False):
+def _case(name, *, layout, conditioning, mode, size, heads, ckpt=False, adaln_single=False, frame_t=False):
     return {"name": name, "layout": layout, "conditioning": conditioning, "mode": mode, "size": size,
-            "heads": heads, "ckpt": ckpt, "adaln_single": adaln_single}
+            "heads": heads, "ckpt": ckpt, "adaln_single": adaln_single, "frame_t": frame_t}
 
 
 CASES = {
@@ -50,6 +51,12 @@ CASES = {
         # adaLN-single: the shared t_block runs once per sample outside the (checkpointed) blocks
         _case("st-cross-ulysses-adaln-single-ckpt", layout="spatial_temporal", conditioning="cross_attn",
               mode="ulysses", size=2, heads=4, ckpt=True, adaln_single=True),
+        # masked-frame conditioning: per-frame timesteps (0 on given frames), their modulation
+        # split along the frames like the tokens
+        _case("st-adaln-ulysses-frame-t", layout="spatial_temporal", conditioning="adaln", mode="ulysses",
+              size=2, heads=4, frame_t=True),
+        _case("full-cross-ring-adaln-single-frame-t", layout="full", conditioning="cross_attn", mode="ring",
+              size=2, heads=3, adaln_single=True, frame_t=True),
     ],
     4: [
         _case("full-cross-ulysses", layout="full", conditioning="cross_attn", mode="ulysses", size=4, heads=4),
@@ -73,6 +80,7 @@ def _model(case) -> DiT:
     with torch.no_grad():  # DiT starts as the identity with output 0: randomise every weight
         for p in model.parameters():
             p.normal_(0.0, 0.2)
+    apply_sequence_split(model)  # what the SequenceParallel callback does (no-op while SP is off)
     return model
 
 
@@ -94,6 +102,9 @@ def _run_case(case, world, rank, groups) -> dict:
     replicas = world // size
     model = _model(case)
     x, t, ctx, mask, w = _inputs(replicas)
+    if case.get("frame_t"):  # per-frame times with given frames (time 0) in different places
+        t = t[:, None] * torch.linspace(1.0, 0.25, x.shape[2], dtype=t.dtype)
+        t[0, 0] = t[1, 2] = t[-1, -1] = 0.0
 
     # reference: one process, no sequence parallelism, the mean over the replicas' losses
     reference = model(x, t, ctx, mask)

@@ -104,7 +104,7 @@ def test_adaln_single_shares_one_modulation_linear():
 
 
 def test_stdit_xl2_with_adaln_single_has_open_sora_size():
-    """Open-Sora 1.0's STDiT-XL/2 is published as "724M" (seed 002); counted from its code it
+    """Open-Sora 1.0's STDiT-XL/2 is published as "724M" (Open-Sora 1.0 release notes); counted from its code it
     has ~759.6e6 parameters, i.e. 724 × 2**20. lvdm's STDiT-XL/2 with adaLN-single has ~764e6
     (its temporal attention has its own modulation triple: 3 more rows in t_block)."""
     kw = dict(size="XL/2", layout="spatial_temporal", conditioning="cross_attn", context_dim=4096,
@@ -165,8 +165,10 @@ def test_any_grid_at_run_time(layout):
     for t, h, w in [(2, 8, 8), (6, 12, 20), (4, 32, 16)]:
         x, ts, ctx, mask = inputs(t=t, h=h, w=w)
         assert model(x, ts, ctx, mask).shape == x.shape
+    x, ts, ctx, mask = inputs(t=3)  # an odd frame count is padded to whole temporal patches
+    assert model(x, ts, ctx, mask).shape == x.shape
     with pytest.raises(ValueError, match="not divisible by the patch size"):
-        model(*inputs(t=3))
+        model(*inputs(h=10))
 
 
 def test_class_conditional_and_guards():

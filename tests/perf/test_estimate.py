@@ -1,4 +1,4 @@
-"""`lvdm estimate`: the Sora cost analysis (seed 000) reproduced, recipes read, memory model."""
+"""`lvdm estimate`: Factorial Fund's Sora cost analysis (DiT-XL/2 per-step FLOPs, GPU-hours) reproduced, recipes read, memory model."""
 
 from pathlib import Path
 
@@ -104,3 +104,36 @@ def test_adaln_single_passes_through(capsys):
     # 28 per-block adaLN linears + the final one become one shared linear: fewer FLOPs, same blocks
     assert single["forward_flops_per_sample"] < per_block["forward_flops_per_sample"]
     assert single["breakdown"].components["mlp"] == per_block["breakdown"].components["mlp"]
+
+
+def test_bucket_memory_per_bucket_flags_what_does_not_fit(capsys):
+    from pathlib import Path
+
+    from lvdm.perf.estimate import estimate, memory_per_gpu
+    from lvdm.perf.flops import DiTShape
+
+    root = Path(__file__).resolve().parents[2]
+    r = estimate(size="XL/2", gpu="h100-sxm", buckets=str(root / "buckets/opensora12.yaml"), strategy="zero2",
+                 num_gpus=8, checkpoint_fraction=1.0)
+    rows = {row["bucket"]: row for row in r["buckets"]}
+    # hand check of one bucket: 144p/51f/144x256 with an 8x VAE and 2x2 patches: 51 x 9 x 16 tokens, batch 51
+    row = rows["144p/51f/144x256"]
+    assert row["tokens"] == 51 * 9 * 16 and row["batch_size"] == 51
+    shape = DiTShape.from_kwargs(size="XL/2", conditioning="cross_attn", layout="spatial_temporal", context_dim=4096)
+    expected = memory_per_gpu(shape, 51 * 9 * 16, 51, 8, 1, 1.0)["zero2"]["total"]
+    assert row["total"] == expected and row["fits"] == (expected <= 80e9)
+    # a 1-frame bucket is small; the 408-frame 144p bucket at batch 6 is far beyond 80 GB without checkpointing
+    assert rows["144p/1f/144x256"]["fits"]
+    big = estimate(size="XL/2", gpu="h100-sxm", buckets=str(root / "buckets/opensora12.yaml"), print_report=True)
+    assert not {row["bucket"]: row for row in big["buckets"]}["144p/408f/144x256"]["fits"]
+    out = capsys.readouterr().out
+    assert "memory per GPU by bucket (ddp" in out and "NO: lower its batch size" in out and "buckets do not fit" in out
+
+
+def test_bucket_file_without_buckets_is_named(tmp_path):
+    from lvdm.perf.estimate import estimate
+
+    bad = tmp_path / "none.yaml"
+    bad.write_text("data:\n  init_args:\n    batch_size: 4\n")
+    with pytest.raises(ValueError, match="holds no bucket config"):
+        estimate(size="XL/2", buckets=str(bad), print_report=False)

@@ -26,7 +26,6 @@ the VAE runs, naming the valid ones.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Optional

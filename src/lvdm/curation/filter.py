@@ -19,9 +19,10 @@ import json
 import operator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from lvdm.curation.engine import failed, make_engine
+from lvdm.curation.split import prepare_stage_output
 from lvdm.data.schema import MANIFEST_NAME, REJECTS_NAME, manifest_row, media_entry, write_manifest, write_rejects
 from lvdm.data.shards import ShardWriter, read_shard, resolve_shards
 
@@ -160,10 +161,10 @@ def _filter_shard(task: tuple[str, str, list[str]]) -> dict:
 
 
 def filter_dataset(
-    source: str,
+    source: Union[str, list[str]],
     out: str,
     keep: Union[str, list[str]],
-    engine: str = "local",
+    engine: Literal["local", "ray"] = "local",
     workers: Optional[int] = None,
     ray_address: Optional[str] = None,
     overwrite: bool = False,
@@ -193,12 +194,7 @@ def filter_dataset(
     expressions = [keep] if isinstance(keep, str) else list(keep)
     conditions = parse_conditions(expressions)  # refuse a bad expression before reading anything
     shards = resolve_shards(source)
-    root = Path(out)
-    if any(Path(s).resolve().parent == root.resolve() for s in shards):
-        raise ValueError(f"out={out} is the input folder: filter writes a new dataset folder")
-    if root.is_dir() and any(root.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; choose an empty folder or pass overwrite=True")
-    root.mkdir(parents=True, exist_ok=True)
+    root = prepare_stage_output(out, shards, overwrite)
     tasks = [(shard, str(root), expressions) for shard in shards]
     results = make_engine(engine, workers, ray_address).map(_filter_shard, tasks, desc="filter shards")
     rows, rejects = [], []

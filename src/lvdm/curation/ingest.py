@@ -29,7 +29,7 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from lvdm.curation.engine import failed, make_engine
 from lvdm.data.probe import ProbeError, probe_media
@@ -436,13 +436,13 @@ def _prepare_out(out: Path, digest: str, resume: bool) -> None:
 def ingest(
     source: str,
     out: str,
-    source_format: str = "auto",
+    source_format: Literal["auto", "folder", "table", "shards"] = "auto",
     shard_size: int = 1000,
-    engine: str = "local",
+    engine: Literal["local", "ray"] = "local",
     workers: Optional[int] = None,
     ray_address: Optional[str] = None,
     resume: bool = False,
-    missing_caption: str = "reject",
+    missing_caption: Literal["reject", "empty"] = "reject",
     min_frames: int = 1,
     min_duration: float = 0.0,
     max_frames: int = 100_000,

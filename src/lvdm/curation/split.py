@@ -22,16 +22,17 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional, Union
 
 from lvdm.curation.engine import failed, make_engine
+from lvdm.curation.folder import prepare_output
 from lvdm.data.schema import (
-    MANIFEST_NAME, REJECTS_NAME, manifest_row, media_entry, media_kind, write_manifest, write_rejects,
+    InvalidSampleError, MANIFEST_NAME, REJECTS_NAME, manifest_row, media_entry, media_kind, write_manifest, write_rejects,
 )
 from lvdm.data.shards import ShardWriter, read_shard, resolve_shards
 from lvdm.data.transcode import cut_segments
 
-__all__ = ["detect_scenes", "plan_clips", "split"]
+__all__ = ["detect_scenes", "plan_clips", "split", "prepare_stage_output"]
 
 DETECTORS = ("content", "adaptive")
 
@@ -150,15 +151,18 @@ def _split_shard(task: tuple[str, str, _Options]) -> dict:
             except Exception as exc:  # one unreadable video is one reject, never the end of the run
                 rejects.append((key, f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)))
                 continue
-            for clip in new:
-                rows.append(manifest_row(clip["key"], sink.write(clip), clip["json"]))
+            try:
+                for clip in new:
+                    rows.append(manifest_row(clip["key"], sink.write(clip), clip["json"]))
+            except InvalidSampleError as exc:  # a clip key equal to another sample's key
+                rejects.append((key, str(exc)))
     return {"rows": rows, "rejects": rejects, "videos": videos}
 
 
 def split(
-    source: str,
+    source: Union[str, list[str]],
     out: str,
-    detector: str = "content",
+    detector: Literal["content", "adaptive"] = "content",
     threshold: Optional[float] = None,
     detect: bool = True,
     min_seconds: float = 1.0,
@@ -166,7 +170,7 @@ def split(
     chunk_seconds: Optional[float] = None,
     max_size: Optional[int] = None,
     crf: int = 18,
-    engine: str = "local",
+    engine: Literal["local", "ray"] = "local",
     workers: Optional[int] = None,
     ray_address: Optional[str] = None,
     overwrite: bool = False,
@@ -207,7 +211,7 @@ def split(
     if min_seconds < 0 or (max_seconds is not None and max_seconds <= 0) or (chunk_seconds is not None and chunk_seconds <= 0):
         raise ValueError("min_seconds must be >= 0 and max_seconds, chunk_seconds > 0")
     shards = resolve_shards(source)
-    root = _prepare(out, shards, overwrite)
+    root = prepare_stage_output(out, shards, overwrite)
     options = _Options(detector, threshold, detect, min_seconds, max_seconds, chunk_seconds, max_size, crf)
     tasks = [(shard, str(root), options) for shard in shards]
     results = make_engine(engine, workers, ray_address).map(_split_shard, tasks, desc="split shards")
@@ -232,15 +236,13 @@ def split(
             "shards": sorted({str(root / row["shard"]) for row in rows})}
 
 
-def _prepare(out: str, shards: list[str], overwrite: bool) -> Path:
-    root = Path(out)
-    if any(Path(s).resolve().parent == root.resolve() for s in shards):
-        raise ValueError(f"out={out} is the input folder: split writes a new dataset folder")
-    if root.is_dir() and any(root.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; choose an empty folder or pass overwrite=True")
+def prepare_stage_output(out: str, shards: list[str], overwrite: bool) -> Path:
+    """Check and create the output folder of a stage that writes one shard per input shard,
+    under the input shard's name (split, filter)."""
     names = [Path(s).name for s in shards]
     if len(set(names)) < len(names):
         raise ValueError(f"input shards share file names ({sorted({n for n in names if names.count(n) > 1})}); "
                          f"output shards keep the input names")
-    root.mkdir(parents=True, exist_ok=True)
+    for folder in sorted({str(Path(s).parent) for s in shards}):
+        root = prepare_output(folder, out, overwrite)
     return root

@@ -16,9 +16,10 @@ from __future__ import annotations
 import io
 import json
 import itertools
-import multiprocessing
-import random
+import logging
+import warnings
 from abc import ABC, abstractmethod
+from typing import Optional
 
 import lightning as L
 import numpy as np
@@ -26,30 +27,18 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
+from lvdm.data.buckets import UNFIT_REASONS, Bucket, BucketConfig, sample_size
 from lvdm.data.guard import DataGuard, StreamWatch
 from lvdm.data.schema import media_entry
 from lvdm.data.shards import resolve_shards
+from lvdm.data.stream import Counters, TrainStream, decode_group, plan_and_group
 from lvdm.distributed.ranks import data_parallel_rank_world
 from lvdm.data.video import decode_clip
 
-__all__ = ["ShardDataModule", "VideoDataModule", "LatentDataModule", "SkipCounter"]
+__all__ = ["ShardDataModule", "VideoDataModule", "LatentDataModule"]
 
-
-class SkipCounter:
-    """Number of samples skipped as unreadable, shared between a process and its DataLoader
-    workers (a ``multiprocessing.Value``), so counts made in workers are visible to the trainer.
-    """
-
-    def __init__(self) -> None:
-        self._value = multiprocessing.Value("q", 0)
-
-    def add(self, count: int = 1) -> None:
-        with self._value.get_lock():
-            self._value.value += count
-
-    @property
-    def value(self) -> int:
-        return int(self._value.value)
+# what the data modules count: unreadable samples, and samples that fit no bucket (by reason)
+_COUNTS = ("skipped", *UNFIT_REASONS, "not_in_config")
 
 
 class _SplitByRank:
@@ -73,27 +62,12 @@ def _stream_seed(seed: int, rank: int, epoch: int) -> list[int]:
     return [seed, rank, worker.id if worker else 0, epoch]
 
 
-class _Shuffle:
-    """Pipeline stage: ``webdataset.shuffle`` with a buffer of ``bufsize`` raw samples, seeded
-    per rank, worker and epoch (ranks may draw the same shard, and must not then yield the
-    same sample order)."""
-
-    def __init__(self, bufsize: int, seed: int, rank: int) -> None:
-        self.bufsize, self.seed, self.rank = bufsize, seed, rank
-        self.epoch = 0
-
-    def __call__(self, samples):
-        rng = random.Random(str(_stream_seed(self.seed, self.rank, self.epoch)))
-        self.epoch += 1
-        return wds.shuffle(self.bufsize, rng=rng)(samples)
-
-
 class _DecodeSamples:
     """Pipeline stage: raw samples -> dicts by ``decode(sample, rng, random_start)`` plus
     ``"key"``, skipping (logged, counted by reason, checked against the :class:`DataGuard`
     limits by ``watch``) samples it rejects with ``ValueError`` or ``KeyError``."""
 
-    def __init__(self, decode, random_start: bool, seed: int, rank: int, skipped: SkipCounter, watch: StreamWatch) -> None:
+    def __init__(self, decode, random_start: bool, seed: int, rank: int, skipped: Counters, watch: StreamWatch) -> None:
         self.decode, self.random_start = decode, random_start
         self.seed, self.rank, self.skipped, self.watch = seed, rank, skipped, watch
         self.epoch = 0
@@ -107,36 +81,11 @@ class _DecodeSamples:
             try:
                 decoded = self.decode(sample, rng, self.random_start)
             except (ValueError, KeyError) as exc:  # corrupt/short data, bad text, missing entry
-                self.skipped.add()
+                self.skipped.add("skipped")
                 self.watch.skipped(exc, key, shard)
                 continue
             self.watch.delivered(shard)
             yield {**decoded, "key": key}
-
-
-class _WorkerShare:
-    """Pipeline stage: this DataLoader worker's share of ``total`` batches, so that all workers
-    of a rank together yield exactly ``total`` (``with_epoch`` would give each worker the same
-    count and the rank ``num_workers`` times too many)."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-
-    def __call__(self, batches):
-        worker = get_worker_info()
-        index, count = (worker.id, worker.num_workers) if worker else (0, 1)
-        return itertools.islice(batches, self.total // count + int(index < self.total % count))
-
-
-class _EpochPipeline(wds.DataPipeline):
-    """A pipeline with a known number of batches per epoch, so Lightning can size its loops."""
-
-    def __init__(self, *stages, length: int) -> None:
-        super().__init__(*stages)
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
 
 
 def _collate(samples: list[dict]) -> dict:
@@ -155,28 +104,37 @@ def _collate(samples: list[dict]) -> dict:
     return batch
 
 
-def _same_stream() -> int:
-    """Worker seed for ``ResampledShards``: every rank and worker draws the same shard sequence,
-    and the rank and worker splitters then deal it out, so no two of them read the same draw."""
-    return 0
-
-
 class ShardDataModule(L.LightningDataModule, ABC):
     """Samples from WebDataset shards; subclasses define the sample format in :meth:`decode_sample`.
 
-    Training samples shards with replacement (``webdataset.ResampledShards``, seeded by
-    ``seed`` and the epoch), deals the draws out across ranks and DataLoader workers, shuffles
-    samples in a buffer, decodes them, and stops after exactly
-    ``samples_per_epoch // (batch_size * world_size)`` full batches on every rank, so uneven
-    shards can never leave one rank waiting in a collective. Under sequence parallelism
+    Training samples shards with replacement (seeded by ``seed`` and the epoch), deals the
+    draws out across ranks and DataLoader workers, shuffles samples in a buffer, decodes them,
+    and stops after exactly ``samples_per_epoch // (batch_size * world_size)`` batches on every
+    rank, so uneven shards or buckets can never leave one rank waiting in a collective
+    (:class:`lvdm.data.stream.TrainStream`). Under sequence parallelism
     (:class:`lvdm.distributed.SequenceParallel`) ranks and world size here are the
     data-parallel ones: the ranks of one sequence-parallel group read the same batches.
+
+    With ``buckets`` (:class:`lvdm.data.buckets.BucketConfig`) every sample goes to a bucket
+    (a resolution, aspect bin and frame count) and each batch holds one bucket's samples, as
+    many as that bucket's batch size; ``batch_size`` then only sizes the epoch. Samples that
+    fit no bucket are counted by reason: ``datamodule.unfit``.
+
+    Resuming: the data module's ``state_dict`` (which Lightning stores in checkpoints) holds
+    the stream position — epoch and batches delivered in it, the same on every rank — and a
+    resumed run replays each rank's stream up to it without decoding, then continues with the
+    batch the uninterrupted run would have delivered next. This is exact when the world size,
+    ``num_workers``, ``batch_size``, ``samples_per_epoch``, ``seed`` and buckets are those of
+    the checkpoint. When one of them changed, the position is carried over by global sample
+    count (batches done × batch_size × world size, re-divided by the new ones) in the same
+    epoch: the count of samples trained on is kept, but the batches that follow are a fresh
+    draw for the new layout, not the ones the old run would have seen.
 
     Validation reads every val shard once, in order, without shuffling: rank ``r`` of ``n``
     reads shards ``r, r + n, ...`` (so ranks may get different batch counts; keep the number of
     val shards a multiple of the world size for equal counts), and if there are fewer val shards
     than ranks every rank reads all of them, rather than some ranks having none. The last batch
-    may be smaller than ``batch_size``.
+    (of each bucket, with buckets) may be smaller than the batch size.
 
     Unreadable samples are skipped with a warning naming the key and shard, and counted: read
     ``datamodule.skipped`` (this rank's total since ``setup``, including counts made in
@@ -185,12 +143,13 @@ class ShardDataModule(L.LightningDataModule, ABC):
     Args:
         train_shards: Train shards: a directory, glob, brace pattern, file, or a list of these.
         val_shards: Validation shards, same forms; ``None`` for no validation.
-        batch_size: Samples per batch on each rank.
+        batch_size: Samples per batch on each rank (with ``buckets``: only sizes the epoch).
         num_workers: DataLoader worker processes per rank (0 decodes in the main process).
         samples_per_epoch: Train samples per epoch over all ranks (rounded down to whole batches).
         shuffle_buffer: Samples held in the train shuffle buffer (0 or 1 disables shuffling).
         seed: Seed for shard sampling, shuffling and any random choice made while decoding.
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
+        buckets: Resolution / aspect / duration buckets; ``None`` for one shape.
         data_guard: limits on skipped samples and on time without a sample, past which the
             stream stops with an error saying why (:class:`lvdm.data.guard.DataGuard`;
             ``None``: its defaults).
@@ -206,6 +165,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         test_shards: str | list[str] | None = None,
+        buckets: Optional[BucketConfig] = None,
         data_guard: DataGuard | None = None,
     ) -> None:
         super().__init__()
@@ -214,26 +174,43 @@ class ShardDataModule(L.LightningDataModule, ABC):
         self.train_shards, self.val_shards, self.test_shards = train_shards, val_shards, test_shards
         self.batch_size, self.num_workers = batch_size, num_workers
         self.samples_per_epoch, self.shuffle_buffer, self.seed = samples_per_epoch, shuffle_buffer, seed
+        self.buckets = buckets
         self.train_urls: list[str] | None = None
         self.val_urls: list[str] | None = None
         self.test_urls: list[str] | None = None
-        self._skipped: SkipCounter | None = None
+        self._counts: Counters | None = None
+        self._resume: dict | None = None
         self.data_guard = data_guard or DataGuard()
 
     @abstractmethod
-    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
+    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool,
+                      bucket: Optional[Bucket] = None) -> dict:
         """One raw WebDataset sample (``{"__key__", "__url__", extension: bytes, ...}``) → a
         dict of tensors and strings (without ``"key"``, which is added).
 
         ``random_start`` is true for training (take a random window where the format has a
-        choice; draw from ``rng``) and false for evaluation. Raise ``ValueError`` or
-        ``KeyError`` for an unreadable sample: it is then skipped and counted.
+        choice; draw from ``rng``) and false for evaluation. ``bucket`` is the sample's bucket
+        (from :meth:`assign_sample`) whose shape the output must have, or ``None``. Raise
+        ``ValueError`` or ``KeyError`` for an unreadable sample: it is then skipped and counted.
         """
+
+    def assign_sample(self, sample: dict, rng: np.random.Generator):
+        """``(group, batch size, bucket)`` of a raw sample, read from its header or metadata
+        only (no decoding), or a reason string when it fits no bucket. Samples of one group
+        are batched together. Without buckets: one group of ``batch_size``."""
+        return None, self.batch_size, None
 
     @property
     def skipped(self) -> int:
         """Samples skipped as unreadable on this rank since ``setup`` (0 before it)."""
-        return self._skipped.value if self._skipped is not None else 0
+        return self._counts.as_dict()["skipped"] if self._counts is not None else 0
+
+    @property
+    def unfit(self) -> dict[str, int]:
+        """Samples that fit no bucket on this rank since ``setup``, by reason (``too_small``,
+        ``too_short``, ``dropped``; ``not_in_config`` for latents of a bucket the config lacks)."""
+        counts = self._counts.as_dict() if self._counts is not None else dict.fromkeys(_COUNTS, 0)
+        return {name: n for name, n in counts.items() if name != "skipped"}
 
     @property
     def skip_reasons(self) -> dict[str, int]:
@@ -260,14 +237,20 @@ class ShardDataModule(L.LightningDataModule, ABC):
             if test is None:
                 raise ValueError(f"{type(self).__name__} has neither test_shards nor val_shards to test on")
             self.test_urls = resolve_shards(test)
-        if self._skipped is None:
-            self._skipped = SkipCounter()  # made here, not in __init__, so the module stays picklable
+        if self._counts is None:
+            self._counts = Counters(_COUNTS)  # made here, not in __init__, so the module stays picklable
             self.data_guard.attach()
 
+    def teardown(self, stage: str | None = None) -> None:
+        unfit = {name: n for name, n in self.unfit.items() if n}
+        if unfit:
+            logging.getLogger(__name__).warning("%d sample(s) fit no bucket and were left out: %s",
+                                                sum(unfit.values()), unfit)
+
     def _decoder(self, random_start: bool, rank: int, watch: StreamWatch) -> _DecodeSamples:
-        if self._skipped is None:
+        if self._counts is None:
             raise RuntimeError(f"call {type(self).__name__}.setup() before asking for a dataloader")
-        return _DecodeSamples(self.decode_sample, random_start, self.seed, rank, self._skipped, watch)
+        return _DecodeSamples(self.decode_sample, random_start, self.seed, rank, self._counts, watch)
 
     def _loader(self, dataset) -> DataLoader:
         # Persistent workers keep the pipeline's epoch counters, so each epoch draws new shards.
@@ -275,28 +258,62 @@ class ShardDataModule(L.LightningDataModule, ABC):
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
+    # ------------------------------------------------------------------ stream position
+    def _layout(self) -> dict:
+        _, world_size = self._rank_world()
+        return {"world_size": world_size, "num_workers": self.num_workers, "batch_size": self.batch_size,
+                "samples_per_epoch": self.samples_per_epoch, "seed": self.seed, "buckets": repr(self.buckets)}
+
+    def state_dict(self) -> dict:
+        """The training stream's position: epoch and batches delivered in it on each rank (the
+        same on all), with the layout they count in. Empty outside of fitting."""
+        trainer = self._trainer
+        if trainer is None or getattr(getattr(trainer, "state", None), "fn", None) != "fit":
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return {"stream": {"epoch": trainer.current_epoch, "batches": done, **self._layout()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue the stream from a :meth:`state_dict` at the next ``train_dataloader``."""
+        self._resume = state_dict.get("stream")
+
+    def _resume_position(self, batches: int) -> tuple[int, int]:
+        """``(epoch, batches to skip in it)`` from a loaded state; ``(-1, 0)`` without one."""
+        if self._resume is None:
+            return -1, 0
+        state, layout = self._resume, self._layout()
+        epoch, done = state["epoch"], state["batches"]
+        if any(state.get(k) != v for k, v in layout.items()):
+            changed = {k: (state.get(k), v) for k, v in layout.items() if state.get(k) != v}
+            samples = done * state["batch_size"] * state["world_size"]
+            done = samples // (self.batch_size * layout["world_size"])
+            warnings.warn(f"resuming the data stream with a changed layout {changed} (checkpoint, now): "
+                          f"carried over by sample count ({samples} samples = {done} batches of this epoch); "
+                          f"the batches that follow are a new draw, not those of the original run")
+        if done >= batches:
+            return epoch + 1, 0
+        return epoch, done
+
     def train_dataloader(self) -> DataLoader:
-        """Endless resampled stream cut to the same number of full batches on every rank."""
-        if self.train_urls is None:
+        """Endless resampled stream cut to the same number of batches on every rank."""
+        if self.train_urls is None or self._counts is None:
             raise RuntimeError(f"call {type(self).__name__}.setup('fit') before asking for train_dataloader")
         rank, world_size = self._rank_world()
         batches = self.samples_per_epoch // (self.batch_size * world_size)
         if batches == 0:
             raise ValueError(f"samples_per_epoch={self.samples_per_epoch} gives no full batch of "
                              f"{self.batch_size} on each of {world_size} ranks")
-        watch = self.data_guard.watch()
-        stages = [
-            wds.ResampledShards(self.train_urls, seed=self.seed, deterministic=True, worker_seed=_same_stream),
-            _SplitByRank(rank, world_size),
-            wds.split_by_worker,
-            watch.shards,
-            wds.tarfile_to_samples(handler=watch.shard_error),
-        ]
-        if self.shuffle_buffer > 1:
-            stages.append(_Shuffle(self.shuffle_buffer, self.seed, rank))
-        stages += [self._decoder(True, rank, watch), wds.batched(self.batch_size, collation_fn=_collate, partial=False),
-                   _WorkerShare(batches)]
-        return self._loader(_EpochPipeline(*stages, length=batches))
+        skip_epoch, skip = self._resume_position(batches)
+        trainer = self._trainer
+        start = trainer.current_epoch if trainer is not None and hasattr(trainer, "current_epoch") else 0
+        stream = TrainStream(self.train_urls, batches, rank, world_size, self.seed, self.shuffle_buffer,
+                             self.assign_sample, self.decode_sample, _collate, self._counts, self.data_guard.watch(),
+                             start_epoch=start, skip_epoch=skip_epoch, skip=skip)
+        return self._loader(stream)
+
+    @property
+    def _trainer(self):
+        return getattr(self, "trainer", None)
 
     def val_dataloader(self) -> DataLoader | list:
         """Each val shard once, in order, split across ranks (see the class docstring).
@@ -321,9 +338,29 @@ class ShardDataModule(L.LightningDataModule, ABC):
         if len(urls) >= world_size:
             stages.append(_SplitByRank(rank, world_size))
         watch = self.data_guard.watch()
-        stages += [wds.split_by_worker, watch.shards, wds.tarfile_to_samples(handler=watch.shard_error),
-                   self._decoder(False, rank, watch), wds.batched(self.batch_size, collation_fn=_collate, partial=True)]
+        stages += [wds.split_by_worker, watch.shards, wds.tarfile_to_samples(handler=watch.shard_error)]
+        if self.buckets is None:
+            stages += [self._decoder(False, rank, watch), wds.batched(self.batch_size, collation_fn=_collate, partial=True)]
+        else:
+            stages.append(_EvalBuckets(self.assign_sample, self.decode_sample, self.seed, rank, self._counts, watch))
         return self._loader(wds.DataPipeline(*stages))
+
+
+class _EvalBuckets:
+    """Pipeline stage for evaluation with buckets: plan (with a fixed seed), group by bucket,
+    decode from each clip's first frame; the partial groups left at the end are batches too."""
+
+    def __init__(self, assign, decode, seed: int, rank: int, counts: Counters, watch: StreamWatch) -> None:
+        self.assign, self.decode, self.seed, self.rank, self.counts = assign, decode, seed, rank, counts
+        self.watch = watch
+
+    def __call__(self, samples):
+        rng = np.random.default_rng(_stream_seed(self.seed, self.rank, 0))
+        self.watch.start()
+        for group in plan_and_group(samples, self.assign, rng, self.counts, self.watch, flush=True):
+            decoded = decode_group(group, self.decode, False, self.counts, self.watch)
+            if decoded:
+                yield _collate(decoded)
 
 
 def sample_caption(sample: dict, caption_field: str | None = None) -> str:
@@ -344,8 +381,9 @@ class VideoDataModule(ShardDataModule):
 
     The media entry may be any container PyAV reads under its own extension (``mp4``, ``webm``,
     ``mkv``, ``mov``, ``avi``, ``gif``) or an image (``jpg``, ``jpeg``, ``png``, ``webp``), which
-    is a 1-frame clip: images are read when ``num_frames`` is 1 and otherwise skipped and
-    counted as too short, like any clip with fewer frames than asked for.
+    is a 1-frame clip: images are read when ``num_frames`` is 1 (with ``buckets``: into the
+    1-frame buckets) and otherwise skipped and counted as too short, like any clip with fewer
+    frames than asked for.
 
     Batches are ``{"video": float [B, 3, T, H, W] in [-1, 1], "caption": list[str], "key":
     list[str]}``. Clips are decoded on the fly (:func:`lvdm.data.video.decode_clip`): a random
@@ -369,6 +407,11 @@ class VideoDataModule(ShardDataModule):
         shuffle_buffer: Samples held in the train shuffle buffer (0 or 1 disables shuffling).
         seed: Seed for shard sampling, shuffling and clip start positions.
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
+        buckets: Resolution / aspect / duration buckets (:class:`lvdm.data.buckets.BucketConfig`):
+            each clip is cut, resized and cropped to its bucket's shape and batched with its
+            bucket; ``num_frames``, ``frame_interval`` and ``resolution`` are then unused (the
+            buckets give them) and ``batch_size`` only sizes the epoch. A clip's size and length
+            come from its ``key.json`` (``height``, ``width``, ``frames``) or else its header.
         data_guard: limits on skipped samples and time without a sample (see :class:`ShardDataModule`).
         caption_field: train on this json field's caption (e.g. ``caption_vlm``, written by
             ``lvdm data caption``) instead of ``key.txt``; a sample whose field is missing or
@@ -388,22 +431,35 @@ class VideoDataModule(ShardDataModule):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         test_shards: str | list[str] | None = None,
+        buckets: Optional[BucketConfig] = None,
         data_guard: DataGuard | None = None,
         caption_field: str | None = None,
     ) -> None:
         super().__init__(train_shards, val_shards, batch_size=batch_size, num_workers=num_workers,
                          samples_per_epoch=samples_per_epoch, shuffle_buffer=shuffle_buffer, seed=seed,
-                         test_shards=test_shards, data_guard=data_guard)
+                         test_shards=test_shards, buckets=buckets, data_guard=data_guard)
         if num_frames < 1 or frame_interval < 1:
             raise ValueError(f"num_frames and frame_interval must be >= 1, got {num_frames}, {frame_interval}")
         self.num_frames, self.frame_interval, self.resolution = num_frames, frame_interval, resolution
         self.caption_field = caption_field
 
-    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
-        """``key.<ext>`` → ``"video"`` ``[3, T, H, W]``, ``key.txt`` (or the json's
-        ``caption_field``) → ``"caption"``."""
+    def assign_sample(self, sample: dict, rng: np.random.Generator):
+        """The clip's bucket from its size and length (``key.json`` or the video header)."""
+        if self.buckets is None:
+            return super().assign_sample(sample, rng)
+        height, width, frames = sample_size(sample)
+        bucket, reason = self.buckets.assign(height, width, frames, rng)
+        return (bucket.name, bucket.batch_size, bucket) if bucket is not None else reason
+
+    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool,
+                      bucket: Optional[Bucket] = None) -> dict:
+        """``key.<ext>`` → ``"video"`` ``[3, T, H, W]`` (the bucket's shape, if any), ``key.txt`` (or the
+        json's ``caption_field``) → ``"caption"``."""
         _, media = media_entry(sample)
-        video = decode_clip(media, self.num_frames, self.frame_interval, self.resolution,
+        frames, interval, size = self.num_frames, self.frame_interval, self.resolution
+        if bucket is not None:
+            frames, interval, size = bucket.num_frames, self.buckets.frame_interval, (bucket.height, bucket.width)
+        video = decode_clip(media, frames, interval, size,
                             random_start=random_start, rng=rng, name=repr(sample.get("__key__")))
         return {"video": video, "caption": sample_caption(sample, self.caption_field)}
 
@@ -414,10 +470,16 @@ class LatentDataModule(ShardDataModule):
     The shards are written by ``lvdm data encode`` (:func:`lvdm.data.latents.encode_shards`).
 
     Batches are ``{"latent": float32 [B, c, t, h, w] raw latents, "caption": list[str], "key":
-    list[str]}``. The latents are *raw*: :class:`lvdm.module.LatentDiffusionModule` normalises
-    them with its compressor's ``scale_factor``/``shift_factor``, so the model's compressor must
-    be the one that encoded the shards (their ``key.json`` names it). Reading a latent costs
-    no video decoding, which makes this the fast data path for training.
+    list[str]}``, plus ``"text"`` ``[B, L, dim]``, ``"text_mask"`` ``[B, L]`` and
+    ``"text_encoder_identity"`` when the shards cache caption embeddings. The latents are *raw*:
+    :class:`lvdm.module.LatentDiffusionModule` normalises them with its compressor's
+    ``scale_factor``/``shift_factor``, so the model's compressor must be the one that encoded
+    the shards (checked at ``setup``), and it refuses batches whose cached text another encoder
+    made (:mod:`lvdm.data.cache`). Reading a latent costs no video decoding (and a cached
+    embedding no text encoder), which makes this the fast data path for training.
+
+    Shards encoded with buckets (``lvdm data encode --buckets``) are batched by the bucket in
+    their ``key.json`` when ``buckets`` is given, with that bucket's batch size from it.
 
     Sampling, rank/worker split, exact per-rank batch counts and validation order are those of
     :class:`ShardDataModule`. Unreadable samples (a corrupt or non-4-D ``.latent.npy``, missing
@@ -433,7 +495,33 @@ class LatentDataModule(ShardDataModule):
         shuffle_buffer: Samples held in the train shuffle buffer (0 or 1 disables shuffling).
         seed: Seed for shard sampling and shuffling.
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
+        buckets: The bucket config the shards were encoded with (for the batch sizes); ``None``
+            batches every latent alike.
+        data_guard: Limits on skipped samples and time without a sample (``None``: defaults).
+        num_frames: take this many consecutive latent frames of each clip (a random window in
+            training, the first in evaluation); ``1`` makes an image phase from video latents
+            (single frames, Open-Sora's stage 1). ``None``: whole clips.
     """
+
+    def __init__(
+        self,
+        train_shards: str | list[str],
+        val_shards: str | list[str] | None = None,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        samples_per_epoch: int = 4096,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        test_shards: str | list[str] | None = None,
+        buckets: Optional[BucketConfig] = None,
+        data_guard: DataGuard | None = None,
+        num_frames: int | None = None,
+    ) -> None:
+        super().__init__(train_shards, val_shards, batch_size, num_workers, samples_per_epoch, shuffle_buffer,
+                         seed, test_shards, buckets, data_guard)
+        if num_frames is not None and num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1 (or None for whole clips), got {num_frames}")
+        self.num_frames = num_frames
 
     def setup(self, stage: str | None = None) -> None:
         """As :meth:`ShardDataModule.setup`; when a trainer's model has a ``compressor``, also
@@ -445,7 +533,23 @@ class LatentDataModule(ShardDataModule):
 
             check_latent_compressor(self.train_urls[0], compressor)
 
-    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool) -> dict:
+    def assign_sample(self, sample: dict, rng: np.random.Generator):
+        """With ``buckets``: the bucket ``lvdm data encode`` wrote in ``key.json`` (its batch
+        size from the config; ``not_in_config`` if the config lacks it), else the latent's
+        shape (``batch_size``), read from the ``.npy`` header."""
+        if self.buckets is None:
+            return super().assign_sample(sample, rng)
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        bucket = meta.get("bucket")
+        if bucket is None:
+            return _npy_shape(sample["latent.npy"]), self.batch_size, None
+        frames = self.buckets.resolutions.get(bucket["resolution"], {}).get(bucket["num_frames"])
+        if frames is None:
+            return "not_in_config"
+        return bucket["name"], frames[1], None
+
+    def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool,
+                      bucket: Optional[Bucket] = None) -> dict:
         """``key.latent.npy`` → ``"latent"`` float32 ``[c, t, h, w]``, ``key.txt`` → ``"caption"``."""
         try:
             latent = np.load(io.BytesIO(sample["latent.npy"]), allow_pickle=False)
@@ -453,4 +557,37 @@ class LatentDataModule(ShardDataModule):
             raise ValueError(f"cannot read latent.npy: {exc}") from exc
         if latent.ndim != 4:
             raise ValueError(f"latent has shape {list(latent.shape)}; expected 4-D [c, t, h, w]")
-        return {"latent": torch.from_numpy(latent.astype(np.float32)), "caption": sample["txt"].decode("utf-8")}
+        if self.num_frames is not None:
+            if latent.shape[1] < self.num_frames:
+                raise ValueError(f"latent has {latent.shape[1]} frames, fewer than num_frames={self.num_frames}")
+            start = int(rng.integers(latent.shape[1] - self.num_frames + 1)) if random_start else 0
+            latent = latent[:, start : start + self.num_frames]
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        out = {"latent": torch.from_numpy(latent.astype(np.float32)), "caption": sample["txt"].decode("utf-8")}
+        if "text.npy" in sample:
+            out["text"] = torch.from_numpy(_load_npy(sample, "text.npy").astype(np.float32))
+            out["text_mask"] = torch.from_numpy(_load_npy(sample, "text_mask.npy").astype(bool))
+            out["text_encoder_identity"] = meta.get("text_encoder_identity")
+        return out
+
+
+def _load_npy(sample: dict, entry: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(sample[entry]), allow_pickle=False)
+    except (OSError, EOFError) as exc:  # np.load's errors for truncated or foreign data
+        raise ValueError(f"cannot read {entry}: {exc}") from exc
+
+
+def _npy_shape(data: bytes) -> tuple[int, ...]:
+    """The array shape in a ``.npy`` file's header, reading nothing else."""
+    buffer = io.BytesIO(data)
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(buffer)
+        if version not in ((1, 0), (2, 0)):  # no public header reader: load the array
+            return tuple(np.load(io.BytesIO(data), allow_pickle=False).shape)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, _ = read(buffer)
+    except (OSError, EOFError, ValueError) as exc:
+        raise ValueError(f"cannot read latent.npy header: {exc}") from exc
+    return tuple(shape)

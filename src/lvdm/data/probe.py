@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import av
 
-from lvdm.data.schema import IMAGE_EXTENSIONS, canonical_extension, media_kind, sniff_media
+from lvdm.data.schema import IMAGE_EXTENSIONS, canonical_extension, media_kind
 
 __all__ = ["MediaInfo", "ProbeError", "probe_media"]
 
@@ -86,14 +86,16 @@ def _first_frame(container, stream, max_pixels: int) -> tuple[int, int]:
 
 
 def _count_packets(container, stream, max_frames: int) -> tuple[int, float]:
-    """Video packets with data, and the seconds their timestamps span, by demuxing only."""
+    """Video packets with data, and the seconds the packets of all streams span (an audio
+    track may outlast the video: the container's duration covers both), by demuxing only."""
     count, first, last = 0, None, None
-    for packet in container.demux(stream):
+    for packet in container.demux():
         if not packet.size:
             continue
-        count += 1
-        if count > max_frames:
-            raise ProbeError(f"more than max_frames={max_frames} frames")
+        if packet.stream.index == stream.index:
+            count += 1
+            if count > max_frames:
+                raise ProbeError(f"more than max_frames={max_frames} frames")
         if packet.pts is not None and packet.time_base is not None:
             start = float(packet.pts * packet.time_base)
             end = start + float((packet.duration or 0) * packet.time_base)
@@ -151,6 +153,8 @@ def probe_media(
                 kinds = sorted({s.type for s in container.streams}) or ["none"]
                 raise ProbeError(f"no video stream (streams: {', '.join(kinds)})")
             stream = container.streams.video[0]
+            if stream.codec_context is None:  # a damaged header can leave the stream without a codec
+                raise ProbeError("the video stream names no codec FFmpeg can decode")
             codec = stream.codec_context.name
             if real == "mkv" and (ext or "").lower().lstrip(".") != "mkv" and codec in ("vp8", "vp9", "av1"):
                 real = "webm"
@@ -158,17 +162,12 @@ def probe_media(
                 width, height = _first_frame(container, stream, max_pixels)
                 return MediaInfo(real, "image", codec, 0.0, 1, width, height, 0.0, round(width / height, 6))
             fps, listed = _fps(stream), int(stream.frames or 0)
-            # The video stream's own duration when the container records one (an audio track may
-            # run longer than the video), else the container's.
-            if stream.duration and stream.time_base:
-                declared = float(stream.duration * stream.time_base)
-            else:
-                declared = float(container.duration) / av.time_base if container.duration else 0.0
+            declared = float(container.duration) / av.time_base if container.duration else 0.0
             _check_size(stream.width, stream.height, max_pixels, "video")
             width, height = _first_frame(container, stream, max_pixels)
             container.seek(0)
             frames, span = _count_packets(container, stream, max_frames)
-    except av.error.FFmpegError as exc:
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:  # damaged metadata strings give the latter
         raise ProbeError(f"cannot read container: {exc}") from exc
     if listed and frames != listed:
         # The header contradicts the packets: only decoding tells how many frames are real.
@@ -179,7 +178,7 @@ def probe_media(
         if frames < listed:
             raise ProbeError(f"truncated or misstated: the header lists {listed} frames, {frames} decode")
     elif declared and fps and span + 1.5 / fps < 0.9 * declared:
-        raise ProbeError(f"truncated: the header says {declared:.2f} s, its frames cover {span:.2f} s")
+        raise ProbeError(f"truncated: the header says {declared:.2f} s, its packets cover {span:.2f} s")
     if real == "gif" and not bytes(data).rstrip(b"\x00").endswith(b";"):
         raise ProbeError("truncated: the GIF has no trailer")
     if frames == 0:

@@ -79,6 +79,28 @@ def encode_audio_only(seconds: float = 0.5, ext: str = "mp4") -> bytes:
     return buffer.getvalue()
 
 
+def encode_video_with_audio(video: np.ndarray, ext: str = "mkv", audio_seconds: float = 2.0, fps: float = 8) -> bytes:
+    """``video`` (as :func:`encode_video`) plus an AAC track of ``audio_seconds`` in one container."""
+    codec, pix_fmt = CODECS[ext]
+    rate = 16000
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=_FORMATS[ext]) as container:
+        vstream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        vstream.height, vstream.width = video.shape[1:3]
+        vstream.pix_fmt = pix_fmt
+        astream = container.add_stream("aac", rate=rate)
+        samples = np.sin(np.arange(int(audio_seconds * rate)) * 0.05).astype(np.float32)
+        for frame in video:
+            container.mux(vstream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(vstream.encode())
+        for start in range(0, len(samples), 1024):
+            chunk = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="fltp", layout="mono")
+            chunk.sample_rate = rate
+            container.mux(astream.encode(chunk))
+        container.mux(astream.encode())
+    return buffer.getvalue()
+
+
 def misstate_avi_frames(data: bytes, frames: int) -> bytes:
     """An AVI whose headers (``avih`` total frames, ``strh`` length) claim ``frames`` frames."""
     out = bytearray(data)

@@ -15,7 +15,7 @@ def _pad_tokens(x: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch
 
 
 class GuidedDenoiser:
-    """``model_fn(x, t)`` that runs the denoiser on conditional and unconditional text in one
+    """``model_fn(x, t, **cond)`` that runs the denoiser on conditional and unconditional text in one
     batch and extrapolates: ``u + scale · (c − u)``.
 
     Args:
@@ -48,9 +48,12 @@ class GuidedDenoiser:
             self.context = torch.cat([self.context, null_context])
             self.mask = torch.cat([self.mask, null_mask])
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        """``t`` is ``[B]`` or per-frame ``[B, T]`` (masked frames); further conditioning
+        keywords pass to the denoiser, tensors doubled along the batch like ``x``."""
         if self.scale == 1.0:
-            return self.denoiser(x, t, self.context, self.mask)
-        out = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), self.context, self.mask)
-        cond, uncond = out.chunk(2)
-        return uncond + self.scale * (cond - uncond)
+            return self.denoiser(x, t, self.context, self.mask, **cond)
+        cond = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+        out = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), self.context, self.mask, **cond)
+        cond_out, uncond = out.chunk(2)
+        return uncond + self.scale * (cond_out - uncond)

@@ -1,9 +1,15 @@
 """Diffusion objectives: what to noise, what to predict, how to sample back.
 
 An objective owns the forward process (timestep sampling, noising, regression target) and
-the matching samplers. The network is seen only through ``model_fn(x_t, t) -> prediction``,
-so classifier-free guidance (``lvdm.diffusion.guidance``) and any conditioning are bound
-outside. All samplers share one signature: ``sample(model_fn, noise, num_steps, progress)``.
+the matching samplers. The network is seen only through ``model_fn(x_t, t, **cond) ->
+prediction``: the conditioning keywords (text tokens, ...) pass through untouched, so
+classifier-free guidance (``lvdm.diffusion.guidance``) wraps the network without the
+objective knowing. All samplers share one signature:
+``sample(model_fn, noise, num_steps, progress, x_given=None, frame_mask=None, **cond)``.
+
+Masked frames (``lvdm.diffusion.masking``): with a ``frame_mask`` ``[B, T]`` the given latent
+frames stay clean (timestep 0) in training and at every sampling step, the network receives
+per-frame timesteps ``[B, T]``, and the loss counts the generated frames only.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from typing import Callable, Literal, Optional
 import torch
 from tqdm.auto import tqdm
 
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from lvdm.diffusion.masking import check_frame_mask, frame_timesteps, keep_given, masked_mse
+
+ModelFn = Callable[..., torch.Tensor]  # model_fn(x_t, t, **cond) -> prediction
 
 
 class Objective(ABC):
@@ -24,15 +32,19 @@ class Objective(ABC):
     num_sampling_steps: int
 
     @abstractmethod
-    def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Mean-squared error of the network's prediction on a noised ``x0`` (scalar)."""
+    def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, noise: Optional[torch.Tensor] = None,
+                      frame_mask: Optional[torch.Tensor] = None, **cond) -> torch.Tensor:
+        """Mean-squared error of the network's prediction on a noised ``x0`` (scalar); with a
+        ``frame_mask`` the given frames stay clean and only the generated ones count."""
 
     @abstractmethod
-    def loss_at(self, model_fn: ModelFn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def loss_at(self, model_fn: ModelFn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                frame_mask: Optional[torch.Tensor] = None, **cond) -> torch.Tensor:
         """The training loss of each sample at given times ``t`` ``[B]`` (the objective's own
-        time units) and noise: ``[B]`` mean-squared errors. ``training_loss`` is its mean at
-        sampled times, so fixed ``noise`` and ``t`` give a validation loss without sampling
-        noise (Open-Sora 1.2's evaluation loss)."""
+        time units) and noise: ``[B]`` mean-squared errors (over the generated frames when a
+        ``frame_mask`` is given). ``training_loss`` is its mean at sampled times, so fixed
+        ``noise`` and ``t`` give a validation loss without sampling noise (Open-Sora 1.2's
+        evaluation loss)."""
 
     @abstractmethod
     def fixed_timesteps(self, num: int) -> torch.Tensor:
@@ -41,9 +53,23 @@ class Objective(ABC):
 
     @abstractmethod
     def sample(
-        self, model_fn: ModelFn, noise: torch.Tensor, num_steps: Optional[int] = None, progress: bool = False
+        self, model_fn: ModelFn, noise: torch.Tensor, num_steps: Optional[int] = None, progress: bool = False,
+        x_given: Optional[torch.Tensor] = None, frame_mask: Optional[torch.Tensor] = None, **cond,
     ) -> torch.Tensor:
-        """Integrate from pure ``noise`` to a clean sample."""
+        """Integrate from pure ``noise`` to a clean sample. With ``frame_mask`` ``[B, T]`` the
+        frames it marks are taken from the clean latents ``x_given`` (same shape as ``noise``)
+        at every step and in the result."""
+
+    @staticmethod
+    def _given(noise: torch.Tensor, x_given: Optional[torch.Tensor], frame_mask: Optional[torch.Tensor]):
+        """Checked ``(x_given, frame_mask)``, or ``(None, None)`` when nothing is given."""
+        if frame_mask is None:
+            return None, None
+        frame_mask = check_frame_mask(frame_mask, noise)
+        if x_given is None or x_given.shape != noise.shape:
+            got = None if x_given is None else tuple(x_given.shape)
+            raise ValueError(f"a frame_mask needs x_given, the clean latents, of shape {tuple(noise.shape)}; got {got}")
+        return x_given.to(noise.device), frame_mask
 
 
 class RectifiedFlow(Objective):
@@ -53,7 +79,11 @@ class RectifiedFlow(Objective):
     velocity ``v = ε - x0``. Training times are logit-normal (SD3); an optional shift
     ``t' = s t / (1 + (s - 1) t)`` moves them (and the sampling grid) towards noise, with
     ``s = shift · sqrt(numel / base_numel)`` when ``resolution_aware`` (larger videos need
-    more noise to destroy the same structure). The network sees ``t · time_scale``.
+    more noise to destroy the same structure). With ``base_area`` set, the resolution-aware
+    shift is Open-Sora 1.2's, on the latent grid ``(t, h, w)`` of each batch:
+    ``s = shift · sqrt(h·w / base_area) · sqrt(t / base_frames)`` — it grows with the
+    resolution and with the square root of the frame count, so every bucket of a bucketed run
+    (and an image, ``t = 1``) gets its own. The network sees ``t · time_scale``.
 
     ``prediction="sample"`` makes the network predict the clean sample ``x0`` instead of the
     velocity, converted to ``v = (x_t - x0) / t`` for the loss and the sampler (JiT, Li & He
@@ -66,7 +96,11 @@ class RectifiedFlow(Objective):
         logit_std: standard deviation of the logit-normal distribution.
         shift: timestep shift ``s`` (1 = none).
         resolution_aware: scale the shift by the latent size relative to ``base_numel``.
-        base_numel: latent elements per sample (C·T·H·W) at which the shift equals ``shift``.
+        base_numel: latent elements per sample (C·T·H·W) at which the shift equals ``shift``
+            (used when ``base_area`` is not set).
+        base_area: latent ``h·w`` at which the spatial factor is 1 (Open-Sora 1.2: 512×512
+            pixels, i.e. 64×64 latents for an 8× VAE); ``None`` uses ``base_numel``.
+        base_frames: latent frame count at which the temporal factor is 1 (Open-Sora 1.2: 1).
         num_sampling_steps: default number of Euler steps.
         time_scale: factor applied to ``t`` before it reaches the network.
         prediction: what the network outputs: ``velocity`` (ε − x0) or ``sample`` (x0).
@@ -84,6 +118,8 @@ class RectifiedFlow(Objective):
         time_scale: float = 1000.0,
         prediction: Literal["velocity", "sample"] = "velocity",
         min_t: float = 0.05,
+        base_area: Optional[int] = None,
+        base_frames: int = 1,
     ):
         if prediction not in ("velocity", "sample"):
             raise ValueError(f"prediction must be velocity or sample, got {prediction!r}")
@@ -94,40 +130,54 @@ class RectifiedFlow(Objective):
         self.shift = shift
         self.resolution_aware = resolution_aware
         self.base_numel = base_numel
+        self.base_area, self.base_frames = base_area, base_frames
         self.num_sampling_steps = num_sampling_steps
         self.time_scale = time_scale
 
     def effective_shift(self, x: torch.Tensor) -> float:
         if not self.resolution_aware:
             return self.shift
+        if self.base_area is not None:
+            t, h, w = x.shape[-3:]
+            return self.shift * math.sqrt(h * w / self.base_area) * math.sqrt(t / self.base_frames)
         return self.shift * math.sqrt(x[0].numel() / self.base_numel)
 
     @staticmethod
     def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
         return shift * t / (1 + (shift - 1) * t)
 
-    def velocity(self, model_fn: ModelFn, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network's velocity estimate at ``(x_t, t)`` whatever it predicts."""
-        out = model_fn(x_t, t * self.time_scale)
+    def velocity(self, model_fn: ModelFn, x_t: torch.Tensor, t: torch.Tensor,
+                 frame_mask: Optional[torch.Tensor] = None, **cond) -> torch.Tensor:
+        """The network's velocity estimate at ``(x_t, t)`` whatever it predicts; with a
+        ``frame_mask`` the network sees per-frame times (0 on given frames)."""
+        if frame_mask is not None:
+            t = frame_timesteps(t, frame_mask)  # [B, T]
+        out = model_fn(x_t, t * self.time_scale, **cond)
         if self.prediction == "velocity":
             return out
-        tb = t.clamp(min=self.min_t).view(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)
+        tb = t.clamp(min=self.min_t).to(x_t.dtype)
+        tb = tb[:, None, :, None, None] if tb.ndim == 2 else tb.view(-1, *([1] * (x_t.ndim - 1)))
         return (x_t - out) / tb
 
     def sample_time(self, x0: torch.Tensor) -> torch.Tensor:
         u = torch.randn(x0.shape[0], device=x0.device) * self.logit_std + self.logit_mean
         return self.shift_time(torch.sigmoid(u), self.effective_shift(x0))
 
-    def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, noise: Optional[torch.Tensor] = None,
+                      frame_mask: Optional[torch.Tensor] = None, **cond) -> torch.Tensor:
         noise = torch.randn_like(x0) if noise is None else noise
-        return self.loss_at(model_fn, x0, noise, self.sample_time(x0)).mean()
+        return self.loss_at(model_fn, x0, noise, self.sample_time(x0), frame_mask, **cond).mean()
 
-    def loss_at(self, model_fn: ModelFn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def loss_at(self, model_fn: ModelFn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                frame_mask: Optional[torch.Tensor] = None, **cond) -> torch.Tensor:
         """Velocity MSE of each sample at times ``t`` ``[B]`` in [0, 1] (1 = pure noise)."""
         tb = t.view(-1, *([1] * (x0.ndim - 1)))
         x_t = (1 - tb) * x0 + tb * noise
-        pred = self.velocity(model_fn, x_t, t)
-        return ((pred.float() - (noise - x0).float()) ** 2).flatten(1).mean(dim=1)
+        if frame_mask is not None:
+            frame_mask = check_frame_mask(frame_mask, x0)
+            x_t = keep_given(x_t, x0, frame_mask)
+        pred = self.velocity(model_fn, x_t, t, frame_mask, **cond)
+        return masked_mse(pred, noise - x0, frame_mask)
 
     def fixed_timesteps(self, num: int) -> torch.Tensor:
         """``t = k / (num + 1)``, ``k = 1..num`` (unshifted: equal steps of the noise level)."""
@@ -140,16 +190,21 @@ class RectifiedFlow(Objective):
 
     @torch.no_grad()
     def sample(
-        self, model_fn: ModelFn, noise: torch.Tensor, num_steps: Optional[int] = None, progress: bool = False
+        self, model_fn: ModelFn, noise: torch.Tensor, num_steps: Optional[int] = None, progress: bool = False,
+        x_given: Optional[torch.Tensor] = None, frame_mask: Optional[torch.Tensor] = None, **cond,
     ) -> torch.Tensor:
-        """Euler integration of ``dx/dt = v`` from ``t = 1`` to ``t = 0``."""
+        """Euler integration of ``dx/dt = v`` from ``t = 1`` to ``t = 0`` (given frames held at
+        their clean latents)."""
+        x_given, frame_mask = self._given(noise, x_given, frame_mask)
         grid = self.timesteps(num_steps or self.num_sampling_steps, noise)
         x = noise
         for i in tqdm(range(len(grid) - 1), disable=not progress, desc="sampling"):
+            if frame_mask is not None:
+                x = keep_given(x, x_given, frame_mask)
             t = torch.full((x.shape[0],), float(grid[i]), device=x.device)
-            v = self.velocity(model_fn, x, t)
+            v = self.velocity(model_fn, x, t, frame_mask, **cond)
             x = x + float(grid[i + 1] - grid[i]) * v.to(x.dtype)
-        return x
+        return x if frame_mask is None else keep_given(x, x_given, frame_mask)
 
 
 class DDPM(Objective):
@@ -204,19 +259,27 @@ class DDPM(Objective):
             return DDIMScheduler.from_config(self.train_scheduler.config, set_alpha_to_one=False)
         return DPMSolverMultistepScheduler.from_config(self.train_scheduler.config, algorithm_type="dpmsolver++")
 
-    def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, noise: Optional[torch.Tensor] = None,
+                      frame_mask: Optional[torch.Tensor] = None, **cond) -> torch.Tensor:
         noise = torch.randn_like(x0) if noise is None else noise
         n = self.train_scheduler.config.num_train_timesteps
         t = torch.randint(0, n, (x0.shape[0],), device=x0.device)
-        return self.loss_at(model_fn, x0, noise, t).mean()
+        return self.loss_at(model_fn, x0, noise, t, frame_mask, **cond).mean()
 
-    def loss_at(self, model_fn: ModelFn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """ε or v MSE of each sample at integer timesteps ``t`` ``[B]`` in ``[0, num_train_timesteps)``."""
+    def loss_at(self, model_fn: ModelFn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                frame_mask: Optional[torch.Tensor] = None, **cond) -> torch.Tensor:
+        """ε or v MSE of each sample at integer timesteps ``t`` ``[B]`` in ``[0, num_train_timesteps)``
+        (given frames: clean latents at timestep 0, as Open-Sora 1.1's masked IDDPM)."""
         t = t.long()
         x_t = self.train_scheduler.add_noise(x0, noise, t)
         target = noise if self.prediction_type == "epsilon" else self.train_scheduler.get_velocity(x0, noise, t)
-        pred = model_fn(x_t, t.float())
-        return ((pred.float() - target.float()) ** 2).flatten(1).mean(dim=1)
+        t_in = t.float()
+        if frame_mask is not None:
+            frame_mask = check_frame_mask(frame_mask, x0)
+            x_t = keep_given(x_t, x0, frame_mask)
+            t_in = frame_timesteps(t_in, frame_mask)
+        pred = model_fn(x_t, t_in, **cond)
+        return masked_mse(pred, target, frame_mask)
 
     def fixed_timesteps(self, num: int) -> torch.Tensor:
         """``num`` evenly spaced integer timesteps strictly inside ``[0, num_train_timesteps]``
@@ -226,13 +289,19 @@ class DDPM(Objective):
 
     @torch.no_grad()
     def sample(
-        self, model_fn: ModelFn, noise: torch.Tensor, num_steps: Optional[int] = None, progress: bool = False
+        self, model_fn: ModelFn, noise: torch.Tensor, num_steps: Optional[int] = None, progress: bool = False,
+        x_given: Optional[torch.Tensor] = None, frame_mask: Optional[torch.Tensor] = None, **cond,
     ) -> torch.Tensor:
+        x_given, frame_mask = self._given(noise, x_given, frame_mask)
         scheduler = self.make_sampler()
         scheduler.set_timesteps(num_steps or self.num_sampling_steps, device=noise.device)
         x = noise * scheduler.init_noise_sigma
         for t in tqdm(scheduler.timesteps, disable=not progress, desc="sampling"):
+            t_in = t.float().expand(x.shape[0]).to(x.device)
+            if frame_mask is not None:  # given frames: clean, timestep 0 (the scheduler's update of them is discarded)
+                x = keep_given(x, x_given, frame_mask)
+                t_in = frame_timesteps(t_in, frame_mask)
             model_in = scheduler.scale_model_input(x, t)
-            pred = model_fn(model_in, t.float().expand(x.shape[0]).to(x.device))
+            pred = model_fn(model_in, t_in, **cond)
             x = scheduler.step(pred, t, x).prev_sample
-        return x
+        return x if frame_mask is None else keep_given(x, x_given, frame_mask)

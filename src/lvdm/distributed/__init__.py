@@ -9,7 +9,8 @@ Both are Lightning callbacks (:mod:`lvdm.distributed.callbacks`), imported lazil
 the torch-only mechanisms load without Lightning.
 """
 
-_CALLBACKS = ("SequenceParallel", "ActivationCheckpointing", "data_parallel_rank_world", "seed_data_parallel_replica")
+_CALLBACKS = ("SequenceParallel", "ActivationCheckpointing", "data_parallel_rank_world", "seed_data_parallel_replica",
+              "seed_training_batch")
 
 __all__ = list(_CALLBACKS)
 

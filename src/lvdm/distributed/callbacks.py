@@ -19,11 +19,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lvdm.distributed.checkpointing import apply_activation_checkpointing, remove_activation_checkpointing
-from lvdm.distributed.ranks import data_parallel_rank_world, seed_data_parallel_replica
+from lvdm.distributed.plan import apply_sequence_split, check_sequence_split, planned_modules, remove_sequence_split
+from lvdm.distributed.ranks import data_parallel_rank_world, seed_data_parallel_replica, seed_training_batch
 from lvdm.distributed.sequence_parallel import Mode, SequenceParallelGroup, new_sequence_parallel_group
 from lvdm.ops.attention import set_sequence_parallel
 
-__all__ = ["SequenceParallel", "ActivationCheckpointing", "data_parallel_rank_world", "seed_data_parallel_replica"]
+__all__ = ["SequenceParallel", "ActivationCheckpointing", "data_parallel_rank_world", "seed_data_parallel_replica",
+           "seed_training_batch"]
 
 
 def _fingerprint(batch) -> str:
@@ -101,6 +103,7 @@ class SequenceParallel(Callback):
             raise ValueError(f"SequenceParallel(size={self.size}) needs a world size divisible by {self.size}; "
                              f"the trainer has {trainer.world_size} process(es) (devices × nodes)")
         self._check_model(pl_module)
+        apply_sequence_split(pl_module)
         self.group = new_sequence_parallel_group(self.size, self.mode)
         seed = os.environ.get("PL_GLOBAL_SEED")
         if seed is None:  # no seed_everything: agree on one so the group's ranks match
@@ -113,24 +116,16 @@ class SequenceParallel(Callback):
                        f"({self.mode}); random generators seeded with {seed} + data-parallel rank")
 
     def _check_model(self, pl_module: L.LightningModule) -> None:
-        planned = [m for m in pl_module.modules() if getattr(m, "sequence_parallel_plan", None)]
+        planned = planned_modules(pl_module)
         if not planned:
             raise ValueError(f"SequenceParallel: no module of {type(pl_module).__name__} declares a "
                              "`sequence_parallel_plan`, so there is nowhere to split its sequence")
         for model in planned:
-            unsupported = model.sequence_parallel_plan.get("unsupported_conditioning", ())
-            if getattr(model, "conditioning", None) in unsupported:
-                raise ValueError(f"SequenceParallel: {type(model).__name__} with conditioning="
-                                 f"{model.conditioning!r} does not support sequence parallelism; "
-                                 "use adaln or cross_attn")
-            heads = getattr(model, "num_heads", None)
-            if self.mode == "ulysses" and heads is not None and heads % self.size:
-                raise ValueError(f"SequenceParallel(size={self.size}, mode='ulysses'): the model's {heads} "
-                                 f"attention heads do not divide by {self.size}; use mode='ring' "
-                                 f"(any head count) or a size that divides {heads}")
+            check_sequence_split(model, self.size, self.mode)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         set_sequence_parallel(None)
+        remove_sequence_split(pl_module)
 
     # ---------------------------------------------------------------- on only inside steps
     def _on(self) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-__all__ = ["data_parallel_rank_world", "seed_data_parallel_replica"]
+__all__ = ["data_parallel_rank_world", "seed_data_parallel_replica", "seed_training_batch"]
 
 
 def data_parallel_rank_world(trainer: Optional[Any]) -> tuple[int, int]:
@@ -46,3 +46,25 @@ def seed_data_parallel_replica(trainer: Any, seed: Optional[int] = None) -> Opti
     np.random.seed((seed + dp_rank) % 2**32)
     torch.manual_seed(seed + dp_rank)  # also seeds every CUDA device
     return seed
+
+
+def seed_training_batch(trainer: Any, seed: Optional[int] = None) -> Optional[int]:
+    """Seed torch (CPU and every CUDA device) for the next training batch from ``(seed,
+    data-parallel rank, number of training batches before this one)``; returns the seed used.
+
+    The noise, timesteps and caption dropout of a training step then depend on where the run
+    is, not on what ran before in this process: a run resumed from a checkpoint draws exactly
+    what the uninterrupted run drew, with nothing to save, and whatever the world size. The
+    ranks of one sequence-parallel group share a data-parallel rank and so draw alike. ``seed``
+    defaults to the run's ``seed_everything`` value; with neither, nothing is reseeded.
+    """
+    if seed is None:
+        env = os.environ.get("PL_GLOBAL_SEED")
+        if env is None:
+            return None
+        seed = int(env)
+    dp_rank, _ = data_parallel_rank_world(trainer)
+    batch = trainer.fit_loop.epoch_loop.total_batch_idx  # restored from checkpoints by Lightning
+    step_seed = int(np.random.SeedSequence([seed, dp_rank, batch]).generate_state(1, np.uint64)[0] >> 1)
+    torch.manual_seed(step_seed)
+    return step_seed

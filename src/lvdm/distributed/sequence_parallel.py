@@ -3,8 +3,9 @@
 A video DiT is a small model over an enormous sequence (Open-Sora trains on up to 819K patch
 tokens), so the activations, not the weights, fill the memory. Sequence parallelism gives each
 of ``P`` ranks a contiguous chunk of every sequence; the model itself stays single-device code
-(``lvdm.models`` declares where its sequence may be split, see ``DiT.sequence_parallel_plan``)
-and calls three hooks in :mod:`lvdm.ops.attention`, which this module makes distributed:
+(``lvdm.models`` declares where its sequence may be split, ``DiT.sequence_parallel_plan``, and
+:mod:`lvdm.distributed.plan` hooks the cut and the gather in); three entry points in
+:mod:`lvdm.ops.attention` are what this module makes distributed:
 
 * ``shard_sequence`` — take this rank's chunk. Backward: the chunk's gradient, zero elsewhere
   (no communication; it is the adjoint of slicing).

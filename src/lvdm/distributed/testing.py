@@ -19,10 +19,13 @@ without an accelerator device.)
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import torch
 from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 
@@ -73,3 +76,34 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         self.set_world_ranks()
         self._init_deepspeed_distributed()
 
+
+
+class StepCounter(Callback):
+    """Writes what this rank trained on to ``<out>/rank<global rank>.json`` at the end of
+    fitting: ``steps`` (training batches run), ``epochs`` (training epochs started), and per
+    batch its ``keys`` and ``shapes`` — for multi-process tests that compare ranks.
+
+    Args:
+        out: folder for the per-rank files (created).
+    """
+
+    def __init__(self, out: str):
+        self.out = out
+        self.steps, self.epochs, self.keys, self.shapes = 0, 0, [], []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epochs += 1
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        data = batch.get("video", batch.get("latent"))
+        self.keys.append(list(batch.get("key", [])))
+        self.shapes.append(list(data.shape) if data is not None else [])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps += 1
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        folder = Path(self.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"steps": self.steps, "epochs": self.epochs, "keys": self.keys, "shapes": self.shapes}
+        (folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))

@@ -105,6 +105,18 @@ def _write(result: dict, output: Optional[str]) -> None:
         Path(output).write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _generate_fake_set(checkpoint: str, prompt_file: str, out: str, tmp: Path, num_videos: int, num_frames: int,
+                       steps: Optional[int], guidance: Optional[float], seed: int, batch_size: int,
+                       device: str) -> None:
+    """Sample one video for each of the first ``num_videos`` prompts of ``prompt_file`` into ``out``."""
+    from lvdm.sampling import sample
+
+    chosen = tmp / "prompts.txt"
+    chosen.write_text("\n".join(read_prompt_file(prompt_file)[:num_videos]) + "\n")
+    sample(checkpoint, prompt_file=str(chosen), out=out, num_frames=num_frames, steps=steps, guidance=guidance,
+           seed=seed, batch_size=batch_size, device=device)
+
+
 def fvd(
     real: str,
     fake: Optional[str] = None,
@@ -159,16 +171,11 @@ def fvd(
     sampling = None
     with tempfile.TemporaryDirectory(prefix="lvdm_fvd_") as tmp:
         if fake_checkpoint is not None:
-            from lvdm.sampling import sample
-
             if prompt_file is None:
                 raise ValueError("fake_checkpoint needs prompt_file= (the prompts to generate from)")
-            prompts = read_prompt_file(prompt_file)
-            chosen = Path(tmp) / "prompts.txt"
-            chosen.write_text("\n".join(prompts[:num_videos]) + "\n")
             fake = samples_dir or str(Path(tmp) / "samples")
-            sample(fake_checkpoint, prompt_file=str(chosen), out=fake, num_frames=num_frames, steps=steps,
-                   guidance=guidance, seed=seed, batch_size=batch_size, device=device)
+            _generate_fake_set(fake_checkpoint, prompt_file, fake, Path(tmp), num_videos, num_frames, steps,
+                               guidance, seed, batch_size, device)
             sampling = {"checkpoint": fake_checkpoint, "prompt_file": prompt_file, "steps": steps,
                         "guidance": guidance, "seed": seed, "samples_dir": samples_dir}
         metric = FrechetVideoDistance(weights=weights, batch_size=batch_size).to(dev)

@@ -102,7 +102,7 @@ def probe_frames(frames: np.ndarray) -> dict:
     return result
 
 
-def probe_videos(videos: list[str | Path], prompts: list[str]) -> dict:
+def probe_videos(videos: list[str | Path], prompts: list[str], skip_frames: int = 0) -> dict:
     """Probe videos and compare what they show with what their prompts ask for.
 
     Only attributes a prompt names are scored; an unreadable attribute counts as wrong.
@@ -110,6 +110,7 @@ def probe_videos(videos: list[str | Path], prompts: list[str]) -> dict:
     Args:
         videos: mp4 paths.
         prompts: One prompt per video, in the same order.
+        skip_frames: leave out the first frames of every video (see :func:`probe_folder`).
 
     Returns:
         ``{"accuracy": {attr: float | None, "all": float | None}, "counts": {attr: {"correct":
@@ -118,11 +119,15 @@ def probe_videos(videos: list[str | Path], prompts: list[str]) -> dict:
     """
     if len(videos) != len(prompts):
         raise ValueError(f"{len(videos)} videos but {len(prompts)} prompts; they must match one to one")
+    if skip_frames < 0:
+        raise ValueError(f"skip_frames must be >= 0, got {skip_frames}")
     counts = {name: {"correct": 0, "total": 0} for name in (*ATTRIBUTES, "all")}
     results = []
     for video, prompt in tqdm(list(zip(videos, prompts)), desc="probe", unit="video"):
         frames, _ = read_frames(video)
-        predicted = probe_frames(frames)
+        if len(frames) <= skip_frames:
+            raise ValueError(f"{video} has {len(frames)} frames: none left after skip_frames={skip_frames}")
+        predicted = probe_frames(frames[skip_frames:])
         expected = parse_caption(prompt)
         correct = {name: predicted[name] == expected[name] for name in ATTRIBUTES if expected[name] is not None}
         for name, ok in correct.items():
@@ -137,7 +142,7 @@ def probe_videos(videos: list[str | Path], prompts: list[str]) -> dict:
     return {"accuracy": accuracy, "counts": counts, "results": results}
 
 
-def probe_folder(videos: str, prompts: str | None = None, output: str | None = None) -> dict:
+def probe_folder(videos: str, prompts: str | None = None, output: str | None = None, skip_frames: int = 0) -> dict:
     """Score a folder of generated shapes-world mp4s against their prompts.
 
     Args:
@@ -146,6 +151,11 @@ def probe_folder(videos: str, prompts: str | None = None, output: str | None = N
             given, ``prompts.txt`` in the video folder is used, or else a sidecar ``<stem>.txt``
             next to each video.
         output: Write the result as JSON to this path.
+        skip_frames: score only the frames after the first ``skip_frames``: for image-to-video
+            or continuation videos, whose given frames would otherwise take part in the motion
+            fit (a video that leaves its given first frame behind for a blur at the centre
+            "moves" towards the centre, which the world's start positions often make the
+            right direction).
 
     Returns:
         The :func:`probe_videos` result (per-attribute accuracies, counts, per-video results).
@@ -171,7 +181,7 @@ def probe_folder(videos: str, prompts: str | None = None, output: str | None = N
                 raise FileNotFoundError(f"no prompt for {path}: give a prompt file, or put prompts.txt "
                                         f"in {folder}, or a sidecar {sidecar}")
             texts.append(sidecar.read_text().strip())
-    result = probe_videos(paths, texts)
+    result = probe_videos(paths, texts, skip_frames)
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(result, indent=2))

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from lvdm.models.embeddings import LabelEmbedder, PatchEmbed3D, TimestepEmbedder, sincos_pos_embed_3d
-from lvdm.ops.attention import attention, gather_sequence, sequence_parallel_size, shard_sequence
+from lvdm.models.parallel_plan import SequenceSplit
+from lvdm.ops.attention import attention
 
 Conditioning = Literal["adaln", "cross_attn", "in_context"]
 Layout = Literal["full", "spatial_temporal"]
@@ -113,8 +114,22 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def _per_token(x: torch.Tensor, mod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens ``x`` ``[B, N, D]`` and a modulation ``[B, D]`` (one per sample) or ``[B, F, D]``
+    (one per latent frame of ``N = F·hw`` t-major tokens), reshaped to broadcast."""
+    if mod.ndim == 2:
+        return x, mod[:, None]
+    return x.unflatten(1, (mod.shape[1], -1)), mod[:, :, None]
+
+
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+    xs, shift = _per_token(x, shift)
+    return (xs * (1 + _per_token(x, scale)[1]) + shift).reshape(x.shape)
+
+
+def _gate(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    xs, gate = _per_token(x, gate)
+    return (gate * xs).reshape(x.shape)
 
 
 class DiTBlock(nn.Module):
@@ -224,21 +239,21 @@ class DiTBlock(nn.Module):
         prefix_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.adaln_single:  # c: the shared t_block output, one row per (shift, scale, gate)
-            rows = c.reshape(c.shape[0], self.num_modulations, -1)
-            mods = (self.scale_shift_table.to(rows.dtype)[None] + rows).unbind(1)
+            rows = c.unflatten(-1, (self.num_modulations, -1))  # [B, (F,) n, D]
+            mods = (self.scale_shift_table.to(rows.dtype) + rows).unbind(-2)
         elif self.modulated:
             mods = self.adaLN_modulation(c).chunk(self.num_modulations, dim=-1)
         for i, norm in enumerate(self.attn_norms):
             if self.modulated:
                 shift, scale, gate = mods[3 * i : 3 * i + 3]
-                x = x + gate[:, None] * self._self_attention(i, _modulate(norm(x), shift, scale), grid, 0, None)
+                x = x + _gate(self._self_attention(i, _modulate(norm(x), shift, scale), grid, 0, None), gate)
             else:
                 x = x + self._self_attention(i, norm(x), grid, num_prefix, prefix_mask)
         if self.conditioning == "cross_attn":
             x = x + self.cross_attn(self.cross_norm(x), context=context, key_mask=context_mask)
         if self.modulated:
             shift, scale, gate = mods[-3:]
-            return x + gate[:, None] * self.mlp(_modulate(self.mlp_norm(x), shift, scale))
+            return x + _gate(self.mlp(_modulate(self.mlp_norm(x), shift, scale)), gate)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -263,7 +278,7 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         x = self.norm(x)
         if self.adaln_single:
-            shift, scale = (self.scale_shift_table.to(c.dtype)[None] + c[:, None]).unbind(1)
+            shift, scale = (self.scale_shift_table.to(c.dtype) + c.unsqueeze(-2)).unbind(-2)
             x = _modulate(x, shift, scale)
         elif self.modulated:
             shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
@@ -389,18 +404,20 @@ class DiT(nn.Module):
     #: The unit that distributed code wraps, shards and checkpoints (see ``lvdm.distributed``).
     block_class = DiTBlock
 
-    #: Where sequence parallelism splits this model (``lvdm.distributed`` applies it; the model
-    #: only calls ``shard_sequence`` / ``gather_sequence``, identities without it): the patch
-    #: tokens ``[B, t*h*w, D]`` (t-major, positions added) are cut along dim 1 into equal
-    #: contiguous chunks of whole patch frames before the first block, the blocks see the local
-    #: grid ``(t // P, h, w)``, and the final layer's output (per token, so it can run on the
-    #: chunks) is gathered again. Full 3D attention and temporal attention are ``sharded``
-    #: (their keys live on all ranks); spatial and text cross-attention stay local.
-    #: The split itself is in ``forward`` (and ``sharded=`` at each attention call); this dict
-    #: holds what ``lvdm.distributed`` checks before it turns sequence parallelism on:
-    #: ``in_context`` conditioning is refused (its prefix tokens would need replicating on
-    #: every rank).
-    sequence_parallel_plan = {"unsupported_conditioning": ("in_context",)}
+    #: Where sequence parallelism splits this model (``lvdm.distributed`` applies it with hooks;
+    #: ``forward`` is single-device code): the patch tokens ``[B, t*h*w, D]`` (t-major, positions
+    #: added) entering the first block are cut along dim 1 into equal contiguous chunks of whole
+    #: latent frames, the blocks see the local grid ``(t // P, h, w)``, and the final layer's
+    #: output (per token) is gathered again. Full 3D and temporal attention are ``sharded`` (their
+    #: keys live on all ranks); spatial and text cross-attention stay local. Per-token block
+    #: inputs named in ``follow_split`` are cut like the tokens: the per-frame conditioning
+    #: ``c`` ``[B, t, ...]`` of masked-frame conditioning (per-sample ``c`` ``[B, D]`` is not
+    #: cut). ``in_context`` is refused.
+    sequence_parallel_plan = SequenceSplit(
+        blocks="blocks", tokens="x", grid="grid", gather="final_layer", follow_split=(("c", 3),),
+        unsupported=(("conditioning", "in_context",
+                      "its condition tokens would need replicating on every rank; use adaln or cross_attn"),),
+    )
 
     def initialize_weights(self) -> None:
         """DiT initialisation: Xavier linears, N(0, 0.02) embeddings, identity blocks, zero output."""
@@ -435,9 +452,28 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
-    def _condition(self, timestep, context, context_mask, class_labels):
-        """Returns (c vector or None, context tokens or None, their mask or None)."""
-        c = self.t_embedder(timestep)
+    def _embed_timestep(self, timestep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``[B]`` → ``[B, D]``; per-frame ``[B, T]`` → ``[B, T / pt, D]``, one vector per patch
+        frame. A temporal patch spanning several latent frames takes the time of its noisiest
+        frame (its given frames are still seen clean in its input)."""
+        b, t = x.shape[0], x.shape[2]
+        if timestep.ndim == 0:
+            timestep = timestep.expand(b)
+        if timestep.ndim == 1:
+            return self.t_embedder(timestep)
+        if timestep.ndim != 2 or tuple(timestep.shape) != (b, t):
+            raise ValueError(f"timestep must be [batch] or per frame [batch, latent frames] = [{b}, {t}], "
+                             f"got {tuple(timestep.shape)}")
+        if self.conditioning == "in_context":
+            raise ValueError("per-frame timesteps need adaln or cross_attn conditioning "
+                             "(in_context has one timestep token, no per-token modulation)")
+        per_patch = timestep.unflatten(1, (-1, self.patch_size[0])).amax(dim=2)
+        return self.t_embedder(per_patch.flatten()).unflatten(0, per_patch.shape)
+
+    def _condition(self, timestep, x, context, context_mask, class_labels):
+        """Returns (c vector ``[B, D]`` or per patch frame ``[B, F, D]`` or None, context tokens
+        or None, their mask or None)."""
+        c = self._embed_timestep(timestep, x)
         tokens, mask = None, None
         if self.num_classes:
             if class_labels is None:
@@ -454,7 +490,7 @@ class DiT(nn.Module):
             else:
                 w = mask.to(tokens.dtype)[..., None]
                 pooled = (tokens * w).sum(1) / w.sum(1).clamp(min=1)
-            c = c + pooled
+            c = c + (pooled[:, None] if c.ndim == 3 else pooled)
         return c, tokens, mask
 
     def forward(
@@ -466,15 +502,19 @@ class DiT(nn.Module):
         class_labels: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Predict the denoising target for latents ``x`` ``[B, C, T, H, W]`` at ``timestep``
-        ``[B]``, conditioned on text tokens ``context`` ``[B, L, context_dim]`` (with boolean
-        ``context_mask`` ``[B, L]``) or on ``class_labels`` ``[B]``."""
+        ``[B]`` (or one per latent frame, ``[B, T]``: masked-frame conditioning, whose
+        modulation applies to each frame's tokens), conditioned on text tokens ``context``
+        ``[B, L, context_dim]`` (with boolean ``context_mask`` ``[B, L]``) or on
+        ``class_labels`` ``[B]``. A frame count that is not a multiple of the temporal patch (an
+        image: ``T = 1``) is padded by repeating the last frame, and the prediction cut back to
+        ``T`` frames."""
         b, _, t, h, w = x.shape
+        if t % self.patch_size[0]:  # images and odd lengths: repeat the last frame to whole temporal patches
+            x = torch.cat([x, x[:, :, -1:].expand(-1, -1, -t % self.patch_size[0], -1, -1)], dim=2)
         tokens, grid = self.x_embedder(x)
         pos = sincos_pos_embed_3d(self.hidden_size, grid, self.base_grid, device=tokens.device).to(tokens.dtype)
         tokens = tokens + pos[None]
-        if timestep.ndim == 0:
-            timestep = timestep.expand(b)
-        c, ctx, ctx_mask = self._condition(timestep, context, context_mask, class_labels)
+        c, ctx, ctx_mask = self._condition(timestep, x, context, context_mask, class_labels)
 
         num_prefix, prefix_mask = 0, None
         if self.conditioning == "in_context":
@@ -495,29 +535,11 @@ class DiT(nn.Module):
         else:
             mask = None
 
-        split = sequence_parallel_size()  # 1 unless lvdm.distributed turned it on
-        if split > 1:
-            self._check_sequence_split(grid, split)
-        tokens = shard_sequence(tokens, dim=1)
-        local_grid = (grid[0] // split, grid[1], grid[2])
-        block_c = self.t_block(c) if self.adaln_single else c  # per sample: unaffected by the sequence split
+        block_c = self.t_block(c) if self.adaln_single else c  # per sample, or per frame (cut with the frames under SP)
         for block in self.blocks:
-            tokens = block(tokens, block_c, local_grid, ctx, ctx_mask, num_prefix, mask)
-        tokens = gather_sequence(self.final_layer(tokens[:, num_prefix:], c), dim=1)
-        return self.unpatchify(tokens, grid)
-
-    def _check_sequence_split(self, grid: tuple[int, int, int], split: int) -> None:
-        if self.conditioning in self.sequence_parallel_plan["unsupported_conditioning"]:
-            raise ValueError(
-                f"sequence parallelism (size {split}) does not support conditioning={self.conditioning!r}: "
-                "its condition tokens would need replicating on every rank; use adaln or cross_attn"
-            )
-        if grid[0] % split:
-            raise ValueError(
-                f"sequence parallelism splits whole latent frames: the latent has {grid[0]} frames after "
-                f"temporal patching (patch {self.patch_size[0]}), not divisible by the sequence-parallel "
-                f"size {split}; use a frame count that gives a multiple of {split}"
-            )
+            tokens = block(tokens, block_c, grid, ctx, ctx_mask, num_prefix, mask)
+        tokens = self.final_layer(tokens[:, num_prefix:], c)
+        return self.unpatchify(tokens, grid)[:, :, :t]
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         b = tokens.shape[0]

@@ -18,6 +18,11 @@ only each checkpointed block's input (1·D) plus one block's activations while i
 recomputed. Sequence parallelism splits the tokens, so activations divide by the SP size.
 These are estimates (allocator fragmentation, temporary buffers and the text encoder are not
 counted): the benchmark's measured peak memory is the check.
+
+With ``--buckets`` (a bucket config, or a recipe or fragment that holds one under
+``data.init_args.buckets``) the memory of every bucket — its clip shape at its own batch size
+— is estimated under ``--strategy``, and buckets whose estimate exceeds the GPU's memory are
+flagged before anything is launched.
 """
 
 from __future__ import annotations
@@ -117,6 +122,34 @@ def memory_per_gpu(
     return {k: {"states": v, "activations": act, "total": v + act} for k, v in states.items()}
 
 
+def _model_shape(from_recipe: dict[str, Any], has_recipe: bool, **flags: Any) -> DiTShape:
+    """The DiT to estimate: the recipe's, overridden by the flags that are given; without a
+    recipe, an Open-Sora STDiT (text width 4096) unless the flags say otherwise."""
+    dit_kwargs: dict[str, Any] = dict(from_recipe.get("dit", {}))
+    if not dit_kwargs and flags["size"] is None:
+        flags["size"] = "XL/2"
+    dit_kwargs.update({key: value for key, value in flags.items() if value is not None})
+    if not has_recipe:
+        dit_kwargs.setdefault("conditioning", "cross_attn")
+        dit_kwargs.setdefault("layout", "spatial_temporal")
+        dit_kwargs.setdefault("context_dim", 0 if dit_kwargs.get("num_classes") else 4096)
+    if dit_kwargs.get("num_classes") and dit_kwargs.get("context_dim"):
+        raise ValueError("give either --num_classes or --context_dim (a text model), not both")
+    return DiTShape.from_kwargs(**dit_kwargs)
+
+
+def _peak_flops(gpu: str, dtype: str, mfu: float) -> float:
+    """The table's peak FLOP/s of ``gpu`` at ``dtype``, after checking ``mfu``."""
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu must be in (0, 1], got {mfu}")
+    if gpu not in PEAKS:
+        raise ValueError(f"unknown gpu {gpu!r}; choose from {sorted(PEAKS)}")
+    peak = PEAKS[gpu].get(dtype)
+    if peak is None:
+        raise ValueError(f"{gpu} has no {dtype} peak in the table")
+    return peak
+
+
 def estimate(
     recipe: Optional[str] = None,
     size: Optional[str] = None,
@@ -151,6 +184,8 @@ def estimate(
     sp_size: int = 1,
     checkpoint_fraction: float = 0.0,
     convention: Literal["flops", "macs"] = "flops",
+    buckets: Optional[str] = None,
+    strategy: Literal["ddp", "zero2", "zero3", "zero3_offload"] = "ddp",
     print_report: bool = True,
 ) -> dict[str, Any]:
     """Estimate the cost of training and sampling a DiT: parameters, FLOPs per training sample
@@ -201,26 +236,17 @@ def estimate(
         checkpoint_fraction: share of blocks with activation checkpointing (recompute cost and memory).
         convention: ``flops`` (2 per multiply-add, what GPUs peak at) or ``macs`` (the DiT
             paper's "Gflops", half as many: reproduces documents written that way).
+        buckets: a YAML bucket config (``class_path: lvdm.data.buckets.BucketConfig``), or a
+            recipe or fragment holding one under ``data.init_args.buckets``: adds the memory of
+            every bucket at its batch size, flagging those that do not fit on ``gpu``.
+        strategy: the strategy whose memory the bucket table shows (``ddp``, ``zero2``,
+            ``zero3``, ``zero3_offload``).
         print_report: print the report.
     """
     from_recipe = _read_recipe(recipe) if recipe else {}
-    dit_kwargs: dict[str, Any] = dict(from_recipe.get("dit", {}))
-    if not dit_kwargs and size is None:
-        size = "XL/2"
-    for key, value in (("size", size), ("conditioning", conditioning), ("layout", layout), ("in_channels", in_channels),
-                       ("context_dim", context_dim), ("num_classes", num_classes), ("adaln_single", adaln_single)):
-        if value is not None:
-            dit_kwargs[key] = value
-    if not recipe:
-        dit_kwargs.setdefault("conditioning", "cross_attn")
-        dit_kwargs.setdefault("layout", "spatial_temporal")
-        if dit_kwargs.get("num_classes"):
-            dit_kwargs.setdefault("context_dim", 0)
-        else:
-            dit_kwargs.setdefault("context_dim", 4096)
-    if dit_kwargs.get("num_classes") and dit_kwargs.get("context_dim"):
-        raise ValueError("give either --num_classes or --context_dim (a text model), not both")
-    shape = DiTShape.from_kwargs(**dit_kwargs)
+    shape = _model_shape(from_recipe, bool(recipe), size=size, conditioning=conditioning, layout=layout,
+                         in_channels=in_channels, context_dim=context_dim, num_classes=num_classes,
+                         adaln_single=adaln_single)
 
     def pick(value, key, default):
         return value if value is not None else from_recipe.get(key, default)
@@ -234,13 +260,7 @@ def estimate(
     sampling_steps = pick(sampling_steps, "sampling_steps", 50)
     guidance = pick(guidance, "guidance", True)
     steps = pick(steps, "steps", None) if dataset_size == 0 else steps
-    if not 0 < mfu <= 1:
-        raise ValueError(f"mfu must be in (0, 1], got {mfu}")
-    if gpu not in PEAKS:
-        raise ValueError(f"unknown gpu {gpu!r}; choose from {sorted(PEAKS)}")
-    peak = PEAKS[gpu].get(dtype)
-    if peak is None:
-        raise ValueError(f"{gpu} has no {dtype} peak in the table")
+    peak = _peak_flops(gpu, dtype, mfu)
     if frames % tc or height % sc or width % sc:
         raise ValueError(f"clip {frames}×{height}×{width} is not divisible by the compression ({tc}, {sc}, {sc})")
     latent = (frames // tc, height // sc, width // sc)
@@ -295,11 +315,67 @@ def estimate(
         "memory_per_gpu": memory,
         "breakdown": fwd,
     }
+    if buckets is not None:
+        result["buckets"] = bucket_memory(read_buckets(buckets), shape, (tc, sc), num_gpus, sp_size,
+                                          checkpoint_fraction, strategy, PEAKS[gpu]["memory_gb"])
     if print_report:
         print(format_report(result, shape=shape, gpu=gpu, dtype=dtype, mfu=mfu, num_gpus=num_gpus, sp_size=sp_size,
                             convention=convention, sampling_steps=sampling_steps, guidance=guidance, micro_batch=mb,
                             scale=(model_scale, linear_frames), checkpoint_fraction=checkpoint_fraction))
+        if "buckets" in result:
+            print(format_buckets(result["buckets"], strategy=strategy, gpu=gpu))
     return result
+
+
+def read_buckets(path: str):
+    """The :class:`~lvdm.data.buckets.BucketConfig` in a YAML file: a bucket config itself, or a
+    recipe / fragment that holds one under ``data.init_args.buckets``."""
+    import yaml
+
+    from lvdm.data.buckets import BucketConfig
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"bucket config {path!r} does not exist")
+    cfg = yaml.safe_load(p.read_text()) or {}
+    node = cfg if "class_path" in cfg else (((cfg.get("data") or {}).get("init_args") or {}).get("buckets"))
+    if not isinstance(node, dict) or not str(node.get("class_path", "")).endswith("BucketConfig"):
+        raise ValueError(f"{path!r} holds no bucket config (class_path: lvdm.data.buckets.BucketConfig, at the "
+                         f"top or under data.init_args.buckets)")
+    return BucketConfig(**(node.get("init_args") or {}))
+
+
+def bucket_memory(config, shape: DiTShape, compression: tuple[int, int], num_gpus: int, sp_size: int,
+                  checkpoint_fraction: float, strategy: str, memory_gb: float) -> list[dict[str, Any]]:
+    """Per bucket of ``config``: its latent token count and estimated memory per GPU under
+    ``strategy`` at its own batch size, and whether that fits in ``memory_gb``.
+
+    Latent frames are ``ceil(frames / temporal compression)`` (a causal VAE's ``1 + k``) padded
+    to whole temporal patches, as the DiT pads an image; the tokens divide by ``sp_size``."""
+    tc, sc = compression
+    pt, ph, pw = shape.patch_size
+    rows = []
+    for bucket in config.buckets():
+        latent_t = math.ceil(bucket.num_frames / tc)
+        h, w = bucket.height // sc, bucket.width // sc
+        tokens = math.ceil(latent_t / pt) * (h // ph) * (w // pw)
+        memory = memory_per_gpu(shape, tokens, bucket.batch_size, num_gpus, sp_size, checkpoint_fraction)[strategy]
+        rows.append({"bucket": bucket.name, "shape": bucket.shape, "batch_size": bucket.batch_size,
+                     "tokens": tokens, "states": memory["states"], "activations": memory["activations"],
+                     "total": memory["total"], "fits": memory["total"] <= memory_gb * 1e9})
+    return rows
+
+
+def format_buckets(rows: list[dict[str, Any]], *, strategy: str, gpu: str) -> str:
+    """The per-bucket memory table of :func:`estimate` (``--buckets``)."""
+    lines = ["", f"memory per GPU by bucket ({strategy}, GB; {PEAKS[gpu]['memory_gb']} GB on {gpu})",
+             f"  {'bucket':<24} {'batch':>5} {'tokens':>8} {'activations':>12} {'total':>9}  fits"]
+    for r in rows:
+        lines.append(f"  {r['bucket']:<24} {r['batch_size']:>5} {r['tokens']:>8} {r['activations'] / 1e9:>12.1f} "
+                     f"{r['total'] / 1e9:>9.1f}  {'yes' if r['fits'] else 'NO: lower its batch size'}")
+    too_big = [r["bucket"] for r in rows if not r["fits"]]
+    lines.append(f"  {len(too_big)} of {len(rows)} buckets do not fit" + (f": {', '.join(too_big)}" if too_big else ""))
+    return "\n".join(lines)
 
 
 def _si(x: float) -> str:

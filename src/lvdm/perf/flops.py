@@ -134,6 +134,33 @@ def _mm(m: int, k: int, n: int) -> int:
     return 2 * m * k * n
 
 
+def _add_block_flops(out: FlopsBreakdown, s: DiTShape, b: int, grid: tuple[int, int, int], L: int,
+                     prefix: int) -> None:
+    """Add one transformer block's FLOPs on ``b`` samples of patch grid ``grid`` (``L`` text
+    tokens, ``prefix`` condition tokens leading the sequence) to ``out``."""
+    t, h, w = grid
+    d, f, n, hw = s.hidden_size, s.mlp_hidden, t * h * w, h * w
+    n_attn = 1 if s.layout == "full" else 2
+    if s.conditioning != "in_context" and not s.adaln_single:
+        out.add("adaln", b * _mm(1, d, 3 * (n_attn + 1) * d))
+    if s.layout == "full":
+        seq = prefix + n
+        out.add("qkv_proj", b * (_mm(seq, d, 3 * d) + _mm(seq, d, d)))
+        out.add("self_attention", b * 4 * seq * seq * d)
+    else:
+        # spatial: each frame (with the condition tokens joined) attends within itself
+        seq = prefix + hw
+        out.add("qkv_proj", b * t * (_mm(seq, d, 3 * d) + _mm(seq, d, d)))
+        out.add("self_attention", b * t * 4 * seq * seq * d)
+        # temporal: each position attends across the t frames (condition tokens skip it)
+        out.add("qkv_proj", b * (_mm(n, d, 3 * d) + _mm(n, d, d)))
+        out.add("self_attention", b * hw * 4 * t * t * d)
+    if s.conditioning == "cross_attn":
+        out.add("cross_proj", b * (_mm(n, d, d) + _mm(L, d, 2 * d) + _mm(n, d, d)))
+        out.add("cross_attention", b * 4 * n * L * d)
+    out.add("mlp", b * (_mm(prefix + n, d, f) + _mm(prefix + n, f, d)))
+
+
 def dit_forward_flops(
     model: DiT | DiTShape,
     latent_thw: Sequence[int],
@@ -159,9 +186,8 @@ def dit_forward_flops(
     """
     s = model if isinstance(model, DiTShape) else DiTShape.from_model(model)
     t, h, w = s.latent_grid(latent_thw)
-    d, f, b = s.hidden_size, s.mlp_hidden, batch_size
+    d, b = s.hidden_size, batch_size
     n = t * h * w  # video tokens
-    hw = h * w
     text = s.context_dim > 0
     L = int(text_len) if text else 0
     if text and L <= 0:
@@ -182,24 +208,7 @@ def dit_forward_flops(
     if s.conditioning == "in_context":
         prefix = 1 + (L if text else 1 if s.num_classes else 0)
     for _ in range(s.depth):
-        if s.conditioning != "in_context" and not s.adaln_single:
-            out.add("adaln", b * _mm(1, d, 3 * (n_attn + 1) * d))
-        if s.layout == "full":
-            seq = prefix + n
-            out.add("qkv_proj", b * (_mm(seq, d, 3 * d) + _mm(seq, d, d)))
-            out.add("self_attention", b * 4 * seq * seq * d)
-        else:
-            # spatial: each frame (with the condition tokens joined) attends within itself
-            seq = prefix + hw
-            out.add("qkv_proj", b * t * (_mm(seq, d, 3 * d) + _mm(seq, d, d)))
-            out.add("self_attention", b * t * 4 * seq * seq * d)
-            # temporal: each position attends across the t frames (condition tokens skip it)
-            out.add("qkv_proj", b * (_mm(n, d, 3 * d) + _mm(n, d, d)))
-            out.add("self_attention", b * hw * 4 * t * t * d)
-        if s.conditioning == "cross_attn":
-            out.add("cross_proj", b * (_mm(n, d, d) + _mm(L, d, 2 * d) + _mm(n, d, d)))
-            out.add("cross_attention", b * 4 * n * L * d)
-        out.add("mlp", b * (_mm(prefix + n, d, f) + _mm(prefix + n, f, d)))
+        _add_block_flops(out, s, b, (t, h, w), L, prefix)
     if s.conditioning != "in_context" and not s.adaln_single:
         out.add("final_layer", b * _mm(1, d, 2 * d))
     out.add("final_layer", b * _mm(n, d, pt * ph * pw * s.out_channels))
