@@ -9,7 +9,7 @@ Runs the same commands a user would type, printing each one:
 3. ``lvdm fit`` phase 1 — the image phase (``recipes/demo/image.yaml``): single frames, where
    colour and shape are learned;
 4. ``lvdm fit`` phase 2 — the video phase (``recipes/demo/video.yaml``), initialised from
-   phase 1 (``InflateFromImage``), where motion is learned, together with image-to-video;
+   phase 1 (``InitFrom`` with ``inflate_time``), where motion is learned, together with image-to-video;
 5. ``lvdm sample`` + ``lvdm eval probe`` — the 64 held-out prompts, scored for colour, shape
    and direction;
 6. ``lvdm sample --image`` + ``lvdm eval probe --skip_frames 1`` — image-to-video from the
@@ -126,7 +126,9 @@ def main() -> None:
     print(f"\n--- phase 2: video from the image phase ({load_line()})", flush=True)
     video_ckpt, video_s = fit(
         lvdm, "recipes/demo/video.yaml", latents, out / "run_video", args.video_steps,
-        ["--trainer.callbacks+=lvdm.callbacks.inflate.InflateFromImage", "--trainer.callbacks.checkpoint", str(image_ckpt)],
+        ["--trainer.callbacks+=lvdm.callbacks.init_from.InitFrom", "--trainer.callbacks.source", str(image_ckpt),
+         "--trainer.callbacks.module=", "--trainer.callbacks.prefix=", "--trainer.callbacks.strict", "true",
+         "--trainer.callbacks.inflate_time", "true"],
     )
     curriculum = probe(lvdm, video_ckpt, prompts, out / "samples", out / "probe.json")
     first_frames = write_first_frames(data, out / "first_frames")

@@ -33,7 +33,7 @@ def test_tiny_bucket_recipe_trains_on_images_and_videos_and_samples_any_size(tmp
                          "--model.init_args.denoiser.init_args.depth", "1",
                          "--trainer.max_steps", "8", "--trainer.limit_val_batches", "1",
                          "--trainer.val_check_interval", "4", "--trainer.logger", "false",
-                         "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+                         "--trainer.enable_progress_bar", "false",
                          "--trainer.default_root_dir", str(tmp_path / "run")], run=False)
     shapes = Shapes()
     cli.trainer.callbacks.append(shapes)

@@ -61,6 +61,10 @@ def test_every_recipe_loads(recipe):
     model = cli.model
     spec = yaml.safe_load(recipe.read_text())["model"]
     assert f"{type(model).__module__}.{type(model).__qualname__}" == spec["class_path"]
+    autoencoder = spec["init_args"].get("autoencoder")
+    if autoencoder is not None:  # recipes/autoencoder/
+        assert type(model.autoencoder).__name__ == autoencoder["class_path"].rsplit(".", 1)[1]
+        assert model.autoencoder.latent_channels == autoencoder["init_args"]["latent_channels"]
     denoiser = spec["init_args"].get("denoiser")
     if denoiser is not None:  # diffusion recipes: the DiT they name, its text width the encoder's
         wanted = denoiser["init_args"]

@@ -41,6 +41,7 @@ class KeyReport:
     new: list[str] = field(default_factory=list)  #: the model's, absent from the source: kept as initialised
     unexpected: list[str] = field(default_factory=list)  #: the source's, absent from the model: ignored
     mismatched: list[str] = field(default_factory=list)  #: in both with different shapes: kept as initialised
+    inflated: list[str] = field(default_factory=list)  #: carried, inflated from 1 frame in time (``inflate_time``)
 
     @staticmethod
     def _groups(keys: list[str]) -> str:
@@ -53,7 +54,8 @@ class KeyReport:
 
     def format(self) -> str:
         lines = [f"init_from {self.source}: carried {len(self.carried)} tensors"]
-        for label, keys in (("new (kept their initialisation)", self.new),
+        for label, keys in (("inflated in time (image patch → video tubelet)", self.inflated),
+                            ("new (kept their initialisation)", self.new),
                             ("unexpected (in the source, not in the model; ignored)", self.unexpected),
                             ("shape mismatch (kept their initialisation)", self.mismatched)):
             lines.append(f"  {label}: {len(keys)}" + (f": {self._groups(keys)}" if keys else ""))
@@ -61,9 +63,13 @@ class KeyReport:
 
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = False,
-                 source: str = "state dict") -> KeyReport:
+                 source: str = "state dict", inflate_time: bool = False) -> KeyReport:
     """Copy the tensors of ``state_dict`` whose key and shape the model shares; ``strict``:
-    raise instead unless keys and shapes match exactly."""
+    raise instead unless keys and shapes match exactly. ``inflate_time``: a DiT's patch
+    embedding and output layer of temporal patch 1 (an image model) are inflated to the model's
+    tubelets (:mod:`lvdm.models.inflate`) instead of counting as mismatched."""
+    from lvdm.models.inflate import inflate_in_time
+
     ours = model.state_dict()
     report = KeyReport(source)
     loadable = {}
@@ -71,7 +77,13 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], stric
         if key not in ours:
             report.unexpected.append(key)
         elif tuple(value.shape) != tuple(ours[key].shape):
-            report.mismatched.append(f"{key} {list(value.shape)} → {list(ours[key].shape)}")
+            inflated = inflate_in_time(key, value, ours[key].shape) if inflate_time else None
+            if inflated is None:
+                report.mismatched.append(f"{key} {list(value.shape)} → {list(ours[key].shape)}")
+            else:
+                loadable[key] = inflated
+                report.carried.append(key)
+                report.inflated.append(key)
         else:
             loadable[key] = value
             report.carried.append(key)
@@ -140,7 +152,7 @@ def read_source(source: str, weights: Weights = "auto", prefix: str = "denoiser.
 
 
 def init_from(model: nn.Module, source: str, weights: Weights = "auto", strict: bool = False,
-              prefix: str = "denoiser.", verbose: bool = True) -> KeyReport:
+              prefix: str = "denoiser.", verbose: bool = True, inflate_time: bool = False) -> KeyReport:
     """Load the weights of ``source`` (see the module docstring for the formats) into ``model``.
 
     Args:
@@ -152,11 +164,14 @@ def init_from(model: nn.Module, source: str, weights: Weights = "auto", strict: 
             rest reported.
         prefix: the model's prefix inside an lvdm checkpoint.
         verbose: print the key report.
+        inflate_time: inflate an image DiT's patch embedding and output layer to the model's
+            temporal patch (image → tubelet video DiT: the video model starts as the image
+            model on still clips).
     """
     if weights not in ("auto", "ema", "raw"):
         raise ValueError(f"weights must be 'auto', 'ema' or 'raw', got {weights!r}")
     sd, described = read_source(source, weights, prefix)
-    report = load_weights(model, sd, strict=strict, source=described)
+    report = load_weights(model, sd, strict=strict, source=described, inflate_time=inflate_time)
     if verbose:
         print(report.format(), flush=True)
     return report

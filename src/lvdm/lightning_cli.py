@@ -56,6 +56,13 @@ class LvdmCLI(LightningCLI):
             callbacks = [*callbacks, RunCheckpoint()]
         return super()._instantiate_trainer(config, callbacks)
 
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.callbacks:  # say where checkpoints go before fit (RunCheckpoint.setup agrees)
+            if isinstance(callback, RunCheckpoint) and callback.dirpath is None:
+                callback.dirpath = callback.run_folder(trainer)
+        return trainer
+
     def _run_subcommand(self, subcommand: str) -> None:
         # DeepSpeed unpickles a checkpoint directory freely when Lightning resumes from it: scan
         # it first (a "last" resolved by RunCheckpoint is scanned there).

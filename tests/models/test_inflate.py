@@ -4,9 +4,10 @@ import lightning as L
 import pytest
 import torch
 
-from lvdm.callbacks.inflate import InflateFromImage
+from lvdm.callbacks.init_from import InitFrom
+from lvdm.init_from import load_weights
 from lvdm.models.dit import DiT
-from lvdm.models.inflate import inflate_image_state
+from lvdm.models.inflate import inflate_in_time
 from lvdm.module import LatentDiffusionModule
 from lvdm.text.words import WordTextEncoder
 
@@ -24,7 +25,8 @@ def test_inflated_video_model_is_the_image_model_on_still_clips(conditioning):
         for p in image.parameters():
             p.normal_(0.0, 0.2)
     video = dit(4, conditioning=conditioning)
-    video.load_state_dict(inflate_image_state(image.state_dict(), video))
+    report = load_weights(video, image.state_dict(), strict=True, inflate_time=True)
+    assert sorted(report.inflated) == ["final_layer.linear.bias", "final_layer.linear.weight", "x_embedder.proj.weight"]
     g = torch.Generator().manual_seed(1)
     frame = torch.randn(2, 3, 1, 4, 6, generator=g, dtype=torch.float64)
     ctx = torch.randn(2, 3, 8, generator=g, dtype=torch.float64)
@@ -37,11 +39,15 @@ def test_inflated_video_model_is_the_image_model_on_still_clips(conditioning):
 
 
 def test_inflate_refuses_other_architectures():
-    with pytest.raises(ValueError, match="differ in their parameters"):
-        inflate_image_state(dit(1, conditioning="adaln").state_dict(), dit(4, conditioning="cross_attn"))
+    with pytest.raises(KeyError, match="strict init_from"):
+        load_weights(dit(4, conditioning="cross_attn"), dit(1, conditioning="adaln").state_dict(), strict=True,
+                     inflate_time=True)
     wide = DiT(in_channels=3, patch_size=(1, 2, 2), hidden_size=64, depth=2, num_heads=2, context_dim=8, qk_norm=True)
-    with pytest.raises(ValueError, match="x_embedder"):
-        inflate_image_state(wide.state_dict(), dit(4, conditioning="adaln"))
+    with pytest.raises(KeyError, match="x_embedder"):
+        load_weights(dit(4, conditioning="adaln"), wide.state_dict(), strict=True, inflate_time=True)
+    # only a DiT's patch embedding and output layer, and only from temporal patch 1, are inflated
+    assert inflate_in_time("blocks.0.mlp.fc1.weight", torch.ones(4, 2), (8, 2)) is None
+    assert inflate_in_time("x_embedder.proj.weight", torch.ones(8, 3, 2, 2, 2), (8, 3, 4, 2, 2)) is None
 
 
 def test_callback_loads_ema_and_text_weights_from_a_checkpoint(tmp_path):
@@ -59,10 +65,16 @@ def test_callback_loads_ema_and_text_weights_from_a_checkpoint(tmp_path):
     torch.save({"state_dict": image.state_dict(), "callbacks": {"EMA": {"shadow": shadow, "num_updates": 3}}}, path)
     video = module(4)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
-    InflateFromImage(str(path)).setup(trainer, video, "fit")
+
+    def hand_off(source, **kw):
+        callback = InitFrom(str(source), strict=True, module="", prefix="", inflate_time=True, **kw)
+        callback.setup(trainer, video, "fit")
+        return callback.report
+
+    assert len(hand_off(path).inflated) == 3
     assert (video.text_encoder.state_dict()["embedding.weight"] == 0.5).all()
     assert torch.allclose(video.denoiser.x_embedder.proj.weight, torch.full_like(video.denoiser.x_embedder.proj.weight, 0.125))
-    InflateFromImage(str(path), use_ema=False).setup(trainer, video, "fit")
+    hand_off(path, weights="raw")
     torch.testing.assert_close(video.denoiser.blocks[0].mlp.fc1.weight, image.denoiser.blocks[0].mlp.fc1.weight)
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
-        InflateFromImage(str(tmp_path / "nope.ckpt")).setup(trainer, video, "fit")
+        hand_off(tmp_path / "nope.ckpt")

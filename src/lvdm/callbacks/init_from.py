@@ -23,19 +23,23 @@ class InitFrom(Callback):
             PixArt-α weights file.
         weights: ``ema``, ``raw`` or ``auto`` (EMA when the checkpoint has it).
         strict: require every key and shape to match (else copy the shared ones and report).
-        module: the submodule of the LightningModule to load (``denoiser``).
-        prefix: that submodule's prefix inside an lvdm checkpoint.
+        module: the submodule of the LightningModule to load (``denoiser``; ``""`` loads the
+            whole module, the text encoder's learned weights too).
+        prefix: that submodule's prefix inside an lvdm checkpoint (``""`` with ``module: ""``).
+        inflate_time: inflate an image DiT's patch embedding and output layer in time (image
+            → tubelet video DiT, :mod:`lvdm.models.inflate`).
     """
 
     def __init__(self, source: str, weights: Literal["auto", "ema", "raw"] = "auto", strict: bool = False,
-                 module: str = "denoiser", prefix: str = "denoiser."):
+                 module: str = "denoiser", prefix: str = "denoiser.", inflate_time: bool = False):
         self.source, self.weights, self.strict = source, weights, strict
-        self.module, self.prefix = module, prefix
+        self.module, self.prefix, self.inflate_time = module, prefix, inflate_time
         self.report: KeyReport | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.report is not None:
             return
         target = pl_module.get_submodule(self.module) if self.module else pl_module
-        self.report = init_from(target, self.source, self.weights, self.strict, self.prefix, verbose=False)
+        self.report = init_from(target, self.source, self.weights, self.strict, self.prefix, verbose=False,
+                                inflate_time=self.inflate_time)
         rank_zero_only(print)(self.report.format(), flush=True)

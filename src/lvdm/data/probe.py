@@ -153,6 +153,8 @@ def probe_media(
                 kinds = sorted({s.type for s in container.streams}) or ["none"]
                 raise ProbeError(f"no video stream (streams: {', '.join(kinds)})")
             stream = container.streams.video[0]
+            if stream.codec_context is None:  # a damaged header can leave the stream without a codec
+                raise ProbeError("the video stream names no codec FFmpeg can decode")
             codec = stream.codec_context.name
             if real == "mkv" and (ext or "").lower().lstrip(".") != "mkv" and codec in ("vp8", "vp9", "av1"):
                 real = "webm"
@@ -165,7 +167,7 @@ def probe_media(
             width, height = _first_frame(container, stream, max_pixels)
             container.seek(0)
             frames, span = _count_packets(container, stream, max_frames)
-    except av.error.FFmpegError as exc:
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:  # damaged metadata strings give the latter
         raise ProbeError(f"cannot read container: {exc}") from exc
     if listed and frames != listed:
         # The header contradicts the packets: only decoding tells how many frames are real.

@@ -109,6 +109,8 @@ def _iter_rgb(container: av.container.InputContainer, label: str, skip: int = 0)
     converted: a random window late in a clip then costs decoding only, not RGB conversion)."""
     max_pixels = MAX_PIXELS
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # found by fuzzing: a video stream FFmpeg has no decoder for
+        raise VideoDecodeError(f"no decoder for the video stream of {label}")
     height, width = stream.codec_context.height, stream.codec_context.width
     if height * width > max_pixels:
         raise VideoTooLargeError(f"video {label} has {width}x{height} frames, more than the {max_pixels} pixels allowed")
@@ -212,9 +214,12 @@ def decode_clip(
             # Count by demuxing (no decoding) rather than decoding the whole video to choose a
             # start; only the first MAX_SCANNED_FRAMES frames are candidates, so a container that
             # hides a huge frame count cannot make one clip decode without bound.
-            packets = (p for p in container.demux(container.streams.video[0]) if p.size)
-            total = sum(1 for _ in itertools.islice(packets, MAX_SCANNED_FRAMES))
-            container.seek(0)
+            try:
+                packets = (p for p in container.demux(container.streams.video[0]) if p.size)
+                total = sum(1 for _ in itertools.islice(packets, MAX_SCANNED_FRAMES))
+                container.seek(0)
+            except av.error.FFmpegError as exc:  # found by fuzzing: a mutated mp4 that cannot seek back
+                raise VideoDecodeError(f"cannot read video {label}: {exc}") from exc
         if total and total < span:
             raise VideoTooShortError(f"video {label} has {total} frames, fewer than the {span} needed for "
                              f"num_frames={num_frames}, frame_interval={frame_interval}")

@@ -72,11 +72,11 @@ def _block_hook(model: nn.Module, plan: SequenceSplit, block: nn.Module, first: 
 
 
 def _cut_followers(plan: SequenceSplit, values: dict) -> None:
-    """Cut the ``follow_split`` inputs that run along the sequence (``[B, N or t, ...]``, at
-    least 3-D); a per-sample one (``[B, D]``) is the same on every rank and stays whole."""
-    for name in plan.follow_split:
+    """Cut the ``follow_split`` inputs (an ``(name, ndim)`` entry only when it has ``ndim`` dims)."""
+    for entry in plan.follow_split:
+        name, ndim = (entry, None) if isinstance(entry, str) else entry
         value = values.get(name)
-        if isinstance(value, torch.Tensor) and value.ndim > 2:
+        if isinstance(value, torch.Tensor) and (ndim is None or value.ndim == ndim):
             values[name] = shard_sequence(value, plan.dim)
 
 

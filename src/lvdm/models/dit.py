@@ -414,7 +414,7 @@ class DiT(nn.Module):
     #: ``c`` ``[B, t, ...]`` of masked-frame conditioning (per-sample ``c`` ``[B, D]`` is not
     #: cut). ``in_context`` is refused.
     sequence_parallel_plan = SequenceSplit(
-        blocks="blocks", tokens="x", grid="grid", gather="final_layer", follow_split=("c",),
+        blocks="blocks", tokens="x", grid="grid", gather="final_layer", follow_split=(("c", 3),),
         unsupported=(("conditioning", "in_context",
                       "its condition tokens would need replicating on every rank; use adaln or cross_attn"),),
     )

@@ -8,43 +8,29 @@ still clip embeds as its frame did) and the output rows repeated for each frame,
 video model start as the image model applied to still clips: on a clip of ``pt`` copies of
 an image it predicts ``pt`` copies of the image model's prediction (tested). Every other
 weight is shared as it is, and the position code does not change (one patch frame in both).
+:func:`lvdm.init_from.init_from` applies this with ``inflate_time=True``.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Optional, Sequence
 
 import torch
-from torch import nn
 
 PATCH_KEY = "x_embedder.proj.weight"
 OUT_KEYS = ("final_layer.linear.weight", "final_layer.linear.bias")
 
 
-def inflate_image_state(image_state: Mapping[str, torch.Tensor], video_model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict of ``video_model`` (a :class:`lvdm.models.dit.DiT` with temporal patch
-    ``pt``) built from the state of an image DiT (temporal patch 1, otherwise the same
-    configuration). Raises ``ValueError`` naming the keys that do not match."""
-    target = video_model.state_dict()
-    pt = int(video_model.patch_size[0])
-    missing = sorted(set(target) - set(image_state))
-    unexpected = sorted(set(image_state) - set(target))
-    if missing or unexpected:
-        raise ValueError(f"the image and video DiTs differ in their parameters: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]} (the two recipes must match except patch_size[0])")
-    out: dict[str, torch.Tensor] = {}
-    for key, ref in target.items():
-        value = image_state[key]
-        if key == PATCH_KEY and value.shape != ref.shape:
-            if value.shape[2] != 1 or value.shape[:2] + value.shape[3:] != ref.shape[:2] + ref.shape[3:]:
-                raise ValueError(f"{key}: cannot inflate {tuple(value.shape)} to {tuple(ref.shape)}")
-            value = value.repeat(1, 1, pt, 1, 1) / pt
-        elif key in OUT_KEYS and value.shape != ref.shape:
-            if value.shape[0] * pt != ref.shape[0] or value.shape[1:] != ref.shape[1:]:
-                raise ValueError(f"{key}: cannot inflate {tuple(value.shape)} to {tuple(ref.shape)}")
+def inflate_in_time(key: str, value: torch.Tensor, shape: Sequence[int]) -> Optional[torch.Tensor]:
+    """``value`` (an image DiT's tensor under ``key``) inflated to the video DiT's ``shape``, or
+    ``None`` when ``key`` is not the patch embedding or output layer of a DiT, or ``value`` is
+    not the temporal-patch-1 form of ``shape``."""
+    shape = tuple(shape)
+    if key.endswith(PATCH_KEY) and value.ndim == 5 and len(shape) == 5:
+        if value.shape[2] == 1 and value.shape[:2] + value.shape[3:] == shape[:2] + shape[3:]:
+            return value.repeat(1, 1, shape[2], 1, 1) / shape[2]
+    elif key.endswith(OUT_KEYS) and value.ndim == len(shape) and value.shape[1:] == shape[1:]:
+        if shape[0] % value.shape[0] == 0 and shape[0] > value.shape[0]:
             # output features are ordered (pt, ph, pw, C): the image's (ph, pw, C) block per frame
-            value = value.repeat(pt, *([1] * (value.ndim - 1)))
-        elif value.shape != ref.shape:
-            raise ValueError(f"{key}: image shape {tuple(value.shape)} vs video shape {tuple(ref.shape)}")
-        out[key] = value.to(ref.dtype)
-    return out
+            return value.repeat(shape[0] // value.shape[0], *([1] * (value.ndim - 1)))
+    return None

@@ -24,9 +24,11 @@ class SequenceSplit:
         tokens: name of the blocks' argument holding the token sequence ``[B, N, D]``.
         grid: name of the blocks' ``(t, h, w)`` argument; ``t`` is what is divided.
         dim: the sequence dimension of the tokens and of every ``follow_split`` input.
-        follow_split: other block arguments cut at the same places as the tokens: per-token
-            tensors ``[B, N, ...]`` (masks, per-token timesteps) or per-unit ones ``[B, t, ...]``
-            (per-frame timesteps: the cut is between whole units, so both cut alike).
+        follow_split: other block (and ``gather`` module) arguments cut at the same places as the
+            tokens: per-token tensors ``[B, N, ...]`` (masks, per-token timesteps) or per-unit ones
+            ``[B, t, ...]`` (per-frame timesteps: the cut is between whole units, so both cut
+            alike). An entry ``(name, ndim)`` is cut only when the argument has ``ndim``
+            dimensions (an argument that is per sample in its other forms stays whole).
         gather: name of the module whose per-token output is gathered back.
         unit: what one step along ``grid[0]`` of the latent is, for error messages.
         unsupported: ``(attribute, value)`` pairs of the model that forbid the split, with why.
@@ -37,6 +39,6 @@ class SequenceSplit:
     grid: str
     gather: str
     dim: int = 1
-    follow_split: tuple[str, ...] = ()
+    follow_split: tuple[str | tuple[str, int], ...] = ()
     unit: str = "frame"
     unsupported: tuple[tuple[str, str, str], ...] = ()
