@@ -28,7 +28,7 @@ class _Block(nn.Module):
 
     def forward(self, x, grid, per_token_t=None, scale=1.0):
         self.seen.append((x.clone(), grid, None if per_token_t is None else per_token_t.clone()))
-        return x * scale + (0 if per_token_t is None else per_token_t[..., None])
+        return x * scale + (0 if per_token_t is None else per_token_t)
 
 
 class _Toy(nn.Module):
@@ -50,7 +50,7 @@ class _Toy(nn.Module):
 def test_split_cuts_tokens_and_per_token_inputs_localises_grid_and_gathers():
     model = _Toy()
     x = torch.arange(2 * 8 * 3, dtype=torch.float32).reshape(2, 8, 3)  # grid (4, 1, 2): 8 tokens
-    t = torch.arange(2 * 8, dtype=torch.float32).reshape(2, 8)
+    t = torch.arange(2 * 8, dtype=torch.float32).reshape(2, 8, 1)  # per token, [B, N, 1]
     reference = model(x, (4, 1, 2), t)
     model.seen.clear()
     assert apply_sequence_split(model) == [model]
