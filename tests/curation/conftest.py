@@ -4,6 +4,9 @@ import importlib.util
 import io
 import json
 import tarfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +88,48 @@ def image_sample(key, image, caption=""):
     return {"key": key, "png": buffer.getvalue(), "txt": caption,
             "json": {"source": f"{key}.png", "kind": "image", "fps": 0, "frames": 1, "width": w, "height": h,
                      "duration": 0, "aspect": w / h}}
+
+
+class StubVLM(BaseHTTPRequestHandler):
+    """An OpenAI-compatible stub: the mode decides how it answers."""
+
+    mode = "ok"
+    calls: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).calls.append((body, self.headers.get("Authorization")))
+        if self.mode == "fail":
+            self.send_response(503)
+            self.end_headers()
+            self.wfile.write(b"overloaded")
+            return
+        if self.mode == "bad_request":
+            self.send_response(400)
+            self.end_headers()
+            self.wfile.write(b"no such model")
+            return
+        if self.mode == "slow":
+            time.sleep(1.0)
+        images = sum(part["type"] == "image_url" for part in body["messages"][0]["content"])
+        answer = {"choices": [{"message": {"role": "assistant", "content": f" {images} frames of {body['model']} "}}]}
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture()
+def server():
+    StubVLM.calls = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), StubVLM)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()

@@ -1,13 +1,12 @@
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from conftest import StubVLM as _Stub
 from conftest import image_sample, panning, texture, video_sample, write_dataset
 from lvdm.curation.caption import caption_dataset
 from lvdm.curation.captioners import DEFAULT_PROMPT, OpenAICaptioner, TransformersCaptioner
@@ -96,51 +95,6 @@ def test_caption_stage_writes_the_field_and_keeps_the_original(llava_dir, datase
     assert json.loads(entries["json"])["caption_vlm"] == manifest.loc["pan", "caption_vlm"]
 
 
-class _Stub(BaseHTTPRequestHandler):
-    """An OpenAI-compatible stub: the mode decides how it answers."""
-
-    mode = "ok"
-    calls: list = []
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).calls.append((body, self.headers.get("Authorization")))
-        if self.mode == "fail":
-            self.send_response(503)
-            self.end_headers()
-            self.wfile.write(b"overloaded")
-            return
-        if self.mode == "bad_request":
-            self.send_response(400)
-            self.end_headers()
-            self.wfile.write(b"no such model")
-            return
-        if self.mode == "slow":
-            time.sleep(1.0)
-        images = sum(part["type"] == "image_url" for part in body["messages"][0]["content"])
-        answer = {"choices": [{"message": {"role": "assistant", "content": f" {images} frames of {body['model']} "}}]}
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-@pytest.fixture()
-def server():
-    _Stub.calls = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def test_openai_backend_against_a_stub_server(server, dataset, tmp_path, monkeypatch):
     httpd, url = server
     _Stub.mode = "ok"
@@ -186,7 +140,7 @@ def test_cli_data_caption(server, dataset, tmp_path):
     _, url = server
     _Stub.mode = "ok"
     src, _ = dataset
-    main(["data", "caption", "--input", str(src), "--output", str(tmp_path / "o"), "--model", "stub",
+    main(["data", "caption", "--source", str(src), "--out", str(tmp_path / "o"), "--model", "stub",
           "--backend", "openai", "--base_url", url, "--field", "vlm", "--num_frames", "2", "--workers", "0"])
     manifest = pd.read_parquet(tmp_path / "o" / "manifest.parquet").set_index("key")
     assert manifest.loc["pan2", "vlm"] == "2 frames of stub"

@@ -1,4 +1,4 @@
-"""A user's raw media → ingest → split → filter → stats → `lvdm fit` on the result."""
+"""A user's raw media → ingest → split → score → filter → caption → stats → `lvdm fit` on the result."""
 
 from pathlib import Path
 
@@ -24,8 +24,26 @@ def two_scenes(length, seed, height=20, width=28):
     return np.clip(out.astype(int) + rng.integers(-4, 5, out.shape), 0, 255).astype(np.uint8)
 
 
-def curate(tmp_path, capsys) -> Path:
-    """Raw folder → ingest → split → filter → stats through the CLI; returns the training folder."""
+@pytest.fixture()
+def vlm_url(monkeypatch):
+    """An OpenAI-compatible captioning server on 127.0.0.1 (the curation tests' stub)."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from conftest import StubVLM
+
+    StubVLM.mode, StubVLM.calls = "ok", []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), StubVLM)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def curate(tmp_path, capsys, vlm_url) -> Path:
+    """Raw folder → ingest → split → score → filter → caption → stats through the CLI; returns
+    the training folder."""
     raw = tmp_path / "raw"
     raw.mkdir()
     for i, ext in enumerate(["mp4", "webm", "mkv", "mp4"]):
@@ -42,34 +60,47 @@ def curate(tmp_path, capsys) -> Path:
     main(["data", "split", "--source", str(tmp_path / "ingested"), "--out", str(tmp_path / "clips"),
           "--min_seconds", "1", "--workers", "0"])
     assert "split 4 videos into 8 clips" in capsys.readouterr().out
-    main(["data", "filter", "--source", str(tmp_path / "clips"), "--out", str(tmp_path / "train"),
-          "--keep", "kind == 'video' and duration >= 1", "--workers", "0"])
-    assert "kept 8 of 9 samples" in capsys.readouterr().out
+    main(["data", "score", "--source", str(tmp_path / "clips"), "--out", str(tmp_path / "scored"),
+          "--scorers", "[rules, motion, duplicates]", "--options", '{"rules": {"min_short_side": 16, "min_fps": 1}}',
+          "--workers", "0"])
+    scores = read_manifest(tmp_path / "scored").set_index("key")
+    assert scores.loc[scores["kind"] == "video", "motion"].min() > 0.5  # the square moves 1 px a frame
+    main(["data", "filter", "--source", str(tmp_path / "scored"), "--out", str(tmp_path / "kept"),
+          "--keep", "kind == 'video' and duration >= 1 and motion > 0.5 and not duplicate_of", "--workers", "0"])
+    kept = read_manifest(tmp_path / "kept")
+    videos = scores[scores["kind"] == "video"]
+    duplicates = (videos["duplicate_of"].fillna("") != "").sum()  # same layout, other colours: pHash is grey
+    assert len(videos) == 8 and len(kept) == len(videos) - duplicates >= 2
+    main(["data", "caption", "--source", str(tmp_path / "kept"), "--out", str(tmp_path / "train"),
+          "--backend", "openai", "--base_url", vlm_url, "--model", "stub-vlm", "--num_frames", "2", "--workers", "0"])
     main(["data", "stats", "--source", str(tmp_path / "train"), "--plots", "false"])
-    assert "8 samples in 1 shards" in capsys.readouterr().out
+    assert f"{len(kept)} samples in 1 shards" in capsys.readouterr().out
 
     manifest = read_manifest(tmp_path / "train")
-    assert sorted(manifest["source_key"].unique()) == ["clip_0", "clip_1", "clip_2", "clip_3"]
+    assert set(manifest["caption_vlm"]) == {"2 frames of stub-vlm"}
+    assert set(manifest["source_key"]) <= {"clip_0", "clip_1", "clip_2", "clip_3"}
     assert set(manifest["frames"]) == {12} and set(manifest["codec"]) == {"h264"}
-    assert read_rejects(tmp_path / "train") == [("still", "filtered: kind == 'video'")]
+    assert ("still", "filtered: kind == 'video'") in read_rejects(tmp_path / "kept")
     return tmp_path / "train"
 
 
-def test_curated_folder_feeds_the_training_reader(tmp_path, capsys):
+def test_curated_folder_feeds_the_training_reader(tmp_path, capsys, vlm_url):
     from lvdm.data.datamodule import VideoDataModule
 
-    train = curate(tmp_path, capsys)
-    dm = VideoDataModule(str(train), str(train), batch_size=2, num_frames=4, resolution=16, samples_per_epoch=8)
+    train = curate(tmp_path, capsys, vlm_url)
+    dm = VideoDataModule(str(train), str(train), batch_size=2, num_frames=4, resolution=16, samples_per_epoch=8,
+                         caption_field="caption_vlm")
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert len(batches) == 4 and all(b["video"].shape == (2, 3, 4, 16, 16) for b in batches)
+    assert {c for b in batches for c in b["caption"]} == {"2 frames of stub-vlm"}  # trains on the VLM captions
     assert sorted(k for b in dm.val_dataloader() for k in b["key"]) == sorted(read_manifest(train)["key"])
     assert dm.skipped == 0
 
 
 @pytest.mark.slow  # ~40 s on the shared 2-core machine (a 3-step fit); the test above is its fast part
-def test_raw_folder_to_a_trained_checkpoint(tmp_path, capsys):
-    train = curate(tmp_path, capsys)
+def test_raw_folder_to_a_trained_checkpoint(tmp_path, capsys, vlm_url):
+    train = curate(tmp_path, capsys, vlm_url)
     run = tmp_path / "run"
     shards = str(train / "*.tar")
     main(["fit", "--config", str(ROOT / "recipes/tiny/cross_attn.yaml"),

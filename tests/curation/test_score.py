@@ -79,7 +79,7 @@ def test_cli_data_score(dataset, tmp_path):
     from lvdm.cli import main
 
     src, _ = dataset
-    main(["data", "score", "--input", str(src), "--output", str(tmp_path / "o"), "--scorers", "[rules, duplicates]",
+    main(["data", "score", "--source", str(src), "--out", str(tmp_path / "o"), "--scorers", "[rules, duplicates]",
           "--options", '{"rules": {"min_short_side": 60, "min_duration": null, "min_fps": 5}}', "--workers", "0"])
     manifest = pd.read_parquet(tmp_path / "o" / "manifest.parquet")
     assert list(manifest["rules_failed"]) == ["", "", "min_short_side", "", ""]

@@ -58,8 +58,8 @@ class CaptionChunk:
 
 
 def caption_dataset(
-    input: str,
-    output: str,
+    source: str,
+    out: str,
     model: str,
     backend: str = "transformers",
     base_url: Optional[str] = None,
@@ -89,8 +89,8 @@ def caption_dataset(
     is null) and stays in the dataset.
 
     Args:
-        input: the dataset folder to caption.
-        output: the new dataset folder.
+        source: the dataset folder to caption.
+        out: the new dataset folder.
         model: ``transformers``: a model folder or hub id; ``openai``: the model name served.
         backend: ``transformers`` (an image-text-to-text model, LLaVA-style) or ``openai`` (an
             OpenAI-compatible HTTP endpoint).
@@ -125,8 +125,8 @@ def caption_dataset(
                                     retries, timeout)
     else:
         raise ValueError(f"unknown caption backend {backend!r}: choose 'transformers' or 'openai'")
-    items = work_items(input, batch_size if backend == "transformers" else max(batch_size, concurrency))
-    out = prepare_output(input, output, overwrite)
+    items = work_items(source, batch_size if backend == "transformers" else max(batch_size, concurrency))
+    out_dir = prepare_output(source, out, overwrite)
     runner = make_engine(engine, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
     results = runner.map(CaptionChunk(captioner, max_short_side), items, desc="captioning")
     updates = {}
@@ -135,9 +135,9 @@ def caption_dataset(
             result = [(key, None, f"chunk: {result.error}") for key in keys]
         for key, caption, error in result:
             updates[key] = {field: caption, f"{field}_error": error}
-    write_updated_folder(input, out, updates, runner)
+    write_updated_folder(source, out_dir, updates, runner)
     errors = sum(bool(u[f"{field}_error"]) for u in updates.values())
-    summary = {"samples": len(updates), "captioned": len(updates) - errors, "errors": errors, "output": str(out)}
+    summary = {"samples": len(updates), "captioned": len(updates) - errors, "errors": errors, "output": str(out_dir)}
     print(f"captioned {summary['captioned']} of {summary['samples']} samples into json field {field!r} "
           f"({errors} failed, see {field}_error) -> {out}")
     return summary

@@ -136,8 +136,8 @@ def build_scorers(
 
 
 def score_dataset(
-    input: str,
-    output: str,
+    source: str,
+    out: str,
     scorers: list[str],
     clip: Optional[str] = None,
     aesthetic_head: Optional[str] = None,
@@ -160,8 +160,8 @@ def score_dataset(
     with ``lvdm data filter``. Media and captions are copied byte for byte.
 
     Args:
-        input: the dataset folder to score (shards, manifest.parquet, rejects.csv).
-        output: the new dataset folder.
+        source: the dataset folder to score (shards, manifest.parquet, rejects.csv).
+        out: the new dataset folder.
         scorers: scorer names: motion, ocr, duplicates, rules, aesthetic, clip_match.
         clip: CLIP folder or hub id, for aesthetic and clip_match.
         aesthetic_head: the aesthetic head's state dict file, or a hub repo id.
@@ -181,8 +181,8 @@ def score_dataset(
         ``{"samples": n, "errors": samples with a score_error, "output": folder}``.
     """
     chosen = build_scorers(scorers, clip, aesthetic_head, aesthetic_head_filename, device, options)
-    items = work_items(input, chunk_size)
-    out = prepare_output(input, output, overwrite)
+    items = work_items(source, chunk_size)
+    out_dir = prepare_output(source, out, overwrite)
     runner = make_engine(engine, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
     in_process = engine == "local" and getattr(runner, "workers", 1) == 0
     chunk = ScoreChunk(chosen, max_short_side=max_short_side, threads=None if in_process else 1)
@@ -198,8 +198,8 @@ def score_dataset(
     for scorer in chosen:
         rows = scorer.finalize(keys, rows)
     updates = {key: {**fields, "score_error": error} for key, fields, error in zip(keys, rows, problems)}
-    write_updated_folder(input, out, updates, runner)
-    summary = {"samples": len(keys), "errors": sum(bool(p) for p in problems), "output": str(out)}
+    write_updated_folder(source, out_dir, updates, runner)
+    summary = {"samples": len(keys), "errors": sum(bool(p) for p in problems), "output": str(out_dir)}
     print(f"scored {summary['samples']} samples with {[s.name for s in chosen]} ({summary['errors']} with "
           f"errors, see score_error) -> {out}")
     return summary
