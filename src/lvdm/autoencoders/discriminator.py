@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lvdm.autoencoders.layers import _groups
+from lvdm.autoencoders.layers import group_count
 
 
 class PatchDiscriminator3D(nn.Module):
@@ -26,7 +26,7 @@ class PatchDiscriminator3D(nn.Module):
         width = base_channels
         for i in range(1, num_layers):
             out = base_channels * min(2**i, 8)
-            layers += [nn.Conv3d(width, out, (3, 4, 4), (1, 2, 2), (1, 1, 1), bias=False), nn.GroupNorm(_groups(out), out),
+            layers += [nn.Conv3d(width, out, (3, 4, 4), (1, 2, 2), (1, 1, 1), bias=False), nn.GroupNorm(group_count(out), out),
                        nn.LeakyReLU(0.2)]
             width = out
         layers += [nn.Conv3d(width, 1, 3, 1, 1)]

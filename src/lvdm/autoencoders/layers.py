@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _groups(channels: int, max_groups: int = 32) -> int:
+def group_count(channels: int, max_groups: int = 32) -> int:
     """The largest divisor of ``channels`` that is at most ``max_groups``."""
     return max(g for g in range(1, max_groups + 1) if channels % g == 0)
 
@@ -26,7 +26,7 @@ class FrameGroupNorm(nn.GroupNorm):
     """GroupNorm over each frame separately (statistics never mix frames, so it stays causal)."""
 
     def __init__(self, channels: int):
-        super().__init__(_groups(channels), channels, eps=1e-6)
+        super().__init__(group_count(channels), channels, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t = x.shape[0], x.shape[2]

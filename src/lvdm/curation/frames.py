@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lvdm.data.schema import IMAGE_EXTENSIONS
-from lvdm.data.video import VideoDecodeError
+from lvdm.data.video import VideoDecodeError, count_video_frames
 
 __all__ = ["Clip", "count_frames", "evenly_spaced", "load_clip_frames", "resize_short_side"]
 
@@ -70,14 +70,7 @@ def count_frames(container, stream, max_frames: int) -> int:
     when the container does not say; at most ``max_frames``."""
     if stream.frames and stream.frames > 0:
         return min(int(stream.frames), max_frames)
-    count = 0
-    for packet in container.demux(stream):
-        if packet.size:
-            count += 1
-            if count >= max_frames:
-                break
-    container.seek(0)
-    return count
+    return count_video_frames(container, stream, max_frames)
 
 
 def _image(data: bytes, key: str, indices_for, max_pixels: int, max_short_side: int, meta, caption) -> Clip:

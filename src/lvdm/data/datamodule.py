@@ -503,22 +503,8 @@ class LatentDataModule(ShardDataModule):
             (single frames, Open-Sora's stage 1). ``None``: whole clips.
     """
 
-    def __init__(
-        self,
-        train_shards: str | list[str],
-        val_shards: str | list[str] | None = None,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        samples_per_epoch: int = 4096,
-        shuffle_buffer: int = 1000,
-        seed: int = 0,
-        test_shards: str | list[str] | None = None,
-        buckets: Optional[BucketConfig] = None,
-        data_guard: DataGuard | None = None,
-        num_frames: int | None = None,
-    ) -> None:
-        super().__init__(train_shards, val_shards, batch_size, num_workers, samples_per_epoch, shuffle_buffer,
-                         seed, test_shards, buckets, data_guard)
+    def __init__(self, *args, num_frames: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)  # ShardDataModule's arguments (the CLI reads them from there)
         if num_frames is not None and num_frames < 1:
             raise ValueError(f"num_frames must be >= 1 (or None for whole clips), got {num_frames}")
         self.num_frames = num_frames

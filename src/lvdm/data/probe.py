@@ -75,6 +75,8 @@ def _check_size(width: int, height: int, max_pixels: int, what: str) -> None:
 
 def _first_frame(container, stream, max_pixels: int) -> tuple[int, int]:
     """Decode until the first frame appears (at most 64 packets); its ``(width, height)``."""
+    if stream.codec_context is None:  # a damaged header can leave the stream without a codec
+        raise ProbeError("its video stream names no codec FFmpeg can decode")
     stream.codec_context.thread_count = 1
     for index, packet in enumerate(container.demux(stream)):
         if index >= 64:
@@ -109,6 +111,8 @@ def _decode_count(data: bytes, max_frames: int, max_pixels: int) -> int:
     count = 0
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise ProbeError("its video stream names no codec FFmpeg can decode")
         stream.codec_context.thread_count = 1
         for frame in container.decode(stream):
             _check_size(frame.width, frame.height, max_pixels, "decoded")

@@ -215,9 +215,7 @@ def decode_clip(
             # start; only the first MAX_SCANNED_FRAMES frames are candidates, so a container that
             # hides a huge frame count cannot make one clip decode without bound.
             try:
-                packets = (p for p in container.demux(container.streams.video[0]) if p.size)
-                total = sum(1 for _ in itertools.islice(packets, MAX_SCANNED_FRAMES))
-                container.seek(0)
+                total = count_video_frames(container, container.streams.video[0], MAX_SCANNED_FRAMES)
             except av.error.FFmpegError as exc:  # found by fuzzing: a mutated mp4 that cannot seek back
                 raise VideoDecodeError(f"cannot read video {label}: {exc}") from exc
         if total and total < span:
@@ -237,6 +235,15 @@ def decode_clip(
         size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
         video = _resize_crop(video, size)
     return (video / 127.5 - 1.0).clamp_(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
+
+
+def count_video_frames(container: av.container.InputContainer, stream, limit: int) -> int:
+    """Frames of ``stream`` counted by demuxing its packets (nothing is decoded), at most
+    ``limit``; the container is rewound. Raises ``av.error.FFmpegError`` for damaged data."""
+    packets = (p for p in container.demux(stream) if p.size)
+    count = sum(1 for _ in itertools.islice(packets, limit))
+    container.seek(0)
+    return count
 
 
 def _take(frames, start: int, count: int) -> list[np.ndarray]:

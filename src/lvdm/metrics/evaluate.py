@@ -76,7 +76,7 @@ def iter_videos(
         count += 1
 
 
-def _batches(videos: Iterator, batch_size: int) -> Iterator[tuple[torch.Tensor, list]]:
+def batches(videos: Iterator, batch_size: int) -> Iterator[tuple[torch.Tensor, list]]:
     """Stack consecutive videos of the same shape into batches of at most ``batch_size``."""
     chunk: list = []
     for item in videos:
@@ -92,14 +92,14 @@ def _add_set(metric, source: str, real: bool, num_videos: int, num_frames: int, 
     added = 0
     label = "real" if real else "generated"
     with tqdm(total=num_videos, desc=f"FVD {label} videos", unit="video") as bar:
-        for videos, _ in _batches(iter_videos(source, num_frames, num_videos), batch_size):
+        for videos, _ in batches(iter_videos(source, num_frames, num_videos), batch_size):
             metric.update(videos.to(device), real=real)
             added += len(videos)
             bar.update(len(videos))
     return added
 
 
-def _write(result: dict, output: Optional[str]) -> None:
+def write_result(result: dict, output: Optional[str]) -> None:
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(result, indent=2) + "\n")
@@ -194,7 +194,7 @@ def fvd(
         "i3d_weights": metric.weights_path,
         "i3d_weights_sha256": file_sha256(metric.weights_path),
     }
-    _write(result, output)
+    write_result(result, output)
     print(f"FVD = {value:.3f} ({n_real} real vs {n_fake} generated videos, {num_frames} frames)")
     return result
 
@@ -237,6 +237,6 @@ def clipscore(
     value = metric.compute().item()
     result = {"clipscore": value, "videos": videos, "num_videos": count, "num_frames": num_frames or "all",
               "clip": clip, "definition": "max(0, mean over videos of the mean over frames of 100 * cos(CLIP image, CLIP text))"}
-    _write(result, output)
+    write_result(result, output)
     print(f"CLIPScore = {value:.3f} over {count} videos")
     return result

@@ -53,7 +53,7 @@ def evaluate_vae(
     """
     from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-    from lvdm.metrics.evaluate import _batches, _write, iter_videos
+    from lvdm.metrics.evaluate import batches, write_result, iter_videos
     from lvdm.utils import resolve_device
 
     if (checkpoint is None) == (compressor is None):
@@ -78,7 +78,7 @@ def evaluate_vae(
     psnrs: list[torch.Tensor] = []
     start = time.perf_counter()
     with tqdm(total=num_videos, desc="reconstructing", unit="video") as bar:
-        for batch, _ in _batches(iter_videos(videos, num_frames, num_videos), batch_size):
+        for batch, _ in batches(iter_videos(videos, num_frames, num_videos), batch_size):
             real = batch.to(dev)
             with torch.no_grad():
                 fake = compressor.decode(compressor.encode(real)).clamp(-1, 1)
@@ -105,7 +105,7 @@ def evaluate_vae(
         "source": checkpoint,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    _write(result, output)
+    write_result(result, output)
     fvd_text = f", rFVD {result['fvd']:.2f}" if result["fvd"] is not None else ""
     print(f"{len(per_video)} videos: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}{fvd_text}")
     return result

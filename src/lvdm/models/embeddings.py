@@ -32,7 +32,7 @@ class PatchEmbed3D(nn.Module):
         return x.flatten(2).transpose(1, 2), grid
 
 
-def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     """Sin-cos embedding ``[len(positions), dim]`` of (possibly fractional) positions."""
     omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
     omega = 1.0 / 10000**omega
@@ -58,7 +58,7 @@ def _sincos_3d_cached(hidden_size: int, grid: tuple[int, int, int], base: tuple[
     # trained at one size sees familiar position ranges at another.
     for n, b, d in zip(grid, base, (dt, dh, dw)):
         pos = torch.arange(n, dtype=torch.float64) * (b / n if b else 1.0)
-        parts.append(_sincos_1d(d, pos))
+        parts.append(sincos_1d(d, pos))
     et, eh, ew = parts
     t, h, w = grid
     emb = torch.cat(

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from lvdm.models.dit import Attention, Mlp
-from lvdm.models.embeddings import PatchEmbed3D, TimestepEmbedder, _sincos_1d
+from lvdm.models.embeddings import PatchEmbed3D, TimestepEmbedder, sincos_1d
 from lvdm.models.rope import apply_rope, rope_1d, rope_3d
 
 Temporal = Literal["none", "inline", "blocks"]
@@ -77,8 +77,8 @@ def _sincos_2d(hidden_size, h, w, base_size, interpolation_scale) -> torch.Tenso
         return pos / interpolation_scale
 
     rows, cols = torch.meshgrid(axis(h), axis(w), indexing="ij")
-    emb_w = _sincos_1d(hidden_size // 2, cols.reshape(-1))
-    emb_h = _sincos_1d(hidden_size // 2, rows.reshape(-1))
+    emb_w = sincos_1d(hidden_size // 2, cols.reshape(-1))
+    emb_h = sincos_1d(hidden_size // 2, rows.reshape(-1))
     return torch.cat([emb_w, emb_h], dim=1).float()
 
 
@@ -86,7 +86,7 @@ def _sincos_2d(hidden_size, h, w, base_size, interpolation_scale) -> torch.Tenso
 def sincos_frames(hidden_size: int, length: int) -> torch.Tensor:
     """1D sin-cos code ``[length, hidden]`` of frame positions ``0 … length-1`` (float32)."""
     with torch.device("cpu"):
-        return _sincos_1d(hidden_size, torch.arange(length, dtype=torch.float32)).float()
+        return sincos_1d(hidden_size, torch.arange(length, dtype=torch.float32)).float()
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
