@@ -133,3 +133,15 @@ def server():
     yield httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture()
+def vlm_url(monkeypatch):
+    """The stub VLM serving on 127.0.0.1 (answers "<n> frames of <model>"), with an API key set."""
+    StubVLM.mode, StubVLM.calls = "ok", []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), StubVLM)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()

@@ -24,23 +24,6 @@ def two_scenes(length, seed, height=20, width=28):
     return np.clip(out.astype(int) + rng.integers(-4, 5, out.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.fixture()
-def vlm_url(monkeypatch):
-    """An OpenAI-compatible captioning server on 127.0.0.1 (the curation tests' stub)."""
-    import threading
-    from http.server import ThreadingHTTPServer
-
-    from conftest import StubVLM
-
-    StubVLM.mode, StubVLM.calls = "ok", []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), StubVLM)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def curate(tmp_path, capsys, vlm_url) -> Path:
     """Raw folder → ingest → split → score → filter → caption → stats through the CLI; returns
     the training folder."""
