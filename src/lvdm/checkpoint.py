@@ -87,7 +87,7 @@ def is_deepspeed_checkpoint(path: str | Path) -> bool:
 
 
 def _check_deepspeed_files(tag_dir: Path) -> None:
-    """DeepSpeed unpickles its files with ``weights_only=False``: scan each pickle for the types
+    """DeepSpeed unpickles its files without the weights-only guard: scan each pickle for the types
     it names (without running it) and refuse anything off the allow-list."""
     from torch.serialization import get_unsafe_globals_in_checkpoint
 
