@@ -141,7 +141,7 @@ def main() -> None:
     if args.compare:
         steps = None
         if args.image_steps is not None or args.video_steps is not None:
-            steps = (args.image_steps or 600) + (args.video_steps or 1400)
+            steps = (args.image_steps or 1500) + (args.video_steps or 2100)
         base_ckpt, base_s = fit(lvdm, "recipes/demo/shapes.yaml", latents, out / "run_video_only", steps)
         baseline = probe(lvdm, base_ckpt, prompts, out / "samples_video_only", out / "probe_video_only.json")
 
