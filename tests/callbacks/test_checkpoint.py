@@ -43,6 +43,36 @@ def test_second_run_resumes_from_the_same_folder_despite_a_new_logger_version(tm
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
 
 
+class Validated(Tiny):
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self.net(batch[0]).pow(2).mean())
+
+
+class LastSeen(L.Callback):
+    """The global step stored in last.ckpt at the start of every training batch."""
+
+    def __init__(self, path):
+        self.path, self.steps = path, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        exists = self.path.exists()
+        self.steps.append(torch.load(self.path, weights_only=True)["global_step"] if exists else None)
+
+
+def test_last_is_written_at_every_validation_without_top_k(tmp_path):
+    """`save_top_k: 0` + `save_last` (the small recipes): Lightning alone writes last.ckpt only at
+    the end of training, so a run killed before then lost everything."""
+    seen = LastSeen(tmp_path / "checkpoints" / "last.ckpt")
+    loader = DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=4)
+    trainer = L.Trainer(max_steps=7, accelerator="cpu", default_root_dir=tmp_path, logger=False,
+                        callbacks=[RunCheckpoint(save_top_k=0), seen], val_check_interval=3,
+                        check_val_every_n_epoch=None, limit_val_batches=1, num_sanity_val_steps=0,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Validated(), loader, loader)
+    assert seen.steps == [None, None, None, 3, 3, 3, 6]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
 def truncate(path, keep=0.5):
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])

@@ -131,7 +131,9 @@ class RunCheckpoint(ModelCheckpoint):
 
     Takes every argument of ``ModelCheckpoint`` (``every_n_train_steps``, ``save_top_k``,
     ``filename``, ...); ``dirpath`` defaults to ``<trainer.default_root_dir>/checkpoints`` and
-    ``save_last`` to ``True``.
+    ``save_last`` to ``True``. ``last`` is written at the end of every validation even when no
+    top-k checkpoint is (``save_top_k: 0``, the small recipes), where Lightning writes it only
+    together with one: a killed run resumes from its last validation, not from scratch.
     """
 
     def __init__(self, dirpath: Optional[str] = None, save_last: Optional[bool] = True, **kwargs: Any):
@@ -148,6 +150,12 @@ class RunCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and os.path.isdir(self.dirpath):  # leftovers of writes a kill interrupted
             for leftover in Path(self.dirpath).glob(".*.tmp-*"):
                 leftover.unlink(missing_ok=True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if (self.save_last and not self._should_skip_saving_checkpoint(trainer)
+                and not self._should_save_on_train_epoch_end(trainer)):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
         # Called by Lightning to resolve ckpt_path="last" (before setup: the folder is computed here).
