@@ -1,3 +1,5 @@
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -6,6 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 from lvdm.autoencoder_module import AutoencoderModule
 from lvdm.autoencoders import CausalVAE3D, PatchDiscriminator3D, VideoVQVAE
 from lvdm.callbacks.ema import EMA
+from lvdm.module import WarmupCosineLR
 
 
 class Clips(Dataset):
@@ -68,6 +71,28 @@ def test_reconstruction_loss_decreases_and_vq_stats_logged(tmp_path):
     assert after < before
     assert {"train/usage", "train/perplexity", "train/commitment"} <= set(trainer.callback_metrics)
     assert trainer.global_step == 12  # no discriminator: one optimiser step per batch
+
+
+def test_lr_schedule_steps_once_per_generator_step_with_and_without_gan(tmp_path):
+    """The schedule counts generator steps: 6 optimiser steps with the GAN from generator step 2 are
+    4 generator steps, so the cosine is at 4 of 8; without the GAN 6 steps are 6 of 8."""
+    def schedule(opt):
+        return WarmupCosineLR(opt, warmup_steps=2, total_steps=8, min_ratio=0.0)
+
+    def expected(step):  # the factor of WarmupCosineLR(2, 8, 0) after `step` steps, by hand
+        return (step + 1) / 2 if step < 2 else 0.5 * (1 + math.cos(math.pi * (step - 2) / 6))
+
+    for discriminator, generator_steps in ((None, 6), (PatchDiscriminator3D(base_channels=8, num_layers=2), 4)):
+        torch.manual_seed(0)
+        module = AutoencoderModule(tiny_vae(), discriminator, gan_start=2, gan_warmup=1, lr_scheduler=schedule,
+                                   optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))
+        trainer = fit(module, 5, 6, tmp_path)
+        assert int(module.generator_steps) == generator_steps
+        generator_optimizer = trainer.optimizers[0]
+        assert generator_optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * expected(generator_steps))
+        if discriminator is not None:  # the discriminator's rate is not scheduled
+            assert trainer.optimizers[1].param_groups[0]["lr"] == 1e-4  # _default_optimizer
+        assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == generator_steps
 
 
 def test_invalid_frame_count_fails_clearly(tmp_path):

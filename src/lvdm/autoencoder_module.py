@@ -13,14 +13,14 @@ from typing import Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from lvdm.autoencoders.base import VideoAutoencoder
 from lvdm.autoencoders.discriminator import PatchDiscriminator3D
 from lvdm.autoencoders.losses import adaptive_weight, generator_loss, hinge_discriminator_loss, psnr
 
-_PARTS = ("autoencoder", "discriminator", "optimizer", "discriminator_optimizer")
+_PARTS = ("autoencoder", "discriminator", "optimizer", "discriminator_optimizer", "lr_scheduler")
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
@@ -47,6 +47,9 @@ class AutoencoderModule(L.LightningModule):
         discriminator: optional PatchGAN; ``None`` trains on reconstruction terms alone.
         optimizer: optimiser factory of the autoencoder.
         discriminator_optimizer: optimiser factory of the discriminator.
+        lr_scheduler: optional learning-rate schedule of the autoencoder's optimiser (e.g.
+            :class:`lvdm.module.WarmupCosineLR`), stepped once per generator step, so its step
+            counts are generator steps (equal to ``trainer.max_steps`` without a discriminator).
         l1_weight: weight of the L1 reconstruction loss.
         l2_weight: weight of the mean-squared reconstruction loss.
         gan_weight: weight of the generator's GAN loss (times the adaptive weight).
@@ -64,6 +67,7 @@ class AutoencoderModule(L.LightningModule):
         discriminator: Optional[PatchDiscriminator3D] = None,
         optimizer: OptimizerCallable = _default_optimizer,
         discriminator_optimizer: OptimizerCallable = _default_optimizer,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
         l1_weight: float = 1.0,
         l2_weight: float = 0.0,
         gan_weight: float = 0.1,
@@ -82,6 +86,7 @@ class AutoencoderModule(L.LightningModule):
         self.discriminator = discriminator
         self.optimizer_factory = optimizer
         self.discriminator_optimizer_factory = discriminator_optimizer
+        self.lr_scheduler_factory = lr_scheduler
         self.l1_weight, self.l2_weight, self.gan_weight = l1_weight, l2_weight, gan_weight
         self.gan_start, self.gan_warmup, self.adaptive_gan_weight = gan_start, gan_warmup, adaptive_gan_weight
         self.gradient_clip = gradient_clip
@@ -132,6 +137,9 @@ class AutoencoderModule(L.LightningModule):
             loss = loss + factor * self.gan_weight * weight * g_loss
             logs.update({"train/g_loss": g_loss.detach(), "train/gan_adaptive_weight": torch.as_tensor(weight)})
         self._step(opt_g, loss)
+        if self.lr_scheduler_factory is not None:
+            self.lr_schedulers().step()
+            logs["train/lr"] = torch.as_tensor(opt_g.param_groups[0]["lr"])
         if factor > 0:
             d_loss = hinge_discriminator_loss(self.discriminator(video), self.discriminator(out.reconstruction.detach()))
             self._step(opt_d, d_loss)
@@ -177,6 +185,9 @@ class AutoencoderModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt_g = self.optimizer_factory([p for p in self.autoencoder.parameters() if p.requires_grad])
-        if self.discriminator is None:
-            return opt_g
-        return [opt_g, self.discriminator_optimizer_factory(list(self.discriminator.parameters()))]
+        optimizers = [opt_g]
+        if self.discriminator is not None:
+            optimizers.append(self.discriminator_optimizer_factory(list(self.discriminator.parameters())))
+        if self.lr_scheduler_factory is None:
+            return optimizers[0] if len(optimizers) == 1 else optimizers
+        return optimizers, [self.lr_scheduler_factory(opt_g)]
