@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities import rank_zero_info
 
 from lvdm.autoencoders.base import VideoAutoencoder
 from lvdm.autoencoders.discriminator import PatchDiscriminator3D
@@ -96,6 +97,24 @@ class AutoencoderModule(L.LightningModule):
         self.register_buffer("latent_std", torch.ones(c))
         self._latent_sums: Optional[torch.Tensor] = None
         self._train_start: Optional[float] = None
+
+    def setup(self, stage: str) -> None:
+        """Fits the strategy to the two optimisers (before it wraps the module): the generator
+        and discriminator steps each leave the other's parameters without gradients, which DDP
+        must be told (it would stop at the first step otherwise); DeepSpeed takes one optimiser."""
+        if self.discriminator is None or stage != "fit":
+            return
+        from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DeepSpeedStrategy):
+            raise ValueError("AutoencoderModule with a discriminator needs two optimisers, and Lightning's "
+                             "DeepSpeedStrategy takes one: train the GAN with --trainer.strategy ddp (or fsdp), "
+                             "or set model.discriminator: null under DeepSpeed")
+        if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters"):
+            rank_zero_info("AutoencoderModule: DDP with find_unused_parameters=True (the generator and "
+                           "discriminator steps each leave the other's parameters unused)")
+            strategy._ddp_kwargs["find_unused_parameters"] = True
 
     def gan_factor(self) -> float:
         """0 before ``gan_start``, then a linear ramp to 1 over ``gan_warmup`` generator steps."""
