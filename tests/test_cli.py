@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # parsed and their models built on the meta device in tests/test_opensora_recipes.py instead.
 REAL_SIZE_RECIPES = sorted((ROOT / "recipes/opensora").glob("*.yaml"))
 RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set(REAL_SIZE_RECIPES))
+# recipes whose compressor is a trained lvdm autoencoder: built from one in tests/test_autoencoder_pipeline.py
+NEEDS_TRAINED_VAE = {ROOT / "recipes/autoencoder/shapes_dit_vae.yaml"}
 FRAGMENTS = sorted((ROOT / "callbacks").glob("*.yaml"))
 
 
@@ -55,7 +57,7 @@ def test_recipes_exist_for_every_conditioning_variant():
     assert {"adaln", "cross_attn", "in_context"} <= names
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("recipe", sorted(set(RECIPES) - NEEDS_TRAINED_VAE), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_recipe_loads(recipe):
     cli = lightning_cli(["--config", str(recipe)], run=False)
     model = cli.model
