@@ -61,7 +61,8 @@ class LastSeen(L.Callback):
 
 def test_last_is_written_at_every_validation_without_top_k(tmp_path):
     """`save_top_k: 0` + `save_last` (the small recipes): Lightning alone writes last.ckpt only at
-    the end of training, so a run killed before then lost everything."""
+    the end of training, so a run killed before then lost everything; and once it has written one,
+    it does not write the final step at the end."""
     seen = LastSeen(tmp_path / "checkpoints" / "last.ckpt")
     loader = DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=4)
     trainer = L.Trainer(max_steps=7, accelerator="cpu", default_root_dir=tmp_path, logger=False,
@@ -70,6 +71,8 @@ def test_last_is_written_at_every_validation_without_top_k(tmp_path):
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(Validated(), loader, loader)
     assert seen.steps == [None, None, None, 3, 3, 3, 6]
+    # and the end of training writes the final step, though the last validation came before it
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 7
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
 
 

@@ -133,7 +133,8 @@ class RunCheckpoint(ModelCheckpoint):
     ``filename``, ...); ``dirpath`` defaults to ``<trainer.default_root_dir>/checkpoints`` and
     ``save_last`` to ``True``. ``last`` is written at the end of every validation even when no
     top-k checkpoint is (``save_top_k: 0``, the small recipes), where Lightning writes it only
-    together with one: a killed run resumes from its last validation, not from scratch.
+    together with one: a killed run resumes from its last validation, not from scratch. At the
+    end of training ``last`` always holds the final step.
     """
 
     def __init__(self, dirpath: Optional[str] = None, save_last: Optional[bool] = True, **kwargs: Any):
@@ -155,6 +156,13 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         if (self.save_last and not self._should_skip_saving_checkpoint(trainer)
                 and not self._should_save_on_train_epoch_end(trainer)):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning writes 'last' at the end only when it never wrote one: a run whose last
+        # validation came before its last step would end with an older 'last'.
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and self._last_global_step_saved != trainer.global_step and not trainer.fast_dev_run:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
