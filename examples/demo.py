@@ -16,11 +16,15 @@ Runs the same commands a user would type, printing each one:
    first frames of the held-out clips: do the generated frames move the way the caption says?
 
 Both phases train a fixed number of steps: a busy or slow machine takes longer (the demo
-prints its step rate and the machine's load) but trains the same model. ``--compare`` also
-trains the video-only recipe (``recipes/demo/shapes.yaml``) for the same total number of
-steps and scores it the same way.
+prints its step rate and the machine's load) but trains the same model.
 
-Usage: ``python examples/demo.py [--out demo_out] [--image_steps N] [--video_steps N] [--compare]``.
+``--compare`` also trains the video-only recipe (``recipes/demo/shapes.yaml``) for the same total
+number of steps (image + video) and scores both runs every ``--curve_every`` steps: accuracy
+against training minutes, both curves, written to ``<out>/compare.json``. That doubles the
+demo's time, so ``make demo`` prints the comparison recorded by such a run
+(``examples/demo_compare.json``, its command, machine and date inside) next to its own numbers.
+
+Usage: ``python examples/demo.py [--out demo_out] [--image_steps N] [--video_steps N] [--compare [--curve_every N]]``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (("colour", 0.95), ("direction", 0.75), ("shape", 0.60))
+RECORDED = ROOT / "examples" / "demo_compare.json"  # the last `--compare` run's result, committed
 
 
 def run(cmd: list[str]) -> float:
@@ -54,7 +61,18 @@ def last_checkpoint(run_dir: Path) -> Path:
     return checkpoint
 
 
-def fit(lvdm, recipe, latents: Path, run_dir: Path, steps: int | None, extra=()) -> tuple[Path, float]:
+def fit(lvdm, recipe, latents: Path, run_dir: Path, steps: int | None, extra=(),
+        curve_every: int | None = None) -> tuple[Path, float, float]:
+    """Trains ``recipe``; returns its last checkpoint, the seconds the command took and its start
+    time. ``curve_every`` also keeps a checkpoint every that many steps in ``<run_dir>/curve``."""
+    if curve_every:
+        shutil.rmtree(run_dir / "curve", ignore_errors=True)  # a rerun's minutes must not mix with old files
+        extra = [*extra, "--trainer.callbacks+=lvdm.callbacks.checkpoint.RunCheckpoint",
+                 "--trainer.callbacks.dirpath", str(run_dir / "curve"),
+                 "--trainer.callbacks.every_n_train_steps", str(curve_every),
+                 "--trainer.callbacks.save_top_k", "-1", "--trainer.callbacks.save_last", "false",
+                 "--trainer.callbacks.filename", "step{step:05d}",
+                 "--trainer.callbacks.auto_insert_metric_name", "false"]
     cmd = lvdm + [
         "fit", "--config", recipe,
         "--data.init_args.train_shards", str(latents / "train-*.tar"),
@@ -63,8 +81,9 @@ def fit(lvdm, recipe, latents: Path, run_dir: Path, steps: int | None, extra=())
     ]
     if steps is not None:
         cmd += ["--trainer.max_steps", str(steps)]  # the recipe's schedule follows it
+    start = time.time()
     seconds = run(cmd)
-    return last_checkpoint(run_dir), seconds
+    return last_checkpoint(run_dir), seconds, start
 
 
 def probe(lvdm, checkpoint: Path, prompts: Path, samples: Path, result: Path, extra=(), probe_extra=()) -> dict:
@@ -72,6 +91,36 @@ def probe(lvdm, checkpoint: Path, prompts: Path, samples: Path, result: Path, ex
                 "--batch_size", "64", "--overwrite", "true", *extra])
     run(lvdm + ["eval", "probe", "--videos", str(samples), "--output", str(result), *probe_extra])
     return json.loads(result.read_text())["accuracy"]
+
+
+def curve(lvdm, run_dir: Path, start: float, steps: int, offset: tuple[int, float], prompts: Path, out: Path) -> list:
+    """Probe accuracy of every checkpoint in ``<run_dir>/curve`` and of the final one (``steps``
+    steps), against total steps and minutes: when the checkpoint was written since the fit started,
+    plus ``offset`` (the steps and minutes of an earlier phase)."""
+    checkpoints = [(int(c.stem[len("step"):]), c) for c in sorted((run_dir / "curve").glob("step*.ckpt"))]
+    checkpoints = [(step, c) for step, c in checkpoints if step < steps] + [(steps, last_checkpoint(run_dir))]
+    points = []
+    for step, checkpoint in checkpoints:
+        name = f"{run_dir.name}_{step:05d}"
+        accuracy = probe(lvdm, checkpoint, prompts, out / "curve_samples" / name, out / "curve_samples" / f"{name}.json")
+        points.append({"steps": offset[0] + step, "minutes": round(offset[1] + (checkpoint.stat().st_mtime - start) / 60, 2),
+                       **{key: accuracy[key] for key, _ in TARGETS}})
+    return points
+
+
+def print_comparison(result: dict) -> None:
+    """The curriculum and video-only curves as one table, in order of minutes."""
+    print(f"  {'run':11s} {'steps':>5s} {'minutes':>7s} {'colour':>6s} {'direction':>9s} {'shape':>5s}")
+    for name in ("curriculum", "video_only"):
+        for p in result[name]:
+            print(f"  {name.replace('_', '-'):11s} {p['steps']:5d} {p['minutes']:7.1f} {p['colour']:6.3f} "
+                  f"{p['direction']:9.3f} {p['shape']:5.3f}")
+
+
+def recipe_steps(recipe: str) -> int:
+    import yaml
+
+    return int(yaml.safe_load((ROOT / recipe).read_text())["trainer"]["max_steps"])
 
 
 def write_first_frames(shards: Path, out: Path) -> Path:
@@ -106,7 +155,9 @@ def main() -> None:
     parser.add_argument("--video_steps", type=int, default=None, help="override the video phase's max_steps")
     parser.add_argument("--num_train", type=int, default=4000, help="training clips to synthesise")
     parser.add_argument("--compare", action="store_true",
-                        help="also train the video-only recipe for the same total steps and score it")
+                        help="also train the video-only recipe for the same total steps; score both runs every "
+                             "--curve_every steps (accuracy against minutes, <out>/compare.json)")
+    parser.add_argument("--curve_every", type=int, default=600, help="steps between the points of --compare's curves")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "src"))
@@ -121,14 +172,17 @@ def main() -> None:
     if not (latents / "val_prompts.txt").exists():
         run(lvdm + ["data", "encode", "--shards", str(data), "--out", str(latents)])
 
+    image_steps = args.image_steps or recipe_steps("recipes/demo/image.yaml")
+    video_steps = args.video_steps or recipe_steps("recipes/demo/video.yaml")
+    every = args.curve_every if args.compare else None
     print(f"\n--- phase 1: images ({load_line()})", flush=True)
-    image_ckpt, image_s = fit(lvdm, "recipes/demo/image.yaml", latents, out / "run_image", args.image_steps)
+    image_ckpt, image_s, image_start = fit(lvdm, "recipes/demo/image.yaml", latents, out / "run_image", image_steps)
     print(f"\n--- phase 2: video from the image phase ({load_line()})", flush=True)
-    video_ckpt, video_s = fit(
-        lvdm, "recipes/demo/video.yaml", latents, out / "run_video", args.video_steps,
+    video_ckpt, video_s, video_start = fit(
+        lvdm, "recipes/demo/video.yaml", latents, out / "run_video", video_steps,
         ["--trainer.callbacks+=lvdm.callbacks.init_from.InitFrom", "--trainer.callbacks.source", str(image_ckpt),
          "--trainer.callbacks.module=", "--trainer.callbacks.prefix=", "--trainer.callbacks.strict", "true",
-         "--trainer.callbacks.inflate_time", "true"],
+         "--trainer.callbacks.inflate_time", "true"], every,
     )
     curriculum = probe(lvdm, video_ckpt, prompts, out / "samples", out / "probe.json")
     first_frames = write_first_frames(data, out / "first_frames")
@@ -137,13 +191,22 @@ def main() -> None:
                 ["--skip_frames", "1"])
     total = time.time() - t0
 
-    baseline = None
+    comparison = None
     if args.compare:
-        steps = None
-        if args.image_steps is not None or args.video_steps is not None:
-            steps = (args.image_steps or 1500) + (args.video_steps or 2100)
-        base_ckpt, base_s = fit(lvdm, "recipes/demo/shapes.yaml", latents, out / "run_video_only", steps)
-        baseline = probe(lvdm, base_ckpt, prompts, out / "samples_video_only", out / "probe_video_only.json")
+        print(f"\n--- video-only baseline, {image_steps + video_steps} steps ({load_line()})", flush=True)
+        _, _, base_start = fit(lvdm, "recipes/demo/shapes.yaml", latents, out / "run_video_only",
+                               image_steps + video_steps, curve_every=every)
+        image_minutes = (image_ckpt.stat().st_mtime - image_start) / 60
+        comparison = {
+            "command": shlex.join(["python", "examples/demo.py", *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {load_line()} at the end",
+            "curriculum": curve(lvdm, out / "run_video", video_start, video_steps, (image_steps, image_minutes),
+                                prompts, out),
+            "video_only": curve(lvdm, out / "run_video_only", base_start, image_steps + video_steps, (0, 0.0),
+                                prompts, out),
+        }
+        (out / "compare.json").write_text(json.dumps(comparison, indent=1) + "\n")
 
     print("\n=== lvdm demo: held-out prompts (combinations never seen in training) ===")
     print(f"videos: {out / 'samples'}/  (64 clips)")
@@ -152,9 +215,15 @@ def main() -> None:
         print(f"  {key:9s} accuracy {curriculum[key]:.3f}   (target ≥ {target:.2f}) {ok}")
     print(f"image-to-video from the held-out first frames (generated frames 1-7): direction {i2v['direction']:.3f}, "
           f"colour {i2v['colour']:.3f}, shape {i2v['shape']:.3f}   ({out / 'samples_i2v'}/)")
-    if baseline is not None:
-        print(f"video-only at the same number of steps ({base_s:.0f} s of training): "
-              + ", ".join(f"{k} {baseline[k]:.3f}" for k, _ in TARGETS))
+    if comparison is not None:
+        print(f"curriculum (image phase, then video) vs video-only at equal steps, measured now "
+              f"({out / 'compare.json'}):")
+        print_comparison(comparison)
+    elif RECORDED.exists():
+        recorded = json.loads(RECORDED.read_text())
+        print(f"curriculum vs video-only at equal steps, as recorded by `{recorded['command']}` on {recorded['date']} "
+              f"({recorded['machine']}; {RECORDED.relative_to(ROOT)}; run it to measure on this machine):")
+        print_comparison(recorded)
     print(f"training: image phase {image_s:.0f} s, video phase {video_s:.0f} s; demo total {total:.0f} s "
           f"({load_line()} now). The steps are fixed: a busy machine takes longer, not a smaller model.")
 

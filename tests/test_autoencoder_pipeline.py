@@ -59,7 +59,7 @@ def test_dit_trains_on_the_vae_latents_and_samples_through_the_vae(vae_run):
 def test_dit_training_refuses_latents_of_another_vae(vae_run, tmp_path):
     """Latent shards name their compressor: a DiT whose VAE differs (here: the raw weights instead
     of the EMA ones the shards were encoded with) is refused before training."""
-    root, data, vae = vae_run
+    _, data, vae = vae_run
     latents = tmp_path / "latents"
     lvdm("data", "encode", "--shards", str(data), "--out", str(latents), "--num_frames", "9",
          "--compressor", "lvdm.compressors.autoencoder.AutoencoderCompressor", "--compressor.checkpoint", str(vae))
