@@ -66,38 +66,38 @@ def encode_image(frame: np.ndarray, ext: str = "png") -> bytes:
 
 def encode_audio_only(seconds: float = 0.5, ext: str = "mp4") -> bytes:
     """A container holding one AAC audio stream and no video (a sine tone)."""
-    rate = 16000
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=_FORMATS[ext]) as container:
-        stream = container.add_stream("aac", rate=rate)
-        samples = np.sin(np.arange(int(seconds * rate)) * 0.05).astype(np.float32)
-        for start in range(0, len(samples), 1024):
-            frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="fltp", layout="mono")
-            frame.sample_rate = rate
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+        _mux_tone(container, container.add_stream("aac", rate=_AUDIO_RATE), seconds)
     return buffer.getvalue()
+
+
+_AUDIO_RATE = 16000
+
+
+def _mux_tone(container, stream, seconds: float) -> None:
+    """Encodes ``seconds`` of a mono sine tone into the AAC ``stream`` of ``container``, then flushes it."""
+    samples = np.sin(np.arange(int(seconds * _AUDIO_RATE)) * 0.05).astype(np.float32)
+    for start in range(0, len(samples), 1024):
+        frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="fltp", layout="mono")
+        frame.sample_rate = _AUDIO_RATE
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())
 
 
 def encode_video_with_audio(video: np.ndarray, ext: str = "mkv", audio_seconds: float = 2.0, fps: float = 8) -> bytes:
     """``video`` (as :func:`encode_video`) plus an AAC track of ``audio_seconds`` in one container."""
     codec, pix_fmt = CODECS[ext]
-    rate = 16000
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=_FORMATS[ext]) as container:
         vstream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         vstream.height, vstream.width = video.shape[1:3]
         vstream.pix_fmt = pix_fmt
-        astream = container.add_stream("aac", rate=rate)
-        samples = np.sin(np.arange(int(audio_seconds * rate)) * 0.05).astype(np.float32)
+        astream = container.add_stream("aac", rate=_AUDIO_RATE)
         for frame in video:
             container.mux(vstream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(vstream.encode())
-        for start in range(0, len(samples), 1024):
-            chunk = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="fltp", layout="mono")
-            chunk.sample_rate = rate
-            container.mux(astream.encode(chunk))
-        container.mux(astream.encode())
+        _mux_tone(container, astream, audio_seconds)
     return buffer.getvalue()
 
 

@@ -26,6 +26,14 @@ def data_parallel_rank_world(trainer: Optional[Any]) -> tuple[int, int]:
     return trainer.global_rank // size, max(trainer.world_size // size, 1)
 
 
+def _run_seed(seed: Optional[int]) -> Optional[int]:
+    """``seed``, else the run's ``seed_everything`` value (``PL_GLOBAL_SEED``), else ``None``."""
+    if seed is not None:
+        return seed
+    env = os.environ.get("PL_GLOBAL_SEED")
+    return None if env is None else int(env)
+
+
 def seed_data_parallel_replica(trainer: Any, seed: Optional[int] = None) -> Optional[int]:
     """Seed ``random``, numpy and torch with ``seed + data-parallel rank``.
 
@@ -36,11 +44,9 @@ def seed_data_parallel_replica(trainer: Any, seed: Optional[int] = None) -> Opti
     neither, nothing is reseeded (each process then keeps its own random seed). Returns the
     base seed used, or ``None``.
     """
+    seed = _run_seed(seed)
     if seed is None:
-        env = os.environ.get("PL_GLOBAL_SEED")
-        if env is None:
-            return None
-        seed = int(env)
+        return None
     dp_rank, _ = data_parallel_rank_world(trainer)
     random.seed(seed + dp_rank)
     np.random.seed((seed + dp_rank) % 2**32)
@@ -58,11 +64,9 @@ def seed_training_batch(trainer: Any, seed: Optional[int] = None) -> Optional[in
     ranks of one sequence-parallel group share a data-parallel rank and so draw alike. ``seed``
     defaults to the run's ``seed_everything`` value; with neither, nothing is reseeded.
     """
+    seed = _run_seed(seed)
     if seed is None:
-        env = os.environ.get("PL_GLOBAL_SEED")
-        if env is None:
-            return None
-        seed = int(env)
+        return None
     dp_rank, _ = data_parallel_rank_world(trainer)
     batch = trainer.fit_loop.epoch_loop.total_batch_idx  # restored from checkpoints by Lightning
     step_seed = int(np.random.SeedSequence([seed, dp_rank, batch]).generate_state(1, np.uint64)[0] >> 1)
