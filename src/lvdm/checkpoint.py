@@ -12,9 +12,10 @@ rebuilds the model from the recipe stored with it and loads the raw or the EMA w
 A checkpoint is a stranger's file. Pickles are read with ``torch.load(weights_only=True)``,
 which only rebuilds tensors and plain containers and never runs code; DeepSpeed files (which
 DeepSpeed itself unpickles freely) are scanned first and refused if they name a type outside
-:data:`DEEPSPEED_ALLOWED_GLOBALS`. The recipe names classes to build: every ``class_path`` in
-it must lie under :data:`ALLOWED_CLASS_PREFIXES` and the instantiator must be Lightning's
-own, so a crafted file cannot make lvdm import or call anything else.
+:data:`DEEPSPEED_ALLOWED_GLOBALS`. The recipe stored with the weights is built by the one safe
+builder, :mod:`lvdm.stored_recipe`: every class it names, at any depth, must be lvdm's (or
+torch.nn / torch.optim / Lightning's), no class spec may sit in an untyped parameter, no string
+may be a pipe or URL, and jsonargparse's import policy is enforced while it builds.
 """
 
 from __future__ import annotations
@@ -24,16 +25,13 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 
+from lvdm.stored_recipe import INSTANTIATOR, UnsafeCheckpointError, build_stored_module  # noqa: F401 (re-exported)
 from lvdm.utils import check_finite
 
-#: Packages whose classes a stored recipe may name (``class_path`` values).
-ALLOWED_CLASS_PREFIXES = ("lvdm.", "torch.nn.", "torch.optim.", "lightning.pytorch.")
-#: The only instantiator a stored recipe may name: Lightning CLI's.
-INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 #: Types a DeepSpeed checkpoint file may name besides what ``weights_only`` allows.
 DEEPSPEED_ALLOWED_GLOBALS = frozenset(
     {
@@ -59,10 +57,6 @@ _DEEPSPEED_KEYS = (
     "global_steps", "global_samples", "dp_world_size", "mp_world_size", "checkpoint_parallel_dimensions",
     "ds_config", "ds_version", "csr_tensor_module_names",
 )
-
-
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint asks for something lvdm will not do with a stranger's file."""
 
 
 def torch_load(path: str | Path) -> Any:
@@ -196,47 +190,11 @@ def load_ema_weights(checkpoint: dict, module: torch.nn.Module) -> bool:
     return True
 
 
-def _class_paths(value: Any) -> Iterator[str]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key in ("class_path", "_class_path") and isinstance(item, str):
-                yield item
-            else:
-                yield from _class_paths(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _class_paths(item)
-
-
 def build_module(hparams: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:
     """Rebuild the LightningModule a stored recipe describes (``hyper_parameters`` of a
-    checkpoint written by ``lvdm fit``), after checking every class it names is allowed."""
-    import lightning as L
-    from lightning.pytorch.cli import instantiate_module
-
-    hparams = dict(hparams)
-    instantiator = hparams.pop("_instantiator", None)
-    if instantiator is None:
-        raise ValueError(
-            f"{source} carries no recipe (it was not trained with `lvdm fit`); "
-            "build the module in Python and load its state_dict instead"
-        )
-    if instantiator != INSTANTIATOR:
-        raise UnsafeCheckpointError(f"{source} names the instantiator {instantiator!r}; lvdm only uses {INSTANTIATOR!r}")
-    for class_path in _class_paths(hparams):
-        if not class_path.startswith(ALLOWED_CLASS_PREFIXES):
-            raise UnsafeCheckpointError(
-                f"{source} names the class {class_path!r}, outside the packages lvdm builds from a stored recipe "
-                f"{ALLOWED_CLASS_PREFIXES}"
-            )
-    module_name, _, class_name = hparams.get("_class_path", "").rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"{source}: cannot find its module class {hparams.get('_class_path')!r}: {err}") from None
-    if not (isinstance(cls, type) and issubclass(cls, L.LightningModule)):
-        raise UnsafeCheckpointError(f"{source}: {hparams['_class_path']!r} is not a LightningModule")
-    return instantiate_module(cls, hparams)
+    checkpoint written by ``lvdm fit``) through the one safe builder,
+    :func:`lvdm.stored_recipe.build_stored_module`."""
+    return build_stored_module(hparams, source)
 
 
 @dataclass

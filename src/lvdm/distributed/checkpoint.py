@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from lvdm.checkpoint import METADATA_KEY, ema_weights, read_checkpoint
+from lvdm.stored_recipe import check_stored_recipe
 from lvdm.utils import check_finite
 
 
@@ -36,11 +37,7 @@ def export_checkpoint(checkpoint: str, out: str, ema: bool = False) -> str:
         raise ValueError(f"--out must end in .safetensors, got {out!r}")
     ckpt = read_checkpoint(checkpoint)
     hparams = dict(ckpt.get("hyper_parameters") or {})
-    if "_instantiator" not in hparams:
-        raise ValueError(
-            f"checkpoint {checkpoint!r} carries no recipe (it was not trained with `lvdm fit`), so the exported "
-            "file could not rebuild the model"
-        )
+    check_stored_recipe(hparams, source=f"checkpoint {checkpoint!r}")  # never copy a payload into a new file
     weights = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     if ema:
         shadow = ema_weights(ckpt)
