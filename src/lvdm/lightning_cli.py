@@ -6,13 +6,20 @@
 * every run checkpoints into ``<default_root_dir>/checkpoints``, atomically, and ``--ckpt_path
   last`` finds the newest valid checkpoint there (:class:`~lvdm.callbacks.checkpoint.RunCheckpoint`,
   added when the recipe configures no ``ModelCheckpoint``);
-* a DeepSpeed checkpoint directory given to ``--ckpt_path`` is scanned before DeepSpeed unpickles it;
+* ``--ckpt_path`` is a stranger's file: the recipe Lightning merges from it passes the safe
+  builder's checks first (:func:`lvdm.stored_recipe.check_stored_recipe`), and whatever path the
+  trainer resumes from (given, ``last``, ``hpc``, SLURM's automatic ``hpc_ckpt_N.ckpt``) is loaded
+  weights-only, a DeepSpeed directory scanned before DeepSpeed unpickles it
+  (:func:`guard_checkpoint_loading`);
 * Lightning's advertising tips are not printed.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
+from pathlib import Path
+from typing import Any, Optional
 
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
@@ -22,7 +29,7 @@ from lvdm.callbacks.checkpoint import RunCheckpoint
 from lvdm.callbacks.media import SaveRecipe
 from lvdm.callbacks.progress import StepProgressBar
 
-__all__ = ["LvdmCLI", "quiet_lightning_tips"]
+__all__ = ["LvdmCLI", "guard_checkpoint_loading", "quiet_lightning_tips"]
 
 
 class _NoTips(logging.Filter):
@@ -37,6 +44,29 @@ def quiet_lightning_tips() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoTips) for f in logger.filters):
             logger.addFilter(_NoTips())
+
+
+def guard_checkpoint_loading(strategy) -> None:
+    """Make ``strategy.load_checkpoint`` (what every resume calls, whichever way Lightning found
+    the path) safe for a stranger's file: a DeepSpeed directory under any name is scanned before
+    DeepSpeed unpickles it, and a file is read weights-only (Lightning reads a remote one with
+    ``weights_only=False`` by default). Refusals name the file in one line."""
+    from lvdm.checkpoint import UnsafeCheckpointError, check_deepspeed_checkpoint, is_deepspeed_checkpoint
+
+    load = strategy.load_checkpoint
+
+    def load_checkpoint(checkpoint_path, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        if is_deepspeed_checkpoint(checkpoint_path):
+            check_deepspeed_checkpoint(checkpoint_path)
+        try:
+            return load(checkpoint_path, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise UnsafeCheckpointError(
+                f"refusing to resume from {str(checkpoint_path)!r}: it is not a plain weights file (loading it could "
+                f"run code). torch said: {str(err).splitlines()[0]}"
+            ) from None
+
+    strategy.load_checkpoint = load_checkpoint
 
 
 class LvdmCLI(LightningCLI):
@@ -58,17 +88,32 @@ class LvdmCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
+        guard_checkpoint_loading(trainer.strategy)
         for callback in trainer.callbacks:  # say where checkpoints go before fit (RunCheckpoint.setup agrees)
             if isinstance(callback, RunCheckpoint) and callback.dirpath is None:
                 callback.dirpath = callback.run_folder(trainer)
         return trainer
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        # DeepSpeed unpickles a checkpoint directory freely when Lightning resumes from it: scan
-        # it first (a "last" resolved by RunCheckpoint is scanned there).
-        from lvdm.checkpoint import check_deepspeed_checkpoint, is_deepspeed_checkpoint
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's merge of the recipe stored in ``--ckpt_path`` into the run's config, with
+        the file read weights-only and the recipe checked by the safe builder first (Lightning's
+        own merge instantiates whatever the file names)."""
+        from lvdm.checkpoint import torch_load
+        from lvdm.stored_recipe import check_stored_recipe
 
-        path = self.config_init[subcommand].get("ckpt_path")
-        if path and path not in ("last", "best", "hpc") and is_deepspeed_checkpoint(path):
-            check_deepspeed_checkpoint(path)
-        super()._run_subcommand(subcommand)
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path or not Path(path).is_file():
+            return
+        ckpt = torch_load(path)
+        hparams = dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
+        if "_instantiator" not in hparams:  # not written by `lvdm fit`: no recipe to merge, the run's own stands
+            return
+        check_stored_recipe(hparams, source=f"checkpoint {str(path)!r}")
+        hparams.pop("_instantiator")
+        model = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
+        except SystemExit:
+            raise ValueError(f"checkpoint {str(path)!r}: its stored recipe does not merge with the run's config "
+                             "(see the message above)") from None
