@@ -37,6 +37,14 @@ def format_prompt(template: str, clip: Clip, frames: int) -> str:
 class _Captioner:
     num_frames: int = 3
 
+    def load(self) -> None:
+        """Load the model (idempotent; nothing for an HTTP endpoint): called before any sample is
+        read and in each worker before its first sample.
+
+        Raises:
+            FileNotFoundError: naming the missing local path or the hub id that cannot be had.
+        """
+
     def frame_indices(self, total: int) -> list[int]:
         """Frames shown to the model: ``num_frames`` evenly spaced (1 for an image)."""
         return evenly_spaced(total, self.num_frames)
@@ -81,13 +89,17 @@ class TransformersCaptioner(_Captioner):
     def __getstate__(self):  # the model is loaded again on each worker
         return {**self.__dict__, "_loaded": None}
 
+    def load(self) -> None:
+        self._load()
+
     def _load(self):
         if self._loaded is None:
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
-            from lvdm.utils import parse_dtype, resolve_pretrained
+            from lvdm.curation.hub import locate_model
+            from lvdm.utils import parse_dtype
 
-            location = resolve_pretrained(self.model)
+            location = locate_model(self.model, "captioning model")
             processor = AutoProcessor.from_pretrained(location)
             model = AutoModelForImageTextToText.from_pretrained(location, dtype=parse_dtype(self.dtype))
             tokenizer = getattr(processor, "tokenizer", processor)
