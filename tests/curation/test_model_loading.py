@@ -105,3 +105,17 @@ def test_a_caption_server_that_refuses_everything_fails_the_stage(dataset, tmp_p
                                                 "CaptionRequestError: .* refused the request: HTTP 400"):
         caption_dataset(str(dataset), str(tmp_path / "out"), model="m", backend="openai", base_url=url, workers=0)
     StubVLM.mode = "ok"
+
+
+def test_the_up_front_load_is_released_when_workers_load_their_own(clip_dir, tmp_path):
+    import torch
+
+    from lvdm.curation.folder import release
+    from lvdm.curation.scorers import AestheticScorer
+
+    torch.save(torch.nn.Linear(16, 1).state_dict(), tmp_path / "head.pth")
+    scorer = AestheticScorer(clip_dir, str(tmp_path / "head.pth"))
+    scorer.load()
+    assert scorer._model is not None and scorer._head is not None
+    release(scorer)
+    assert scorer._model is None and scorer._head is None and scorer.clip == clip_dir

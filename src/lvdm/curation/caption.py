@@ -7,7 +7,7 @@ from typing import Optional
 
 from lvdm.curation.captioners import DEFAULT_PROMPT, OpenAICaptioner, TransformersCaptioner, redact
 from lvdm.curation.engine import check_not_all_failed, failed, make_engine
-from lvdm.curation.folder import (error_text, media_of, meta_of, prepare_output, read_samples, work_items,
+from lvdm.curation.folder import (error_text, media_of, meta_of, prepare_output, read_samples, release, work_items,
                                   write_updated_folder)
 from lvdm.curation.frames import load_clip_frames
 
@@ -133,6 +133,8 @@ def caption_dataset(
     items = work_items(source, batch_size if backend == "transformers" else max(batch_size, concurrency))
     out_dir = prepare_output(source, out, overwrite)
     runner = make_engine(engine, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
+    if not (engine == "local" and getattr(runner, "workers", 1) == 0):  # the workers load their own model
+        release(captioner)
     results = runner.map(CaptionChunk(captioner, max_short_side), items, desc="captioning")
     updates, hide = {}, getattr(captioner, "redact", redact)  # no credentials in what is written
     for (_, keys), result in zip(items, results):

@@ -167,7 +167,8 @@ class OpenAICaptioner(_Captioner):
     Requests run ``concurrency`` at a time. A connection error, a timeout, HTTP 429 or a 5xx
     answer is retried up to ``retries`` more times, waiting ``backoff * 2**attempt`` seconds
     between tries; then (or at once, for another 4xx) the clip's caption is a recorded failure,
-    never a hang or a crash of the run.
+    never a hang or a crash of the run. Requests go straight to ``base_url`` (``http.client``:
+    the ``HTTP(S)_PROXY`` variables are not used).
 
     Args:
         base_url: the API root, e.g. ``http://127.0.0.1:8000/v1`` (``/chat/completions`` is

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lvdm.curation.engine import check_not_all_failed, failed, make_engine
-from lvdm.curation.folder import (error_text, media_of, meta_of, prepare_output, read_samples, work_items,
+from lvdm.curation.folder import (error_text, media_of, meta_of, prepare_output, read_samples, release, work_items,
                                   write_updated_folder)
 from lvdm.curation.frames import Clip, load_clip_frames
 from lvdm.data.schema import IMAGE_EXTENSIONS
@@ -202,6 +202,9 @@ def score_dataset(
     out_dir = prepare_output(source, out, overwrite)
     runner = make_engine(engine, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
     in_process = engine == "local" and getattr(runner, "workers", 1) == 0
+    if not in_process:  # the workers load their own models
+        for scorer in chosen:
+            release(scorer)
     chunk = ScoreChunk(chosen, max_short_side=max_short_side, threads=None if in_process else 1)
     results = runner.map(chunk, items, desc="scoring")
     keys, rows, problems = [], [], []
