@@ -112,16 +112,35 @@ class StubVLM(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"no such model")
             return
+        images = sum(part["type"] == "image_url" for part in body["messages"][0]["content"])
+        if self.mode == "fail_images" and images == 1:
+            self.send_response(503)
+            self.end_headers()
+            self.wfile.write(b"no images today")
+            return
+        if self.mode == "echo_auth":  # a careless server that quotes the credentials it got
+            self.send_response(401)
+            self.end_headers()
+            self.wfile.write(f"bad credentials: {self.headers.get('Authorization')}".encode())
+            return
         if self.mode == "slow":
             time.sleep(1.0)
-        images = sum(part["type"] == "image_url" for part in body["messages"][0]["content"])
         answer = {"choices": [{"message": {"role": "assistant", "content": f" {images} frames of {body['model']} "}}]}
         data = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if self.mode != "trickle":
+            self.wfile.write(data)
+            return
+        try:  # one byte every 0.1 s: each read is quick, the whole answer takes seconds
+            for byte in data:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:  # the client gave up
+            pass
 
 
 @pytest.fixture()

@@ -175,3 +175,44 @@ def test_local_and_ray_captions_are_identical(server, dataset, tmp_path, local_r
     local = pd.read_parquet(tmp_path / "local" / "manifest.parquet")
     pd.testing.assert_frame_equal(local, pd.read_parquet(tmp_path / "ray" / "manifest.parquet"))
     assert local["caption_vlm"].notna().sum() == 3
+
+
+def test_timeout_bounds_the_whole_request_not_each_read(server, dataset):
+    """A server that answers a byte every 0.1 s (~8 s in all) never lets one read wait 1 s;
+    the request still ends at timeout=1."""
+    _, url = server
+    _Stub.mode = "trickle"
+    _, samples = dataset
+    captioner = OpenAICaptioner(url, "stub", retries=0, timeout=1.0, num_frames=1)
+    clip = load_clip_frames(samples[0]["mp4"], "mp4", "pan", captioner.frame_indices)
+    (result,) = captioner.caption_batch([clip])
+    assert isinstance(result, Exception) and "TimeoutError: no complete answer within timeout=1.0 s" in str(result)
+    _Stub.mode = "ok"
+
+
+def test_credentials_are_sent_but_never_written(server, dataset, tmp_path, monkeypatch):
+    import base64
+
+    _, url = server
+    secret_url = url.replace("http://", "http://alice:S3cr%40t@")
+    src, _ = dataset
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    _Stub.mode = "fail_images"  # the image's request fails: its error, naming the endpoint, is written
+    summary = caption_dataset(str(src), str(tmp_path / "out"), model="stub", backend="openai", base_url=secret_url,
+                              retries=0, workers=0)
+    assert summary["captioned"] == 2
+    assert {auth for _, auth in _Stub.calls} == {"Basic " + base64.b64encode(b"alice:S3cr@t").decode()}
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet").set_index("key")
+    assert manifest.loc["img", "caption_vlm_error"].startswith("caption: CaptionRequestError: http://***@127.0.0.1")
+    for path in (tmp_path / "out").iterdir():  # shards (json), manifest, rejects
+        data = path.read_bytes()
+        assert b"S3cr" not in data and b"alice" not in data, path
+
+    monkeypatch.setenv("LVDM_TEST_KEY", "sk-very-secret")
+    _Stub.mode = "echo_auth"  # a server quoting the API key back in its error
+    with pytest.raises(ValueError, match="captioning failed on all") as failure:
+        caption_dataset(str(src), str(tmp_path / "echo"), model="stub", backend="openai", base_url=secret_url,
+                        api_key_env="LVDM_TEST_KEY", retries=0, workers=0)
+    assert "sk-very-secret" not in str(failure.value) and "S3cr" not in str(failure.value)
+    assert "bad credentials: Bearer ***" in str(failure.value)
+    _Stub.mode = "ok"

@@ -135,3 +135,40 @@ def test_cli_filter_and_stats(scored, tmp_path, capsys):
     main(["data", "stats", "--source", str(tmp_path / "k"), "--plots", "false"])
     printed = capsys.readouterr().out
     assert "kept 4 of 6 samples" in printed and "4 samples in 2 shards" in printed
+
+
+def test_a_misspelt_field_fails_before_anything_is_written_naming_the_closest(scored, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown field 'motoin' \(did you mean 'motion'\?\); the dataset's fields: "):
+        filter_dataset(str(scored), str(tmp_path / "x"), "motoin > 0.5", workers=0)
+    with pytest.raises(ValueError, match=r"unknown field 'dupliate_of' \(did you mean 'duplicate_of'\?\), 'zzz'"):
+        filter_dataset(str(scored), str(tmp_path / "x"), ["not dupliate_of", "zzz > 1"], workers=0)
+    assert not (tmp_path / "x").exists()
+    # a list field only in the json (not a manifest column) is known
+    assert filter_dataset(str(scored), str(tmp_path / "t"), "tags != None", workers=0)["kept"] == 6
+
+
+def test_a_filter_that_keeps_nothing_warns_naming_the_condition(scored, tmp_path, capsys):
+    summary = filter_dataset(str(scored), str(tmp_path / "k"), "width > 0 and motion > 5", workers=0)
+    assert summary["kept"] == 0
+    err = capsys.readouterr().err
+    assert "warning: the filter kept none of the 6 samples; 'motion > 5' removed the most (6)" in err
+
+
+def test_the_readme_filter_keeps_images(scored, tmp_path):
+    summary = filter_dataset(str(scored), str(tmp_path / "k"),
+                             "(motion > 0.5 or kind == 'image') and ocr_area < 0.02 and not duplicate_of", workers=0)
+    assert sorted(read_manifest(tmp_path / "k")["key"]) == ["a", "e", "f"]  # e is the image
+    assert summary["kept"] == 3
+
+
+@pytest.mark.parametrize("expression", ["'a' * 999999999 * 999999999", "(1, 2) * 999999999", "'%999999999d' % 1",
+                                        "codec == 'a' * 3"])
+def test_arithmetic_on_text_is_refused(expression):
+    with pytest.raises(ValueError, match="arithmetic on text or tuples"):
+        parse_conditions(expression)
+
+
+def test_arithmetic_on_a_text_field_is_none_not_a_gigabyte():
+    (repeat,), (negate,) = parse_conditions("codec * 999999999 != 1"), parse_conditions("-codec < 0")
+    assert repeat({"codec": "h264"})  # None != 1
+    assert not negate({"codec": "h264"})  # a text field negated is None, not a TypeError

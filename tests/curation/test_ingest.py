@@ -321,6 +321,10 @@ def test_ray_and_local_engines_write_the_same_datasets(folder, tmp_path):
         {k: v for k, v in local.items() if k not in ("out", "shards")}
     assert read_manifest(tmp_path / "ray").equals(read_manifest(tmp_path / "local"))
     assert read_rejects(tmp_path / "ray") == read_rejects(tmp_path / "local")
+    for stage in ("", "_clips", "_kept"):  # byte for byte: no timestamps in the tars
+        local_shards = sorted((tmp_path / f"local{stage}").glob("*.tar"))
+        assert local_shards and all((tmp_path / f"ray{stage}" / p.name).read_bytes() == p.read_bytes()
+                                    for p in local_shards)
     for shard in (tmp_path / "local").glob("shard-*.tar"):
         ray_samples = list(wds.WebDataset(str(tmp_path / "ray" / shard.name), shardshuffle=False))
         local_samples = list(wds.WebDataset(str(shard), shardshuffle=False))
@@ -328,6 +332,21 @@ def test_ray_and_local_engines_write_the_same_datasets(folder, tmp_path):
                 for s in ray_samples] == \
             [{k: v for k, v in s.items() if k in ("__key__", "txt", "json") or not k.startswith("_")}
              for s in local_samples]
+
+
+def test_shards_carry_no_timestamps(folder, tmp_path, monkeypatch):
+    """Two runs (an hour apart by the clock) write the same bytes: every tar member has mtime 0."""
+    import time
+
+    ingest(str(folder), str(tmp_path / "a"), workers=0, shard_size=6, min_frames=4)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)
+    ingest(str(folder), str(tmp_path / "b"), workers=0, shard_size=6, min_frames=4)
+    monkeypatch.undo()
+    shards = sorted((tmp_path / "a").glob("shard-*.tar"))
+    assert shards and all((tmp_path / "b" / p.name).read_bytes() == p.read_bytes() for p in shards)
+    with tarfile.open(shards[0]) as tar:
+        assert {member.mtime for member in tar} == {0}
 
 
 def test_probe_gives_a_reason_for_any_damaged_file():

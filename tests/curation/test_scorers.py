@@ -84,7 +84,7 @@ def test_duplicates_flag_a_reencoded_copy_not_a_different_clip():
 def test_duplicates_banding_finds_every_pair_within_the_distance():
     """Against all-pairs comparison on random signatures with planted near-copies."""
     rng = np.random.default_rng(0)
-    scorer = DuplicateScorer(num_frames=2, max_distance=10)
+    scorer = DuplicateScorer(num_frames=2, max_distance=5)  # 10 bits over 2 hashes
     base = [rng.integers(0, 2, 128) for _ in range(40)]
     sigs = base + [np.where(rng.random(128) < 0.05, 1 - b, b) for b in base[:20]]
     rows = [{"phash": [format(int("".join(map(str, s[i:i + 64])), 2), "016x") for i in (0, 64)]} for s in sigs]

@@ -137,3 +137,17 @@ def test_split_refuses_to_write_over_its_input(dataset, tmp_path):
     (other / "shard-000000.tar").write_bytes((dataset / "shard-000000.tar").read_bytes())
     with pytest.raises(ValueError, match="share file names"):
         split([str(dataset / "shard-000000.tar"), str(other / "shard-000000.tar")], str(tmp_path / "o"), workers=0)
+
+
+def test_a_one_frame_video_passes_through_like_an_image(tmp_path, capsys):
+    still = encode_video(scenes_video([1]), "mp4")
+    write_shards([{"key": "probed", "mp4": still, "txt": "a still", "json": {"fps": 8, "frames": 1}},
+                  {"key": "unprobed", "mp4": still, "txt": "a still", "json": {}},
+                  {"key": "photo", "png": encode_image(scenes_video([1])[0], "png"), "txt": "a photo", "json": {}}],
+                 str(tmp_path / "in" / "shard-%06d.tar"))
+    summary = split(str(tmp_path / "in"), str(tmp_path / "out"), min_seconds=1, workers=0)
+    assert (summary["clips"], summary["images"], summary["rejected"]) == (0, 3, 0)
+    assert "3 stills passed through" in capsys.readouterr().out
+    originals = {s["__key__"]: s for s in read_shard(tmp_path / "in" / "shard-000000.tar")}
+    for sample in read_shard(tmp_path / "out" / "shard-000000.tar"):
+        assert sample == originals[sample["__key__"]]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from lvdm.curation.captioners import DEFAULT_PROMPT, OpenAICaptioner, TransformersCaptioner
-from lvdm.curation.engine import failed, make_engine
-from lvdm.curation.folder import (error_text, media_of, meta_of, prepare_output, read_samples, work_items,
+from lvdm.curation.captioners import DEFAULT_PROMPT, OpenAICaptioner, TransformersCaptioner, redact
+from lvdm.curation.engine import check_not_all_failed, failed, make_engine
+from lvdm.curation.folder import (error_text, media_of, meta_of, prepare_output, read_samples, release, work_items,
                                   write_updated_folder)
 from lvdm.curation.frames import load_clip_frames
 
@@ -27,6 +27,7 @@ class CaptionChunk:
         self.max_short_side = max_short_side
 
     def __call__(self, item: tuple[str, list[str]]) -> list[tuple[str, Optional[str], str]]:
+        self.captioner.load()  # once per worker: a model that cannot load fails the chunk
         shard, keys = item
         entries = read_samples(shard, keys)
         clips, errors = {}, {}
@@ -86,7 +87,9 @@ def caption_dataset(
     The new caption goes into the json field ``field`` (and the manifest); ``txt`` — the
     original caption — and the media are copied unchanged. Train on the new captions with the
     readers' ``caption_field`` option. A sample that fails gets ``<field>_error`` (its caption
-    is null) and stays in the dataset.
+    is null) and stays in the dataset. The model loads before any sample is read (a missing
+    path or unreachable hub id fails at once, naming it); a run in which every sample failed
+    raises :class:`~lvdm.curation.engine.StageFailedError` (a non-zero exit) and writes nothing.
 
     Args:
         source: the dataset folder to caption.
@@ -94,7 +97,8 @@ def caption_dataset(
         model: ``transformers``: a model folder or hub id; ``openai``: the model name served.
         backend: ``transformers`` (an image-text-to-text model, LLaVA-style) or ``openai`` (an
             OpenAI-compatible HTTP endpoint).
-        base_url: the endpoint root for ``openai``, e.g. ``http://127.0.0.1:8000/v1``.
+        base_url: the endpoint root for ``openai``, e.g. ``http://127.0.0.1:8000/v1``
+            (``http://user:password@host/v1`` for basic auth; credentials are never written).
         api_key_env: environment variable with the endpoint's API key (``openai``).
         field: json field the caption is written to.
         prompt: the instruction; ``{frames}`` and ``{caption}`` (the current caption) are filled in.
@@ -103,7 +107,7 @@ def caption_dataset(
         batch_size: clips per ``generate`` (``transformers``).
         concurrency: requests in flight per worker (``openai``).
         retries: extra tries of a failed request (``openai``).
-        timeout: seconds a request may wait on the server (``openai``).
+        timeout: seconds one request may take, start to end (``openai``).
         device: ``cpu`` or ``cuda`` (``transformers``).
         dtype: model dtype (``transformers``): float32, bfloat16, float16.
         engine: ``local`` (a process pool) or ``ray`` (Ray Data).
@@ -125,16 +129,20 @@ def caption_dataset(
                                     retries, timeout)
     else:
         raise ValueError(f"unknown caption backend {backend!r}: choose 'transformers' or 'openai'")
+    captioner.load()  # before any sample: a missing model fails the run at once, naming it
     items = work_items(source, batch_size if backend == "transformers" else max(batch_size, concurrency))
     out_dir = prepare_output(source, out, overwrite)
     runner = make_engine(engine, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
+    if not (engine == "local" and getattr(runner, "workers", 1) == 0):  # the workers load their own model
+        release(captioner)
     results = runner.map(CaptionChunk(captioner, max_short_side), items, desc="captioning")
-    updates = {}
+    updates, hide = {}, getattr(captioner, "redact", redact)  # no credentials in what is written
     for (_, keys), result in zip(items, results):
         if failed(result):
             result = [(key, None, f"chunk: {result.error}") for key in keys]
         for key, caption, error in result:
-            updates[key] = {field: caption, f"{field}_error": error}
+            updates[key] = {field: caption, f"{field}_error": hide(error)}
+    check_not_all_failed("captioning", [u[f"{field}_error"] for u in updates.values()])
     write_updated_folder(source, out_dir, updates, runner)
     errors = sum(bool(u[f"{field}_error"]) for u in updates.values())
     summary = {"samples": len(updates), "captioned": len(updates) - errors, "errors": errors, "output": str(out_dir)}

@@ -7,7 +7,9 @@ import base64
 import io
 import json
 import os
+import re
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -15,7 +17,20 @@ import numpy as np
 
 from lvdm.curation.frames import Clip, evenly_spaced
 
-__all__ = ["DEFAULT_PROMPT", "format_prompt", "TransformersCaptioner", "OpenAICaptioner", "CaptionRequestError"]
+__all__ = ["DEFAULT_PROMPT", "format_prompt", "redact", "TransformersCaptioner", "OpenAICaptioner",
+           "CaptionRequestError"]
+
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact(text: str, secrets=()) -> str:
+    """``text`` with URL credentials (``scheme://user:password@``) and each of ``secrets``
+    replaced by ``***``: nothing written to a dataset or printed may carry them."""
+    text = _USERINFO.sub(r"\1***@", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 #: The default captioning instruction, after Open-Sora's (reworded): a dense, regenerable
 #: description of content, motion and style, in at most six sentences.
@@ -36,6 +51,14 @@ def format_prompt(template: str, clip: Clip, frames: int) -> str:
 
 class _Captioner:
     num_frames: int = 3
+
+    def load(self) -> None:
+        """Load the model (idempotent; nothing for an HTTP endpoint): called before any sample is
+        read and in each worker before its first sample.
+
+        Raises:
+            FileNotFoundError: naming the missing local path or the hub id that cannot be had.
+        """
 
     def frame_indices(self, total: int) -> list[int]:
         """Frames shown to the model: ``num_frames`` evenly spaced (1 for an image)."""
@@ -81,13 +104,17 @@ class TransformersCaptioner(_Captioner):
     def __getstate__(self):  # the model is loaded again on each worker
         return {**self.__dict__, "_loaded": None}
 
+    def load(self) -> None:
+        self._load()
+
     def _load(self):
         if self._loaded is None:
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
-            from lvdm.utils import parse_dtype, resolve_pretrained
+            from lvdm.curation.hub import locate_model
+            from lvdm.utils import parse_dtype
 
-            location = resolve_pretrained(self.model)
+            location = locate_model(self.model, "captioning model")
             processor = AutoProcessor.from_pretrained(location)
             model = AutoModelForImageTextToText.from_pretrained(location, dtype=parse_dtype(self.dtype))
             tokenizer = getattr(processor, "tokenizer", processor)
@@ -140,10 +167,13 @@ class OpenAICaptioner(_Captioner):
     Requests run ``concurrency`` at a time. A connection error, a timeout, HTTP 429 or a 5xx
     answer is retried up to ``retries`` more times, waiting ``backoff * 2**attempt`` seconds
     between tries; then (or at once, for another 4xx) the clip's caption is a recorded failure,
-    never a hang or a crash of the run.
+    never a hang or a crash of the run. Requests go straight to ``base_url`` (``http.client``:
+    the ``HTTP(S)_PROXY`` variables are not used).
 
     Args:
-        base_url: the API root, e.g. ``http://127.0.0.1:8000/v1`` (``/chat/completions`` is appended).
+        base_url: the API root, e.g. ``http://127.0.0.1:8000/v1`` (``/chat/completions`` is
+            appended); ``http://user:password@host/v1`` sends HTTP basic auth (when no API key
+            is set). Credentials never appear in messages or written fields (``***``).
         model: the model name the endpoint serves.
         api_key_env: environment variable holding the API key (sent as a bearer token; no
             header when the variable is unset, as local servers expect).
@@ -152,7 +182,7 @@ class OpenAICaptioner(_Captioner):
         max_tokens: longest caption, in tokens.
         concurrency: requests in flight at once (per worker).
         retries: extra tries of a failed request.
-        timeout: seconds a request may wait on the server (connect and each read).
+        timeout: seconds one request may take, start to end (a watchdog closes it then).
         backoff: seconds before the first retry (doubling after each).
         temperature: sampling temperature (0: the most repeatable captions).
     """
@@ -162,7 +192,14 @@ class OpenAICaptioner(_Captioner):
                  timeout: float = 60.0, backoff: float = 1.0, temperature: float = 0.0) -> None:
         if concurrency < 1 or retries < 0 or timeout <= 0:
             raise ValueError("concurrency must be >= 1, retries >= 0 and timeout > 0")
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        parts = urllib.parse.urlsplit(base_url.rstrip("/") + "/chat/completions")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url {redact(base_url)!r} is not an http:// or https:// URL")
+        self.url = redact(base_url.rstrip("/")) + "/chat/completions"  # what messages show
+        self._target = (parts.scheme, parts.hostname, parts.port, parts.path + (f"?{parts.query}" if parts.query else ""))
+        self._password = urllib.parse.unquote(parts.password or "")
+        credentials = f"{urllib.parse.unquote(parts.username or '')}:{self._password}"
+        self._basic = base64.b64encode(credentials.encode()).decode("ascii") if parts.username else ""
         self.model = model
         self.api_key_env = api_key_env
         self.num_frames = num_frames
@@ -182,32 +219,77 @@ class OpenAICaptioner(_Captioner):
         return {"model": self.model, "messages": [{"role": "user", "content": content}],
                 "max_tokens": self.max_tokens, "temperature": self.temperature}
 
-    def _post(self, body: bytes) -> str:
-        import urllib.error
-        import urllib.request
-
+    def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        last = ""
+        elif self._basic:
+            headers["Authorization"] = f"Basic {self._basic}"
+        return headers
+
+    def _once(self, body: bytes, headers: dict) -> tuple[int, str, bytes]:
+        """One request: ``(status, reason, body)``. A watchdog shuts the socket when ``timeout``
+        seconds have passed, so a server that answers a byte at a time cannot hold it longer (a
+        socket timeout alone bounds each read, not the request)."""
+        import http.client
+        import socket
+        import threading
+
+        scheme, host, port, path = self._target
+        connection = (http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection)(
+            host, port, timeout=self.timeout)
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            if connection.sock is not None:
+                try:
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(self.timeout, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            answer = (response.status, response.reason, response.read())
+        except (OSError, http.client.HTTPException):
+            if not expired.is_set():
+                raise
+        finally:
+            watchdog.cancel()
+            connection.close()
+        if expired.is_set():
+            raise TimeoutError(f"no complete answer within timeout={self.timeout} s")
+        return answer
+
+    def _post(self, body: bytes) -> str:
+        import http.client
+
+        headers, last = self._headers(), ""
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    answer = json.loads(response.read())
-                return _content(answer)
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code} {exc.reason}: {exc.read()[:200].decode('utf-8', 'replace')}"
-                if exc.code != 429 and exc.code < 500:
-                    raise CaptionRequestError(f"{self.url} refused the request: {last}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+                status, reason, data = self._once(body, headers)
+                if status >= 400:
+                    last = f"HTTP {status} {reason}: {data[:200].decode('utf-8', 'replace')}"
+                    if status != 429 and status < 500:
+                        raise CaptionRequestError(self.redact(f"{self.url} refused the request: {last}"))
+                    continue
+                return _content(json.loads(data))
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                last = f"{type(exc).__name__}: {exc}"
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 last = f"unreadable answer: {exc}"
-        raise CaptionRequestError(f"{self.url} failed {self.retries + 1} times; last: {last}")
+        raise CaptionRequestError(self.redact(f"{self.url} failed {self.retries + 1} times; last: {last}"))
+
+    def redact(self, text: str) -> str:
+        """``text`` without this endpoint's secrets: URL credentials and the API key."""
+        return redact(text, (self._password, os.environ.get(self.api_key_env) or ""))
 
     def _caption(self, clip: Clip):
         try:

@@ -20,7 +20,22 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Sequence
 
-__all__ = ["Engine", "Failure", "LocalEngine", "RayEngine", "make_engine", "failed"]
+__all__ = ["Engine", "Failure", "LocalEngine", "RayEngine", "StageFailedError", "make_engine", "failed",
+           "check_not_all_failed"]
+
+
+class StageFailedError(ValueError):
+    """A stage in which one step failed on every sample: the run is a failure (non-zero exit),
+    not a folder of errors. A ``ValueError`` because the cause is the input or the
+    configuration (a model that cannot load, a server that refuses every request), and the CLI
+    prints such errors as one line."""
+
+
+def check_not_all_failed(what: str, errors: Sequence[str]) -> None:
+    """Raise :class:`StageFailedError` when ``errors`` (one per sample, empty when the sample
+    succeeded) holds an error for every sample, naming ``what`` failed and the first error."""
+    if errors and all(errors):
+        raise StageFailedError(f"{what} failed on all {len(errors)} samples; the first: {errors[0]}")
 
 
 @dataclass(frozen=True)

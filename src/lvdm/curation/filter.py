@@ -5,17 +5,24 @@ constants (numbers, strings, ``True``/``False``/``None``), tuples/lists of const
 ``in``), comparisons (``< <= > >= == != in not in``), ``and``/``or``/``not``, and arithmetic
 (``+ - * / // %``, unary ``-``). Anything else — calls, attributes, subscripts, lambdas,
 ``**`` — is refused before any sample is read, so an expression can never run code.
+Arithmetic is on numbers only: text or tuple constants in it are refused (``'a' * 999999999``
+would build a gigabyte), and a text field in it gives ``None``.
 
-A name is the sample json's top-level field; a field the sample lacks is ``None``. A
-comparison with ``None`` on either side (other than ``==``/``!=``) is false, arithmetic with
-``None`` gives ``None``, and ``not None`` is true: ``motion > 0.5`` drops samples that were
-never scored, ``not duplicate_of`` keeps those that duplicate nothing.
+A name is the sample json's top-level field, and must be one the dataset has (its manifest's
+columns or its first sample's json): a misspelt name fails before anything is written, with
+the closest names. A field a sample lacks is ``None``. A comparison with ``None`` on either
+side (other than ``==``/``!=``) is false, arithmetic with ``None`` gives ``None``, and ``not
+None`` is true: ``motion > 0.5`` drops samples that were never scored (and images, whose
+motion is 0: write ``(motion > 0.5 or kind == 'image')`` to keep them), ``not duplicate_of``
+keeps those that duplicate nothing.
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import json
+import sys
 import operator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +33,7 @@ from lvdm.curation.split import prepare_stage_output
 from lvdm.data.schema import MANIFEST_NAME, REJECTS_NAME, manifest_row, media_entry, write_manifest, write_rejects
 from lvdm.data.shards import ShardWriter, read_shard, resolve_shards
 
-__all__ = ["Condition", "parse_conditions", "filter_dataset"]
+__all__ = ["Condition", "parse_conditions", "dataset_fields", "check_fields", "filter_dataset"]
 
 _COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
             ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.In: lambda a, b: a in b,
@@ -50,7 +57,20 @@ class _Checker(ast.NodeVisitor):
                              f"(only field names, constants, comparisons, and/or/not and + - * / // %)")
         if isinstance(node, (ast.Tuple, ast.List)) and not all(isinstance(e, ast.Constant) for e in node.elts):
             raise ValueError(f"filter expression {self.text!r}: a tuple or list may hold constants only")
+        if isinstance(node, ast.BinOp) and any(_is_text(side) for side in (node.left, node.right)):
+            raise ValueError(f"filter expression {self.text!r}: arithmetic on text or tuples "
+                             f"({ast.unparse(node)}) is not allowed; arithmetic is on numbers only")
         super().generic_visit(node)
+
+
+def _is_text(node: ast.AST) -> bool:
+    """A constant string/bytes or a tuple/list: ``'a' * 10**9`` would build a gigabyte."""
+    return isinstance(node, (ast.Tuple, ast.List)) or (isinstance(node, ast.Constant)
+                                                        and isinstance(node.value, (str, bytes)))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float))  # bool included
 
 
 def _evaluate(node: ast.AST, fields: dict) -> Any:
@@ -69,16 +89,16 @@ def _evaluate(node: ast.AST, fields: dict) -> Any:
         value = _evaluate(node.operand, fields)
         if isinstance(node.op, ast.Not):
             return not value
-        if value is None:
+        if not _number(value):
             return None
         return -value if isinstance(node.op, ast.USub) else +value
     if isinstance(node, ast.BinOp):
         left, right = _evaluate(node.left, fields), _evaluate(node.right, fields)
-        if left is None or right is None:
+        if not (_number(left) and _number(right)):  # None, or text: a field's string * 10**9 is no number
             return None
         try:
             return _ARITHMETIC[type(node.op)](left, right)
-        except (ZeroDivisionError, TypeError):
+        except (ZeroDivisionError, OverflowError):
             return None
     if isinstance(node, ast.Compare):
         left = _evaluate(node.left, fields)
@@ -128,6 +148,41 @@ def parse_conditions(expressions: Union[str, list[str]]) -> list[Condition]:
         terms = tree.body.values if isinstance(tree.body, ast.BoolOp) and isinstance(tree.body.op, ast.And) else [tree.body]
         conditions += [Condition(ast.unparse(term), ast.Expression(term)) for term in terms]
     return conditions
+
+
+def _field_names(conditions: list[Condition]) -> set[str]:
+    return {node.id for c in conditions for node in ast.walk(c.tree) if isinstance(node, ast.Name)}
+
+
+def dataset_fields(shards: list[str]) -> set[str]:
+    """The field names a dataset has: its manifests' columns (the json's scalar fields) and the
+    json fields of its first sample (lists and objects too); empty when neither can be read."""
+    import pyarrow.parquet as pq
+
+    names: set[str] = set()
+    for folder in sorted({Path(shard).parent for shard in shards}):
+        if (folder / MANIFEST_NAME).is_file():
+            names |= set(pq.read_schema(folder / MANIFEST_NAME).names)
+    for sample in read_shard(shards[0]) if shards else ():
+        try:
+            fields = json.loads(sample.get("json", b"{}"))
+        except ValueError:
+            break
+        names |= set(fields) if isinstance(fields, dict) else set()
+        break
+    return names
+
+
+def check_fields(conditions: list[Condition], known: set[str]) -> None:
+    """Refuse names the dataset does not have, with the closest ones it has (a misspelt field is
+    ``None`` on every sample: ``motoin > 0.5`` would silently keep nothing)."""
+    unknown = sorted(_field_names(conditions) - known) if known else []
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+            hints.append(f"{name!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
+        raise ValueError(f"filter: unknown field {', '.join(hints)}; the dataset's fields: {', '.join(sorted(known))}")
 
 
 def _filter_shard(task: tuple[str, str, list[str]]) -> dict:
@@ -194,6 +249,7 @@ def filter_dataset(
     expressions = [keep] if isinstance(keep, str) else list(keep)
     conditions = parse_conditions(expressions)  # refuse a bad expression before reading anything
     shards = resolve_shards(source)
+    check_fields(conditions, dataset_fields(shards))  # a misspelt field fails before anything is written
     root = prepare_stage_output(out, shards, overwrite)
     tasks = [(shard, str(root), expressions) for shard in shards]
     results = make_engine(engine, workers, ray_address).map(_filter_shard, tasks, desc="filter shards")
@@ -219,4 +275,8 @@ def filter_dataset(
     print(f"  {'condition':<{width}}  {'failed':>7}  {'removed':>7}")
     for line in report:
         print(f"  {line['condition']:<{width}}  {line['failed']:>7}  {line['removed']:>7}")
+    if inputs and not rows:
+        worst = max(report, key=lambda line: line["removed"])
+        print(f"warning: the filter kept none of the {inputs} samples; {worst['condition']!r} removed the most "
+              f"({worst['removed']}): check its threshold against `lvdm data stats --source {source}`", file=sys.stderr)
     return summary

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from lvdm.data import schema
 
-__all__ = ["split_name", "media_of", "meta_of", "error_text", "read_manifest", "work_items", "read_samples", "rewrite_shard",
+__all__ = ["split_name", "media_of", "meta_of", "error_text", "release", "read_manifest", "work_items", "read_samples", "rewrite_shard",
            "prepare_output", "write_updated_folder"]
 
 
@@ -114,6 +114,15 @@ def meta_of(key: str, entries: dict[str, bytes]) -> dict:
     if not isinstance(meta, dict):
         raise ValueError(f"sample {key!r}: json is a {type(meta).__name__}, not an object")
     return meta
+
+
+def release(obj: Any) -> None:
+    """Drop the models ``obj`` loaded (what its pickled state leaves out): after the stage's
+    up-front check, work that runs in other processes loads its own copy there, and this
+    process need not hold one more."""
+    state = obj.__getstate__()
+    if isinstance(state, dict):
+        obj.__dict__.update(state)
 
 
 def error_text(exc: Exception) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lvdm.data.probe import ProbeError, check_image_header
 from lvdm.data.schema import IMAGE_EXTENSIONS
 from lvdm.data.video import VideoDecodeError, count_video_frames
 
@@ -73,14 +74,22 @@ def count_frames(container, stream, max_frames: int) -> int:
     return count_video_frames(container, stream, max_frames)
 
 
-def _image(data: bytes, key: str, indices_for, max_pixels: int, max_short_side: int, meta, caption) -> Clip:
+def _check_header(data: bytes, ext: str, key: str, max_pixels: int) -> None:
+    """Refuse an image or GIF whose header states too many pixels, before anything decodes it
+    (FFmpeg decodes a GIF's first frame to open it)."""
+    if ext in IMAGE_EXTENSIONS or ext == "gif":
+        try:
+            check_image_header(data, max_pixels)
+        except ProbeError as exc:
+            raise VideoDecodeError(f"{key!r}: {exc}") from None
+
+
+def _image(data: bytes, key: str, indices_for, max_short_side: int, meta, caption) -> Clip:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data)) as image:  # its header's size was checked before
             width, height = image.size
-            if width * height > max_pixels:
-                raise VideoDecodeError(f"image {key!r} is {width}x{height}, over the {max_pixels}-pixel limit")
             frame = np.asarray(image.convert("RGB"))
     except (OSError, Image.DecompressionBombError) as exc:
         raise VideoDecodeError(f"cannot decode image {key!r}: {exc}") from exc
@@ -159,8 +168,9 @@ def load_clip_frames(
         VideoDecodeError: not decodable, no video stream, too large, or no frame decoded.
     """
     meta = dict(meta or {})
+    _check_header(data, ext, key, max_pixels)
     if ext in IMAGE_EXTENSIONS:
-        return _image(data, key, indices_for, max_pixels, max_short_side, meta, caption)
+        return _image(data, key, indices_for, max_short_side, meta, caption)
     total, frames, decoded, width, height = _decode_wanted(data, key, indices_for, max_frames, max_pixels,
                                                           max_short_side, None)
     if decoded < total:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from lvdm.curation.engine import failed, make_engine
-from lvdm.curation.folder import (error_text, media_of, meta_of, prepare_output, read_samples, work_items,
+from lvdm.curation.engine import check_not_all_failed, failed, make_engine
+from lvdm.curation.folder import (error_text, media_of, meta_of, prepare_output, read_samples, release, work_items,
                                   write_updated_folder)
 from lvdm.curation.frames import Clip, load_clip_frames
 from lvdm.data.schema import IMAGE_EXTENSIONS
@@ -64,6 +64,8 @@ class ScoreChunk:
 
     def __call__(self, item: tuple[str, list[str]]) -> list[tuple[str, dict, str]]:
         self._set_threads()
+        for scorer in self.scorers:  # once per worker: a model that cannot load fails the chunk
+            scorer.load()
         shard, keys = item
         entries = read_samples(shard, keys)
         fields: dict[str, dict] = {key: {} for key in keys}
@@ -96,6 +98,15 @@ class ScoreChunk:
             for key, values in results.items():
                 fields[key].update(values)
         return [(key, fields[key], "; ".join(errors[key])) for key in keys]
+
+
+def _check_scorers_ran(scorers: Sequence, rows: list[dict], problems: list[str]) -> None:
+    """Fail the stage when every sample failed, or when one scorer wrote its fields on no sample."""
+    for scorer in scorers:
+        missed = [(problem or "no fields written") if not any(f in row for f in scorer.fields) else ""
+                  for row, problem in zip(rows, problems)]
+        check_not_all_failed(f"scorer {scorer.name!r}", missed)
+    check_not_all_failed("scoring", problems)
 
 
 def build_scorers(
@@ -157,7 +168,11 @@ def score_dataset(
     Each scorer's fields (``motion``, ``ocr_area``, ``duplicate_of``, ``aesthetic``…) go into
     the sample's json and, when scalar, into the output manifest; ``score_error`` names what
     failed for a sample (empty when nothing did). Samples are never dropped here: filter them
-    with ``lvdm data filter``. Media and captions are copied byte for byte.
+    with ``lvdm data filter``. Media and captions are copied byte for byte. Model scorers load
+    their models before any sample is read: a missing local path or an unreachable hub id fails
+    at once, naming it. A run in which every sample failed, or one scorer failed on every
+    sample, raises :class:`~lvdm.curation.engine.StageFailedError` (a non-zero exit) and writes
+    nothing.
 
     Args:
         source: the dataset folder to score (shards, manifest.parquet, rejects.csv).
@@ -181,10 +196,15 @@ def score_dataset(
         ``{"samples": n, "errors": samples with a score_error, "output": folder}``.
     """
     chosen = build_scorers(scorers, clip, aesthetic_head, aesthetic_head_filename, device, options)
+    for scorer in chosen:  # before any sample: a missing model or file fails the run at once
+        scorer.load()
     items = work_items(source, chunk_size)
     out_dir = prepare_output(source, out, overwrite)
     runner = make_engine(engine, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
     in_process = engine == "local" and getattr(runner, "workers", 1) == 0
+    if not in_process:  # the workers load their own models
+        for scorer in chosen:
+            release(scorer)
     chunk = ScoreChunk(chosen, max_short_side=max_short_side, threads=None if in_process else 1)
     results = runner.map(chunk, items, desc="scoring")
     keys, rows, problems = [], [], []
@@ -195,6 +215,7 @@ def score_dataset(
             keys.append(key)
             rows.append(fields)
             problems.append(error)
+    _check_scorers_ran(chosen, rows, problems)
     for scorer in chosen:
         rows = scorer.finalize(keys, rows)
     updates = {key: {**fields, "score_error": error} for key, fields, error in zip(keys, rows, problems)}

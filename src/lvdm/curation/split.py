@@ -103,6 +103,11 @@ class _Options:
     crf: int
 
 
+def _unchanged(sample: dict, ext: str, meta: dict) -> dict:
+    """A sample passed through as it is (an image, a 1-frame video)."""
+    return {"key": sample["__key__"], ext: sample[ext], "txt": sample.get("txt", b""), "json": meta}
+
+
 def _clips_of(sample: dict, options: _Options) -> list[dict]:
     """The clip samples of one video sample (raises with the reject reason)."""
     key = sample["__key__"]
@@ -118,6 +123,8 @@ def _clips_of(sample: dict, options: _Options) -> list[dict]:
         scenes = [(0, int(meta["frames"]))]
     if not scenes:
         raise ValueError("no frames decode")
+    if scenes[-1][1] - scenes[0][0] == 1:  # a 1-frame video is a still, as an image is: it passes
+        return [_unchanged(sample, media_entry(sample)[0], meta)]
     plan = plan_clips(scenes, fps, options.min_seconds, options.max_seconds, options.chunk_seconds)
     if not plan:
         raise ValueError(f"no clip of at least min_seconds={options.min_seconds} "
@@ -142,9 +149,9 @@ def _split_shard(task: tuple[str, str, _Options]) -> dict:
             key = sample["__key__"]
             try:
                 ext, _ = media_entry(sample)
-                if media_kind(ext) == "image":  # an image has no scenes: it passes as it is
-                    meta = json.loads(sample["json"]) if "json" in sample else {}
-                    new = [{"key": key, ext: sample[ext], "txt": sample.get("txt", b""), "json": meta}]
+                meta = json.loads(sample["json"]) if "json" in sample else {}
+                if media_kind(ext) == "image" or meta.get("frames") == 1:  # a still has no scenes: it passes
+                    new = [_unchanged(sample, ext, meta)]
                 else:
                     videos += 1
                     new = _clips_of(sample, options)
@@ -181,7 +188,8 @@ def split(
     frame-exact cuts: see the module docstring) whose json is the source's json plus
     ``source_key``, ``start`` and ``end`` (seconds), ``start_frame``, ``end_frame``,
     ``scene_index``, and the clip's own codec, fps, frames, width, height, duration and aspect;
-    its caption is the source's. Images pass through unchanged. A video that yields no clip
+    its caption is the source's. Stills — images and 1-frame videos — pass through unchanged
+    (counted in ``images``), as they are: they have no scenes to cut. A video that yields no clip
     (all scenes shorter than ``min_seconds``) or cannot be decoded is listed in
     ``rejects.csv`` with the reason. Input shard ``shard-000003.tar`` gives output shard
     ``shard-000003.tar``.
@@ -228,8 +236,8 @@ def split(
     clips = sum(1 for row in rows if "source_key" in row)
     images = len(rows) - clips
     reasons = Counter(reason.split(" (")[0] for _, reason in rejects)
-    print(f"split {videos} videos into {clips} clips in {root}/ ({images} images passed through, "
-          f"{len(rejects)} videos rejected)")
+    print(f"split {videos} videos into {clips} clips in {root}/ ({images} stills passed through: images and "
+          f"1-frame videos; {len(rejects)} videos rejected)")
     for reason, count in reasons.most_common():
         print(f"  rejected {count:>6}  {reason}")
     return {"out": str(root), "videos": videos, "clips": clips, "images": images, "rejected": len(rejects),

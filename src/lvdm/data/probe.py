@@ -5,7 +5,10 @@ no pixels are produced) and decodes the first frame to prove the codec works. On
 container contradicts itself (its header lists a frame count its packets do not match) are
 the frames decoded, one at a time and never more than ``max_frames`` of them, each checked
 against ``max_pixels`` — so a small file whose header promises millions of huge frames costs
-a bounded amount of memory and time, and is rejected with the reason.
+a bounded amount of memory and time, and is rejected with the reason. FFmpeg decodes an image
+(and a GIF's first frame) just to open it, so those are first checked against ``max_pixels``
+from their header (Pillow reads it without decoding): a 30 KB PNG claiming 16000x16000 pixels
+is refused before any pixel exists.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import av
 
 from lvdm.data.schema import IMAGE_EXTENSIONS, canonical_extension, media_kind
 
-__all__ = ["MediaInfo", "ProbeError", "probe_media"]
+__all__ = ["MediaInfo", "ProbeError", "check_image_header", "probe_media"]
 
 
 class ProbeError(ValueError):
@@ -71,6 +74,32 @@ def _check_size(width: int, height: int, max_pixels: int, what: str) -> None:
     if width * height > max_pixels:
         raise ProbeError(f"{what} frames are {width}x{height} = {width * height} pixels, more than "
                          f"max_pixels={max_pixels}")
+
+
+def check_image_header(data: bytes, max_pixels: int) -> None:
+    """Refuse an image whose header states more than ``max_pixels`` pixels. Pillow parses the
+    header on open and decodes nothing until asked; bytes it cannot read pass (FFmpeg judges them).
+
+    Raises:
+        ProbeError: too many pixels (the size named), or more than Pillow's own
+            decompression-bomb limit.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        raise ProbeError(f"image frames are more than Pillow's decompression-bomb limit of "
+                         f"{2 * Image.MAX_IMAGE_PIXELS} pixels (max_pixels={max_pixels}): refused before "
+                         f"decoding") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return
+    _check_size(width, height, max_pixels, "image")
 
 
 def _first_frame(container, stream, max_pixels: int) -> tuple[int, int]:
@@ -151,6 +180,8 @@ def probe_media(
     real = canonical_extension(data, ext)
     if real is None:
         raise ProbeError(f"not a media file (starts with {bytes(data[:12])!r})")
+    if real in IMAGE_EXTENSIONS or real == "gif":  # FFmpeg decodes an image to open it: check its header first
+        check_image_header(data, max_pixels)
     try:
         with av.open(io.BytesIO(data)) as container:
             if not container.streams.video:

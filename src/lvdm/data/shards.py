@@ -13,7 +13,6 @@ import io
 import json
 import os
 import tarfile
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -60,12 +59,12 @@ class _Tar:
 
     def __init__(self, path: str) -> None:
         self._tar = tarfile.open(path, "w")
-        self._now = time.time()
 
     def write(self, entries: dict[str, bytes]) -> None:
         for name, data in entries.items():
             info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), self._now, 0o444
+            # mtime 0: the same samples give the same bytes, whenever and wherever (local or Ray) written
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
             info.uname = info.gname = "bigdata"
             self._tar.addfile(info, io.BytesIO(data))
 

@@ -14,8 +14,9 @@ class Scorer:
 
     Subclasses set the class attributes and implement :meth:`score` (or :meth:`score_batch`
     when ``batchable``); the stage decodes, for each clip, the frames :meth:`frame_indices`
-    asks for and nothing else. A scorer may load a model lazily on first use: the engine
-    ships it to each worker once, so the model is loaded once per worker.
+    asks for and nothing else. A scorer with a model loads it in :meth:`load`, which the stage
+    calls before reading any sample (so a missing model fails the run at once, naming it) and
+    again in each worker before its first sample (the model is not pickled to workers).
 
     Attributes:
         name: the scorer's name on the command line (``--scorers '[motion, ocr]'``).
@@ -30,6 +31,13 @@ class Scorer:
     batchable: ClassVar[bool] = False
     device: str = "cpu"
     num_frames: int = 4
+
+    def load(self) -> None:
+        """Load the models and files the scorer needs (idempotent; the default has none).
+
+        Raises:
+            FileNotFoundError: naming the missing local path or the hub id that cannot be had.
+        """
 
     def frame_indices(self, total: int) -> list[int]:
         """Frame indices (of ``total``) this scorer needs decoded."""

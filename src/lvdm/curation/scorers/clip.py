@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Optional, Sequence
 
 import numpy as np
 
 from lvdm.curation.frames import Clip
+from lvdm.curation.hub import locate_file, locate_model
 from lvdm.curation.scorers.base import Scorer
 
 __all__ = ["AestheticScorer", "ClipMatchScorer", "load_linear_head"]
@@ -42,15 +42,9 @@ def load_linear_head(head: str, filename: Optional[str] = None):
     v1) or a stack of linear layers with no nonlinearity between them (LAION's "improved"
     predictor: ``layers.0``, ``layers.2``… with only dropout between), which is folded into
     the one linear map it computes. Layers are chained in the natural order of their names.
+    A missing local file fails naming it without touching the hub (:func:`locate_file`).
     """
-    path = os.path.expanduser(head)
-    if not os.path.isfile(path):
-        if filename is None or head.startswith(("/", ".", "~")):
-            raise FileNotFoundError(f"aesthetic head {head!r} is not a file (for a hub repo, also give its filename)")
-        from huggingface_hub import hf_hub_download
-
-        path = hf_hub_download(head, filename)
-    state = _state_dict(path)
+    state = _state_dict(locate_file(head, filename, "aesthetic head"))
     layers = sorted((name[: -len("weight")] for name, value in state.items()
                      if name.endswith("weight") and getattr(value, "ndim", 0) == 2), key=_natural)
     if not layers:
@@ -84,11 +78,14 @@ class _ClipScorer(Scorer):
     def __getstate__(self):  # the model is loaded again on each worker
         return {**self.__dict__, "_model": None}
 
+    def load(self) -> None:
+        self._load()
+
     def _load(self):
         if self._model is None:
             from lvdm.metrics.clipscore import load_clip
 
-            model, processor = load_clip(self.clip)
+            model, processor = load_clip(locate_model(self.clip, "CLIP model"))
             self._model = (model.to(self.device), processor)
         return self._model
 
@@ -161,9 +158,14 @@ class AestheticScorer(_ClipScorer):
     def __getstate__(self):
         return {**super().__getstate__(), "_head": None}
 
-    def score_batch(self, clips: Sequence[Clip]) -> list[dict]:
+    def load(self) -> None:
+        """The head first: a missing local head file fails before CLIP is looked for."""
         if self._head is None:
             self._head = load_linear_head(self.head, self.head_filename)
+        super().load()
+
+    def score_batch(self, clips: Sequence[Clip]) -> list[dict]:
+        self.load()
         weight, bias = self._head
         out = []
         for embeddings in self._frame_embeddings(clips):

@@ -37,6 +37,9 @@ class OCRScorer(Scorer):
     def __getstate__(self):  # the ONNX sessions are built again on each worker
         return {**self.__dict__, "_engine": None}
 
+    def load(self) -> None:
+        self._ocr()
+
     def _ocr(self):
         if self._engine is None:
             from rapidocr_onnxruntime import RapidOCR
