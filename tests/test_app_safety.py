@@ -87,11 +87,16 @@ def test_page_function_refuses_a_server_file_before_reading_it(plain_generator, 
 def test_server_file_over_http_is_refused_and_an_upload_is_used(plain_generator, uploads, secret, tmp_path):
     from gradio_client import Client, handle_file
 
+    """Over HTTP gradio (6.x) refuses a path that was not uploaded before the page sees it; the page's
+    own check (above) is the second gate. (gradio_client given such a dict uploads the file from the
+    client's own disk: on one machine that looks like a server read, but it is an upload.)"""
+    from PIL import Image
+
     from lvdm.app import build_app
     from lvdm.data.video import read_frames
 
     page = build_app(plain_generator)
-    url = _serve(page, allowed_paths=[str(plain_generator.out)])
+    url = _serve(page, allowed_paths=[str(plain_generator.out)], max_file_size=4096)
     try:
         call = f"{url}gradio_api/call/generate"
         image = {"path": str(secret), "meta": {"_type": "gradio.FileData"}}
@@ -105,6 +110,11 @@ def test_server_file_over_http_is_refused_and_an_upload_is_used(plain_generator,
                                      api_name="/generate")
         frames, _ = read_frames(video["video"] if isinstance(video, dict) else video)
         assert abs(frames[0].astype(float).mean() - 90) < 6
+        noise = tmp_path / "noise.png"  # over max_file_size (--max_upload_mb): the upload is refused
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(noise)
+        assert noise.stat().st_size > 4096
+        refused = httpx.post(f"{url}gradio_api/upload", files={"files": noise.open("rb")})  # past the client's check
+        assert refused.status_code == 413 and not list(uploads.rglob("noise.png"))
     finally:
         page.close()
 
