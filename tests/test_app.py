@@ -77,10 +77,12 @@ def test_generator_renders_the_same_video_as_the_module(checkpoint, tmp_path):
         generator(" \n", 1.0, 16, 16, 2, 3.0, 0)
 
 
-def test_page_generates_a_video_through_the_client(checkpoint, tmp_path):
+def test_page_generates_a_video_through_the_client(checkpoint, tmp_path, monkeypatch):
     from gradio_client import Client
 
     from lvdm.app import VideoGenerator, build_app
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # gradio's copies stay under tmp_path
 
     generator = VideoGenerator(str(checkpoint), out=str(tmp_path / "videos"), device="cpu")
     page = build_app(generator)  # queued by build_app
