@@ -77,19 +77,21 @@ def test_generator_renders_the_same_video_as_the_module(checkpoint, tmp_path):
         generator(" \n", 1.0, 16, 16, 2, 3.0, 0)
 
 
-def test_page_generates_a_video_through_the_client(checkpoint, tmp_path):
+def test_page_generates_a_video_through_the_client(checkpoint, tmp_path, monkeypatch):
     from gradio_client import Client
 
     from lvdm.app import VideoGenerator, build_app
 
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # gradio's copies stay under tmp_path
+
     generator = VideoGenerator(str(checkpoint), out=str(tmp_path / "videos"), device="cpu")
-    page = build_app(generator).queue()
+    page = build_app(generator)  # queued by build_app
     port = _free_port()
     page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
                 allowed_paths=[str(generator.out)], quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
-        video, files = client.predict("a red square moving left\na green triangle moving up", 1.0, 16, 16, 2, 3.0, 0,
+        video, files, note = client.predict("a red square moving left\na green triangle moving up", 1.0, 16, 16, 2, 3.0, 0,
                                       None, False, api_name="/generate")
         first = video["video"] if isinstance(video, dict) else video
         from lvdm.data.video import read_frames
@@ -97,6 +99,7 @@ def test_page_generates_a_video_through_the_client(checkpoint, tmp_path):
         frames, fps = read_frames(first)
         assert frames.shape == (4, 16, 16, 3) and fps == 4
         assert len(files) == 2 and all(str(f).endswith(".mp4") for f in files)
+        assert note == "2 video(s) of 4 frames (1.00 s)"
         assert len(list((tmp_path / "videos").rglob("*.mp4"))) == 2
         browser = shutil.which("chromium") or shutil.which("chromium-browser")
         if browser is not None:  # a real headless browser renders the page
