@@ -60,6 +60,14 @@ def tiny_hparams():
     return _tiny_hparams
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hypothesis_storage_under_tmp(tmp_path_factory):
+    """Hypothesis keeps its examples and constants cache in ./.hypothesis (the repository) unless told otherwise."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HYPOTHESIS_STORAGE_DIRECTORY", str(tmp_path_factory.mktemp("hypothesis")))
+        yield
+
+
 def tree_state(root: Path) -> frozenset | None:
     """The entries of ``git status --porcelain --ignored`` in ``root``, leaving out what Python and
     pytest write themselves; None when ``root`` is not a git checkout (an sdist, a tarball).
@@ -85,7 +93,6 @@ def pytest_sessionfinish(session):
     left = sorted(tree_state(ROOT) - before)
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        reporter.ensure_newline()
-        reporter.write_line(f"the tests left these in the repository {ROOT} (write under tmp_path instead): "
+        reporter.write_line(f"\nthe tests left these in the repository {ROOT} (write under tmp_path instead): "
                             + ", ".join(line[3:] for line in left), red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
