@@ -6,6 +6,9 @@ differ by 1e-5 or more. Such a comparison needs a relative tolerance (the confte
 import ast
 from pathlib import Path
 
+import pytest
+import torch
+
 TESTS = Path(__file__).parent
 ABSOLUTE = {"atol", "abs", "abs_tol"}
 RELATIVE = {"rtol", "rel", "rel_tol"}
@@ -44,3 +47,13 @@ def test_no_test_compares_floats_with_an_absolute_tolerance_alone():
     found = [f"{path.relative_to(TESTS)}:{line}" for path in sorted(TESTS.rglob("*.py"))
              for line in absolute_only(path.read_text())]
     assert not found, f"absolute-only tolerance below 1e-5 (use rtol or assert_close_scaled): {', '.join(found)}"
+
+
+def test_scaled_comparison_allows_rounding_and_catches_a_real_error(assert_close_scaled):
+    expected = torch.tensor([35.0, -16.0, 1e-3])  # an output of magnitude 35 with an element near 0
+    rounded = expected + torch.tensor([4e-6, -3e-6, 6e-5])  # what another CPU's kernels gave (float32)
+    assert_close_scaled(rounded, expected)
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(rounded, expected, rtol=1e-5, atol=1e-6)  # the old element-wise check
+    with pytest.raises(AssertionError):
+        assert_close_scaled(expected * (1 + 1e-4), expected)  # a 1e-4 relative error is a bug
