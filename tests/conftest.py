@@ -2,6 +2,7 @@
 module recipe that the checkpoint tests save, and a check that the suite leaves the repository
 as it found it (tests write only under tmp_path)."""
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def _assert_close_scaled(actual, expected, rtol=1e-5, msg=None):
 
     float32 rounding grows with the largest value a computation touches, so an element near zero
     in an output of magnitude 30 carries about 30 * eps of error from another kernel or CPU; an
-    element-wise rtol alone fails there, a fixed atol of 1e-6 is below float32's resolution."""
+    element-wise rtol alone fails there, a fixed atol of 1e-6 is below float32's resolution at 30."""
     import torch  # here: loading this conftest (test_tree_clean runs it in subprocesses) stays cheap
 
     expected = torch.as_tensor(expected)
@@ -70,13 +71,15 @@ def _hypothesis_storage_under_tmp(tmp_path_factory):
 
 def tree_state(root: Path) -> frozenset | None:
     """The entries of ``git status --porcelain --ignored`` in ``root``, leaving out what Python and
-    pytest write themselves; None when ``root`` is not a git checkout (an sdist, a tarball).
-    Ignored files count: a stray ``checkpoints/last.ckpt`` is ignored by ``*.ckpt``."""
-    if not (root / ".git").exists():
+    pytest write themselves; None when ``root`` is not a git checkout git can read (an sdist, a
+    tarball, no git installed). Ignored files count: ``checkpoints/last.ckpt`` is ignored by ``*.ckpt``."""
+    if not (root / ".git").exists() or shutil.which("git") is None:
         return None
-    lines = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=root, check=True,
-                           capture_output=True, text=True).stdout.splitlines()
-    return frozenset(line for line in lines if not any(own in line for own in _OWN_FILES))
+    proc = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=root, check=False,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        return None
+    return frozenset(line for line in proc.stdout.splitlines() if not any(own in line for own in _OWN_FILES))
 
 
 def pytest_sessionstart(session):
@@ -90,7 +93,8 @@ def pytest_sessionfinish(session):
     before = session.config.stash.get(_TREE, None)
     if before is None:
         return
-    left = sorted(tree_state(ROOT) - before)
+    after = tree_state(ROOT)
+    left = sorted(after - before) if after is not None else []
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         reporter.write_line(f"\nthe tests left these in the repository {ROOT} (write under tmp_path instead): "
