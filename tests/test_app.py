@@ -7,31 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from lvdm.checkpoint import INSTANTIATOR, build_module
+from lvdm.checkpoint import build_module
 
 gradio = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-HPARAMS = {
-    "_class_path": "lvdm.module.LatentDiffusionModule",
-    "_instantiator": INSTANTIATOR,
-    "denoiser": {"class_path": "lvdm.models.dit.DiT", "init_args": {
-        "in_channels": 3, "patch_size": [2, 4, 4], "hidden_size": 32, "depth": 1, "num_heads": 2,
-        "conditioning": "cross_attn", "layout": "full", "context_dim": 16}},
-    "text_encoder": {"class_path": "lvdm.text.words.WordTextEncoder", "init_args": {"dim": 16, "max_length": 4}},
-    "objective": {"class_path": "lvdm.diffusion.objectives.RectifiedFlow", "init_args": {"num_sampling_steps": 2}},
-    "compressor": {"class_path": "lvdm.compressors.pixels.PixelCompressor"},
-    "sample_shape": [4, 16, 16],
-    "fps": 4,
-}
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, tiny_hparams):
     torch.manual_seed(0)
-    module = build_module(HPARAMS)
+    hparams = tiny_hparams(sample_shape=[4, 16, 16], fps=4)
+    module = build_module(hparams)
     path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(HPARAMS), "global_step": 3,
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "global_step": 3,
                 "callbacks": {}}, path)
     return path
 

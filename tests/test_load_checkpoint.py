@@ -9,20 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lvdm.checkpoint import INSTANTIATOR, UnsafeCheckpointError, build_module, load_module, torch_load
+from lvdm.checkpoint import UnsafeCheckpointError, build_module, load_module, torch_load
 from lvdm.utils import read_prompt_file
-
-HPARAMS = {
-    "_class_path": "lvdm.module.LatentDiffusionModule",
-    "_instantiator": INSTANTIATOR,
-    "denoiser": {"class_path": "lvdm.models.dit.DiT", "init_args": {
-        "in_channels": 3, "patch_size": [2, 4, 4], "hidden_size": 32, "depth": 1, "num_heads": 2,
-        "conditioning": "cross_attn", "layout": "full", "context_dim": 16}},
-    "text_encoder": {"class_path": "lvdm.text.words.WordTextEncoder", "init_args": {"dim": 16, "max_length": 4}},
-    "objective": {"class_path": "lvdm.diffusion.objectives.RectifiedFlow"},
-    "compressor": {"class_path": "lvdm.compressors.pixels.PixelCompressor"},
-    "sample_shape": [2, 8, 8],
-}
 
 
 class _RunsCode:
@@ -35,10 +23,10 @@ class _RunsCode:
         return os.system, (f"touch {self.marker}",)
 
 
-def _checkpoint(tmp_path, with_ema=True):
-    module = build_module(HPARAMS)
+def _checkpoint(tmp_path, hparams, with_ema=True):
+    module = build_module(hparams)
     state = {k: v.clone() for k, v in module.state_dict().items()}
-    ckpt = {"state_dict": state, "hyper_parameters": dict(HPARAMS), "global_step": 7, "callbacks": {}}
+    ckpt = {"state_dict": state, "hyper_parameters": hparams, "global_step": 7, "callbacks": {}}
     if with_ema:
         shadow = {n: torch.full_like(p, 0.5) for n, p in module.named_parameters()}
         ckpt["callbacks"]["EMA"] = {"shadow": shadow, "num_updates": 3, "decay": 0.9}
@@ -47,8 +35,8 @@ def _checkpoint(tmp_path, with_ema=True):
     return path, module
 
 
-def test_load_module_raw_ema_and_auto(tmp_path):
-    path, module = _checkpoint(tmp_path)
+def test_load_module_raw_ema_and_auto(tmp_path, tiny_hparams):
+    path, module = _checkpoint(tmp_path, tiny_hparams())
     raw = load_module(path, weights="raw")
     assert raw.weights == "raw" and raw.global_step == 7
     for k, v in module.state_dict().items():
@@ -57,7 +45,7 @@ def test_load_module_raw_ema_and_auto(tmp_path):
     assert ema.weights == "ema" and "EMA weights at step 7" in ema.describe()
     assert all(torch.all(p == 0.5) for p in ema.module.parameters())
     (tmp_path / "plain").mkdir()
-    plain, _ = _checkpoint(tmp_path / "plain", with_ema=False)
+    plain, _ = _checkpoint(tmp_path / "plain", tiny_hparams(), with_ema=False)
     assert load_module(plain).weights == "raw"
     with pytest.raises(ValueError, match="no EMA weights"):
         load_module(plain, weights="ema")
@@ -81,8 +69,8 @@ def test_a_pickle_that_runs_code_is_refused_and_runs_nothing(tmp_path):
     {"_instantiator": "os.system"},
     {"denoiser": {"class_path": "subprocess.Popen", "init_args": {"args": "touch pwned"}}},
 ])
-def test_a_stored_recipe_may_only_name_allowed_classes(tmp_path, change):
-    path, module = _checkpoint(tmp_path)
+def test_a_stored_recipe_may_only_name_allowed_classes(tmp_path, change, tiny_hparams):
+    path, module = _checkpoint(tmp_path, tiny_hparams())
     ckpt = torch.load(path, weights_only=True)
     ckpt["hyper_parameters"].update(change)
     torch.save(ckpt, path)
@@ -96,11 +84,11 @@ def test_a_stored_recipe_may_only_name_allowed_classes(tmp_path, change):
         load_module(weights)
 
 
-def test_safetensors_round_trip_and_bad_metadata(tmp_path):
-    _, module = _checkpoint(tmp_path)
+def test_safetensors_round_trip_and_bad_metadata(tmp_path, tiny_hparams):
+    _, module = _checkpoint(tmp_path, tiny_hparams())
     weights = tmp_path / "model.safetensors"
     tensors = {k: v.contiguous() for k, v in module.state_dict().items()}
-    save_file(tensors, weights, metadata={"lvdm_hyper_parameters": json.dumps(HPARAMS), "weights": "ema",
+    save_file(tensors, weights, metadata={"lvdm_hyper_parameters": json.dumps(tiny_hparams()), "weights": "ema",
                                          "global_step": "12"})
     loaded = load_module(weights)
     assert (loaded.weights, loaded.global_step) == ("ema", 12)

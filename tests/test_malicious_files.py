@@ -8,20 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lvdm.checkpoint import INSTANTIATOR, UnsafeCheckpointError, build_module
+from lvdm.checkpoint import UnsafeCheckpointError, build_module
 from lvdm.cli import main
-
-HPARAMS = {
-    "_class_path": "lvdm.module.LatentDiffusionModule",
-    "_instantiator": INSTANTIATOR,
-    "denoiser": {"class_path": "lvdm.models.dit.DiT", "init_args": {
-        "in_channels": 3, "patch_size": [2, 4, 4], "hidden_size": 32, "depth": 1, "num_heads": 2,
-        "conditioning": "cross_attn", "layout": "full", "context_dim": 16}},
-    "text_encoder": {"class_path": "lvdm.text.words.WordTextEncoder", "init_args": {"dim": 16, "max_length": 4}},
-    "objective": {"class_path": "lvdm.diffusion.objectives.RectifiedFlow", "init_args": {"num_sampling_steps": 2}},
-    "compressor": {"class_path": "lvdm.compressors.pixels.PixelCompressor"},
-    "sample_shape": [2, 8, 8],
-}
 
 
 class RunsCode:
@@ -33,13 +21,14 @@ class RunsCode:
 
 
 @pytest.fixture
-def evil(tmp_path):
+def evil(tmp_path, tiny_hparams):
     """A .ckpt, a DeepSpeed directory and a .safetensors that would each run `touch <marker>`."""
     marker = tmp_path / "pwned"
-    module = build_module(HPARAMS)
+    hparams = tiny_hparams()
+    module = build_module(hparams)
     state = {k: v.clone() for k, v in module.state_dict().items()}
     ckpt = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": state, "hyper_parameters": dict(HPARAMS), "global_step": 1, "x": RunsCode(marker)}, ckpt)
+    torch.save({"state_dict": state, "hyper_parameters": hparams, "global_step": 1, "x": RunsCode(marker)}, ckpt)
     ds = tmp_path / "evil_ds.ckpt"
     (ds / "tag").mkdir(parents=True)
     (ds / "latest").write_text("tag")
@@ -47,7 +36,7 @@ def evil(tmp_path):
     torch.save({"optimizer_state_dict": {"zero_stage": 2}, "x": RunsCode(marker)},
                ds / "tag" / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
     st = tmp_path / "evil.safetensors"
-    recipe = {**HPARAMS, "denoiser": {"class_path": "subprocess.Popen", "init_args": {"args": ["touch", str(marker)]}}}
+    recipe = {**hparams, "denoiser": {"class_path": "subprocess.Popen", "init_args": {"args": ["touch", str(marker)]}}}
     save_file({k: v.contiguous() for k, v in state.items()}, st,
               metadata={"lvdm_hyper_parameters": json.dumps(recipe), "weights": "raw"})
     return {"ckpt": ckpt, "ds": ds, "st": st, "marker": marker, "tmp": tmp_path}
@@ -109,24 +98,24 @@ def test_resuming_fit_from_a_crafted_checkpoint_refuses(evil, tmp_path):
 
 
 # --------------------------------------------------------------------------- NaN weights
-def nan_checkpoint(tmp_path):
-    module = build_module(HPARAMS)
+def nan_checkpoint(tmp_path, hparams):
+    module = build_module(hparams)
     state = {k: v.clone() for k, v in module.state_dict().items()}
     state["denoiser.final_layer.linear.weight"][0, 0] = float("nan")
     path = tmp_path / "nan.ckpt"
-    torch.save({"state_dict": state, "hyper_parameters": dict(HPARAMS), "global_step": 3}, path)
+    torch.save({"state_dict": state, "hyper_parameters": hparams, "global_step": 3}, path)
     return path
 
 
-def test_sample_refuses_a_nan_model(tmp_path):
+def test_sample_refuses_a_nan_model(tmp_path, tiny_hparams):
     with pytest.raises(SystemExit, match=r"non-finite .*denoiser.final_layer.linear.weight"):
-        main(["sample", "--checkpoint", str(nan_checkpoint(tmp_path)), "--prompts", '["a red square"]',
+        main(["sample", "--checkpoint", str(nan_checkpoint(tmp_path, tiny_hparams())), "--prompts", '["a red square"]',
               "--out", str(tmp_path / "out")])
     assert not list(tmp_path.glob("out/*.mp4"))
 
 
-def test_export_refuses_nan_weights(tmp_path):
+def test_export_refuses_nan_weights(tmp_path, tiny_hparams):
     out = tmp_path / "model.safetensors"
     with pytest.raises(SystemExit, match=r"non-finite .*denoiser.final_layer.linear.weight"):
-        main(["checkpoint", "export", "--checkpoint", str(nan_checkpoint(tmp_path)), "--out", str(out)])
+        main(["checkpoint", "export", "--checkpoint", str(nan_checkpoint(tmp_path, tiny_hparams())), "--out", str(out)])
     assert not out.exists()

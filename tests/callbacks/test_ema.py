@@ -44,4 +44,4 @@ def test_one_update_per_optimizer_step_under_gradient_accumulation(tmp_path):
     for step in (1, 2, 3):
         ref = {n: 0.5 * ref[n] + 0.5 * after_step[step][n] for n in ref}
     for n, v in ema.shadow.items():
-        torch.testing.assert_close(v.double(), ref[n], rtol=0, atol=1e-6)
+        torch.testing.assert_close(v.double(), ref[n], rtol=1e-6, atol=1e-6)  # float32 shadow, weights < 1

@@ -69,7 +69,7 @@ def test_profiler_summary_writes_trace_and_table(tmp_path):
     assert summary["steps"] == 2
     shares = {k: v["percent"] for k, v in summary["categories"].items()}
     assert list(shares) == list(CATEGORIES)
-    assert sum(shares.values()) == pytest.approx(100.0, abs=1e-6)
+    assert sum(shares.values()) == pytest.approx(100.0, rel=1e-9)
     assert shares["Kernel"] == 0 and shares["CPU Exec"] > 20  # a CPU run: host work only
     assert shares["DataLoader"] > 0
     assert "| Average Step Time |" in (out / "summary.md").read_text()

@@ -36,7 +36,8 @@ def _fit(root, max_steps, ckpt_dir, ckpt_path=None, every=None):
     if every:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every, save_top_k=-1))
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=callbacks, num_sanity_val_steps=0)
+                        enable_model_summary=False, callbacks=callbacks, num_sanity_val_steps=0,
+                        default_root_dir=ckpt_dir)  # Lightning's own last checkpoint goes here, not into the cwd
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
     return record.steps
 

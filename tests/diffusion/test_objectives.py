@@ -39,7 +39,8 @@ def test_flow_euler_matches_diffusers_scheduler_driven_by_hand(model, shift):
 
 @pytest.mark.parametrize("sampler,scheduler_cls", [("ddim", DDIMScheduler), ("dpm_solver", DPMSolverMultistepScheduler)])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_ddpm_samplers_match_diffusers_scheduler_driven_by_hand(model, sampler, scheduler_cls, prediction_type):
+def test_ddpm_samplers_match_diffusers_scheduler_driven_by_hand(model, sampler, scheduler_cls, prediction_type,
+                                                                assert_close_scaled):
     obj = DDPM(prediction_type=prediction_type, sampler=sampler, num_sampling_steps=10)
     ours = obj.sample(model, noise())
     extra = {"set_alpha_to_one": False} if sampler == "ddim" else {"algorithm_type": "dpmsolver++"}
@@ -51,7 +52,7 @@ def test_ddpm_samplers_match_diffusers_scheduler_driven_by_hand(model, sampler, 
     with torch.no_grad():
         for t in sched.timesteps:
             x = sched.step(model(sched.scale_model_input(x, t), t.float().expand(2)), t, x).prev_sample
-    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-6)
+    assert_close_scaled(ours, x)
 
 
 def test_ddim_matches_float64_formula(model):
@@ -72,7 +73,7 @@ def test_ddim_matches_float64_formula(model):
     torch.testing.assert_close(ours.double(), x, rtol=1e-4, atol=1e-4)
 
 
-def test_flow_training_pairs_float64():
+def test_flow_training_pairs_float64(assert_close_scaled):
     obj = RectifiedFlow()
     x0, eps = noise(1), noise(2)
     seen = {}
@@ -84,8 +85,8 @@ def test_flow_training_pairs_float64():
     torch.manual_seed(0)
     loss = obj.training_loss(fn, x0, eps)
     t = (seen["t"] / 1000).double().view(-1, 1, 1, 1, 1)
-    torch.testing.assert_close(seen["x_t"].double(), (1 - t) * x0.double() + t * eps.double(), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(loss.double(), ((eps - x0).double() ** 2).mean(), rtol=1e-6, atol=1e-6)
+    assert_close_scaled(seen["x_t"].double(), (1 - t) * x0.double() + t * eps.double())
+    assert_close_scaled(loss.double(), ((eps - x0).double() ** 2).mean())
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -158,7 +159,7 @@ def test_flow_oracle_for_a_point_mass_recovers_the_point(prediction, shift):
     assert obj.training_loss(oracle, target, noise(7)).item() < 1e-8
 
 
-def test_flow_loss_at_float64_and_grid():
+def test_flow_loss_at_float64_and_grid(assert_close_scaled):
     obj = RectifiedFlow(prediction="sample", shift=3.0)
     x0, eps = noise(1), noise(2)
     t = torch.tensor([0.25, 0.8])
@@ -168,7 +169,7 @@ def test_flow_loss_at_float64_and_grid():
     x_t = (1 - tb) * x0.double() + tb * eps.double()
     v = (x_t - pred.double()) / tb  # a sample prediction turned into a velocity
     expected = ((v - (eps - x0).double()) ** 2).flatten(1).mean(1)
-    torch.testing.assert_close(per_sample.double(), expected, rtol=1e-5, atol=1e-6)
+    assert_close_scaled(per_sample.double(), expected)
     torch.testing.assert_close(obj.fixed_timesteps(3), torch.tensor([0.25, 0.5, 0.75]))
 
 

@@ -59,7 +59,7 @@ def test_checkpointing_keeps_loss_grads_and_keys_and_recomputes(layout):
     assert list(model.state_dict()) == keys
     assert torch.equal(loss, loss_ckpt)
     for name, grad in grads.items():
-        torch.testing.assert_close(grads_ckpt[name], grad, rtol=0, atol=1e-12, msg=name)
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-12, atol=1e-12, msg=name)  # float64
     assert max(g.abs().max().item() for g in grads.values()) > 1e-3
 
     remove_activation_checkpointing(model)

@@ -94,6 +94,12 @@ def max_diff(a, b):
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
+def float32_tol(weights, rtol=1e-6):
+    """A float32 EMA of a few steps is within ~1e-6 of its float64 reference, relative to the
+    largest weight (at least 1e-6 absolute)."""
+    return rtol * max(1.0, max(v.abs().max().item() for v in weights.values()))
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_fit_resume_export_sample(stage, shapes, tmp_path):
     strategy = ["--config", f"strategies/zero{stage}.yaml"]
@@ -118,10 +124,10 @@ def test_zero_fit_resume_export_sample(stage, shapes, tmp_path):
         assert max_diff(rank["ema_at_end"]["shadow"], saved["callbacks"]["EMA"]["shadow"]) == 0.0
     # The EMA under ZeRO equals the float64 EMA of the whole weights after each step.
     ref = reference_ema(a[0]["start_weights"], a[0]["steps"], DECAY)
-    assert max_diff(ref, a[0]["ema_at_end"]["shadow"]) < 1e-6
+    assert max_diff(ref, a[0]["ema_at_end"]["shadow"]) < float32_tol(ref)
     # validate_with_ema swaps the averaged weights in for validation and back out after it.
     for rank in a:
-        assert len(rank["swap_diff"]) == 2 and max(rank["swap_diff"]) < 1e-6
+        assert len(rank["swap_diff"]) == 2 and max(rank["swap_diff"]) < float32_tol(ref)
         assert max(rank["restore_diff"]) == 0.0
     # The exported (merged float32) weights are the weights at the end of training.
     assert max_diff({k: saved["state_dict"][k] for k in a[0]["steps"][-1][1]}, a[0]["steps"][-1][1]) == 0.0
@@ -139,7 +145,7 @@ def test_zero_fit_resume_export_sample(stage, shapes, tmp_path):
     assert sum(b[0]["losses"]) / 2 < 0.9 * a[0]["losses"][0], (a[0]["losses"], b[0]["losses"])
     ref = reference_ema(a[0]["start_weights"], a[0]["steps"] + b[0]["steps"], DECAY)
     assert b[0]["ema_at_end"]["num_updates"] == 6
-    assert max_diff(ref, b[0]["ema_at_end"]["shadow"]) < 1e-6
+    assert max_diff(ref, b[0]["ema_at_end"]["shadow"]) < float32_tol(ref)
 
     # Convert → one safetensors file → `lvdm sample` rebuilds and samples with no other file.
     from safetensors.torch import load_file

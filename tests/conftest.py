@@ -1,0 +1,102 @@
+"""Shared by the whole suite: a float comparison whose tolerance scales with the values, the tiny
+module recipe that the checkpoint tests save, and a check that the suite leaves the repository
+as it found it (tests write only under tmp_path)."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# what Python and pytest write on their own while the suite imports code; never a test's output
+_OWN_FILES = ("__pycache__", ".pytest_cache", ".egg-info")
+
+_TREE = pytest.StashKey[frozenset]()
+
+
+def _assert_close_scaled(actual, expected, rtol=1e-5, msg=None):
+    """``torch.testing.assert_close`` with ``atol = rtol * max|expected|``.
+
+    float32 rounding grows with the largest value a computation touches, so an element near zero
+    in an output of magnitude 30 carries about 30 * eps of error from another kernel or CPU; an
+    element-wise rtol alone fails there, a fixed atol of 1e-6 is below float32's resolution at 30."""
+    import torch  # here: loading this conftest (test_tree_clean runs it in subprocesses) stays cheap
+
+    expected = torch.as_tensor(expected)
+    actual = torch.as_tensor(actual)
+    atol = rtol * expected.abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=msg)
+
+
+@pytest.fixture(scope="session")
+def assert_close_scaled():
+    """The comparison above, for float results computed two ways (another path, kernel or CPU)."""
+    return _assert_close_scaled
+
+
+def _tiny_hparams(**overrides) -> dict:
+    """The ``hyper_parameters`` of a tiny text-to-video module (a cross-attention DiT on pixels,
+    words as the text encoder): what ``lvdm.checkpoint.build_module`` rebuilds from a checkpoint."""
+    from lvdm.checkpoint import INSTANTIATOR
+
+    return {
+        "_class_path": "lvdm.module.LatentDiffusionModule",
+        "_instantiator": INSTANTIATOR,
+        "denoiser": {"class_path": "lvdm.models.dit.DiT", "init_args": {
+            "in_channels": 3, "patch_size": [2, 4, 4], "hidden_size": 32, "depth": 1, "num_heads": 2,
+            "conditioning": "cross_attn", "layout": "full", "context_dim": 16}},
+        "text_encoder": {"class_path": "lvdm.text.words.WordTextEncoder", "init_args": {"dim": 16, "max_length": 4}},
+        "objective": {"class_path": "lvdm.diffusion.objectives.RectifiedFlow", "init_args": {"num_sampling_steps": 2}},
+        "compressor": {"class_path": "lvdm.compressors.pixels.PixelCompressor"},
+        "sample_shape": [2, 8, 8],
+        **overrides,
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_hparams():
+    """``tiny_hparams(**overrides)``: a fresh dict of the tiny module's hyper-parameters."""
+    return _tiny_hparams
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hypothesis_storage_under_tmp(tmp_path_factory):
+    """Hypothesis keeps its examples and constants cache in ./.hypothesis (the repository) unless told otherwise."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HYPOTHESIS_STORAGE_DIRECTORY", str(tmp_path_factory.mktemp("hypothesis")))
+        yield
+
+
+def tree_state(root: Path) -> frozenset | None:
+    """The entries of ``git status --porcelain --ignored`` in ``root``, leaving out what Python and
+    pytest write themselves; None when ``root`` is not a git checkout git can read (an sdist, a
+    tarball, no git installed). Ignored files count: ``checkpoints/last.ckpt`` is ignored by ``*.ckpt``."""
+    if not (root / ".git").exists() or shutil.which("git") is None:
+        return None
+    proc = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=root, check=False,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        return None
+    return frozenset(line for line in proc.stdout.splitlines() if not any(own in line for own in _OWN_FILES))
+
+
+def pytest_sessionstart(session):
+    state = tree_state(ROOT)
+    if state is not None:
+        session.config.stash[_TREE] = state
+
+
+def pytest_sessionfinish(session):
+    """Fail the run when the tests left files in the repository or changed tracked ones."""
+    before = session.config.stash.get(_TREE, None)
+    if before is None:
+        return
+    after = tree_state(ROOT)
+    left = sorted(after - before) if after is not None else []
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_line(f"\nthe tests left these in the repository {ROOT} (write under tmp_path instead): "
+                            + ", ".join(line[3:] for line in left), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
