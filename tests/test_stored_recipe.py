@@ -13,49 +13,41 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lvdm.checkpoint import INSTANTIATOR, UnsafeCheckpointError, build_module, load_module
+from lvdm.checkpoint import UnsafeCheckpointError, build_module, load_module
 from lvdm.cli import main
 from lvdm.stored_recipe import check_stored_recipe, resolve_allowed, takes_objects
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "_class_path": "lvdm.module.LatentDiffusionModule",
-    "_instantiator": INSTANTIATOR,
-    "denoiser": {"class_path": "lvdm.models.dit.DiT", "init_args": {
-        "in_channels": 3, "patch_size": [2, 4, 4], "hidden_size": 32, "depth": 1, "num_heads": 2,
-        "conditioning": "cross_attn", "layout": "full", "context_dim": 16}},
-    "text_encoder": {"class_path": "lvdm.text.words.WordTextEncoder", "init_args": {"dim": 16, "max_length": 4}},
-    "objective": {"class_path": "lvdm.diffusion.objectives.RectifiedFlow", "init_args": {"num_sampling_steps": 2}},
-    "compressor": {"class_path": "lvdm.compressors.pixels.PixelCompressor"},
-    "sample_shape": [2, 8, 8],
-}
+@pytest.fixture
+def tiny(tiny_hparams) -> dict:
+    return tiny_hparams()
 
 
-def pipe_payload(marker: Path) -> dict:
+def pipe_payload(tiny: dict, marker: Path) -> dict:
     """The review's payload: only `lvdm.` names, an untyped `dist_sync_fn` receiving webdataset's
     TarWriter (reached through an lvdm module) that opens `pipe:<cmd>`."""
-    return {**TINY, "denoiser": {"class_path": "lvdm.metrics.fvd.FrechetVideoDistance", "init_args": {
+    return {**tiny, "denoiser": {"class_path": "lvdm.metrics.fvd.FrechetVideoDistance", "init_args": {
         "dist_sync_fn": {"class_path": "lvdm.data.latents.wds.TarWriter",
                          "init_args": {"fileobj": f"pipe:touch {marker}"}}}}}
 
 
-def popen_payload(marker: Path) -> dict:
+def popen_payload(tiny: dict, marker: Path) -> dict:
     """`subprocess.Popen` where an untyped parameter takes it (jsonargparse builds class specs in `Any`)."""
-    return {**TINY, "denoiser": {"class_path": "lvdm.metrics.fvd.FrechetVideoDistance", "init_args": {
+    return {**tiny, "denoiser": {"class_path": "lvdm.metrics.fvd.FrechetVideoDistance", "init_args": {
         "dist_sync_fn": {"class_path": "subprocess.Popen", "init_args": {"args": ["touch", str(marker)]}}}}}
 
 
-def _state() -> dict:
-    return {k: v.clone() for k, v in build_module(TINY).state_dict().items()}
+#: The weights do not matter: every payload is refused (or runs) before they are loaded.
+WEIGHTS = {"w": torch.zeros(2)}
 
 
 def write_ckpt(path: Path, hparams: dict) -> Path:
-    torch.save({"state_dict": _state(), "hyper_parameters": hparams, "global_step": 1}, path)
+    torch.save({"state_dict": dict(WEIGHTS), "hyper_parameters": hparams, "global_step": 1}, path)
     return path
 
 
 def write_safetensors(path: Path, hparams: dict) -> Path:
-    save_file({k: v.contiguous() for k, v in _state().items()}, path,
+    save_file(dict(WEIGHTS), path,
               metadata={"lvdm_hyper_parameters": json.dumps(hparams), "weights": "raw"})
     return path
 
@@ -79,7 +71,7 @@ def marker(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- the payloads are real
-def test_the_pipe_payload_runs_when_built_unchecked(tmp_path):
+def test_the_pipe_payload_runs_when_built_unchecked(tmp_path, tiny):
     """Lightning's own instantiator with the old name-prefix allow-list (every class_path starts with
     `lvdm.`) builds TarWriter and runs the shell command: the refusals below can fail."""
     from lightning.pytorch.cli import instantiate_module
@@ -87,7 +79,7 @@ def test_the_pipe_payload_runs_when_built_unchecked(tmp_path):
     from lvdm.module import LatentDiffusionModule
 
     marker = tmp_path / "pwned"
-    hparams = pipe_payload(marker)
+    hparams = pipe_payload(tiny, marker)
     assert all(p.startswith("lvdm.") for p in ("lvdm.metrics.fvd.FrechetVideoDistance", "lvdm.data.latents.wds.TarWriter"))
     with pytest.raises(Exception):
         instantiate_module(LatentDiffusionModule, {k: v for k, v in hparams.items() if k != "_instantiator"})
@@ -96,9 +88,9 @@ def test_the_pipe_payload_runs_when_built_unchecked(tmp_path):
 
 # --------------------------------------------------------------------------- finding 1: every loader
 @pytest.mark.parametrize("form", ["ckpt", "safetensors"])
-def test_load_module_refuses_the_pipe_payload_naming_file_and_key(tmp_path, marker, form):
+def test_load_module_refuses_the_pipe_payload_naming_file_and_key(tmp_path, tiny, marker, form):
     write = write_ckpt if form == "ckpt" else write_safetensors
-    path = write(tmp_path / f"evil.{form}", pipe_payload(marker))
+    path = write(tmp_path / f"evil.{form}", pipe_payload(tiny, marker))
     with pytest.raises(UnsafeCheckpointError) as err:
         load_module(path)
     message = str(err.value)
@@ -119,23 +111,23 @@ COMMANDS = {
 
 @pytest.mark.parametrize("form", ["ckpt", "safetensors"])
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_every_command_refuses_the_pipe_payload(tmp_path, marker, command, form):
+def test_every_command_refuses_the_pipe_payload(tmp_path, tiny, marker, command, form):
     if command == "export" and form == "safetensors":
         pytest.skip("export reads training checkpoints only")
     (tmp_path / "prompts.txt").write_text("a red square\n")
     write = write_ckpt if form == "ckpt" else write_safetensors
-    path = write(tmp_path / f"evil.{form}", pipe_payload(marker))
+    path = write(tmp_path / f"evil.{form}", pipe_payload(tiny, marker))
     with pytest.raises(SystemExit) as err:
         main(COMMANDS[command](str(path), tmp_path))
     assert "evil" in str(err.value.code) and "untyped parameter" in str(err.value.code)
     assert not (tmp_path / "copy.safetensors").exists()
 
 
-def test_the_app_refuses_the_pipe_payload(tmp_path, marker):
+def test_the_app_refuses_the_pipe_payload(tmp_path, tiny, marker):
     from lvdm.app import VideoGenerator
 
     with pytest.raises(UnsafeCheckpointError, match="evil.ckpt"):
-        VideoGenerator(str(write_ckpt(tmp_path / "evil.ckpt", pipe_payload(marker))), out=str(tmp_path / "out"))
+        VideoGenerator(str(write_ckpt(tmp_path / "evil.ckpt", pipe_payload(tiny, marker))), out=str(tmp_path / "out"))
 
 
 @pytest.mark.parametrize("name, value, why", [
@@ -147,16 +139,16 @@ def test_the_app_refuses_the_pipe_payload(tmp_path, marker):
     ("a shell url", {"class_path": "lvdm.text.words.WordTextEncoder", "init_args": {"dim": 16, "vocab": "http://x/';true'"}},
      "URL"),
 ])
-def test_each_rule_refuses_with_one_line_naming_the_key(name, value, why):
+def test_each_rule_refuses_with_one_line_naming_the_key(tiny, name, value, why):
     with pytest.raises((UnsafeCheckpointError, ValueError)) as err:
-        check_stored_recipe({**TINY, "denoiser": value}, source="checkpoint 'x.ckpt'")
+        check_stored_recipe({**tiny, "denoiser": value}, source="checkpoint 'x.ckpt'")
     assert why in str(err.value) and "model.denoiser" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_a_callable_spelt_as_a_string_is_refused_by_the_import_policy():
+def test_a_callable_spelt_as_a_string_is_refused_by_the_import_policy(tiny):
     """`optimizer` is typed `OptimizerCallable`: jsonargparse would import the string `os.getcwd`."""
     with pytest.raises(UnsafeCheckpointError, match="os.getcwd"):
-        check_stored_recipe({**TINY, "optimizer": "os.getcwd"}, source="checkpoint 'x.ckpt'")
+        check_stored_recipe({**tiny, "optimizer": "os.getcwd"}, source="checkpoint 'x.ckpt'")
 
 
 def test_takes_objects_reads_annotations():
@@ -180,14 +172,14 @@ def _fit_args(tmp_path, *extra):
             str(tmp_path / "run"), "--trainer.enable_progress_bar", "false", *extra]
 
 
-def test_lightnings_own_ckpt_path_merge_runs_a_stored_popen(tmp_path):
+def test_lightnings_own_ckpt_path_merge_runs_a_stored_popen(tmp_path, tiny):
     """Lightning's LightningCLI merges the checkpoint's recipe and builds the stored payload: the
     refusals below can fail."""
     import lightning as L
     from lightning.pytorch.cli import LightningCLI
 
     marker = tmp_path / "pwned"
-    ckpt = write_ckpt(tmp_path / "evil.ckpt", pipe_payload(marker))
+    ckpt = write_ckpt(tmp_path / "evil.ckpt", pipe_payload(tiny, marker))
     with pytest.raises(BaseException):
         LightningCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                      args=["fit", *_fit_args(tmp_path, "--ckpt_path", str(ckpt))],
@@ -197,8 +189,8 @@ def test_lightnings_own_ckpt_path_merge_runs_a_stored_popen(tmp_path):
 
 @pytest.mark.parametrize("payload, names", [(pipe_payload, "TarWriter"), (popen_payload, "subprocess.Popen")])
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])
-def test_ckpt_path_refuses_a_stored_payload_in_one_line(tmp_path, marker, subcommand, payload, names):
-    ckpt = write_ckpt(tmp_path / "evil.ckpt", payload(marker))
+def test_ckpt_path_refuses_a_stored_payload_in_one_line(tmp_path, tiny, marker, subcommand, payload, names):
+    ckpt = write_ckpt(tmp_path / "evil.ckpt", payload(tiny, marker))
     with pytest.raises(SystemExit) as err:
         main([subcommand, *_fit_args(tmp_path, "--ckpt_path", str(ckpt))])
     message = str(err.value.code)
@@ -226,7 +218,7 @@ def _write_evil_deepspeed(path: Path, marker: Path) -> Path:
 
     (path / "tag").mkdir(parents=True)
     (path / "latest").write_text("tag")
-    torch.save({"module": _state(), "x": RunsCode()}, path / "tag" / "mp_rank_00_model_states.pt")
+    torch.save({"module": dict(WEIGHTS), "x": RunsCode()}, path / "tag" / "mp_rank_00_model_states.pt")
     torch.save({"optimizer_state_dict": {"zero_stage": 2}, "x": RunsCode()},
                path / "tag" / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
     return path
@@ -315,7 +307,7 @@ def _adversarial(marker: str) -> list:
     ]
 
 
-def test_no_generated_recipe_runs_code(tmp_path, monkeypatch):
+def test_no_generated_recipe_runs_code(tmp_path, tiny, monkeypatch):
     """Recipes over every importable lvdm class, each in the module parameters its type fits (classes
     with untyped parameters or **kwargs drawn half the time), with class specs in untyped parameters,
     pipe and shell URLs and dotted paths as arguments, nested: whatever each build does (most are
@@ -364,11 +356,11 @@ def test_no_generated_recipe_runs_code(tmp_path, monkeypatch):
     @settings(max_examples=80, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
     @given(changes.filter(bool))
-    @example({k: v for k, v in pipe_payload(marker).items() if k == "denoiser"})  # the review's payloads
-    @example({k: v for k, v in popen_payload(marker).items() if k == "denoiser"})
+    @example({k: v for k, v in pipe_payload(tiny, marker).items() if k == "denoiser"})  # the review's payloads
+    @example({k: v for k, v in popen_payload(tiny, marker).items() if k == "denoiser"})
     def build(change):
         try:
-            build_module({**TINY, **change})
+            build_module({**tiny, **change})
         except Exception:
             pass
         assert not wait_for(marker, 0.05), change
