@@ -5,8 +5,9 @@ Each run is a fresh ``lvdm fit --config recipes/tiny/adaln.yaml`` process (the t
 per process) for ``--steps`` steps on the synthetic shapes; the seconds per step are timed from
 the end of step ``--warmup`` to the end of the last one, so start-up is not counted.
 ``old`` is lvdm before the policy (``LVDM_THREADS=off``: torch's defaults, one spinning
-OpenMP thread per core), ``policy`` lets the CLI decide (threads and ``OMP_WAIT_POLICY``). ``--busy`` starts that many ``while True: pass`` processes for the loaded
-rows and stops them after.
+OpenMP thread per core), ``policy`` lets the CLI decide (threads and ``OMP_WAIT_POLICY``).
+``--busy`` starts that many ``while True: pass`` processes for the loaded rows and stops them
+after.
 
 Usage: ``python benchmarks/thread_policy.py [--steps 40] [--warmup 5] [--busy 1] [--out DIR]``.
 Numbers vary with whatever else runs on the machine: report them with its load.
