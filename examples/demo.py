@@ -16,7 +16,10 @@ Runs the same commands a user would type, printing each one:
    first frames of the held-out clips: do the generated frames move the way the caption says?
 
 Both phases train a fixed number of steps: a busy or slow machine takes longer (the demo
-prints its step rate and the machine's load) but trains the same model.
+prints its step rate and the machine's load) but trains the same model. Each ``lvdm`` command
+picks its CPU threads when it starts (:func:`lvdm.utils.thread_plan`: the free cores, OpenMP
+threads that sleep rather than spin while they wait), so other work on the machine slows it
+far less (``benchmarks/thread_policy.py``); set ``OMP_NUM_THREADS`` to choose yourself.
 
 ``--compare`` also trains the video-only recipe (``recipes/demo/shapes.yaml``) for the same total
 number of steps (image + video) and scores both runs every ``--curve_every`` steps: accuracy
@@ -144,8 +147,14 @@ def write_first_frames(shards: Path, out: Path) -> Path:
 
 
 def load_line() -> str:
+    """The machine's load, and the CPU threads an `lvdm` command started now would pick
+    (:func:`lvdm.utils.thread_plan`: each command decides for itself when it starts)."""
+    from lvdm.utils import busy_cores, thread_plan
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"load average {load:.1f} on {os.cpu_count()} CPU cores"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    plan = thread_plan(cores, 0, os.environ, min(busy_cores(), cores))
+    return f"load average {load:.1f} on {os.cpu_count()} CPU cores; lvdm CPU threads now: {plan.threads or 'default'}"
 
 
 def main() -> None:

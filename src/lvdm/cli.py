@@ -171,6 +171,12 @@ def error_message(err: BaseException) -> str:
 
 def main(argv: Optional[list[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("-h", "--help", "help"):
+        from lvdm.utils import apply_thread_policy
+
+        plan = apply_thread_policy()  # before torch starts: its OpenMP reads the wait policy once
+        if argv[0] in LIGHTNING_COMMANDS:
+            print(f"lvdm: CPU threads: {plan.threads or 'default'} ({plan.reason})", file=sys.stderr)
     if os.environ.get("LVDM_TRACEBACK") or not argv or argv[0] in ("-h", "--help", "help"):
         return _dispatch(argv)
     try:

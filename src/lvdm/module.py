@@ -233,12 +233,16 @@ class LatentDiffusionModule(L.LightningModule):
     def configure_callbacks(self):
         """Defaults for what the trainer lacks: a :class:`~lvdm.callbacks.guard.NonFiniteGuard`, so a
         NaN batch never spreads into the weights (``callbacks/nonfinite_guard.yaml`` configures
-        it), and :class:`~lvdm.callbacks.data.DataHealth`, which logs skipped samples by reason."""
+        it), and :class:`~lvdm.callbacks.data.DataHealth`, which logs skipped samples by reason;
+        Lightning's model summary is replaced by one that counts the denoiser's FLOPs
+        (:mod:`lvdm.callbacks.summary`)."""
         from lvdm.callbacks.data import DataHealth
         from lvdm.callbacks.guard import NonFiniteGuard
+        from lvdm.callbacks.summary import flops_summaries
 
         have = {type(c) for c in self.trainer.callbacks}
-        return [cls() for cls in (NonFiniteGuard, DataHealth) if not any(issubclass(h, cls) for h in have)]
+        defaults = [cls() for cls in (NonFiniteGuard, DataHealth) if not any(issubclass(h, cls) for h in have)]
+        return defaults + flops_summaries(self.trainer.callbacks)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

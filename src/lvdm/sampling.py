@@ -52,6 +52,19 @@ def clear_video_folder(folder: Path, overwrite: bool) -> None:
     (folder / "prompts.txt").unlink(missing_ok=True)
 
 
+def given_size(height: Optional[int], width: Optional[int]) -> Optional[tuple[int, int]]:
+    """The ``(height, width)`` given frames are resized to: ``None`` (keep their size) when
+    neither is given; both must be given, and positive, otherwise."""
+    if height is None and width is None:
+        return None
+    if height is None or width is None:
+        raise ValueError("with --image or --video give --height and --width together (the given frames are "
+                         "resized and centre-cropped to them), or neither to keep the frames' own size")
+    if height < 1 or width < 1:
+        raise ValueError(f"--height and --width must be positive, got {height} and {width}")
+    return height, width
+
+
 def sample(
     checkpoint: str,
     prompts: Optional[list[str]] = None,
@@ -90,8 +103,12 @@ def sample(
             standard input.
         out: output folder.
         num_frames: frames per video (default: the model's sample_shape).
-        height: video height in pixels (default: the model's sample_shape).
-        width: video width in pixels (default: the model's sample_shape).
+        height: video height in pixels (default: the model's sample_shape; with ``image`` or
+            ``video``: the given frames' height). With ``image``/``video``, give ``height`` and
+            ``width`` together: the given frames are resized so their shorter side covers the
+            size and centre-cropped to it, as training clips are.
+        width: video width in pixels (default: the model's sample_shape; with ``image`` or
+            ``video``: the given frames' width).
         steps: sampler steps (default: the objective's).
         guidance: classifier-free guidance scale (default: the model's; 1 disables it).
         seed: base noise seed.
@@ -100,7 +117,8 @@ def sample(
         fps: frame rate of the mp4 files (default: the model's ``fps``, the rate of its training clips).
         device: ``cpu``, ``cuda``, ``cuda:1``… or ``auto`` (a GPU when there is one).
         image: image-to-video: an image file, the first frame of every video, or a folder of
-            images, one per prompt in name order; the video size follows the image.
+            images, one per prompt in name order; the video has the image's size unless
+            ``height`` and ``width`` are given.
         video: a video file to continue (the same start for every prompt); needs ``extend``.
         extend: with ``video``: frames to add; the written videos hold the given frames first.
         context_frames: with ``video``: given frames per generated window (default: half of
@@ -129,8 +147,13 @@ def sample(
         raise ValueError("--loop makes a video that starts and ends on an image: give it with --image")
     from lvdm.data.given import read_images, read_video
 
-    first = read_images(image, len(all_prompts)) if image else None
-    start_clip = read_video(video)[None] if video else None
+    size = given_size(height, width) if image or video else None
+    first = read_images(image, len(all_prompts), size) if image else None
+    start_clip = read_video(video, size)[None] if video else None
+    if size is None and (image or video):
+        h, w = (first if first is not None else start_clip).shape[-2:]
+        print(f"the videos are {h}x{w} (height x width), the size of the given frames; "
+              "--height and --width resize them")
     out_dir = Path(out)
     clear_video_folder(out_dir, overwrite)
     loaded = load_module(checkpoint, weights="auto" if use_ema else "raw", map_location=resolve_device(device))

@@ -87,12 +87,30 @@ def test_a_good_stream_with_some_bad_samples_passes(shards, caplog):
     dm = VideoDataModule([str(shards / "good-000000.tar"), str(shards / "bad-000000.tar")], batch_size=2,
                          samples_per_epoch=16, data_guard=DataGuard(window=10, max_skip_fraction=0.8))
     dm.setup("fit")
-    with caplog.at_level("WARNING", logger="lvdm.data"):
+    with caplog.at_level("DEBUG", logger="lvdm.data"):
         assert len(list(dm.train_dataloader())) == 8
-    assert dm.skip_reasons["corrupt_video"] == dm.skipped > 0
-    # every skip is reported, repeats of the same sample included (a warnings filter shows each once)
-    skips = [r.getMessage() for r in caplog.records if "skipping sample" in r.getMessage()]
-    assert len(skips) == dm.skipped and len(set(skips)) < len(skips)
+    assert dm.skip_reasons["corrupt_video"] == dm.skipped > 1
+    # every skip is logged, repeats of the same sample included, but only the first as a warning
+    skips = [r for r in caplog.records if "skipping sample" in r.getMessage()]
+    assert len(skips) == dm.skipped and len({r.getMessage() for r in skips}) < len(skips)
+    assert [r.levelname for r in skips].count("WARNING") == 1 and skips[0].levelname == "WARNING"
+    assert "further skips for this reason are counted" in skips[0].getMessage()
+
+
+def test_repeated_skips_warn_once_per_reason(caplog):
+    """An image drawn again and again by a video recipe (too_short) warns once, not once per
+    draw; another reason still gets its own warning; the counts stay complete."""
+    from lvdm.data.video import VideoTooShortError
+
+    watch = DataGuard(max_skip_fraction=1.0).attach().watch()
+    with caplog.at_level("WARNING", logger="lvdm.data"):
+        for _ in range(26):
+            watch.skipped(VideoTooShortError("video 'img' has 1 frames, fewer than the 8 needed"), "img", "a.tar")
+        watch.skipped(VideoTooLargeError("too big"), "huge", "a.tar")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings
+    assert "'img'" in warnings[0] and "reason: too_short" in warnings[0] and "reason: too_large" in warnings[1]
+    assert watch.guard.counts()["too_short"] == 26 and watch.guard.counts()["too_large"] == 1
 
 
 STUCK = textwrap.dedent('''

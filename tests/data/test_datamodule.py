@@ -55,7 +55,7 @@ def test_batches_shapes_ranges_captions(shards):
 def test_corrupt_samples_skipped_warned_counted(shards, caplog):
     dm = VideoDataModule(str(shards / "train-000000.tar"), str(shards / "corrupt-000000.tar"), batch_size=3)
     dm.setup("fit")
-    with caplog.at_level("WARNING", logger="lvdm.data"):
+    with caplog.at_level("DEBUG", logger="lvdm.data"):  # skips after the first of a reason log at DEBUG
         keys = _keys(dm.val_dataloader())
     messages = [r.getMessage() for r in caplog.records]
     for key in ("c002", "c005"):

@@ -129,10 +129,12 @@ class DataGuard:
             return dict.fromkeys(REASONS, 0)
         return {reason: int(value.value) for reason, value in self._counts.items()}
 
-    def _count(self, reason: str) -> None:
+    def _count(self, reason: str) -> int:
+        """Count one skip for ``reason``; returns the count so far (all processes)."""
         value = self.attach()._counts[reason]
         with value.get_lock():
             value.value += 1
+            return int(value.value)
 
     def watch(self) -> "StreamWatch":
         """A watch for one pipeline (its own window and clock, these counters)."""
@@ -175,12 +177,18 @@ class StreamWatch:
         self._check_stop()
 
     def skipped(self, exc: BaseException, key: Optional[str], shard: Optional[str]) -> str:
-        """One sample skipped because of ``exc``: counted, logged, checked. Returns the reason."""
+        """One sample skipped because of ``exc``: counted, logged, checked. Returns the reason.
+
+        The first skip of each reason (in this process and its workers) is a warning; the
+        others are logged at DEBUG: a clip drawn again and again (an image in a video recipe)
+        would otherwise print a line per draw. The counts by reason are complete."""
         reason = skip_reason(exc)
-        self.guard._count(reason)
+        first = self.guard._count(reason) == 1
         self._recent.append((reason, shard))
         self._examples.setdefault(reason, f"sample {key!r} in {shard}: {type(exc).__name__}: {exc}")
-        log.warning("skipping sample %r in shard %s: %s: %s (reason: %s)", key, shard, type(exc).__name__, exc, reason)
+        log.log(logging.WARNING if first else logging.DEBUG, "skipping sample %r in shard %s: %s: %s (reason: %s)%s",
+                key, shard, type(exc).__name__, exc, reason,
+                "; further skips for this reason are counted and logged at DEBUG level" if first else "")
         self.check()
         return reason
 

@@ -289,6 +289,24 @@ def count_flops(fn, *args, **kwargs) -> int:
     return int(counter.get_total_flops())
 
 
+def meta_forward_flops(model: torch.nn.Module, latent_shape: Sequence[int], text_len: int = 0,
+                       context_dim: int = 0, batch_size: int = 1) -> int:
+    """FLOPs of one forward of a denoiser (``model(x, timestep, context=, context_mask=)``, the
+    signature of lvdm's DiT and STDiT) on ``batch_size`` latents of ``(C, T, H, W)`` and
+    ``text_len`` text tokens of ``context_dim``, counted by :func:`count_flops` on ``meta``
+    tensors: the weights are swapped for meta copies (``torch.func.functional_call``), so
+    nothing is computed or allocated, on any device and at any size."""
+    from torch.func import functional_call
+
+    meta = {name: torch.empty_like(t, device="meta") for name, t in (*model.named_parameters(), *model.named_buffers())}
+    x = torch.empty(batch_size, *latent_shape, device="meta")
+    text = {}
+    if context_dim:
+        text = {"context": torch.empty(batch_size, text_len, context_dim, device="meta"),
+                "context_mask": torch.ones(batch_size, text_len, dtype=torch.bool, device="meta")}
+    return count_flops(functional_call, model, meta, (x, torch.zeros(batch_size, device="meta")), text)
+
+
 def dit_paper_gflops(model: DiT | DiTShape, latent_thw: Sequence[int], text_len: int = 0) -> float:
     """Forward "Gflops" as the DiT paper reports them (multiply-accumulates = FLOPs / 2)."""
     return dit_forward_flops(model, latent_thw, text_len).total / 2e9
@@ -302,5 +320,6 @@ __all__ = [
     "dit_paper_gflops",
     "dit_training_flops",
     "input_grad_free_flops",
+    "meta_forward_flops",
     "sampling_flops",
 ]
