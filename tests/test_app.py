@@ -45,16 +45,18 @@ def test_generator_renders_the_same_video_as_the_module(checkpoint, tmp_path):
                                          width=12, num_steps=2, guidance_scale=3.0, seed=5)
     (reference,) = save_videos(expected[1:], ["a blue circle"], tmp_path / "reference", fps=4)
     assert (read_frames(reference)[0] == frames).all()  # the same clip, the same encoder
-    # image-to-video: the size follows the image, the first frame is the image (pixel compressor)
+    # image-to-video: the first frame is the image, resized to the requested size (pixel compressor)
     from PIL import Image
 
     ramp = np.zeros((8, 12, 3), dtype=np.uint8)
     ramp[..., 0] = np.linspace(40, 200, 12, dtype=np.uint8)[None]
     ramp[..., 1] = 120
     Image.fromarray(ramp).save(tmp_path / "first.png")
-    (started,) = generator("a red square moving left", 1.0, 16, 16, 2, 3.0, 0, image=str(tmp_path / "first.png"))
+    (started,) = generator("a red square moving left", 1.0, 8, 12, 2, 3.0, 0, image=str(tmp_path / "first.png"))
     frames, _ = read_frames(started)
     assert frames.shape == (4, 8, 12, 3)
+    (resized,) = generator("a red square moving left", 1.0, 16, 16, 2, 3.0, 0, image=str(tmp_path / "first.png"))
+    assert read_frames(resized)[0].shape == (4, 16, 16, 3)  # the sliders' size, not the image's
     assert np.abs(frames[0].astype(float) - ramp).mean() < 6  # the given frame, through H.264
     with pytest.raises(ValueError, match="give one"):
         generator("a", 1.0, 16, 16, 2, 3.0, 0, loop=True)

@@ -168,7 +168,7 @@ class VideoGenerator:
     def __call__(self, prompts: str, seconds: float, height: int, width: int, steps: int, guidance: float,
                  seed: int, image: Optional[str] = None, loop: bool = False) -> list[Path]:
         """Render one mp4 per non-empty line of ``prompts``; returns their paths. With ``image``
-        (a file) every video starts on it (image-to-video; the size follows the image), and with
+        (a file) every video starts on it, resized and centre-cropped to ``height × width`` (image-to-video), and with
         ``loop`` also ends on it. Everything is checked against :attr:`limits` first (a ValueError
         naming the limit); at most ``max_jobs`` calls render at once, the others wait."""
         import torch
@@ -184,8 +184,8 @@ class VideoGenerator:
             raise ValueError("a loop starts and ends on an image: give one")
         if image is not None and Path(image).is_file():
             self.image_size(image)  # from the header: a huge image is refused before it is decoded
-        first = read_images(image, len(lines)) if image is not None else None
-        height, width = self.check_size(*(first.shape[-2:] if first is not None else (height, width)))
+        height, width = self.check_size(height, width)
+        first = read_images(image, len(lines), (height, width)) if image is not None else None
         with self._slots, torch.no_grad():
             # an unguessable folder: the page serves files from `out`, and one visitor's videos are not another's
             folder = self.out / f"request_{next(self._count):05d}_{secrets.token_hex(8)}"
@@ -259,7 +259,7 @@ def build_app(generator: VideoGenerator, max_queue: int = 16):
                 guidance = gr.Slider(1.0, 15.0, value=module.guidance_scale, step=0.5, label="guidance scale")
                 seed = gr.Number(label="seed", value=0, precision=0)
                 with gr.Accordion("image-to-video (models trained with frame masks)", open=False):
-                    picture = gr.Image(label="first frame (the size follows it)", type="filepath", image_mode=None)
+                    picture = gr.Image(label="first frame (resized and cropped to the size above)", type="filepath", image_mode=None)
                     loop = gr.Checkbox(label="loop: end on the image too", value=False)
                 button = gr.Button("Generate", variant="primary")
             with gr.Column():
