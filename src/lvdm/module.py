@@ -18,7 +18,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lvdm.compressors.base import Compressor
 from lvdm.compressors.pixels import PixelCompressor
 from lvdm.data.cache import check_identity, identity
-from lvdm.diffusion.guidance import GuidedDenoiser
+from lvdm.diffusion.guidance import GuidedDenoiser, check_guidance_scale
 from lvdm.diffusion.masking import FrameMasks
 from lvdm.diffusion.objectives import Objective, RectifiedFlow
 from lvdm.text.base import TextEncoder
@@ -69,7 +69,9 @@ class LatentDiffusionModule(L.LightningModule):
         lr_scheduler: optional learning-rate schedule factory, stepped every optimizer step.
         caption_dropout: probability of replacing a caption by "" in training, which teaches
             the unconditional prediction that classifier-free guidance needs.
-        guidance_scale: default classifier-free guidance scale for sampling.
+        guidance_scale: default classifier-free guidance scale for sampling, ``>= 0``: the
+            prediction is ``u + scale · (c − u)``, so 1 is the conditional prediction alone (no
+            guidance), 0 the unconditional one, and larger values follow the prompt more closely.
         sample_shape: default (frames, height, width) of generated videos.
         frame_masks: masked-frame conditioning in training (Open-Sora 1.1+): the mix of
             image-to-video, continuation, loop and random masks (``lvdm.diffusion.masking``);
@@ -119,6 +121,7 @@ class LatentDiffusionModule(L.LightningModule):
                 f"denoiser.context_dim ({ctx_dim}) must equal text_encoder.dim ({text_encoder.dim})"
             )
         self._check_sample_shape()
+        check_guidance_scale(guidance_scale, "LatentDiffusionModule.guidance_scale")
         if not 0.0 <= caption_dropout <= 1.0:
             raise ValueError(f"LatentDiffusionModule.caption_dropout must be in [0, 1], got {caption_dropout}")
         if denoiser.in_channels != self.compressor.latent_channels:

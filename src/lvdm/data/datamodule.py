@@ -169,8 +169,13 @@ class ShardDataModule(L.LightningDataModule, ABC):
         data_guard: DataGuard | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+        name = type(self).__name__
+        for key, value, ok, rule in (("batch_size", batch_size, batch_size >= 1, ">= 1"),
+                                     ("num_workers", num_workers, num_workers >= 0, ">= 0"),
+                                     ("samples_per_epoch", samples_per_epoch, samples_per_epoch >= 1, ">= 1"),
+                                     ("shuffle_buffer", shuffle_buffer, shuffle_buffer >= 0, ">= 0 (0 or 1: no shuffling)")):
+            if not ok:
+                raise ValueError(f"{name}.{key} must be {rule}, got {value}")
         self.train_shards, self.val_shards, self.test_shards = train_shards, val_shards, test_shards
         self.batch_size, self.num_workers = batch_size, num_workers
         self.samples_per_epoch, self.shuffle_buffer, self.seed = samples_per_epoch, shuffle_buffer, seed
@@ -439,7 +444,10 @@ class VideoDataModule(ShardDataModule):
                          samples_per_epoch=samples_per_epoch, shuffle_buffer=shuffle_buffer, seed=seed,
                          test_shards=test_shards, buckets=buckets, data_guard=data_guard)
         if num_frames < 1 or frame_interval < 1:
-            raise ValueError(f"num_frames and frame_interval must be >= 1, got {num_frames}, {frame_interval}")
+            raise ValueError(f"VideoDataModule.num_frames and frame_interval must be >= 1, got {num_frames}, {frame_interval}")
+        sizes = [resolution] if isinstance(resolution, int) else list(resolution)
+        if len(sizes) not in (1, 2) or any(not isinstance(n, int) or n < 1 for n in sizes):
+            raise ValueError(f"VideoDataModule.resolution must be a positive int or (height, width), got {resolution}")
         self.num_frames, self.frame_interval, self.resolution = num_frames, frame_interval, resolution
         self.caption_field = caption_field
 
