@@ -14,7 +14,6 @@ bytes in a bounded buffer before they are decoded.
 from __future__ import annotations
 
 import io
-import json
 import itertools
 import logging
 import warnings
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from lvdm.data.buckets import UNFIT_REASONS, Bucket, BucketConfig, sample_size
 from lvdm.data.guard import DataGuard, StreamWatch
-from lvdm.data.schema import media_entry
+from lvdm.data.schema import media_entry, sample_json
 from lvdm.data.shards import resolve_shards
 from lvdm.data.stream import Counters, TrainStream, decode_group, plan_and_group
 from lvdm.distributed.ranks import data_parallel_rank_world
@@ -370,14 +369,12 @@ class _EvalBuckets:
 
 def sample_caption(sample: dict, caption_field: str | None = None) -> str:
     """A raw sample's caption: its json's ``caption_field`` when that is a non-empty string,
-    else its ``txt``. Malformed json raises ``ValueError`` (the sample is skipped and counted)."""
-    if caption_field is not None and "json" in sample:
-        try:
-            value = json.loads(sample["json"]).get(caption_field)
-        except (ValueError, AttributeError) as exc:
-            raise ValueError(f"json of sample {sample.get('__key__')!r} is not a readable object: {exc}") from exc
-        if isinstance(value, str) and value.strip():
-            return value
+    else its ``txt``. A json that is not an object raises :class:`~lvdm.data.schema.BadMetadataError`
+    (the sample is skipped and counted as ``bad_json``)."""
+    meta = sample_json(sample)  # checked even when unused: a sample with a broken json is skipped on every path
+    value = meta.get(caption_field) if caption_field is not None else None
+    if isinstance(value, str) and value.strip():
+        return value
     return sample["txt"].decode("utf-8")
 
 
@@ -464,12 +461,13 @@ class VideoDataModule(ShardDataModule):
         """``key.<ext>`` → ``"video"`` ``[3, T, H, W]`` (the bucket's shape, if any), ``key.txt`` (or the
         json's ``caption_field``) → ``"caption"``."""
         _, media = media_entry(sample)
+        caption = sample_caption(sample, self.caption_field)  # before decoding: a bad json costs no decode
         frames, interval, size = self.num_frames, self.frame_interval, self.resolution
         if bucket is not None:
             frames, interval, size = bucket.num_frames, self.buckets.frame_interval, (bucket.height, bucket.width)
         video = decode_clip(media, frames, interval, size,
                             random_start=random_start, rng=rng, name=repr(sample.get("__key__")))
-        return {"video": video, "caption": sample_caption(sample, self.caption_field)}
+        return {"video": video, "caption": caption}
 
 
 class LatentDataModule(ShardDataModule):
@@ -533,7 +531,7 @@ class LatentDataModule(ShardDataModule):
         shape (``batch_size``), read from the ``.npy`` header."""
         if self.buckets is None:
             return super().assign_sample(sample, rng)
-        meta = json.loads(sample["json"]) if "json" in sample else {}
+        meta = sample_json(sample)
         bucket = meta.get("bucket")
         if bucket is None:
             return _npy_shape(sample["latent.npy"]), self.batch_size, None
@@ -556,7 +554,7 @@ class LatentDataModule(ShardDataModule):
                 raise ValueError(f"latent has {latent.shape[1]} frames, fewer than num_frames={self.num_frames}")
             start = int(rng.integers(latent.shape[1] - self.num_frames + 1)) if random_start else 0
             latent = latent[:, start : start + self.num_frames]
-        meta = json.loads(sample["json"]) if "json" in sample else {}
+        meta = sample_json(sample)
         out = {"latent": torch.from_numpy(latent.astype(np.float32)), "caption": sample["txt"].decode("utf-8")}
         if "text.npy" in sample:
             out["text"] = torch.from_numpy(_load_npy(sample, "text.npy").astype(np.float32))

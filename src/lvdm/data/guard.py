@@ -33,7 +33,8 @@ __all__ = ["DataGuard", "DataStreamError", "DataLoaderStopped", "REASONS", "skip
 
 log = logging.getLogger("lvdm.data")
 
-REASONS = ("corrupt_video", "too_short", "too_large", "missing_entry", "bad_caption", "unreadable_shard", "invalid")
+REASONS = ("corrupt_video", "too_short", "too_large", "missing_entry", "bad_caption", "bad_json", "unreadable_shard",
+           "empty_shard", "invalid")
 
 
 class DataStreamError(RuntimeError):
@@ -46,6 +47,7 @@ class DataLoaderStopped(RuntimeError):
 
 def skip_reason(exc: BaseException) -> str:
     """The reason (one of :data:`REASONS`) a sample raising ``exc`` is skipped."""
+    from lvdm.data.schema import BadMetadataError
     from lvdm.data.video import VideoDecodeError, VideoTooLargeError, VideoTooShortError
 
     if isinstance(exc, VideoTooShortError):
@@ -54,6 +56,8 @@ def skip_reason(exc: BaseException) -> str:
         return "too_large"
     if isinstance(exc, VideoDecodeError):
         return "corrupt_video"
+    if isinstance(exc, BadMetadataError):
+        return "bad_json"
     if isinstance(exc, KeyError):
         return "missing_entry"
     if isinstance(exc, UnicodeDecodeError):
