@@ -160,8 +160,8 @@ def test_hidden_frame_count_decodes_only_up_to_the_window(monkeypatch):
     pulled = []
     real = video_mod._iter_rgb
 
-    def counting(container, label, skip=0):
-        for frame in real(container, label, skip):
+    def counting(container, label, skip=0, **kwargs):
+        for frame in real(container, label, skip, **kwargs):
             pulled.append(1)
             yield frame
 

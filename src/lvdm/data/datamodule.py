@@ -32,7 +32,7 @@ from lvdm.data.schema import media_entry, sample_json
 from lvdm.data.shards import resolve_shards
 from lvdm.data.stream import Counters, TrainStream, decode_group, plan_and_group
 from lvdm.distributed.ranks import data_parallel_rank_world
-from lvdm.data.video import decode_clip
+from lvdm.data.video import MAX_DECODED_BYTES, decode_clip
 
 __all__ = ["ShardDataModule", "VideoDataModule", "LatentDataModule"]
 
@@ -418,6 +418,12 @@ class VideoDataModule(ShardDataModule):
         caption_field: train on this json field's caption (e.g. ``caption_vlm``, written by
             ``lvdm data caption``) instead of ``key.txt``; a sample whose field is missing or
             empty (its captioning failed) uses its ``key.txt``. ``None``: always ``key.txt``.
+        max_decoded_bytes: most bytes decoded for one clip (frames x height x width x 3, frames
+            passed over to reach a random start included; default 2 GiB): a clip that needs
+            more is skipped as ``too_large`` — from its header before decoding, or as soon as
+            its decoded frames pass it — and random starts are drawn among those it affords
+            (:func:`lvdm.data.video.decode_clip`). Bounds a decode bomb: a 46 KB GIF of 2000
+            frames of 4000x4000 decodes to 96 GB.
     """
 
     def __init__(
@@ -436,6 +442,7 @@ class VideoDataModule(ShardDataModule):
         buckets: Optional[BucketConfig] = None,
         data_guard: DataGuard | None = None,
         caption_field: str | None = None,
+        max_decoded_bytes: int = MAX_DECODED_BYTES,
     ) -> None:
         super().__init__(train_shards, val_shards, batch_size=batch_size, num_workers=num_workers,
                          samples_per_epoch=samples_per_epoch, shuffle_buffer=shuffle_buffer, seed=seed,
@@ -445,6 +452,9 @@ class VideoDataModule(ShardDataModule):
         sizes = [resolution] if isinstance(resolution, int) else list(resolution)
         if len(sizes) not in (1, 2) or any(not isinstance(n, int) or n < 1 for n in sizes):
             raise ValueError(f"VideoDataModule.resolution must be a positive int or (height, width), got {resolution}")
+        if max_decoded_bytes < 1:
+            raise ValueError(f"VideoDataModule.max_decoded_bytes must be >= 1, got {max_decoded_bytes}")
+        self.max_decoded_bytes = max_decoded_bytes
         self.num_frames, self.frame_interval, self.resolution = num_frames, frame_interval, resolution
         self.caption_field = caption_field
 
@@ -466,7 +476,8 @@ class VideoDataModule(ShardDataModule):
         if bucket is not None:
             frames, interval, size = bucket.num_frames, self.buckets.frame_interval, (bucket.height, bucket.width)
         video = decode_clip(media, frames, interval, size,
-                            random_start=random_start, rng=rng, name=repr(sample.get("__key__")))
+                            random_start=random_start, rng=rng, name=repr(sample.get("__key__")),
+                            max_decoded_bytes=self.max_decoded_bytes)
         return {"video": video, "caption": caption}
 
 
