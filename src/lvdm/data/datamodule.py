@@ -342,7 +342,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         if len(urls) >= world_size:
             stages.append(_SplitByRank(rank, world_size))
         watch = self.data_guard.watch()
-        stages += [wds.split_by_worker, watch.shards, wds.tarfile_to_samples(handler=watch.shard_error)]
+        stages += [wds.split_by_worker, watch.shards, wds.tarfile_to_samples(handler=watch.shard_error), watch.samples]
         if self.buckets is None:
             stages += [self._decoder(False, rank, watch), wds.batched(self.batch_size, collation_fn=_collate, partial=True)]
         else:
