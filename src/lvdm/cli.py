@@ -99,7 +99,7 @@ def _nested_error(lines: list[str]) -> tuple[list[str], str | None, str]:
     stack: list[tuple[int, str, str | None]] = []  # (indent, key, class_path)
     for line in lines:
         indent, text = len(line) - len(line.lstrip()), line.strip().removeprefix("- ")
-        while stack and stack[-1][0] >= indent and not text.startswith("Problem with given class_path"):
+        while stack and stack[-1][0] >= indent:  # left the branch of the key on top
             stack.pop()
         if text.startswith('Parser key "'):
             key, _, rest = text[len('Parser key "'):].partition('"')
@@ -120,9 +120,9 @@ def parse_error_message(message: str, parser) -> str:
     import re
 
     help_hint = f"run `{parser.prog.replace(' [options]', '')} --help` for the options"
-    found = re.search(r"(?:does not accept option|Key) '([^']+)'", message)
-    if found:  # an unknown key in a config file or on the line, outside any class
-        key = found.group(1)
+    found = re.match(r"(?:Subcommand|Group) '[^']+' does not accept option '([^']+)'|Option '([^']+)' is not accepted before", message)
+    if found:  # an unknown key in a config file, outside any class
+        key = found.group(1) or found.group(2)
         return f"unknown key '{key}'\n{_suggest(key, _option_names(parser))}({help_hint})"
     found = re.match(r"unrecognized arguments: (\S+)", message)
     if found:
