@@ -79,6 +79,8 @@ def test_guidance_scale_zero_and_one_are_valid_and_generate_checks_its_argument(
     assert module.guidance_scale == 0.0
     with pytest.raises(ValueError, match=r"guidance_scale must be >= 0 .*got -1.0"):
         module.generate(["a"], num_frames=2, num_steps=1, guidance_scale=-1.0)
+    with pytest.raises(ValueError, match=r"num_steps must be >= 1 .*got 0"):
+        module.generate(["a"], num_frames=2, num_steps=0)
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -278,6 +278,9 @@ class LatentDiffusionModule(L.LightningModule):
         the first given latent frame as the last one, so the video ends where it starts (a
         seamless loop). The model should have been trained with ``frame_masks`` (``loop`` masks
         for looping)."""
+        if num_steps is not None and num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1 (None: the objective's num_sampling_steps), got {num_steps}")
+        scale = check_guidance_scale(self.guidance_scale if guidance_scale is None else guidance_scale, "guidance_scale")
         frames, h, w = num_frames or self.sample_shape[0], height or self.sample_shape[1], width or self.sample_shape[2]
         if first_frames is not None:
             h, w = first_frames.shape[-2:]
@@ -290,7 +293,6 @@ class LatentDiffusionModule(L.LightningModule):
         x_given, frame_mask = (None, None) if first_frames is None else self.given_latents(first_frames, noise, loop)
         ctx, mask = self.encode_text(prompts)
         null_ctx, null_mask = self.encode_text([""])
-        scale = self.guidance_scale if guidance_scale is None else guidance_scale
         model_fn = GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale)
         latents = self.objective.sample(model_fn, noise, num_steps, progress=progress, x_given=x_given,
                                         frame_mask=frame_mask)
