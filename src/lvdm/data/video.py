@@ -237,11 +237,13 @@ def decode_clip(
         start = 0
         if random_start and total:  # among the starts whose window fits the video and the byte budget
             start = int((rng or np.random.default_rng()).integers(0, min(total, affordable) - span + 1))
-        frames = _take(_iter_rgb(container, label, skip=start, max_decoded_bytes=max_decoded_bytes), start, span)
-    if len(frames) < span:
-        raise VideoTooShortError(f"video {label} decoded {start + len(frames)} frames, fewer than the "
+        size = None if resolution is None else (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        decoded = _iter_rgb(container, label, skip=start, max_decoded_bytes=max_decoded_bytes)
+        frames, reached = _take(decoded, start, span, frame_interval, lambda frame: _model_frame(frame, size))
+    if reached < span:
+        raise VideoTooShortError(f"video {label} decoded {start + reached} frames, fewer than the "
                          f"{start + span} needed for num_frames={num_frames}, frame_interval={frame_interval}")
-    return _model_ready(frames[::frame_interval], resolution)
+    return torch.stack(frames, dim=1)
 
 
 def _frames_and_budget(container, label: str, span: int, random_start: bool, max_decoded_bytes: int) -> tuple[int, int]:
@@ -266,17 +268,12 @@ def _frames_and_budget(container, label: str, span: int, random_start: bool, max
     return total, affordable
 
 
-def _model_ready(frames: list[np.ndarray], resolution: int | tuple[int, int] | None) -> torch.Tensor:
-    """``[H, W, 3]`` uint8 frames → ``[3, T, h, w]`` float32 in ``[-1, 1]``, resized and cropped
-    one frame at a time (a whole clip in float32 would be 4x its decoded bytes)."""
-    size = None if resolution is None else (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
-    out = []
-    for frame in frames:
-        video = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
-        if size is not None:
-            video = _resize_crop(video, size)
-        out.append((video[0] / 127.5 - 1.0).clamp_(-1.0, 1.0))
-    return torch.stack(out, dim=1)
+def _model_frame(frame: np.ndarray, size: tuple[int, int] | None) -> torch.Tensor:
+    """One ``[H, W, 3]`` uint8 frame → ``[3, h, w]`` float32 in ``[-1, 1]``, resized and cropped."""
+    video = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
+    if size is not None:
+        video = _resize_crop(video, size)
+    return (video[0] / 127.5 - 1.0).clamp_(-1.0, 1.0)
 
 
 def count_video_frames(container: av.container.InputContainer, stream, limit: int) -> int:
@@ -288,12 +285,17 @@ def count_video_frames(container: av.container.InputContainer, stream, limit: in
     return count
 
 
-def _take(frames, start: int, count: int) -> list[np.ndarray]:
-    """Frames ``start .. start + count - 1`` of an iterator, without decoding past them."""
-    out = []
+def _take(frames, start: int, count: int, interval: int, convert) -> tuple[list, int]:
+    """``(convert(frame) for every interval-th of frames start .. start + count - 1, how many
+    of those frames the iterator had)``, without decoding past them. Each kept frame is
+    converted as it arrives: only the converted clip stays in memory, not its decoded frames."""
+    out, reached = [], 0
     for index, frame in enumerate(frames):
-        if index >= start:
-            out.append(frame)
-            if len(out) == count:
-                break
-    return out
+        if index < start:
+            continue
+        if reached % interval == 0:
+            out.append(convert(frame))
+        reached += 1
+        if reached == count:
+            break
+    return out, reached
