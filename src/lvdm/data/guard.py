@@ -256,13 +256,13 @@ class StreamWatch:
         failed = collections.Counter(state for state, _ in self._shards if state)
         # unreadable shards count against max_skip_fraction; empty ones (harmless among good
         # ones) only when no shard of the window held a sample
-        too_many = failed["unreadable"] > guard.max_skip_fraction * guard.window or sum(failed.values()) == guard.window
-        if len(self._shards) == guard.window and guard.max_skip_fraction < 1.0 and too_many:
+        unreadable = failed["unreadable"] > guard.max_skip_fraction * guard.window
+        if len(self._shards) == guard.window and guard.max_skip_fraction < 1.0 and (unreadable or sum(failed.values()) == guard.window):
             example = self._examples.get("unreadable_shard") or self._examples.get("empty_shard")
+            why = f"more than max_skip_fraction={guard.max_skip_fraction} unreadable" if unreadable else "none held a sample"
             raise DataStreamError(f"{sum(failed.values())} of the last {guard.window} shards opened could not be read "
-                                  f"or held no sample ({failed['unreadable']} unreadable, {failed['empty']} empty; "
-                                  f"more than max_skip_fraction={guard.max_skip_fraction}); e.g. {example}; "
-                                  f"shards: {self._failed_shards()}")
+                                  f"or held no sample ({failed['unreadable']} unreadable, {failed['empty']} empty: {why}); "
+                                  f"e.g. {example}; shards: {self._failed_shards()}")
         waited = time.monotonic() - self._last_sample
         if guard.max_seconds_without_sample and waited > guard.max_seconds_without_sample:
             raise DataStreamError(f"no sample could be read for {waited:.0f} s "
