@@ -87,8 +87,52 @@ def test_unknown_recipe_key_fails_naming_it(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(recipe))
     proc = lvdm("fit", "--config", str(bad), check=False)
-    assert proc.returncode != 0
-    assert "hidden_sise" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "lvdm fit: unknown key 'hidden_sise' in model.denoiser (lvdm.models.dit.DiT)",
+        "did you mean 'hidden_size'? (run `lvdm fit --help` for the options)"]
+
+
+def _error_lines(argv, capsys) -> list[str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()
+
+
+TINY = ["fit", "--config", str(ROOT / "recipes/tiny/adaln.yaml")]
+
+
+@pytest.mark.parametrize("argv,first,hint", [
+    (TINY + ["--model.init_args.guidanc_scale", "3"],
+     "lvdm fit: unknown key 'guidanc_scale' in model (lvdm.module.LatentDiffusionModule)", "did you mean 'guidance_scale'?"),
+    (TINY + ["--model.init_args.objective.init_args.shiftt", "3"],
+     "lvdm fit: unknown key 'shiftt' in model.objective (lvdm.diffusion.objectives.RectifiedFlow)", "did you mean 'shift'?"),
+    (TINY + ["--data.init_args.shufle_buffer", "3"],
+     "lvdm fit: unknown key 'shufle_buffer' in data (lvdm.data.datamodule.VideoDataModule)", "did you mean 'shuffle_buffer'?"),
+    (TINY + ["--trainer.max_stepz", "3"], "lvdm fit: unrecognized argument --trainer.max_stepz",
+     "did you mean 'trainer.max_steps'?"),
+    (TINY + ["--trainer.max_steps", "abc"], "lvdm fit: trainer.max_steps: expected int, got 'abc'", "lvdm fit --help"),
+    (TINY + ["--model.init_args.guidance_scale", "abc"], "lvdm fit: model.guidance_scale: expected float, got 'abc'",
+     "lvdm fit --help"),
+    (["validate"] + TINY[1:] + ["--data.init_args.batch_sise", "2"],
+     "lvdm validate: unknown key 'batch_sise' in data (lvdm.data.datamodule.VideoDataModule)", "did you mean 'batch_size'?"),
+    (["sample", "--checkpont", "x.ckpt"], "lvdm sample: unrecognized argument --checkpont", "did you mean 'checkpoint'?"),
+    (["estimate", "--frames", "abc"], "lvdm estimate: frames: expected int, got 'abc'", "lvdm estimate --help"),
+    (["data", "synth", "--num_trian", "3"], "lvdm data synth: unrecognized argument --num_trian", "did you mean 'num_train'?"),
+])
+def test_parse_errors_are_one_line_and_a_hint(argv, first, hint, capsys):
+    """jsonargparse printed the whole usage and a nested dump of the config: 52-68 lines."""
+    lines = _error_lines(argv, capsys)
+    assert len(lines) == 2, lines
+    assert lines[0] == first and hint in lines[1]
+
+
+def test_an_unknown_key_in_a_config_file_names_it_and_the_closest_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_stepz: 3\n")
+    assert _error_lines(TINY + ["--config", str(bad)], capsys) == [
+        "lvdm fit: unknown key 'trainer.max_stepz'", "did you mean 'trainer.max_steps'? (run `lvdm fit --help` for the options)"]
 
 
 def test_missing_shard_path_fails_naming_it(tmp_path):

@@ -51,10 +51,102 @@ Run `lvdm <command> --help` for the options of a command.
 """
 
 
+class CommandLineError(SystemExit):
+    """An option or config value the parser refused, as one line (plus a hint line): raised in
+    place of jsonargparse's exit, which prints the whole usage and a nested dump of the config
+    (60 lines for a misspelt key). A ``SystemExit``, so nothing in between catches it either."""
+
+
+def _one_line_errors(base: type) -> type:
+    """``base`` (a jsonargparse parser class) whose top-level parse errors raise :class:`CommandLineError`."""
+
+    class Parser(base):
+        def error(self, message: str, ex: Exception | None = None):
+            if not self.exit_on_error:  # jsonargparse's inner parsers expect an ArgumentError to catch
+                return super().error(message, ex)
+            raise CommandLineError(parse_error_message(message, getattr(ex, "subcommand_parser", None) or self))
+
+    Parser.__name__ = Parser.__qualname__ = base.__name__
+    return Parser
+
+
+def _option_names(source) -> list[str]:
+    """Option keys of a parser, or of a class's constructor (``"module.Class"``)."""
+    if isinstance(source, str):
+        from jsonargparse import ArgumentParser
+
+        try:
+            parser = ArgumentParser(exit_on_error=False)
+            parser.add_class_arguments(_resolve(":".join(source.rsplit(".", 1))))
+        except Exception:  # the suggestion is a courtesy: no suggestion rather than a second error
+            return []
+        source = parser
+    return [a.dest for a in source._actions if a.dest != "help" and not a.dest.endswith(".help")]
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    import difflib
+
+    leaf = {c.rsplit(".", 1)[-1]: c for c in choices}
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6) or \
+        [leaf[m] for m in difflib.get_close_matches(name.rsplit(".", 1)[-1], list(leaf), n=1, cutoff=0.6)]
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _nested_error(lines: list[str]) -> tuple[list[str], str | None, str]:
+    """``(config path, innermost class_path, deepest error line)`` of jsonargparse's nested
+    'Does not validate against any of the Union subtypes' report."""
+    stack: list[tuple[int, str, str | None]] = []  # (indent, key, class_path)
+    for line in lines:
+        indent, text = len(line) - len(line.lstrip()), line.strip().removeprefix("- ")
+        while stack and stack[-1][0] >= indent:  # left the branch of the key on top
+            stack.pop()
+        if text.startswith('Parser key "'):
+            key, _, rest = text[len('Parser key "'):].partition('"')
+            stack.append((indent, key, None))
+            text = rest.lstrip(":").strip()
+        if text.startswith("Problem with given class_path '") and stack:
+            stack[-1] = (stack[-1][0], stack[-1][1], text.split("'")[1])
+            continue
+        if text and not text.startswith(("Does not validate", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>")):
+            classes = [c for _, _, c in stack if c]
+            return [k for _, k, _ in stack], classes[-1] if classes else None, text
+    return [k for _, k, _ in stack], None, lines[0].strip()
+
+
+def parse_error_message(message: str, parser) -> str:
+    """One line (plus a hint) for a jsonargparse parse error: an unknown key names the closest
+    valid one (difflib), a wrong value names the key, the type and the value."""
+    import re
+
+    help_hint = f"run `{parser.prog.replace(' [options]', '')} --help` for the options"
+    found = re.match(r"(?:Subcommand|Group) '[^']+' does not accept option '([^']+)'|Option '([^']+)' is not accepted before", message)
+    if found:  # an unknown key in a config file, outside any class
+        key = found.group(1) or found.group(2)
+        return f"unknown key '{key}'\n{_suggest(key, _option_names(parser))}({help_hint})"
+    found = re.match(r"unrecognized arguments: (\S+)", message)
+    if found:
+        option = found.group(1)
+        return f"unrecognized argument {option}\n{_suggest(option.lstrip('-'), _option_names(parser))}({help_hint})"
+    path, class_path, error = _nested_error(message.strip().splitlines())
+    where = ".".join(path)
+    found = re.match(r"Option '([^']+)' is not accepted", error) or re.match(r"Key '([^']+)' is not expected", error)
+    if found:
+        key, owner = found.group(1), class_path or "this class"
+        names = _option_names(class_path) if class_path else []
+        return f"unknown key '{key}' in {where} ({owner})\n{_suggest(key, names)}({help_hint})"
+    found = re.match(r"Expected a (?:<class '([^']+)'>|(.+?))(?:\. Got value: (.*))?$", error)
+    if found:
+        given = found.group(3) or next(iter(re.findall(r"Given value: (.*)", message)), "?")
+        return f"{where}: expected {found.group(1) or found.group(2)}, got {given!r}\n({help_hint})"
+    return f"{where + ': ' if where else ''}{error}\n({help_hint})"
+
+
 def _function_parser(fn: Callable, prog: str) -> "ArgumentParser":
     from jsonargparse import ArgumentParser
 
-    parser = ArgumentParser(prog=prog, description=(fn.__doc__ or "").split("\n\n")[0], exit_on_error=True)
+    parser = _one_line_errors(ArgumentParser)(prog=prog, description=(fn.__doc__ or "").split("\n\n")[0],
+                                               exit_on_error=True)
     parser.add_argument("--config", action="config", help="a YAML file with these options")
     parser.add_function_arguments(fn, as_group=False)
     return parser
@@ -121,6 +213,8 @@ def lightning_cli(args: Optional[list[str]] = None, run: bool = True):
     import lightning as L
     from jsonargparse import set_parsing_settings
 
+    from lightning.pytorch.cli import LightningArgumentParser
+
     from lvdm.lightning_cli import LvdmCLI, quiet_lightning_tips
 
     for pattern in QUIET_WARNINGS:
@@ -137,9 +231,10 @@ def lightning_cli(args: Optional[list[str]] = None, run: bool = True):
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
+        parser_class=_one_line_errors(LightningArgumentParser),
         # omegaconf+: recipes may interpolate (`total_steps: ${trainer.max_steps}`), resolved
         # after every --config and command-line value is merged
-        parser_kwargs={"description": "Train and evaluate lvdm models from YAML recipes.",
+        parser_kwargs={"prog": "lvdm", "description": "Train and evaluate lvdm models from YAML recipes.",
                        "parser_mode": "omegaconf+"},
     )
 
@@ -181,6 +276,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         return _dispatch(argv)
     try:
         return _dispatch(argv)
+    except CommandLineError as err:
+        sys.stderr.write(f"lvdm {' '.join(a for a in argv[:2] if not a.startswith('-'))}: {err.code}\n")
+        sys.exit(2)
     except Exception as err:
         if not isinstance(err, _user_error_names()):
             raise

@@ -18,7 +18,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lvdm.compressors.base import Compressor
 from lvdm.compressors.pixels import PixelCompressor
 from lvdm.data.cache import check_identity, identity
-from lvdm.diffusion.guidance import GuidedDenoiser
+from lvdm.diffusion.guidance import GuidedDenoiser, check_guidance_scale
 from lvdm.diffusion.masking import FrameMasks
 from lvdm.diffusion.objectives import Objective, RectifiedFlow
 from lvdm.text.base import TextEncoder
@@ -69,7 +69,9 @@ class LatentDiffusionModule(L.LightningModule):
         lr_scheduler: optional learning-rate schedule factory, stepped every optimizer step.
         caption_dropout: probability of replacing a caption by "" in training, which teaches
             the unconditional prediction that classifier-free guidance needs.
-        guidance_scale: default classifier-free guidance scale for sampling.
+        guidance_scale: default classifier-free guidance scale for sampling, ``>= 0``: the
+            prediction is ``u + scale · (c − u)``, so 1 is the conditional prediction alone (no
+            guidance), 0 the unconditional one, and larger values follow the prompt more closely.
         sample_shape: default (frames, height, width) of generated videos.
         frame_masks: masked-frame conditioning in training (Open-Sora 1.1+): the mix of
             image-to-video, continuation, loop and random masks (``lvdm.diffusion.masking``);
@@ -119,6 +121,7 @@ class LatentDiffusionModule(L.LightningModule):
                 f"denoiser.context_dim ({ctx_dim}) must equal text_encoder.dim ({text_encoder.dim})"
             )
         self._check_sample_shape()
+        check_guidance_scale(guidance_scale, "LatentDiffusionModule.guidance_scale")
         if not 0.0 <= caption_dropout <= 1.0:
             raise ValueError(f"LatentDiffusionModule.caption_dropout must be in [0, 1], got {caption_dropout}")
         if denoiser.in_channels != self.compressor.latent_channels:
@@ -279,6 +282,9 @@ class LatentDiffusionModule(L.LightningModule):
         the first given latent frame as the last one, so the video ends where it starts (a
         seamless loop). The model should have been trained with ``frame_masks`` (``loop`` masks
         for looping)."""
+        if num_steps is not None and num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1 (None: the objective's num_sampling_steps), got {num_steps}")
+        scale = check_guidance_scale(self.guidance_scale if guidance_scale is None else guidance_scale, "guidance_scale")
         frames, h, w = num_frames or self.sample_shape[0], height or self.sample_shape[1], width or self.sample_shape[2]
         if first_frames is not None:
             h, w = first_frames.shape[-2:]
@@ -291,7 +297,6 @@ class LatentDiffusionModule(L.LightningModule):
         x_given, frame_mask = (None, None) if first_frames is None else self.given_latents(first_frames, noise, loop)
         ctx, mask = self.encode_text(prompts)
         null_ctx, null_mask = self.encode_text([""])
-        scale = self.guidance_scale if guidance_scale is None else guidance_scale
         model_fn = GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale)
         latents = self.objective.sample(model_fn, noise, num_steps, progress=progress, x_given=x_given,
                                         frame_mask=frame_mask)

@@ -77,10 +77,32 @@ def test_truncated_tars_are_counted_and_only_truncated_tars_stop(shards):
     assert "of the last 10 shards opened could not be read" in message and "broken-000000.tar" in message
 
 
-def test_empty_shards_stop_after_the_time_limit(shards):
-    dm = VideoDataModule(str(shards / "empty-*.tar"), batch_size=2, data_guard=DataGuard(max_seconds_without_sample=1))
+def test_empty_shards_stop_naming_them(shards):
+    """All shards empty: the default guard stops once the last 200 shards opened held no sample
+    (it used to spin until the 600 s clock ran out)."""
+    dm = VideoDataModule(str(shards / "empty-*.tar"), batch_size=2)
     message = _first_batch(dm, timeout=30)
-    assert "no sample could be read for" in message and "are the shards empty?" in message
+    assert "200 of the last 200 shards opened could not be read or held no sample (0 unreadable, 200 empty: none held a sample)" in message
+    assert "empty-000000.tar (empty, 200x)" in message
+    assert dm.skip_reasons["empty_shard"] >= 200
+
+
+def test_empty_shards_stop_after_the_time_limit(shards):
+    """With the skip limits off (max_skip_fraction=1), the clock stops it, naming the empty shards."""
+    dm = VideoDataModule(str(shards / "empty-*.tar"), batch_size=2,
+                         data_guard=DataGuard(max_skip_fraction=1.0, max_seconds_without_sample=1))
+    message = _first_batch(dm, timeout=30)
+    assert "no sample could be read for" in message and "held no sample: " in message
+    assert "empty-000000.tar (empty," in message
+    assert DataGuard().max_seconds_without_sample <= 120
+
+
+def test_an_empty_shard_among_good_ones_is_counted_not_fatal(shards):
+    dm = VideoDataModule([str(shards / "good-000000.tar"), str(shards / "empty-000000.tar")], batch_size=2,
+                         samples_per_epoch=16, data_guard=DataGuard(window=10))
+    dm.setup("fit")
+    assert len(list(dm.train_dataloader())) == 8
+    assert dm.skip_reasons["empty_shard"] >= 1 and dm.skipped == 0
 
 
 def test_a_good_stream_with_some_bad_samples_passes(shards, caplog):
@@ -178,8 +200,8 @@ def test_hidden_frame_count_decodes_only_up_to_the_window(monkeypatch):
     pulled = []
     real = video_mod._iter_rgb
 
-    def counting(container, label, skip=0):
-        for frame in real(container, label, skip):
+    def counting(container, label, skip=0, **kwargs):
+        for frame in real(container, label, skip, **kwargs):
             pulled.append(1)
             yield frame
 

@@ -21,7 +21,6 @@ The same config sizes the data modules' batches, the latent cache (``lvdm data e
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from lvdm.data.probe import probe_media
-from lvdm.data.schema import media_entry
+from lvdm.data.schema import media_entry, sample_json
 
 __all__ = ["Bucket", "BucketConfig", "resolution_area", "sample_size", "DEFAULT_ASPECT_RATIOS", "UNFIT_REASONS"]
 
@@ -238,7 +237,7 @@ class BucketConfig:
 def sample_size(sample: dict) -> tuple[int, int, int]:
     """``(height, width, frames)`` of a raw WebDataset sample's video or image (1 frame): from
     its ``key.json`` when that gives all three, else from the media header."""
-    meta = json.loads(sample["json"]) if "json" in sample else {}
+    meta = sample_json(sample)  # a BadMetadataError (a ValueError) unless an object
     size = [meta.get(name) for name in ("height", "width", "frames")]
     if all(isinstance(v, int) and v > 0 for v in size):
         return size[0], size[1], size[2]

@@ -14,7 +14,6 @@ bytes in a bounded buffer before they are decoded.
 from __future__ import annotations
 
 import io
-import json
 import itertools
 import logging
 import warnings
@@ -29,11 +28,11 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from lvdm.data.buckets import UNFIT_REASONS, Bucket, BucketConfig, sample_size
 from lvdm.data.guard import DataGuard, StreamWatch
-from lvdm.data.schema import media_entry
+from lvdm.data.schema import media_entry, sample_json
 from lvdm.data.shards import resolve_shards
 from lvdm.data.stream import Counters, TrainStream, decode_group, plan_and_group
 from lvdm.distributed.ranks import data_parallel_rank_world
-from lvdm.data.video import decode_clip
+from lvdm.data.video import MAX_DECODED_BYTES, decode_clip
 
 __all__ = ["ShardDataModule", "VideoDataModule", "LatentDataModule"]
 
@@ -169,8 +168,13 @@ class ShardDataModule(L.LightningDataModule, ABC):
         data_guard: DataGuard | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+        name = type(self).__name__
+        for key, value, ok, rule in (("batch_size", batch_size, batch_size >= 1, ">= 1"),
+                                     ("num_workers", num_workers, num_workers >= 0, ">= 0"),
+                                     ("samples_per_epoch", samples_per_epoch, samples_per_epoch >= 1, ">= 1"),
+                                     ("shuffle_buffer", shuffle_buffer, shuffle_buffer >= 0, ">= 0 (0 or 1: no shuffling)")):
+            if not ok:
+                raise ValueError(f"{name}.{key} must be {rule}, got {value}")
         self.train_shards, self.val_shards, self.test_shards = train_shards, val_shards, test_shards
         self.batch_size, self.num_workers = batch_size, num_workers
         self.samples_per_epoch, self.shuffle_buffer, self.seed = samples_per_epoch, shuffle_buffer, seed
@@ -338,7 +342,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         if len(urls) >= world_size:
             stages.append(_SplitByRank(rank, world_size))
         watch = self.data_guard.watch()
-        stages += [wds.split_by_worker, watch.shards, wds.tarfile_to_samples(handler=watch.shard_error)]
+        stages += [wds.split_by_worker, watch.shards, wds.tarfile_to_samples(handler=watch.shard_error), watch.samples]
         if self.buckets is None:
             stages += [self._decoder(False, rank, watch), wds.batched(self.batch_size, collation_fn=_collate, partial=True)]
         else:
@@ -365,14 +369,12 @@ class _EvalBuckets:
 
 def sample_caption(sample: dict, caption_field: str | None = None) -> str:
     """A raw sample's caption: its json's ``caption_field`` when that is a non-empty string,
-    else its ``txt``. Malformed json raises ``ValueError`` (the sample is skipped and counted)."""
-    if caption_field is not None and "json" in sample:
-        try:
-            value = json.loads(sample["json"]).get(caption_field)
-        except (ValueError, AttributeError) as exc:
-            raise ValueError(f"json of sample {sample.get('__key__')!r} is not a readable object: {exc}") from exc
-        if isinstance(value, str) and value.strip():
-            return value
+    else its ``txt``. A json that is not an object raises :class:`~lvdm.data.schema.BadMetadataError`
+    (the sample is skipped and counted as ``bad_json``)."""
+    meta = sample_json(sample)  # checked even when unused: a sample with a broken json is skipped on every path
+    value = meta.get(caption_field) if caption_field is not None else None
+    if isinstance(value, str) and value.strip():
+        return value
     return sample["txt"].decode("utf-8")
 
 
@@ -416,6 +418,12 @@ class VideoDataModule(ShardDataModule):
         caption_field: train on this json field's caption (e.g. ``caption_vlm``, written by
             ``lvdm data caption``) instead of ``key.txt``; a sample whose field is missing or
             empty (its captioning failed) uses its ``key.txt``. ``None``: always ``key.txt``.
+        max_decoded_bytes: most bytes decoded for one clip (frames x height x width x 3, frames
+            passed over to reach a random start included; default 2 GiB): a clip that needs
+            more is skipped as ``too_large`` — from its header before decoding, or as soon as
+            its decoded frames pass it — and random starts are drawn among those it affords
+            (:func:`lvdm.data.video.decode_clip`). Bounds a decode bomb: a 46 KB GIF of 2000
+            frames of 4000x4000 decodes to 96 GB.
     """
 
     def __init__(
@@ -434,12 +442,19 @@ class VideoDataModule(ShardDataModule):
         buckets: Optional[BucketConfig] = None,
         data_guard: DataGuard | None = None,
         caption_field: str | None = None,
+        max_decoded_bytes: int = MAX_DECODED_BYTES,
     ) -> None:
         super().__init__(train_shards, val_shards, batch_size=batch_size, num_workers=num_workers,
                          samples_per_epoch=samples_per_epoch, shuffle_buffer=shuffle_buffer, seed=seed,
                          test_shards=test_shards, buckets=buckets, data_guard=data_guard)
         if num_frames < 1 or frame_interval < 1:
-            raise ValueError(f"num_frames and frame_interval must be >= 1, got {num_frames}, {frame_interval}")
+            raise ValueError(f"VideoDataModule.num_frames and frame_interval must be >= 1, got {num_frames}, {frame_interval}")
+        sizes = [resolution] if isinstance(resolution, int) else list(resolution)
+        if len(sizes) not in (1, 2) or any(not isinstance(n, int) or n < 1 for n in sizes):
+            raise ValueError(f"VideoDataModule.resolution must be a positive int or (height, width), got {resolution}")
+        if max_decoded_bytes < 1:
+            raise ValueError(f"VideoDataModule.max_decoded_bytes must be >= 1, got {max_decoded_bytes}")
+        self.max_decoded_bytes = max_decoded_bytes
         self.num_frames, self.frame_interval, self.resolution = num_frames, frame_interval, resolution
         self.caption_field = caption_field
 
@@ -456,12 +471,14 @@ class VideoDataModule(ShardDataModule):
         """``key.<ext>`` → ``"video"`` ``[3, T, H, W]`` (the bucket's shape, if any), ``key.txt`` (or the
         json's ``caption_field``) → ``"caption"``."""
         _, media = media_entry(sample)
+        caption = sample_caption(sample, self.caption_field)  # before decoding: a bad json costs no decode
         frames, interval, size = self.num_frames, self.frame_interval, self.resolution
         if bucket is not None:
             frames, interval, size = bucket.num_frames, self.buckets.frame_interval, (bucket.height, bucket.width)
         video = decode_clip(media, frames, interval, size,
-                            random_start=random_start, rng=rng, name=repr(sample.get("__key__")))
-        return {"video": video, "caption": sample_caption(sample, self.caption_field)}
+                            random_start=random_start, rng=rng, name=repr(sample.get("__key__")),
+                            max_decoded_bytes=self.max_decoded_bytes)
+        return {"video": video, "caption": caption}
 
 
 class LatentDataModule(ShardDataModule):
@@ -525,7 +542,7 @@ class LatentDataModule(ShardDataModule):
         shape (``batch_size``), read from the ``.npy`` header."""
         if self.buckets is None:
             return super().assign_sample(sample, rng)
-        meta = json.loads(sample["json"]) if "json" in sample else {}
+        meta = sample_json(sample)
         bucket = meta.get("bucket")
         if bucket is None:
             return _npy_shape(sample["latent.npy"]), self.batch_size, None
@@ -548,7 +565,7 @@ class LatentDataModule(ShardDataModule):
                 raise ValueError(f"latent has {latent.shape[1]} frames, fewer than num_frames={self.num_frames}")
             start = int(rng.integers(latent.shape[1] - self.num_frames + 1)) if random_start else 0
             latent = latent[:, start : start + self.num_frames]
-        meta = json.loads(sample["json"]) if "json" in sample else {}
+        meta = sample_json(sample)
         out = {"latent": torch.from_numpy(latent.astype(np.float32)), "caption": sample["txt"].decode("utf-8")}
         if "text.npy" in sample:
             out["text"] = torch.from_numpy(_load_npy(sample, "text.npy").astype(np.float32))

@@ -7,8 +7,9 @@ reaches the point where it would look at a SIGTERM. :class:`DataGuard` watches t
 inside (every sample delivered, every sample skipped, every shard opened or unreadable):
 
 * more than ``max_skip_fraction`` of the last ``window`` samples skipped, or of the last
-  ``window`` shards opened unreadable (a truncated tar), or
-* no sample delivered for ``max_seconds_without_sample`` seconds
+  ``window`` shards opened unreadable (a truncated tar), or none of them holding a sample
+  (empty tars: each is counted as ``empty_shard``), or
+* no sample delivered for ``max_seconds_without_sample`` seconds (default 120)
 
 raise :class:`DataStreamError` naming the commonest reason (with an example message) and the
 shards the skips came from. A SIGTERM or SIGINT received while the stream runs in the main
@@ -33,7 +34,8 @@ __all__ = ["DataGuard", "DataStreamError", "DataLoaderStopped", "REASONS", "skip
 
 log = logging.getLogger("lvdm.data")
 
-REASONS = ("corrupt_video", "too_short", "too_large", "missing_entry", "bad_caption", "unreadable_shard", "invalid")
+REASONS = ("corrupt_video", "too_short", "too_large", "missing_entry", "bad_caption", "bad_json", "unreadable_shard",
+           "empty_shard", "invalid")
 
 
 class DataStreamError(RuntimeError):
@@ -46,6 +48,7 @@ class DataLoaderStopped(RuntimeError):
 
 def skip_reason(exc: BaseException) -> str:
     """The reason (one of :data:`REASONS`) a sample raising ``exc`` is skipped."""
+    from lvdm.data.schema import BadMetadataError
     from lvdm.data.video import VideoDecodeError, VideoTooLargeError, VideoTooShortError
 
     if isinstance(exc, VideoTooShortError):
@@ -54,6 +57,8 @@ def skip_reason(exc: BaseException) -> str:
         return "too_large"
     if isinstance(exc, VideoDecodeError):
         return "corrupt_video"
+    if isinstance(exc, BadMetadataError):
+        return "bad_json"
     if isinstance(exc, KeyError):
         return "missing_entry"
     if isinstance(exc, UnicodeDecodeError):
@@ -102,10 +107,11 @@ class DataGuard:
             ``window`` (1.0: never stop for skips).
         window: samples (delivered + skipped) the fraction is taken over; the check starts
             once the window is full.
-        max_seconds_without_sample: longest time without delivering a sample (0: no limit).
+        max_seconds_without_sample: longest time without delivering a sample (0: no limit); the
+            last resort for streams the other limits cannot see (every sample fitting no bucket).
     """
 
-    def __init__(self, max_skip_fraction: float = 0.5, window: int = 200, max_seconds_without_sample: float = 600.0):
+    def __init__(self, max_skip_fraction: float = 0.5, window: int = 200, max_seconds_without_sample: float = 120.0):
         if not 0.0 < max_skip_fraction <= 1.0:
             raise ValueError(f"DataGuard.max_skip_fraction must be in (0, 1], got {max_skip_fraction}")
         if window < 1:
@@ -144,7 +150,8 @@ class DataGuard:
 class StreamWatch:
     """The events of one data pipeline, checked against its :class:`DataGuard`'s limits. Its
     decoding stage reports samples (:meth:`delivered`, :meth:`skipped`); it is also the
-    pipeline's ``webdataset`` error handler (:meth:`shard_error`) and shard filter (:meth:`shards`)."""
+    pipeline's ``webdataset`` error handler (:meth:`shard_error`), shard filter (:meth:`shards`)
+    and, right after the tar reader, raw-sample filter (:meth:`samples`, which finds empty shards)."""
 
     def __init__(self, guard: DataGuard) -> None:
         self.guard = guard
@@ -152,7 +159,10 @@ class StreamWatch:
 
     def _reset(self) -> None:
         self._recent: collections.deque = collections.deque(maxlen=self.guard.window)  # (reason or None, shard)
-        self._shards: collections.deque = collections.deque(maxlen=self.guard.window)  # [unreadable?] per shard opened
+        # [None, "unreadable" or "empty"; shard] per shard opened
+        self._shards: collections.deque = collections.deque(maxlen=self.guard.window)
+        self._shard_samples = 0  # raw samples read from the shard opened last
+        self._empty: set = set()  # empty shards already logged
         self._examples: dict[str, str] = {}
         self._last_sample = time.monotonic()
 
@@ -204,19 +214,39 @@ class StreamWatch:
             shard = args[-1]
             self.guard._count("unreadable_shard")
             if self._shards:
-                self._shards[-1] = True
+                self._shards[-1][0] = "unreadable"
             self._examples.setdefault("unreadable_shard", f"shard {shard}: {type(exc).__name__}: {args[0]}")
             log.warning("unreadable shard %s: %s: %s (reason: unreadable_shard)", shard, type(exc).__name__, args[0])
         self.check()
         return True
 
     def shards(self, urls: Iterable) -> Iterator:
-        """Pass a stream of shards through, checking at each (a stream of empty shards delivers
-        no sample and skips none: only the clock can stop it)."""
+        """Pass a stream of shards through, checking at each; a shard that gave no raw sample
+        (see :meth:`samples`) and no read error is counted as ``empty_shard``."""
         for url in urls:
+            self._close_shard()
             self.check()
-            self._shards.append(False)
+            self._shards.append([None, url.get("url") if isinstance(url, dict) else str(url)])
+            self._shard_samples = 0
             yield url
+        self._close_shard()
+
+    def samples(self, samples: Iterable) -> Iterator:
+        """Pass the raw samples of the tar reader through, noting that the current shard has one."""
+        for sample in samples:
+            self._shard_samples += 1
+            yield sample
+
+    def _close_shard(self) -> None:
+        if not self._shards or self._shards[-1][0] is not None or self._shard_samples:
+            return
+        shard = self._shards[-1][1]
+        self._shards[-1][0] = "empty"
+        self.guard._count("empty_shard")
+        self._examples.setdefault("empty_shard", f"shard {shard} holds no sample")
+        if shard not in self._empty:  # once per shard: a resampled stream opens it again and again
+            self._empty.add(shard)
+            log.warning("empty shard %s: it holds no sample (reason: empty_shard)", shard)
 
     def _check_stop(self) -> None:
         if _STOP.is_set():
@@ -231,11 +261,16 @@ class StreamWatch:
         if len(self._recent) == guard.window and guard.max_skip_fraction < 1.0 and bad > guard.max_skip_fraction * guard.window:
             raise DataStreamError(f"{bad} of the last {guard.window} samples were skipped "
                                   f"(more than max_skip_fraction={guard.max_skip_fraction}); " + self._diagnosis())
-        unreadable = sum(self._shards)
-        if len(self._shards) == guard.window and guard.max_skip_fraction < 1.0 and unreadable > guard.max_skip_fraction * guard.window:
-            raise DataStreamError(f"{unreadable} of the last {guard.window} shards opened could not be read "
-                                  f"(more than max_skip_fraction={guard.max_skip_fraction}); e.g. "
-                                  f"{self._examples.get('unreadable_shard')}")
+        failed = collections.Counter(state for state, _ in self._shards if state)
+        # unreadable shards count against max_skip_fraction; empty ones (harmless among good
+        # ones) only when no shard of the window held a sample
+        unreadable = failed["unreadable"] > guard.max_skip_fraction * guard.window
+        if len(self._shards) == guard.window and guard.max_skip_fraction < 1.0 and (unreadable or sum(failed.values()) == guard.window):
+            example = self._examples.get("unreadable_shard") or self._examples.get("empty_shard")
+            why = f"more than max_skip_fraction={guard.max_skip_fraction} unreadable" if unreadable else "none held a sample"
+            raise DataStreamError(f"{sum(failed.values())} of the last {guard.window} shards opened could not be read "
+                                  f"or held no sample ({failed['unreadable']} unreadable, {failed['empty']} empty: {why}); "
+                                  f"e.g. {example}; shards: {self._failed_shards()}")
         waited = time.monotonic() - self._last_sample
         if guard.max_seconds_without_sample and waited > guard.max_seconds_without_sample:
             raise DataStreamError(f"no sample could be read for {waited:.0f} s "
@@ -245,10 +280,16 @@ class StreamWatch:
         reasons = collections.Counter(r for r, _ in self._recent if r is not None)
         shards = collections.Counter(s for r, s in self._recent if r is not None and s)
         if not reasons:
-            unreadable = self._examples.get("unreadable_shard")
-            return f"unreadable shards, e.g. {unreadable}" if unreadable else "no sample was delivered or skipped: are the shards empty?"
+            if any(state for state, _ in self._shards):
+                return f"shards that could not be read or held no sample: {self._failed_shards()}"
+            return "no sample was delivered or skipped: are the shards empty?"
         reason, count = reasons.most_common(1)[0]
         names = ", ".join(f"{s} ({n})" for s, n in shards.most_common(5)) or "unknown"
         more = f" and {len(shards) - 5} more" if len(shards) > 5 else ""
         return (f"commonest reason: {reason} ({count}), e.g. {self._examples.get(reason)}; "
                 f"all reasons: {dict(reasons)}; shards: {names}{more}")
+
+    def _failed_shards(self) -> str:
+        failed = collections.Counter((shard, state) for state, shard in self._shards if state)
+        names = ", ".join(f"{shard} ({state}, {n}x)" for (shard, state), n in failed.most_common(5))
+        return names + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")

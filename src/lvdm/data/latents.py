@@ -32,7 +32,7 @@ from lvdm.compressors.base import Compressor
 from lvdm.compressors.pixels import PixelCompressor
 from lvdm.data.buckets import BucketConfig, sample_size
 from lvdm.data.cache import identity
-from lvdm.data.schema import media_entry
+from lvdm.data.schema import media_entry, sample_json
 from lvdm.data.shards import is_remote, resolve_shards
 from lvdm.data.video import decode_clip
 from lvdm.text.base import TextEncoder
@@ -52,7 +52,7 @@ def check_latent_compressor(url: str, compressor: Compressor) -> None:
     sample = next(iter(wds.WebDataset(url, shardshuffle=False, empty_check=False)), None)
     if sample is None or "json" not in sample:
         raise ValueError(f"latent shard {url} has no sample with a key.json; write it with `lvdm data encode`")
-    meta = json.loads(sample["json"])
+    meta = sample_json(sample)
     ours = compressor.identity()
     stored_class, stored_hash = meta.get("compressor"), meta.get("compressor_config_hash")
     if stored_class != ours["compressor"] or (stored_hash is not None and stored_hash != ours["compressor_config_hash"]):

@@ -30,7 +30,7 @@ from pathlib import Path
 
 __all__ = [
     "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "MEDIA_EXTENSIONS", "METADATA_FIELDS",
-    "SHARD_PATTERN", "MANIFEST_NAME", "REJECTS_NAME", "InvalidSampleError",
+    "SHARD_PATTERN", "MANIFEST_NAME", "REJECTS_NAME", "InvalidSampleError", "BadMetadataError", "sample_json",
     "check_key", "key_from_path", "assign_keys", "sniff_media", "canonical_extension", "check_media",
     "media_kind", "media_entry", "manifest_row", "write_manifest", "read_manifest",
     "write_rejects", "read_rejects",
@@ -58,6 +58,29 @@ _MAX_KEY = 100
 
 class InvalidSampleError(ValueError):
     """A sample that must not be written (unsafe or duplicate key, empty or non-media bytes)."""
+
+
+class BadMetadataError(ValueError):
+    """A sample's ``key.json`` is not a JSON object (unreadable, not UTF-8, or a list/number/string)."""
+
+
+def sample_json(sample: Mapping) -> dict:
+    """The metadata object of a raw WebDataset sample's ``key.json`` (``{}`` when it has none).
+
+    Raises:
+        BadMetadataError: naming the sample's key, when the json is unreadable or valid JSON that
+            is not an object (readers skip such a sample and count it as ``bad_json``).
+    """
+    if "json" not in sample:
+        return {}
+    key = sample.get("__key__", "?")
+    try:
+        meta = json.loads(sample["json"])
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise BadMetadataError(f"key.json of sample {key!r} is not readable JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise BadMetadataError(f"key.json of sample {key!r} is a JSON {type(meta).__name__}, not an object")
+    return meta
 
 
 def check_key(key: object) -> str:

@@ -183,7 +183,7 @@ class TrainStream(IterableDataset):
         stream = [self.seed, self.rank, role, epoch]
         self.watch.start()
         shards = self.watch.shards(self._shards(epoch, role, workers))
-        samples = wds.tarfile_to_samples(handler=self.watch.shard_error)(shards)
+        samples = self.watch.samples(wds.tarfile_to_samples(handler=self.watch.shard_error)(shards))
         if self.shuffle_buffer > 1:
             samples = wds.shuffle(self.shuffle_buffer, rng=random.Random(str(stream + ["shuffle"])))(samples)
         groups = plan_and_group(samples, self.assign, np.random.default_rng(stream), self.counters, self.watch)

@@ -37,6 +37,10 @@ class VideoTooShortError(ValueError):
 # A few KB of container can claim a huge frame size: frames above this are refused.
 MAX_PIXELS = 4096 * 4096  # per frame
 MAX_SCANNED_FRAMES = 10_000  # frames counted to choose a random window in a clip of unknown length
+# ... or a huge frame count: a 46 KB GIF of 2000 frames of 4000x4000 decodes to 96 GB. This bounds
+# the bytes decoded for one clip, frames x height x width x 3, every frame decoded counted (those
+# passed over to reach a random start too): 2 GiB is 345 frames of 1080p, 777 of 720p.
+MAX_DECODED_BYTES = 2 * 1024**3
 
 
 def _source_name(source: VideoSource, name: str | None) -> str:
@@ -104,10 +108,13 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 8, crf: int = 1
     return path
 
 
-def _iter_rgb(container: av.container.InputContainer, label: str, skip: int = 0):
+def _iter_rgb(container: av.container.InputContainer, label: str, skip: int = 0,
+              max_decoded_bytes: int = MAX_DECODED_BYTES):
     """RGB frames in order; the first ``skip`` are decoded but yielded as ``None`` (not
-    converted: a random window late in a clip then costs decoding only, not RGB conversion)."""
-    max_pixels = MAX_PIXELS
+    converted: a random window late in a clip then costs decoding only, not RGB conversion).
+    Stops with :class:`VideoTooLargeError` once the frames decoded pass ``max_decoded_bytes``
+    (counted from the decoded frames' own sizes: the header may understate them)."""
+    max_pixels, decoded = MAX_PIXELS, 0
     stream = container.streams.video[0]
     if stream.codec_context is None:  # found by fuzzing: a video stream FFmpeg has no decoder for
         raise VideoDecodeError(f"no decoder for the video stream of {label}")
@@ -125,6 +132,10 @@ def _iter_rgb(container: av.container.InputContainer, label: str, skip: int = 0)
             if frame.height * frame.width > max_pixels:  # the header may understate the size
                 raise VideoTooLargeError(f"video {label} has a {frame.width}x{frame.height} frame, "
                                          f"more than the {max_pixels} pixels allowed")
+            decoded += 3 * frame.height * frame.width
+            if decoded > max_decoded_bytes:
+                raise VideoTooLargeError(f"video {label}: its first {index + 1} frames ({frame.width}x{frame.height}) "
+                                         f"decode to {decoded} bytes, more than max_decoded_bytes={max_decoded_bytes}")
             yield None if index < skip else reformatter.reformat(frame, format="rgb24").to_ndarray()
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(f"cannot decode video {label}: {exc}") from exc
@@ -135,12 +146,15 @@ def _fps(stream) -> float:
     return float(rate) if rate else 0.0
 
 
-def read_frames(source: VideoSource, name: str | None = None) -> tuple[np.ndarray, float]:
+def read_frames(source: VideoSource, name: str | None = None,
+                max_decoded_bytes: int = MAX_DECODED_BYTES) -> tuple[np.ndarray, float]:
     """Decode every frame of a video.
 
     Args:
         source: mp4 bytes or a file path.
         name: Label used in error messages (defaults to the path, or a byte count).
+        max_decoded_bytes: refuse (:class:`VideoTooLargeError`) a video whose frames decode to
+            more bytes (frames x height x width x 3) than this.
 
     Returns:
         ``([T, H, W, 3] uint8 RGB frames, fps)``.
@@ -150,7 +164,7 @@ def read_frames(source: VideoSource, name: str | None = None) -> tuple[np.ndarra
         if not container.streams.video:
             raise VideoDecodeError(f"no video stream in {label}")
         fps = _fps(container.streams.video[0])
-        frames = list(_iter_rgb(container, label))
+        frames = list(_iter_rgb(container, label, max_decoded_bytes=max_decoded_bytes))
     if not frames:
         raise VideoDecodeError(f"no frames decoded from {label}")
     return np.stack(frames), fps
@@ -176,6 +190,7 @@ def decode_clip(
     random_start: bool = False,
     rng: np.random.Generator | None = None,
     name: str | None = None,
+    max_decoded_bytes: int = MAX_DECODED_BYTES,
 ) -> torch.Tensor:
     """Decode ``num_frames`` frames spaced ``frame_interval`` apart as a model-ready tensor.
 
@@ -188,9 +203,14 @@ def decode_clip(
         resolution: Output ``(height, width)``, or one int for a square; the video is resized
             so its shorter side covers it (bilinear, antialiased) and centre-cropped.
             ``None`` keeps the native size.
-        random_start: Start at a uniformly random valid frame instead of frame 0.
+        random_start: Start at a uniformly random valid frame instead of frame 0: among the
+            starts whose decoding stays within ``max_decoded_bytes``.
         rng: Generator for the random start (a fresh unseeded one if ``None``).
         name: Label used in error messages (defaults to the path, or a byte count).
+        max_decoded_bytes: Most bytes (frames x height x width x 3) decoded for the clip, every
+            frame up to its last counted; a clip that needs more is refused from the header's
+            frame size before anything is decoded, and decoding stops as soon as the frames'
+            real sizes pass it (default :data:`MAX_DECODED_BYTES`, 2 GiB).
 
     Returns:
         ``[3, num_frames, H, W]`` float32 in ``[-1, 1]``.
@@ -198,7 +218,8 @@ def decode_clip(
     Raises:
         VideoTooShortError: the video has fewer than ``(num_frames - 1) * frame_interval + 1``
             frames (a ``ValueError`` subclass).
-        VideoTooLargeError: its frames have more than ``MAX_PIXELS`` pixels.
+        VideoTooLargeError: its frames have more than ``MAX_PIXELS`` pixels, or the clip more
+            than ``max_decoded_bytes`` decoded bytes.
         VideoDecodeError: the data is corrupt or not a video (a ``ValueError`` subclass).
         FileNotFoundError: ``source`` is a path that does not exist.
     """
@@ -209,32 +230,50 @@ def decode_clip(
     with _open(source, label) as container:
         if not container.streams.video:
             raise VideoDecodeError(f"no video stream in {label}")
-        total = container.streams.video[0].frames  # 0 when the container does not say (webm, mkv)
-        if not total and random_start:
-            # Count by demuxing (no decoding) rather than decoding the whole video to choose a
-            # start; only the first MAX_SCANNED_FRAMES frames are candidates, so a container that
-            # hides a huge frame count cannot make one clip decode without bound.
-            try:
-                total = count_video_frames(container, container.streams.video[0], MAX_SCANNED_FRAMES)
-            except av.error.FFmpegError as exc:  # found by fuzzing: a mutated mp4 that cannot seek back
-                raise VideoDecodeError(f"cannot read video {label}: {exc}") from exc
+        total, affordable = _frames_and_budget(container, label, span, random_start, max_decoded_bytes)
         if total and total < span:
             raise VideoTooShortError(f"video {label} has {total} frames, fewer than the {span} needed for "
-                             f"num_frames={num_frames}, frame_interval={frame_interval}")
+                                     f"num_frames={num_frames}, frame_interval={frame_interval}")
         start = 0
-        if random_start and total:
-            start = int((rng or np.random.default_rng()).integers(0, total - span + 1))
-            frames = _take(_iter_rgb(container, label, skip=start), start, span)
-        else:
-            frames = _take(_iter_rgb(container, label), 0, span)
-    if len(frames) < span:
-        raise VideoTooShortError(f"video {label} decoded {start + len(frames)} frames, fewer than the "
+        if random_start and total:  # among the starts whose window fits the video and the byte budget
+            start = int((rng or np.random.default_rng()).integers(0, min(total, affordable) - span + 1))
+        size = None if resolution is None else (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        decoded = _iter_rgb(container, label, skip=start, max_decoded_bytes=max_decoded_bytes)
+        frames, reached = _take(decoded, start, span, frame_interval, lambda frame: _model_frame(frame, size))
+    if reached < span:
+        raise VideoTooShortError(f"video {label} decoded {start + reached} frames, fewer than the "
                          f"{start + span} needed for num_frames={num_frames}, frame_interval={frame_interval}")
-    video = torch.from_numpy(np.stack(frames[::frame_interval])).permute(0, 3, 1, 2).float()
-    if resolution is not None:
-        size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    return torch.stack(frames, dim=1)
+
+
+def _frames_and_budget(container, label: str, span: int, random_start: bool, max_decoded_bytes: int) -> tuple[int, int]:
+    """``(frames in the video or 0 if unknown, frames that max_decoded_bytes affords)``, by the
+    header's frame size; a window of ``span`` frames that the budget cannot afford is refused."""
+    stream = container.streams.video[0]
+    context = stream.codec_context
+    frame_bytes = 3 * context.height * context.width if context is not None else 0  # 0: the header does not say
+    if frame_bytes and span * frame_bytes > max_decoded_bytes:
+        raise VideoTooLargeError(f"video {label}: a window of {span} frames of {context.width}x{context.height} "
+                                 f"decodes to {span * frame_bytes} bytes, more than max_decoded_bytes={max_decoded_bytes}")
+    affordable = max_decoded_bytes // frame_bytes if frame_bytes else MAX_SCANNED_FRAMES
+    total = stream.frames  # 0 when the container does not say (webm, mkv)
+    if not total and random_start:
+        # Count by demuxing (no decoding) rather than decoding the whole video to choose a
+        # start; only the first frames that can be afforded are candidates, so a container that
+        # hides a huge frame count cannot make one clip decode without bound.
+        try:
+            total = count_video_frames(container, stream, min(MAX_SCANNED_FRAMES, affordable))
+        except av.error.FFmpegError as exc:  # found by fuzzing: a mutated mp4 that cannot seek back
+            raise VideoDecodeError(f"cannot read video {label}: {exc}") from exc
+    return total, affordable
+
+
+def _model_frame(frame: np.ndarray, size: tuple[int, int] | None) -> torch.Tensor:
+    """One ``[H, W, 3]`` uint8 frame → ``[3, h, w]`` float32 in ``[-1, 1]``, resized and cropped."""
+    video = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
+    if size is not None:
         video = _resize_crop(video, size)
-    return (video / 127.5 - 1.0).clamp_(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
+    return (video[0] / 127.5 - 1.0).clamp_(-1.0, 1.0)
 
 
 def count_video_frames(container: av.container.InputContainer, stream, limit: int) -> int:
@@ -246,12 +285,17 @@ def count_video_frames(container: av.container.InputContainer, stream, limit: in
     return count
 
 
-def _take(frames, start: int, count: int) -> list[np.ndarray]:
-    """Frames ``start .. start + count - 1`` of an iterator, without decoding past them."""
-    out = []
+def _take(frames, start: int, count: int, interval: int, convert) -> tuple[list, int]:
+    """``(convert(frame) for every interval-th of frames start .. start + count - 1, how many
+    of those frames the iterator had)``, without decoding past them. Each kept frame is
+    converted as it arrives: only the converted clip stays in memory, not its decoded frames."""
+    out, reached = [], 0
     for index, frame in enumerate(frames):
-        if index >= start:
-            out.append(frame)
-            if len(out) == count:
-                break
-    return out
+        if index < start:
+            continue
+        if reached % interval == 0:
+            out.append(convert(frame))
+        reached += 1
+        if reached == count:
+            break
+    return out, reached

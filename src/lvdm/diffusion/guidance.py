@@ -14,6 +14,14 @@ def _pad_tokens(x: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch
     return F.pad(x, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
 
 
+def check_guidance_scale(scale: float, name: str) -> float:
+    """``scale`` if it is a valid guidance scale (``>= 0``), else a ``ValueError`` naming ``name``.
+    A negative scale steers away from the prompt (``u + scale · (c − u)``), never what is meant."""
+    if not scale >= 0:  # also refuses NaN
+        raise ValueError(f"{name} must be >= 0 (1: no guidance, 0: unconditional), got {scale}")
+    return scale
+
+
 class GuidedDenoiser:
     """``model_fn(x, t, **cond)`` that runs the denoiser on conditional and unconditional text in one
     batch and extrapolates: ``u + scale · (c − u)``.
@@ -23,7 +31,8 @@ class GuidedDenoiser:
         context, context_mask: text tokens and mask of the prompts.
         null_context, null_context_mask: the same for the empty prompt (one row, or one per
             prompt).
-        scale: guidance scale; 1 disables guidance (and the second half of the batch).
+        scale: guidance scale, ``>= 0``; 1 disables guidance (and the second half of the batch),
+            0 gives the unconditional prediction.
     """
 
     def __init__(
@@ -36,7 +45,7 @@ class GuidedDenoiser:
         scale: float,
     ):
         self.denoiser = denoiser
-        self.scale = scale
+        self.scale = check_guidance_scale(scale, "guidance_scale")
         b = context.shape[0]
         if null_context.shape[0] == 1:
             null_context = null_context.expand(b, -1, -1)

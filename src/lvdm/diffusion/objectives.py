@@ -72,6 +72,13 @@ class Objective(ABC):
         return x_given.to(noise.device), frame_mask
 
 
+def _check(owner: str, **rules: tuple) -> None:
+    """Raise ``ValueError`` naming the first argument whose rule fails: ``name=(value, ok, rule)``."""
+    for name, (value, ok, rule) in rules.items():
+        if not ok:
+            raise ValueError(f"{owner}.{name} must be {rule}, got {value}")
+
+
 class RectifiedFlow(Objective):
     """Rectified flow / flow matching (SD3, Open-Sora 1.2).
 
@@ -123,6 +130,14 @@ class RectifiedFlow(Objective):
     ):
         if prediction not in ("velocity", "sample"):
             raise ValueError(f"prediction must be velocity or sample, got {prediction!r}")
+        _check("RectifiedFlow", shift=(shift, shift > 0, "> 0 (1: no shift)"),
+               logit_std=(logit_std, logit_std > 0, "> 0"),
+               num_sampling_steps=(num_sampling_steps, num_sampling_steps >= 1, ">= 1"),
+               time_scale=(time_scale, time_scale > 0, "> 0"),
+               min_t=(min_t, 0 <= min_t < 1, "in [0, 1)"),
+               base_numel=(base_numel, base_numel >= 1, ">= 1"),
+               base_area=(base_area, base_area is None or base_area >= 1, ">= 1 (or None)"),
+               base_frames=(base_frames, base_frames >= 1, ">= 1"))
         self.prediction = prediction
         self.min_t = min_t
         self.logit_mean = logit_mean
@@ -239,6 +254,11 @@ class DDPM(Objective):
             raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
         if sampler not in ("ddim", "dpm_solver"):
             raise ValueError(f"sampler must be ddim or dpm_solver, got {sampler!r}")
+        _check("DDPM", num_train_timesteps=(num_train_timesteps, num_train_timesteps >= 1, ">= 1"),
+               num_sampling_steps=(num_sampling_steps, 1 <= num_sampling_steps <= num_train_timesteps,
+                                   f"in [1, num_train_timesteps={num_train_timesteps}]"),
+               beta_start=(beta_start, 0 < beta_start < 1, "in (0, 1)"),
+               beta_end=(beta_end, beta_start <= beta_end < 1, f"in [beta_start={beta_start}, 1)"))
         self.prediction_type = prediction_type
         self.sampler = sampler
         self.num_sampling_steps = num_sampling_steps
