@@ -1,7 +1,8 @@
 """A run stopped at step k and resumed from its checkpoint sees the batches and losses of the
-uninterrupted run, bit for bit (CPU, bucketed images + videos)."""
+uninterrupted run, bit for bit (CPU, bucketed images + videos), inside an epoch and at its end."""
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
@@ -28,7 +29,7 @@ def _fit(root, max_steps, ckpt_dir, ckpt_path=None, every=None):
     dit = DiT(in_channels=3, patch_size=(1, 8, 8), hidden_size=32, depth=1, num_heads=2,
               conditioning="cross_attn", context_dim=16)
     model = LatentDiffusionModule(dit, WordTextEncoder(dim=16, max_length=4), RectifiedFlow(), caption_dropout=0.5)
-    # 4 batches an epoch: the resume point below falls inside the second epoch
+    # 4 batches an epoch: step 6 falls inside the second epoch, steps 4 and 8 end the first two
     data = VideoDataModule(str(root / "train-*.tar"), batch_size=3, samples_per_epoch=12, shuffle_buffer=8,
                            buckets=bucket_config())
     record = Record()
@@ -41,12 +42,27 @@ def _fit(root, max_steps, ckpt_dir, ckpt_path=None, every=None):
     return record.steps
 
 
-def test_resumed_run_matches_uninterrupted_bit_for_bit(mixed, tmp_path):  # noqa: F811
-    full = _fit(mixed, 9, tmp_path / "full")
+@pytest.fixture(scope="module")
+def full(mixed, tmp_path_factory):  # noqa: F811
+    return _fit(mixed, 12, tmp_path_factory.mktemp("full"))
+
+
+def test_resumed_run_matches_uninterrupted_bit_for_bit(mixed, full, tmp_path):  # noqa: F811
     _fit(mixed, 6, tmp_path / "part", every=6)
     (ckpt,) = (tmp_path / "part").glob("*step=6*.ckpt")
     state = torch.load(ckpt, weights_only=True)
     assert state["VideoDataModule"]["stream"]["batches"] == 2  # 6 = one epoch of 4 + 2
-    resumed = _fit(mixed, 9, tmp_path / "resumed", ckpt_path=str(ckpt))
+    resumed = _fit(mixed, 12, tmp_path / "resumed", ckpt_path=str(ckpt))
     assert len({shape for _, _, shape, _ in full}) >= 2  # several buckets in the run
     assert resumed == full[6:]
+
+
+@pytest.mark.parametrize("step", [4, 8])
+def test_resume_from_an_epochs_last_batch_starts_the_next_epoch(mixed, full, tmp_path, step):  # noqa: F811
+    # A checkpoint written on the last batch of an epoch used to replay that epoch's batches.
+    _fit(mixed, step, tmp_path / "part", every=4)
+    (ckpt,) = (tmp_path / "part").glob(f"*step={step}.ckpt")
+    assert torch.load(ckpt, weights_only=True)["VideoDataModule"]["stream"]["batches"] == 4  # a whole epoch
+    resumed = _fit(mixed, 12, tmp_path / "resumed", ckpt_path=str(ckpt))
+    assert [keys for _, keys, _, _ in resumed] == [keys for _, keys, _, _ in full[step:]]
+    assert resumed == full[step:]

@@ -304,8 +304,11 @@ class ShardDataModule(L.LightningDataModule, ABC):
             raise ValueError(f"samples_per_epoch={self.samples_per_epoch} gives no full batch of "
                              f"{self.batch_size} on each of {world_size} ranks")
         skip_epoch, skip = self._resume_position(batches)
+        self._resume = None  # used once: a reloaded train dataloader continues from the trainer's epoch
         trainer = self._trainer
         start = trainer.current_epoch if trainer is not None and hasattr(trainer, "current_epoch") else 0
+        if skip_epoch >= 0:  # resuming: a checkpoint of an epoch's last batch continues with the next
+            start = skip_epoch  # epoch, while Lightning's counter still says the finished one here
         stream = TrainStream(self.train_urls, batches, rank, world_size, self.seed, self.shuffle_buffer,
                              self.assign_sample, self.decode_sample, _collate, self._counts, self.data_guard.watch(),
                              start_epoch=start, skip_epoch=skip_epoch, skip=skip)
