@@ -24,7 +24,7 @@ class Record(Callback):
                            outputs["loss"].item()))
 
 
-def _fit(root, max_steps, ckpt_dir, ckpt_path=None, every=None):
+def _fit(root, max_steps, ckpt_dir, ckpt_path=None, every=None, save_at_end=None):
     L.seed_everything(0)
     dit = DiT(in_channels=3, patch_size=(1, 8, 8), hidden_size=32, depth=1, num_heads=2,
               conditioning="cross_attn", context_dim=16)
@@ -39,6 +39,8 @@ def _fit(root, max_steps, ckpt_dir, ckpt_path=None, every=None):
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=callbacks, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    if save_at_end:
+        trainer.save_checkpoint(save_at_end)
     return record.steps
 
 
@@ -47,12 +49,15 @@ def full(mixed, tmp_path_factory):  # noqa: F811
     return _fit(mixed, 12, tmp_path_factory.mktemp("full"))
 
 
-def test_resumed_run_matches_uninterrupted_bit_for_bit(mixed, full, tmp_path):  # noqa: F811
+def test_resumed_run_matches_uninterrupted_bit_for_bit(mixed, full, tmp_path, recwarn):  # noqa: F811
     _fit(mixed, 6, tmp_path / "part", every=6)
     (ckpt,) = (tmp_path / "part").glob("*step=6*.ckpt")
     state = torch.load(ckpt, weights_only=True)
     assert state["VideoDataModule"]["stream"]["batches"] == 2  # 6 = one epoch of 4 + 2
+    recwarn.clear()
     resumed = _fit(mixed, 12, tmp_path / "resumed", ckpt_path=str(ckpt))
+    # Lightning warned that the train dataloader "is not resumable": it is (issue 25)
+    assert not [w for w in recwarn if "not resumable" in str(w.message)]
     assert len({shape for _, _, shape, _ in full}) >= 2  # several buckets in the run
     assert resumed == full[6:]
 
@@ -66,3 +71,13 @@ def test_resume_from_an_epochs_last_batch_starts_the_next_epoch(mixed, full, tmp
     resumed = _fit(mixed, 12, tmp_path / "resumed", ckpt_path=str(ckpt))
     assert [keys for _, keys, _, _ in resumed] == [keys for _, keys, _, _ in full[step:]]
     assert resumed == full[step:]
+
+
+def test_continuing_a_run_that_max_steps_stopped_mid_epoch(mixed, full, tmp_path):  # noqa: F811
+    # Lightning counts an epoch cut short by max_steps as finished (epoch 2 at step 6 here, with
+    # 2 of 4 batches done): the stream keeps its own epoch, so the run continues with batch 3 of 2.
+    _fit(mixed, 6, tmp_path / "part", save_at_end=tmp_path / "end.ckpt")
+    state = torch.load(tmp_path / "end.ckpt", weights_only=True)
+    assert (state["epoch"], state["VideoDataModule"]["stream"]["epoch"]) == (2, 1)
+    resumed = _fit(mixed, 12, tmp_path / "resumed", ckpt_path=str(tmp_path / "end.ckpt"))
+    assert resumed == full[6:]
