@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
@@ -174,4 +175,25 @@ class RunCheckpoint(ModelCheckpoint):
             from lvdm.checkpoint import check_deepspeed_checkpoint
 
             check_deepspeed_checkpoint(newest)
+        elif trainer.is_global_zero:
+            self._catch_up_last(newest, Path(self.run_folder(trainer)))
         return {os.path.normpath(newest)}
+
+    def _catch_up_last(self, newest: Path, folder: Path) -> None:
+        """Make ``last.ckpt`` the checkpoint a resume starts from when a newer one exists (a kill
+        between Lightning's top-k write and its ``last`` write of one step, a SLURM ``hpc_ckpt``):
+        a run resumed at ``max_steps`` trains no step, writes nothing, and would otherwise end
+        with ``last.ckpt`` one step behind. A hard link renamed into place (a copy where the
+        filesystem has no hard links): atomic, and no second copy of the data."""
+        last = folder / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        if not self.save_last or "{" in self.CHECKPOINT_NAME_LAST or newest == last or not folder.is_dir():
+            return
+        tmp = last.parent / f".{last.name}.tmp-{os.getpid()}"
+        try:
+            try:
+                os.link(newest, tmp)
+            except OSError:
+                shutil.copyfile(newest, tmp)
+            os.replace(tmp, last)
+        finally:
+            tmp.unlink(missing_ok=True)
