@@ -12,7 +12,8 @@ next to its destination and renames it into place (:class:`AtomicCheckpointIO`),
 ``--ckpt_path last`` to the newest *valid* checkpoint of that folder (SLURM's ``hpc_ckpt_N.ckpt``
 in ``default_root_dir`` included): a corrupt newest file is passed over with a warning for the
 previous valid one, and a folder holding only corrupt files is an error naming them. The
-``lvdm`` CLI adds one to every run that configures no ``ModelCheckpoint`` of its own.
+``lvdm`` CLI adds one to every run that configures no ``ModelCheckpoint`` of its own, and on
+``--ckpt_path`` logs into the run's existing log folder (:func:`reuse_log_versions`).
 """
 
 from __future__ import annotations
@@ -124,6 +125,30 @@ def newest_valid_checkpoint(folder: str | Path, root: str | Path | None = None) 
             + "; ".join(f"{p} ({why})" for p, why in problems)
         )
     return None
+
+
+_VERSION = re.compile(r"^version_(\d+)$")
+
+
+def reuse_log_versions(trainer: L.Trainer) -> bool:
+    """For a resumed run: point each TensorBoard / CSV logger whose version was not configured
+    at the newest ``version_N`` folder it already has, so one run keeps one log folder however
+    often it is resumed (Lightning would open ``version_N+1`` each time). Returns whether any
+    logger was pointed at an existing folder."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    reused = False
+    for logger in trainer.loggers:
+        # ``_version`` is what Lightning's ``version`` property fills in lazily when it is None
+        if not isinstance(logger, (TensorBoardLogger, CSVLogger)) or logger._version is not None:
+            continue
+        root = Path(logger.root_dir)
+        found = [int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _VERSION.match(p.name))] \
+            if root.is_dir() else []
+        if found:
+            logger._version = max(found)
+            reused = True
+    return reused
 
 
 class RunCheckpoint(ModelCheckpoint):
