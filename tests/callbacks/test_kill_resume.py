@@ -184,6 +184,10 @@ def _run_to_end(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, err.decode()[-3000:]
 
 
+def _lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
 def _saved_step(root: Path) -> int:
     newest = newest_valid_checkpoint(root / "run" / "checkpoints")
     return torch.load(newest, map_location="cpu", weights_only=True)["global_step"] if newest else 0
@@ -192,7 +196,7 @@ def _saved_step(root: Path) -> int:
 def kill_resume_fit(root: Path, plan: list[str], max_steps: int, seed: int = 0) -> dict:
     """Run `lvdm fit` uninterrupted to ``max_steps``; then in another folder once per entry of
     ``plan`` — ``"epoch"``: it kills itself just after the checkpoint of the next epoch's last
-    batch; ``"random"``: kill -9 at a random moment of training — and resume with ``--ckpt_path
+    batch; ``"random"``: kill -9 at a random moment 1 to 4 steps on — and resume with ``--ckpt_path
     last`` each time, until a last run reaches ``max_steps``. Returns the recorded batch keys."""
     from lvdm.data.synthetic import write_synthetic_dataset
 
@@ -211,10 +215,11 @@ def kill_resume_fit(root: Path, plan: list[str], max_steps: int, seed: int = 0) 
         resumed_from.append(step)
         boundary = (step // EPOCH + 1) * EPOCH
         proc = _launch(killed, recipe, records, max_steps, kill_at=boundary if action == "epoch" else -1)
-        if action == "random":
-            while not (killed / "started").exists() and proc.poll() is None:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 2.0))
+        if action == "random":  # 1 to 4 new steps (whatever the machine's speed), then a random moment of a step
+            target = _lines(records) + rng.randint(1, 4)
+            while _lines(records) < target and proc.poll() is None:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.1))
             proc.kill()
         proc.communicate(timeout=600)
         assert proc.returncode in (-9, 0), proc.stderr
@@ -246,7 +251,9 @@ def test_kill_9_at_an_epoch_boundary_then_resume_fit(tmp_path):
 @pytest.mark.slow
 def test_kill_9_twenty_times_at_epoch_boundaries_and_at_random_then_resume_fit(tmp_path):
     plan = ["epoch", "random"] * 10
-    stats = kill_resume_fit(tmp_path, plan, max_steps=12 * EPOCH, seed=2)
+    stats = kill_resume_fit(tmp_path, plan, max_steps=20 * EPOCH, seed=2)
     print(f"\nlvdm fit, kill -9 x{len(plan)}: resumed from steps {stats['resumed_from']}")
-    assert sum(step % EPOCH == 0 and step > 0 for step in stats["resumed_from"]) >= 5
-    _check(stats, 12 * EPOCH)
+    steps = stats["resumed_from"]
+    assert steps == sorted(steps) and steps[-1] < 20 * EPOCH  # every kill interrupted training
+    assert len({step for step in steps if step % EPOCH == 0 and step > 0}) >= 5  # epoch boundaries among them
+    _check(stats, 20 * EPOCH)
