@@ -17,22 +17,24 @@ from test_bucket_stream import bucket_config, mixed  # noqa: F401  (the mixed co
 
 class Record(Callback):
     def __init__(self):
-        self.steps = []
+        self.steps, self.indices = [], []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.steps.append((trainer.global_step, tuple(batch["key"]), tuple(batch["video"].shape),
                            outputs["loss"].item()))
+        self.indices.append(batch_idx)
 
 
-def _fit(root, max_steps, ckpt_dir, ckpt_path=None, every=None, save_at_end=None):
+def _fit(root, max_steps, ckpt_dir, ckpt_path=None, every=None, save_at_end=None, samples_per_epoch=12,
+         record=None):
     L.seed_everything(0)
     dit = DiT(in_channels=3, patch_size=(1, 8, 8), hidden_size=32, depth=1, num_heads=2,
               conditioning="cross_attn", context_dim=16)
     model = LatentDiffusionModule(dit, WordTextEncoder(dim=16, max_length=4), RectifiedFlow(), caption_dropout=0.5)
     # 4 batches an epoch: step 6 falls inside the second epoch, steps 4 and 8 end the first two
-    data = VideoDataModule(str(root / "train-*.tar"), batch_size=3, samples_per_epoch=12, shuffle_buffer=8,
-                           buckets=bucket_config())
-    record = Record()
+    data = VideoDataModule(str(root / "train-*.tar"), batch_size=3, samples_per_epoch=samples_per_epoch,
+                           shuffle_buffer=8, buckets=bucket_config())
+    record = record or Record()
     callbacks = [record]
     if every:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every, save_top_k=-1))
@@ -81,3 +83,15 @@ def test_continuing_a_run_that_max_steps_stopped_mid_epoch(mixed, full, tmp_path
     assert (state["epoch"], state["VideoDataModule"]["stream"]["epoch"]) == (2, 1)
     resumed = _fit(mixed, 12, tmp_path / "resumed", ckpt_path=str(tmp_path / "end.ckpt"))
     assert resumed == full[6:]
+
+
+def test_lightning_counts_batches_in_the_new_layout_after_a_change(mixed, tmp_path):  # noqa: F811
+    # Issue 25: 6 batches done of an 8-batch epoch, resumed with 4-batch epochs: the stream goes
+    # on with the next epoch, and Lightning's batch index (its progress bar) used to go on at 6
+    # (a checkpoint written after the batch's end, as at a validation or the end of training).
+    _fit(mixed, 6, tmp_path / "part", samples_per_epoch=24, save_at_end=tmp_path / "end.ckpt")
+    ckpt = tmp_path / "end.ckpt"
+    record = Record()
+    with pytest.warns(UserWarning, match="changed layout"):
+        _fit(mixed, 12, tmp_path / "resumed", ckpt_path=str(ckpt), record=record)
+    assert record.indices == [0, 1, 2, 3, 0, 1]

@@ -127,6 +127,18 @@ class _TrainLoader(DataLoader):
         pass
 
 
+def _set_batches_done(trainer: L.Trainer, done: int) -> None:
+    """Make Lightning's count of the batches done in the resumed epoch the stream's: after a
+    layout change Lightning keeps the old layout's count (its bar showed ``51/9``, and the epoch
+    then ends only when the stream does). Only ``current`` is set (Lightning reads its restart
+    stage from ``total``); its reset adds 1 to ``completed`` when the checkpoint was written at
+    a batch end, so the gap between ``processed`` and ``completed`` is kept."""
+    current = trainer.fit_loop.epoch_loop.batch_progress.current
+    gap = current.processed - current.completed
+    current.ready = current.started = current.processed = done
+    current.completed = done - gap
+
+
 class ShardDataModule(L.LightningDataModule, ABC):
     """Samples from WebDataset shards; subclasses define the sample format in :meth:`decode_sample`.
 
@@ -330,9 +342,12 @@ class ShardDataModule(L.LightningDataModule, ABC):
         if batches == 0:
             raise ValueError(f"samples_per_epoch={self.samples_per_epoch} gives no full batch of "
                              f"{self.batch_size} on each of {world_size} ranks")
+        relayout = self._resume is not None and any(self._resume.get(k) != v for k, v in self._layout().items())
         skip_epoch, skip = self._resume_position(batches)
         self._resume = None  # used once: a reloaded train dataloader continues from the trainer's epoch
         trainer = self._trainer
+        if relayout and trainer is not None:
+            _set_batches_done(trainer, skip)
         start = trainer.current_epoch if trainer is not None and hasattr(trainer, "current_epoch") else 0
         if skip_epoch >= 0:  # resuming: a checkpoint of an epoch's last batch continues with the next
             start = skip_epoch  # epoch, while Lightning's counter still says the finished one here
