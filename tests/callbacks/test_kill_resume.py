@@ -184,6 +184,11 @@ def _run_to_end(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, err.decode()[-3000:]
 
 
+def _read(path: Path) -> list:
+    """The [step, keys] records (a line cut short by a kill is left out)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("]")]
+
+
 def _lines(path: Path) -> int:
     return path.read_text().count("\n") if path.exists() else 0
 
@@ -225,8 +230,7 @@ def kill_resume_fit(root: Path, plan: list[str], max_steps: int, seed: int = 0) 
         assert proc.returncode in (-9, 0), proc.stderr
     resumed_from.append(_saved_step(killed))
     _run_to_end(_launch(killed, recipe, records, max_steps))
-    read = lambda path: [json.loads(line) for line in path.read_text().splitlines() if line.endswith("]")]  # noqa: E731
-    return {"uninterrupted": read(base / "records.jsonl"), "resumed": read(records), "resumed_from": resumed_from,
+    return {"uninterrupted": _read(base / "records.jsonl"), "resumed": _read(records), "resumed_from": resumed_from,
             "logs": sorted(p.name for p in (killed / "run" / "lightning_logs").iterdir()),
             "final_step": _saved_step(killed)}
 

@@ -9,7 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lvdm.callbacks.guard import NonFiniteGuard, NonFiniteTrainingError, TrainingDivergedError
+from lvdm.callbacks.guard import (
+    NonFiniteGuard,
+    NonFiniteTrainingError,
+    TrainingDivergedError,
+)
 
 
 class Tiny(L.LightningModule):
