@@ -131,3 +131,39 @@ def test_from_a_diffusers_pixart_folder_reports_carried_and_new(tmp_path, capsys
     assert "temporal_blocks.*.attn.qkv.weight (2)" in out
     assert "null_context" in report.new  # PixArt in diffusers has no learned null caption
     assert torch.equal(video.blocks[1].attn.proj.weight, ref.transformer_blocks[1].attn1.to_out[0].weight)
+
+
+@pytest.mark.parametrize("kind", ["ckpt", "safetensors"])
+def test_nonfinite_source_is_refused_naming_file_and_key(tmp_path, kind):
+    image = _trained_image_model()
+    weights = dict(image.state_dict())
+    key = sorted(weights)[3]
+    weights[key] = weights[key].clone()
+    weights[key].view(-1)[0] = float("nan")
+    if kind == "ckpt":
+        path = tmp_path / "diverged.ckpt"
+        torch.save({"state_dict": {f"denoiser.{k}": v for k, v in weights.items()}, "global_step": 7}, path)
+    else:
+        path = tmp_path / "diverged.safetensors"
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
+    target = _trained_image_model(seed=1)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"{path.name}.*non-finite.* {key}"):
+        init_from(target, str(path), verbose=False)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # nothing was loaded
+
+
+def test_init_from_callback_refuses_nonfinite_weights(tmp_path):
+    import lightning as L
+
+    from lvdm.callbacks.init_from import InitFrom
+
+    image = _trained_image_model()
+    sd = {f"denoiser.{k}": v.clone() for k, v in image.state_dict().items()}
+    first = next(iter(sd))
+    sd[first].view(-1)[-1] = float("inf")
+    torch.save({"state_dict": sd, "global_step": 7}, tmp_path / "phase1.ckpt")
+    module = L.LightningModule()
+    module.denoiser = _trained_image_model(seed=1)
+    with pytest.raises(ValueError, match=rf"phase1.ckpt.*{first[len('denoiser.'):]}"):
+        InitFrom(str(tmp_path / "phase1.ckpt")).setup(None, module, "fit")

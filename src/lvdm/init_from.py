@@ -29,6 +29,8 @@ from typing import Literal, Mapping
 import torch
 from torch import nn
 
+from lvdm.utils import check_finite
+
 Weights = Literal["auto", "ema", "raw"]
 
 
@@ -167,10 +169,14 @@ def init_from(model: nn.Module, source: str, weights: Weights = "auto", strict: 
         inflate_time: inflate an image DiT's patch embedding and output layer to the model's
             temporal patch (image → tubelet video DiT: the video model starts as the image
             model on still clips).
+
+    Raises:
+        ValueError: the source's weights hold NaN or inf (naming the source and the tensors).
     """
     if weights not in ("auto", "ema", "raw"):
         raise ValueError(f"weights must be 'auto', 'ema' or 'raw', got {weights!r}")
     sd, described = read_source(source, weights, prefix)
+    check_finite(sd, f"init_from source {source!r}")  # a diverged phase must not start the next one
     report = load_weights(model, sd, strict=strict, source=described, inflate_time=inflate_time)
     if verbose:
         print(report.format(), flush=True)

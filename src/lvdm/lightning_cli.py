@@ -5,7 +5,8 @@
   unless the recipe names its own;
 * every run checkpoints into ``<default_root_dir>/checkpoints``, atomically, and ``--ckpt_path
   last`` finds the newest valid checkpoint there (:class:`~lvdm.callbacks.checkpoint.RunCheckpoint`,
-  added when the recipe configures no ``ModelCheckpoint``);
+  added when the recipe configures no ``ModelCheckpoint``), and a run resumed with ``--ckpt_path``
+  logs into its existing ``version_N`` folder;
 * ``--ckpt_path`` is a stranger's file: the recipe Lightning merges from it passes the safe
   builder's checks first (:func:`lvdm.stored_recipe.check_stored_recipe`), and whatever path the
   trainer resumes from (given, ``last``, ``hpc``, SLURM's automatic ``hpc_ckpt_N.ckpt``) is loaded
@@ -25,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningCLI
 
-from lvdm.callbacks.checkpoint import RunCheckpoint
+from lvdm.callbacks.checkpoint import RunCheckpoint, reuse_log_versions
 from lvdm.callbacks.media import SaveRecipe
 from lvdm.callbacks.progress import StepProgressBar
 
@@ -92,6 +93,11 @@ class LvdmCLI(LightningCLI):
         for callback in trainer.callbacks:  # say where checkpoints go before fit (RunCheckpoint.setup agrees)
             if isinstance(callback, RunCheckpoint) and callback.dirpath is None:
                 callback.dirpath = callback.run_folder(trainer)
+        resuming = self.subcommand == "fit" and self.config_init["fit"].get("ckpt_path")
+        if resuming and reuse_log_versions(trainer):
+            for callback in trainer.callbacks:  # a resumed run's recipe replaces the config.yaml there
+                if isinstance(callback, SaveRecipe):
+                    callback.overwrite = True
         return trainer
 
     def _parse_ckpt_path(self) -> None:

@@ -144,3 +144,35 @@ def test_lvdm_fit_twice_with_ckpt_path_last_resumes(tmp_path):
     second = lightning_cli(["fit", *args, "--trainer.max_steps", "3", "--ckpt_path", "last"])
     assert second.trainer.ckpt_path == str(tmp_path / "run/checkpoints/last.ckpt")
     assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
+    # one log folder for the whole run (each resume used to open a new version_N)
+    assert [p.name for p in (tmp_path / "run/lightning_logs").iterdir()] == ["version_0"]
+    assert (tmp_path / "run/lightning_logs/version_0/config.yaml").is_file()
+
+
+def test_resume_at_max_steps_leaves_last_at_the_newest_step(tmp_path):
+    """Issue 24: a kill between Lightning's two writes of step 20 (``step=20.ckpt``, then
+    ``last.ckpt``) left last.ckpt at step 19; the next run resumed from step=20.ckpt, had no step
+    left to train (Lightning then calls no hook) and ended with last.ckpt still at 19."""
+    fit(tmp_path, 20, logger=False)
+    folder = tmp_path / "checkpoints"
+    (folder / "last.ckpt").write_bytes((folder / "step=19.ckpt").read_bytes())
+    older = (folder / "step=20.ckpt").stat().st_mtime - 1
+    os.utime(folder / "last.ckpt", (older, older))
+    trainer = fit(tmp_path, 20, ckpt_path="last", logger=False)
+    assert trainer.ckpt_path == os.path.normpath(folder / "step=20.ckpt")
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 20
+    assert not list(folder.glob(".*.tmp-*"))
+
+
+def test_resumed_runs_log_into_one_version_folder(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from lvdm.callbacks.checkpoint import reuse_log_versions
+
+    for version in ("version_0", "version_3", "version_x"):
+        (tmp_path / "lightning_logs" / version).mkdir(parents=True)
+    loggers = [TensorBoardLogger(tmp_path), CSVLogger(tmp_path / "csv"), TensorBoardLogger(tmp_path, version=7)]
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=loggers)
+    assert reuse_log_versions(trainer)
+    assert [logger.version for logger in loggers] == [3, 0, 7]  # newest kept, a fresh csv folder, a set version
+    assert not reuse_log_versions(L.Trainer(default_root_dir=tmp_path / "new", logger=TensorBoardLogger(tmp_path / "new")))

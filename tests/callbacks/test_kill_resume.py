@@ -1,7 +1,10 @@
 """kill -9 at random moments (many of them during checkpoint writes, TMPDIR on another
 filesystem) and resume with ``ckpt_path="last"``: every resume finds a valid checkpoint and
-the run reaches its last step. ``pytest -m slow`` runs the 20-kill version."""
+the run reaches its last step. Then ``lvdm fit`` killed at random and at epoch boundaries:
+every resumed run trains on the uninterrupted run's batches and logs into one folder.
+``pytest -m slow`` runs the 20-kill versions."""
 
+import json
 import random
 import subprocess
 import sys
@@ -91,3 +94,170 @@ def test_kill_9_twenty_times_then_resume(tmp_path):
           f"resumed from steps {stats['resumed_steps']}, finished at step {stats['final_step']}")
     assert stats["final_step"] >= 200
     assert stats["resumed_steps"] == sorted(stats["resumed_steps"])
+
+
+# ------------------------------------------------------------------ lvdm fit, data and logs
+# The acceptance test of finding 6: `lvdm fit --ckpt_path last` killed with -9 at random moments
+# and exactly at epoch boundaries (just after the checkpoint of an epoch's last batch) trains on
+# the batches of the uninterrupted run, and the whole run logs into one version folder.
+
+RECORDER = textwrap.dedent('''
+    import json, os, signal
+    from pathlib import Path
+    import lightning as L
+
+    class Record(L.Callback):
+        """Appends [global step, batch keys] per step to `path`; kills its own process with -9
+        at the start of the step after `kill_at` steps (their checkpoints written)."""
+        def __init__(self, path: str, kill_at: int = -1):
+            self.path, self.kill_at = Path(path), kill_at
+        def on_train_start(self, trainer, pl_module):
+            (self.path.parent / "started").touch()
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == self.kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            with open(self.path, "a") as f:
+                f.write(json.dumps([trainer.global_step, list(batch["key"])]) + "\\n")
+''')
+
+EPOCH = 6  # batches per epoch: 24 samples_per_epoch / batch_size 4
+
+
+def _recipe(root: Path, data: Path) -> Path:
+    recipe = root / "recipe.yaml"
+    recipe.write_text(textwrap.dedent(f'''
+        seed_everything: 0
+        trainer:
+          accelerator: cpu
+          max_steps: 1000
+          limit_val_batches: 0
+          enable_progress_bar: false
+          enable_model_summary: false
+          default_root_dir: {root / "run"}
+          callbacks:
+            - class_path: lvdm.callbacks.checkpoint.RunCheckpoint
+              init_args: {{every_n_train_steps: 1, save_top_k: 0}}
+        model:
+          class_path: lvdm.module.LatentDiffusionModule
+          init_args:
+            denoiser:
+              class_path: lvdm.models.dit.DiT
+              init_args: {{in_channels: 3, patch_size: [2, 8, 8], hidden_size: 16, depth: 1, num_heads: 2,
+                           conditioning: adaln, context_dim: 16}}
+            text_encoder:
+              class_path: lvdm.text.words.WordTextEncoder
+              init_args: {{dim: 16, max_length: 4}}
+            objective: lvdm.diffusion.objectives.RectifiedFlow
+            compressor: lvdm.compressors.pixels.PixelCompressor
+        data:
+          class_path: lvdm.data.datamodule.VideoDataModule
+          init_args: {{train_shards: "{data}/train-*.tar", batch_size: 4, num_frames: 4, resolution: 32,
+                       samples_per_epoch: {EPOCH * 4}, shuffle_buffer: 8}}
+    '''))
+    return recipe
+
+
+def _launch(root: Path, recipe: Path, records: Path, max_steps: int, kill_at: int = -1) -> subprocess.Popen:
+    args = [sys.executable, "-m", "lvdm.cli", "fit", "--config", str(recipe), "--trainer.max_steps", str(max_steps),
+            "--trainer.callbacks+=recorder.Record", "--trainer.callbacks.init_args.path", str(records),
+            "--trainer.callbacks.init_args.kill_at", str(kill_at), "--ckpt_path", "last"]
+    env = {"PYTHONPATH": ":".join([str(root), *sys.path]), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(args, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _fit_in_process(root: Path, recipe: Path, records: Path, max_steps: int) -> None:
+    """The uninterrupted run: the same `lvdm fit`, in this process (no second start-up)."""
+    from lvdm.cli import lightning_cli
+
+    sys.path.insert(0, str(root))
+    try:
+        lightning_cli(["fit", "--config", str(recipe), "--trainer.max_steps", str(max_steps),
+                       "--trainer.callbacks+=recorder.Record", "--trainer.callbacks.init_args.path", str(records)])
+    finally:
+        sys.path.remove(str(root))
+        sys.modules.pop("recorder", None)
+
+
+def _run_to_end(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-3000:]
+
+
+def _read(path: Path) -> list:
+    """The [step, keys] records (a line cut short by a kill is left out)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("]")]
+
+
+def _lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def _saved_step(root: Path) -> int:
+    newest = newest_valid_checkpoint(root / "run" / "checkpoints")
+    return torch.load(newest, map_location="cpu", weights_only=True)["global_step"] if newest else 0
+
+
+def kill_resume_fit(root: Path, plan: list[str], max_steps: int, seed: int = 0) -> dict:
+    """Run `lvdm fit` uninterrupted to ``max_steps``; then in another folder once per entry of
+    ``plan`` — ``"epoch"``: it kills itself just after the checkpoint of the next epoch's last
+    batch; ``"random"``: kill -9 at a random moment 1 to 4 steps on — and resume with ``--ckpt_path
+    last`` each time, until a last run reaches ``max_steps``. Returns the recorded batch keys."""
+    from lvdm.data.synthetic import write_synthetic_dataset
+
+    rng = random.Random(seed)
+    data = root / "shapes"
+    write_synthetic_dataset(str(data), num_train=32, num_val=2, shard_size=16, num_frames=4, size=32)
+    base, killed = root / "uninterrupted", root / "killed"
+    for folder in (base, killed):
+        folder.mkdir()
+        (folder / "recorder.py").write_text(RECORDER)
+    _fit_in_process(base, _recipe(base, data), base / "records.jsonl", max_steps)
+    recipe, records, resumed_from = _recipe(killed, data), killed / "records.jsonl", []
+    for action in plan:
+        (killed / "started").unlink(missing_ok=True)
+        step = _saved_step(killed)
+        resumed_from.append(step)
+        boundary = (step // EPOCH + 1) * EPOCH
+        proc = _launch(killed, recipe, records, max_steps, kill_at=boundary if action == "epoch" else -1)
+        if action == "random":  # 1 to 4 new steps (whatever the machine's speed), then a random moment of a step
+            target = _lines(records) + rng.randint(1, 4)
+            while _lines(records) < target and proc.poll() is None:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.1))
+            proc.kill()
+        proc.communicate(timeout=600)
+        assert proc.returncode in (-9, 0), proc.stderr
+    resumed_from.append(_saved_step(killed))
+    _run_to_end(_launch(killed, recipe, records, max_steps))
+    return {"uninterrupted": _read(base / "records.jsonl"), "resumed": _read(records), "resumed_from": resumed_from,
+            "logs": sorted(p.name for p in (killed / "run" / "lightning_logs").iterdir()),
+            "final_step": _saved_step(killed)}
+
+
+def _check(stats: dict, max_steps: int) -> None:
+    expected = {step: keys for step, keys in stats["uninterrupted"]}
+    assert sorted(expected) == list(range(1, max_steps + 1))
+    for step, keys in stats["resumed"]:  # every batch of every resumed run, replayed steps included
+        assert keys == expected[step], f"step {step}: {keys} != {expected[step]} (resumed from {stats['resumed_from']})"
+    assert {step for step, _ in stats["resumed"]} == set(expected)
+    assert stats["final_step"] == max_steps
+    assert stats["logs"] == ["version_0"]
+
+
+def test_kill_9_at_an_epoch_boundary_then_resume_fit(tmp_path):
+    """The fast variant: one kill, just after the checkpoint of the first epoch's last batch."""
+    stats = kill_resume_fit(tmp_path, ["epoch"], max_steps=EPOCH + 3)
+    assert stats["resumed_from"] == [0, EPOCH]
+    _check(stats, EPOCH + 3)
+
+
+@pytest.mark.slow
+def test_kill_9_twenty_times_at_epoch_boundaries_and_at_random_then_resume_fit(tmp_path):
+    plan = ["epoch", "random"] * 10
+    stats = kill_resume_fit(tmp_path, plan, max_steps=20 * EPOCH, seed=2)
+    print(f"\nlvdm fit, kill -9 x{len(plan)}: resumed from steps {stats['resumed_from']}")
+    steps = stats["resumed_from"]
+    assert steps == sorted(steps) and steps[-1] < 20 * EPOCH  # every kill interrupted training
+    assert len({step for step in steps if step % EPOCH == 0 and step > 0}) >= 5  # epoch boundaries among them
+    _check(stats, 20 * EPOCH)

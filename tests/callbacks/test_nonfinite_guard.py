@@ -1,5 +1,6 @@
 """NonFiniteGuard: a NaN batch leaves weights and optimizer state bit-identical; too many stop the
-run with the last finite state saved; non-finite weights are never checkpointed."""
+run with the last finite state saved; non-finite weights are never checkpointed; a loss that
+explodes while staying finite is skipped and stops the run; noisy training is not stopped."""
 
 import copy
 
@@ -8,7 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lvdm.callbacks.guard import NonFiniteGuard, NonFiniteTrainingError
+from lvdm.callbacks.guard import (
+    NonFiniteGuard,
+    NonFiniteTrainingError,
+    TrainingDivergedError,
+)
 
 
 class Tiny(L.LightningModule):
@@ -127,5 +132,74 @@ def test_learning_rate_1e4_stops_instead_of_training_on(tmp_path):
         trainer.fit(module, data)
     assert trainer.global_step < 200
     assert any(isinstance(c, NonFiniteGuard) for c in trainer.callbacks)
-    ckpt = torch.load(tmp_path / "nonfinite-stop.ckpt", weights_only=True)
+    (saved,) = tmp_path.glob("*-stop.ckpt")  # the loss explodes (diverged-stop) before it is NaN
+    ckpt = torch.load(saved, weights_only=True)
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+class Exploding(Tiny):
+    """From batch ``start`` on, the loss is 1e20 times larger: finite, as are its gradients."""
+
+    def __init__(self, start):
+        super().__init__()
+        self.start = start
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * 1e20 if batch_idx >= self.start else loss
+
+
+def test_exploding_finite_loss_is_skipped_then_stops_with_the_state_before_it(tmp_path):
+    module = Exploding(start=4)
+    with pytest.raises(TrainingDivergedError, match="above 10 x its running median") as err:
+        fit(module, 50, tmp_path, [NonFiniteGuard(max_consecutive=2)])
+    saved = tmp_path / "diverged-stop.ckpt"
+    assert str(saved) in str(err.value) and "3 optimizer steps in a row (up to step 6)" in str(err.value)
+    assert_identical(torch.load(saved, weights_only=True)["state_dict"], module.snapshots[4][0])
+    assert_identical(module.snapshots[4], module.snapshots[6])  # the spiking steps changed nothing
+
+
+def test_adam_at_lr_1e4_diverges_finitely_and_is_stopped(tmp_path):
+    """Finding 7: Adam's steps are about lr each, so at lr=1e4 the weights and the loss grow
+    without ever becoming inf: the non-finite checks alone let it train on."""
+    class Regression(Tiny):
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e4, weight_decay=0.0)
+
+    unguarded = Regression()
+    fit(unguarded, 60, tmp_path / "off", [NonFiniteGuard(spike_factor=None)])
+    assert all(torch.isfinite(p).all() for p in unguarded.parameters())
+    assert unguarded.net.weight.abs().max() > 1e3  # from about 0.5: diverged, finite, "exit 0"
+    with pytest.raises(TrainingDivergedError):
+        fit(Regression(), 60, tmp_path / "on", [NonFiniteGuard()])
+
+
+class Noisy(Tiny):
+    """Noisy regression that learns: 4 samples a batch with noisy targets, and on top a loss
+    scaled by a seeded log-normal factor (sigma 0.5) each step."""
+
+    def __init__(self):
+        super().__init__()
+        self.noise = torch.Generator().manual_seed(1)
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        target = x.sum(1, keepdim=True) + 0.3 * torch.randn(len(x), 1, generator=self.noise)
+        scale = torch.exp(0.5 * torch.randn((), generator=self.noise))
+        return (self.net(x) - target).pow(2).mean() * scale
+
+
+def test_noisy_training_is_not_stopped_nor_skipped(tmp_path):
+    guard = NonFiniteGuard()
+    module = Noisy()
+    fit(module, 300, tmp_path, [guard])
+    assert guard.skipped == 0 and len(guard.losses) == 100
+    assert max(guard.losses) > 3 * min(guard.losses)  # it is noisy
+
+
+def test_running_median_survives_a_resume():
+    guard = NonFiniteGuard(spike_window=3)
+    guard.losses.extend([1.0, 2.0, 3.0, 4.0])
+    other = NonFiniteGuard(spike_window=3)
+    other.load_state_dict(guard.state_dict())
+    assert list(other.losses) == [2.0, 3.0, 4.0] and other._spike(31.0) and not other._spike(29.0)

@@ -12,13 +12,15 @@ next to its destination and renames it into place (:class:`AtomicCheckpointIO`),
 ``--ckpt_path last`` to the newest *valid* checkpoint of that folder (SLURM's ``hpc_ckpt_N.ckpt``
 in ``default_root_dir`` included): a corrupt newest file is passed over with a warning for the
 previous valid one, and a folder holding only corrupt files is an error naming them. The
-``lvdm`` CLI adds one to every run that configures no ``ModelCheckpoint`` of its own.
+``lvdm`` CLI adds one to every run that configures no ``ModelCheckpoint`` of its own, and on
+``--ckpt_path`` logs into the run's existing log folder (:func:`reuse_log_versions`).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
@@ -125,6 +127,30 @@ def newest_valid_checkpoint(folder: str | Path, root: str | Path | None = None) 
     return None
 
 
+_VERSION = re.compile(r"^version_(\d+)$")
+
+
+def reuse_log_versions(trainer: L.Trainer) -> bool:
+    """For a resumed run: point each TensorBoard / CSV logger whose version was not configured
+    at the newest ``version_N`` folder it already has, so one run keeps one log folder however
+    often it is resumed (Lightning would open ``version_N+1`` each time). Returns whether any
+    logger was pointed at an existing folder."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    reused = False
+    for logger in trainer.loggers:
+        # ``_version`` is what Lightning's ``version`` property fills in lazily when it is None
+        if not isinstance(logger, (TensorBoardLogger, CSVLogger)) or logger._version is not None:
+            continue
+        root = Path(logger.root_dir)
+        found = [int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _VERSION.match(p.name))] \
+            if root.is_dir() else []
+        if found:
+            logger._version = max(found)
+            reused = True
+    return reused
+
+
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` with one folder per run, atomic writes and a ``last`` that
     resumes from the newest valid checkpoint.
@@ -174,4 +200,25 @@ class RunCheckpoint(ModelCheckpoint):
             from lvdm.checkpoint import check_deepspeed_checkpoint
 
             check_deepspeed_checkpoint(newest)
+        elif trainer.is_global_zero:
+            self._catch_up_last(newest, Path(self.run_folder(trainer)))
         return {os.path.normpath(newest)}
+
+    def _catch_up_last(self, newest: Path, folder: Path) -> None:
+        """Make ``last.ckpt`` the checkpoint a resume starts from when a newer one exists (a kill
+        between Lightning's top-k write and its ``last`` write of one step, a SLURM ``hpc_ckpt``):
+        a run resumed at ``max_steps`` trains no step, writes nothing, and would otherwise end
+        with ``last.ckpt`` one step behind. A hard link renamed into place (a copy where the
+        filesystem has no hard links): atomic, and no second copy of the data."""
+        last = folder / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        if not self.save_last or "{" in self.CHECKPOINT_NAME_LAST or newest == last or not folder.is_dir():
+            return
+        tmp = last.parent / f".{last.name}.tmp-{os.getpid()}"
+        try:
+            try:
+                os.link(newest, tmp)
+            except OSError:
+                shutil.copyfile(newest, tmp)
+            os.replace(tmp, last)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -103,6 +103,41 @@ def _collate(samples: list[dict]) -> dict:
     return batch
 
 
+class _TrainLoader(DataLoader):
+    """The train stream's DataLoader: knows which stream epoch its current iteration delivers
+    (``epoch``), which can differ from Lightning's epoch count (a run stopped by ``max_steps``
+    mid-epoch is saved as a finished epoch and resumed as a partial next one).
+
+    ``state_dict`` / ``load_state_dict`` tell Lightning the loader is resumable: the position
+    itself travels in the data module's state (:meth:`ShardDataModule.state_dict`), which is
+    restored before the loader is built."""
+
+    epoch = -1  # no iteration yet
+    next_epoch = 0
+
+    def __iter__(self):
+        self.epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
+        return super().__iter__()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+
+def _set_batches_done(trainer: L.Trainer, done: int) -> None:
+    """Make Lightning's count of the batches done in the resumed epoch the stream's: after a
+    layout change Lightning keeps the old layout's count (its bar showed ``51/9``, and the epoch
+    then ends only when the stream does). Only ``current`` is set (Lightning reads its restart
+    stage from ``total``); its reset adds 1 to ``completed`` when the checkpoint was written at
+    a batch end, so the gap between ``processed`` and ``completed`` is kept."""
+    current = trainer.fit_loop.epoch_loop.batch_progress.current
+    gap = current.processed - current.completed
+    current.ready = current.started = current.processed = done
+    current.completed = done - gap
+
+
 class ShardDataModule(L.LightningDataModule, ABC):
     """Samples from WebDataset shards; subclasses define the sample format in :meth:`decode_sample`.
 
@@ -184,6 +219,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         self.test_urls: list[str] | None = None
         self._counts: Counters | None = None
         self._resume: dict | None = None
+        self._train_loader: _TrainLoader | None = None
         self.data_guard = data_guard or DataGuard()
 
     @abstractmethod
@@ -256,11 +292,11 @@ class ShardDataModule(L.LightningDataModule, ABC):
             raise RuntimeError(f"call {type(self).__name__}.setup() before asking for a dataloader")
         return _DecodeSamples(self.decode_sample, random_start, self.seed, rank, self._counts, watch)
 
-    def _loader(self, dataset) -> DataLoader:
+    def _loader(self, dataset, cls: type[DataLoader] = DataLoader) -> DataLoader:
         # Persistent workers keep the pipeline's epoch counters, so each epoch draws new shards.
         # Pinned batches let Lightning's non-blocking copy to the GPU overlap the step.
-        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        return cls(dataset, batch_size=None, num_workers=self.num_workers,
+                   persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     # ------------------------------------------------------------------ stream position
     def _layout(self) -> dict:
@@ -269,13 +305,16 @@ class ShardDataModule(L.LightningDataModule, ABC):
                 "samples_per_epoch": self.samples_per_epoch, "seed": self.seed, "buckets": repr(self.buckets)}
 
     def state_dict(self) -> dict:
-        """The training stream's position: epoch and batches delivered in it on each rank (the
-        same on all), with the layout they count in. Empty outside of fitting."""
+        """The training stream's position: the stream's epoch (its own count, not Lightning's)
+        and the batches Lightning took from it on each rank (the same on all), with the layout
+        they count in. Empty outside of fitting."""
         trainer = self._trainer
         if trainer is None or getattr(getattr(trainer, "state", None), "fn", None) != "fit":
             return {}
         done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        return {"stream": {"epoch": trainer.current_epoch, "batches": done, **self._layout()}}
+        loader = self._train_loader
+        epoch = loader.epoch if loader is not None and loader.epoch >= 0 else trainer.current_epoch
+        return {"stream": {"epoch": epoch, "batches": done, **self._layout()}}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Continue the stream from a :meth:`state_dict` at the next ``train_dataloader``."""
@@ -307,13 +346,21 @@ class ShardDataModule(L.LightningDataModule, ABC):
         if batches == 0:
             raise ValueError(f"samples_per_epoch={self.samples_per_epoch} gives no full batch of "
                              f"{self.batch_size} on each of {world_size} ranks")
+        relayout = self._resume is not None and any(self._resume.get(k) != v for k, v in self._layout().items())
         skip_epoch, skip = self._resume_position(batches)
+        self._resume = None  # used once: a reloaded train dataloader continues from the trainer's epoch
         trainer = self._trainer
+        if relayout and trainer is not None:
+            _set_batches_done(trainer, skip)
         start = trainer.current_epoch if trainer is not None and hasattr(trainer, "current_epoch") else 0
+        if skip_epoch >= 0:  # resuming: a checkpoint of an epoch's last batch continues with the next
+            start = skip_epoch  # epoch, while Lightning's counter still says the finished one here
         stream = TrainStream(self.train_urls, batches, rank, world_size, self.seed, self.shuffle_buffer,
                              self.assign_sample, self.decode_sample, _collate, self._counts, self.data_guard.watch(),
                              start_epoch=start, skip_epoch=skip_epoch, skip=skip)
-        return self._loader(stream)
+        self._train_loader = self._loader(stream, _TrainLoader)
+        self._train_loader.next_epoch = start
+        return self._train_loader
 
     @property
     def _trainer(self):
