@@ -21,7 +21,7 @@ PACKAGE = ROOT / "src" / "lvdm"
 def package_map(readme: str) -> set[str]:
     """The first-column names (``models/``, ``cli.py``) of the README's package-map table."""
     section = readme.split("## Package map", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `([\w.]+/?)` \|", section, flags=re.M))
+    return set(re.findall(r"^\| `([\w.]+/?)` \|", section, flags=re.MULTILINE))
 
 
 def code_map() -> set[str]:
@@ -53,7 +53,7 @@ def test_mkdocs_build_strict(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
          "--site-dir", str(tmp_path / "site")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "index.html").is_file()
