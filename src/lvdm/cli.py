@@ -269,9 +269,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if argv and argv[0] not in ("-h", "--help", "help"):
         from lvdm.utils import apply_thread_policy
 
-        plan = apply_thread_policy()  # before torch starts: its OpenMP reads the wait policy once
-        if argv[0] in LIGHTNING_COMMANDS:
-            print(f"lvdm: CPU threads: {plan.threads or 'default'} ({plan.reason})", file=sys.stderr)
+        apply_thread_policy()  # before torch starts: its OpenMP reads the wait policy once (fit says which)
     if os.environ.get("LVDM_TRACEBACK") or not argv or argv[0] in ("-h", "--help", "help"):
         return _dispatch(argv)
     try:

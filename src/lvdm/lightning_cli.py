@@ -25,10 +25,12 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from lvdm.callbacks.checkpoint import RunCheckpoint, reuse_log_versions
 from lvdm.callbacks.media import SaveRecipe
 from lvdm.callbacks.progress import StepProgressBar
+from lvdm.utils import applied_thread_plan
 
 __all__ = ["LvdmCLI", "guard_checkpoint_loading", "quiet_lightning_tips"]
 
@@ -90,6 +92,9 @@ class LvdmCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         guard_checkpoint_loading(trainer.strategy)
+        plan = applied_thread_plan()
+        if plan is not None:  # said once the recipe parsed, so a config error stays one line
+            rank_zero_info(f"lvdm: CPU threads: {plan.threads or 'default'} ({plan.reason})")
         for callback in trainer.callbacks:  # say where checkpoints go before fit (RunCheckpoint.setup agrees)
             if isinstance(callback, RunCheckpoint) and callback.dirpath is None:
                 callback.dirpath = callback.run_folder(trainer)

@@ -176,6 +176,9 @@ def busy_cores(seconds: float = 0.1) -> float:
     return max(0.0, busy * (os.cpu_count() or 1))
 
 
+_APPLIED: list[ThreadPlan] = []  # what apply_thread_policy chose in this process
+
+
 def apply_thread_policy(workers: int = 0) -> ThreadPlan:
     """Apply :func:`thread_plan` for this machine now: set its environment variables (call it
     before torch is imported for the wait policy to count: ``lvdm`` does, first thing) and,
@@ -187,4 +190,10 @@ def apply_thread_policy(workers: int = 0) -> ThreadPlan:
     os.environ.update(plan.env)
     if plan.threads is not None and "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(plan.threads)
+    _APPLIED[:] = [plan]
     return plan
+
+
+def applied_thread_plan() -> ThreadPlan | None:
+    """The plan :func:`apply_thread_policy` last applied in this process, or None."""
+    return _APPLIED[0] if _APPLIED else None
