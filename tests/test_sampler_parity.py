@@ -11,7 +11,7 @@ import torch
 from lvdm.diffusion.objectives import DDPM
 
 sys.path.insert(0, str(Path(__file__).parent / "models"))
-from test_convert_dit_imagenet import tiny_diffusers_dit  # noqa: E402
+from test_convert_dit_imagenet import tiny_diffusers_dit
 
 
 def _tiny_vae():
@@ -112,3 +112,61 @@ def test_pixart_alpha_pipeline_parity(tmp_path, guidance, betas):
     print(f"PixArtAlphaPipeline betas {betas} guidance {guidance}: max |lvdm - diffusers| = {diff:.3g} "
           f"(latents up to {expected.abs().max().item():.3g})")
     assert diff <= max(1e-4, 1e-5 * expected.abs().max().item())
+
+
+def _class_checkpoint(tmp_path, tiny_hparams):
+    """A tiny class-conditional DiT module (ImageNet DiT's layout on pixels) saved as a checkpoint."""
+    from lvdm.checkpoint import build_module
+
+    hparams = tiny_hparams(denoiser={"class_path": "lvdm.models.dit.DiT", "init_args": {
+        "in_channels": 3, "out_channels": 6, "patch_size": [1, 2, 2], "hidden_size": 32, "depth": 1,
+        "num_heads": 2, "num_classes": 10, "position": "sincos_2d"}}, sample_shape=[1, 8, 8])
+    module = build_module(hparams)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.denoiser.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, tmp_path / "dit.ckpt")
+    return tmp_path / "dit.ckpt", module.eval()
+
+
+def test_sample_class_labels_from_the_cli(tmp_path, tiny_hparams):
+    from lvdm.diffusion.guidance import ClassGuidedDenoiser
+    from lvdm.sampling import sample
+
+    path, module = _class_checkpoint(tmp_path, tiny_hparams)
+    written = sample(str(path), class_label=[3, 7], out=str(tmp_path / "out"), guidance=3.0, device="cpu")
+    assert [p.rsplit("/", 1)[1] for p in written] == ["00000_class_3.mp4", "00001_class_7.mp4"]
+    # generate conditions on the labels: what the objective samples with the class-guided DiT
+    video = module.generate(["a", "b"], class_labels=[3, 7], guidance_scale=3.0, seed=5)
+    model_fn = ClassGuidedDenoiser(module.denoiser, torch.tensor([3, 7]), 3.0)
+    latents = module.objective.sample(model_fn, _noise((3, 1, 8, 8), [5, 6]))
+    torch.testing.assert_close(video, module.compressor.decode(latents).clamp(-1, 1))
+    with pytest.raises(ValueError, match="class label 10 is out of range: the model has classes 0..9"):
+        module.generate(["a"], class_labels=[10])
+    with pytest.raises(ValueError, match="give --class_label .* or prompts, not both"):
+        sample(str(path), prompts=["x"], class_label=[1], out=str(tmp_path / "o2"))
+
+
+def test_preset_sets_the_sources_sampler_and_learned_null_caption(tmp_path):
+    from lvdm.models.presets import preset
+    from lvdm.module import LatentDiffusionModule
+    from lvdm.sampling import apply_preset
+    from lvdm.text.words import WordTextEncoder
+
+    torch.manual_seed(0)
+    denoiser = preset("opensora-v1.2-stdit3-xl2", in_channels=3, hidden_size=32, depth=1, num_heads=2,
+                      context_dim=16, context_length=4)
+    with torch.no_grad():
+        for p in denoiser.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    module = LatentDiffusionModule(denoiser, WordTextEncoder(dim=16, max_length=4), sample_shape=(1, 8, 8)).eval()
+    assert module.objective.target == "eps_minus_x0" and module.guidance_scale == 4.0
+    assert apply_preset(module, "opensora-v1.2-stdit3-xl2") == "learned_caption"
+    assert (module.objective.target, module.objective.num_sampling_steps, module.guidance_scale) == (
+        "x0_minus_eps", 30, 7.0)
+    learned = module.generate(["a cat"], num_steps=2, null_caption="learned_caption")
+    empty = module.generate(["a cat"], num_steps=2, null_caption="empty_caption")
+    assert not torch.equal(learned, empty)
+    with pytest.raises(ValueError, match="--preset dit-xl2-256 is a DiT; the checkpoint's denoiser is a STDiT"):
+        apply_preset(module, "dit-xl2-256")

@@ -21,8 +21,8 @@ Loading never runs code from the checkpoint: ``.pth`` files are read with
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional, Sequence
 
 import torch
@@ -210,7 +210,7 @@ class SamplerDefaults:
     micro_conditions: Mapping[str, str] = field(default_factory=dict)
     source_sampler: Optional[str] = None
 
-    def build_objective(self) -> "Objective":
+    def build_objective(self) -> Objective:
         """A fresh objective with these defaults."""
         from importlib import import_module
 

@@ -76,7 +76,7 @@ def convert_facebook(sd: Mapping[str, torch.Tensor], source: str = "checkpoint")
 
 
 def _check_positions(stored: torch.Tensor, hidden: int, source: str) -> None:
-    side = int(round(stored.shape[-2] ** 0.5))
+    side = round(stored.shape[-2] ** 0.5)
     diff = (stored.reshape(side * side, hidden).float() - sincos_2d(hidden, side, side, None, 1.0)).abs().max()
     if diff > 1e-4:
         raise ValueError(f"{source}: the stored pos_embed differs from the DiT paper's 2D sin-cos code by "
