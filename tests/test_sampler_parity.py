@@ -1,6 +1,7 @@
 """Sampler parity with diffusers' pipelines: tiny random ``DiTPipeline`` and ``PixArtAlphaPipeline``
-folders, saved here, sampled by diffusers and by lvdm (its loaders, guidance and objective) from the
-same initial noise: the final latents agree to 1e-4 (float32, same steps and guidance)."""
+folders, saved here, sampled by diffusers and by lvdm from the same initial noise: lvdm loads the
+folder's transformer and VAE and samples through ``LatentDiffusionModule.generate`` (what ``lvdm
+sample`` calls); the latents each hands its VAE agree to 1e-4 (float32, same steps and guidance)."""
 
 import sys
 from pathlib import Path
@@ -23,16 +24,26 @@ def _tiny_vae():
                          layers_per_block=1, norm_num_groups=8)
 
 
-def _record_latents(pipe) -> list:
-    """Keep the latents the pipeline hands its VAE (undoing its 1 / scaling_factor)."""
-    seen, decode = [], pipe.vae.decode
+def _record_latents(owner) -> list:
+    """Keep the latents a diffusers pipeline or an lvdm FrameVAECompressor hands its VAE (times
+    its scaling factor: the sampler's final latents)."""
+    seen, decode = [], owner.vae.decode
 
     def recording(latents, *args, **kwargs):
-        seen.append(latents * pipe.vae.config.scaling_factor)
+        seen.append(latents * owner.vae.config.scaling_factor)
         return decode(latents, *args, **kwargs)
 
-    pipe.vae.decode = recording
+    owner.vae.decode = recording
     return seen
+
+
+def _lvdm_module(pipe_dir, denoiser, text_encoder, objective):
+    """The module ``lvdm sample`` would run: the pipeline folder's denoiser and VAE, lvdm's objective."""
+    from lvdm.compressors.vae2d import FrameVAECompressor
+    from lvdm.module import LatentDiffusionModule
+
+    return LatentDiffusionModule(denoiser.eval(), text_encoder, objective,
+                                 FrameVAECompressor(str(pipe_dir), subfolder="vae"), sample_shape=(1, 8, 8)).eval()
 
 
 def _noise(shape, seeds):
@@ -45,8 +56,8 @@ def _noise(shape, seeds):
 def test_dit_pipeline_parity(tmp_path, guidance, betas):
     from diffusers import DiTPipeline
 
-    from lvdm.diffusion.guidance import ClassGuidedDenoiser
     from lvdm.models.convert.dit_imagenet import load_diffusers
+    from lvdm.text.words import WordTextEncoder
 
     objective = DDPM(sampler="ddim", num_sampling_steps=6, beta_start=betas[0], beta_end=betas[1])
     DiTPipeline(transformer=tiny_diffusers_dit(), vae=_tiny_vae(), scheduler=objective.make_sampler()).save_pretrained(
@@ -57,8 +68,10 @@ def test_dit_pipeline_parity(tmp_path, guidance, betas):
     pipe(class_labels=labels, guidance_scale=guidance, num_inference_steps=6, output_type="pt",
          generator=[torch.Generator().manual_seed(s) for s in seeds])
 
-    model_fn = ClassGuidedDenoiser(load_diffusers(str(tmp_path / "pipe")).eval(), torch.tensor(labels), guidance)
-    ours = objective.sample(model_fn, _noise((4, 1, 8, 8), seeds))[:, :, 0]
+    module = _lvdm_module(tmp_path / "pipe", load_diffusers(str(tmp_path / "pipe")), WordTextEncoder(dim=8), objective)
+    ours = _record_latents(module.compressor)
+    module.generate(["a", "b"], 1, 8, 8, num_steps=6, guidance_scale=guidance, seed=seeds[0], class_labels=labels)
+    ours = ours[0]  # frames fold into the batch: [B * 1, C, H, W]
     diff = (ours - seen[0]).abs().max().item()
     print(f"DiTPipeline betas {betas} guidance {guidance}: max |lvdm - diffusers| = {diff:.3g} (latents up to "
           f"{seen[0].abs().max().item():.3g})")
@@ -87,7 +100,6 @@ def test_pixart_alpha_pipeline_parity(tmp_path, guidance, betas):
     from diffusers import PixArtAlphaPipeline
     from transformers import AutoTokenizer, T5EncoderModel
 
-    from lvdm.diffusion.guidance import GuidedDenoiser
     from lvdm.models.presets import from_diffusers
     from lvdm.text.t5 import T5TextEncoder
     from lvdm.text.tiny import build_tiny_t5
@@ -105,9 +117,10 @@ def test_pixart_alpha_pipeline_parity(tmp_path, guidance, betas):
 
     text = T5TextEncoder(str(tmp_path / "pipe"), max_length=12, tokenizer_subfolder="tokenizer",
                          encoder_subfolder="text_encoder")
-    (ctx, mask), (null_ctx, null_mask) = text(PROMPTS), text([""])
-    model_fn = GuidedDenoiser(from_diffusers(str(tmp_path / "pipe")).eval(), ctx, mask, null_ctx, null_mask, guidance)
-    ours = objective.sample(model_fn, _noise((4, 1, 8, 8), seeds))[:, :, 0]
+    module = _lvdm_module(tmp_path / "pipe", from_diffusers(str(tmp_path / "pipe")), text, objective)
+    ours = _record_latents(module.compressor)
+    module.generate(PROMPTS, 1, 8, 8, num_steps=5, guidance_scale=guidance, seed=seeds[0])
+    ours = ours[0]  # frames fold into the batch: [B * 1, C, H, W]
     diff = (ours - expected).abs().max().item()
     print(f"PixArtAlphaPipeline betas {betas} guidance {guidance}: max |lvdm - diffusers| = {diff:.3g} "
           f"(latents up to {expected.abs().max().item():.3g})")
