@@ -109,3 +109,17 @@ def test_real_sizes_on_meta():
     with torch.device("meta"):
         xl = DiT(size="XL/2", in_channels=4, out_channels=8, num_classes=1000, position="sincos_2d")
     assert sum(p.numel() for p in xl.parameters()) == 675_129_632 - 256 * 1152
+
+
+def test_published_layout_gives_the_preset_architecture():
+    """The arguments read from DiT-XL-2-256x256.pt's shapes are the ``dit-xl2-256`` preset's."""
+    from lvdm.models.convert.dit_imagenet import facebook_kwargs
+    from lvdm.models.presets import from_name
+
+    chosen = from_name("dit-xl2-256")
+    with torch.device("meta"):
+        published = _facebook_layout(chosen.build(), side=16)
+        ours = DiT(**facebook_kwargs(published))
+    assert sum(p.numel() for p in ours.parameters()) == chosen.num_params
+    assert sum(v.numel() for v in published.values()) == 675_129_632  # the original's count, pos_embed included
+    assert (ours.num_heads, ours.patch_size, ours.out_channels, ours.num_classes) == (16, (1, 2, 2), 8, 1000)
