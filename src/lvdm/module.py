@@ -8,7 +8,7 @@ hand in Python).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import lightning as L
 import torch
@@ -18,7 +18,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lvdm.compressors.base import Compressor
 from lvdm.compressors.pixels import PixelCompressor
 from lvdm.data.cache import check_identity, identity
-from lvdm.diffusion.guidance import GuidedDenoiser, check_guidance_scale
+from lvdm.diffusion.guidance import ClassGuidedDenoiser, GuidedDenoiser, check_guidance_scale
 from lvdm.diffusion.masking import FrameMasks
 from lvdm.diffusion.objectives import Objective, RectifiedFlow
 from lvdm.text.base import TextEncoder
@@ -116,7 +116,7 @@ class LatentDiffusionModule(L.LightningModule):
             raise ValueError(f"fps must be positive; got {fps}")
         self.fps = fps
         ctx_dim = getattr(denoiser, "context_dim", None)
-        if ctx_dim is not None and ctx_dim != text_encoder.dim:
+        if ctx_dim is not None and ctx_dim != text_encoder.dim and not getattr(denoiser, "num_classes", 0):
             raise ValueError(
                 f"denoiser.context_dim ({ctx_dim}) must equal text_encoder.dim ({text_encoder.dim})"
             )
@@ -269,8 +269,16 @@ class LatentDiffusionModule(L.LightningModule):
         progress: bool = False,
         first_frames: Optional[torch.Tensor] = None,
         loop: bool = False,
+        class_labels: Optional[Sequence[int]] = None,
+        null_caption: Literal["empty_caption", "learned_caption"] = "empty_caption",
     ) -> torch.Tensor:
         """Generate one video per prompt: ``[B, 3, T, H, W]`` in [-1, 1].
+
+        A class-conditional denoiser (``num_classes > 0``, e.g. ImageNet DiT) is conditioned on
+        ``class_labels`` (one per prompt; the prompts then only count the videos), guided against
+        its null label. ``null_caption`` is what the unconditional half of text guidance sees:
+        the text encoder's "" or the denoiser's learned null caption (``null_context``:
+        PixArt-α's and Open-Sora's ``y_embedding``).
 
         The noise of prompt ``i`` depends only on ``seed`` and ``i``, so a prompt's video does
         not change with the batch it is generated in.
@@ -295,12 +303,32 @@ class LatentDiffusionModule(L.LightningModule):
         if loop and first_frames is None:
             raise ValueError("loop=True needs first_frames: the image the video starts and ends with")
         x_given, frame_mask = (None, None) if first_frames is None else self.given_latents(first_frames, noise, loop)
-        ctx, mask = self.encode_text(prompts)
-        null_ctx, null_mask = self.encode_text([""])
-        model_fn = GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale)
+        model_fn = self.guided_denoiser(prompts, scale, class_labels, null_caption)
         latents = self.objective.sample(model_fn, noise, num_steps, progress=progress, x_given=x_given,
                                         frame_mask=frame_mask)
         return self.compressor.decode(latents).clamp(-1, 1)
+
+    def guided_denoiser(self, prompts: Sequence[str], scale: float, class_labels: Optional[Sequence[int]] = None,
+                        null_caption: str = "empty_caption"):
+        """The guided ``model_fn`` of :meth:`generate`: on class labels, or on the prompts against
+        the empty caption or the learned null caption."""
+        if class_labels is not None:
+            if len(class_labels) != len(prompts):
+                raise ValueError(f"give one class label per video: {len(class_labels)} labels, {len(prompts)} videos")
+            return ClassGuidedDenoiser(self.denoiser, torch.tensor(list(class_labels), device=self.device), scale)
+        ctx, mask = self.encode_text(prompts)
+        if null_caption == "learned_caption":
+            null_ctx = getattr(self.denoiser, "null_context", None)
+            if null_ctx is None:
+                raise ValueError("null_caption='learned_caption' needs a denoiser with a learned null caption "
+                                 "(STDiT with context_length > 0)")
+            null_ctx = null_ctx[None].to(ctx)
+            null_mask = torch.ones(null_ctx.shape[:2], dtype=torch.bool, device=self.device)
+        elif null_caption == "empty_caption":
+            null_ctx, null_mask = self.encode_text([""])
+        else:
+            raise ValueError(f"null_caption must be empty_caption or learned_caption, got {null_caption!r}")
+        return GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale)
 
     def given_latents(self, first_frames: torch.Tensor, noise: torch.Tensor,
                       loop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

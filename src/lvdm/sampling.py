@@ -65,6 +65,22 @@ def given_size(height: Optional[int], width: Optional[int]) -> Optional[tuple[in
     return height, width
 
 
+def apply_preset(module, name: str) -> str:
+    """Give ``module`` the sampler defaults of preset ``name`` (:func:`lvdm.models.presets.from_name`):
+    its objective (process, target convention, shift rule, sampler and steps) and guidance scale.
+    Returns the preset's null-caption rule for :meth:`~lvdm.module.LatentDiffusionModule.generate`."""
+    from lvdm.models.presets import from_name
+
+    chosen = from_name(name)
+    backbone = type(module.denoiser).__name__
+    if backbone != chosen.backbone:
+        raise ValueError(f"--preset {name} is a {chosen.backbone}; the checkpoint's denoiser is a {backbone}")
+    module.objective = chosen.sampler.build_objective()
+    module.guidance_scale = chosen.sampler.guidance_scale
+    null = chosen.sampler.null_condition
+    return "empty_caption" if null == "null_class" else null
+
+
 def sample(
     checkpoint: str,
     prompts: Optional[list[str]] = None,
@@ -86,6 +102,8 @@ def sample(
     context_frames: Optional[int] = None,
     loop: bool = False,
     overwrite: bool = False,
+    preset: Optional[str] = None,
+    class_label: Optional[list[int]] = None,
 ) -> list[str]:
     """Generate one mp4 per prompt from a trained checkpoint; image-to-video with ``--image``,
     continuation with ``--video start.mp4 --extend N``.
@@ -126,6 +144,13 @@ def sample(
         loop: with ``image``: the video also ends on the image (a seamless loop).
         overwrite: delete the videos already in ``out`` first; without it a folder that holds
             videos is refused (``lvdm eval`` would score the old ones with the new).
+        preset: sample the way the published model does (``lvdm.models.presets.TABLE``, e.g.
+            ``opensora-v1.2-stdit3-xl2``): its objective and target convention, shift rule,
+            steps, guidance scale and null caption replace the checkpoint's (``steps`` and
+            ``guidance`` still win). Give it for a checkpoint holding a published model's
+            weights, not for one trained under lvdm's own objective.
+        class_label: class-conditional models (ImageNet DiT): one video per label, e.g.
+            '[207, 360]', instead of prompts.
     """
     from tqdm.auto import tqdm
 
@@ -135,8 +160,14 @@ def sample(
     all_prompts = list(prompts or [])
     if prompt_file:
         all_prompts += read_prompt_file(prompt_file)
+    if class_label and all_prompts:
+        raise ValueError("give --class_label (a class-conditional model) or prompts, not both")
+    if class_label and (image or video):
+        raise ValueError("--class_label samples a class-conditional model from noise; --image / --video are not supported")
+    if class_label:
+        all_prompts = [f"class {label}" for label in class_label]
     if not all_prompts:
-        raise ValueError("no prompts: give --prompts and/or --prompt_file")
+        raise ValueError("no prompts: give --prompts and/or --prompt_file (or --class_label)")
     if image and video:
         raise ValueError("give --image (image-to-video) or --video (continuation), not both")
     if video and extend < 1:
@@ -158,6 +189,7 @@ def sample(
     clear_video_folder(out_dir, overwrite)
     loaded = load_module(checkpoint, weights="auto" if use_ema else "raw", map_location=resolve_device(device))
     module = loaded.module.eval()
+    null_caption = apply_preset(module, preset) if preset else "empty_caption"
     fps = fps or getattr(module, "fps", 8.0)
     print(f"sampling with {loaded.describe()}; writing {fps:g} fps")
     written: list[str] = []
@@ -170,6 +202,8 @@ def sample(
             videos = module.generate(
                 chunk, num_frames, height, width, num_steps=steps, guidance_scale=guidance, seed=seed + start,
                 first_frames=None if first is None else first[start : start + batch_size], loop=loop,
+                class_labels=class_label[start : start + batch_size] if class_label else None,
+                null_caption=null_caption,
             )
         written += [str(p) for p in save_videos(videos, chunk, out_dir, fps=fps, start_index=start)]
     print(f"wrote {len(written)} videos to {out_dir}/")

@@ -66,3 +66,37 @@ class GuidedDenoiser:
         out = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), self.context, self.mask, **cond)
         cond_out, uncond = out.chunk(2)
         return uncond + self.scale * (cond_out - uncond)
+
+
+class ClassGuidedDenoiser:
+    """``model_fn(x, t)`` of a class-conditional DiT with classifier-free guidance: the labels and
+    the null label (index ``num_classes``) run in one batch, ``u + scale · (c − u)``. Only the
+    first ``in_channels`` output channels are returned (a learned-variance DiT's ε; lvdm's
+    samplers do not use the variance half), as diffusers' ``DiTPipeline`` does.
+
+    Args:
+        denoiser: a DiT with ``num_classes > 0`` (called as ``denoiser(x, t, class_labels=...)``).
+        class_labels: ``[B]`` labels in ``[0, num_classes)``.
+        scale: guidance scale, ``>= 0``; 1 disables guidance (and the second half of the batch).
+    """
+
+    def __init__(self, denoiser: nn.Module, class_labels: torch.Tensor, scale: float):
+        num_classes = getattr(denoiser, "num_classes", 0)
+        if not num_classes:
+            raise ValueError("class labels need a class-conditional denoiser (num_classes > 0)")
+        bad = class_labels[(class_labels < 0) | (class_labels >= num_classes)]
+        if len(bad):
+            raise ValueError(f"class label {int(bad[0])} is out of range: the model has classes 0..{num_classes - 1}")
+        self.denoiser = denoiser
+        self.scale = check_guidance_scale(scale, "guidance_scale")
+        self.labels = class_labels.long()
+        if scale != 1.0:
+            self.labels = torch.cat([self.labels, torch.full_like(self.labels, num_classes)])
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        channels = self.denoiser.in_channels
+        if self.scale == 1.0:
+            return self.denoiser(x, t, class_labels=self.labels.to(x.device), **cond)[:, :channels]
+        out = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), class_labels=self.labels.to(x.device), **cond)
+        cond_out, uncond = out[:, :channels].chunk(2)
+        return uncond + self.scale * (cond_out - uncond)

@@ -98,6 +98,10 @@ class RectifiedFlow(Objective):
     narrower than its patch cannot carry; the clean sample lies on a low-dimensional manifold
     that it can. ``min_t`` bounds the ``1 / t`` of that conversion.
 
+    ``target`` is the sign convention of a velocity prediction: lvdm's (and SD3's) ``ε − x0``,
+    or Open-Sora 1.2's ``x0 − ε`` (its published weights predict that). The training target
+    and the sampler's use of the prediction follow it together.
+
     Args:
         logit_mean: mean of the logit-normal timestep distribution.
         logit_std: standard deviation of the logit-normal distribution.
@@ -112,6 +116,8 @@ class RectifiedFlow(Objective):
         time_scale: factor applied to ``t`` before it reaches the network.
         prediction: what the network outputs: ``velocity`` (ε − x0) or ``sample`` (x0).
         min_t: lower bound on ``t`` when converting a sample prediction to a velocity.
+        target: with ``prediction="velocity"``: ``eps_minus_x0`` (ε − x0) or ``x0_minus_eps``
+            (x0 − ε, Open-Sora 1.2).
     """
 
     def __init__(
@@ -127,9 +133,13 @@ class RectifiedFlow(Objective):
         min_t: float = 0.05,
         base_area: Optional[int] = None,
         base_frames: int = 1,
+        target: Literal["eps_minus_x0", "x0_minus_eps"] = "eps_minus_x0",
     ):
         if prediction not in ("velocity", "sample"):
             raise ValueError(f"prediction must be velocity or sample, got {prediction!r}")
+        if target not in ("eps_minus_x0", "x0_minus_eps"):
+            raise ValueError(f"RectifiedFlow.target must be eps_minus_x0 or x0_minus_eps, got {target!r}")
+        self.target = target
         _check("RectifiedFlow", shift=(shift, shift > 0, "> 0 (1: no shift)"),
                logit_std=(logit_std, logit_std > 0, "> 0"),
                num_sampling_steps=(num_sampling_steps, num_sampling_steps >= 1, ">= 1"),
@@ -169,7 +179,7 @@ class RectifiedFlow(Objective):
             t = frame_timesteps(t, frame_mask)  # [B, T]
         out = model_fn(x_t, t * self.time_scale, **cond)
         if self.prediction == "velocity":
-            return out
+            return out if self.target == "eps_minus_x0" else -out
         tb = t.clamp(min=self.min_t).to(x_t.dtype)
         tb = tb[:, None, :, None, None] if tb.ndim == 2 else tb.view(-1, *([1] * (x_t.ndim - 1)))
         return (x_t - out) / tb
@@ -185,7 +195,8 @@ class RectifiedFlow(Objective):
 
     def loss_at(self, model_fn: ModelFn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
                 frame_mask: Optional[torch.Tensor] = None, **cond) -> torch.Tensor:
-        """Velocity MSE of each sample at times ``t`` ``[B]`` in [0, 1] (1 = pure noise)."""
+        """Velocity MSE of each sample at times ``t`` ``[B]`` in [0, 1] (1 = pure noise); the
+        network's own target is ``ε − x0`` or ``x0 − ε`` (``target``), the same squared error."""
         tb = t.view(-1, *([1] * (x0.ndim - 1)))
         x_t = (1 - tb) * x0 + tb * noise
         if frame_mask is not None:

@@ -155,6 +155,8 @@ class DiTBlock(nn.Module):
         layout: Layout = "full",
         qk_norm: bool = False,
         adaln_single: bool = False,
+        position: Literal["sincos_3d", "sincos_2d"] = "sincos_3d",
+        timestep_freq_shift: float = 0.0,
     ):
         super().__init__()
         if adaln_single and conditioning == "in_context":
@@ -318,6 +320,10 @@ class DiT(nn.Module):
             conditioning vector. Far fewer parameters (STDiT-XL/2: 0.76B instead of 1.09B);
             ``adaln`` and ``cross_attn`` conditioning only. Blocks still start as the identity
             (zero ``t_block`` output layer and zero gate rows).
+        position: ``sincos_3d`` (a quarter of the channels to time) or ``sincos_2d``: the DiT
+            paper's 2D code (positions ``0..n-1``), the same on every frame (ImageNet DiT weights).
+        timestep_freq_shift: diffusers' ``downscale_freq_shift`` of the timestep code (1 in
+            diffusers' ``DiTTransformer2DModel``, 0 in the DiT paper's code).
     """
 
     def __init__(
@@ -337,6 +343,8 @@ class DiT(nn.Module):
         qk_norm: bool = False,
         base_grid: Optional[Sequence[int]] = None,
         adaln_single: bool = False,
+        position: Literal["sincos_3d", "sincos_2d"] = "sincos_3d",
+        timestep_freq_shift: float = 0.0,
     ):
         super().__init__()
         if size is not None:
@@ -360,6 +368,8 @@ class DiT(nn.Module):
             raise ValueError(f"DiT.num_heads ({num_heads}) must divide DiT.hidden_size ({hidden_size})")
         if conditioning not in ("adaln", "cross_attn", "in_context"):
             raise ValueError(f"conditioning must be adaln, cross_attn or in_context, got {conditioning!r}")
+        if position not in ("sincos_3d", "sincos_2d"):
+            raise ValueError(f"DiT.position must be sincos_3d or sincos_2d, got {position!r}")
         if layout not in ("full", "spatial_temporal"):
             raise ValueError(f"layout must be full or spatial_temporal, got {layout!r}")
         if num_classes and context_dim:
@@ -380,9 +390,10 @@ class DiT(nn.Module):
         self.num_classes = num_classes
         self.base_grid = tuple(base_grid) if base_grid else None
         self.adaln_single = bool(adaln_single)
+        self.position = position
 
         self.x_embedder = PatchEmbed3D(in_channels, hidden_size, self.patch_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size, freq_shift=timestep_freq_shift)
         if self.adaln_single:
             # the one modulation linear shared by all blocks (PixArt / STDiT ``t_block``)
             n_mod = 3 * ((1 if layout == "full" else 2) + 1)
@@ -512,7 +523,12 @@ class DiT(nn.Module):
         if t % self.patch_size[0]:  # images and odd lengths: repeat the last frame to whole temporal patches
             x = torch.cat([x, x[:, :, -1:].expand(-1, -1, -t % self.patch_size[0], -1, -1)], dim=2)
         tokens, grid = self.x_embedder(x)
-        pos = sincos_pos_embed_3d(self.hidden_size, grid, self.base_grid, device=tokens.device).to(tokens.dtype)
+        if self.position == "sincos_2d":
+            from lvdm.models.stdit import sincos_2d  # stdit imports this module
+
+            pos = sincos_2d(self.hidden_size, grid[1], grid[2], None, 1.0).repeat(grid[0], 1).to(tokens)
+        else:
+            pos = sincos_pos_embed_3d(self.hidden_size, grid, self.base_grid, device=tokens.device).to(tokens.dtype)
         tokens = tokens + pos[None]
         c, ctx, ctx_mask = self._condition(timestep, x, context, context_mask, class_labels)
 

@@ -98,10 +98,13 @@ def sincos_pos_embed_3d(
     return _sincos_3d_on_device(hidden_size, tuple(grid), base, torch.device(device))
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, as in DiT/ADM."""
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, freq_shift: float = 0.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, as in DiT/ADM; ``freq_shift``
+    divides the exponents by ``half - freq_shift`` (diffusers' ``downscale_freq_shift``: 1 in
+    its DiT, 0 in DiT/ADM and PixArt)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    exponent = torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift)
+    freqs = torch.exp(-math.log(max_period) * exponent)
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -112,15 +115,15 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class TimestepEmbedder(nn.Module):
     """Timestep → vector: sinusoidal code followed by a two-layer MLP."""
 
-    def __init__(self, hidden_size: int, frequency_dim: int = 256):
+    def __init__(self, hidden_size: int, frequency_dim: int = 256, freq_shift: float = 0.0):
         super().__init__()
-        self.frequency_dim = frequency_dim
+        self.frequency_dim, self.freq_shift = frequency_dim, freq_shift
         self.mlp = nn.Sequential(
             nn.Linear(frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
         )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        freq = timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype)
+        freq = timestep_embedding(t, self.frequency_dim, freq_shift=self.freq_shift).to(self.mlp[0].weight.dtype)
         return self.mlp(freq)
 
 

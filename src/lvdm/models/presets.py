@@ -9,6 +9,11 @@ From a recipe::
       class_path: lvdm.models.presets.preset
       init_args: {name: opensora-v1.2-stdit3-xl2}
 
+:func:`from_name` gives the whole :class:`Preset` of every published configuration (DiT S…XL,
+DiT-ImageNet, PixArt-α, Latte, Open-Sora 1.0 / 1.2): its source, parameter count, architecture
+and the way the source samples (:class:`SamplerDefaults`); ``lvdm sample --preset NAME`` samples
+with those defaults.
+
 Loading never runs code from the checkpoint: ``.pth`` files are read with
 ``torch.load(weights_only=True)``, diffusers folders through diffusers' own (safetensors) loader.
 """
@@ -16,22 +21,27 @@ Loading never runs code from the checkpoint: ``.pth`` files are read with
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional, Sequence
 
 import torch
 
 from lvdm.models.stdit import STDiT, Temporal, TemporalPosition
+
+if TYPE_CHECKING:
+    from lvdm.diffusion.objectives import Objective
 
 _XL = dict(in_channels=4, pred_sigma=True, patch_size=(1, 2, 2), hidden_size=1152, depth=28, num_heads=16,
            context_dim=4096)
 _IMAGE = dict(temporal="none", temporal_position="none")
 
 #: name → STDiT arguments. PixArt-α's base grid is its training grid (sample_size / patch) and
-#: its interpolation scale {256: 0.5, 512: 1, 1024: 2}; Open-Sora 1.0's ``space_scale`` (0.5 at
+#: its interpolation scale {256: 1, 512: 1, 1024: 2} (PixArt-α's ``lewei_scale``; diffusers'
+#: ``max(sample_size // 64, 1)``); Open-Sora 1.0's ``space_scale`` (0.5 at
 #: 256 px) makes its 16×16 grid span PixArt-α 512's position range.
 PRESETS: dict[str, dict[str, Any]] = {
-    "pixart-alpha-xl2-256": dict(_XL, **_IMAGE, context_length=120, base_size=16, interpolation_scale=0.5),
+    "pixart-alpha-xl2-256": dict(_XL, **_IMAGE, context_length=120, base_size=16, interpolation_scale=1.0),
     "pixart-alpha-xl2-512": dict(_XL, **_IMAGE, context_length=120, base_size=32, interpolation_scale=1.0),
     "pixart-alpha-xl2-1024": dict(_XL, **_IMAGE, context_length=120, base_size=64, interpolation_scale=2.0,
                                   size_conditioning=True),
@@ -170,3 +180,113 @@ def from_opensora(path: str, name: PresetName, **overrides: Any) -> STDiT:
     converted = opensora.convert_state_dict(opensora.unwrap(read_weights(path), path), model)
     model.load_state_dict(converted, strict=True)
     return model
+
+
+# ------------------------------------------------------------------------------ the preset table
+_DDPM = "lvdm.diffusion.objectives.DDPM"
+_LINEAR = dict(prediction_type="epsilon", beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+_IMAGENET = dict(in_channels=4, out_channels=8, patch_size=2, num_classes=1000, conditioning="adaln",
+                 layout="full", position="sincos_2d")
+
+
+@dataclass(frozen=True)
+class SamplerDefaults:
+    """How a published model's source samples, as lvdm reproduces it.
+
+    Args:
+        objective: ``(class path, arguments)`` of the lvdm objective (process, target convention,
+            shift rule and the sampler with its step count).
+        guidance_scale: the source's classifier-free guidance scale.
+        null_condition: what the unconditional half sees: ``empty_caption`` (the text encoder's
+            ""), ``learned_caption`` (the model's learned null caption, PixArt-α / Open-Sora's
+            ``y_embedding``) or ``null_class`` (ImageNet DiT's label ``num_classes``).
+        micro_conditions: condition → how the source derives it from the data.
+        source_sampler: the source's own sampler where lvdm's differs (None: the same).
+    """
+
+    objective: tuple[str, dict]
+    guidance_scale: float
+    null_condition: Literal["empty_caption", "learned_caption", "null_class"]
+    micro_conditions: Mapping[str, str] = field(default_factory=dict)
+    source_sampler: Optional[str] = None
+
+    def build_objective(self) -> Objective:
+        """A fresh objective with these defaults."""
+        from importlib import import_module
+
+        module, _, name = self.objective[0].rpartition(".")
+        return getattr(import_module(module), name)(**self.objective[1])
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One published configuration: ``backbone(**kwargs)`` has ``num_params`` parameters (the
+    published count less the fixed codes and null captions lvdm computes or keeps as buffers)."""
+
+    name: str
+    source: str
+    backbone: Literal["STDiT", "DiT"]
+    kwargs: Mapping[str, Any]
+    num_params: int
+    sampler: SamplerDefaults
+
+    def build(self, **overrides: Any):
+        """The architecture with random weights (``overrides`` for tiny variants)."""
+        from lvdm.models.dit import DiT
+
+        return (STDiT if self.backbone == "STDiT" else DiT)(**{**self.kwargs, **overrides})
+
+
+def _dit(size: str, weights: str, num_params: int) -> tuple:
+    source = f"github.com/facebookresearch/DiT (Peebles & Xie 2023), {weights}"
+    return (source, "DiT", dict(_IMAGENET, size=size), num_params, SamplerDefaults(
+        (_DDPM, dict(_LINEAR, sampler="ddim", num_sampling_steps=50)), 4.0, "null_class",
+        source_sampler="DiT's sample.py: 250 DDPM steps with the learned variance; diffusers' DiTPipeline: "
+                       "its folder's scheduler (50 steps) on the ε half, as lvdm"))
+
+
+def _stdit(name: str, source: str, num_params: int, sampler: SamplerDefaults) -> tuple:
+    return (source, "STDiT", PRESETS[name], num_params, sampler)
+
+
+_PIXART = "github.com/PixArt-alpha/PixArt-alpha (Chen et al. 2023), hf PixArt-alpha/PixArt-XL-2-"
+_PIXART_SAMPLER = SamplerDefaults((_DDPM, dict(_LINEAR, sampler="dpm_solver", num_sampling_steps=20)), 4.5,
+                                  "learned_caption", source_sampler="diffusers' PixArtAlphaPipeline: T5(\"\") as null")
+_PIXART_1024 = SamplerDefaults(_PIXART_SAMPLER.objective, 4.5, "learned_caption", {
+    "resolution": "the pixel (height, width) of the sample", "aspect_ratio": "height / width in pixels"},
+    _PIXART_SAMPLER.source_sampler)
+_OS10 = SamplerDefaults((_DDPM, dict(_LINEAR, sampler="ddim", num_sampling_steps=100)), 7.0, "learned_caption",
+                        source_sampler="Open-Sora 1.0: IDDPM, 100 steps with the learned variance")
+_OS12 = SamplerDefaults(
+    ("lvdm.diffusion.objectives.RectifiedFlow",
+     dict(target="x0_minus_eps", num_sampling_steps=30, resolution_aware=True, base_area=64 * 64, base_frames=1)),
+    7.0, "learned_caption",
+    {"fps": "the clip's frame rate (images: 120)", "height / width": "pixel size (the timestep shift only)"})
+_OS = "github.com/hpcaitech/Open-Sora "
+
+#: name → :class:`Preset`, every published configuration lvdm reproduces.
+TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
+    "dit-s2": _dit("S/2", "Table 1 (no published weights)", 32_865_056),
+    "dit-b2": _dit("B/2", "Table 1 (no published weights)", 130_315_808),
+    "dit-l2": _dit("L/2", "Table 1 (no published weights)", 457_840_672),
+    "dit-xl2-256": _dit("XL/2", "DiT-XL-2-256x256.pt", 674_834_720),
+    "dit-xl2-512": _dit("XL/2", "DiT-XL-2-512x512.pt", 674_834_720),
+    "pixart-alpha-xl2-256": _stdit("pixart-alpha-xl2-256", _PIXART + "256x256", 610_856_096, _PIXART_SAMPLER),
+    "pixart-alpha-xl2-512": _stdit("pixart-alpha-xl2-512", _PIXART + "512x512", 610_856_096, _PIXART_SAMPLER),
+    "pixart-alpha-xl2-1024": _stdit("pixart-alpha-xl2-1024", _PIXART + "1024-MS", 611_349_152, _PIXART_1024),
+    "latte-1": _stdit("latte-1", "github.com/Vchitect/Latte, hf maxin-cn/Latte-1", 1_057_246_880, SamplerDefaults(
+        (_DDPM, dict(_LINEAR, sampler="ddim", num_sampling_steps=50)), 7.5, "empty_caption")),
+    "opensora-v1.0-stdit-xl2": _stdit("opensora-v1.0-stdit-xl2", _OS + "v1.0, OpenSora-v1-16x256x256.pth",
+                                      759_620_768, _OS10),
+    "opensora-v1.0-stdit-xl2-512": _stdit("opensora-v1.0-stdit-xl2-512", _OS + "v1.0, OpenSora-v1-HQ-16x512x512.pth",
+                                          759_620_768, _OS10),
+    "opensora-v1.2-stdit3-xl2": _stdit("opensora-v1.2-stdit3-xl2", _OS + "v1.2, hf hpcai-tech/OpenSora-STDiT-v3",
+                                       1_207_643_936, _OS12),
+}.items()}
+
+
+def from_name(name: str) -> Preset:
+    """The :class:`Preset` called ``name`` (a clear error listing the names otherwise)."""
+    if name not in TABLE:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(TABLE)}")
+    return TABLE[name]

@@ -1,7 +1,9 @@
 """Converters from published checkpoint layouts to :class:`lvdm.models.stdit.STDiT`, one
 module per source format: :mod:`.pixart` (diffusers ``PixArtTransformer2DModel``),
 :mod:`.latte` (diffusers ``LatteTransformer3DModel``), :mod:`.opensora` (Open-Sora's own
-``.pth`` / ``.safetensors``: PixArt-α originals, STDiT v1.0, STDiT3 v1.2).
+``.pth`` / ``.safetensors``: PixArt-α originals, STDiT v1.0, STDiT3 v1.2); and to
+:class:`lvdm.models.dit.DiT`: :mod:`.dit_imagenet` (the ImageNet DiT of facebookresearch's ``.pt``
+files and diffusers' ``DiTTransformer2DModel``).
 
 Each exposes ``convert_state_dict(state_dict) -> state_dict`` (pure key / shape mapping) and,
 where the source carries a config, ``stdit_kwargs(config) -> dict`` for the STDiT constructor.
