@@ -134,7 +134,8 @@ def child_env(work: Path) -> dict:
     """The steps' environment: the carried wheels (installed under the work folder) and this
     checkout's ``src`` first on the path, so nothing is installed into the repository or the system."""
     path = [str(work / "site"), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p), "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p), "PYTHONUNBUFFERED": "1",
+            "HF_HUB_OFFLINE": "1"}  # nothing is downloaded: the machine has no network
 
 
 def execute(argv: list[str], timeout_s: float, env: dict) -> tuple[str, int | None, str]:

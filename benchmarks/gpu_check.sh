@@ -39,6 +39,7 @@
 # These are what the GPU machines lack of lvdm's and DeepSpeed's dependencies (they have torch,
 # lightning, transformers, torchmetrics, einops, safetensors, pyyaml, numpy, pandas, pyarrow, scipy,
 # tensorboard, huggingface-hub, msgpack, ninja, psutil, py-cpuinfo). Keep one version of each.
+# PYTHON: the interpreter to use (default python3). Relative paths are the caller's; the steps run
+# in the repository root.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-exec "${PYTHON:-python3}" benchmarks/gpu_check.py "$@"
+exec "${PYTHON:-python3}" "$(dirname "${BASH_SOURCE[0]}")/gpu_check.py" "$@"

@@ -31,11 +31,15 @@ gpu_check = _load("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
 tree_state = _load("suite_conftest", ROOT / "tests" / "conftest.py").tree_state
 
 
-def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+def _run(tmp_path: Path, *args: str, via_out_env: bool = False) -> tuple[subprocess.CompletedProcess, dict]:
+    """The script with relative paths (the caller's, here tmp_path, never the repository's); the
+    JSON named by --out, or by $OUT (the device machine's folder that comes back)."""
     out = tmp_path / "out" / "gpu_check.json"
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    env.pop("OUT", None)
-    proc = subprocess.run(["bash", str(SCRIPT), "--out", str(out), "--work", str(tmp_path / "work"), *args],
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "OUT": str(out.parent)}
+    where = [] if via_out_env else ["--out", "out/gpu_check.json"]
+    if not via_out_env:
+        env.pop("OUT")
+    proc = subprocess.run(["bash", str(SCRIPT), *where, "--work", "work", *args],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert out.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, json.loads(out.read_text())
@@ -72,7 +76,7 @@ def test_dry_run_writes_every_field_and_nothing_into_the_repository(tmp_path):
 
 
 def test_no_budget_left_skips_every_step_and_still_writes_every_field(tmp_path):
-    proc, report = _run(tmp_path, "--budget", "0")
+    proc, report = _run(tmp_path, "--budget", "0", via_out_env=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _assert_every_field(report)
     assert {r["status"] for r in report["steps"].values()} == {"skipped"}
@@ -90,7 +94,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_a_step_past_its_timeout_is_killed_with_its_children(tmp_path):
     pid_file = tmp_path / "child.pid"
-    command = ["bash", "-c", f"sleep 60 & echo $! > {pid_file}; wait"]
+    command = ["bash", "-c", f"sleep 60 >/dev/null 2>&1 & echo $! > {pid_file}; wait"]
     status, code, _ = gpu_check.execute(command, 2, dict(os.environ))
     assert (status, code) == ("timeout", None)
     child = int(pid_file.read_text())
