@@ -24,7 +24,7 @@
 # per step status, seconds, command, return code, output tail and numbers; a "summary" with the
 # headline numbers and which targets they meet. Exit status 1 if any step failed or timed out.
 #
-# The wheels (an ignored folder, wheels/, 45.5 MiB: the device's 64 MiB limit holds the checkout too)
+# The wheels (an ignored folder, wheels/, 17 files, 45.6 MiB: the device's 64 MiB limit holds the checkout too)
 # are made once on a machine with network, here for CPython 3.12 on x86-64, and carried along:
 #
 #   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -32,10 +32,13 @@
 #       --platform any -d wheels diffusers==0.42.1 webdataset==1.0.2 braceexpand==0.1.7 av==19.0.2 \
 #       jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0 omegaconf==2.4.0 \
 #       importlib-metadata==10.2.0 hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 \
-#       annotated-types==0.8.0 typing-inspection==0.4.5
+#       annotated-types==0.8.0 typing-inspection==0.4.5 \
+#       lazy-importer==0.1.0 typing-extensions==4.16.0
 #   python -m pip download --no-deps --no-binary=:all: -d /tmp/sdist deepspeed==0.19.8   # sdist only on PyPI
 #   DS_BUILD_OPS=0 python -m pip wheel --no-deps --no-build-isolation -w wheels /tmp/sdist/deepspeed-0.19.8.tar.gz
 #
+# Checked 2026-12-07: these commands give the 17 wheels, which install with CPython 3.12's
+# `pip install --no-index --no-deps --target` and import there (PyAV encodes H.264).
 # These are what the GPU machines lack of lvdm's and DeepSpeed's dependencies (they have torch,
 # lightning, transformers, torchmetrics, einops, safetensors, pyyaml, numpy, pandas, pyarrow, scipy,
 # tensorboard, huggingface-hub, msgpack, ninja, psutil, py-cpuinfo). Keep one version of each.
