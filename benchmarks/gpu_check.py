@@ -68,7 +68,7 @@ class Step:
     argv: list[str]
     timeout_s: float
     dry_argv: list[str] | None = None
-    metrics: str = "none"  # how the numbers are read back: see METRICS
+    metrics: str = "none"  # how the numbers are read back: see read_metrics
     extra: dict = field(default_factory=dict)
 
 
