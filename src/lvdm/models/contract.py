@@ -55,8 +55,9 @@ class Backbone(Protocol):
         micro_conditions: the names of the keyword arguments of ``forward`` that carry
             micro-conditions (``"fps"``, ``"resolution"``, ``"aspect_ratio"``,
             ``"class_labels"``…); the module and samplers pass only these.
-        lora_targets: name suffixes of the ``nn.Linear`` modules LoRA may adapt (peft's
-            ``target_modules``): the attention and MLP projections of the blocks.
+        lora_targets: a regular expression that fully matches the names of the ``nn.Linear``
+            modules LoRA may adapt (the string form of peft's ``target_modules``): the
+            attention and MLP projections inside the blocks (not the embedders).
     """
 
     in_channels: int
@@ -67,7 +68,7 @@ class Backbone(Protocol):
     block_class: type[nn.Module]
     sequence_parallel_plan: SequenceSplit
     micro_conditions: tuple[str, ...]
-    lora_targets: tuple[str, ...]
+    lora_targets: str
 
     def forward(
         self,

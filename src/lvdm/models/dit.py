@@ -27,7 +27,7 @@ from typing import Callable, Literal, Optional, Sequence
 import torch
 from torch import nn
 
-from lvdm.models.embeddings import LabelEmbedder, PatchEmbed3D, TimestepEmbedder, sincos_pos_embed_3d
+from lvdm.models.embeddings import LabelEmbedder, PatchEmbed3D, TimestepEmbedder, check_latents, sincos_pos_embed_3d
 from lvdm.models.flops import DiTShape
 from lvdm.models.layers import FinalLayer, gated, init_linears_and_patches, modulate, unpatchify, zero_final_layer
 from lvdm.models.parallel_plan import SequenceSplit
@@ -378,7 +378,7 @@ class DiT(nn.Module):
     micro_conditions = ("class_labels",)
 
     #: Linears LoRA may adapt: attention (self and cross) and MLP projections of the blocks.
-    lora_targets = ("qkv", "q", "kv", "proj", "fc1", "fc2")
+    lora_targets = r"blocks\.\d+\..*\b(qkv|q|kv|proj|fc1|fc2)"
 
     def forward_flops(self, latent_thw: Sequence[int], text_len: int = 0, batch_size: int = 1) -> dict[str, int]:
         """The FLOP model (backbone contract): forward FLOPs by component (:mod:`lvdm.models.flops`)."""
@@ -460,6 +460,7 @@ class DiT(nn.Module):
         ``class_labels`` ``[B]``. A frame count that is not a multiple of the temporal patch (an
         image: ``T = 1``) is padded by repeating the last frame, and the prediction cut back to
         ``T`` frames."""
+        check_latents(x, self.in_channels)
         b, _, t, h, w = x.shape
         if t % self.patch_size[0]:  # images and odd lengths: repeat the last frame to whole temporal patches
             x = torch.cat([x, x[:, :, -1:].expand(-1, -1, -t % self.patch_size[0], -1, -1)], dim=2)

@@ -252,7 +252,7 @@ class STDiT(nn.Module):
     micro_conditions = ("resolution", "aspect_ratio", "fps")
 
     #: Linears LoRA may adapt: attention (self, temporal, cross) and MLP projections.
-    lora_targets = ("qkv", "q", "kv", "proj", "fc1", "fc2")
+    lora_targets = r"(temporal_)?blocks\.\d+\..*\b(qkv|q|kv|proj|fc1|fc2)"
 
     def __init__(
         self,
