@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["apply_activation_checkpointing", "remove_activation_checkpointing", "checkpointed_blocks", "declared_blocks"]
+__all__ = ["apply_activation_checkpointing", "remove_activation_checkpointing", "checkpointed_blocks",
+           "declared_blocks"]
 
 
 class _CheckpointedForward:

@@ -12,7 +12,8 @@ from torch import nn
 def check_latents(x: torch.Tensor, channels: int) -> None:
     """Raise a one-line ``ValueError`` unless ``x`` is ``[B, channels, T, H, W]``."""
     if x.ndim != 5 or x.shape[1] != channels:
-        raise ValueError(f"latents must be [batch, {channels} channels, frames, height, width], got shape {list(x.shape)}")
+        raise ValueError(f"latents must be [batch, {channels} channels, frames, height, width], "
+                         f"got shape {list(x.shape)}")
 
 
 class PatchEmbed3D(nn.Module):
