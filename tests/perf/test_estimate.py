@@ -137,3 +137,10 @@ def test_bucket_file_without_buckets_is_named(tmp_path):
     bad.write_text("data:\n  init_args:\n    batch_size: 4\n")
     with pytest.raises(ValueError, match="holds no bucket config"):
         estimate(size="XL/2", buckets=str(bad), print_report=False)
+
+
+def test_a_recipe_with_another_backbone_gets_a_clear_error():
+    """An Open-Sora recipe (an STDiT preset) used to fail with a TypeError from DiT's constructor."""
+    recipe = str(Path(__file__).resolve().parents[2] / "recipes/opensora/tiny/phase2_video.yaml")
+    with pytest.raises(ValueError, match="phase2_video.yaml.*models a DiT denoiser.*presets.preset"):
+        estimate(recipe=recipe, print_report=False)

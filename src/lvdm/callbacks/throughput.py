@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import time
-from functools import lru_cache
 from typing import Any, Optional
 
 import lightning as L
 import torch
 
-from lvdm.perf.flops import DiTShape, dit_training_flops
+from lvdm.models.contract import Backbone
+from lvdm.models.flops import patch_grid
+from lvdm.perf.flops import dit_training_flops
 from lvdm.perf.hardware import PEAKS, device_peak_flops, dtype_key
-
-
-@lru_cache(maxsize=256)
-def _training_flops(shape: DiTShape, latent_thw: tuple[int, int, int], text_len: int, batch_size: int) -> int:
-    # called before every training forward: batches repeat a few shapes, so count each once
-    return dit_training_flops(shape, latent_thw, text_len, batch_size=batch_size)
 
 
 class ThroughputMonitor(L.Callback):
     """Logs training samples/s, video tokens/s, achieved TFLOP/s per device and MFU.
 
-    FLOPs are the denoiser's analytic training FLOPs (``3 × forward``, see
+    FLOPs are the denoiser's analytic training FLOPs, from the FLOP model every backbone
+    declares (``forward_flops``, :mod:`lvdm.models.contract`: DiT, STDiT…) (``3 × forward``, see
     :mod:`lvdm.perf.flops`) at the shapes it actually received: a forward pre-hook reads the
     latent grid, text length and batch size of each training call (shapes only, no data).
     Frozen parts (text encoder, VAE) and activation-checkpointing recompute are not counted:
@@ -58,7 +54,8 @@ class ThroughputMonitor(L.Callback):
         self.peak_flops = peak_flops
         self.skip_first = skip_first
         self.history: list[dict[str, float]] = []
-        self._shape: Optional[DiTShape] = None
+        self._model: Optional[Backbone] = None
+        self._flops: dict[tuple, int] = {}
         self._hook = None
         self._steps = 0
         self._mark: Optional[float] = None
@@ -74,16 +71,22 @@ class ThroughputMonitor(L.Callback):
         context = args[2] if len(args) > 2 else kwargs.get("context")
         b, _, t, h, w = x.shape
         text_len = context.shape[1] if context is not None else 0
-        grid = self._shape.latent_grid((t, h, w))
+        grid = patch_grid(self._model.patch_size, (t, h, w))
         self._acc["samples"] += b
         self._acc["tokens"] += b * grid[0] * grid[1] * grid[2]
-        self._acc["flops"] += _training_flops(self._shape, (t, h, w), text_len, b)
+        key = ((t, h, w), text_len, b)
+        if key not in self._flops:  # called before every training forward: batches repeat a few shapes
+            self._flops[key] = dit_training_flops(self._model, (t, h, w), text_len, batch_size=b)
+        self._acc["flops"] += self._flops[key]
 
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         denoiser = getattr(pl_module, "denoiser", None)
         if denoiser is None:
-            raise ValueError("ThroughputMonitor needs a module with a `denoiser` (an lvdm DiT)")
-        self._shape = DiTShape.from_model(denoiser)
+            raise ValueError("ThroughputMonitor needs a module with a `denoiser` (an lvdm backbone)")
+        if not isinstance(denoiser, Backbone):
+            raise ValueError(f"ThroughputMonitor: the denoiser {type(denoiser).__name__} does not meet the backbone "
+                             "contract (lvdm.models.contract.Backbone: it declares no FLOP model `forward_flops`)")
+        self._model = denoiser
         self._hook = denoiser.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
         precision = str(trainer.precision)
         if self.peak_flops is not None:

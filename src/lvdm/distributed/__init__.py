@@ -6,7 +6,10 @@
   backward; mechanism in :mod:`lvdm.distributed.checkpointing`.
 
 Both are Lightning callbacks (:mod:`lvdm.distributed.callbacks`), imported lazily here so that
-the torch-only mechanisms load without Lightning.
+the torch-only mechanisms load without Lightning. Both, and ``CompileBlocks``, go through
+:func:`lvdm.distributed.parallelize.parallelize`, the one function that applies sequence
+parallelism, activation checkpointing and compile, in that order, from what the backbone
+declares (:mod:`lvdm.models.contract`).
 """
 
 _CALLBACKS = ("SequenceParallel", "ActivationCheckpointing", "data_parallel_rank_world", "seed_data_parallel_replica",

@@ -18,8 +18,9 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from lvdm.distributed.checkpointing import apply_activation_checkpointing, remove_activation_checkpointing
-from lvdm.distributed.plan import apply_sequence_split, check_sequence_split, planned_modules, remove_sequence_split
+from lvdm.distributed.checkpointing import remove_activation_checkpointing
+from lvdm.distributed.parallelize import parallelize
+from lvdm.distributed.plan import remove_sequence_split
 from lvdm.distributed.ranks import data_parallel_rank_world, seed_data_parallel_replica, seed_training_batch
 from lvdm.distributed.sequence_parallel import Mode, SequenceParallelGroup, new_sequence_parallel_group
 from lvdm.ops.attention import set_sequence_parallel
@@ -71,7 +72,8 @@ class SequenceParallel(Callback):
     and backward), validation, test or predict step on all ranks together; anything a single
     rank runs (e.g. sample previews on rank 0) uses ordinary local attention.
 
-    The model must declare where its sequence may be split (``DiT.sequence_parallel_plan``);
+    The model must declare where its sequence may be split (its ``sequence_parallel_plan``,
+    :mod:`lvdm.models.contract`; DiT and STDiT do);
     the number of patch frames must divide by ``size`` (and, for Ulysses, the head count).
 
     Args:
@@ -102,8 +104,7 @@ class SequenceParallel(Callback):
         if trainer.world_size % self.size:
             raise ValueError(f"SequenceParallel(size={self.size}) needs a world size divisible by {self.size}; "
                              f"the trainer has {trainer.world_size} process(es) (devices × nodes)")
-        self._check_model(pl_module)
-        apply_sequence_split(pl_module)
+        parallelize(pl_module, sp=self.size, sp_mode=self.mode)
         self.group = new_sequence_parallel_group(self.size, self.mode)
         seed = os.environ.get("PL_GLOBAL_SEED")
         if seed is None:  # no seed_everything: agree on one so the group's ranks match
@@ -114,14 +115,6 @@ class SequenceParallel(Callback):
         _, dp_world = data_parallel_rank_world(trainer)
         rank_zero_info(f"sequence parallelism: {dp_world} data-parallel replica(s) × {self.size} ranks "
                        f"({self.mode}); random generators seeded with {seed} + data-parallel rank")
-
-    def _check_model(self, pl_module: L.LightningModule) -> None:
-        planned = planned_modules(pl_module)
-        if not planned:
-            raise ValueError(f"SequenceParallel: no module of {type(pl_module).__name__} declares a "
-                             "`sequence_parallel_plan`, so there is nowhere to split its sequence")
-        for model in planned:
-            check_sequence_split(model, self.size, self.mode)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         set_sequence_parallel(None)
@@ -190,7 +183,7 @@ class ActivationCheckpointing(Callback):
         self.fraction = fraction
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        apply_activation_checkpointing(pl_module, self.fraction)
+        parallelize(pl_module, ac=self.fraction)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         remove_activation_checkpointing(pl_module)

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["apply_activation_checkpointing", "remove_activation_checkpointing", "checkpointed_blocks"]
+__all__ = ["apply_activation_checkpointing", "remove_activation_checkpointing", "checkpointed_blocks",
+           "declared_blocks"]
 
 
 class _CheckpointedForward:
@@ -40,12 +41,13 @@ class _CheckpointedForward:
         return checkpoint(self.forward, *args, use_reentrant=False, **kwargs)
 
 
-def _blocks(model: nn.Module) -> list[nn.Module]:
-    """The checkpointable blocks of ``model`` in order, from the ``block_class`` its modules declare."""
+def declared_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks of ``model`` in order: every submodule of a ``block_class`` that a module of
+    ``model`` declares (the backbone contract's checkpoint and compile unit)."""
     classes = {m.block_class for m in model.modules() if isinstance(getattr(m, "block_class", None), type)}
     if not classes:
-        raise ValueError(f"{type(model).__name__} has no module declaring a `block_class` "
-                         "(the unit to checkpoint, e.g. DiT.block_class)")
+        raise ValueError(f"{type(model).__name__}: no block_class declared by any of its modules (the backbone "
+                         "contract's checkpoint and compile unit, e.g. DiT.block_class)")
     return [m for m in model.modules() if isinstance(m, tuple(classes))]
 
 
@@ -68,7 +70,7 @@ def apply_activation_checkpointing(model: nn.Module, fraction: float = 1.0) -> l
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"activation checkpointing fraction must be in [0, 1], got {fraction}")
-    blocks = _blocks(model)
+    blocks = declared_blocks(model)
     chosen = blocks[: math.ceil(fraction * len(blocks))]
     remove_activation_checkpointing(model)
     for block in chosen:

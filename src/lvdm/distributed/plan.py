@@ -60,24 +60,37 @@ def _block_hook(model: nn.Module, plan: SequenceSplit, block: nn.Module, first: 
             return None
         bound = signature.bind(module, *args, **kwargs)
         values = bound.arguments
-        grid = tuple(values[plan.grid])
         if first:
-            check_sequence_split(model, size, grid=grid)
+            units = values[plan.tokens].shape[plan.dim] if plan.grid is None else tuple(values[plan.grid])[0]
+            check_sequence_split(model, size, grid=(units, 1, 1))
             values[plan.tokens] = shard_sequence(values[plan.tokens], plan.dim)
         _cut_followers(plan, values)
-        values[plan.grid] = (grid[0] // size, *grid[1:])
+        if plan.grid is not None:
+            grid = tuple(values[plan.grid])
+            values[plan.grid] = (grid[0] // size, *grid[1:])
         return tuple(bound.args[1:]), dict(bound.kwargs)
 
     return hook
+
+
+def _cut(value, plan: SequenceSplit, ndim: Optional[int]):
+    """``value`` cut along ``plan.dim`` if it is a tensor of ``ndim`` dims (any if None) that
+    runs over the units (length 1 broadcasts: per sample, kept whole); a tuple (position
+    codes) has each of its entries cut."""
+    if isinstance(value, tuple):
+        cut = [_cut(v, plan, ndim) for v in value]
+        return type(value)(*cut) if hasattr(value, "_fields") else tuple(cut)
+    if isinstance(value, torch.Tensor) and (ndim is None or value.ndim == ndim) and value.shape[plan.dim] != 1:
+        return shard_sequence(value, plan.dim)
+    return value
 
 
 def _cut_followers(plan: SequenceSplit, values: dict) -> None:
     """Cut the ``follow_split`` inputs (an ``(name, ndim)`` entry only when it has ``ndim`` dims)."""
     for entry in plan.follow_split:
         name, ndim = (entry, None) if isinstance(entry, str) else entry
-        value = values.get(name)
-        if isinstance(value, torch.Tensor) and (ndim is None or value.ndim == ndim):
-            values[name] = shard_sequence(value, plan.dim)
+        if name in values:
+            values[name] = _cut(values[name], plan, ndim)
 
 
 def _gather_pre_hook(module: nn.Module, plan: SequenceSplit):
@@ -111,7 +124,7 @@ def apply_sequence_split(model: nn.Module) -> list[nn.Module]:
     remove_sequence_split(model)
     for module in planned:
         plan: SequenceSplit = module.sequence_parallel_plan
-        blocks = list(getattr(module, plan.blocks))
+        blocks = [block for name in plan.block_lists for block in getattr(module, name, ())]
         handles = [block.register_forward_pre_hook(_block_hook(module, plan, block, i == 0), with_kwargs=True)
                    for i, block in enumerate(blocks)]
         gather = getattr(module, plan.gather)

@@ -27,7 +27,9 @@ from typing import Callable, Literal, Optional, Sequence
 import torch
 from torch import nn
 
-from lvdm.models.embeddings import LabelEmbedder, PatchEmbed3D, TimestepEmbedder, sincos_pos_embed_3d
+from lvdm.models.embeddings import LabelEmbedder, PatchEmbed3D, TimestepEmbedder, check_latents, sincos_pos_embed_3d
+from lvdm.models.flops import DiTShape
+from lvdm.models.layers import FinalLayer, gated, init_linears_and_patches, modulate, unpatchify, zero_final_layer
 from lvdm.models.parallel_plan import SequenceSplit
 from lvdm.ops.attention import attention
 
@@ -112,24 +114,6 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
-
-
-def _per_token(x: torch.Tensor, mod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens ``x`` ``[B, N, D]`` and a modulation ``[B, D]`` (one per sample) or ``[B, F, D]``
-    (one per latent frame of ``N = F·hw`` t-major tokens), reshaped to broadcast."""
-    if mod.ndim == 2:
-        return x, mod[:, None]
-    return x.unflatten(1, (mod.shape[1], -1)), mod[:, :, None]
-
-
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    xs, shift = _per_token(x, shift)
-    return (xs * (1 + _per_token(x, scale)[1]) + shift).reshape(x.shape)
-
-
-def _gate(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    xs, gate = _per_token(x, gate)
-    return (gate * xs).reshape(x.shape)
 
 
 class DiTBlock(nn.Module):
@@ -248,44 +232,15 @@ class DiTBlock(nn.Module):
         for i, norm in enumerate(self.attn_norms):
             if self.modulated:
                 shift, scale, gate = mods[3 * i : 3 * i + 3]
-                x = x + _gate(self._self_attention(i, _modulate(norm(x), shift, scale), grid, 0, None), gate)
+                x = x + gated(self._self_attention(i, modulate(norm(x), shift, scale), grid, 0, None), gate)
             else:
                 x = x + self._self_attention(i, norm(x), grid, num_prefix, prefix_mask)
         if self.conditioning == "cross_attn":
             x = x + self.cross_attn(self.cross_norm(x), context=context, key_mask=context_mask)
         if self.modulated:
             shift, scale, gate = mods[-3:]
-            return x + _gate(self.mlp(_modulate(self.mlp_norm(x), shift, scale)), gate)
+            return x + gated(self.mlp(modulate(self.mlp_norm(x), shift, scale)), gate)
         return x + self.mlp(self.mlp_norm(x))
-
-
-class FinalLayer(nn.Module):
-    """Norm, (shift, scale) modulation from the conditioning vector ``c``, linear to patches.
-
-    Per-block adaLN regresses (shift, scale) from ``c`` with its own linear; ``adaln_single``
-    (PixArt's ``T2IFinalLayer``) adds a learned table ``[2, D]`` to ``c`` instead."""
-
-    def __init__(self, hidden_size: int, patch_volume: int, out_channels: int, modulated: bool,
-                 adaln_single: bool = False):
-        super().__init__()
-        self.modulated = modulated
-        self.adaln_single = adaln_single and modulated
-        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=not modulated, eps=1e-6)
-        self.linear = nn.Linear(hidden_size, patch_volume * out_channels)
-        if self.adaln_single:
-            self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
-        elif modulated:
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        x = self.norm(x)
-        if self.adaln_single:
-            shift, scale = (self.scale_shift_table.to(c.dtype) + c.unsqueeze(-2)).unbind(-2)
-            x = _modulate(x, shift, scale)
-        elif self.modulated:
-            shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-            x = _modulate(x, shift, scale)
-        return self.linear(x)
 
 
 def _check_positive(**values) -> None:
@@ -430,19 +385,20 @@ class DiT(nn.Module):
                       "its condition tokens would need replicating on every rank; use adaln or cross_attn"),),
     )
 
+    #: Keyword conditions ``forward`` takes besides text (the backbone contract).
+    micro_conditions = ("class_labels",)
+
+    #: Linears LoRA may adapt: attention (self and cross) and MLP projections of the blocks.
+    lora_targets = r"blocks\.\d+\..*\b(qkv|q|kv|proj|fc1|fc2)"
+
+    def forward_flops(self, latent_thw: Sequence[int], text_len: int = 0, batch_size: int = 1) -> dict[str, int]:
+        """The FLOP model (backbone contract): forward FLOPs by component (:mod:`lvdm.models.flops`)."""
+        return DiTShape.from_model(self).forward_flops(latent_thw, text_len, batch_size)
+
     def initialize_weights(self) -> None:
         """DiT initialisation: Xavier linears, N(0, 0.02) embeddings, identity blocks, zero output."""
 
-        def _basic(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-        self.apply(_basic)
-        w = self.x_embedder.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
+        init_linears_and_patches(self)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         if self.num_classes:
@@ -457,11 +413,7 @@ class DiT(nn.Module):
             nn.init.normal_(self.final_layer.scale_shift_table, std=self.hidden_size**-0.5)
         for block in self.blocks:
             block.zero_init()
-        if self.final_layer.modulated and not self.adaln_single:
-            nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-            nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        zero_final_layer(self.final_layer)
 
     def _embed_timestep(self, timestep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``[B]`` → ``[B, D]``; per-frame ``[B, T]`` → ``[B, T / pt, D]``, one vector per patch
@@ -519,6 +471,7 @@ class DiT(nn.Module):
         ``class_labels`` ``[B]``. A frame count that is not a multiple of the temporal patch (an
         image: ``T = 1``) is padded by repeating the last frame, and the prediction cut back to
         ``T`` frames."""
+        check_latents(x, self.in_channels)
         b, _, t, h, w = x.shape
         if t % self.patch_size[0]:  # images and odd lengths: repeat the last frame to whole temporal patches
             x = torch.cat([x, x[:, :, -1:].expand(-1, -1, -t % self.patch_size[0], -1, -1)], dim=2)
@@ -558,9 +511,4 @@ class DiT(nn.Module):
         return self.unpatchify(tokens, grid)[:, :, :t]
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        b = tokens.shape[0]
-        pt, ph, pw = self.patch_size
-        t, h, w = grid
-        x = tokens.reshape(b, t, h, w, pt, ph, pw, self.out_channels)
-        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return x.reshape(b, self.out_channels, t * pt, h * ph, w * pw)
+        return unpatchify(tokens, grid, self.patch_size, self.out_channels)

@@ -9,6 +9,13 @@ import torch
 from torch import nn
 
 
+def check_latents(x: torch.Tensor, channels: int) -> None:
+    """Raise a one-line ``ValueError`` unless ``x`` is ``[B, channels, T, H, W]``."""
+    if x.ndim != 5 or x.shape[1] != channels:
+        raise ValueError(f"latents must be [batch, {channels} channels, frames, height, width], "
+                         f"got shape {list(x.shape)}")
+
+
 class PatchEmbed3D(nn.Module):
     """Cut a latent ``[B, C, T, H, W]`` into non-overlapping ``(pt, ph, pw)`` spacetime patches
     and project each to ``hidden_size``; returns tokens ``[B, T'*H'*W', hidden]`` in
@@ -20,6 +27,7 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(in_channels, hidden_size, kernel_size=self.patch_size, stride=self.patch_size)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        check_latents(x, self.proj.in_channels)
         _, _, t, h, w = x.shape
         pt, ph, pw = self.patch_size
         if t % pt or h % ph or w % pw:

@@ -7,6 +7,7 @@ split with module hooks, so the model's own ``forward`` stays single-device code
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -17,12 +18,16 @@ class SequenceSplit:
     contiguous chunks of whole ``unit`` s (the sequence is ordered so that a unit's tokens are
     adjacent); every block then sees its rank's chunk and the local grid (the first entry of its
     ``grid`` argument divided by the group size); the output of ``gather`` (per token) is joined
-    again along ``dim``.
+    again along ``dim``. A follower of length 1 along ``dim`` is per sample (it broadcasts
+    over the units) and stays whole; a tuple follower (position codes) has each tensor cut.
 
     Args:
-        blocks: name of the ``ModuleList`` of blocks that run on the local chunk.
-        tokens: name of the blocks' argument holding the token sequence ``[B, N, D]``.
-        grid: name of the blocks' ``(t, h, w)`` argument; ``t`` is what is divided.
+        blocks: name of the ``ModuleList`` of blocks that run on the local chunk, or several
+            names (spatial and temporal blocks); the first block of the first list cuts.
+        tokens: name of the blocks' argument holding the token sequence ``[B, N, D]`` (or
+            ``[B, t, S, D]``).
+        grid: name of the blocks' ``(t, h, w)`` argument; ``t`` is what is divided. None when
+            the blocks take no grid: the unit count is then the tokens' length along ``dim``.
         dim: the sequence dimension of the tokens and of every ``follow_split`` input.
         follow_split: other block (and ``gather`` module) arguments cut at the same places as the
             tokens: per-token tensors ``[B, N, ...]`` (masks, per-token timesteps) or per-unit ones
@@ -34,11 +39,16 @@ class SequenceSplit:
         unsupported: ``(attribute, value)`` pairs of the model that forbid the split, with why.
     """
 
-    blocks: str
+    blocks: str | tuple[str, ...]
     tokens: str
-    grid: str
+    grid: Optional[str]
     gather: str
     dim: int = 1
     follow_split: tuple[str | tuple[str, int], ...] = ()
     unit: str = "frame"
     unsupported: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def block_lists(self) -> tuple[str, ...]:
+        """The names in ``blocks`` as a tuple."""
+        return (self.blocks,) if isinstance(self.blocks, str) else tuple(self.blocks)

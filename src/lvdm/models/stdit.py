@@ -49,6 +49,9 @@ from torch import nn
 
 from lvdm.models.dit import Attention, Mlp
 from lvdm.models.embeddings import PatchEmbed3D, TimestepEmbedder, sincos_1d
+from lvdm.models.flops import attention_flops, cross_attention_flops, mlp_flops, mm, patch_grid
+from lvdm.models.layers import FinalLayer, init_linears_and_patches, modulate, unpatchify, zero_final_layer
+from lvdm.models.parallel_plan import SequenceSplit
 from lvdm.models.rope import apply_rope, rope_1d, rope_3d
 
 Temporal = Literal["none", "inline", "blocks"]
@@ -89,24 +92,33 @@ def sincos_frames(hidden_size: int, length: int) -> torch.Tensor:
         return sincos_1d(hidden_size, torch.arange(length, dtype=torch.float32)).float()
 
 
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
-
-
 class Positions(NamedTuple):
-    """The position codes one forward pass hands to its blocks."""
+    """The position codes one forward pass hands to its blocks: tensors whose dim 1 runs over
+    the latent frames, so sequence parallelism cuts them with the tokens (``follow_split``)."""
 
-    spatial_rope: Optional[Rope] = None  #: applied to q/k of attention within a frame
-    temporal_rope: Optional[Rope] = None  #: applied to q/k of attention across frames
-    temporal_sincos: Optional[torch.Tensor] = None  #: ``[T, D]`` added to a temporal branch's input
+    rope_3d: Optional[tuple[torch.Tensor, torch.Tensor]] = None  #: (cos, sin) ``[1, T, 1, S, hd]``, every attention
+    temporal_rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None  #: (cos, sin) ``[1, T, hd]``, across frames
+    temporal_sincos: Optional[torch.Tensor] = None  #: ``[1, T, D]`` added to block 0's temporal-attention input
+    stream_sincos: Optional[torch.Tensor] = None  #: ``[1, T, D]`` added to the tokens before temporal block 0
+
+    def rope(self, temporal: bool, b: int) -> Optional[Rope]:
+        """The rotary code for queries ``[B·S, heads, T, hd]`` (``temporal``) or ``[B·T, heads, S, hd]``."""
+        if self.rope_3d is not None:
+            cos, sin = (c[0].transpose(0, 2) if temporal else c[0] for c in self.rope_3d)
+            return lambda q: apply_rope(q.unflatten(0, (b, -1)), cos, sin).flatten(0, 1)
+        if temporal and self.temporal_rope is not None:
+            cos, sin = (c[0] for c in self.temporal_rope)
+            return lambda q: apply_rope(q, cos, sin)
+        return None
 
 
 def attend(attn: Attention, x: torch.Tensor, temporal: bool, rope: Optional[Rope] = None) -> torch.Tensor:
     """Self-attention of ``x`` ``[B, T, S, D]`` within each frame (over S) or, ``temporal``,
-    across frames at each position (over T)."""
+    across frames at each position (over T). Under sequence parallelism the frames are split
+    across ranks, so attention across them is ``sharded`` (its keys live on every rank)."""
     b, t, s, d = x.shape
     if temporal:
-        out = attn(x.transpose(1, 2).reshape(b * s, t, d), rope=rope)
+        out = attn(x.transpose(1, 2).reshape(b * s, t, d), rope=rope, sharded=True)
         return out.reshape(b, s, t, d).transpose(1, 2)
     return attn(x.reshape(b * t, s, d), rope=rope).reshape(b, t, s, d)
 
@@ -146,15 +158,17 @@ class PixArtBlock(nn.Module):
         (per frame or per sample); ``context`` ``[B, L, D]`` projected text tokens."""
         table = mods + self.scale_shift_table.to(mods.dtype)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = table.unsqueeze(3).unbind(2)
+        if self.temporal and positions.stream_sincos is not None:  # Latte: frame code into the stream
+            x = x + positions.stream_sincos[:, :, None].to(x.dtype)
         x = self.self_attention(x, shift_msa, scale_msa, gate_msa, positions)
         if self.cross_attn is not None:  # per token: run on the whole sequence, not per frame
             b, t, s, d = x.shape
             x = x + self.cross_attn(x.reshape(b, t * s, d), context=context, key_mask=context_mask).view(b, t, s, d)
-        return x + gate_mlp * self.mlp(_modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
     def self_attention(self, x, shift, scale, gate, positions: Positions) -> torch.Tensor:
-        rope = positions.temporal_rope if self.temporal else positions.spatial_rope
-        return x + gate * attend(self.attn, _modulate(self.norm1(x), shift, scale), self.temporal, rope)
+        rope = positions.rope(self.temporal, x.shape[0])
+        return x + gate * attend(self.attn, modulate(self.norm1(x), shift, scale), self.temporal, rope)
 
 
 class STDiTBlock(PixArtBlock):
@@ -171,23 +185,8 @@ class STDiTBlock(PixArtBlock):
 
     def self_attention(self, x, shift, scale, gate, positions: Positions) -> torch.Tensor:
         x = super().self_attention(x, shift, scale, gate, positions)
-        x_t = x if positions.temporal_sincos is None else x + positions.temporal_sincos[None, :, None].to(x.dtype)
-        return x + gate * attend(self.attn_temp, x_t, temporal=True, rope=positions.temporal_rope)
-
-
-class FinalLayer(nn.Module):
-    """PixArt's ``T2IFinalLayer``: norm, (shift, scale) = table + conditioning vector, linear."""
-
-    def __init__(self, hidden_size: int, patch_volume: int, out_channels: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
-        self.linear = nn.Linear(hidden_size, patch_volume * out_channels)
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """``x`` ``[B, T, S, D]``, ``c`` ``[B, T or 1, D]``."""
-        shift, scale = (self.scale_shift_table.to(c.dtype) + c[:, :, None]).unsqueeze(3).unbind(2)
-        return self.linear(_modulate(self.norm(x), shift, scale))
+        x_t = x if positions.temporal_sincos is None else x + positions.temporal_sincos[:, :, None].to(x.dtype)
+        return x + gate * attend(self.attn_temp, x_t, temporal=True, rope=positions.rope(True, x.shape[0]))
 
 
 class STDiT(nn.Module):
@@ -234,8 +233,26 @@ class STDiT(nn.Module):
         default_fps: the fps condition when ``forward`` is not given one.
     """
 
-    #: The unit distributed code wraps and checkpoints (``STDiTBlock`` is a ``PixArtBlock``).
+    #: The unit distributed code wraps, checkpoints and compiles (``STDiTBlock`` is a
+    #: ``PixArtBlock``; so are the temporal blocks).
     block_class = PixArtBlock
+
+    #: Where sequence parallelism splits this model: the tokens ``[B, T, S, D]`` entering the
+    #: first spatial block are cut along the frames (dim 1) into equal chunks; every spatial and
+    #: temporal block runs on its rank's frames, with the per-frame inputs cut alike (the
+    #: modulations ``mods`` and ``c`` when they are per frame, the frame position codes); the
+    #: final layer's output is gathered again. Attention within a frame and text
+    #: cross-attention stay local; attention across frames is ``sharded``.
+    sequence_parallel_plan = SequenceSplit(
+        blocks=("blocks", "temporal_blocks"), tokens="x", grid=None, gather="final_layer",
+        follow_split=("mods", "positions", "c"),
+    )
+
+    #: Keyword micro-conditions ``forward`` takes (used when the model was built with them).
+    micro_conditions = ("resolution", "aspect_ratio", "fps")
+
+    #: Linears LoRA may adapt: attention (self, temporal, cross) and MLP projections.
+    lora_targets = r"(temporal_)?blocks\.\d+\..*\b(qkv|q|kv|proj|fc1|fc2)"
 
     def __init__(
         self,
@@ -269,7 +286,7 @@ class STDiT(nn.Module):
         self.out_channels = 2 * in_channels if pred_sigma else in_channels
         self.patch_size = tuple(int(p) for p in patch_size)
         self.hidden_size, self.num_heads = hidden_size, num_heads
-        self.context_dim = context_dim
+        self.context_dim, self.context_length = context_dim, context_length
         self.temporal, self.temporal_position, self.position = temporal, temporal_position, position
         self.base_size, self.interpolation_scale = base_size, float(interpolation_scale)
         self.resolution_scale = resolution_scale
@@ -300,7 +317,7 @@ class STDiT(nn.Module):
                 for _ in range(depth)
             )
         patch_volume = math.prod(self.patch_size)
-        self.final_layer = FinalLayer(hidden_size, patch_volume, self.out_channels)
+        self.final_layer = FinalLayer(hidden_size, patch_volume, self.out_channels, modulated=True, adaln_single=True)
         self.initialize_weights()
 
     @staticmethod
@@ -325,15 +342,7 @@ class STDiT(nn.Module):
         """Xavier linears, N(0, 0.02) timestep / caption embedders, zero micro-condition outputs,
         and every block the identity (zero residual output projections), zero final linear."""
 
-        def _basic(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-
-        self.apply(_basic)
-        w = self.x_embedder.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
+        init_linears_and_patches(self)
         for linear in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.t_block[1],
                        self.context_proj.fc1, self.context_proj.fc2):
             nn.init.normal_(linear.weight, std=0.02)
@@ -345,8 +354,42 @@ class STDiT(nn.Module):
             for linear in block.output_projections():
                 nn.init.zeros_(linear.weight)
                 nn.init.zeros_(linear.bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        zero_final_layer(self.final_layer)
+
+    def forward_flops(self, latent_thw: Sequence[int], text_len: int = 0, batch_size: int = 1) -> dict[str, int]:
+        """The FLOP model (backbone contract): forward FLOPs by component at a per-sample
+        timestep; ``text_len`` 0 means the learned null caption (``context_length`` tokens)."""
+        t, h, w = patch_grid(self.patch_size, latent_thw)
+        d, b, s, n = self.hidden_size, batch_size, h * w, t * h * w
+        L = int(text_len) or self.context_length
+        out: dict[str, int] = {}
+        out["patch_embed"] = b * mm(n, self.in_channels * math.prod(self.patch_size), d)
+        out["timestep_embed"] = b * sum(self._embedder_flops(e) * k for e, k in self._embedders())
+        out["t_block"] = b * mm(1, d, 6 * d)
+        out["text_proj"] = b * (mm(L, self.context_dim, d) + mm(L, d, d))
+        for block in self.all_blocks():
+            attention_flops(out, b, s if block.temporal else t, t if block.temporal else s, d)
+            if isinstance(block, STDiTBlock):
+                attention_flops(out, b, s, t, d)
+            if block.cross_attn is not None:
+                cross_attention_flops(out, b, n, L, d)
+            mlp_flops(out, b, n, d, block.mlp.fc1.out_features)
+        out["final_layer"] = b * mm(n, d, self.final_layer.linear.out_features)
+        return out
+
+    def _embedders(self) -> list[tuple[TimestepEmbedder, int]]:
+        """The sinusoidal-code MLPs of one sample and how many scalars each embeds."""
+        found = [(self.t_embedder, 1)]
+        if self.size_conditioning:
+            found += [(self.resolution_embedder, 2), (self.aspect_ratio_embedder, 1)]
+        if self.fps_conditioning:
+            found.append((self.fps_embedder, 1))
+        return found
+
+    @staticmethod
+    def _embedder_flops(embedder: TimestepEmbedder) -> int:
+        first, second = embedder.mlp[0], embedder.mlp[2]
+        return mm(1, first.in_features, first.out_features) + mm(1, second.in_features, second.out_features)
 
     # ----------------------------------------------------------------------------- conditioning
     def _embed_timestep(self, timestep: torch.Tensor, b: int, t: int) -> torch.Tensor:
@@ -398,25 +441,18 @@ class STDiT(nn.Module):
             raise ValueError(f"context has width {context.shape[-1]}, the model expects context_dim={self.context_dim}")
         return self.context_proj(context), (context_mask.bool() if context_mask is not None else None)
 
-    def _positions(self, b: int, grid: tuple[int, int, int], device: torch.device) -> Positions:
+    def _positions(self, grid: tuple[int, int, int], device: torch.device) -> Positions:
         t, h, w = grid
         head_dim = self.hidden_size // self.num_heads
         if self.position == "rope_3d":
-            cos, sin = (c.to(device) for c in rope_3d(grid, head_dim))
-            cos, sin = cos.view(t, 1, h * w, head_dim), sin.view(t, 1, h * w, head_dim)
-
-            def spatial(q):  # q [B*T, heads, S, hd]
-                return apply_rope(q.unflatten(0, (b, t)), cos, sin).flatten(0, 1)
-
-            def temporal(q):  # q [B*S, heads, T, hd]
-                return apply_rope(q.unflatten(0, (b, h * w)), cos.transpose(0, 2), sin.transpose(0, 2)).flatten(0, 1)
-
-            return Positions(spatial_rope=spatial, temporal_rope=temporal)
+            cos, sin = (c.to(device).view(1, t, 1, h * w, head_dim) for c in rope_3d(grid, head_dim))
+            return Positions(rope_3d=(cos, sin))
         if self.temporal_position == "rope":
-            cos, sin = (c.to(device) for c in rope_1d(t, head_dim))
-            return Positions(temporal_rope=lambda q: apply_rope(q, cos, sin))
+            return Positions(temporal_rope=tuple(c.to(device)[None] for c in rope_1d(t, head_dim)))
         if self.temporal_position == "sincos_branch":
-            return Positions(temporal_sincos=sincos_frames(self.hidden_size, t).to(device))
+            return Positions(temporal_sincos=sincos_frames(self.hidden_size, t).to(device)[None])
+        if self.temporal_position == "sincos_stream" and t > 1:
+            return Positions(stream_sincos=sincos_frames(self.hidden_size, t).to(device)[None])
         return Positions()
 
     # ------------------------------------------------------------------------------ forward
@@ -450,21 +486,16 @@ class STDiT(nn.Module):
             c = c + extra[:, None]
         mods = self.t_block(c).unflatten(-1, (6, self.hidden_size))
         ctx, ctx_mask = self._context(context, context_mask, b)
-        positions = self._positions(b, grid, tokens.device)
-        later = positions._replace(temporal_sincos=None)  # STDiT adds the frame code in block 0 only
+        positions = self._positions(grid, tokens.device)
+        # STDiT and Latte add their frame code in block 0 only
+        later = positions._replace(temporal_sincos=None, stream_sincos=None)
         for i, block in enumerate(self.blocks):
             tokens = block(tokens, mods, ctx, ctx_mask, positions if i == 0 else later)
             if self.temporal == "blocks":
-                if i == 0 and self.temporal_position == "sincos_stream" and t > 1:
-                    tokens = tokens + sincos_frames(self.hidden_size, t).to(tokens.device, tokens.dtype)[None, :, None]
-                tokens = self.temporal_blocks[i](tokens, mods, ctx, ctx_mask, positions)
-        out = self.unpatchify(self.final_layer(tokens, c), grid)
+                tokens = self.temporal_blocks[i](tokens, mods, ctx, ctx_mask, positions if i == 0 else later)
+        out = self.unpatchify(self.final_layer(tokens.flatten(1, 2), c), grid)
         return out[:, : self.in_channels]
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """``[B, T, S, pt·ph·pw·C_out]`` → ``[B, C_out, T·pt, H·ph, W·pw]``."""
-        b = tokens.shape[0]
-        pt, ph, pw = self.patch_size
-        t, h, w = grid
-        x = tokens.reshape(b, t, h, w, pt, ph, pw, self.out_channels)
-        return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, self.out_channels, t * pt, h * ph, w * pw)
+        """``[B, T·S, pt·ph·pw·C_out]`` → ``[B, C_out, T·pt, H·ph, W·pw]``."""
+        return unpatchify(tokens, grid, self.patch_size, self.out_channels)

@@ -9,6 +9,8 @@ from typing import Any, Optional
 import lightning as L
 from torch import nn
 
+from lvdm.distributed.checkpointing import declared_blocks
+
 
 def compile_blocks(
     model: nn.Module,
@@ -21,8 +23,9 @@ def compile_blocks(
     """Compile every ``block_class`` submodule of ``model`` in place (``nn.Module.compile``).
 
     Args:
-        model: the model (an lvdm ``DiT`` declares ``block_class``; others pass it).
-        block_class: the block type (default ``model.block_class``).
+        model: the model, or a module holding it (an lvdm backbone declares ``block_class``,
+            :mod:`lvdm.models.contract`; others pass it).
+        block_class: the block type (default: the ``block_class`` the model's modules declare).
         mode: ``torch.compile`` mode (``None``, ``"max-autotune"``, ``"reduce-overhead"``…).
         fullgraph: require each block to compile to one graph.
         dynamic: let shapes vary without recompiling (False: specialise, fastest).
@@ -31,17 +34,15 @@ def compile_blocks(
     Returns:
         the number of blocks compiled.
     """
-    block_class = block_class or getattr(model, "block_class", None)
     if block_class is None:
-        raise ValueError(f"{type(model).__name__} declares no block_class: pass block_class=")
-    count = 0
-    for module in model.modules():
-        if isinstance(module, block_class):
-            module.compile(mode=mode, fullgraph=fullgraph, dynamic=dynamic, backend=backend)
-            count += 1
-    if count == 0:
-        raise ValueError(f"{type(model).__name__} has no {block_class.__name__} submodules to compile")
-    return count
+        blocks = declared_blocks(model)
+    else:
+        blocks = [m for m in model.modules() if isinstance(m, block_class)]
+        if not blocks:
+            raise ValueError(f"{type(model).__name__} has no {block_class.__name__} submodules to compile")
+    for module in blocks:
+        module.compile(mode=mode, fullgraph=fullgraph, dynamic=dynamic, backend=backend)
+    return len(blocks)
 
 
 class CompileBlocks(L.Callback):
@@ -70,7 +71,8 @@ class CompileBlocks(L.Callback):
         denoiser: Any = getattr(pl_module, "denoiser", None)
         if denoiser is None:
             raise ValueError("CompileBlocks needs a module with a `denoiser`")
-        self.compiled = compile_blocks(
-            denoiser, mode=self.mode, fullgraph=self.fullgraph, dynamic=self.dynamic, backend=self.backend
-        )
+        from lvdm.distributed.parallelize import parallelize  # the one place that orders SP → AC → compile
+
+        options = dict(mode=self.mode, fullgraph=self.fullgraph, dynamic=self.dynamic, backend=self.backend)
+        self.compiled = parallelize(denoiser, compile=options).compiled
 

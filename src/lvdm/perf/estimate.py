@@ -50,6 +50,13 @@ def _read_recipe(path: str) -> dict[str, Any]:
         dit = dict(module["denoiser"]["init_args"])
     except (KeyError, TypeError) as err:
         raise ValueError(f"recipe {path!r} has no model.init_args.denoiser.init_args ({err})") from None
+    class_path = str(module["denoiser"].get("class_path", ""))
+    if class_path.rsplit(".", 1)[-1] != "DiT":
+        # the FLOP model is any backbone's (lvdm.models.contract), but the memory model and the
+        # report are written for DiT's dimensions
+        raise ValueError(f"recipe {path!r}: lvdm estimate models a DiT denoiser, this one is {class_path!r}; "
+                         "its FLOPs are in lvdm.perf.flops.dit_forward_flops(model, ...) and in the "
+                         "ThroughputMonitor callback")
     out: dict[str, Any] = {"dit": dit}
     shape = module.get("sample_shape")
     if shape:

@@ -1,0 +1,283 @@
+"""One battery of checks that every backbone and variant runs (diffusers' ``ModelTesterMixin``
+is the model): the backbone contract (:mod:`lvdm.models.contract`), published parameter counts
+on ``meta``, save/load, identity at init, per-frame timesteps, sequence parallelism (Ulysses
+and ring on 2 gloo processes) against one process, activation checkpointing, the FLOP model
+against ``torch.utils.flop_counter`` and clear errors for bad input.
+
+A new backbone is added to ``VARIANTS`` (and, with a published size, to ``PUBLISHED``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import socket
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from lvdm.distributed.parallelize import parallelize
+from lvdm.distributed.sequence_parallel import SequenceParallelGroup, new_sequence_parallel_group
+from lvdm.models.contract import Backbone
+from lvdm.models.dit import DiT
+from lvdm.models.parallel_plan import SequenceSplit
+from lvdm.models.presets import preset
+from lvdm.models.stdit import STDiT
+from lvdm.ops.attention import sequence_parallel
+from lvdm.perf.flops import meta_forward_flops
+
+CONTEXT_DIM, TEXT_LEN, FRAMES = 8, 5, 4
+
+
+def _dit(**kw) -> DiT:
+    return DiT(in_channels=2, hidden_size=24, depth=2, num_heads=2, patch_size=(1, 2, 2), context_dim=CONTEXT_DIM, **kw)
+
+
+def _stdit(**kw) -> STDiT:
+    return STDiT(in_channels=2, hidden_size=24, depth=2, num_heads=2, patch_size=(1, 2, 2), context_dim=CONTEXT_DIM,
+                 context_length=3, base_size=2, **kw)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    build: Callable[[], nn.Module]
+    sequence_parallel: bool = True  #: declares a plan that serves this configuration
+    per_frame: bool = True  #: takes per-frame timesteps
+    identity_blocks: bool = True  #: every block is the identity at init
+
+
+VARIANTS = [
+    Variant("dit-full-adaln", lambda: _dit(conditioning="adaln")),
+    Variant("dit-full-cross", lambda: _dit(conditioning="cross_attn")),
+    Variant("dit-full-cross-single", lambda: _dit(conditioning="cross_attn", adaln_single=True)),
+    Variant("dit-st-cross-single",
+            lambda: _dit(conditioning="cross_attn", layout="spatial_temporal", adaln_single=True)),
+    Variant("dit-in-context", lambda: _dit(conditioning="in_context"), sequence_parallel=False, per_frame=False),
+    Variant("pixart-alpha", lambda: _stdit(temporal="none", temporal_position="none", size_conditioning=True)),
+    Variant("opensora-1.0-stdit", lambda: _stdit(temporal="inline", temporal_position="sincos_branch")),
+    Variant("opensora-1.2-stdit3", lambda: _stdit(temporal="blocks", temporal_position="rope", qk_norm=True,
+                                                  fps_conditioning=True)),
+    # Latte adds its frame code to the token stream: temporal block 0's input changes, by design
+    Variant("latte", lambda: _stdit(temporal="blocks", temporal_cross_attention=False,
+                                    temporal_position="sincos_stream"), identity_blocks=False),
+    Variant("stdit-rope-3d", lambda: _stdit(temporal="blocks", temporal_position="none", position="rope_3d")),
+]
+BY_NAME = {v.name: v for v in VARIANTS}
+IDS = [v.name for v in VARIANTS]
+
+#: (name, builder, published parameter count, tolerance of the published figure)
+PUBLISHED = [
+    ("dit-xl2-imagenet-256", lambda: DiT(size="XL/2", in_channels=4, out_channels=8, num_classes=1000), 675e6, 0.5e6),
+    ("pixart-alpha-xl2-512", lambda: preset("pixart-alpha-xl2-512"), 0.6e9, 0.05e9),  # PixArt-α paper: 0.6B
+    ("opensora-v1.0-stdit-xl2", lambda: preset("opensora-v1.0-stdit-xl2"), 724 * 2**20, 2 * 2**20),  # "724M"
+    ("opensora-v1.2-stdit3-xl2", lambda: preset("opensora-v1.2-stdit3-xl2"), 1.1 * 2**30, 0.05 * 2**30),  # "1.1B"
+]
+
+
+def _random(model: nn.Module, std: float = 0.3) -> nn.Module:
+    """Random weights everywhere (init zeroes the outputs, which would hide every difference)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, std)
+    return model
+
+
+def _inputs(batch: int = 2, dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 2, FRAMES, 4, 4, generator=g, dtype=dtype)
+    t = torch.rand(batch, generator=g, dtype=dtype) * 1000
+    ctx = torch.randn(batch, TEXT_LEN, CONTEXT_DIM, generator=g, dtype=dtype)
+    mask = torch.ones(batch, TEXT_LEN, dtype=torch.bool)
+    mask[0, 3:] = False  # a padded caption
+    return x, t, ctx, mask
+
+
+def _grads(model: nn.Module, *inputs) -> list[torch.Tensor]:
+    model.zero_grad()
+    w = torch.linspace(-1, 1, inputs[0].numel(), dtype=inputs[0].dtype).view(inputs[0].shape)
+    (model(*inputs) * w).sum().backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+# ------------------------------------------------------------------------------ the contract
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_meets_the_contract(variant):
+    model = variant.build()
+    assert isinstance(model, Backbone)
+    assert isinstance(model.sequence_parallel_plan, SequenceSplit)
+    assert any(isinstance(m, model.block_class) for m in model.modules()), "no checkpoint/compile unit"
+    assert set(model.micro_conditions) <= set(inspect.signature(model.forward).parameters)
+    targets = [n for n, m in model.named_modules() if re.fullmatch(model.lora_targets, n)]
+    assert targets and all(isinstance(model.get_submodule(n), nn.Linear) for n in targets)
+    assert not any(re.fullmatch(model.lora_targets, n) for n in ("context_proj.fc1", "t_embedder.mlp.0"))
+
+
+@pytest.mark.parametrize("name,build,published,tolerance", PUBLISHED, ids=[p[0] for p in PUBLISHED])
+def test_published_parameter_count_on_meta(name, build, published, tolerance):
+    with torch.device("meta"):
+        model = build()
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - published) <= tolerance, f"{name}: {count:,} parameters, published {published:,.0f}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_save_and_load(variant, tmp_path):
+    model = _random(variant.build()).eval()
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    fresh = variant.build().eval()
+    fresh.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True), strict=True)
+    x, t, ctx, mask = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x, t, ctx, mask), model(x, t, ctx, mask), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_identity_at_init(variant):
+    """A fresh model predicts 0, and (where promised) every block returns its input."""
+    torch.manual_seed(0)
+    model = variant.build().eval()
+    changed = []
+
+    def hook(module, args, output):
+        if not torch.equal(output, args[0]):
+            changed.append(type(module).__name__)
+
+    for m in model.modules():
+        if isinstance(m, model.block_class):
+            m.register_forward_hook(hook)
+    x, t, ctx, mask = _inputs()
+    with torch.no_grad():
+        out = model(x, t, ctx, mask)
+    assert out.shape == x.shape and not out.abs().max() > 0
+    if variant.identity_blocks:
+        assert not changed, f"blocks that are not the identity at init: {changed}"
+    else:
+        assert changed, "this variant is documented as not the identity; if it now is, say so"
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_per_frame_timesteps_equal_per_sample(variant, assert_close_scaled):
+    model = _random(variant.build()).eval()
+    x, t, ctx, mask = _inputs()
+    per_frame = t[:, None].expand(-1, FRAMES)
+    with torch.no_grad():
+        if not variant.per_frame:
+            with pytest.raises(ValueError, match="per-frame"):
+                model(x, per_frame, ctx, mask)
+            return
+        assert_close_scaled(model(x, per_frame, ctx, mask), model(x, t, ctx, mask))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_checkpointed_gradients_equal_plain(variant, assert_close_scaled):
+    model = _random(variant.build(), std=0.1).train()
+    inputs = _inputs()
+    plain = _grads(model, *inputs)
+    done = parallelize(model, ac=1.0)
+    assert len(done.checkpointed) == sum(isinstance(m, model.block_class) for m in model.modules())
+    for ours, ref in zip(_grads(model, *inputs), plain):
+        assert_close_scaled(ours, ref)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_flop_model_equals_flop_counter(variant):
+    """The declared FLOP model (what MFU, ThroughputMonitor and `lvdm estimate` use) counts what
+    torch's FlopCounterMode counts on the same forward (on meta: nothing is computed)."""
+    model = variant.build()
+    declared = sum(model.forward_flops((FRAMES, 4, 4), TEXT_LEN, batch_size=2).values())
+    counted = meta_forward_flops(model, (2, FRAMES, 4, 4), text_len=TEXT_LEN, context_dim=CONTEXT_DIM, batch_size=2)
+    assert declared == counted
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("bad,match", [
+    ("channels", "channels"), ("rank", "channels"), ("patch", "patch size"), ("timestep", r"\[2, 4\]"),
+])
+def test_clear_errors_for_bad_shapes(variant, bad, match):
+    model = variant.build()
+    x, t, ctx, mask = _inputs()
+    if bad == "channels":
+        x = torch.randn(2, 3, FRAMES, 4, 4)
+    elif bad == "rank":
+        x = x[:, :, 0]
+    elif bad == "patch":
+        x = torch.randn(2, 2, FRAMES, 5, 4)
+    else:
+        t = torch.rand(2, 3)
+    with pytest.raises(ValueError, match=match):
+        model(x, t, ctx, mask)
+
+
+# ------------------------------------------------------------------ sequence parallelism, 2 ranks
+SP_CASES = [(v.name, mode) for v in VARIANTS if v.sequence_parallel for mode in ("ulysses", "ring")]
+
+
+def _sp_case(name: str, mode: str, group, rank: int, world: int) -> dict:
+    """SP(2) against the same model in one process (float64): outputs and world-averaged
+    gradients. Ring runs per-frame timesteps (their modulations are cut with the frames)."""
+    model = _random(BY_NAME[name].build(), std=0.1).double()
+    x, t, ctx, mask = _inputs(dtype=torch.float64)
+    if mode == "ring":
+        t = t[:, None] * torch.linspace(1.0, 0.25, FRAMES, dtype=t.dtype)
+    reference = model(x, t, ctx, mask)
+    ref_grads = _grads(model, x, t, ctx, mask)
+    parallelize(model, sp=world, sp_mode=mode)
+    with sequence_parallel(SequenceParallelGroup(group, mode)):
+        out = model(x, t, ctx, mask)
+        grads = _grads(model, x, t, ctx, mask)
+    grad_error = 0.0
+    for g, ref in zip(grads, ref_grads):
+        dist.all_reduce(g)  # what DDP does: every rank of the group computed the same loss
+        grad_error = max(grad_error, ((g / world - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item())
+    return {"out_error": ((out - reference).abs().max() / reference.abs().max()).item(), "grad_error": grad_error,
+            "scale": reference.abs().max().item()}
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    results = {}
+    try:
+        group = new_sequence_parallel_group(world).group
+        for name, mode in SP_CASES:
+            results[f"{name}-{mode}"] = _sp_case(name, mode, group, rank, world)
+    except Exception:  # report, so the parent test shows what failed on which rank
+        results["crash"] = traceback.format_exc()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+_RESULTS: list[dict] = []
+
+
+def _sp_results(tmp_path_factory) -> list[dict]:
+    """All SP cases in one spawn of 2 processes (process start-up dominates the cost)."""
+    if not _RESULTS:
+        out = tmp_path_factory.mktemp("battery-sp")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.start_processes(_worker, args=(2, port, str(out)), nprocs=2, start_method="spawn")
+        _RESULTS.extend(json.loads((out / f"rank{r}.json").read_text()) for r in range(2))
+    for rank, result in enumerate(_RESULTS):
+        assert "crash" not in result, f"rank {rank} crashed:\n{result['crash']}"
+    return _RESULTS
+
+
+@pytest.mark.parametrize("name,mode", SP_CASES, ids=[f"{n}-{m}" for n, m in SP_CASES])
+def test_sequence_parallel_2_equals_1(name, mode, tmp_path_factory):
+    for rank, result in enumerate(_sp_results(tmp_path_factory)):
+        r = result[f"{name}-{mode}"]
+        assert r["scale"] > 1e-3, "the reference output is ~0: the test could not fail"
+        assert r["out_error"] <= 1e-10, f"rank {rank}: output differs by {r['out_error']:.3g} (relative)"
+        assert r["grad_error"] <= 1e-10, f"rank {rank}: gradient differs by {r['grad_error']:.3g} (relative)"
