@@ -37,7 +37,8 @@ def absolute_only(source: str) -> list[int]:
 
 
 def test_the_check_finds_an_absolute_only_tolerance():
-    assert absolute_only("torch.allclose(a, b, atol=1e-6)\nx == pytest.approx(y, abs=1e-7)") == [1, 2]
+    # the texts below lack an rtol on purpose: they are what the check must find
+    assert absolute_only("torch.allclose(a, b, atol=1e-6)\nx == pytest.approx(y, abs=1e-7)") == [1, 2]  # no rtol
     assert absolute_only("assert_close(a, b,\n  rtol=0, atol=1e-8)") == [1]
     assert absolute_only("assert_close(a, b, rtol=1e-5, atol=1e-6)\nallclose(a, b, atol=1e-4)") == []
     assert absolute_only("assert_close(a, b, rtol=0, atol=0)\nassert_close(a, b, atol=1e-5 * a.abs().max())") == []

@@ -52,8 +52,8 @@ def quiet_lightning_tips() -> None:
 def guard_checkpoint_loading(strategy) -> None:
     """Make ``strategy.load_checkpoint`` (what every resume calls, whichever way Lightning found
     the path) safe for a stranger's file: a DeepSpeed directory under any name is scanned before
-    DeepSpeed unpickles it, and a file is read weights-only (Lightning reads a remote one with
-    ``weights_only=False`` by default). Refusals name the file in one line."""
+    DeepSpeed unpickles it, and a file is read weights-only (Lightning would unpickle a remote
+    one freely by default). Refusals name the file in one line."""
     from lvdm.checkpoint import UnsafeCheckpointError, check_deepspeed_checkpoint, is_deepspeed_checkpoint
 
     load = strategy.load_checkpoint
