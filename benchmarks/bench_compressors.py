@@ -111,7 +111,7 @@ def cached_vs_in_loop(repeats: int) -> dict:
     """One DiT training step on a shapes-sized 3D VAE's latents: cached latents vs encoding in the step."""
     from lvdm.diffusion.objectives import RectifiedFlow
     from lvdm.models.dit import DiT
-    from lvdm.module import LatentDiffusionModule
+    from lvdm.training.module import LatentDiffusionModule
     from lvdm.text.words import WordTextEncoder
 
     torch.manual_seed(0)

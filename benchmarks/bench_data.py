@@ -33,7 +33,7 @@ import numpy as np
 from lvdm.curation.filter import filter_dataset
 from lvdm.curation.ingest import ingest
 from lvdm.curation.split import split
-from lvdm.data.testing import encode_video
+from lvdm.data.sample_media import encode_video
 from lvdm.data.video import decode_clip, read_frames
 
 

@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lvdm.diffusion.objectives import RectifiedFlow  # noqa: E402
 from lvdm.models.dit import DiT  # noqa: E402
 from lvdm.ops.attention import set_backend  # noqa: E402
-from lvdm.perf.compile import compile_blocks  # noqa: E402
-from lvdm.perf.flops import count_flops, dit_forward_flops  # noqa: E402
+from lvdm.distributed.compile import compile_blocks  # noqa: E402
+from lvdm.perf.step_flops import count_flops, dit_forward_flops  # noqa: E402
 from lvdm.perf.hardware import device_peak_flops  # noqa: E402
 
 PRESETS = {

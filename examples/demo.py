@@ -70,7 +70,7 @@ def fit(lvdm, recipe, latents: Path, run_dir: Path, steps: int | None, extra=(),
     time. ``curve_every`` also keeps a checkpoint every that many steps in ``<run_dir>/curve``."""
     if curve_every:
         shutil.rmtree(run_dir / "curve", ignore_errors=True)  # a rerun's minutes must not mix with old files
-        extra = [*extra, "--trainer.callbacks+=lvdm.callbacks.checkpoint.RunCheckpoint",
+        extra = [*extra, "--trainer.callbacks+=lvdm.training.callbacks.run_checkpoint.RunCheckpoint",
                  "--trainer.callbacks.dirpath", str(run_dir / "curve"),
                  "--trainer.callbacks.every_n_train_steps", str(curve_every),
                  "--trainer.callbacks.save_top_k", "-1", "--trainer.callbacks.save_last", "false",
@@ -189,7 +189,7 @@ def main() -> None:
     print(f"\n--- phase 2: video from the image phase ({load_line()})", flush=True)
     video_ckpt, video_s, video_start = fit(
         lvdm, "recipes/demo/video.yaml", latents, out / "run_video", video_steps,
-        ["--trainer.callbacks+=lvdm.callbacks.init_from.InitFrom", "--trainer.callbacks.source", str(image_ckpt),
+        ["--trainer.callbacks+=lvdm.training.callbacks.warm_start.InitFrom", "--trainer.callbacks.source", str(image_ckpt),
          "--trainer.callbacks.module=", "--trainer.callbacks.prefix=", "--trainer.callbacks.strict", "true",
          "--trainer.callbacks.inflate_time", "true"], every,
     )

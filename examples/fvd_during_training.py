@@ -58,7 +58,7 @@ def main() -> None:
                     "--num_val", str(args.num_val), "--num_frames", str(args.num_frames), "--size", str(args.size)])
     checkpoint_cfg = out / "checkpoint_every.yaml"
     checkpoint_cfg.write_text(
-        "trainer:\n  callbacks+:\n    - class_path: lvdm.callbacks.checkpoint.RunCheckpoint\n"
+        "trainer:\n  callbacks+:\n    - class_path: lvdm.training.callbacks.run_checkpoint.RunCheckpoint\n"
         f"      init_args:\n        every_n_train_steps: {args.every}\n        save_top_k: -1\n"
         f"        dirpath: {run_dir / 'checkpoints'}\n        filename: '{{step}}'\n"
     )

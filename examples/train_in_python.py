@@ -13,13 +13,13 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lvdm.callbacks.ema import EMA
+from lvdm.training.callbacks.ema import EMA
 from lvdm.data.datamodule import VideoDataModule
-from lvdm.data.synthetic import write_synthetic_dataset
+from lvdm.shapes.synthetic import write_synthetic_dataset
 from lvdm.diffusion.objectives import RectifiedFlow
-from lvdm.metrics.probe import probe_folder
+from lvdm.shapes.probe import probe_folder
 from lvdm.models.dit import DiT
-from lvdm.module import LatentDiffusionModule, WarmupCosineLR
+from lvdm.training.module import LatentDiffusionModule, WarmupCosineLR
 from lvdm.text.words import WordTextEncoder
 from lvdm.sampling import save_videos
 

@@ -38,11 +38,11 @@ def assert_close_scaled():
 
 def _tiny_hparams(**overrides) -> dict:
     """The ``hyper_parameters`` of a tiny text-to-video module (a cross-attention DiT on pixels,
-    words as the text encoder): what ``lvdm.checkpoint.build_module`` rebuilds from a checkpoint."""
-    from lvdm.checkpoint import INSTANTIATOR
+    words as the text encoder): what ``lvdm.checkpoints.load.build_module`` rebuilds from a checkpoint."""
+    from lvdm.checkpoints.load import INSTANTIATOR
 
     return {
-        "_class_path": "lvdm.module.LatentDiffusionModule",
+        "_class_path": "lvdm.training.module.LatentDiffusionModule",
         "_instantiator": INSTANTIATOR,
         "denoiser": {"class_path": "lvdm.models.dit.DiT", "init_args": {
             "in_channels": 3, "patch_size": [2, 4, 4], "hidden_size": 32, "depth": 1, "num_heads": 2,

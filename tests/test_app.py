@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lvdm.checkpoint import build_module
+from lvdm.checkpoints.load import build_module
 
 gradio = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lvdm.autoencoder_module import AutoencoderModule
+from lvdm.training.autoencoder_module import AutoencoderModule
 from lvdm.autoencoders import CausalVAE3D, PatchDiscriminator3D, VideoVQVAE
-from lvdm.callbacks.ema import EMA
-from lvdm.module import WarmupCosineLR
+from lvdm.training.callbacks.ema import EMA
+from lvdm.training.module import WarmupCosineLR
 
 
 class Clips(Dataset):
@@ -103,21 +103,21 @@ def test_invalid_frame_count_fails_clearly(tmp_path):
 
 def test_trained_autoencoder_loads_as_compressor_from_ckpt_and_safetensors(tmp_path):
     """The recipe-carrying checkpoint that `lvdm fit` writes, and its exported .safetensors,
-    load through lvdm.checkpoint.load_module into an AutoencoderCompressor."""
+    load through lvdm.checkpoints.load.load_module into an AutoencoderCompressor."""
     import yaml
 
     from lvdm.cli import main
     from lvdm.compressors.autoencoder import AutoencoderCompressor
-    from lvdm.data.synthetic import write_synthetic_dataset
+    from lvdm.shapes.synthetic import write_synthetic_dataset
 
     write_synthetic_dataset(str(tmp_path / "data"), num_train=8, num_val=4, num_frames=5, size=32)
     recipe = {
         "trainer": {"accelerator": "cpu", "max_steps": 2, "limit_val_batches": 1, "logger": False,
                     "enable_progress_bar": False, "default_root_dir": str(tmp_path / "run"),
-                    "callbacks": [{"class_path": "lvdm.callbacks.ema.EMA", "init_args": {"decay": 0.9}},
+                    "callbacks": [{"class_path": "lvdm.training.callbacks.ema.EMA", "init_args": {"decay": 0.9}},
                                   {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True, "save_top_k": 0}}]},
-        "model": {"class_path": "lvdm.autoencoder_module.AutoencoderModule", "init_args": {"autoencoder": {
+        "model": {"class_path": "lvdm.training.autoencoder_module.AutoencoderModule", "init_args": {"autoencoder": {
             "class_path": "lvdm.autoencoders.CausalVAE3D",
             "init_args": {"latent_channels": 4, "base_channels": 8, "channel_mult": [1, 1, 1], "num_res_blocks": 1,
                           "time_downsample": 4, "spatial_downsample": 4, "patch_size": 2}}}},

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lvdm.cli import lightning_cli
-from lvdm.data.mixed import write_mixed_shapes
+from lvdm.shapes.mixed import write_mixed_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 

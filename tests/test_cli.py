@@ -105,7 +105,7 @@ TINY = ["fit", "--config", str(ROOT / "recipes/tiny/adaln.yaml")]
 
 @pytest.mark.parametrize("argv,first,hint", [
     (TINY + ["--model.init_args.guidanc_scale", "3"],
-     "lvdm fit: unknown key 'guidanc_scale' in model (lvdm.module.LatentDiffusionModule)", "did you mean 'guidance_scale'?"),
+     "lvdm fit: unknown key 'guidanc_scale' in model (lvdm.training.module.LatentDiffusionModule)", "did you mean 'guidance_scale'?"),
     (TINY + ["--model.init_args.objective.init_args.shiftt", "3"],
      "lvdm fit: unknown key 'shiftt' in model.objective (lvdm.diffusion.objectives.RectifiedFlow)", "did you mean 'shift'?"),
     (TINY + ["--data.init_args.shufle_buffer", "3"],
@@ -185,8 +185,8 @@ def test_fit_checkpoint_sample_probe_end_to_end(tmp_path):
     # A plain .ckpt exports to one safetensors file holding the same (EMA) model.
     import torch
 
-    from lvdm.checkpoint import load_ema_weights, load_module
-    from lvdm.module import LatentDiffusionModule
+    from lvdm.checkpoints.load import load_ema_weights, load_module
+    from lvdm.training.module import LatentDiffusionModule
 
     weights = tmp_path / "model.safetensors"
     main(["checkpoint", "export", "--checkpoint", str(ckpt), "--out", str(weights), "--ema", "true"])
@@ -291,7 +291,7 @@ def test_ema_refuses_fsdp_with_a_clear_error():
     import torch
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from lvdm.callbacks.ema import EMA
+    from lvdm.training.callbacks.ema import EMA
 
     trainer = SimpleNamespace(strategy=FSDPStrategy(), global_step=0)
     with pytest.raises(RuntimeError, match="does not support FSDP.*zero2.yaml"):
@@ -303,7 +303,7 @@ def test_export_writes_tied_weights(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from lvdm.distributed.checkpoint import _unshared
+    from lvdm.checkpoints.export import _unshared
 
     tied = torch.randn(4, 3)
     weights = {"shared.weight": tied, "encoder.embed_tokens.weight": tied, "row": tied[1], "bias": torch.ones(2)}
@@ -313,7 +313,7 @@ def test_export_writes_tied_weights(tmp_path):
 
 
 def test_export_and_sample_errors_name_the_path(tmp_path):
-    from lvdm.distributed.checkpoint import export_checkpoint
+    from lvdm.checkpoints.export import export_checkpoint
     from lvdm.sampling import sample
 
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):

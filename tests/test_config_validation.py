@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lvdm.module import LatentDiffusionModule
+from lvdm.training.module import LatentDiffusionModule
 from lvdm.models.dit import DiT
 from lvdm.text.words import WordTextEncoder
 

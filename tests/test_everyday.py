@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lvdm.callbacks.progress import epoch_description
-from lvdm.callbacks.steps import EveryNSteps
+from lvdm.training.callbacks.progress import epoch_description
+from lvdm.training.callbacks.steps import EveryNSteps
 from lvdm.cli import lightning_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_quiet_fit_logs_curves_videos_and_recipe_then_samples_safely(tmp_path):
     lvdm("data", "synth", "--out", str(data), "--num_train", "16", "--num_val", "4")
     preview = tmp_path / "preview.yaml"
     preview.write_text(yaml.safe_dump({"trainer": {"callbacks+": [{
-        "class_path": "lvdm.callbacks.preview.SamplePreview",
+        "class_path": "lvdm.training.callbacks.preview.SamplePreview",
         "init_args": {"prompts": ["a red square moving left"], "every_n_steps": 1, "num_steps": 2}}]}}))
     run = tmp_path / "run"
     fit = lvdm("fit", "--config", "recipes/tiny/adaln.yaml", "--config", str(preview),
@@ -137,7 +137,7 @@ def test_gif_holds_every_frame():
     import numpy as np
     from PIL import Image
 
-    from lvdm.callbacks.media import gif_bytes
+    from lvdm.training.callbacks.media import gif_bytes
 
     frames = np.zeros((5, 8, 6, 3), dtype=np.uint8)
     for t in range(5):

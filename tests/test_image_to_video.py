@@ -12,7 +12,7 @@ from lvdm.compressors.autoencoder import AutoencoderCompressor
 from lvdm.diffusion.masking import FrameMasks
 from lvdm.diffusion.objectives import DDPM, RectifiedFlow
 from lvdm.models.dit import DiT
-from lvdm.module import LatentDiffusionModule
+from lvdm.training.module import LatentDiffusionModule
 from lvdm.text.words import WordTextEncoder
 
 

@@ -8,8 +8,8 @@ import torch
 from diffusers import PixArtTransformer2DModel
 from safetensors.torch import save_file
 
-from lvdm.checkpoint import METADATA_KEY
-from lvdm.init_from import init_from, load_weights
+from lvdm.checkpoints.load import METADATA_KEY
+from lvdm.checkpoints.init_from import init_from, load_weights
 from lvdm.models.stdit import STDiT
 
 TINY = dict(in_channels=4, pred_sigma=True, hidden_size=24, depth=2, num_heads=2, context_dim=12, context_length=5,
@@ -156,7 +156,7 @@ def test_nonfinite_source_is_refused_naming_file_and_key(tmp_path, kind):
 def test_init_from_callback_refuses_nonfinite_weights(tmp_path):
     import lightning as L
 
-    from lvdm.callbacks.init_from import InitFrom
+    from lvdm.training.callbacks.warm_start import InitFrom
 
     image = _trained_image_model()
     sd = {f"denoiser.{k}": v.clone() for k, v in image.state_dict().items()}

@@ -70,7 +70,7 @@ def test_no_import_circle_between_modules():
 
 
 @pytest.mark.parametrize("lower,upper", [
-    ("lvdm.data", "lvdm.callbacks"),
+    ("lvdm.data", "lvdm.training.callbacks"),
     ("lvdm.data", "lvdm.cli"),
     *((pure, "lightning") for pure in PURE),
 ])
@@ -95,3 +95,51 @@ def test_the_checks_can_fail():
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
     assert "lvdm.distributed.ranks" in _imports(SRC / "lvdm/data/datamodule.py", top_level_only=True)
+
+
+# Names that say only what kind of file it is, qualified by their package (text/clip is the CLIP
+# text encoder, curation/scorers/clip its scorers); every other module name is one concept's home.
+GENERIC_NAMES = {"__init__", "base", "layers", "clip"}
+
+
+def test_one_module_name_one_concept():
+    seen: dict[str, list[str]] = {}
+    for name, path in MODULES.items():
+        if path.stem not in GENERIC_NAMES:
+            seen.setdefault(path.stem, []).append(name)
+    assert not {stem: homes for stem, homes in seen.items() if len(homes) > 1}
+
+
+def _lvdm_classes():
+    import importlib
+    import inspect
+
+    for name in sorted(MODULES):
+        module = importlib.import_module(name)
+        for obj in vars(module).values():
+            if inspect.isclass(obj) and obj.__module__ == name:
+                yield name, obj
+
+
+def test_lightning_modules_and_callbacks_live_in_training():
+    """Every LightningModule in ``lvdm.training``, every callback in ``lvdm.training.callbacks``,
+    and the concepts the map names in their one package."""
+    import lightning as L
+
+    misplaced = []
+    for name, cls in _lvdm_classes():
+        if issubclass(cls, L.Callback) and not name.startswith("lvdm.training.callbacks."):
+            misplaced.append(f"callback {cls.__name__} in {name}")
+        if issubclass(cls, L.LightningModule) and not name.startswith("lvdm.training."):
+            misplaced.append(f"LightningModule {cls.__name__} in {name}")
+    assert not misplaced
+    homes = {"load_module": "lvdm.checkpoints.load", "export_checkpoint": "lvdm.checkpoints.export",
+             "init_from": "lvdm.checkpoints.init_from", "AtomicCheckpointIO": "lvdm.checkpoints.atomic",
+             "write_synthetic_dataset": "lvdm.shapes.synthetic", "probe_folder": "lvdm.shapes.probe",
+             "encode_shards": "lvdm.curation.encode", "parallelize": "lvdm.distributed.parallelize"}
+    defined = {}
+    for name, path in MODULES.items():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in homes:
+                defined.setdefault(node.name, []).append(name)
+    assert defined == {k: [v] for k, v in homes.items()}

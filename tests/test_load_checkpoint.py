@@ -1,4 +1,4 @@
-"""lvdm.checkpoint: one loader for every checkpoint kind, which a crafted file cannot attack."""
+"""lvdm.checkpoints.load: one loader for every checkpoint kind, which a crafted file cannot attack."""
 
 import io
 import json
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lvdm.checkpoint import UnsafeCheckpointError, build_module, load_module, torch_load
+from lvdm.checkpoints.load import UnsafeCheckpointError, build_module, load_module, torch_load
 from lvdm.utils import read_prompt_file
 
 

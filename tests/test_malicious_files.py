@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lvdm.checkpoint import UnsafeCheckpointError, build_module
+from lvdm.checkpoints.load import UnsafeCheckpointError, build_module
 from lvdm.cli import main
 
 
@@ -81,7 +81,7 @@ def test_the_fixtures_are_real(evil):
 
 def test_resuming_fit_from_a_crafted_checkpoint_refuses(evil, tmp_path):
     from lvdm.cli import lightning_cli
-    from lvdm.data.synthetic import write_synthetic_dataset
+    from lvdm.shapes.synthetic import write_synthetic_dataset
 
     data = tmp_path / "shapes"
     write_synthetic_dataset(str(data), num_train=8, num_val=2, shard_size=8)

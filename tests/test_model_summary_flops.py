@@ -8,11 +8,11 @@ from lightning.pytorch.callbacks import ModelSummary, RichModelSummary
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from torch.utils.data import DataLoader
 
-from lvdm.callbacks.summary import DenoiserFlopsSummary, FlopsModelSummary, FlopsRichModelSummary, flops_summaries
+from lvdm.training.callbacks.summary import DenoiserFlopsSummary, FlopsModelSummary, FlopsRichModelSummary, flops_summaries
 from lvdm.models.dit import DiT
 from lvdm.models.stdit import STDiT
-from lvdm.module import LatentDiffusionModule
-from lvdm.perf.flops import count_flops, dit_forward_flops
+from lvdm.training.module import LatentDiffusionModule
+from lvdm.perf.step_flops import count_flops, dit_forward_flops
 from lvdm.text.words import WordTextEncoder
 
 

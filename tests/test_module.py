@@ -3,12 +3,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lvdm.callbacks.ema import EMA
-from lvdm.checkpoint import load_ema_weights
-from lvdm.callbacks.preview import SamplePreview
+from lvdm.training.callbacks.ema import EMA
+from lvdm.checkpoints.load import load_ema_weights
+from lvdm.training.callbacks.preview import SamplePreview
 from lvdm.diffusion.objectives import DDPM, RectifiedFlow
 from lvdm.models.dit import DiT
-from lvdm.module import LatentDiffusionModule, WarmupCosineLR
+from lvdm.training.module import LatentDiffusionModule, WarmupCosineLR
 from lvdm.text.words import WordTextEncoder
 
 

@@ -10,7 +10,7 @@ import yaml
 from diffusers import PixArtTransformer2DModel
 
 from lvdm.cli import lightning_cli, main
-from lvdm.data.synthetic import write_synthetic_dataset
+from lvdm.shapes.synthetic import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ["phase1_image", "phase2_video", "phase3_hq"]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from lvdm.cli import main
 from lvdm.data.given import fit_frames, frames_to_tensor, read_images, read_video
-from lvdm.data.synthetic import render_clip
+from lvdm.shapes.synthetic import render_clip
 from lvdm.data.video import decode_clip, read_frames, write_mp4
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -40,7 +40,7 @@ def _record_latents(owner) -> list:
 def _lvdm_module(pipe_dir, denoiser, text_encoder, objective):
     """The module ``lvdm sample`` would run: the pipeline folder's denoiser and VAE, lvdm's objective."""
     from lvdm.compressors.vae2d import FrameVAECompressor
-    from lvdm.module import LatentDiffusionModule
+    from lvdm.training.module import LatentDiffusionModule
 
     return LatentDiffusionModule(denoiser.eval(), text_encoder, objective,
                                  FrameVAECompressor(str(pipe_dir), subfolder="vae"), sample_shape=(1, 8, 8)).eval()
@@ -129,7 +129,7 @@ def test_pixart_alpha_pipeline_parity(tmp_path, guidance, betas):
 
 def _class_checkpoint(tmp_path, tiny_hparams):
     """A tiny class-conditional DiT module (ImageNet DiT's layout on pixels) saved as a checkpoint."""
-    from lvdm.checkpoint import build_module
+    from lvdm.checkpoints.load import build_module
 
     hparams = tiny_hparams(denoiser={"class_path": "lvdm.models.dit.DiT", "init_args": {
         "in_channels": 3, "out_channels": 6, "patch_size": [1, 2, 2], "hidden_size": 32, "depth": 1,
@@ -163,7 +163,7 @@ def test_sample_class_labels_from_the_cli(tmp_path, tiny_hparams):
 
 def test_preset_sets_the_sources_sampler_and_learned_null_caption(tmp_path):
     from lvdm.models.presets import preset
-    from lvdm.module import LatentDiffusionModule
+    from lvdm.training.module import LatentDiffusionModule
     from lvdm.sampling import apply_preset
     from lvdm.text.words import WordTextEncoder
 

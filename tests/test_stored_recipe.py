@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lvdm.checkpoint import UnsafeCheckpointError, build_module, load_module
+from lvdm.checkpoints.load import UnsafeCheckpointError, build_module, load_module
 from lvdm.cli import main
-from lvdm.stored_recipe import check_stored_recipe, resolve_allowed, takes_objects
+from lvdm.checkpoints.stored_recipe import check_stored_recipe, resolve_allowed, takes_objects
 
 ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
@@ -27,7 +27,7 @@ def pipe_payload(tiny: dict, marker: Path) -> dict:
     """The review's payload: only `lvdm.` names, an untyped `dist_sync_fn` receiving webdataset's
     TarWriter (reached through an lvdm module) that opens `pipe:<cmd>`."""
     return {**tiny, "denoiser": {"class_path": "lvdm.metrics.fvd.FrechetVideoDistance", "init_args": {
-        "dist_sync_fn": {"class_path": "lvdm.data.latents.wds.TarWriter",
+        "dist_sync_fn": {"class_path": "lvdm.curation.encode.wds.TarWriter",
                          "init_args": {"fileobj": f"pipe:touch {marker}"}}}}}
 
 
@@ -76,11 +76,11 @@ def test_the_pipe_payload_runs_when_built_unchecked(tmp_path, tiny):
     `lvdm.`) builds TarWriter and runs the shell command: the refusals below can fail."""
     from lightning.pytorch.cli import instantiate_module
 
-    from lvdm.module import LatentDiffusionModule
+    from lvdm.training.module import LatentDiffusionModule
 
     marker = tmp_path / "pwned"
     hparams = pipe_payload(tiny, marker)
-    assert all(p.startswith("lvdm.") for p in ("lvdm.metrics.fvd.FrechetVideoDistance", "lvdm.data.latents.wds.TarWriter"))
+    assert all(p.startswith("lvdm.") for p in ("lvdm.metrics.fvd.FrechetVideoDistance", "lvdm.curation.encode.wds.TarWriter"))
     with pytest.raises(Exception):
         instantiate_module(LatentDiffusionModule, {k: v for k, v in hparams.items() if k != "_instantiator"})
     assert wait_for(marker)
@@ -131,7 +131,7 @@ def test_the_app_refuses_the_pipe_payload(tmp_path, tiny, marker):
 
 
 @pytest.mark.parametrize("name, value, why", [
-    ("re-exported foreign class", {"class_path": "lvdm.data.latents.wds.TarWriter", "init_args": {"fileobj": "x"}},
+    ("re-exported foreign class", {"class_path": "lvdm.curation.encode.wds.TarWriter", "init_args": {"fileobj": "x"}},
      "webdataset"),
     ("module attribute chain", {"class_path": "lvdm.cli.os.system", "init_args": {"command": "true"}}, "posix"),
     ("outside the packages", {"class_path": "subprocess.Popen", "init_args": {"args": ["true"]}}, "outside"),
@@ -162,7 +162,7 @@ def test_takes_objects_reads_annotations():
 
 # --------------------------------------------------------------------------- finding 2: --ckpt_path
 def _fit_args(tmp_path, *extra):
-    from lvdm.data.synthetic import write_synthetic_dataset
+    from lvdm.shapes.synthetic import write_synthetic_dataset
 
     data = tmp_path / "shapes"
     if not data.exists():
@@ -259,7 +259,7 @@ def test_deepspeed_hpc_resume_refuses_a_crafted_directory(tmp_path, how):
     marker = tmp_path / "pwned"
     _write_evil_deepspeed(tmp_path / "run" / "hpc_ckpt_1.ckpt", marker)
     args = ["fit", *_fit_args(tmp_path, "--config", str(ROOT / "strategies/zero2.yaml"),
-                              "--trainer.strategy.class_path", "lvdm.distributed.testing.CPUDeepSpeedStrategy",
+                              "--trainer.strategy.class_path", "lvdm.distributed.cpu_deepspeed.CPUDeepSpeedStrategy",
                               "--trainer.strategy.init_args.precision_plugin.init_args.precision", "32-true",
                               "--trainer.accelerator", "cpu", "--trainer.devices", "1")]
     env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
@@ -299,9 +299,9 @@ def _adversarial(marker: str) -> list:
     touch = f"touch {marker}"
     return [
         f"pipe:{touch}", f"http://127.0.0.1:9/';{touch};'", "os.system", "lvdm.cli.os.system", "subprocess.Popen",
-        "lvdm.data.latents.wds.TarWriter", "builtins.exec",
+        "lvdm.curation.encode.wds.TarWriter", "builtins.exec",
         {"class_path": "subprocess.Popen", "init_args": {"args": ["touch", marker]}},
-        {"class_path": "lvdm.data.latents.wds.TarWriter", "init_args": {"fileobj": f"pipe:{touch}"}},
+        {"class_path": "lvdm.curation.encode.wds.TarWriter", "init_args": {"fileobj": f"pipe:{touch}"}},
         {"class_path": "lvdm.cli.os.system", "init_args": {"command": touch}},
         {"class_path": "lvdm.utils.os.system", "dict_kwargs": {"command": touch}},
     ]
@@ -318,8 +318,8 @@ def test_no_generated_recipe_runs_code(tmp_path, tiny, monkeypatch):
     from hypothesis import HealthCheck, example, given, settings
     from hypothesis import strategies as st
 
-    from lvdm.module import LatentDiffusionModule
-    from lvdm.stored_recipe import _annotations
+    from lvdm.training.module import LatentDiffusionModule
+    from lvdm.checkpoints.stored_recipe import _annotations
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

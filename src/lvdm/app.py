@@ -1,8 +1,8 @@
 """``lvdm app``: a web page over a trained checkpoint — prompts in, mp4 videos out.
 
 Built with Gradio (``pip install 'lvdm[app]'``). The model is loaded once through
-:func:`lvdm.checkpoint.load_module`; each request renders one video per prompt with
-:meth:`~lvdm.module.LatentDiffusionModule.generate` (the sampler's progress is shown as the
+:func:`lvdm.checkpoints.load.load_module`; each request renders one video per prompt with
+:meth:`~lvdm.training.module.LatentDiffusionModule.generate` (the sampler's progress is shown as the
 page's progress bar; an optional image makes it image-to-video) and writes them with :func:`lvdm.sampling.save_videos` to a fresh folder
 under ``out``, from where the page plays the first and offers all for download.
 
@@ -101,7 +101,7 @@ class VideoGenerator:
 
     def __init__(self, checkpoint: str, out: Optional[str] = None, use_ema: bool = True, device: str = "auto",
                  limits: Optional[Limits] = None, max_jobs: int = 1):
-        from lvdm.checkpoint import load_module
+        from lvdm.checkpoints.load import load_module
         from lvdm.utils import resolve_device
 
         if max_jobs < 1:

@@ -168,9 +168,9 @@ COMMANDS: dict[str, str] = {
 }
 GROUPS: dict[str, dict[str, str]] = {
     "data": {
-        "synth": "lvdm.data.synthetic:write_synthetic_dataset",
-        "synth-mixed": "lvdm.data.mixed:write_mixed_shapes",
-        "encode": "lvdm.data.latents:encode_shards",
+        "synth": "lvdm.shapes.synthetic:write_synthetic_dataset",
+        "synth-mixed": "lvdm.shapes.mixed:write_mixed_shapes",
+        "encode": "lvdm.curation.encode:encode_shards",
         "ingest": "lvdm.curation.ingest:ingest",
         "split": "lvdm.curation.split:split",
         "score": "lvdm.curation.score:score_dataset",
@@ -179,13 +179,13 @@ GROUPS: dict[str, dict[str, str]] = {
         "stats": "lvdm.curation.stats:dataset_stats",
     },
     "eval": {
-        "probe": "lvdm.metrics.probe:probe_folder",
+        "probe": "lvdm.shapes.probe:probe_folder",
         "fvd": "lvdm.metrics.evaluate:fvd",
         "clipscore": "lvdm.metrics.evaluate:clipscore",
         "vae": "lvdm.metrics.vae_eval:evaluate_vae",
     },
     "checkpoint": {
-        "export": "lvdm.distributed.checkpoint:export_checkpoint",
+        "export": "lvdm.checkpoints.export:export_checkpoint",
     },
 }
 
@@ -215,7 +215,7 @@ def lightning_cli(args: Optional[list[str]] = None, run: bool = True):
 
     from lightning.pytorch.cli import LightningArgumentParser
 
-    from lvdm.lightning_cli import LvdmCLI, quiet_lightning_tips
+    from lvdm.lightning_cli import LvdmCLI, quiet_lightning_tips, read_moved_class_paths
 
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
@@ -223,6 +223,7 @@ def lightning_cli(args: Optional[list[str]] = None, run: bool = True):
     # a recipe's absolute `${trainer.max_steps}` is read relative to where it stands, so it still
     # resolves under the subcommand (`fit.trainer.max_steps`) and inside `callbacks+` fragments
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    read_moved_class_paths("omegaconf+")
     return LvdmCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -245,8 +246,8 @@ USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsAD
 
 
 def _user_error_names() -> tuple[type, ...]:
-    from lvdm.callbacks.guard import NonFiniteTrainingError
-    from lvdm.data.guard import DataLoaderStopped, DataStreamError
+    from lvdm.training.callbacks.nonfinite import NonFiniteTrainingError
+    from lvdm.data.stream_guard import DataLoaderStopped, DataStreamError
 
     return (*USER_ERRORS, NonFiniteTrainingError, DataStreamError, DataLoaderStopped)
 

@@ -4,14 +4,16 @@
 * the progress bar counts epochs correctly for step-bounded runs (:class:`StepProgressBar`)
   unless the recipe names its own;
 * every run checkpoints into ``<default_root_dir>/checkpoints``, atomically, and ``--ckpt_path
-  last`` finds the newest valid checkpoint there (:class:`~lvdm.callbacks.checkpoint.RunCheckpoint`,
+  last`` finds the newest valid checkpoint there (:class:`~lvdm.training.callbacks.run_checkpoint.RunCheckpoint`,
   added when the recipe configures no ``ModelCheckpoint``), and a run resumed with ``--ckpt_path``
   logs into its existing ``version_N`` folder;
 * ``--ckpt_path`` is a stranger's file: the recipe Lightning merges from it passes the safe
-  builder's checks first (:func:`lvdm.stored_recipe.check_stored_recipe`), and whatever path the
+  builder's checks first (:func:`lvdm.checkpoints.stored_recipe.check_stored_recipe`), and whatever path the
   trainer resumes from (given, ``last``, ``hpc``, SLURM's automatic ``hpc_ckpt_N.ckpt``) is loaded
   weights-only, a DeepSpeed directory scanned before DeepSpeed unpickles it
   (:func:`guard_checkpoint_loading`);
+* a recipe that names a class by the path it had before a move still parses, with a warning
+  naming the new path (:func:`read_moved_class_paths`, the table in :mod:`lvdm.checkpoints.moved`);
 * Lightning's advertising tips are not printed.
 """
 
@@ -25,14 +27,16 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lvdm.callbacks.checkpoint import RunCheckpoint, reuse_log_versions
-from lvdm.callbacks.media import SaveRecipe
-from lvdm.callbacks.progress import StepProgressBar
+from lvdm.checkpoints.atomic import reuse_log_versions
+from lvdm.checkpoints.moved import current_path, update_class_paths
+from lvdm.training.callbacks.run_checkpoint import RunCheckpoint
+from lvdm.training.callbacks.media import SaveRecipe
+from lvdm.training.callbacks.progress import StepProgressBar
 from lvdm.utils import applied_thread_plan
 
-__all__ = ["LvdmCLI", "guard_checkpoint_loading", "quiet_lightning_tips"]
+__all__ = ["LvdmCLI", "guard_checkpoint_loading", "quiet_lightning_tips", "read_moved_class_paths"]
 
 
 class _NoTips(logging.Filter):
@@ -54,7 +58,7 @@ def guard_checkpoint_loading(strategy) -> None:
     the path) safe for a stranger's file: a DeepSpeed directory under any name is scanned before
     DeepSpeed unpickles it, and a file is read weights-only (Lightning would unpickle a remote
     one freely by default). Refusals name the file in one line."""
-    from lvdm.checkpoint import UnsafeCheckpointError, check_deepspeed_checkpoint, is_deepspeed_checkpoint
+    from lvdm.checkpoints.load import UnsafeCheckpointError, check_deepspeed_checkpoint, is_deepspeed_checkpoint
 
     load = strategy.load_checkpoint
 
@@ -70,6 +74,28 @@ def guard_checkpoint_loading(strategy) -> None:
             ) from None
 
     strategy.load_checkpoint = load_checkpoint
+
+
+def read_moved_class_paths(mode: str = "omegaconf+") -> None:
+    """Make jsonargparse's ``mode`` loader (every ``--config`` file and command-line value goes
+    through it) bring moved ``class_path``s up to date, warning once per old path."""
+    from jsonargparse import set_loader
+    from jsonargparse._optionals import get_omegaconf_loader
+
+    load = get_omegaconf_loader(mode)
+
+    def load_current(text: str) -> Any:
+        value = load(text)
+        if isinstance(value, str) and value.startswith("lvdm.") and (new := current_path(value)) != value:
+            changed = [(value, new)]
+            value = new
+        else:
+            value, changed = update_class_paths(value)
+        for old, new in dict(changed).items():
+            rank_zero_warn(f"the recipe names {old!r}, which now lives at {new!r}: update the recipe")
+        return value
+
+    set_loader(mode, load_current)
 
 
 class LvdmCLI(LightningCLI):
@@ -109,15 +135,15 @@ class LvdmCLI(LightningCLI):
         """Lightning's merge of the recipe stored in ``--ckpt_path`` into the run's config, with
         the file read weights-only and the recipe checked by the safe builder first (Lightning's
         own merge instantiates whatever the file names)."""
-        from lvdm.checkpoint import torch_load
-        from lvdm.stored_recipe import check_stored_recipe
+        from lvdm.checkpoints.load import torch_load
+        from lvdm.checkpoints.stored_recipe import check_stored_recipe, current_recipe
 
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not path or not Path(path).is_file():
             return
         ckpt = torch_load(path)
-        hparams = dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
+        hparams = current_recipe(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
         if "_instantiator" not in hparams:  # not written by `lvdm fit`: no recipe to merge, the run's own stands
             return
         check_stored_recipe(hparams, source=f"checkpoint {str(path)!r}")

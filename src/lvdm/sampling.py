@@ -68,7 +68,7 @@ def given_size(height: Optional[int], width: Optional[int]) -> Optional[tuple[in
 def apply_preset(module, name: str) -> str:
     """Give ``module`` the sampler defaults of preset ``name`` (:func:`lvdm.models.presets.from_name`):
     its objective (process, target convention, shift rule, sampler and steps) and guidance scale.
-    Returns the preset's null-caption rule for :meth:`~lvdm.module.LatentDiffusionModule.generate`."""
+    Returns the preset's null-caption rule for :meth:`~lvdm.training.module.LatentDiffusionModule.generate`."""
     from lvdm.models.presets import from_name
 
     chosen = from_name(name)
@@ -154,7 +154,7 @@ def sample(
     """
     from tqdm.auto import tqdm
 
-    from lvdm.checkpoint import load_module
+    from lvdm.checkpoints.load import load_module
     from lvdm.utils import read_prompt_file, resolve_device
 
     all_prompts = list(prompts or [])

@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lvdm.callbacks.checkpoint import (
-    AtomicCheckpointIO, RunCheckpoint, checkpoint_problem, newest_valid_checkpoint,
-)
+from lvdm.checkpoints.atomic import AtomicCheckpointIO, checkpoint_problem, newest_valid_checkpoint
+from lvdm.training.callbacks.run_checkpoint import RunCheckpoint
 
 
 class Tiny(L.LightningModule):
@@ -129,7 +128,7 @@ def test_lvdm_fit_twice_with_ckpt_path_last_resumes(tmp_path):
     from pathlib import Path
 
     from lvdm.cli import lightning_cli
-    from lvdm.data.synthetic import write_synthetic_dataset
+    from lvdm.shapes.synthetic import write_synthetic_dataset
 
     data = tmp_path / "shapes"
     write_synthetic_dataset(str(data), num_train=16, num_val=4, shard_size=16)
@@ -167,7 +166,7 @@ def test_resume_at_max_steps_leaves_last_at_the_newest_step(tmp_path):
 def test_resumed_runs_log_into_one_version_folder(tmp_path):
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from lvdm.callbacks.checkpoint import reuse_log_versions
+    from lvdm.checkpoints.atomic import reuse_log_versions
 
     for version in ("version_0", "version_3", "version_x"):
         (tmp_path / "lightning_logs" / version).mkdir(parents=True)

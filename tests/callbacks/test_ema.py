@@ -4,7 +4,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lvdm.callbacks.ema import EMA
+from lvdm.training.callbacks.ema import EMA
 
 
 class Tiny(L.LightningModule):

@@ -3,11 +3,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lvdm.callbacks.evaluation import PeriodicEvaluation
-from lvdm.data.synthetic import write_synthetic_dataset
+from lvdm.training.callbacks.evaluation import PeriodicEvaluation
+from lvdm.shapes.synthetic import write_synthetic_dataset
 from lvdm.diffusion.objectives import RectifiedFlow
 from lvdm.models.dit import DiT
-from lvdm.module import LatentDiffusionModule
+from lvdm.training.module import LatentDiffusionModule
 from lvdm.text.words import WordTextEncoder
 
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lvdm.callbacks.checkpoint import newest_valid_checkpoint
+from lvdm.checkpoints.atomic import newest_valid_checkpoint
 
 CHILD = textwrap.dedent('''
     import sys
     from pathlib import Path
     import lightning as L, torch
     from torch.utils.data import DataLoader, TensorDataset
-    from lvdm.callbacks.checkpoint import RunCheckpoint
+    from lvdm.training.callbacks.run_checkpoint import RunCheckpoint
 
     root, max_steps = Path(sys.argv[1]), int(sys.argv[2])
 
@@ -136,10 +136,10 @@ def _recipe(root: Path, data: Path) -> Path:
           enable_model_summary: false
           default_root_dir: {root / "run"}
           callbacks:
-            - class_path: lvdm.callbacks.checkpoint.RunCheckpoint
+            - class_path: lvdm.training.callbacks.run_checkpoint.RunCheckpoint
               init_args: {{every_n_train_steps: 1, save_top_k: 0}}
         model:
-          class_path: lvdm.module.LatentDiffusionModule
+          class_path: lvdm.training.module.LatentDiffusionModule
           init_args:
             denoiser:
               class_path: lvdm.models.dit.DiT
@@ -203,7 +203,7 @@ def kill_resume_fit(root: Path, plan: list[str], max_steps: int, seed: int = 0) 
     ``plan`` — ``"epoch"``: it kills itself just after the checkpoint of the next epoch's last
     batch; ``"random"``: kill -9 at a random moment 1 to 4 steps on — and resume with ``--ckpt_path
     last`` each time, until a last run reaches ``max_steps``. Returns the recorded batch keys."""
-    from lvdm.data.synthetic import write_synthetic_dataset
+    from lvdm.shapes.synthetic import write_synthetic_dataset
 
     rng = random.Random(seed)
     data = root / "shapes"

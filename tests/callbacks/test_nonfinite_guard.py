@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lvdm.callbacks.guard import (
+from lvdm.training.callbacks.nonfinite import (
     NonFiniteGuard,
     NonFiniteTrainingError,
     TrainingDivergedError,
@@ -114,7 +114,7 @@ def test_learning_rate_1e4_stops_instead_of_training_on(tmp_path):
     """The lvdm module carries a guard by default: lr=1e4 goes non-finite and the run stops early."""
     from lvdm.diffusion.objectives import RectifiedFlow
     from lvdm.models.dit import DiT
-    from lvdm.module import LatentDiffusionModule
+    from lvdm.training.module import LatentDiffusionModule
     from lvdm.text.words import WordTextEncoder
 
     torch.manual_seed(0)

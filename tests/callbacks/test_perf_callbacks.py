@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lvdm.callbacks.profiler import CATEGORIES, ProfilerSummary, execution_summary
-from lvdm.callbacks.throughput import ThroughputMonitor
+from lvdm.training.callbacks.profiler import CATEGORIES, ProfilerSummary, execution_summary
+from lvdm.training.callbacks.throughput import ThroughputMonitor
 from lvdm.models.dit import DiT
-from lvdm.module import LatentDiffusionModule
-from lvdm.perf.flops import dit_training_flops
+from lvdm.training.module import LatentDiffusionModule
+from lvdm.perf.step_flops import dit_training_flops
 from lvdm.text.words import WordTextEncoder
 
 

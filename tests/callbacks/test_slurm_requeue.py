@@ -17,7 +17,7 @@ CHILD = textwrap.dedent('''
     from pathlib import Path
     import lightning as L, torch
     from torch.utils.data import DataLoader, TensorDataset
-    from lvdm.callbacks.checkpoint import RunCheckpoint
+    from lvdm.training.callbacks.run_checkpoint import RunCheckpoint
 
     root, max_steps = Path(sys.argv[1]), int(sys.argv[2])
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lvdm.callbacks.val_loss import FixedTimestepValLoss
+from lvdm.training.callbacks.val_loss import FixedTimestepValLoss
 from lvdm.diffusion.objectives import DDPM, RectifiedFlow
 from lvdm.models.dit import DiT
-from lvdm.module import LatentDiffusionModule
+from lvdm.training.module import LatentDiffusionModule
 from lvdm.text.words import WordTextEncoder
 
 

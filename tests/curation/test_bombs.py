@@ -10,7 +10,7 @@ from PIL import ImageFile
 
 from lvdm.curation.frames import load_clip_frames
 from lvdm.curation.ingest import ingest
-from lvdm.data.probe import ProbeError, probe_media
+from lvdm.data.media_probe import ProbeError, probe_media
 from lvdm.data.schema import read_rejects
 from lvdm.data.video import VideoDecodeError
 

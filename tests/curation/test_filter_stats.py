@@ -6,7 +6,7 @@ from lvdm.curation.filter import filter_dataset, parse_conditions
 from lvdm.curation.stats import dataset_stats
 from lvdm.data.schema import read_manifest, read_rejects
 from lvdm.data.shards import read_shard, write_shards
-from lvdm.data.testing import encode_image, encode_video, frames
+from lvdm.data.sample_media import encode_image, encode_video, frames
 
 # (key, motion, ocr_area, duplicate_of, width, height, duration)
 FIELDS = [

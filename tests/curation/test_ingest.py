@@ -8,9 +8,9 @@ import pytest
 import webdataset as wds
 
 from lvdm.curation.ingest import ingest
-from lvdm.data.probe import ProbeError, probe_media
+from lvdm.data.media_probe import ProbeError, probe_media
 from lvdm.data.schema import METADATA_FIELDS, media_entry, read_manifest, read_rejects
-from lvdm.data.testing import (
+from lvdm.data.sample_media import (
     encode_audio_only, encode_image, encode_video, encode_video_with_audio, frames, misstate_avi_frames,
 )
 

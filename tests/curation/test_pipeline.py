@@ -7,7 +7,7 @@ import pytest
 
 from lvdm.cli import main
 from lvdm.data.schema import read_manifest, read_rejects
-from lvdm.data.testing import encode_image, encode_video
+from lvdm.data.sample_media import encode_image, encode_video
 
 ROOT = Path(__file__).resolve().parents[2]
 

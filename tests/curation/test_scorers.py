@@ -162,7 +162,7 @@ def test_clip_match_is_the_caption_frames_cosine(clip_dir):
 
 
 def test_a_container_that_overstates_its_length_is_sampled_from_the_frames_it_has():
-    from lvdm.data.testing import encode_video, misstate_avi_frames
+    from lvdm.data.sample_media import encode_video, misstate_avi_frames
 
     video = panning(64, 80, 8, 2)
     lying = misstate_avi_frames(encode_video(video, "avi"), 5000)
@@ -173,7 +173,7 @@ def test_a_container_that_overstates_its_length_is_sampled_from_the_frames_it_ha
 
 
 def test_a_truncated_video_keeps_the_frames_that_decode():
-    from lvdm.data.testing import encode_video
+    from lvdm.data.sample_media import encode_video
 
     data = encode_video(panning(64, 80, 24, 1), "mkv")  # a streamable container: the head still plays
     clip = load_clip_frames(data[: len(data) * 2 // 3], "mkv", "cut", lambda n: evenly_spaced(n, 4))

@@ -5,10 +5,10 @@ import pytest
 
 from lvdm.curation.ingest import ingest
 from lvdm.curation.split import detect_scenes, plan_clips, split
-from lvdm.data.probe import probe_media
+from lvdm.data.media_probe import probe_media
 from lvdm.data.schema import media_entry, read_manifest, read_rejects
 from lvdm.data.shards import read_shard, write_shards
-from lvdm.data.testing import encode_image, encode_video
+from lvdm.data.sample_media import encode_image, encode_video
 from lvdm.data.video import read_frames
 
 COLOURS = [(200, 30, 30), (20, 90, 20), (90, 200, 250), (40, 40, 40)]  # hue, saturation and luma all change

@@ -12,7 +12,7 @@ import webdataset as wds
 from lvdm.data import video as video_mod
 from lvdm.data.buckets import BucketConfig
 from lvdm.data.datamodule import LatentDataModule, VideoDataModule
-from lvdm.data.guard import DataGuard
+from lvdm.data.stream_guard import DataGuard
 from lvdm.data.video import VideoTooLargeError, decode_clip, encode_mp4
 
 BAD_JSON = [b"[1, 2]", b"7", b'"text"', b"{not json", b"\xff\xfe"]

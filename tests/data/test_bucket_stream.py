@@ -101,7 +101,7 @@ def test_workers_and_ranks_get_equal_counts_and_sequence_parallel_twins_match(mi
         keys.append([b["key"] for b in batches])
     assert counts == [25, 25] and keys[0] != keys[1]
     # one sequence-parallel group of 2 ranks = one data-parallel rank: identical batches
-    from lvdm.distributed import SequenceParallel
+    from lvdm.training.callbacks.parallel import SequenceParallel
 
     twins = []
     for rank in (0, 1):

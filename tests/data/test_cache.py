@@ -10,12 +10,12 @@ import webdataset as wds
 
 from lvdm.data.buckets import BucketConfig
 from lvdm.data.datamodule import LatentDataModule
-from lvdm.data.latents import encode_shards
-from lvdm.data.mixed import write_mixed_shapes
-from lvdm.data.synthetic import ALL_COMBOS, caption
+from lvdm.curation.encode import encode_shards
+from lvdm.shapes.mixed import write_mixed_shapes
+from lvdm.shapes.synthetic import ALL_COMBOS, caption
 from lvdm.diffusion.objectives import RectifiedFlow
 from lvdm.models.dit import DiT
-from lvdm.module import LatentDiffusionModule
+from lvdm.training.module import LatentDiffusionModule
 from lvdm.text import T5TextEncoder
 from lvdm.text.tiny import build_tiny_t5
 from lvdm.text.words import WordTextEncoder

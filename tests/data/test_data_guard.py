@@ -16,9 +16,9 @@ import torch
 
 from lvdm.data import video as video_mod
 from lvdm.data.datamodule import VideoDataModule
-from lvdm.data.guard import DataGuard, DataStreamError
+from lvdm.data.stream_guard import DataGuard, DataStreamError
 from lvdm.data.shards import write_shards
-from lvdm.data.synthetic import caption, render_clip
+from lvdm.shapes.synthetic import caption, render_clip
 from lvdm.data.video import VideoTooLargeError, decode_clip, encode_mp4
 
 
@@ -138,7 +138,7 @@ def test_repeated_skips_warn_once_per_reason(caplog):
 STUCK = textwrap.dedent('''
     import sys, lightning as L, torch
     from lvdm.data.datamodule import VideoDataModule
-    from lvdm.data.guard import DataGuard
+    from lvdm.data.stream_guard import DataGuard
 
     class M(L.LightningModule):
         def __init__(self):
@@ -226,7 +226,7 @@ def test_frames_above_the_pixel_limit_are_refused(monkeypatch):
 def test_skip_counts_are_logged_and_printed_at_the_end_of_fit(shards, caplog):
     import lightning as L
 
-    from lvdm.callbacks.data import DataHealth
+    from lvdm.training.callbacks.data_health import DataHealth
 
     class M(L.LightningModule):
         def __init__(self):

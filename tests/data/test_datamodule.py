@@ -5,7 +5,7 @@ import pytest
 
 from lvdm.data.datamodule import VideoDataModule
 from lvdm.data.shards import write_shards
-from lvdm.data.synthetic import caption, render_clip
+from lvdm.shapes.synthetic import caption, render_clip
 from lvdm.data.video import encode_mp4
 
 COMBOS = [("red", "square", "left"), ("green", "circle", "up"), ("blue", "triangle", "down")]
@@ -94,7 +94,7 @@ def test_two_ranks_equal_train_batches_disjoint_val(shards):
 def test_sequence_parallel_ranks_read_the_same_batches(shards):
     """Under SequenceParallel(size=2) the data split is by data-parallel rank: global ranks
     0 and 1 form one group and read identical batches, ranks 2 and 3 the next replica's."""
-    from lvdm.distributed import SequenceParallel
+    from lvdm.training.callbacks.parallel import SequenceParallel
 
     dm = VideoDataModule(str(shards / "train-*.tar"), str(shards / "val-*.tar"), batch_size=2,
                          samples_per_epoch=20, shuffle_buffer=4)

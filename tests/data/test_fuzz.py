@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lvdm.data.datamodule import VideoDataModule
-from lvdm.data.guard import DataGuard
-from lvdm.data.latents import encode_shards
-from lvdm.data.synthetic import caption, render_clip
+from lvdm.data.stream_guard import DataGuard
+from lvdm.curation.encode import encode_shards
+from lvdm.shapes.synthetic import caption, render_clip
 from lvdm.data.video import decode_clip, encode_mp4
 
 EXAMPLES = int(os.environ.get("LVDM_FUZZ_EXAMPLES", "12"))

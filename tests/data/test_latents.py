@@ -11,13 +11,13 @@ from jsonargparse import ArgumentParser
 
 from lvdm.compressors.pixels import PixelCompressor
 from lvdm.data.datamodule import LatentDataModule, VideoDataModule
-from lvdm.data.latents import encode_shards
+from lvdm.curation.encode import encode_shards
 from lvdm.data.shards import write_shards
-from lvdm.data.synthetic import write_synthetic_dataset
+from lvdm.shapes.synthetic import write_synthetic_dataset
 from lvdm.data.video import decode_clip
 from lvdm.diffusion.objectives import RectifiedFlow
 from lvdm.models.dit import DiT
-from lvdm.module import LatentDiffusionModule
+from lvdm.training.module import LatentDiffusionModule
 from lvdm.text.words import WordTextEncoder
 
 ADDED = {"latent_shape": [3, 8, 32, 32], "compressor": "lvdm.compressors.pixels.PixelCompressor",
@@ -146,7 +146,7 @@ def test_training_refuses_latents_of_another_compressor(data):
 
     from lvdm.autoencoders import CausalVAE3D
     from lvdm.compressors.autoencoder import AutoencoderCompressor
-    from lvdm.data.latents import check_latent_compressor
+    from lvdm.data.shards import check_latent_compressor
 
     root, _ = data
     shard = str(root / "latent" / "train-000000.tar")

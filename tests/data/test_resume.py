@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lvdm.data.datamodule import VideoDataModule
 from lvdm.diffusion.objectives import RectifiedFlow
 from lvdm.models.dit import DiT
-from lvdm.module import LatentDiffusionModule
+from lvdm.training.module import LatentDiffusionModule
 from lvdm.text.words import WordTextEncoder
 
 from test_bucket_stream import bucket_config, mixed  # noqa: F401  (the mixed corpus fixture)

@@ -7,13 +7,13 @@ import pytest
 import webdataset as wds
 
 from lvdm.data.datamodule import VideoDataModule
-from lvdm.data.latents import encode_shards
+from lvdm.curation.encode import encode_shards
 from lvdm.data.schema import (
     InvalidSampleError, assign_keys, canonical_extension, check_key, check_media, key_from_path, manifest_row,
     media_entry, read_manifest, read_rejects, sniff_media, write_manifest, write_rejects,
 )
 from lvdm.data.shards import ShardWriter, write_shards
-from lvdm.data.testing import encode_image, encode_video, frames
+from lvdm.data.sample_media import encode_image, encode_video, frames
 
 MP4 = b"\x00\x00\x00\x18ftypisom" + b"\x00" * 8
 

@@ -5,7 +5,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from lvdm.data.synthetic import (
+from lvdm.shapes.synthetic import (
     ALL_COMBOS, COLOURS, HELD_OUT, OBJECT_SIZE, SHAPES, caption, parse_caption, render_clip,
     write_synthetic_dataset,
 )

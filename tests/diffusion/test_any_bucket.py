@@ -11,7 +11,7 @@ from lvdm.compressors.pixels import PixelCompressor
 from lvdm.diffusion.guidance import GuidedDenoiser
 from lvdm.diffusion.objectives import RectifiedFlow
 from lvdm.models.dit import DiT
-from lvdm.module import LatentDiffusionModule
+from lvdm.training.module import LatentDiffusionModule
 from lvdm.text.words import WordTextEncoder
 
 

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lvdm.autoencoder_module import AutoencoderModule
+from lvdm.training.autoencoder_module import AutoencoderModule
 from lvdm.autoencoders import CausalVAE3D, PatchDiscriminator3D
 
 
@@ -34,7 +34,7 @@ def main(kind: str, out: Path) -> None:
         module = AutoencoderModule(vae, PatchDiscriminator3D(base_channels=8, num_layers=2), gan_start=1, gan_warmup=1)
         strategy = "ddp"
     else:
-        from lvdm.distributed.testing import CPUDeepSpeedStrategy
+        from lvdm.distributed.cpu_deepspeed import CPUDeepSpeedStrategy
 
         module, strategy = AutoencoderModule(vae), CPUDeepSpeedStrategy(stage=2)
     trainer = L.Trainer(max_steps=6, accelerator="cpu", devices=2, strategy=strategy, logger=False,

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lvdm.autoencoder_module import AutoencoderModule
+from lvdm.training.autoencoder_module import AutoencoderModule
 from lvdm.autoencoders import CausalVAE3D, PatchDiscriminator3D
 
 HERE = Path(__file__).resolve().parent

@@ -34,7 +34,7 @@ def _fit(tmp_path, *extra, strategy=("--trainer.strategy", "ddp")):
             "--model.init_args.denoiser.init_args.hidden_size", "32", "--model.init_args.denoiser.init_args.depth", "1",
             "--trainer.max_steps", "5", "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2",
             "--trainer.logger", "false",
-            "--trainer.callbacks+=lvdm.distributed.testing.StepCounter", f"--trainer.callbacks.out={steps}",
+            "--trainer.callbacks+=lvdm.training.callbacks.steps.StepCounter", f"--trainer.callbacks.out={steps}",
             "--trainer.default_root_dir", str(run), *extra]
     # a rank left waiting in a collective would hang: the timeout turns that into a failure
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -45,7 +45,7 @@ def _fit(tmp_path, *extra, strategy=("--trainer.strategy", "ddp")):
 
 # DeepSpeed ZeRO-2 through the CPU stand-in of Lightning's DeepSpeedStrategy, in float32
 ZERO2_ON_CPU = ["--config", "strategies/zero2.yaml",
-                "--trainer.strategy.class_path", "lvdm.distributed.testing.CPUDeepSpeedStrategy",
+                "--trainer.strategy.class_path", "lvdm.distributed.cpu_deepspeed.CPUDeepSpeedStrategy",
                 "--trainer.strategy.init_args.precision_plugin.init_args.precision", "32-true"]
 
 

@@ -12,13 +12,9 @@ import torch
 import yaml
 
 from lvdm.cli import lightning_cli
-from lvdm.distributed import (
-    ActivationCheckpointing,
-    SequenceParallel,
-    data_parallel_rank_world,
-    seed_data_parallel_replica,
-)
-from lvdm.checkpoint import read_checkpoint
+from lvdm.distributed.ranks import data_parallel_rank_world, seed_data_parallel_replica
+from lvdm.training.callbacks.parallel import ActivationCheckpointing, SequenceParallel
+from lvdm.checkpoints.load import read_checkpoint
 from lvdm.models.dit import DiT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,10 +88,10 @@ def lvdm(*args):
     return proc
 
 
-# ZeRO-2 through the CPU stand-in of Lightning's DeepSpeedStrategy (see lvdm.distributed.testing),
+# ZeRO-2 through the CPU stand-in of Lightning's DeepSpeedStrategy (see lvdm.distributed.cpu_deepspeed),
 # in float32: DeepSpeed's bf16 on CPU is covered by tests/distributed/test_zero.py's notes
 ZERO2_ON_CPU = ["--config", "strategies/zero2.yaml",
-                "--trainer.strategy.class_path", "lvdm.distributed.testing.CPUDeepSpeedStrategy",
+                "--trainer.strategy.class_path", "lvdm.distributed.cpu_deepspeed.CPUDeepSpeedStrategy",
                 "--trainer.strategy.init_args.precision_plugin.init_args.precision", "32-true"]
 
 

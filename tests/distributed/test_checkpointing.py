@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lvdm.distributed.checkpointing import (
+from lvdm.distributed.activation_checkpointing import (
     apply_activation_checkpointing,
     checkpointed_blocks,
     remove_activation_checkpointing,

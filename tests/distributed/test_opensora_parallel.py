@@ -30,9 +30,9 @@ def _recipe(tmp_path: Path) -> Path:
                    logger={"class_path": "lightning.pytorch.loggers.CSVLogger",
                            "init_args": {"save_dir": str(tmp_path / "logs"), "name": "tiny"}})
     trainer["callbacks"] = [
-        {"class_path": "lvdm.distributed.SequenceParallel", "init_args": {"size": 2, "mode": "ulysses"}},
-        {"class_path": "lvdm.distributed.ActivationCheckpointing", "init_args": {"fraction": 1.0}},
-        {"class_path": "lvdm.callbacks.throughput.ThroughputMonitor",
+        {"class_path": "lvdm.training.callbacks.parallel.SequenceParallel", "init_args": {"size": 2, "mode": "ulysses"}},
+        {"class_path": "lvdm.training.callbacks.parallel.ActivationCheckpointing", "init_args": {"fraction": 1.0}},
+        {"class_path": "lvdm.training.callbacks.throughput.ThroughputMonitor",
          "init_args": {"window": 1, "skip_first": 1, "peak_flops": 1.0e12}},
     ]
     cfg["data"]["init_args"]["train_shards"] = str(tmp_path / "shapes" / "train-*.tar")

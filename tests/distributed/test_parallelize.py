@@ -4,7 +4,7 @@ what the backbone declares; the model's outputs and gradients stay those of the 
 import pytest
 import torch
 
-from lvdm.distributed.checkpointing import checkpointed_blocks
+from lvdm.distributed.activation_checkpointing import checkpointed_blocks
 from lvdm.distributed.parallelize import parallelize
 from lvdm.models.dit import DiT
 from lvdm.models.stdit import STDiT

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lvdm.distributed.checkpointing import apply_activation_checkpointing
+from lvdm.distributed.activation_checkpointing import apply_activation_checkpointing
 from lvdm.distributed.plan import apply_sequence_split
 from lvdm.distributed.sequence_parallel import SequenceParallelGroup, new_sequence_parallel_group
 from lvdm.models.dit import DiT

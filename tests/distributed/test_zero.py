@@ -18,7 +18,7 @@ import yaml
 pytest.importorskip("deepspeed")
 
 from lvdm.cli import main  # noqa: E402
-from lvdm.checkpoint import read_checkpoint  # noqa: E402
+from lvdm.checkpoints.load import read_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -104,7 +104,7 @@ def float32_tol(weights, rtol=1e-6):
 def test_zero_fit_resume_export_sample(stage, shapes, tmp_path):
     strategy = ["--config", f"strategies/zero{stage}.yaml"]
     # float32 so that the checks below can be exact (bf16 on CPU trains too, see the README).
-    cpu = ["--trainer.strategy.class_path", "lvdm.distributed.testing.CPUDeepSpeedStrategy",
+    cpu = ["--trainer.strategy.class_path", "lvdm.distributed.cpu_deepspeed.CPUDeepSpeedStrategy",
            "--trainer.strategy.init_args.precision_plugin.init_args.precision", "32-true"]
     run = tmp_path / "run"
     # ZeRO-3's first run starts through scripts/torchrun.sh (torch elastic sets the ranks), the

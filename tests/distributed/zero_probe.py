@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lvdm.callbacks.ema import EMA
+from lvdm.training.callbacks.ema import EMA
 
 
 def whole_weights(pl_module) -> dict[str, torch.Tensor]:

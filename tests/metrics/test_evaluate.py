@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lvdm.cli import main
-from lvdm.data.synthetic import write_synthetic_dataset
+from lvdm.shapes.synthetic import write_synthetic_dataset
 from lvdm.metrics.evaluate import iter_videos
 from lvdm.metrics.fvd import FrechetVideoDistance
 from lvdm.sampling import save_videos

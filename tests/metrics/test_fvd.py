@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import linalg
 
-from lvdm.data.synthetic import ALL_COMBOS, render_clip
+from lvdm.shapes.synthetic import ALL_COMBOS, render_clip
 from lvdm.metrics.fvd import FrechetVideoDistance, frechet_distance, preprocess_videos, tf1_resize_bilinear
 
 

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from lvdm.data.synthetic import ALL_COMBOS, caption, render_clip
+from lvdm.shapes.synthetic import ALL_COMBOS, caption, render_clip
 from lvdm.data.video import write_mp4
-from lvdm.metrics.probe import probe_folder, probe_frames, probe_videos
+from lvdm.shapes.probe import probe_folder, probe_frames, probe_videos
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from lvdm.data.synthetic import render_clip
+from lvdm.shapes.synthetic import render_clip
 from lvdm.data.video import write_mp4
-from lvdm.metrics.probe import probe_folder
+from lvdm.shapes.probe import probe_folder
 
 
 def test_skip_frames_leaves_the_given_frame_out(tmp_path):

@@ -7,7 +7,7 @@ from lvdm.autoencoders import CausalVAE3D
 from lvdm.cli import main
 from lvdm.compressors.autoencoder import AutoencoderCompressor
 from lvdm.compressors.pixels import PixelCompressor
-from lvdm.data.synthetic import write_synthetic_dataset
+from lvdm.shapes.synthetic import write_synthetic_dataset
 from lvdm.metrics.evaluate import iter_videos
 from lvdm.metrics.vae_eval import evaluate_vae
 

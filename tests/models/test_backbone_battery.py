@@ -32,7 +32,7 @@ from lvdm.models.parallel_plan import SequenceSplit
 from lvdm.models.presets import preset
 from lvdm.models.stdit import STDiT
 from lvdm.ops.attention import sequence_parallel
-from lvdm.perf.flops import meta_forward_flops
+from lvdm.perf.step_flops import meta_forward_flops
 
 CONTEXT_DIM, TEXT_LEN, FRAMES = 8, 5, 4
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lvdm.checkpoint import UnsafeCheckpointError
+from lvdm.checkpoints.load import UnsafeCheckpointError
 from lvdm.models.convert.dit_imagenet import load_diffusers, load_facebook
 from lvdm.models.dit import DiT
 from lvdm.models.stdit import sincos_2d

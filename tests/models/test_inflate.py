@@ -4,11 +4,11 @@ import lightning as L
 import pytest
 import torch
 
-from lvdm.callbacks.init_from import InitFrom
-from lvdm.init_from import load_weights
+from lvdm.training.callbacks.warm_start import InitFrom
+from lvdm.checkpoints.init_from import load_weights
 from lvdm.models.dit import DiT
 from lvdm.models.inflate import inflate_in_time
-from lvdm.module import LatentDiffusionModule
+from lvdm.training.module import LatentDiffusionModule
 from lvdm.text.words import WordTextEncoder
 
 

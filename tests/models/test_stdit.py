@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lvdm.distributed.checkpointing import apply_activation_checkpointing
+from lvdm.distributed.activation_checkpointing import apply_activation_checkpointing
 from lvdm.models.stdit import STDiT
 
 KW = dict(in_channels=3, hidden_size=24, depth=2, num_heads=2, context_dim=8, context_length=4, base_size=4)

@@ -7,7 +7,7 @@ import pytest
 from lvdm.cli import main
 from lvdm.models.dit import DiT
 from lvdm.perf.estimate import estimate
-from lvdm.perf.flops import DiTShape
+from lvdm.perf.step_flops import DiTShape
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,7 +110,7 @@ def test_bucket_memory_per_bucket_flags_what_does_not_fit(capsys):
     from pathlib import Path
 
     from lvdm.perf.estimate import estimate, memory_per_gpu
-    from lvdm.perf.flops import DiTShape
+    from lvdm.perf.step_flops import DiTShape
 
     root = Path(__file__).resolve().parents[2]
     r = estimate(size="XL/2", gpu="h100-sxm", buckets=str(root / "buckets/opensora12.yaml"), strategy="zero2",

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lvdm.models.dit import DiT
-from lvdm.perf.flops import (
+from lvdm.perf.step_flops import (
     DiTShape,
     count_flops,
     dit_forward_flops,
@@ -60,7 +60,7 @@ def test_forward_and_training_flops_match_flop_counter(conditioning, layout, tex
 def test_adaln_single_flops_match_flop_counter_with_and_without_checkpointing(conditioning, layout):
     """adaLN-single: one shared modulation linear per sample (``t_block``), no per-block or
     final-layer modulation linear; activation checkpointing recomputes the blocks, not t_block."""
-    from lvdm.distributed.checkpointing import apply_activation_checkpointing
+    from lvdm.distributed.activation_checkpointing import apply_activation_checkpointing
 
     model = _tiny(conditioning, layout, adaln_single=True)
     per_block = _tiny(conditioning, layout)

@@ -8,8 +8,8 @@ from lvdm.diffusion.guidance import GuidedDenoiser
 from lvdm.diffusion.objectives import RectifiedFlow
 from lvdm.models.dit import DiT
 from lvdm.models.embeddings import sincos_pos_embed_3d
-from lvdm.module import LatentDiffusionModule
-from lvdm.perf.compile import compile_blocks
+from lvdm.training.module import LatentDiffusionModule
+from lvdm.distributed.compile import compile_blocks
 from lvdm.text.words import WordTextEncoder
 from lvdm.utils import to_device_async
 

@@ -1,5 +1,5 @@
 """Trainable video autoencoders (pure torch, no Lightning): a causal 3D KL-VAE, a video
-VQ-VAE, a 3D PatchGAN discriminator and their losses. :class:`lvdm.autoencoder_module.AutoencoderModule`
+VQ-VAE, a 3D PatchGAN discriminator and their losses. :class:`lvdm.training.autoencoder_module.AutoencoderModule`
 trains them; :class:`lvdm.compressors.autoencoder.AutoencoderCompressor` uses a trained one."""
 
 from lvdm.autoencoders.base import AutoencoderOutput, VideoAutoencoder, latent_frames

@@ -13,9 +13,9 @@ from lvdm.compressors.base import Compressor
 class AutoencoderCompressor(Compressor):
     """lvdm's causal 3D VAE or video VQ-VAE, loaded from what ``lvdm fit`` wrote.
 
-    The autoencoder is taken from an :class:`lvdm.autoencoder_module.AutoencoderModule`
+    The autoencoder is taken from an :class:`lvdm.training.autoencoder_module.AutoencoderModule`
     checkpoint (a ``.ckpt``, a DeepSpeed directory or an exported ``.safetensors``, read by the
-    one safe loader :func:`lvdm.checkpoint.load_module`). Factors, channels and causality come
+    one safe loader :func:`lvdm.checkpoints.load.load_module`). Factors, channels and causality come
     from the autoencoder; the latent normalisation is per channel, from the latent mean and
     standard deviation the module measured on its validation set (``shift = mean``,
     ``scale = 1 / std``), unless given.
@@ -36,7 +36,7 @@ class AutoencoderCompressor(Compressor):
         scale_factor: Optional[float | list[float]] = None,
         shift_factor: Optional[float | list[float]] = None,
     ):
-        from lvdm.checkpoint import load_module  # the loader rebuilds a LightningModule (upper layer)
+        from lvdm.checkpoints.load import load_module  # the loader rebuilds a LightningModule (upper layer)
 
         loaded = load_module(checkpoint, weights=weights)
         module = loaded.module

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lvdm.data.probe import ProbeError, check_image_header
+from lvdm.data.media_probe import ProbeError, check_image_header
 from lvdm.data.schema import IMAGE_EXTENSIONS
 from lvdm.data.video import VideoDecodeError, count_video_frames
 

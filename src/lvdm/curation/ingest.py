@@ -10,7 +10,7 @@ Three kinds of input (:func:`ingest` picks by looking, or ``source_format`` says
 - **video2dataset / img2dataset shards** (a folder of ``*.tar``, a glob, or one tar): their
   ``key.<media>``, ``key.txt`` and ``key.json`` (all of whose fields are kept).
 
-Each input is probed from its container (:func:`lvdm.data.probe.probe_media`), validated and
+Each input is probed from its container (:func:`lvdm.data.media_probe.probe_media`), validated and
 written as a sample of :mod:`lvdm.data.schema`; the folder gets ``manifest.parquet`` and
 ``rejects.csv``, and ``accepted + rejected = inputs`` is printed. Inputs are dealt into
 shards in a fixed order, ``shard_size`` per shard, and each shard is one task for the worker
@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from lvdm.curation.engine import failed, make_engine
-from lvdm.data.probe import ProbeError, probe_media
+from lvdm.data.media_probe import ProbeError, probe_media
 from lvdm.data.schema import (
     MANIFEST_NAME, MEDIA_EXTENSIONS, METADATA_FIELDS, REJECTS_NAME, SHARD_PATTERN, assign_keys, manifest_row,
     write_manifest, write_rejects,
 )
 from lvdm.data.shards import ShardWriter
-from lvdm.data.transcode import transcode_mp4
+from lvdm.curation.transcode import transcode_mp4
 
 __all__ = ["ingest", "InputItem", "IngestOptions"]
 

@@ -30,7 +30,7 @@ from lvdm.data.schema import (
     InvalidSampleError, MANIFEST_NAME, REJECTS_NAME, manifest_row, media_entry, media_kind, write_manifest, write_rejects,
 )
 from lvdm.data.shards import ShardWriter, read_shard, resolve_shards
-from lvdm.data.transcode import cut_segments
+from lvdm.curation.transcode import cut_segments
 
 __all__ = ["detect_scenes", "plan_clips", "split", "prepare_stage_output"]
 

@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from lvdm.data.probe import probe_media
+from lvdm.data.media_probe import probe_media
 from lvdm.data.schema import media_entry, sample_json
 
 __all__ = ["Bucket", "BucketConfig", "resolution_area", "sample_size", "DEFAULT_ASPECT_RATIOS", "UNFIT_REASONS"]

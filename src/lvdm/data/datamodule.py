@@ -5,7 +5,7 @@ resampling, the split across ranks and DataLoader workers, shuffling, batching, 
 batch counts, and skipping (and counting) unreadable samples. Its subclasses only say how one
 raw sample becomes tensors: :class:`VideoDataModule` decodes video and image clips on the fly,
 :class:`LatentDataModule` reads precomputed raw latents (``key.latent.npy``, written by
-:func:`lvdm.data.latents.encode_shards`).
+:func:`lvdm.curation.encode.encode_shards`).
 
 Nothing is loaded up front: shards are read as tar streams and samples are shuffled as raw
 bytes in a bounded buffer before they are decoded.
@@ -27,7 +27,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
 from lvdm.data.buckets import UNFIT_REASONS, Bucket, BucketConfig, sample_size
-from lvdm.data.guard import DataGuard, StreamWatch
+from lvdm.data.stream_guard import DataGuard, StreamWatch
 from lvdm.data.schema import media_entry, sample_json
 from lvdm.data.shards import resolve_shards
 from lvdm.data.stream import Counters, TrainStream, decode_group, plan_and_group
@@ -146,7 +146,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
     and stops after exactly ``samples_per_epoch // (batch_size * world_size)`` batches on every
     rank, so uneven shards or buckets can never leave one rank waiting in a collective
     (:class:`lvdm.data.stream.TrainStream`). Under sequence parallelism
-    (:class:`lvdm.distributed.SequenceParallel`) ranks and world size here are the
+    (:class:`lvdm.training.callbacks.parallel.SequenceParallel`) ranks and world size here are the
     data-parallel ones: the ranks of one sequence-parallel group read the same batches.
 
     With ``buckets`` (:class:`lvdm.data.buckets.BucketConfig`) every sample goes to a bucket
@@ -185,7 +185,7 @@ class ShardDataModule(L.LightningDataModule, ABC):
         test_shards: Shards for ``lvdm test``, same forms; ``None`` uses ``val_shards``.
         buckets: Resolution / aspect / duration buckets; ``None`` for one shape.
         data_guard: limits on skipped samples and on time without a sample, past which the
-            stream stops with an error saying why (:class:`lvdm.data.guard.DataGuard`;
+            stream stops with an error saying why (:class:`lvdm.data.stream_guard.DataGuard`;
             ``None``: its defaults).
     """
 
@@ -255,14 +255,14 @@ class ShardDataModule(L.LightningDataModule, ABC):
     @property
     def skip_reasons(self) -> dict[str, int]:
         """Samples (and unreadable shards) skipped on this rank since ``setup``, by reason
-        (:data:`lvdm.data.guard.REASONS`)."""
+        (:data:`lvdm.data.stream_guard.REASONS`)."""
         return self.data_guard.counts()
 
     def _rank_world(self) -> tuple[int, int]:
         """``(rank, world_size)`` of data parallelism from the attached trainer, else ``(0, 1)``.
 
         Under sequence parallelism the ranks of one group share each batch, so data is split
-        by data-parallel rank, not global rank (:func:`lvdm.distributed.data_parallel_rank_world`).
+        by data-parallel rank, not global rank (:func:`lvdm.distributed.ranks.data_parallel_rank_world`).
         """
         return data_parallel_rank_world(self.trainer)
 
@@ -531,15 +531,15 @@ class VideoDataModule(ShardDataModule):
 class LatentDataModule(ShardDataModule):
     """Precomputed raw latents from latent shards (``key.latent.npy`` + ``key.txt`` + ``key.json``).
 
-    The shards are written by ``lvdm data encode`` (:func:`lvdm.data.latents.encode_shards`).
+    The shards are written by ``lvdm data encode`` (:func:`lvdm.curation.encode.encode_shards`).
 
     Batches are ``{"latent": float32 [B, c, t, h, w] raw latents, "caption": list[str], "key":
     list[str]}``, plus ``"text"`` ``[B, L, dim]``, ``"text_mask"`` ``[B, L]`` and
     ``"text_encoder_identity"`` when the shards cache caption embeddings. The latents are *raw*:
-    :class:`lvdm.module.LatentDiffusionModule` normalises them with its compressor's
+    :class:`lvdm.training.module.LatentDiffusionModule` normalises them with its compressor's
     ``scale_factor``/``shift_factor``, so the model's compressor must be the one that encoded
     the shards (checked at ``setup``), and it refuses batches whose cached text another encoder
-    made (:mod:`lvdm.data.cache`). Reading a latent costs no video decoding (and a cached
+    made (:mod:`lvdm.text.identity`). Reading a latent costs no video decoding (and a cached
     embedding no text encoder), which makes this the fast data path for training.
 
     Shards encoded with buckets (``lvdm data encode --buckets``) are batched by the bucket in
@@ -575,11 +575,11 @@ class LatentDataModule(ShardDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """As :meth:`ShardDataModule.setup`; when a trainer's model has a ``compressor``, also
-        refuses train shards that another compressor encoded (:func:`lvdm.data.latents.check_latent_compressor`)."""
+        refuses train shards that another compressor encoded (:func:`lvdm.data.shards.check_latent_compressor`)."""
         super().setup(stage)
         compressor = getattr(getattr(getattr(self, "trainer", None), "lightning_module", None), "compressor", None)
         if compressor is not None and self.train_urls and stage in (None, "fit"):
-            from lvdm.data.latents import check_latent_compressor
+            from lvdm.data.shards import check_latent_compressor
 
             check_latent_compressor(self.train_urls[0], compressor)
 

@@ -1,7 +1,7 @@
 """Given frames for image-to-video and continuation: images and videos read as tensors.
 
-``lvdm sample --image`` and ``--video`` (and the Python API, :meth:`lvdm.module.
-LatentDiffusionModule.generate` with ``first_frames`` and :meth:`~lvdm.module.
+``lvdm sample --image`` and ``--video`` (and the Python API, :meth:`lvdm.training.module.
+LatentDiffusionModule.generate` with ``first_frames`` and :meth:`~lvdm.training.module.
 LatentDiffusionModule.extend`) take frames as ``[B, 3, T, H, W]`` float tensors in [-1, 1];
 these functions make them from files, resized to the requested ``(height, width)`` the way the
 data pipeline resizes training clips (shorter side covers it, centre crop).

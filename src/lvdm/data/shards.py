@@ -13,14 +13,19 @@ import io
 import json
 import os
 import tarfile
+import warnings
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import braceexpand
 
-from lvdm.data.schema import InvalidSampleError, MEDIA_EXTENSIONS, check_key, check_media
+from lvdm.data.schema import InvalidSampleError, MEDIA_EXTENSIONS, check_key, check_media, sample_json
 
-__all__ = ["ShardWriter", "write_shards", "read_shard", "resolve_shards"]
+if TYPE_CHECKING:  # importing torch here would cost every curation worker
+    from lvdm.compressors.base import Compressor
+
+__all__ = ["ShardWriter", "check_latent_compressor", "write_shards", "read_shard", "resolve_shards"]
 
 
 def _validated(sample: dict, seen: set[str]) -> dict:
@@ -241,3 +246,30 @@ def resolve_shards(spec: str | Sequence[str]) -> list[str]:
     if not specs:
         raise FileNotFoundError("empty shard specification: no shards given")
     return [path for one in specs for path in _resolve_one(os.fspath(one))]
+
+
+def check_latent_compressor(url: str, compressor: Compressor) -> None:
+    """Refuse latent shards that another compressor encoded.
+
+    Reads the first sample's ``key.json`` of the shard ``url`` and compares the class and
+    ``compressor_config_hash`` recorded by :func:`encode_shards` with ``compressor.identity()``.
+    Raises ``ValueError`` naming the shard and both compressors when they differ (a diffusion
+    model trained on another compressor's latents learns a space its decoder cannot read).
+    Shards written before hashes were recorded are checked by class only, with a warning.
+    """
+    import webdataset as wds
+
+    sample = next(iter(wds.WebDataset(url, shardshuffle=False, empty_check=False)), None)
+    if sample is None or "json" not in sample:
+        raise ValueError(f"latent shard {url} has no sample with a key.json; write it with `lvdm data encode`")
+    meta = sample_json(sample)
+    ours = compressor.identity()
+    stored_class, stored_hash = meta.get("compressor"), meta.get("compressor_config_hash")
+    if stored_class != ours["compressor"] or (stored_hash is not None and stored_hash != ours["compressor_config_hash"]):
+        raise ValueError(
+            f"latent shard {url} was encoded by {stored_class} (config hash {stored_hash}), but the model's compressor "
+            f"is {ours['compressor']} (config hash {ours['compressor_config_hash']}): re-encode the shards with this "
+            "compressor (`lvdm data encode`), or train with the compressor that wrote them")
+    if stored_hash is None:
+        warnings.warn(f"latent shard {url} records no compressor_config_hash (written by an older lvdm); "
+                      f"only its compressor class {stored_class} was checked")

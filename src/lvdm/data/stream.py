@@ -73,7 +73,7 @@ def plan_and_group(samples, assign: Assign, rng: np.random.Generator, counters: 
     batch size; with ``flush``, the partial groups left at the end too (evaluation).
 
     Samples whose header cannot be read are skipped and counted (``skipped``, and by reason in
-    the :class:`~lvdm.data.guard.StreamWatch` ``watch``, which stops a stream that skips too
+    the :class:`~lvdm.data.stream_guard.StreamWatch` ``watch``, which stops a stream that skips too
     much); samples that fit no bucket are counted under their reason."""
     pending: dict = defaultdict(list)
     for sample in samples:
@@ -150,7 +150,7 @@ class TrainStream(IterableDataset):
         assign, decode: the data module's sample planning and decoding.
         collate: list of decoded samples → batch.
         counters: where skipped and unfit samples are counted.
-        watch: the :class:`~lvdm.data.guard.StreamWatch` that sees every shard, skip and
+        watch: the :class:`~lvdm.data.stream_guard.StreamWatch` that sees every shard, skip and
             delivered sample and stops a stream that fails too often.
         start_epoch: epoch number of the first iteration.
         skip_epoch, skip: resume position (``skip`` batches of epoch ``skip_epoch`` are done).

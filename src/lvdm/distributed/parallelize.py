@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from lvdm.distributed.checkpointing import apply_activation_checkpointing
+from lvdm.distributed.activation_checkpointing import apply_activation_checkpointing
 from lvdm.distributed.plan import apply_sequence_split, check_sequence_split, planned_modules
 
 __all__ = ["Parallelized", "parallelize"]
@@ -57,10 +57,10 @@ def parallelize(
         model: the backbone or a module (e.g. the LightningModule) that contains it.
         sp: sequence-parallel group size; > 1 checks the declared plan against ``sp`` and
             ``sp_mode`` and hooks the split in (the group itself is turned on per step by
-            :class:`lvdm.distributed.SequenceParallel`, or ``lvdm.ops.attention.sequence_parallel``).
+            :class:`lvdm.training.callbacks.parallel.SequenceParallel`, or ``lvdm.ops.attention.sequence_parallel``).
         sp_mode: ``ulysses`` or ``ring``.
         ac: share of the ``block_class`` units to checkpoint, from the first (0: none).
-        compile: keyword arguments of :func:`lvdm.perf.compile.compile_blocks` (``mode``,
+        compile: keyword arguments of :func:`lvdm.distributed.compile.compile_blocks` (``mode``,
             ``fullgraph``, ``dynamic``, ``backend``); None: no compile.
 
     Returns:
@@ -78,7 +78,7 @@ def parallelize(
     if ac > 0:  # 2. activation checkpointing: wraps each chosen block's forward
         done.checkpointed = apply_activation_checkpointing(model, ac)
     if compile is not None:  # 3. compile each block's call, checkpointed forward included
-        from lvdm.perf.compile import compile_blocks  # perf imports Lightning: only when compiling
+        from lvdm.distributed.compile import compile_blocks  # perf imports Lightning: only when compiling
 
         done.compiled = compile_blocks(model, **compile)
     return done

@@ -16,7 +16,7 @@ __all__ = ["data_parallel_rank_world", "seed_data_parallel_replica", "seed_train
 def data_parallel_rank_world(trainer: Optional[Any]) -> tuple[int, int]:
     """``(data-parallel rank, data-parallel world size)`` of this process: with a callback
     that splits sequences over ``P`` ranks (it says so with a ``sequence_parallel_size``
-    attribute, as :class:`~lvdm.distributed.SequenceParallel` does), ``(global_rank // P,
+    attribute, as :class:`~lvdm.training.callbacks.parallel.SequenceParallel` does), ``(global_rank // P,
     world_size // P)`` (all ranks of one sequence-parallel group read the same data); else
     ``(global_rank, world_size)``; ``(0, 1)`` without a trainer."""
     if trainer is None:

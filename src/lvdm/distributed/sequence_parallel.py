@@ -34,7 +34,7 @@ the shard's backward keeps only that share. Summing the parameter gradients of a
 gradient of the mean loss over the ``DP`` distinct batches — the single-process gradient.
 
 This requires that the ranks of one group see the same batch, noise and timesteps: the
-:class:`lvdm.distributed.SequenceParallel` callback (the way to turn this on from a recipe) makes the data modules split data by data-parallel rank
+:class:`lvdm.training.callbacks.parallel.SequenceParallel` callback (the way to turn this on from a recipe) makes the data modules split data by data-parallel rank
 (``global_rank // P``) and seeds the random generators per data-parallel rank.
 """
 

@@ -10,7 +10,7 @@ reader                                      reads
 ``ActivationCheckpointing`` / ``parallelize``  ``block_class`` (the checkpoint unit)
 ``CompileBlocks`` / ``parallelize``         ``block_class`` (the compile unit)
 ``ThroughputMonitor``, ``lvdm estimate``,   ``forward_flops``, ``patch_size``
-:mod:`lvdm.perf.flops` (MFU)
+:mod:`lvdm.perf.step_flops` (MFU)
 LoRA (``peft``)                             ``lora_targets``
 the module and samplers                     ``forward``, ``micro_conditions``
 ==========================================  ==============================================

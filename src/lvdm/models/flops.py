@@ -1,4 +1,4 @@
-"""The analytic FLOP models of lvdm's backbones (pure torch; :mod:`lvdm.perf.flops` builds the
+"""The analytic FLOP models of lvdm's backbones (pure torch; :mod:`lvdm.perf.step_flops` builds the
 training, sampling and MFU numbers on top of them).
 
 Convention (``torch.utils.flop_counter.FlopCounterMode``'s, nanoGPT's, PaLM's): ``[m, k] @ [k,

@@ -8,7 +8,7 @@ still clip embeds as its frame did) and the output rows repeated for each frame,
 video model start as the image model applied to still clips: on a clip of ``pt`` copies of
 an image it predicts ``pt`` copies of the image model's prediction (tested). Every other
 weight is shared as it is, and the position code does not change (one patch frame in both).
-:func:`lvdm.init_from.init_from` applies this with ``inflate_time=True``.
+:func:`lvdm.checkpoints.init_from.init_from` applies this with ``inflate_time=True``.
 """
 
 from __future__ import annotations

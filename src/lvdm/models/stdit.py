@@ -33,7 +33,7 @@ What they share, and where they differ from :class:`lvdm.models.dit.DiT`:
 
 Initialisation makes every block the identity by zeroing the output projections of its
 residual branches (attention, cross-attention, MLP), so temporal layers added to a trained
-image model leave it unchanged (the phase 1 → 2 hand-off, :mod:`lvdm.models.init_from`).
+image model leave it unchanged (the phase 1 → 2 hand-off, :mod:`lvdm.checkpoints.init_from`).
 Timesteps may be ``[B]`` or per latent frame ``[B, T]``: modulations are computed per frame
 and broadcast over the frame's tokens.
 """

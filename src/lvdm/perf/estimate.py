@@ -31,7 +31,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from lvdm.perf.flops import DiTShape, dit_forward_flops, dit_training_flops, sampling_flops
+from lvdm.perf.step_flops import DiTShape, dit_forward_flops, dit_training_flops, sampling_flops
 from lvdm.perf.hardware import PEAKS
 
 SECONDS_PER_MONTH = 30 * 24 * 3600
@@ -55,7 +55,7 @@ def _read_recipe(path: str) -> dict[str, Any]:
         # the FLOP model is any backbone's (lvdm.models.contract), but the memory model and the
         # report are written for DiT's dimensions
         raise ValueError(f"recipe {path!r}: lvdm estimate models a DiT denoiser, this one is {class_path!r}; "
-                         "its FLOPs are in lvdm.perf.flops.dit_forward_flops(model, ...) and in the "
+                         "its FLOPs are in lvdm.perf.step_flops.dit_forward_flops(model, ...) and in the "
                          "ThroughputMonitor callback")
     out: dict[str, Any] = {"dit": dit}
     shape = module.get("sample_shape")

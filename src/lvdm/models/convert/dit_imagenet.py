@@ -162,7 +162,7 @@ def read_diffusers(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def load_facebook(path: str, num_heads: Optional[int] = None) -> DiT:
     """An lvdm DiT with the weights of a facebookresearch DiT file (``.pt``, read weights-only)."""
-    from lvdm.checkpoint import torch_load
+    from lvdm.checkpoints.load import torch_load
     from lvdm.models.convert.opensora import unwrap
 
     sd = unwrap(torch_load(path), path)

@@ -1,0 +1,183 @@
+"""Start a model from another model's weights: the phase hand-off of a training curriculum.
+
+:func:`init_from` copies weights — nothing else: no optimizer, step or schedule — from
+
+* a checkpoint ``lvdm fit`` wrote (``.ckpt`` or a DeepSpeed directory), raw or EMA weights,
+* a ``.safetensors`` file from ``lvdm checkpoint export``,
+* a diffusers PixArt-α or Latte folder (or hub id),
+* an Open-Sora / PixArt-α ``.pth`` or ``.safetensors`` file,
+
+into a model whose keys may differ: keys present in both are copied, the model's other keys
+keep their initialisation, and a :class:`KeyReport` says which were carried, which are new,
+which the source had in excess and which had another shape. Loading an image model (phase 1,
+or PixArt-α) into a spatial-temporal :class:`~lvdm.models.stdit.STDiT` carries every spatial
+weight and leaves the temporal layers new; STDiT initialises those as the identity, so the
+video model starts as the image model applied frame by frame.
+
+Lightning checkpoints are read with :func:`lvdm.checkpoints.load.read_checkpoint` (weights-only
+``torch.load``, DeepSpeed shards scanned then merged) — the weights alone, without rebuilding
+the source's whole module (its text encoder, …) as :func:`lvdm.checkpoints.load.load_module` would.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping
+
+import torch
+from torch import nn
+
+from lvdm.utils import check_finite
+
+Weights = Literal["auto", "ema", "raw"]
+
+
+@dataclass
+class KeyReport:
+    """What :func:`init_from` did with each tensor."""
+
+    source: str
+    carried: list[str] = field(default_factory=list)  #: copied from the source
+    new: list[str] = field(default_factory=list)  #: the model's, absent from the source: kept as initialised
+    unexpected: list[str] = field(default_factory=list)  #: the source's, absent from the model: ignored
+    mismatched: list[str] = field(default_factory=list)  #: in both with different shapes: kept as initialised
+    inflated: list[str] = field(default_factory=list)  #: carried, inflated from 1 frame in time (``inflate_time``)
+
+    @staticmethod
+    def _groups(keys: list[str]) -> str:
+        """``blocks.0.attn.qkv.weight, blocks.1.attn.qkv.weight`` → ``blocks.*.attn.qkv.weight (2)``."""
+        counts: dict[str, int] = {}
+        for key in keys:
+            pattern = re.sub(r"\.\d+\.", ".*.", key)
+            counts[pattern] = counts.get(pattern, 0) + 1
+        return ", ".join(f"{p} ({n})" if n > 1 else p for p, n in counts.items())
+
+    def format(self) -> str:
+        lines = [f"init_from {self.source}: carried {len(self.carried)} tensors"]
+        for label, keys in (("inflated in time (image patch → video tubelet)", self.inflated),
+                            ("new (kept their initialisation)", self.new),
+                            ("unexpected (in the source, not in the model; ignored)", self.unexpected),
+                            ("shape mismatch (kept their initialisation)", self.mismatched)):
+            lines.append(f"  {label}: {len(keys)}" + (f": {self._groups(keys)}" if keys else ""))
+        return "\n".join(lines)
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = False,
+                 source: str = "state dict", inflate_time: bool = False) -> KeyReport:
+    """Copy the tensors of ``state_dict`` whose key and shape the model shares; ``strict``:
+    raise instead unless keys and shapes match exactly. ``inflate_time``: a DiT's patch
+    embedding and output layer of temporal patch 1 (an image model) are inflated to the model's
+    tubelets (:mod:`lvdm.models.inflate`) instead of counting as mismatched."""
+    from lvdm.models.inflate import inflate_in_time
+
+    ours = model.state_dict()
+    report = KeyReport(source)
+    loadable = {}
+    for key, value in state_dict.items():
+        if key not in ours:
+            report.unexpected.append(key)
+        elif tuple(value.shape) != tuple(ours[key].shape):
+            inflated = inflate_in_time(key, value, ours[key].shape) if inflate_time else None
+            if inflated is None:
+                report.mismatched.append(f"{key} {list(value.shape)} → {list(ours[key].shape)}")
+            else:
+                loadable[key] = inflated
+                report.carried.append(key)
+                report.inflated.append(key)
+        else:
+            loadable[key] = value
+            report.carried.append(key)
+    report.new = [k for k in ours if k not in state_dict]
+    if strict and (report.new or report.unexpected or report.mismatched):
+        raise KeyError(f"strict init_from does not match the model:\n{report.format()}")
+    model.load_state_dict(loadable, strict=False)
+    return report
+
+
+def _strip(sd: Mapping[str, torch.Tensor], prefix: str, source: str) -> dict[str, torch.Tensor]:
+    if not prefix:
+        return dict(sd)
+    out = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not out:
+        raise KeyError(f"{source} has no weights under {prefix!r} (its keys start with "
+                       f"{sorted({k.split('.')[0] for k in sd})[:6]})")
+    return out
+
+
+def read_source(source: str, weights: Weights = "auto", prefix: str = "denoiser.") -> tuple[dict[str, torch.Tensor], str]:
+    """The weights of ``source`` in lvdm's key layout and a description of what they are.
+
+    ``prefix``: where the model sits in an lvdm checkpoint (``denoiser.`` of the
+    LatentDiffusionModule); published checkpoints have none."""
+    from lvdm.checkpoints import load as checkpoint
+    from lvdm.models import presets
+    from lvdm.models.convert import opensora
+
+    path = Path(source)
+    diffusers_folder = path.is_dir() and ((path / "config.json").is_file() or (path / "transformer" / "config.json").is_file())
+    hub_id = not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None
+    if diffusers_folder or hub_id:  # a hub id is only downloaded because the user named one
+        config, sd, name = presets.read_diffusers(source)
+        return presets.convert_diffusers(config, sd, name)[1], f"{source} (diffusers {name})"
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(source, framework="pt") as f:
+            meta = f.metadata() or {}
+        if checkpoint.METADATA_KEY in meta:  # exported by `lvdm checkpoint export`
+            stored = "ema" if meta.get("weights") == "ema" else "raw"
+            if weights not in ("auto", stored):
+                raise ValueError(f"{source!r} holds {stored} weights (exported so); asked for {weights!r}")
+            return _strip(load_file(source), prefix, source), f"{source} ({stored.upper()} weights, exported)"
+        return opensora.convert_state_dict(opensora.unwrap(load_file(source), source)), f"{source} (Open-Sora layout)"
+    if path.is_dir() or path.suffix == ".ckpt":  # Lightning / DeepSpeed checkpoint of lvdm fit
+        ckpt = checkpoint.read_checkpoint(path)
+        sd, used = dict(ckpt["state_dict"]), "raw"
+        if weights != "raw":
+            shadow = checkpoint.ema_weights(ckpt)
+            if shadow is not None:
+                sd.update(shadow)
+                used = "ema"
+            elif weights == "ema":
+                raise ValueError(f"checkpoint {source!r} has no EMA weights (train with --config callbacks/ema.yaml)")
+        step = ckpt.get("global_step")
+        return _strip(sd, prefix, source), f"{source} ({used.upper()} weights, step {step})"
+    if not path.exists():
+        raise FileNotFoundError(f"init_from: {source!r} does not exist")
+    raw = checkpoint.torch_load(path)  # .pth / .pt / .bin of Open-Sora or PixArt-α
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{source!r} holds a {type(raw).__name__}, not a state dict")
+    return opensora.convert_state_dict(opensora.unwrap(raw, source)), f"{source} (Open-Sora layout)"
+
+
+def init_from(model: nn.Module, source: str, weights: Weights = "auto", strict: bool = False,
+              prefix: str = "denoiser.", verbose: bool = True, inflate_time: bool = False) -> KeyReport:
+    """Load the weights of ``source`` (see the module docstring for the formats) into ``model``.
+
+    Args:
+        model: the model to start (e.g. a new phase's denoiser).
+        source: checkpoint file or directory, exported ``.safetensors``, diffusers folder or
+            hub id, or Open-Sora / PixArt-α weights file.
+        weights: ``"ema"``, ``"raw"`` or ``"auto"`` (EMA when an lvdm checkpoint has it).
+        strict: every key and shape must match; otherwise shared keys are copied and the
+            rest reported.
+        prefix: the model's prefix inside an lvdm checkpoint.
+        verbose: print the key report.
+        inflate_time: inflate an image DiT's patch embedding and output layer to the model's
+            temporal patch (image → tubelet video DiT: the video model starts as the image
+            model on still clips).
+
+    Raises:
+        ValueError: the source's weights hold NaN or inf (naming the source and the tensors).
+    """
+    if weights not in ("auto", "ema", "raw"):
+        raise ValueError(f"weights must be 'auto', 'ema' or 'raw', got {weights!r}")
+    sd, described = read_source(source, weights, prefix)
+    check_finite(sd, f"init_from source {source!r}")  # a diverged phase must not start the next one
+    report = load_weights(model, sd, strict=strict, source=described, inflate_time=inflate_time)
+    if verbose:
+        print(report.format(), flush=True)
+    return report

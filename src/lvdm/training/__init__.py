@@ -1,0 +1,1 @@
+"""Training: the LightningModules (diffusion, autoencoders) and every Lightning callback."""

@@ -1,0 +1,1 @@
+"""Lightning callbacks, one file per concern; add them to a recipe by ``class_path``."""

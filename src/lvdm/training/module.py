@@ -1,0 +1,389 @@
+"""``LatentDiffusionModule``: the LightningModule that composes the parts of a video DiT.
+
+It owns no distributed code and builds nothing by name: the denoiser, compressor, text
+encoder and objective are injected (by the CLI from a recipe's ``class_path`` entries, or by
+hand in Python).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+from lvdm.compressors.base import Compressor
+from lvdm.compressors.pixels import PixelCompressor
+from lvdm.text.identity import check_identity, identity
+from lvdm.diffusion.guidance import ClassGuidedDenoiser, GuidedDenoiser, check_guidance_scale
+from lvdm.diffusion.masking import FrameMasks
+from lvdm.diffusion.objectives import Objective, RectifiedFlow
+from lvdm.text.base import TextEncoder
+
+
+_PARTS = ("denoiser", "text_encoder", "objective", "compressor", "optimizer", "lr_scheduler")
+
+
+def _default_optimizer(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+
+
+class WarmupCosineLR(torch.optim.lr_scheduler.LambdaLR):
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_ratio`` of the peak at
+    ``total_steps`` (constant after ``warmup_steps`` when ``total_steps`` is 0).
+
+    Args:
+        optimizer: the optimizer whose learning rate is scheduled.
+        warmup_steps: steps of linear warm-up from 0.
+        total_steps: step at which the cosine reaches ``min_ratio`` (0: no decay).
+        min_ratio: final learning rate as a fraction of the peak.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int = 0, total_steps: int = 0, min_ratio: float = 0.0):
+        def factor(step: int) -> float:
+            if step < warmup_steps:
+                return (step + 1) / warmup_steps
+            if total_steps <= warmup_steps:
+                return 1.0
+            progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        super().__init__(optimizer, factor)
+
+
+class LatentDiffusionModule(L.LightningModule):
+    """Text-to-video latent diffusion: compressor → DiT denoiser under an objective.
+
+    Args:
+        denoiser: the diffusion transformer, e.g. :class:`~lvdm.models.dit.DiT` or
+            :class:`~lvdm.models.stdit.STDiT` (a function returning one, such as
+            :func:`lvdm.models.presets.preset`, also works in a recipe; its ``context_dim`` must equal the text
+            encoder's ``dim``).
+        text_encoder: turns captions into token embeddings and a mask.
+        objective: rectified flow or DDPM; also the sampler.
+        compressor: video ↔ latent map (default: raw pixels).
+        optimizer: optimizer factory (the CLI's ``optimizer:`` entry overrides it).
+        lr_scheduler: optional learning-rate schedule factory, stepped every optimizer step.
+        caption_dropout: probability of replacing a caption by "" in training, which teaches
+            the unconditional prediction that classifier-free guidance needs.
+        guidance_scale: default classifier-free guidance scale for sampling, ``>= 0``: the
+            prediction is ``u + scale · (c − u)``, so 1 is the conditional prediction alone (no
+            guidance), 0 the unconditional one, and larger values follow the prompt more closely.
+        sample_shape: default (frames, height, width) of generated videos.
+        frame_masks: masked-frame conditioning in training (Open-Sora 1.1+): the mix of
+            image-to-video, continuation, loop and random masks (``lvdm.diffusion.masking``);
+            None trains text-to-video only. Needed for ``generate(first_frames=...)`` and
+            ``extend``.
+        fps: frame rate of the training clips: the rate generated videos are written at.
+    """
+
+    def __init__(
+        self,
+        denoiser: torch.nn.Module,
+        text_encoder: TextEncoder,
+        objective: Objective | None = None,
+        compressor: Compressor | None = None,
+        optimizer: OptimizerCallable = _default_optimizer,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        caption_dropout: float = 0.1,
+        guidance_scale: float = 4.0,
+        sample_shape: Sequence[int] = (8, 32, 32),
+        frame_masks: Optional[FrameMasks] = None,
+        fps: float = 8.0,
+    ):
+        super().__init__()
+        # Under the lvdm CLI, Lightning hands over the recipe (class paths and arguments) and
+        # `load_from_checkpoint` can rebuild the exact model from it. Built from Python, the
+        # parts are objects, not config: keep only the plain values.
+        if _given_hyperparameters.get() is not None:
+            self.save_hyperparameters()
+        else:
+            self.save_hyperparameters(ignore=list(_PARTS))
+        self.denoiser = denoiser
+        self.text_encoder = text_encoder
+        self.objective = objective or RectifiedFlow()
+        self.compressor = compressor or PixelCompressor()
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.caption_dropout = caption_dropout
+        self.guidance_scale = guidance_scale
+        self.sample_shape = tuple(sample_shape)
+        self.frame_masks = frame_masks
+        if fps <= 0:
+            raise ValueError(f"fps must be positive; got {fps}")
+        self.fps = fps
+        ctx_dim = getattr(denoiser, "context_dim", None)
+        if ctx_dim is not None and ctx_dim != text_encoder.dim and not getattr(denoiser, "num_classes", 0):
+            raise ValueError(
+                f"denoiser.context_dim ({ctx_dim}) must equal text_encoder.dim ({text_encoder.dim})"
+            )
+        self._check_sample_shape()
+        check_guidance_scale(guidance_scale, "LatentDiffusionModule.guidance_scale")
+        if not 0.0 <= caption_dropout <= 1.0:
+            raise ValueError(f"LatentDiffusionModule.caption_dropout must be in [0, 1], got {caption_dropout}")
+        if denoiser.in_channels != self.compressor.latent_channels:
+            raise ValueError(
+                f"denoiser.in_channels ({denoiser.in_channels}) must equal the compressor's "
+                f"latent_channels ({self.compressor.latent_channels})"
+            )
+
+    def _check_sample_shape(self) -> None:
+        """``sample_shape`` must be 3 positive sizes whose latent grid the patch divides."""
+        shape = self.sample_shape
+        if len(shape) != 3 or any(int(n) < 1 for n in shape):
+            raise ValueError(f"LatentDiffusionModule.sample_shape must be 3 positive sizes (frames, height, width), got {list(shape)}")
+        try:
+            grid = self.compressor.latent_shape(*shape)[1:]
+        except ValueError as err:
+            raise ValueError(f"LatentDiffusionModule.sample_shape {list(shape)}: {err}") from None
+        patch = getattr(self.denoiser, "patch_size", None)
+        if patch is not None and any(g % p for g, p in zip(grid, patch)):
+            raise ValueError(
+                f"LatentDiffusionModule.sample_shape {list(shape)} gives a latent grid (t, h, w) = {list(grid)} that "
+                f"the denoiser's patch_size {list(patch)} does not divide"
+            )
+
+    # ------------------------------------------------------------------ training
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1:  # each data-parallel replica draws its own noise and timesteps
+            from lvdm.distributed.ranks import seed_data_parallel_replica
+
+            seed_data_parallel_replica(self.trainer)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # noise, timesteps and caption dropout follow from (seed, rank, batch count), so a
+        # resumed run draws what the uninterrupted one drew
+        from lvdm.distributed.ranks import seed_training_batch
+
+        seed_training_batch(self.trainer)
+
+    def encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx, mask = self.text_encoder(list(captions))
+        return ctx.to(self.device), mask.to(self.device)
+
+    def caption_keep(self, count: int) -> torch.Tensor:
+        """Which of ``count`` captions survive caption dropout (all outside training)."""
+        if not self.training or self.caption_dropout <= 0:
+            return torch.ones(count, dtype=torch.bool)
+        return torch.rand(count) >= self.caption_dropout
+
+    def drop_captions(self, captions: Sequence[str]) -> list[str]:
+        keep = self.caption_keep(len(captions))
+        return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+    def text_identity(self) -> str:
+        """:func:`lvdm.text.identity.identity` of the (frozen) text encoder, computed once."""
+        if "_text_identity" not in self.__dict__:
+            self._text_identity = identity(self.text_encoder)
+        return self._text_identity
+
+    def text_condition(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption tokens and mask of a batch, after caption dropout: the cached embeddings
+        (``text``, ``text_mask`` from ``lvdm data encode --text_encoder``) with dropped ones
+        replaced by the empty caption's, else the text encoder's."""
+        if "text" not in batch:
+            return self.encode_text(self.drop_captions(batch["caption"]))
+        check_identity(batch.get("text_encoder_identity"), self.text_identity(), "text encoder", batch.get("key"))
+        ctx, mask = batch["text"].to(self.device), batch["text_mask"].to(self.device)
+        keep = self.caption_keep(len(ctx)).to(self.device)
+        if not keep.all():
+            if "_null_text" not in self.__dict__:  # the encoder is frozen: "" encodes once
+                self._null_text = self.encode_text([""])
+            null_ctx, null_mask = self._null_text
+            ctx = torch.where(keep[:, None, None], ctx, null_ctx.to(ctx.dtype))
+            mask = torch.where(keep[:, None], mask, null_mask)
+        return ctx, mask
+
+    def latents(self, batch: dict) -> torch.Tensor:
+        """The normalised latents of a batch: its precomputed raw ``latent`` (LatentDataModule)
+        normalised, or its ``video`` encoded by the compressor."""
+        if "latent" in batch:
+            return self.compressor.normalize(batch["latent"])
+        return self.compressor.encode(batch["video"])
+
+    def draw_frame_mask(self, latents: torch.Tensor) -> Optional[torch.Tensor]:
+        """A training frame mask ``[B, T]`` from ``frame_masks`` (None when nothing is given)."""
+        if self.frame_masks is None or not self.training:
+            return None
+        mask = self.frame_masks(latents.shape[0], latents.shape[2], device=latents.device)
+        return mask if bool(mask.any()) else None
+
+    def diffusion_loss(self, batch: dict) -> torch.Tensor:
+        latents = self.latents(batch)
+        ctx, mask = self.text_condition(batch)
+        return self.objective.training_loss(
+            self.denoiser, latents, frame_mask=self.draw_frame_mask(latents), context=ctx, context_mask=mask
+        )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion_loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["caption"]))
+        return loss
+
+    def test_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion_loss(batch)
+        self.log("test/loss", loss, sync_dist=True, batch_size=len(batch["caption"]))
+        return loss
+
+    def configure_callbacks(self):
+        """Defaults for what the trainer lacks: a :class:`~lvdm.training.callbacks.nonfinite.NonFiniteGuard`, so a
+        NaN batch never spreads into the weights (``callbacks/nonfinite_guard.yaml`` configures
+        it), and :class:`~lvdm.training.callbacks.data_health.DataHealth`, which logs skipped samples by reason;
+        Lightning's model summary is replaced by one that counts the denoiser's FLOPs
+        (:mod:`lvdm.training.callbacks.summary`)."""
+        from lvdm.training.callbacks.data_health import DataHealth
+        from lvdm.training.callbacks.nonfinite import NonFiniteGuard
+        from lvdm.training.callbacks.summary import flops_summaries
+
+        have = {type(c) for c in self.trainer.callbacks}
+        defaults = [cls() for cls in (NonFiniteGuard, DataHealth) if not any(issubclass(h, cls) for h in have)]
+        return defaults + flops_summaries(self.trainer.callbacks)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        num_frames: Optional[int] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
+        seed: int = 0,
+        progress: bool = False,
+        first_frames: Optional[torch.Tensor] = None,
+        loop: bool = False,
+        class_labels: Optional[Sequence[int]] = None,
+        null_caption: Literal["empty_caption", "learned_caption"] = "empty_caption",
+    ) -> torch.Tensor:
+        """Generate one video per prompt: ``[B, 3, T, H, W]`` in [-1, 1].
+
+        A class-conditional denoiser (``num_classes > 0``, e.g. ImageNet DiT) is conditioned on
+        ``class_labels`` (one per prompt; the prompts then only count the videos), guided against
+        its null label. ``null_caption`` is what the unconditional half of text guidance sees:
+        the text encoder's "" or the denoiser's learned null caption (``null_context``:
+        PixArt-α's and Open-Sora's ``y_embedding``).
+
+        The noise of prompt ``i`` depends only on ``seed`` and ``i``, so a prompt's video does
+        not change with the batch it is generated in.
+
+        ``first_frames`` ``[B, 3, k, H, W]`` in [-1, 1] (one clip per prompt; ``k = 1``: an
+        image) makes it image-to-video or continuation: their latents are given frames
+        (``lvdm.diffusion.masking``), kept clean at every sampling step, so the video starts
+        with them as the compressor reproduces them; the size follows them. ``loop`` also gives
+        the first given latent frame as the last one, so the video ends where it starts (a
+        seamless loop). The model should have been trained with ``frame_masks`` (``loop`` masks
+        for looping)."""
+        if num_steps is not None and num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1 (None: the objective's num_sampling_steps), got {num_steps}")
+        scale = check_guidance_scale(self.guidance_scale if guidance_scale is None else guidance_scale, "guidance_scale")
+        frames, h, w = num_frames or self.sample_shape[0], height or self.sample_shape[1], width or self.sample_shape[2]
+        if first_frames is not None:
+            h, w = first_frames.shape[-2:]
+        shape = self.compressor.latent_shape(frames, h, w)
+        noise = torch.stack(
+            [torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(len(prompts))]
+        ).to(self.device)
+        if loop and first_frames is None:
+            raise ValueError("loop=True needs first_frames: the image the video starts and ends with")
+        x_given, frame_mask = (None, None) if first_frames is None else self.given_latents(first_frames, noise, loop)
+        model_fn = self.guided_denoiser(prompts, scale, class_labels, null_caption)
+        latents = self.objective.sample(model_fn, noise, num_steps, progress=progress, x_given=x_given,
+                                        frame_mask=frame_mask)
+        return self.compressor.decode(latents).clamp(-1, 1)
+
+    def guided_denoiser(self, prompts: Sequence[str], scale: float, class_labels: Optional[Sequence[int]] = None,
+                        null_caption: str = "empty_caption"):
+        """The guided ``model_fn`` of :meth:`generate`: on class labels, or on the prompts against
+        the empty caption or the learned null caption."""
+        if class_labels is not None:
+            if len(class_labels) != len(prompts):
+                raise ValueError(f"give one class label per video: {len(class_labels)} labels, {len(prompts)} videos")
+            return ClassGuidedDenoiser(self.denoiser, torch.tensor(list(class_labels), device=self.device), scale)
+        ctx, mask = self.encode_text(prompts)
+        if null_caption == "learned_caption":
+            null_ctx = getattr(self.denoiser, "null_context", None)
+            if null_ctx is None:
+                raise ValueError("null_caption='learned_caption' needs a denoiser with a learned null caption "
+                                 "(STDiT with context_length > 0)")
+            null_ctx = null_ctx[None].to(ctx)
+            null_mask = torch.ones(null_ctx.shape[:2], dtype=torch.bool, device=self.device)
+        elif null_caption == "empty_caption":
+            null_ctx, null_mask = self.encode_text([""])
+        else:
+            raise ValueError(f"null_caption must be empty_caption or learned_caption, got {null_caption!r}")
+        return GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale)
+
+    def given_latents(self, first_frames: torch.Tensor, noise: torch.Tensor,
+                      loop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean latents with ``first_frames`` encoded at the start (and, with ``loop``, the
+        first of them again at the end), and the frame mask that marks them: the
+        ``(x_given, frame_mask)`` of the samplers."""
+        if first_frames.ndim != 5 or first_frames.shape[:2] != (noise.shape[0], 3):
+            raise ValueError(f"first_frames must be [{noise.shape[0]} prompts, 3, frames, H, W] in [-1, 1], "
+                             f"got {tuple(first_frames.shape)}")
+        z = self.compressor.encode(first_frames.to(self.device, torch.float32))
+        k, total = z.shape[2], noise.shape[2]
+        if k + int(loop) >= total:
+            raise ValueError(f"the {first_frames.shape[2]} given frames fill {k} of the video's {total} latent "
+                             "frames: nothing is left to generate; ask for more frames")
+        x_given = torch.zeros_like(noise)
+        x_given[:, :, :k] = z.to(noise.dtype)
+        frame_mask = torch.zeros(noise.shape[0], total, dtype=torch.bool, device=noise.device)
+        frame_mask[:, :k] = True
+        if loop:
+            x_given[:, :, -1] = z[:, :, 0].to(noise.dtype)
+            frame_mask[:, -1] = True
+        return x_given, frame_mask
+
+    @torch.no_grad()
+    def extend(
+        self,
+        video: torch.Tensor,
+        prompts: Sequence[str],
+        num_new_frames: int,
+        context_frames: Optional[int] = None,
+        num_frames: Optional[int] = None,
+        num_steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Continue ``video`` ``[B, 3, F, H, W]`` in [-1, 1] by ``num_new_frames`` frames:
+        ``[B, 3, F + num_new_frames, H, W]`` whose first ``F`` frames are ``video`` itself.
+
+        Windows of ``num_frames`` frames (default: the model's sample_shape) are generated one
+        after another, each given the last ``context_frames`` frames so far (default: half a
+        window) and adding the rest (Open-Sora's loop of conditioned generations)."""
+        window = num_frames or self.sample_shape[0]
+        context = context_frames or max(1, window // 2)
+        if not 0 < context < window:
+            raise ValueError(f"context_frames must be in 1..{window - 1} (num_frames={window}), got {context}")
+        if num_new_frames < 1:
+            raise ValueError(f"num_new_frames must be at least 1, got {num_new_frames}")
+        if video.ndim != 5 or video.shape[2] < 1:
+            raise ValueError(f"video must be [B, 3, frames, H, W] with at least one frame, got {tuple(video.shape)}")
+        out, target, rounds = video.to(self.device, torch.float32), video.shape[2] + num_new_frames, 0
+        while out.shape[2] < target:
+            given = out[:, :, -context:]
+            clip = self.generate(prompts, window, num_steps=num_steps, guidance_scale=guidance_scale,
+                                 seed=seed + 100_003 * rounds, progress=progress, first_frames=given)
+            out = torch.cat([out, clip[:, :, given.shape[2]:]], dim=2)
+            rounds += 1
+        return out[:, :, :target]
