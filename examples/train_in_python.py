@@ -21,7 +21,7 @@ from lvdm.shapes.probe import probe_folder
 from lvdm.models.dit import DiT
 from lvdm.training.module import LatentDiffusionModule, WarmupCosineLR
 from lvdm.text.words import WordTextEncoder
-from lvdm.sampling import save_videos
+from lvdm.generation import save_videos
 
 
 def main() -> None:

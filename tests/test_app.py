@@ -30,9 +30,9 @@ def _free_port() -> int:
 
 
 def test_generator_renders_the_same_video_as_the_module(checkpoint, tmp_path):
-    from lvdm.app import VideoGenerator
+    from lvdm.generation.app import VideoGenerator
     from lvdm.data.video import read_frames
-    from lvdm.sampling import save_videos
+    from lvdm.generation import save_videos
 
     generator = VideoGenerator(str(checkpoint), out=str(tmp_path), device="cpu")
     assert generator.frame_multiple == 2 and generator.pixel_multiple == 4
@@ -69,7 +69,7 @@ def test_generator_renders_the_same_video_as_the_module(checkpoint, tmp_path):
 def test_page_generates_a_video_through_the_client(checkpoint, tmp_path, monkeypatch):
     from gradio_client import Client
 
-    from lvdm.app import VideoGenerator, build_app
+    from lvdm.generation.app import VideoGenerator, build_app
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # gradio's copies stay under tmp_path
 

@@ -34,7 +34,7 @@ def uploads(tmp_path, monkeypatch):
 
 @pytest.fixture
 def generator(checkpoint, tmp_path):  # noqa: F811
-    from lvdm.app import Limits, VideoGenerator
+    from lvdm.generation.app import Limits, VideoGenerator
 
     return VideoGenerator(str(checkpoint), out=str(tmp_path / "videos"), device="cpu", limits=Limits(**SMALL))
 
@@ -42,7 +42,7 @@ def generator(checkpoint, tmp_path):  # noqa: F811
 @pytest.fixture
 def plain_generator(checkpoint, tmp_path):  # noqa: F811
     """A generator with the default limits (built as the code before the limits built it)."""
-    from lvdm.app import VideoGenerator
+    from lvdm.generation.app import VideoGenerator
 
     return VideoGenerator(str(checkpoint), out=str(tmp_path / "videos"), device="cpu")
 
@@ -68,7 +68,7 @@ def _run_fn(page):
 
 def test_page_function_refuses_a_server_file_before_reading_it(plain_generator, uploads, secret, tmp_path):
     """The old page function read any path it was given: the secret became the first frame."""
-    from lvdm.app import build_app
+    from lvdm.generation.app import build_app
 
     run = _run_fn(build_app(plain_generator))
     with pytest.raises(gradio.Error, match="uploaded through the page; a path on the server is refused"):
@@ -92,7 +92,7 @@ def test_server_file_over_http_is_refused_and_an_upload_is_used(plain_generator,
     client's own disk: on one machine that looks like a server read, but it is an upload.)"""
     from PIL import Image
 
-    from lvdm.app import build_app
+    from lvdm.generation.app import build_app
     from lvdm.data.video import read_frames
 
     page = build_app(plain_generator)
@@ -137,7 +137,7 @@ def test_server_file_over_http_is_refused_and_an_upload_is_used(plain_generator,
     ({"prompts": None}, "write at least one prompt"),
 ])
 def test_each_limit_is_refused_with_a_message_naming_it(generator, change, message):
-    from lvdm.app import build_app
+    from lvdm.generation.app import build_app
 
     args = dict(zip(["prompts", "seconds", "height", "width", "steps", "guidance", "seed"], GOOD)) | change
     with pytest.raises(ValueError) as err:
@@ -150,7 +150,7 @@ def test_each_limit_is_refused_with_a_message_naming_it(generator, change, messa
 
 def test_a_large_image_is_refused_from_its_header(generator, uploads, tmp_path, monkeypatch):
     import lvdm.data.given
-    from lvdm.app import build_app
+    from lvdm.generation.app import build_app
 
     big = _png(uploads / "upload" / "big.png", size=(64, 16))
     monkeypatch.setattr(lvdm.data.given, "read_image", pytest.fail)  # refused before the pixels are decoded
@@ -162,7 +162,7 @@ def test_a_large_image_is_refused_from_its_header(generator, uploads, tmp_path, 
 def test_refusals_reach_the_visitor_without_a_traceback(plain_generator, uploads, tmp_path, capfd):
     from gradio_client import Client
 
-    from lvdm.app import build_app
+    from lvdm.generation.app import build_app
 
     page = build_app(plain_generator)
     url = _serve(page, allowed_paths=[str(plain_generator.out)])
@@ -177,7 +177,7 @@ def test_refusals_reach_the_visitor_without_a_traceback(plain_generator, uploads
 
 
 def test_duration_is_shown_rounded(plain_generator):
-    from lvdm.app import build_app
+    from lvdm.generation.app import build_app
 
     plain_generator.fps = 12.0  # 4 frames at 12 fps: 1/3 s
     page = build_app(plain_generator)
@@ -219,7 +219,7 @@ def test_max_jobs_renders_one_request_at_a_time(generator, monkeypatch):
 
 
 def test_max_jobs_two_render_together(checkpoint, tmp_path, monkeypatch):  # noqa: F811
-    from lvdm.app import VideoGenerator
+    from lvdm.generation.app import VideoGenerator
 
     generator = VideoGenerator(str(checkpoint), out=str(tmp_path / "videos"), device="cpu", max_jobs=2)
     both, real = threading.Barrier(2, timeout=60), generator.module.generate
@@ -233,7 +233,7 @@ def test_max_jobs_two_render_together(checkpoint, tmp_path, monkeypatch):  # noq
 
 
 def test_limits_themselves_are_checked(generator):
-    from lvdm.app import Limits, VideoGenerator, build_app
+    from lvdm.generation.app import Limits, VideoGenerator, build_app
 
     with pytest.raises(ValueError, match="max_size must be positive; got 0"):
         Limits(max_size=0)
@@ -246,7 +246,7 @@ def test_limits_themselves_are_checked(generator):
 def test_queue_turns_away_requests_past_max_queue(generator, uploads, tmp_path, monkeypatch):
     from gradio_client import Client
 
-    from lvdm.app import build_app
+    from lvdm.generation.app import build_app
 
     entered, release, _ = _blocking_generate(generator, monkeypatch)
     page = build_app(generator, max_queue=1)
@@ -275,7 +275,7 @@ def test_queue_turns_away_requests_past_max_queue(generator, uploads, tmp_path, 
 def test_auth_is_required_when_set(generator, uploads, tmp_path):
     from gradio_client import Client
 
-    from lvdm.app import build_app
+    from lvdm.generation.app import build_app
 
     page = build_app(generator)
     url = _serve(page, allowed_paths=[str(generator.out)], auth=[("ann", "s3cr:et")])
@@ -291,7 +291,7 @@ def test_auth_is_required_when_set(generator, uploads, tmp_path):
 
 
 def test_read_auth(tmp_path):
-    from lvdm.app import read_auth
+    from lvdm.generation.app import read_auth
 
     users = tmp_path / "users.txt"
     users.write_text("# who may use the page\nann:s3cr:et\n\n  bob:two words  \n")

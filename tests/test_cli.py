@@ -314,7 +314,7 @@ def test_export_writes_tied_weights(tmp_path):
 
 def test_export_and_sample_errors_name_the_path(tmp_path):
     from lvdm.checkpoints.export import export_checkpoint
-    from lvdm.sampling import sample
+    from lvdm.generation.sample import sample
 
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
         export_checkpoint(checkpoint=str(tmp_path / "nowhere.ckpt"), out=str(tmp_path / "m.safetensors"))

@@ -145,7 +145,7 @@ def _class_checkpoint(tmp_path, tiny_hparams):
 
 def test_sample_class_labels_from_the_cli(tmp_path, tiny_hparams):
     from lvdm.diffusion.guidance import ClassGuidedDenoiser
-    from lvdm.sampling import sample
+    from lvdm.generation.sample import sample
 
     path, module = _class_checkpoint(tmp_path, tiny_hparams)
     written = sample(str(path), class_label=[3, 7], out=str(tmp_path / "out"), guidance=3.0, device="cpu")
@@ -164,7 +164,7 @@ def test_sample_class_labels_from_the_cli(tmp_path, tiny_hparams):
 def test_preset_sets_the_sources_sampler_and_learned_null_caption(tmp_path):
     from lvdm.models.presets import preset
     from lvdm.training.module import LatentDiffusionModule
-    from lvdm.sampling import apply_preset
+    from lvdm.generation.generator import apply_preset
     from lvdm.text.words import WordTextEncoder
 
     torch.manual_seed(0)

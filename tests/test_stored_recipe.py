@@ -124,7 +124,7 @@ def test_every_command_refuses_the_pipe_payload(tmp_path, tiny, marker, command,
 
 
 def test_the_app_refuses_the_pipe_payload(tmp_path, tiny, marker):
-    from lvdm.app import VideoGenerator
+    from lvdm.generation.app import VideoGenerator
 
     with pytest.raises(UnsafeCheckpointError, match="evil.ckpt"):
         VideoGenerator(str(write_ckpt(tmp_path / "evil.ckpt", pipe_payload(tiny, marker))), out=str(tmp_path / "out"))

@@ -162,9 +162,9 @@ def _run_function(fn: Callable, prog: str, argv: list[str]):
 # Every lvdm command: name → "module:function". Modules are imported only when their command
 # runs (or its --help is asked for), so `lvdm --help` and `lvdm <group> --help` stay fast.
 COMMANDS: dict[str, str] = {
-    "sample": "lvdm.sampling:sample",
+    "sample": "lvdm.generation.sample:sample",
     "estimate": "lvdm.perf.estimate:estimate",
-    "app": "lvdm.app:app",
+    "app": "lvdm.generation.app:app",
 }
 GROUPS: dict[str, dict[str, str]] = {
     "data": {

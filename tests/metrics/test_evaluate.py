@@ -10,7 +10,7 @@ from lvdm.cli import main
 from lvdm.shapes.synthetic import write_synthetic_dataset
 from lvdm.metrics.evaluate import iter_videos
 from lvdm.metrics.fvd import FrechetVideoDistance
-from lvdm.sampling import save_videos
+from lvdm.generation import save_videos
 
 
 @pytest.fixture(scope="module")

@@ -109,7 +109,7 @@ def _generate_fake_set(checkpoint: str, prompt_file: str, out: str, tmp: Path, n
                        steps: Optional[int], guidance: Optional[float], seed: int, batch_size: int,
                        device: str) -> None:
     """Sample one video for each of the first ``num_videos`` prompts of ``prompt_file`` into ``out``."""
-    from lvdm.sampling import sample
+    from lvdm.generation.sample import sample
 
     chosen = tmp / "prompts.txt"
     chosen.write_text("\n".join(read_prompt_file(prompt_file)[:num_videos]) + "\n")

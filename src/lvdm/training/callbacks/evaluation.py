@@ -121,7 +121,7 @@ class PeriodicEvaluation(Callback):
 
     def _show(self, trainer, pl_module, videos: torch.Tensor, prompts: list[str], out: Path) -> None:
         """Write ``videos`` as mp4 to ``out`` and log them (on rank zero, which generated them)."""
-        from lvdm.sampling import save_videos
+        from lvdm.generation import save_videos
 
         if len(videos) == 0:
             return

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lvdm.training.callbacks.ema import averaged_weights_if_any
 from lvdm.training.callbacks.media import log_videos
 from lvdm.training.callbacks.steps import EveryNSteps
-from lvdm.sampling import save_videos
+from lvdm.generation import save_videos
 
 
 class SamplePreview(Callback):

@@ -1,13 +1,13 @@
 """``lvdm app``: a web page over a trained checkpoint — prompts in, mp4 videos out.
 
-Built with Gradio (``pip install 'lvdm[app]'``). The model is loaded once through
-:func:`lvdm.checkpoints.load.load_module`; each request renders one video per prompt with
-:meth:`~lvdm.training.module.LatentDiffusionModule.generate` (the sampler's progress is shown as the
-page's progress bar; an optional image makes it image-to-video) and writes them with :func:`lvdm.sampling.save_videos` to a fresh folder
-under ``out``, from where the page plays the first and offers all for download.
+Built with Gradio (``pip install 'lvdm[app]'``) over the generator ``lvdm sample`` uses
+(:class:`lvdm.generation.Generator`: the model is loaded once); each request renders one video
+per prompt (the sampler's progress is shown as the page's progress bar; an optional image makes
+it image-to-video) into a fresh folder under ``out``, from where the page plays the first and
+offers all for download.
 
 The page is meant to be shown to others: each request is checked against :class:`Limits`
-before anything is read or rendered, the image must be a file the page received as an upload
+(:class:`lvdm.generation.Request`) before anything is read or rendered, the image must be a file the page received as an upload
 (never a path on the server), requests wait in a bounded queue, and ``auth`` can ask for a
 password. A refused request gets a one-line message on the page, not a traceback.
 """
@@ -15,66 +15,16 @@ password. A refused request gets a one-line message on the page, not a traceback
 from __future__ import annotations
 
 import itertools
-import math
-import numbers
 import os
 import secrets
 import tempfile
 import threading
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
+from lvdm.generation.generator import Generator, Limits, Request, check_number, read_given
+
 __all__ = ["Limits", "VideoGenerator", "app", "build_app", "read_auth", "uploaded_file"]
-
-MAX_SEED = 2**32 - 1
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for; a request over any of these is refused with a message naming it.
-
-    Args:
-        max_seconds: longest video, in seconds (the frame count follows the model's fps).
-        max_size: largest height and width, in pixels (an image's sides too).
-        max_steps: most sampler steps.
-        max_prompts: most prompt lines (videos) in one request.
-        max_prompt_chars: longest prompt line, in characters.
-    """
-
-    max_seconds: float = 8.0
-    max_size: int = 512
-    max_steps: int = 100
-    max_prompts: int = 4
-    max_prompt_chars: int = 500
-
-    def __post_init__(self):
-        for field in fields(self):
-            if not getattr(self, field.name) > 0:
-                raise ValueError(f"{field.name} must be positive; got {getattr(self, field.name)}")
-
-
-def _show(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _number(name: str, value, low: float, high: float, flag: str = "", unit: str = "") -> float:
-    """``value`` if it is a number in ``[low, high]``; else a ValueError naming ``name`` and the limit."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number; got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be at least {_show(low)}{unit}; got {_show(value)}{unit}")
-    if value > high:
-        flag = f" (--{flag})" if flag else ""
-        raise ValueError(f"{name} {_show(value)}{unit} is over the limit of {_show(high)}{unit}{flag}")
-    return value
-
-
-def _whole(name: str, value, low: int, high: int, flag: str = "") -> int:
-    """``value`` as an int if it is a whole number in ``[low, high]`` (see :func:`_number`)."""
-    if not float(_number(name, value, low, high, flag)).is_integer():
-        raise ValueError(f"{name} must be a whole number; got {_show(value)}")
-    return int(value)
 
 
 def uploaded_file(path: str, upload_folder: str) -> Path:
@@ -87,8 +37,9 @@ def uploaded_file(path: str, upload_folder: str) -> Path:
     return resolved
 
 
-class VideoGenerator:
-    """What the page calls: a loaded model, the folder its videos go to, and what a request may ask for.
+class VideoGenerator(Generator):
+    """What the page calls: a :class:`~lvdm.generation.Generator`, the folder its videos go to, and
+    what a request may ask for.
 
     Args:
         checkpoint: a ``.ckpt``, DeepSpeed checkpoint directory or exported ``.safetensors``.
@@ -101,104 +52,45 @@ class VideoGenerator:
 
     def __init__(self, checkpoint: str, out: Optional[str] = None, use_ema: bool = True, device: str = "auto",
                  limits: Optional[Limits] = None, max_jobs: int = 1):
-        from lvdm.checkpoints.load import load_module
-        from lvdm.utils import resolve_device
-
         if max_jobs < 1:
             raise ValueError(f"max_jobs must be at least 1; got {max_jobs}")
-        self.loaded = load_module(checkpoint, weights="auto" if use_ema else "raw", map_location=resolve_device(device))
-        self.module = self.loaded.module.eval()
+        super().__init__(checkpoint, use_ema=use_ema, device=device)
         self.out = Path(out) if out else Path(tempfile.mkdtemp(prefix="lvdm_app_"))
-        self.fps = float(getattr(self.module, "fps", 8.0))
         self.limits = limits or Limits()
         self.max_jobs = max_jobs
         self._slots = threading.BoundedSemaphore(max_jobs)
         self._count = itertools.count(1)  # next() is atomic: request folders stay distinct across threads
-
-    @property
-    def frame_multiple(self) -> int:
-        """Frame counts the model accepts are multiples of this (temporal patch × compressor)."""
-        return self.module.denoiser.patch_size[0] * self.module.compressor.time_downsample
-
-    @property
-    def pixel_multiple(self) -> int:
-        """Heights and widths the model accepts are multiples of this."""
-        return max(self.module.denoiser.patch_size[1:]) * self.module.compressor.spatial_downsample
 
     def frames_for(self, seconds: float) -> int:
         """The frame count closest to ``seconds`` of video that the model accepts (at least one multiple)."""
         k = self.frame_multiple
         return max(k, round(seconds * self.fps / k) * k)
 
-    def check_prompts(self, prompts: str) -> list[str]:
-        """The non-empty lines of ``prompts``, within ``max_prompts`` lines of ``max_prompt_chars``."""
+    def request(self, prompts: str, seconds: float, height: int, width: int, steps: int, guidance: float,
+                seed: int, image: Optional[str] = None, loop: bool = False) -> Request:
+        """The page's fields as a :class:`~lvdm.generation.Request` checked against :attr:`limits`
+        (a ValueError naming the limit); the size must also be a multiple of :attr:`pixel_multiple`."""
         lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
-        if not lines:
-            raise ValueError("write at least one prompt")
-        limits = self.limits
-        if len(lines) > limits.max_prompts:
-            raise ValueError(f"{len(lines)} prompt lines are over the limit of {limits.max_prompts} (--max_prompts)")
-        longest = max(len(line) for line in lines)
-        if longest > limits.max_prompt_chars:
-            raise ValueError(f"a prompt of {longest} characters is over the limit of {limits.max_prompt_chars} "
-                             "(--max_prompt_chars)")
-        return lines
-
-    def check_size(self, height, width, what: str = "") -> tuple[int, int]:
-        """``height, width`` as ints: positive multiples of :attr:`pixel_multiple` within ``max_size``."""
-        sides = []
-        for name, value in (("height", height), ("width", width)):
-            value = _whole(f"{what}{name}", value, 1, self.limits.max_size, "max_size")
+        seconds = check_number("duration", seconds, 0, self.limits.max_seconds, "max_seconds", " s")
+        request = Request(lines, self.frames_for(seconds), height, width, steps, guidance, seed, image=image,
+                          loop=loop, limits=self.limits)
+        for name, value in (("height", request.height), ("width", request.width)):
             if value % self.pixel_multiple:
-                raise ValueError(f"{what}{name} must be a positive multiple of {self.pixel_multiple}; got {value}")
-            sides.append(value)
-        return sides[0], sides[1]
-
-    def image_size(self, image: str) -> tuple[int, int]:
-        """The ``height, width`` of an image file, read from its header, checked by :meth:`check_size`."""
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(image) as img:
-                width, height = img.size
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"cannot read the image: {exc}") from None
-        return self.check_size(height, width, "the image's ")
+                raise ValueError(f"{name} must be a positive multiple of {self.pixel_multiple}; got {value}")
+        return request
 
     def __call__(self, prompts: str, seconds: float, height: int, width: int, steps: int, guidance: float,
                  seed: int, image: Optional[str] = None, loop: bool = False) -> list[Path]:
         """Render one mp4 per non-empty line of ``prompts``; returns their paths. With ``image``
         (a file) every video starts on it, resized and centre-cropped to ``height × width`` (image-to-video), and with
-        ``loop`` also ends on it. Everything is checked against :attr:`limits` first (a ValueError
-        naming the limit); at most ``max_jobs`` calls render at once, the others wait."""
-        import torch
-
-        from lvdm.data.given import read_images
-        from lvdm.sampling import save_videos
-
-        lines, limits = self.check_prompts(prompts), self.limits
-        frames = self.frames_for(_number("duration", seconds, 0, limits.max_seconds, "max_seconds", " s"))
-        steps = _whole("steps", steps, 1, limits.max_steps, "max_steps")
-        guidance, seed = _number("guidance", guidance, 0, math.inf), _whole("seed", seed, 0, MAX_SEED)
-        if loop and image is None:
-            raise ValueError("a loop starts and ends on an image: give one")
-        if image is not None and Path(image).is_file():
-            self.image_size(image)  # from the header: a huge image is refused before it is decoded
-        height, width = self.check_size(height, width)
-        first = read_images(image, len(lines), (height, width)) if image is not None else None
-        with self._slots, torch.no_grad():
+        ``loop`` also ends on it. Everything is checked first (:meth:`request`); at most
+        ``max_jobs`` calls render at once, the others wait."""
+        request = self.request(prompts, seconds, height, width, steps, guidance, seed, image, loop)
+        given = read_given(request)
+        with self._slots:
             # an unguessable folder: the page serves files from `out`, and one visitor's videos are not another's
             folder = self.out / f"request_{next(self._count):05d}_{secrets.token_hex(8)}"
-            videos = self.module.generate(lines, num_frames=frames, height=height, width=width, num_steps=steps,
-                                          guidance_scale=float(guidance), seed=seed, progress=True,
-                                          first_frames=first, loop=loop)
-            return save_videos(videos, lines, folder, fps=self.fps)
-
-    def describe_limits(self) -> str:
-        """The limits as the page shows them."""
-        limits = self.limits
-        return (f"at most {limits.max_prompts} prompts of {limits.max_prompt_chars} characters, "
-                f"{limits.max_seconds:g} s, {limits.max_size} pixels a side, {limits.max_steps} steps")
+            return self.write(request, folder, given, step_progress=True)
 
 
 def read_auth(auth: Optional[str] = None, auth_file: Optional[str] = None) -> list[tuple[str, str]]:
@@ -245,7 +137,7 @@ def build_app(generator: VideoGenerator, max_queue: int = 16):
 
     with gr.Blocks(title="lvdm") as page:
         gr.Markdown(f"### lvdm — text to video\n{generator.loaded.describe()}; {fps:g} fps; "
-                    f"{generator.describe_limits()}")
+                    f"{generator.limits.describe()}")
         with gr.Row():
             with gr.Column():
                 prompts = gr.Textbox(label="prompts (one video per line)", lines=3, value="a red square moving left")
@@ -317,7 +209,7 @@ def app(
     users = read_auth(auth, auth_file)
     generator = VideoGenerator(checkpoint, out=out, use_ema=use_ema, device=device, limits=limits, max_jobs=max_jobs)
     page = build_app(generator, max_queue)
-    print(f"serving {generator.loaded.describe()}; videos go to {generator.out}/; {generator.describe_limits()}; "
+    print(f"serving {generator.loaded.describe()}; videos go to {generator.out}/; {generator.limits.describe()}; "
           + (f"a password is asked ({len(users)} user(s))" if users else "no password is asked (see --auth_file)"))
     page.launch(server_name=host, server_port=port, allowed_paths=[str(generator.out)], auth=users or None,
                 max_file_size=max_upload_mb * 1024 * 1024)

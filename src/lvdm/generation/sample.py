@@ -1,0 +1,83 @@
+"""``lvdm sample``: prompts → mp4 files, through :class:`lvdm.generation.Generator` (also what
+``lvdm eval fvd --fake_checkpoint`` calls; the CLI only parses its arguments)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from lvdm.generation.generator import Generator, Request, read_given
+
+
+def clear_video_folder(folder: Path, overwrite: bool) -> None:
+    """Make ``folder`` ready for a new set of videos: refuse it when it already holds mp4 files
+    (or, with ``overwrite``, delete them), and drop its old ``prompts.txt``."""
+    old = sorted(folder.glob("*.mp4")) if folder.is_dir() else []
+    if old and not overwrite:
+        raise FileExistsError(
+            f"{folder} already holds {len(old)} videos (e.g. {old[0].name}); choose another --out "
+            "or pass --overwrite true to delete them"
+        )
+    for path in old:
+        path.unlink()
+    (folder / "prompts.txt").unlink(missing_ok=True)
+
+
+def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Optional[str] = None,
+           out: str = "samples", num_frames: Optional[int] = None, height: Optional[int] = None,
+           width: Optional[int] = None, steps: Optional[int] = None, guidance: Optional[float] = None,
+           seed: int = 0, batch_size: int = 16, use_ema: bool = True, fps: Optional[float] = None,
+           device: str = "auto", image: Optional[str] = None, video: Optional[str] = None, extend: int = 0,
+           context_frames: Optional[int] = None, loop: bool = False, overwrite: bool = False,
+           preset: Optional[str] = None, class_label: Optional[list[int]] = None) -> list[str]:
+    """Generate one mp4 per prompt from a trained checkpoint, ``<out>/<index>_<prompt>.mp4``, with the
+    prompts in file order in ``<out>/prompts.txt``; the noise of prompt ``i`` depends only on ``seed + i``.
+    Image-to-video with ``--image``, continuation with ``--video start.mp4 --extend N`` (models trained
+    with ``frame_masks``).
+
+    Args:
+        checkpoint: a ``.ckpt`` written by ``lvdm fit`` (the model is rebuilt from its recipe), a DeepSpeed
+            checkpoint directory, or a ``.safetensors`` from ``lvdm checkpoint export`` (its weights as exported).
+        prompts: prompts to render, e.g. '["a red square moving left"]'.
+        prompt_file: a text file, one prompt a line (after ``prompts``); ``-`` reads standard input.
+        out: output folder.
+        num_frames: frames per video (default: the model's sample_shape).
+        height: video height in pixels (default: the model's sample_shape, or the given frames'). With
+            ``image``/``video`` give ``height`` and ``width`` together: the given frames are resized (shorter
+            side covers the size) and centre-cropped to it, as training clips are.
+        width: video width in pixels (default: the model's sample_shape, or the given frames').
+        steps: sampler steps (default: the objective's).
+        guidance: classifier-free guidance scale (default: the model's; 1 disables it).
+        seed: base noise seed, 0 to 2**32 - 1.
+        batch_size: prompts generated together.
+        use_ema: use the EMA weights stored in the checkpoint, when there are any.
+        fps: frame rate of the mp4 files (default: the model's ``fps``, the rate of its training clips).
+        device: ``cpu``, ``cuda``, ``cuda:1``… or ``auto`` (a GPU when there is one).
+        image: image-to-video: an image file, the first frame of every video, or a folder of images,
+            one per prompt in name order.
+        video: a video file to continue (the same start for every prompt); needs ``extend``.
+        extend: with ``video``: frames to add; the written videos hold the given frames first.
+        context_frames: with ``video``: given frames per generated window (default: half of ``num_frames``).
+        loop: with ``image``: the video also ends on the image (a seamless loop).
+        overwrite: delete the videos already in ``out`` first; without it a folder that holds videos
+            is refused (``lvdm eval`` would score the old ones with the new).
+        preset: sample the way a published model does (``lvdm.models.presets.TABLE``, e.g.
+            ``opensora-v1.2-stdit3-xl2``): its objective, target convention, shift rule, steps, guidance
+            and null caption replace the checkpoint's (``steps`` and ``guidance`` still win); for a
+            published model's weights, not one trained under lvdm's own objective.
+        class_label: class-conditional models (ImageNet DiT): one video per label, e.g. '[207, 360]'.
+    """
+    from lvdm.utils import read_prompt_file
+
+    texts = list(prompts or []) + (read_prompt_file(prompt_file) if prompt_file else [])
+    request = Request(texts, num_frames, height, width, steps, guidance, seed, image, video, extend, context_frames,
+                      loop, class_label)
+    given = read_given(request)
+    out_dir = Path(out)
+    clear_video_folder(out_dir, overwrite)
+    generator = Generator(checkpoint, use_ema=use_ema, device=device, preset=preset)
+    fps = fps or generator.fps
+    print(f"sampling with {generator.loaded.describe()}; writing {fps:g} fps")
+    written = generator.write(request, out_dir, given, batch_size=batch_size, fps=fps)
+    print(f"wrote {len(written)} videos to {out_dir}/")
+    return [str(path) for path in written]

@@ -1,0 +1,89 @@
+"""One generator behind `lvdm sample` and `lvdm app`: a request is checked by one set of rules,
+before the checkpoint is loaded, and both write the same video for the same request."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lvdm.checkpoints.load import build_module
+from lvdm.data.video import read_frames
+from lvdm.generation import Generator, Limits, Request
+from lvdm.generation.app import VideoGenerator
+from lvdm.generation.sample import sample
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_hparams):
+    torch.manual_seed(0)
+    hparams = tiny_hparams(sample_shape=[4, 16, 16], fps=4)
+    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    torch.save({"state_dict": build_module(hparams).state_dict(), "hyper_parameters": hparams, "global_step": 3,
+                "callbacks": {}}, path)
+    return path
+
+
+def test_loop_without_an_image_is_one_rule_for_the_cli_and_the_app(checkpoint, tmp_path):
+    """The rule was written three times, with three messages; now the CLI and the page say the same."""
+    message = "a loop starts and ends on an image: give one (--image)"
+    with pytest.raises(ValueError) as from_request:
+        Request(["a red square"], loop=True)
+    with pytest.raises(ValueError) as from_cli:
+        sample(str(tmp_path / "not_loaded.ckpt"), prompts=["a red square"], loop=True, out=str(tmp_path / "out"))
+    with pytest.raises(ValueError) as from_app:
+        VideoGenerator(str(checkpoint), out=str(tmp_path / "app"), device="cpu")("a red square", 1.0, 16, 16, 2,
+                                                                                    3.0, 0, loop=True)
+    assert str(from_request.value) == str(from_cli.value) == str(from_app.value) == message
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"num_frames": 0}, "num_frames must be at least 1; got 0"),  # was the model's frame count, silently
+    ({"height": 0, "width": 16}, "height must be positive; got 0"),  # was the model's height, silently
+    ({"steps": 0}, "steps must be at least 1; got 0"),
+    ({"guidance": -1.0}, "guidance must be at least 0; got -1"),
+    ({"guidance": float("nan")}, "guidance must be a number; got nan"),
+    ({"seed": 2**32}, "seed 4294967296 is over the limit of 4294967295"),
+])
+def test_sample_checks_the_numbers_before_loading(tmp_path, change, message):
+    """The app checked these; `lvdm sample` loaded the checkpoint first (here: one that does not
+    exist) and then used a default or failed inside the model."""
+    with pytest.raises(ValueError) as err:
+        sample(str(tmp_path / "not_loaded.ckpt"), prompts=["a red square"], out=str(tmp_path / "out"), **change)
+    assert str(err.value) == message
+
+
+def test_limits_bound_a_request_and_require_its_numbers():
+    limits = Limits(max_size=32, max_steps=3)
+    assert Request(["a"], 4, 16, 16, 2, 3.0, 0, limits=limits).steps == 2
+    with pytest.raises(ValueError, match=r"^steps must be a number; got None$"):  # the model's default may be over it
+        Request(["a"], 4, 16, 16, None, 3.0, 0, limits=limits)
+    with pytest.raises(ValueError, match=r"^steps 4 is over the limit of 3 \(--max_steps\)$"):
+        Request(["a"], 4, 16, 16, 4, 3.0, 0, limits=limits)
+    assert Request(["a"]).steps is None  # without limits: the model's default
+
+
+def test_sample_and_the_app_write_the_same_videos(checkpoint, tmp_path):
+    ramp = np.zeros((8, 12, 3), dtype=np.uint8)
+    ramp[..., 0] = np.linspace(40, 200, 12, dtype=np.uint8)[None]
+    Image.fromarray(ramp).save(tmp_path / "first.png")
+    page = VideoGenerator(str(checkpoint), out=str(tmp_path / "app"), device="cpu")
+    for image in (None, str(tmp_path / "first.png")):
+        out = tmp_path / f"cli_{image is not None}"
+        written = sample(str(checkpoint), prompts=["a red square", "a blue circle"], out=str(out), num_frames=4,
+                         height=16, width=12, steps=2, guidance=3.0, seed=5, batch_size=1, device="cpu", image=image)
+        served = page("a red square\na blue circle", 1.0, 16, 12, 2, 3.0, 5, image=image)
+        assert [p.rsplit("/", 1)[1] for p in written] == [p.name for p in served]
+        assert (out / "prompts.txt").read_text() == "a red square\na blue circle\n"
+        for ours, theirs in zip(written, served):
+            assert (read_frames(ours)[0] == read_frames(theirs)[0]).all()
+
+
+def test_generator_writes_a_continuation(checkpoint, tmp_path):
+    generator = Generator(str(checkpoint), device="cpu")
+    start = generator.module.generate(["a red square"], num_steps=1, seed=1)
+    from lvdm.generation import save_videos
+
+    (clip,) = save_videos(start, ["start"], tmp_path / "start", fps=4)
+    (path,) = generator.write(Request(["a red square"], steps=1, video=str(clip), extend=4), tmp_path / "out")
+    frames, fps = read_frames(path)
+    assert frames.shape == (8, 16, 16, 3) and fps == 4  # the 4 given frames, then 4 new ones
