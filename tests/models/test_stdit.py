@@ -100,3 +100,18 @@ def test_stdit3_position_scale_follows_the_pixel_resolution():
     hh, ww = np.meshgrid(rows, cols, indexing="ij")
     want = np.concatenate([code(16, ww.reshape(-1)), code(16, hh.reshape(-1))], axis=1)
     assert np.abs(sincos_2d(32, 6, 10, base, scale).numpy() - want).max() < 1e-5
+
+
+@pytest.mark.parametrize("size", [(30, 53), (45, 80)], ids=["240p-9:16", "360p-9:16"])
+def test_open_sora_odd_latent_sizes(size):
+    """Open-Sora 1.2's own 240p and 360p 9:16 sizes give latents 30×53 and 45×80, not whole
+    2×2 patches: padded to 15×27 / 23×40 patches and the prediction cropped back."""
+    from lvdm.models.presets import preset
+
+    model = _random(preset("opensora-v1.2-stdit3-xl2", in_channels=3, hidden_size=24, depth=1, num_heads=2,
+                           context_dim=8, context_length=4))
+    x = torch.randn(1, 3, 2, *size)
+    pixels = torch.tensor([[240.0, 426.0]] if size[0] == 30 else [[360.0, 640.0]])
+    with torch.no_grad():
+        out = model(x, torch.tensor([500.0]), resolution=pixels)
+    assert out.shape == x.shape and torch.isfinite(out).all()

@@ -29,7 +29,8 @@ from torch import nn
 
 from lvdm.models.embeddings import LabelEmbedder, PatchEmbed3D, TimestepEmbedder, check_latents, sincos_pos_embed_3d
 from lvdm.models.flops import DiTShape
-from lvdm.models.layers import FinalLayer, gated, init_linears_and_patches, modulate, unpatchify, zero_final_layer
+from lvdm.models.layers import (FinalLayer, gated, init_linears_and_patches, modulate, pad_to_patches, unpatchify,
+                               zero_final_layer)
 from lvdm.models.parallel_plan import SequenceSplit
 from lvdm.ops.attention import attention
 
@@ -469,12 +470,14 @@ class DiT(nn.Module):
         modulation applies to each frame's tokens), conditioned on text tokens ``context``
         ``[B, L, context_dim]`` (with boolean ``context_mask`` ``[B, L]``) or on
         ``class_labels`` ``[B]``. A frame count that is not a multiple of the temporal patch (an
-        image: ``T = 1``) is padded by repeating the last frame, and the prediction cut back to
-        ``T`` frames."""
+        image: ``T = 1``) is padded by repeating the last frame, a height or width that is not a
+        multiple of the spatial patch is zero-padded at the end (as Open-Sora 1.2), and the
+        prediction is cropped back to ``T × H × W``."""
         check_latents(x, self.in_channels)
         b, _, t, h, w = x.shape
         if t % self.patch_size[0]:  # images and odd lengths: repeat the last frame to whole temporal patches
             x = torch.cat([x, x[:, :, -1:].expand(-1, -1, -t % self.patch_size[0], -1, -1)], dim=2)
+        x = pad_to_patches(x, self.patch_size, time=False)
         tokens, grid = self.x_embedder(x)
         if self.position == "sincos_2d":
             from lvdm.models.stdit import sincos_2d  # stdit imports this module
@@ -508,7 +511,7 @@ class DiT(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, block_c, grid, ctx, ctx_mask, num_prefix, mask)
         tokens = self.final_layer(tokens[:, num_prefix:], c)
-        return self.unpatchify(tokens, grid)[:, :, :t]
+        return self.unpatchify(tokens, grid)[:, :, :t, :h, :w]
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         return unpatchify(tokens, grid, self.patch_size, self.out_channels)

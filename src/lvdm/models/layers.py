@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -77,6 +78,16 @@ def unpatchify(tokens: torch.Tensor, grid: tuple[int, int, int], patch_size: Seq
     t, h, w = grid
     x = tokens.reshape(b, t, h, w, pt, ph, pw, out_channels)
     return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, out_channels, t * pt, h * ph, w * pw)
+
+
+def pad_to_patches(x: torch.Tensor, patch_size: Sequence[int], time: bool = True) -> torch.Tensor:
+    """Latents ``[B, C, T, H, W]`` zero-padded at the end of W, H (and T, with ``time``) to whole
+    patches, as Open-Sora 1.2's ``PatchEmbed3D`` pads; the model crops its output back with
+    ``out[..., :T, :H, :W]`` (STDiT3's ``unpatchify``). Whole-patch latents are returned as is."""
+    _, _, t, h, w = x.shape
+    pt, ph, pw = patch_size
+    pad = (0, -w % pw, 0, -h % ph, 0, -t % pt if time else 0)
+    return F.pad(x, pad) if any(pad) else x
 
 
 def init_linears_and_patches(model: nn.Module) -> None:

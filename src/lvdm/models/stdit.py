@@ -48,9 +48,10 @@ import torch
 from torch import nn
 
 from lvdm.models.dit import Attention, Mlp
-from lvdm.models.embeddings import PatchEmbed3D, TimestepEmbedder, sincos_1d
+from lvdm.models.embeddings import PatchEmbed3D, TimestepEmbedder, check_latents, sincos_1d
 from lvdm.models.flops import attention_flops, cross_attention_flops, mlp_flops, mm, patch_grid
-from lvdm.models.layers import FinalLayer, init_linears_and_patches, modulate, unpatchify, zero_final_layer
+from lvdm.models.layers import (FinalLayer, init_linears_and_patches, modulate, pad_to_patches, unpatchify,
+                               zero_final_layer)
 from lvdm.models.parallel_plan import SequenceSplit
 from lvdm.models.rope import apply_rope, rope_1d, rope_3d
 
@@ -472,9 +473,11 @@ class STDiT(nn.Module):
         ``[B, L, context_dim]`` with boolean ``context_mask`` ``[B, L]`` (None: the learned null
         caption). Micro-conditions (when the model has them): ``resolution`` ``[B, 2]`` pixels
         ``(h, w)``, ``aspect_ratio`` ``[B]``, ``fps`` ``[B]``; derived from ``x`` /
-        ``default_fps`` when not given."""
-        b = x.shape[0]
-        tokens, grid = self.x_embedder(x)
+        ``default_fps`` when not given. Any latent size is taken: H, W and T are zero-padded
+        at the end to whole patches and the prediction is cropped back (Open-Sora 1.2)."""
+        check_latents(x, self.in_channels)
+        b, _, *size = x.shape
+        tokens, grid = self.x_embedder(pad_to_patches(x, self.patch_size))
         t, h, w = grid
         tokens = tokens.view(b, t, h * w, self.hidden_size)
         if self.position == "sincos_2d":
@@ -494,7 +497,7 @@ class STDiT(nn.Module):
             if self.temporal == "blocks":
                 tokens = self.temporal_blocks[i](tokens, mods, ctx, ctx_mask, positions if i == 0 else later)
         out = self.unpatchify(self.final_layer(tokens.flatten(1, 2), c), grid)
-        return out[:, : self.in_channels]
+        return out[:, : self.in_channels, : size[0], : size[1], : size[2]]
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """``[B, T·S, pt·ph·pw·C_out]`` → ``[B, C_out, T·pt, H·ph, W·pw]``."""
