@@ -140,6 +140,13 @@ def test_stored_fixed_codes_are_checked_and_dropped():
         opensora.convert_state_dict(stored, wrong)
     code = torch.from_numpy(_opensora_sincos_2d(D, 32, 1.0, base_size=32)).float()
     assert opensora.convert_state_dict({"pos_embed": code}, pixart) == {}
+    with torch.device("meta"):  # Open-Sora 1.0's 64×512² config: time_scale 2/3
+        long = preset("opensora-v1.0-stdit-xl2-64x512", depth=1)
+    out = np.outer(np.arange(64.0) / (2 / 3), omega)
+    scaled = {"pos_embed_temporal": torch.from_numpy(np.concatenate([np.sin(out), np.cos(out)], 1)[None]).float()}
+    assert opensora.convert_state_dict(scaled, long) == {}
+    with pytest.raises(ValueError, match=r"'pos_embed_temporal'.*time_scale=1\b"):
+        opensora.convert_state_dict(scaled, wrong)
     freqs = 1.0 / 10000 ** (torch.arange(0, 72, 2).float() / 72)  # rotary_embedding_torch's 'lang' frequencies
     assert opensora.convert_state_dict({"rope.freqs": freqs}, v3) == {}
 

@@ -87,10 +87,11 @@ def _sincos_2d(hidden_size, h, w, base_size, interpolation_scale) -> torch.Tenso
 
 
 @lru_cache(maxsize=64)
-def sincos_frames(hidden_size: int, length: int) -> torch.Tensor:
-    """1D sin-cos code ``[length, hidden]`` of frame positions ``0 … length-1`` (float32)."""
+def sincos_frames(hidden_size: int, length: int, time_scale: float = 1.0) -> torch.Tensor:
+    """1D sin-cos code ``[length, hidden]`` (float32) of frame positions ``i / time_scale``,
+    ``i = 0 … length-1`` (Open-Sora 1.0's ``get_1d_sincos_pos_embed``, float64 positions)."""
     with torch.device("cpu"):
-        return sincos_1d(hidden_size, torch.arange(length, dtype=torch.float32)).float()
+        return sincos_1d(hidden_size, torch.arange(length, dtype=torch.float64) / time_scale).float()
 
 
 class Positions(NamedTuple):
@@ -220,6 +221,8 @@ class STDiT(nn.Module):
             patch``; None: positions 0 … n-1, Open-Sora).
         interpolation_scale: positions are divided by this (PixArt: ``max(sample_size // 64,
             1)``; Open-Sora 1.0: its ``space_scale``, 0.5 at 256 px).
+        time_scale: frame positions of the temporal sin-cos code are divided by this
+            (Open-Sora 1.0's ``time_scale``: 2/3 in its 64- and 360-frame 512 px configs).
         resolution_scale: Open-Sora 1.2's position scale instead of the two above: the
             reference size in pixels (its ``input_sq_size``, 512); positions are divided by
             ``√(H·W) / resolution_scale`` of the pixel resolution (``forward``'s ``resolution``,
@@ -272,6 +275,7 @@ class STDiT(nn.Module):
         position: Position = "sincos_2d",
         base_size: Optional[int] = None,
         interpolation_scale: float = 1.0,
+        time_scale: float = 1.0,
         resolution_scale: Optional[int] = None,
         qk_norm: bool = False,
         size_conditioning: bool = False,
@@ -281,6 +285,8 @@ class STDiT(nn.Module):
     ):
         super().__init__()
         self._check_options(temporal, temporal_position, position, hidden_size, size_conditioning)
+        if not time_scale > 0:
+            raise ValueError(f"STDiT.time_scale must be > 0, got {time_scale}")
         if isinstance(patch_size, int):
             patch_size = (1, patch_size, patch_size)
         self.in_channels = in_channels
@@ -290,6 +296,7 @@ class STDiT(nn.Module):
         self.context_dim, self.context_length = context_dim, context_length
         self.temporal, self.temporal_position, self.position = temporal, temporal_position, position
         self.base_size, self.interpolation_scale = base_size, float(interpolation_scale)
+        self.time_scale = float(time_scale)
         self.resolution_scale = resolution_scale
         self.size_conditioning, self.fps_conditioning = size_conditioning, fps_conditioning
         self.latent_scale, self.default_fps = latent_scale, float(default_fps)
@@ -451,9 +458,9 @@ class STDiT(nn.Module):
         if self.temporal_position == "rope":
             return Positions(temporal_rope=tuple(c.to(device)[None] for c in rope_1d(t, head_dim)))
         if self.temporal_position == "sincos_branch":
-            return Positions(temporal_sincos=sincos_frames(self.hidden_size, t).to(device)[None])
+            return Positions(temporal_sincos=sincos_frames(self.hidden_size, t, self.time_scale).to(device)[None])
         if self.temporal_position == "sincos_stream" and t > 1:
-            return Positions(stream_sincos=sincos_frames(self.hidden_size, t).to(device)[None])
+            return Positions(stream_sincos=sincos_frames(self.hidden_size, t, self.time_scale).to(device)[None])
         return Positions()
 
     # ------------------------------------------------------------------------------ forward

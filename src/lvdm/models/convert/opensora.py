@@ -79,8 +79,8 @@ def _check_computed(key: str, stored: torch.Tensor, model: STDiT) -> None:
         ours = rope_frequencies(model.hidden_size // model.num_heads)
         what = "rotary frequencies"
     elif key == "pos_embed_temporal":
-        ours = sincos_frames(model.hidden_size, stored.shape[-2])
-        what = "temporal sin-cos code"
+        ours = sincos_frames(model.hidden_size, stored.shape[-2], model.time_scale)
+        what = f"temporal sin-cos code (time_scale={model.time_scale:.4g})"
     else:
         side = int(round(stored.shape[-2] ** 0.5))  # the published codes are of square grids
         ours = sincos_2d(model.hidden_size, side, side, model.base_size, model.interpolation_scale)
