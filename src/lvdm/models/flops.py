@@ -142,5 +142,6 @@ class DiTShape:
             attention_flops(out, b, h * w, t, d)
         if self.conditioning == "cross_attn":
             cross_attention_flops(out, b, n, L, d)
-        mlp_flops(out, b, prefix + n, d, self.mlp_hidden)
+        # the spatial-temporal block carries the condition tokens in every frame
+        mlp_flops(out, b, prefix * (1 if self.layout == "full" else t) + n, d, self.mlp_hidden)
 

@@ -41,23 +41,23 @@ and broadcast over the frame's tokens.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Callable, Literal, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
 
-from lvdm.models.dit import Attention, Mlp
 from lvdm.models.embeddings import PatchEmbed3D, TimestepEmbedder, check_latents, sincos_1d
 from lvdm.models.flops import attention_flops, cross_attention_flops, mlp_flops, mm, patch_grid
-from lvdm.models.layers import (FinalLayer, init_linears_and_patches, modulate, pad_to_patches, unpatchify,
-                               zero_final_layer)
+from lvdm.models.layers import (Attention, FinalLayer, Mlp, init_linears_and_patches, modulate, pad_to_patches,
+                               unpatchify, zero_final_layer, zero_init_block)
 from lvdm.models.parallel_plan import SequenceSplit
 from lvdm.models.rope import apply_rope, rope_1d, rope_3d
 
 Temporal = Literal["none", "inline", "blocks"]
 TemporalPosition = Literal["none", "sincos_stream", "sincos_branch", "rope"]
 Position = Literal["sincos_2d", "rope_3d"]
+Modulation = Literal["table", "adaln", "none"]
 Rope = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -114,15 +114,37 @@ class Positions(NamedTuple):
         return None
 
 
-def attend(attn: Attention, x: torch.Tensor, temporal: bool, rope: Optional[Rope] = None) -> torch.Tensor:
+def attend(attn: Attention, x: torch.Tensor, temporal: bool, rope: Optional[Rope] = None,
+           prefix_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Self-attention of ``x`` ``[B, T, S, D]`` within each frame (over S) or, ``temporal``,
     across frames at each position (over T). Under sequence parallelism the frames are split
-    across ranks, so attention across them is ``sharded`` (its keys live on every rank)."""
+    across ranks, so attention across them is ``sharded`` (its keys live on every rank).
+
+    ``prefix_mask`` ``[B, P]``: the first P of every frame's S tokens are the same condition
+    tokens (lvdm DiT's in-context conditioning, valid where True): within a frame they are
+    keys like the frame's tokens and each takes the mean of its per-frame updates (so the copies
+    stay equal); across frames they are left out (zero update)."""
     b, t, s, d = x.shape
+    if prefix_mask is not None:
+        p = prefix_mask.shape[1]
+        if temporal:
+            return torch.cat([torch.zeros_like(x[:, :, :p]), attend(attn, x[:, :, p:], True, rope)], dim=2)
+        keys = torch.cat([prefix_mask, prefix_mask.new_ones(b, s - p)], dim=1).repeat_interleave(t, dim=0)
+        out = attn(x.reshape(b * t, s, d), key_mask=keys, rope=rope).reshape(b, t, s, d)
+        return torch.cat([out[:, :, :p].mean(1, keepdim=True).expand(-1, t, -1, -1), out[:, :, p:]], dim=2)
     if temporal:
         out = attn(x.transpose(1, 2).reshape(b * s, t, d), rope=rope, sharded=True)
         return out.reshape(b, s, t, d).transpose(1, 2)
     return attn(x.reshape(b * t, s, d), rope=rope).reshape(b, t, s, d)
+
+
+def _branch(fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, rows) -> torch.Tensor:
+    """A residual branch on normalised tokens ``h``: modulated and gated by its (shift, scale,
+    gate) ``rows``, or plain (None: no modulation)."""
+    if rows is None:
+        return fn(h)
+    shift, scale, gate = rows
+    return gate * fn(modulate(h, shift, scale))
 
 
 class PixArtBlock(nn.Module):
@@ -136,59 +158,120 @@ class PixArtBlock(nn.Module):
         temporal: attend across frames instead of within a frame.
         cross_attention: include the text cross-attention (Latte's temporal blocks have none).
         qk_norm: RMS-normalise self-attention queries and keys (STDiT3; never cross-attention).
+        modulation: where each branch's (shift, scale, gate) come from: ``"table"``
+            (adaLN-single: the model's shared ``t_block`` output plus this block's
+            ``scale_shift_table``), ``"adaln"`` (adaLN-zero: this block's ``adaLN_modulation``
+            linear of the conditioning vector) or ``"none"`` (affine LayerNorms, no gates).
+        cross_norm: a LayerNorm in front of the cross-attention (lvdm's DiT).
+        cross_qk_norm: RMS-normalise the cross-attention's queries and keys (lvdm's DiT).
     """
 
+    #: self-attention branches with their own (shift, scale, gate) rows (the MLP has one more)
+    attention_branches = 1
+
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, temporal: bool = False,
-                 cross_attention: bool = True, qk_norm: bool = False):
+                 cross_attention: bool = True, qk_norm: bool = False, modulation: Modulation = "table",
+                 cross_norm: bool = False, cross_qk_norm: bool = False):
         super().__init__()
-        self.temporal = temporal
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm)
-        self.cross_attn = Attention(hidden_size, num_heads, cross=True) if cross_attention else None
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        if modulation not in ("table", "adaln", "none"):
+            raise ValueError(f"modulation must be table, adaln or none, got {modulation!r}")
+        self.temporal, self.modulation = temporal, modulation
+        self.add_layers(norm1=self.norm(hidden_size), attn=Attention(hidden_size, num_heads, qk_norm=qk_norm))
+        if cross_attention and cross_norm:
+            self.cross_norm = nn.LayerNorm(hidden_size, eps=1e-6)
+        self.cross_attn = Attention(hidden_size, num_heads, cross=True, qk_norm=cross_qk_norm) if cross_attention else None
+        self.add_layers(norm2=self.norm(hidden_size))
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-        self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
+        self.num_modulations = 3 * (self.attention_branches + 1)
+        if modulation == "table":
+            self.scale_shift_table = nn.Parameter(torch.randn(self.num_modulations, hidden_size) / hidden_size**0.5)
+        elif modulation == "adaln":
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, self.num_modulations * hidden_size))
+
+    def norm(self, hidden_size: int) -> nn.LayerNorm:
+        """A branch's pre-norm: affine only when no modulation scales and shifts it."""
+        return nn.LayerNorm(hidden_size, elementwise_affine=self.modulation == "none", eps=1e-6)
+
+    def add_layers(self, **layers: nn.Module) -> None:
+        """Register sub-layers under their names (a subclass may keep other checkpoint names)."""
+        for name, layer in layers.items():
+            setattr(self, name, layer)
 
     def output_projections(self) -> list[nn.Linear]:
         """The last linear of every residual branch: all zero makes the block the identity."""
         projs = [self.attn.proj, self.mlp.fc2]
         return projs + ([self.cross_attn.proj] if self.cross_attn is not None else [])
 
-    def forward(self, x: torch.Tensor, mods: torch.Tensor, context: Optional[torch.Tensor] = None,
-                context_mask: Optional[torch.Tensor] = None, positions: Positions = Positions()) -> torch.Tensor:
-        """``x`` ``[B, T, S, D]``; ``mods`` ``[B, T or 1, 6, D]``: the shared ``t_block`` output
-        (per frame or per sample); ``context`` ``[B, L, D]`` projected text tokens."""
-        table = mods + self.scale_shift_table.to(mods.dtype)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = table.unsqueeze(3).unbind(2)
+    def zero_init(self) -> None:
+        """DiT's way to make the block the identity (:func:`~lvdm.models.layers.zero_init_block`):
+        zero gates, or zero residual outputs without modulation; zero cross-attention output."""
+        zero_init_block(self, self.output_projections())
+
+    def modulations(self, mods: Optional[torch.Tensor]) -> Optional[tuple[torch.Tensor, ...]]:
+        """The (shift, scale, gate) rows of every branch, each ``[B, T or 1, 1, D]``, from the
+        shared ``t_block`` output ``[B, T or 1, n, D]`` (``"table"``) or the conditioning vector
+        ``[B, T or 1, D]`` (``"adaln"``); None without modulation."""
+        if self.modulation == "none":
+            return None
+        if self.modulation == "adaln":
+            mods = self.adaLN_modulation(mods).unflatten(-1, (self.num_modulations, -1))
+        else:
+            mods = mods + self.scale_shift_table.to(mods.dtype)
+        return mods.unsqueeze(3).unbind(2)
+
+    def forward(self, x: torch.Tensor, mods: Optional[torch.Tensor], context: Optional[torch.Tensor] = None,
+                context_mask: Optional[torch.Tensor] = None, positions: Positions = Positions(),
+                prefix_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x`` ``[B, T, S, D]``; ``mods``: see :meth:`modulations` (per frame or per sample);
+        ``context`` ``[B, L, D]`` projected text tokens; ``prefix_mask``: see :func:`attend`."""
+        rows = self.modulations(mods)
         if self.temporal and positions.stream_sincos is not None:  # Latte: frame code into the stream
             x = x + positions.stream_sincos[:, :, None].to(x.dtype)
-        x = self.self_attention(x, shift_msa, scale_msa, gate_msa, positions)
+        x = self.self_attention(x, rows, positions, prefix_mask)
         if self.cross_attn is not None:  # per token: run on the whole sequence, not per frame
             b, t, s, d = x.shape
-            x = x + self.cross_attn(x.reshape(b, t * s, d), context=context, key_mask=context_mask).view(b, t, s, d)
-        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+            h = self.cross_norm(x) if hasattr(self, "cross_norm") else x
+            x = x + self.cross_attn(h.reshape(b, t * s, d), context=context, key_mask=context_mask).view(b, t, s, d)
+        return x + _branch(self.mlp, self.norm2(x), rows and rows[-3:])
 
-    def self_attention(self, x, shift, scale, gate, positions: Positions) -> torch.Tensor:
+    def self_attention(self, x, rows, positions: Positions, prefix_mask=None) -> torch.Tensor:
         rope = positions.rope(self.temporal, x.shape[0])
-        return x + gate * attend(self.attn, modulate(self.norm1(x), shift, scale), self.temporal, rope)
+        attn = partial(attend, self.attn, temporal=self.temporal, rope=rope, prefix_mask=prefix_mask)
+        return x + _branch(attn, self.norm1(x), rows and rows[:3])
 
 
 class STDiTBlock(PixArtBlock):
-    """Open-Sora 1.0's block: a spatial :class:`PixArtBlock` whose attention branch is followed
-    by attention across frames (``attn_temp``) on the un-normalised, unmodulated tokens,
-    scaled by the same gate; block 0 adds the temporal sin-cos code to that branch's input."""
+    """The spatial-temporal block: a spatial :class:`PixArtBlock` whose attention branch is
+    followed by attention across frames (``attn_temp``). Open-Sora 1.0 runs it on the
+    un-normalised, unmodulated tokens, scaled by the spatial gate, and block 0 adds the
+    temporal sin-cos code to that branch's input; with ``temporal_norm`` (lvdm's
+    ``DiT(layout="spatial_temporal")``) it is a branch of its own: LayerNorm ``norm_temp``
+    and its own (shift, scale, gate) rows."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
-        super().__init__(hidden_size, num_heads, mlp_ratio, temporal=False, cross_attention=True, qk_norm=qk_norm)
-        self.attn_temp = Attention(hidden_size, num_heads, qk_norm=qk_norm)
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False,
+                 temporal_norm: bool = False, **options):
+        if not temporal_norm and options.get("modulation") == "none":
+            raise ValueError("an STDiTBlock without temporal_norm gates its temporal attention: it needs modulation")
+        self.temporal_norm = temporal_norm
+        super().__init__(hidden_size, num_heads, mlp_ratio, qk_norm=qk_norm, **options)
+        layers = dict(attn_temp=Attention(hidden_size, num_heads, qk_norm=qk_norm))
+        self.add_layers(**(dict(norm_temp=self.norm(hidden_size), **layers) if temporal_norm else layers))
+
+    @property
+    def attention_branches(self) -> int:
+        return 2 if self.temporal_norm else 1
 
     def output_projections(self) -> list[nn.Linear]:
         return super().output_projections() + [self.attn_temp.proj]
 
-    def self_attention(self, x, shift, scale, gate, positions: Positions) -> torch.Tensor:
-        x = super().self_attention(x, shift, scale, gate, positions)
+    def self_attention(self, x, rows, positions: Positions, prefix_mask=None) -> torch.Tensor:
+        x = super().self_attention(x, rows, positions, prefix_mask)
+        attn = partial(attend, self.attn_temp, temporal=True, rope=positions.rope(True, x.shape[0]),
+                       prefix_mask=prefix_mask)
+        if self.temporal_norm:
+            return x + _branch(attn, self.norm_temp(x), rows and rows[3:6])
         x_t = x if positions.temporal_sincos is None else x + positions.temporal_sincos[:, :, None].to(x.dtype)
-        return x + gate * attend(self.attn_temp, x_t, temporal=True, rope=positions.rope(True, x.shape[0]))
+        return x + rows[2] * attn(x_t)
 
 
 class STDiT(nn.Module):
