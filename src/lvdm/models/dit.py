@@ -22,6 +22,7 @@ and the final projection is zero, so an untrained model predicts 0 (DiT's
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Literal, Optional, Sequence
 
@@ -177,6 +178,46 @@ SPATIAL_TEMPORAL_PLAN = SequenceSplit(
 )
 
 
+def _resolve_size(size, patch_size, hidden_size, depth, num_heads) -> tuple:
+    """(patch ``(pt, ph, pw)``, hidden size, depth, heads): the given values, the rest from the
+    ``size`` preset; an int patch ``p`` is ``(1, p, p)`` (default 2)."""
+    if size is not None:
+        p_depth, p_hidden, p_heads, p_patch = parse_size(size)
+        depth = depth or p_depth
+        hidden_size = hidden_size or p_hidden
+        num_heads = num_heads or p_heads
+        patch_size = patch_size or p_patch
+    if hidden_size is None or depth is None or num_heads is None:
+        raise ValueError("give DiT a `size` preset or all of hidden_size, depth and num_heads")
+    patch_size = patch_size or 2
+    if isinstance(patch_size, int):
+        patch_size = (1, patch_size, patch_size)
+    return patch_size, hidden_size, depth, num_heads
+
+
+def _check_options(patch_size, hidden_size, num_heads, conditioning, layout, context_dim, num_classes,
+                   adaln_single, position) -> None:
+    if len(patch_size) != 3 or any(int(p) < 1 for p in patch_size):
+        raise ValueError(f"DiT.patch_size must be 3 positive sizes (pt, ph, pw), got {list(patch_size)}")
+    if context_dim < 0 or num_classes < 0:
+        raise ValueError(f"DiT.context_dim and DiT.num_classes must be >= 0, got {context_dim}, {num_classes}")
+    if hidden_size % num_heads:
+        raise ValueError(f"DiT.num_heads ({num_heads}) must divide DiT.hidden_size ({hidden_size})")
+    if conditioning not in ("adaln", "cross_attn", "in_context"):
+        raise ValueError(f"conditioning must be adaln, cross_attn or in_context, got {conditioning!r}")
+    if position not in ("sincos_3d", "sincos_2d"):
+        raise ValueError(f"DiT.position must be sincos_3d or sincos_2d, got {position!r}")
+    if layout not in ("full", "spatial_temporal"):
+        raise ValueError(f"layout must be full or spatial_temporal, got {layout!r}")
+    if num_classes and context_dim:
+        raise ValueError("a DiT is conditioned on class labels or on text (context_dim), not both")
+    if adaln_single and conditioning == "in_context":
+        raise ValueError(
+            "adaln_single=True needs conditioning='adaln' or 'cross_attn': in_context conditioning "
+            "has no adaLN modulation to share"
+        )
+
+
 def _check_positive(**values) -> None:
     for key, value in values.items():
         if not value > 0:
@@ -236,38 +277,11 @@ class DiT(nn.Module):
         timestep_freq_shift: float = 0.0,
     ):
         super().__init__()
-        if size is not None:
-            p_depth, p_hidden, p_heads, p_patch = parse_size(size)
-            depth = depth or p_depth
-            hidden_size = hidden_size or p_hidden
-            num_heads = num_heads or p_heads
-            patch_size = patch_size or p_patch
-        if hidden_size is None or depth is None or num_heads is None:
-            raise ValueError("give DiT a `size` preset or all of hidden_size, depth and num_heads")
-        patch_size = patch_size or 2
-        if isinstance(patch_size, int):
-            patch_size = (1, patch_size, patch_size)
+        patch_size, hidden_size, depth, num_heads = _resolve_size(size, patch_size, hidden_size, depth, num_heads)
         _check_positive(in_channels=in_channels, hidden_size=hidden_size, depth=depth, num_heads=num_heads,
                         mlp_ratio=mlp_ratio, out_channels=1 if out_channels is None else out_channels)
-        if len(patch_size) != 3 or any(int(p) < 1 for p in patch_size):
-            raise ValueError(f"DiT.patch_size must be 3 positive sizes (pt, ph, pw), got {list(patch_size)}")
-        if context_dim < 0 or num_classes < 0:
-            raise ValueError(f"DiT.context_dim and DiT.num_classes must be >= 0, got {context_dim}, {num_classes}")
-        if hidden_size % num_heads:
-            raise ValueError(f"DiT.num_heads ({num_heads}) must divide DiT.hidden_size ({hidden_size})")
-        if conditioning not in ("adaln", "cross_attn", "in_context"):
-            raise ValueError(f"conditioning must be adaln, cross_attn or in_context, got {conditioning!r}")
-        if position not in ("sincos_3d", "sincos_2d"):
-            raise ValueError(f"DiT.position must be sincos_3d or sincos_2d, got {position!r}")
-        if layout not in ("full", "spatial_temporal"):
-            raise ValueError(f"layout must be full or spatial_temporal, got {layout!r}")
-        if num_classes and context_dim:
-            raise ValueError("a DiT is conditioned on class labels or on text (context_dim), not both")
-        if adaln_single and conditioning == "in_context":
-            raise ValueError(
-                "adaln_single=True needs conditioning='adaln' or 'cross_attn': in_context conditioning "
-                "has no adaLN modulation to share"
-            )
+        _check_options(patch_size, hidden_size, num_heads, conditioning, layout, context_dim, num_classes,
+                       adaln_single, position)
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -280,28 +294,32 @@ class DiT(nn.Module):
         self.base_grid = tuple(base_grid) if base_grid else None
         self.adaln_single = bool(adaln_single)
         self.position = position
+        self._build_layers(depth, mlp_ratio, qk_norm, timestep_freq_shift)
+        self.initialize_weights()
 
-        self.x_embedder = PatchEmbed3D(in_channels, hidden_size, self.patch_size)
-        self.t_embedder = TimestepEmbedder(hidden_size, freq_shift=timestep_freq_shift)
+    def _build_layers(self, depth: int, mlp_ratio: float, qk_norm: bool, timestep_freq_shift: float) -> None:
+        """The embedders, the shared ``t_block`` (adaLN-single), the blocks and the final layer
+        (in the order of the state dict's keys)."""
+        d = self.hidden_size
+        self.x_embedder = PatchEmbed3D(self.in_channels, d, self.patch_size)
+        self.t_embedder = TimestepEmbedder(d, freq_shift=timestep_freq_shift)
         if self.adaln_single:
             # the one modulation linear shared by all blocks (PixArt / STDiT ``t_block``)
-            n_mod = 6 if layout == "full" else 9  # (shift, scale, gate) of each attention and the MLP
-            self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, n_mod * hidden_size))
-        if num_classes:
-            self.y_embedder = LabelEmbedder(num_classes, hidden_size)
-        elif context_dim:
+            n_mod = 6 if self.layout == "full" else 9  # (shift, scale, gate) of each attention and the MLP
+            self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, n_mod * d))
+        if self.num_classes:
+            self.y_embedder = LabelEmbedder(self.num_classes, d)
+        elif self.context_dim:
             # caption projection (PixArt): text tokens → hidden width
-            self.context_proj = Mlp(context_dim, hidden_size, hidden_size)
-        if layout == "spatial_temporal":  # per instance: the class attributes describe the full layout
+            self.context_proj = Mlp(self.context_dim, d, d)
+        if self.layout == "spatial_temporal":  # per instance: the class attributes describe the full layout
             self.block_class, self.sequence_parallel_plan = SpatialTemporalBlock, SPATIAL_TEMPORAL_PLAN
         self.blocks = nn.ModuleList(
-            self.block_class(hidden_size, num_heads, mlp_ratio, conditioning, qk_norm, self.adaln_single)
+            self.block_class(d, self.num_heads, mlp_ratio, self.conditioning, qk_norm, self.adaln_single)
             for _ in range(depth)
         )
-        patch_volume = self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
-        self.final_layer = FinalLayer(hidden_size, patch_volume, self.out_channels, conditioning != "in_context",
-                                      self.adaln_single)
-        self.initialize_weights()
+        modulated = self.conditioning != "in_context"
+        self.final_layer = FinalLayer(d, math.prod(self.patch_size), self.out_channels, modulated, self.adaln_single)
 
     #: The unit that distributed code wraps, shards and checkpoints (see ``lvdm.distributed``):
     #: :class:`SpatialTemporalBlock` in the ``spatial_temporal`` layout.

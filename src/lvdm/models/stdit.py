@@ -179,7 +179,9 @@ class PixArtBlock(nn.Module):
         self.add_layers(norm1=self.norm(hidden_size), attn=Attention(hidden_size, num_heads, qk_norm=qk_norm))
         if cross_attention and cross_norm:
             self.cross_norm = nn.LayerNorm(hidden_size, eps=1e-6)
-        self.cross_attn = Attention(hidden_size, num_heads, cross=True, qk_norm=cross_qk_norm) if cross_attention else None
+        self.cross_attn = None
+        if cross_attention:
+            self.cross_attn = Attention(hidden_size, num_heads, cross=True, qk_norm=cross_qk_norm)
         self.add_layers(norm2=self.norm(hidden_size))
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.num_modulations = 3 * (self.attention_branches + 1)
@@ -367,9 +369,7 @@ class STDiT(nn.Module):
         default_fps: float = 24.0,
     ):
         super().__init__()
-        self._check_options(temporal, temporal_position, position, hidden_size, size_conditioning)
-        if not time_scale > 0:
-            raise ValueError(f"STDiT.time_scale must be > 0, got {time_scale}")
+        self._check_options(temporal, temporal_position, position, hidden_size, size_conditioning, time_scale)
         if isinstance(patch_size, int):
             patch_size = (1, patch_size, patch_size)
         self.in_channels = in_channels
@@ -384,35 +384,44 @@ class STDiT(nn.Module):
         self.size_conditioning, self.fps_conditioning = size_conditioning, fps_conditioning
         self.latent_scale, self.default_fps = latent_scale, float(default_fps)
 
-        self.x_embedder = PatchEmbed3D(in_channels, hidden_size, self.patch_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
-        if size_conditioning:
-            self.resolution_embedder = TimestepEmbedder(hidden_size // 3)
-            self.aspect_ratio_embedder = TimestepEmbedder(hidden_size // 3)
-        if fps_conditioning:
-            self.fps_embedder = TimestepEmbedder(hidden_size)
-        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
-        self.context_proj = Mlp(context_dim, hidden_size, hidden_size)
-        if context_length:
-            self.register_buffer("null_context", torch.randn(context_length, context_dim) / context_dim**0.5)
-        if temporal == "inline":
-            self.blocks = nn.ModuleList(STDiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth))
-        else:
-            self.blocks = nn.ModuleList(
-                PixArtBlock(hidden_size, num_heads, mlp_ratio, qk_norm=qk_norm) for _ in range(depth)
-            )
-        if temporal == "blocks":
-            self.temporal_blocks = nn.ModuleList(
-                PixArtBlock(hidden_size, num_heads, mlp_ratio, temporal=True,
-                            cross_attention=temporal_cross_attention, qk_norm=qk_norm)
-                for _ in range(depth)
-            )
-        patch_volume = math.prod(self.patch_size)
-        self.final_layer = FinalLayer(hidden_size, patch_volume, self.out_channels, modulated=True, adaln_single=True)
+        self._build_embedders()
+        self._build_blocks(depth, mlp_ratio, qk_norm, temporal_cross_attention)
+        self.final_layer = FinalLayer(hidden_size, math.prod(self.patch_size), self.out_channels, modulated=True,
+                                      adaln_single=True)
         self.initialize_weights()
 
+    def _build_embedders(self) -> None:
+        """Patch, timestep and micro-condition embedders, the shared ``t_block``, the caption
+        projection and the learned null caption."""
+        d = self.hidden_size
+        self.x_embedder = PatchEmbed3D(self.in_channels, d, self.patch_size)
+        self.t_embedder = TimestepEmbedder(d)
+        if self.size_conditioning:
+            self.resolution_embedder = TimestepEmbedder(d // 3)
+            self.aspect_ratio_embedder = TimestepEmbedder(d // 3)
+        if self.fps_conditioning:
+            self.fps_embedder = TimestepEmbedder(d)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.context_proj = Mlp(self.context_dim, d, d)
+        if self.context_length:
+            null = torch.randn(self.context_length, self.context_dim) / self.context_dim**0.5
+            self.register_buffer("null_context", null)
+
+    def _build_blocks(self, depth: int, mlp_ratio: float, qk_norm: bool, temporal_cross_attention: bool) -> None:
+        d, heads = self.hidden_size, self.num_heads
+        if self.temporal == "inline":
+            self.blocks = nn.ModuleList(STDiTBlock(d, heads, mlp_ratio, qk_norm) for _ in range(depth))
+        else:
+            self.blocks = nn.ModuleList(PixArtBlock(d, heads, mlp_ratio, qk_norm=qk_norm) for _ in range(depth))
+        if self.temporal == "blocks":
+            self.temporal_blocks = nn.ModuleList(
+                PixArtBlock(d, heads, mlp_ratio, temporal=True, cross_attention=temporal_cross_attention,
+                            qk_norm=qk_norm)
+                for _ in range(depth)
+            )
+
     @staticmethod
-    def _check_options(temporal, temporal_position, position, hidden_size, size_conditioning) -> None:
+    def _check_options(temporal, temporal_position, position, hidden_size, size_conditioning, time_scale) -> None:
         if temporal not in ("none", "inline", "blocks"):
             raise ValueError(f"temporal must be none, inline or blocks, got {temporal!r}")
         allowed = {"none": ("none",), "inline": ("none", "sincos_branch", "rope"),
@@ -425,6 +434,8 @@ class STDiT(nn.Module):
             raise ValueError("position='rope_3d' already codes time: set temporal_position='none'")
         if size_conditioning and hidden_size % 3:
             raise ValueError(f"size_conditioning embeds 3 scalars of hidden_size/3: {hidden_size} is not divisible by 3")
+        if not time_scale > 0:
+            raise ValueError(f"STDiT.time_scale must be > 0, got {time_scale}")
 
     def all_blocks(self) -> list[PixArtBlock]:
         return list(self.blocks) + list(getattr(self, "temporal_blocks", []))
