@@ -31,6 +31,9 @@ What they share, and where they differ from :class:`lvdm.models.dit.DiT`:
   variance half is kept so the weights load, and :meth:`STDiT.forward` returns the first ``C``
   channels, the only ones lvdm's objectives use.
 
+:class:`STDiTBlock` is lvdm's one spatial-temporal block: ``DiT(layout="spatial_temporal")``
+runs it too (:class:`lvdm.models.dit.SpatialTemporalBlock`, with ``temporal_norm``).
+
 Initialisation makes every block the identity by zeroing the output projections of its
 residual branches (attention, cross-attention, MLP), so temporal layers added to a trained
 image model leave it unchanged (the phase 1 → 2 hand-off, :mod:`lvdm.models.init_from`).
