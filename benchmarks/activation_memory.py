@@ -21,7 +21,7 @@ from lvdm.models.dit import DiT
 
 
 def values_per_token_hidden(layout: str, grid: tuple[int, int, int], hidden: int = 128, heads: int = 4) -> float:
-    """Saved activation values of one cross-attention ``DiTBlock`` per token per hidden unit."""
+    """Saved activation values of one cross-attention DiT block per token per hidden unit."""
     torch.manual_seed(0)
     model = DiT(in_channels=4, patch_size=(1, 2, 2), hidden_size=hidden, depth=1, num_heads=heads,
                 conditioning="cross_attn", layout=layout, context_dim=hidden)
@@ -36,9 +36,13 @@ def values_per_token_hidden(layout: str, grid: tuple[int, int, int], hidden: int
         return tensor
 
     tokens = grid[0] * grid[1] * grid[2]
-    x = torch.randn(2, tokens, hidden, requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        block(x, torch.randn(2, hidden), grid, torch.randn(2, 8, hidden), None)
+        if layout == "full":
+            block(torch.randn(2, tokens, hidden, requires_grad=True), torch.randn(2, hidden), grid,
+                  torch.randn(2, 8, hidden), None)
+        else:  # the spatial-temporal block: tokens [B, T, S, D], per-sample conditioning [B, 1, D]
+            block(torch.randn(2, grid[0], grid[1] * grid[2], hidden, requires_grad=True), torch.randn(2, 1, hidden),
+                  torch.randn(2, 8, hidden))
     return sum(saved.values()) / (2 * tokens * hidden)
 
 

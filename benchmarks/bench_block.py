@@ -17,17 +17,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from lvdm.models.dit import DiTBlock  # noqa: E402
+from lvdm.models.dit import SpatialTemporalBlock  # noqa: E402
 
 
 def measure(block, args, device, dtype, iters):
     t, h, w = args.latent
-    x = torch.randn(args.batch, t * h * w, args.hidden, device=device, dtype=dtype, requires_grad=True)
-    c = torch.randn(args.batch, args.hidden, device=device, dtype=dtype)
+    x = torch.randn(args.batch, t, h * w, args.hidden, device=device, dtype=dtype, requires_grad=True)
+    c = torch.randn(args.batch, 1, args.hidden, device=device, dtype=dtype)  # per sample
     ctx = torch.randn(args.batch, args.text_len, args.hidden, device=device, dtype=dtype)
 
     def step():
-        block(x, c, (t, h, w), ctx).float().square().mean().backward()
+        block(x, c, ctx).float().square().mean().backward()
 
     step()
     step()
@@ -55,7 +55,7 @@ def main(argv=None):
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     torch.manual_seed(0)
-    block = DiTBlock(args.hidden, args.heads, conditioning="cross_attn", layout="spatial_temporal").to(device, dtype)
+    block = SpatialTemporalBlock(args.hidden, args.heads, conditioning="cross_attn").to(device, dtype)
     eager = measure(block, args, device, dtype, args.iters)
     start = time.perf_counter()
     block.compile()

@@ -256,6 +256,7 @@ def test_strategy_fragments_build_their_strategy(fragment):
     from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
     from lvdm.models.dit import DiTBlock
+    from lvdm.models.stdit import PixArtBlock
 
     wanted = yaml.safe_load(fragment.read_text())["trainer"]["strategy"]
     if "DeepSpeed" in wanted["class_path"]:
@@ -275,7 +276,7 @@ def test_strategy_fragments_build_their_strategy(fragment):
         assert strategy.config["zero_optimization"]["stage"] == stage
         assert ("offload_optimizer" in strategy.config["zero_optimization"]) == ("offload" in fragment.stem)
     if isinstance(strategy, FSDPStrategy):
-        assert strategy.kwargs["auto_wrap_policy"]._module_classes == {DiTBlock}
+        assert strategy.kwargs["auto_wrap_policy"]._module_classes == {DiTBlock, PixArtBlock}
 
 
 def test_launch_scripts_are_valid_bash():

@@ -1,9 +1,12 @@
 import itertools
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from lvdm.models.dit import DiT, parse_size
+from lvdm.models.stdit import STDiTBlock
 from lvdm.ops.attention import attention, use_backend
 
 VARIANTS = list(itertools.product(["adaln", "cross_attn", "in_context"], ["full", "spatial_temporal"]))
@@ -55,20 +58,21 @@ def test_every_block_starts_as_identity(conditioning, layout, single):
     ctx = torch.randn(b, 5, d)
     ctx_mask = torch.ones(b, 5, dtype=torch.bool)
     num_prefix = 6 if conditioning == "in_context" else 0
-    x = torch.randn(b, num_prefix + n, d)
     prefix_mask = torch.ones(b, num_prefix, dtype=torch.bool) if num_prefix else None
-    mask = None
-    if num_prefix:
-        mask = torch.cat([prefix_mask, torch.ones(b, n, dtype=torch.bool)], 1) if layout == "full" else prefix_mask
+    if layout == "full":
+        x = torch.randn(b, num_prefix + n, d)
+        mask = torch.cat([prefix_mask, torch.ones(b, n, dtype=torch.bool)], 1) if num_prefix else None
+        run = lambda block, c: block(x, c, grid, ctx, ctx_mask, num_prefix, mask)  # noqa: E731
+    else:  # SpatialTemporalBlock: [B, T, P + S, D] tokens, modulations per sample [B, 1, ...]
+        x = torch.randn(b, grid[0], num_prefix + grid[1] * grid[2], d)
+        run = lambda block, c: block(x, _st_mods(c, d), ctx, ctx_mask, prefix_mask=prefix_mask)  # noqa: E731
     for block in model.blocks:
-        out = block(x, None if conditioning == "in_context" else c, grid, ctx, ctx_mask, num_prefix, mask)
-        torch.testing.assert_close(out, x, rtol=0, atol=0)
+        torch.testing.assert_close(run(block, None if conditioning == "in_context" else c), x, rtol=0, atol=0)
         # ...and the check can fail: once trained weights move off zero, the block acts.
         with torch.no_grad():
             for p in block.parameters():
                 p.add_(0.1 * torch.randn_like(p))
-        out = block(x, None if conditioning == "in_context" else c, grid, ctx, ctx_mask, num_prefix, mask)
-        assert (out - x).abs().max() > 1e-3
+        assert (run(block, None if conditioning == "in_context" else c) - x).abs().max() > 1e-3
     if single:
         # each of the two zero inits is needed: with the tables' gate rows zero, a trained
         # (non-zero) t_block alone makes the blocks act, and so do non-zero gate rows alone
@@ -77,11 +81,19 @@ def test_every_block_starts_as_identity(conditioning, layout, single):
             fresh.t_block[-1].weight.normal_(0, 0.1)
         c_trained = fresh.t_block(torch.randn(b, d))
         for block in fresh.blocks:
-            assert (block(x, c_trained, grid, ctx, ctx_mask) - x).abs().max() > 1e-3
-            torch.testing.assert_close(block(x, torch.zeros_like(c_trained), grid, ctx, ctx_mask), x, rtol=0, atol=0)
+            assert (run(block, c_trained) - x).abs().max() > 1e-3
+            torch.testing.assert_close(run(block, torch.zeros_like(c_trained)), x, rtol=0, atol=0)
             with torch.no_grad():
                 block.scale_shift_table[2::3].normal_(0, 0.1)
-            assert (block(x, torch.zeros_like(c_trained), grid, ctx, ctx_mask) - x).abs().max() > 1e-3
+            assert (run(block, torch.zeros_like(c_trained)) - x).abs().max() > 1e-3
+
+
+def _st_mods(c, d):
+    """A spatial-temporal block's modulation input from a per-sample ``c`` ``[B, D]`` (adaLN)
+    or shared ``t_block`` output ``[B, 9·D]`` (adaLN-single)."""
+    if c is None:
+        return None
+    return c[:, None] if c.shape[-1] == d else c.view(c.shape[0], 1, -1, d)
 
 
 def test_adaln_single_shares_one_modulation_linear():
@@ -167,8 +179,10 @@ def test_any_grid_at_run_time(layout):
         assert model(x, ts, ctx, mask).shape == x.shape
     x, ts, ctx, mask = inputs(t=3)  # an odd frame count is padded to whole temporal patches
     assert model(x, ts, ctx, mask).shape == x.shape
-    with pytest.raises(ValueError, match="not divisible by the patch size"):
-        model(*inputs(h=10))
+    x, ts, ctx, mask = inputs(h=10, w=13)  # odd sizes are zero-padded to whole patches, cropped back
+    assert model(x, ts, ctx, mask).shape == x.shape
+    with pytest.raises(ValueError, match="3 channels"):
+        model(x[:, :2], ts, ctx, mask)
 
 
 def test_class_conditional_and_guards():
@@ -192,3 +206,29 @@ def test_attention_backends_agree():
     s = (q.double() @ k.double().transpose(-1, -2)) / 8**0.5
     s = s.masked_fill(~mask[:, None, None], float("-inf"))
     torch.testing.assert_close(ref.double(), s.softmax(-1) @ v.double(), rtol=1e-5, atol=1e-5)
+
+
+OLD_LAYOUT = json.loads((Path(__file__).parent / "dit_spatial_temporal_keys.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(OLD_LAYOUT))
+def test_spatial_temporal_layout_keeps_its_checkpoints(name):
+    """``DiT(layout="spatial_temporal")`` runs the one spatial-temporal block (STDiT's
+    ``STDiTBlock``): the state dict of the former own block (keys, order and shapes written by
+    the previous ``DiTBlock``, tests/models/dit_spatial_temporal_keys.json) loads strictly, and
+    with its seeded weights the prediction is the one the former block gave (float64)."""
+    entry = OLD_LAYOUT[name]
+    model = DiT(**entry["kwargs"]).double().eval()
+    assert all(isinstance(block, STDiTBlock) for block in model.blocks)
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == entry["state_dict"]
+    assert list(model.state_dict()) == list(entry["state_dict"])
+    g = torch.Generator().manual_seed(0)
+    model.load_state_dict({k: 0.3 * torch.randn(s, generator=g, dtype=torch.float64)
+                           for k, s in entry["state_dict"].items()}, strict=True)
+    x = torch.randn(1, 2, 2, 2, 2, generator=g, dtype=torch.float64)
+    cond = (dict(context=torch.randn(1, 3, 4, generator=g, dtype=torch.float64)) if entry["kwargs"].get("context_dim")
+            else dict(class_labels=torch.tensor([1])))
+    with torch.no_grad():
+        out = model(x, torch.tensor([500.0], dtype=torch.float64), **cond)
+    want = torch.tensor(entry["output"], dtype=torch.float64)
+    torch.testing.assert_close(out.flatten(), want, rtol=1e-12, atol=1e-12 * want.abs().max().item())

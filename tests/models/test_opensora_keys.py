@@ -140,8 +140,66 @@ def test_stored_fixed_codes_are_checked_and_dropped():
         opensora.convert_state_dict(stored, wrong)
     code = torch.from_numpy(_opensora_sincos_2d(D, 32, 1.0, base_size=32)).float()
     assert opensora.convert_state_dict({"pos_embed": code}, pixart) == {}
+    with torch.device("meta"):  # Open-Sora 1.0's 64×512² config: time_scale 2/3
+        long = preset("opensora-v1.0-stdit-xl2-64x512", depth=1)
+    out = np.outer(np.arange(64.0) / (2 / 3), omega)
+    scaled = {"pos_embed_temporal": torch.from_numpy(np.concatenate([np.sin(out), np.cos(out)], 1)[None]).float()}
+    assert opensora.convert_state_dict(scaled, long) == {}
+    with pytest.raises(ValueError, match=r"'pos_embed_temporal'.*time_scale=1\b"):
+        opensora.convert_state_dict(scaled, wrong)
     freqs = 1.0 / 10000 ** (torch.arange(0, 72, 2).float() / 72)  # rotary_embedding_torch's 'lang' frequencies
     assert opensora.convert_state_dict({"rope.freqs": freqs}, v3) == {}
+
+
+def _opensora_layout(state_dict: dict) -> dict:
+    """lvdm STDiT keys → Open-Sora's (the converter's renames, inverted)."""
+    inverse = {new: old for old, new in opensora._RENAMES}
+    published = {}
+    for k, v in state_dict.items():
+        for new, old in inverse.items():
+            if k.startswith(new) or (new.startswith(".") and new in k):
+                k = k.replace(new, old, 1)
+        published[k] = v
+    return published
+
+
+def _opensora_v1_sincos_2d(dim: int, gh: int, gw: int, scale: float) -> np.ndarray:
+    """Open-Sora 1.0's ``get_2d_sincos_pos_embed(dim, (gh, gw), scale=scale)`` step by step,
+    including its reshape of the meshgrid to ``[2, 1, gw, gh]`` (a reshape, not a transpose)."""
+    grid = np.stack(np.meshgrid(np.arange(gw, dtype=np.float32) / scale, np.arange(gh, dtype=np.float32) / scale))
+    grid = grid.reshape([2, 1, gw, gh])
+
+    def code(d, p):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", p.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    return np.concatenate([code(dim // 2, grid[0]), code(dim // 2, grid[1])], axis=1)[None]
+
+
+def test_from_opensora_loads_a_non_square_v1_checkpoint(tmp_path):
+    """An STDiT v1.0 checkpoint trained at a non-square size stores ``pos_embed`` for its grid
+    (here 4 × 6 patches, 16 frames): the grid is read off the stored code and checked, where a
+    square grid was assumed (``shape '[25, 32]' is invalid for input of size 768``)."""
+    tiny = dict(hidden_size=32, depth=2, num_heads=2, context_dim=16, context_length=5)
+    src = preset("opensora-v1.0-stdit-xl2", **tiny)  # space_scale 0.5
+    with torch.no_grad():
+        for p in src.parameters():
+            p.normal_()
+    published = _opensora_layout(src.state_dict())
+    published["pos_embed"] = torch.from_numpy(_opensora_v1_sincos_2d(32, 4, 6, 0.5)).float()
+    omega = 1.0 / 10000 ** (np.arange(16, dtype=np.float64) / 16.0)
+    out = np.outer(np.arange(16.0), omega)
+    published["pos_embed_temporal"] = torch.from_numpy(np.concatenate([np.sin(out), np.cos(out)], 1)[None]).float()
+    torch.save(published, tmp_path / "v1.pth")
+    model = from_opensora(str(tmp_path / "v1.pth"), "opensora-v1.0-stdit-xl2", **tiny)
+    for (k, a), (_, b) in zip(src.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert opensora.stored_grid(published["pos_embed"][0]) == (4, 6)
+    torch.save(dict(published, pos_embed=torch.from_numpy(_opensora_v1_sincos_2d(32, 4, 6, 1.0)).float()),
+               tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="'pos_embed'.*interpolation_scale=0.5"):
+        from_opensora(str(tmp_path / "other.pth"), "opensora-v1.0-stdit-xl2", **tiny)
 
 
 def test_from_opensora_loads_a_tiny_checkpoint(tmp_path):
@@ -153,13 +211,7 @@ def test_from_opensora_loads_a_tiny_checkpoint(tmp_path):
     with torch.no_grad():
         for p in src.parameters():
             p.normal_()
-    inverse = {new: old for old, new in opensora._RENAMES}
-    published = {}
-    for k, v in src.state_dict().items():
-        for new, old in inverse.items():
-            if k.startswith(new) or (new.startswith(".") and new in k):
-                k = k.replace(new, old, 1)
-        published["module." + k] = v
+    published = {"module." + k: v for k, v in _opensora_layout(src.state_dict()).items()}
     published["module.rope.freqs"] = 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16)
     torch.save({"ema": published}, tmp_path / "stdit3.pth")
     model = from_opensora(str(tmp_path / "stdit3.pth"), "opensora-v1.2-stdit3-xl2", **tiny)

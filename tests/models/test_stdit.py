@@ -100,3 +100,40 @@ def test_stdit3_position_scale_follows_the_pixel_resolution():
     hh, ww = np.meshgrid(rows, cols, indexing="ij")
     want = np.concatenate([code(16, ww.reshape(-1)), code(16, hh.reshape(-1))], axis=1)
     assert np.abs(sincos_2d(32, 6, 10, base, scale).numpy() - want).max() < 1e-5
+
+
+@pytest.mark.parametrize("size", [(30, 53), (45, 80)], ids=["240p-9:16", "360p-9:16"])
+def test_open_sora_odd_latent_sizes(size):
+    """Open-Sora 1.2's own 240p and 360p 9:16 sizes give latents 30×53 and 45×80, not whole
+    2×2 patches: padded to 15×27 / 23×40 patches and the prediction cropped back."""
+    from lvdm.models.presets import preset
+
+    model = _random(preset("opensora-v1.2-stdit3-xl2", in_channels=3, hidden_size=24, depth=1, num_heads=2,
+                           context_dim=8, context_length=4))
+    x = torch.randn(1, 3, 2, *size)
+    pixels = torch.tensor([[240.0, 426.0]] if size[0] == 30 else [[360.0, 640.0]])
+    with torch.no_grad():
+        out = model(x, torch.tensor([500.0]), resolution=pixels)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_time_scale_divides_the_frame_positions():
+    """Open-Sora 1.0's ``time_scale`` (2/3 in its 64×512² config): the temporal sin-cos code of
+    frame i is that of position i / time_scale (``get_1d_sincos_pos_embed``), so it changes the
+    output; 1 is the 16-frame configs' code."""
+    import numpy as np
+
+    kw = dict(KW, temporal="inline", temporal_position="sincos_branch")
+    model = _random(STDiT(**kw))
+    scaled = STDiT(**kw, time_scale=2 / 3)
+    scaled.load_state_dict(model.state_dict())
+    pos = np.arange(7)[:, None] / (2 / 3)
+    omega = 1.0 / 10000 ** (np.arange(12, dtype=np.float64) / 12.0)
+    want = np.concatenate([np.sin(pos * omega), np.cos(pos * omega)], axis=1)
+    got = scaled.eval()._positions((7, 2, 2), torch.device("cpu")).temporal_sincos[0]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6)  # values in [-1, 1]
+    x, ctx, t = torch.randn(1, 3, 7, 4, 4), torch.randn(1, 4, 8), torch.tensor([400.0])
+    with torch.no_grad():
+        assert not torch.allclose(scaled(x, t, ctx), model(x, t, ctx), rtol=1e-3)
+    with pytest.raises(ValueError, match="time_scale must be > 0"):
+        STDiT(**kw, time_scale=0)

@@ -22,16 +22,19 @@ and the final projection is zero, so an untrained model predicts 0 (DiT's
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional, Sequence
+import math
+from functools import partial
+from typing import Literal, Optional, Sequence
 
 import torch
 from torch import nn
 
 from lvdm.models.embeddings import LabelEmbedder, PatchEmbed3D, TimestepEmbedder, check_latents, sincos_pos_embed_3d
 from lvdm.models.flops import DiTShape
-from lvdm.models.layers import FinalLayer, gated, init_linears_and_patches, modulate, unpatchify, zero_final_layer
+from lvdm.models.layers import (Attention, FinalLayer, Mlp, gated, init_linears_and_patches, modulate,
+                               pad_to_patches, unpatchify, zero_final_layer, zero_init_block)
 from lvdm.models.parallel_plan import SequenceSplit
-from lvdm.ops.attention import attention
+from lvdm.models.stdit import STDiTBlock, sincos_2d
 
 Conditioning = Literal["adaln", "cross_attn", "in_context"]
 Layout = Literal["full", "spatial_temporal"]
@@ -48,77 +51,10 @@ def parse_size(name: str) -> tuple[int, int, int, int]:
     return (*SIZES[base], int(patch))
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = x.float().pow(2).mean(-1, keepdim=True).add(self.eps).rsqrt()
-        return (x.float() * norm).to(x.dtype) * self.weight
-
-
-class Attention(nn.Module):
-    """Multi-head attention; self-attention by default, cross-attention when ``cross=True``."""
-
-    def __init__(self, dim: int, num_heads: int, cross: bool = False, qk_norm: bool = False):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.cross = cross
-        if cross:
-            self.q = nn.Linear(dim, dim)
-            self.kv = nn.Linear(dim, 2 * dim)
-        else:
-            self.qkv = nn.Linear(dim, 3 * dim)
-        head_dim = dim // num_heads
-        self.q_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        return x.view(b, n, self.num_heads, -1).transpose(1, 2)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        key_mask: torch.Tensor | None = None,
-        sharded: bool = False,
-        rope: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """``sharded``: ``x`` is this rank's chunk of a sequence split across ranks (see
-        :func:`lvdm.ops.attention.attention`). ``rope``: a rotary position code applied to the
-        (normalised) queries and keys ``[B, heads, L, head_dim]`` (:mod:`lvdm.models.rope`)."""
-        if self.cross:
-            q = self.q(x)
-            k, v = self.kv(context).chunk(2, dim=-1)
-        else:
-            q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k, v = self.q_norm(self._heads(q)), self.k_norm(self._heads(k)), self._heads(v)
-        if rope is not None:
-            q, k = rope(q), rope(k)
-        out = attention(q, k, v, key_mask=key_mask, sharded=sharded)
-        return self.proj(out.transpose(1, 2).reshape(x.shape))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, out: int | None = None):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(hidden, out or dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class DiTBlock(nn.Module):
-    """One transformer block: self-attention (full, or spatial then temporal), an optional
-    cross-attention to the text tokens, and an MLP, each a pre-norm residual branch.
+    """One transformer block of the ``full`` layout: self-attention over every spacetime patch,
+    an optional cross-attention to the text tokens, and an MLP, each a pre-norm residual branch.
+    (The ``spatial_temporal`` layout's block is :class:`SpatialTemporalBlock`.)
 
     With ``adaln`` / ``cross_attn`` conditioning each self-attention and MLP branch is
     modulated by (shift, scale, gate) regressed from the conditioning vector ``c``; with
@@ -126,8 +62,8 @@ class DiTBlock(nn.Module):
     sequence.
 
     With ``adaln_single`` the block owns no modulation linear: ``c`` is then the output of the
-    model's shared ``t_block`` (``[B, 3·(n_attn+1)·D]``, one (shift, scale, gate) triple per
-    branch) and the block adds its learned ``scale_shift_table`` ``[3·(n_attn+1), D]`` to it.
+    model's shared ``t_block`` (``[B, 6·D]``, one (shift, scale, gate) triple per branch) and
+    the block adds its learned ``scale_shift_table`` ``[6, D]`` to it.
     """
 
     def __init__(
@@ -136,31 +72,24 @@ class DiTBlock(nn.Module):
         num_heads: int,
         mlp_ratio: float = 4.0,
         conditioning: Conditioning = "adaln",
-        layout: Layout = "full",
         qk_norm: bool = False,
         adaln_single: bool = False,
-        position: Literal["sincos_3d", "sincos_2d"] = "sincos_3d",
-        timestep_freq_shift: float = 0.0,
     ):
         super().__init__()
         if adaln_single and conditioning == "in_context":
             raise ValueError("adaln_single needs adaln or cross_attn conditioning (in_context has no modulation)")
         self.conditioning = conditioning
-        self.layout = layout
         self.modulated = conditioning != "in_context"
         self.adaln_single = adaln_single
-        n_attn = 1 if layout == "full" else 2
         affine = not self.modulated
-        self.attn_norms = nn.ModuleList(
-            nn.LayerNorm(hidden_size, elementwise_affine=affine, eps=1e-6) for _ in range(n_attn)
-        )
-        self.attns = nn.ModuleList(Attention(hidden_size, num_heads, qk_norm=qk_norm) for _ in range(n_attn))
+        self.attn_norms = nn.ModuleList([nn.LayerNorm(hidden_size, elementwise_affine=affine, eps=1e-6)])
+        self.attns = nn.ModuleList([Attention(hidden_size, num_heads, qk_norm=qk_norm)])
         if conditioning == "cross_attn":
             self.cross_norm = nn.LayerNorm(hidden_size, eps=1e-6)
             self.cross_attn = Attention(hidden_size, num_heads, cross=True, qk_norm=qk_norm)
         self.mlp_norm = nn.LayerNorm(hidden_size, elementwise_affine=affine, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-        self.num_modulations = 3 * (n_attn + 1) if self.modulated else 0
+        self.num_modulations = 6 if self.modulated else 0
         if adaln_single:
             # PixArt's initialisation for the shift/scale rows; the gate rows are zeroed by zero_init
             self.scale_shift_table = nn.Parameter(torch.randn(self.num_modulations, hidden_size) / hidden_size**0.5)
@@ -168,51 +97,8 @@ class DiTBlock(nn.Module):
             self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, self.num_modulations * hidden_size))
 
     def zero_init(self) -> None:
-        """Make the block the identity: zero adaLN (gates = 0) and residual output projections.
-
-        With ``adaln_single`` only the table's gate rows are zeroed here: the block is the
-        identity once the shared ``t_block`` output is zero too (``DiT.initialize_weights``)."""
-        if self.adaln_single:
-            with torch.no_grad():
-                self.scale_shift_table[2::3].zero_()  # rows (shift, scale, gate) per branch
-        elif self.modulated:
-            nn.init.zeros_(self.adaLN_modulation[-1].weight)
-            nn.init.zeros_(self.adaLN_modulation[-1].bias)
-        else:
-            for attn in self.attns:
-                nn.init.zeros_(attn.proj.weight)
-                nn.init.zeros_(attn.proj.bias)
-            nn.init.zeros_(self.mlp.fc2.weight)
-            nn.init.zeros_(self.mlp.fc2.bias)
-        if self.conditioning == "cross_attn":
-            nn.init.zeros_(self.cross_attn.proj.weight)
-            nn.init.zeros_(self.cross_attn.proj.bias)
-
-    def _self_attention(self, i: int, h: torch.Tensor, grid, num_prefix: int, prefix_mask) -> torch.Tensor:
-        """Attention branch ``i`` on normalised tokens ``h`` ``[B, P + N, D]`` (P condition tokens)."""
-        attn = self.attns[i]
-        if self.layout == "full":  # keys are the whole sequence: sharded under sequence parallelism
-            return attn(h, key_mask=prefix_mask, sharded=True)
-        b, _, d = h.shape
-        t, hh, ww = grid
-        prefix, video = h[:, :num_prefix], h[:, num_prefix:]
-        if i == 0:  # spatial: attention within each frame (condition tokens joined to every frame)
-            frames = video.reshape(b * t, hh * ww, d)
-            mask = None
-            if num_prefix:
-                frames = torch.cat([prefix.repeat_interleave(t, dim=0), frames], dim=1)
-                frame_keys = torch.ones(b * t, hh * ww, dtype=torch.bool, device=h.device)
-                mask = torch.cat([prefix_mask.repeat_interleave(t, dim=0), frame_keys], dim=1)
-            out = attn(frames, key_mask=mask)
-            video_out = out[:, num_prefix:].reshape(b, t * hh * ww, d)
-            # each condition token takes the mean of its per-frame updates
-            prefix_out = out[:, :num_prefix].reshape(b, t, num_prefix, d).mean(1)
-            return torch.cat([prefix_out, video_out], dim=1)
-        # temporal: attention across frames at each spatial position (condition tokens untouched);
-        # the frames are split across ranks under sequence parallelism
-        cols = video.reshape(b, t, hh * ww, d).transpose(1, 2).reshape(b * hh * ww, t, d)
-        out = attn(cols, sharded=True).reshape(b, hh * ww, t, d).transpose(1, 2).reshape(b, t * hh * ww, d)
-        return torch.cat([torch.zeros_like(prefix), out], dim=1)
+        """Make the block the identity (:func:`~lvdm.models.layers.zero_init_block`)."""
+        zero_init_block(self, [self.attns[0].proj, self.mlp.fc2])
 
     def forward(
         self,
@@ -224,23 +110,112 @@ class DiTBlock(nn.Module):
         num_prefix: int = 0,
         prefix_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``x`` ``[B, P + N, D]`` (P condition tokens, then the t-major patch tokens); keys are
+        the whole sequence, ``sharded`` under sequence parallelism (``grid``: the local one)."""
+        attn = partial(self.attns[0], key_mask=prefix_mask, sharded=True)
+        if not self.modulated:
+            x = x + attn(self.attn_norms[0](x))
+            return x + self.mlp(self.mlp_norm(x))
         if self.adaln_single:  # c: the shared t_block output, one row per (shift, scale, gate)
             rows = c.unflatten(-1, (self.num_modulations, -1))  # [B, (F,) n, D]
             mods = (self.scale_shift_table.to(rows.dtype) + rows).unbind(-2)
-        elif self.modulated:
+        else:
             mods = self.adaLN_modulation(c).chunk(self.num_modulations, dim=-1)
-        for i, norm in enumerate(self.attn_norms):
-            if self.modulated:
-                shift, scale, gate = mods[3 * i : 3 * i + 3]
-                x = x + gated(self._self_attention(i, modulate(norm(x), shift, scale), grid, 0, None), gate)
-            else:
-                x = x + self._self_attention(i, norm(x), grid, num_prefix, prefix_mask)
+        x = x + gated(attn(modulate(self.attn_norms[0](x), mods[0], mods[1])), mods[2])
         if self.conditioning == "cross_attn":
             x = x + self.cross_attn(self.cross_norm(x), context=context, key_mask=context_mask)
-        if self.modulated:
-            shift, scale, gate = mods[-3:]
-            return x + gated(self.mlp(modulate(self.mlp_norm(x), shift, scale)), gate)
-        return x + self.mlp(self.mlp_norm(x))
+        return x + gated(self.mlp(modulate(self.mlp_norm(x), mods[3], mods[4])), mods[5])
+
+
+class SpatialTemporalBlock(STDiTBlock):
+    """The ``spatial_temporal`` layout's block: the one spatial-temporal block,
+    :class:`~lvdm.models.stdit.STDiTBlock`, as lvdm's DiT configures it — the temporal attention
+    a branch of its own (``temporal_norm``), a LayerNorm in front of the cross-attention and
+    QK-norm there too, modulation by ``conditioning`` (per-block adaLN-zero, adaLN-single, or
+    none with in-context condition tokens) — under the parameter names of DiT checkpoints:
+    ``attn_norms.0`` / ``attns.0`` (spatial), ``attn_norms.1`` / ``attns.1`` (temporal),
+    ``mlp_norm``. Tokens are ``[B, T, S, D]`` (see :class:`~lvdm.models.stdit.PixArtBlock`)."""
+
+    #: STDiTBlock's layer name → (DiT's name, index in its ModuleList or None)
+    _DIT_NAMES = {"norm1": ("attn_norms", 0), "attn": ("attns", 0), "norm_temp": ("attn_norms", 1),
+                  "attn_temp": ("attns", 1), "norm2": ("mlp_norm", None)}
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0,
+                 conditioning: Conditioning = "adaln", qk_norm: bool = False, adaln_single: bool = False):
+        if adaln_single and conditioning == "in_context":
+            raise ValueError("adaln_single needs adaln or cross_attn conditioning (in_context has no modulation)")
+        modulation = "none" if conditioning == "in_context" else "table" if adaln_single else "adaln"
+        cross = conditioning == "cross_attn"
+        super().__init__(hidden_size, num_heads, mlp_ratio, qk_norm, temporal_norm=True, modulation=modulation,
+                         cross_attention=cross, cross_norm=cross, cross_qk_norm=qk_norm)
+
+    def add_layers(self, **layers: nn.Module) -> None:
+        for name, layer in layers.items():
+            home, index = self._DIT_NAMES[name]
+            if index is None:
+                setattr(self, home, layer)
+                continue
+            if home not in self._modules:
+                setattr(self, home, nn.ModuleList())
+            getattr(self, home).append(layer)
+
+    norm1 = property(lambda self: self.attn_norms[0])
+    attn = property(lambda self: self.attns[0])
+    norm_temp = property(lambda self: self.attn_norms[1])
+    attn_temp = property(lambda self: self.attns[1])
+    norm2 = property(lambda self: self.mlp_norm)
+
+
+#: Where sequence parallelism splits ``DiT(layout="spatial_temporal")`` (as STDiT's plan): its
+#: tokens ``[B, T, S, D]`` entering the first block are cut along the frames into equal chunks;
+#: per-frame modulations (``mods``, and ``c`` of the final layer, ``[B, T, ...]``) are cut alike
+#: (per sample, ``[B, 1, ...]``, they stay whole); attention within a frame and text
+#: cross-attention stay local, attention across frames is ``sharded``. ``in_context`` is refused.
+SPATIAL_TEMPORAL_PLAN = SequenceSplit(
+    blocks="blocks", tokens="x", grid=None, gather="final_layer", follow_split=("mods", "c"),
+    unsupported=(("conditioning", "in_context",
+                  "its condition tokens would need replicating on every rank; use adaln or cross_attn"),),
+)
+
+
+def _resolve_size(size, patch_size, hidden_size, depth, num_heads) -> tuple:
+    """(patch ``(pt, ph, pw)``, hidden size, depth, heads): the given values, the rest from the
+    ``size`` preset; an int patch ``p`` is ``(1, p, p)`` (default 2)."""
+    if size is not None:
+        p_depth, p_hidden, p_heads, p_patch = parse_size(size)
+        depth = depth or p_depth
+        hidden_size = hidden_size or p_hidden
+        num_heads = num_heads or p_heads
+        patch_size = patch_size or p_patch
+    if hidden_size is None or depth is None or num_heads is None:
+        raise ValueError("give DiT a `size` preset or all of hidden_size, depth and num_heads")
+    patch_size = patch_size or 2
+    if isinstance(patch_size, int):
+        patch_size = (1, patch_size, patch_size)
+    return patch_size, hidden_size, depth, num_heads
+
+
+def _check_options(patch_size, hidden_size, num_heads, conditioning, layout, context_dim, num_classes,
+                   adaln_single, position) -> None:
+    if len(patch_size) != 3 or any(int(p) < 1 for p in patch_size):
+        raise ValueError(f"DiT.patch_size must be 3 positive sizes (pt, ph, pw), got {list(patch_size)}")
+    if context_dim < 0 or num_classes < 0:
+        raise ValueError(f"DiT.context_dim and DiT.num_classes must be >= 0, got {context_dim}, {num_classes}")
+    if hidden_size % num_heads:
+        raise ValueError(f"DiT.num_heads ({num_heads}) must divide DiT.hidden_size ({hidden_size})")
+    if conditioning not in ("adaln", "cross_attn", "in_context"):
+        raise ValueError(f"conditioning must be adaln, cross_attn or in_context, got {conditioning!r}")
+    if position not in ("sincos_3d", "sincos_2d"):
+        raise ValueError(f"DiT.position must be sincos_3d or sincos_2d, got {position!r}")
+    if layout not in ("full", "spatial_temporal"):
+        raise ValueError(f"layout must be full or spatial_temporal, got {layout!r}")
+    if num_classes and context_dim:
+        raise ValueError("a DiT is conditioned on class labels or on text (context_dim), not both")
+    if adaln_single and conditioning == "in_context":
+        raise ValueError(
+            "adaln_single=True needs conditioning='adaln' or 'cross_attn': in_context conditioning "
+            "has no adaLN modulation to share"
+        )
 
 
 def _check_positive(**values) -> None:
@@ -302,38 +277,11 @@ class DiT(nn.Module):
         timestep_freq_shift: float = 0.0,
     ):
         super().__init__()
-        if size is not None:
-            p_depth, p_hidden, p_heads, p_patch = parse_size(size)
-            depth = depth or p_depth
-            hidden_size = hidden_size or p_hidden
-            num_heads = num_heads or p_heads
-            patch_size = patch_size or p_patch
-        if hidden_size is None or depth is None or num_heads is None:
-            raise ValueError("give DiT a `size` preset or all of hidden_size, depth and num_heads")
-        patch_size = patch_size or 2
-        if isinstance(patch_size, int):
-            patch_size = (1, patch_size, patch_size)
+        patch_size, hidden_size, depth, num_heads = _resolve_size(size, patch_size, hidden_size, depth, num_heads)
         _check_positive(in_channels=in_channels, hidden_size=hidden_size, depth=depth, num_heads=num_heads,
                         mlp_ratio=mlp_ratio, out_channels=1 if out_channels is None else out_channels)
-        if len(patch_size) != 3 or any(int(p) < 1 for p in patch_size):
-            raise ValueError(f"DiT.patch_size must be 3 positive sizes (pt, ph, pw), got {list(patch_size)}")
-        if context_dim < 0 or num_classes < 0:
-            raise ValueError(f"DiT.context_dim and DiT.num_classes must be >= 0, got {context_dim}, {num_classes}")
-        if hidden_size % num_heads:
-            raise ValueError(f"DiT.num_heads ({num_heads}) must divide DiT.hidden_size ({hidden_size})")
-        if conditioning not in ("adaln", "cross_attn", "in_context"):
-            raise ValueError(f"conditioning must be adaln, cross_attn or in_context, got {conditioning!r}")
-        if position not in ("sincos_3d", "sincos_2d"):
-            raise ValueError(f"DiT.position must be sincos_3d or sincos_2d, got {position!r}")
-        if layout not in ("full", "spatial_temporal"):
-            raise ValueError(f"layout must be full or spatial_temporal, got {layout!r}")
-        if num_classes and context_dim:
-            raise ValueError("a DiT is conditioned on class labels or on text (context_dim), not both")
-        if adaln_single and conditioning == "in_context":
-            raise ValueError(
-                "adaln_single=True needs conditioning='adaln' or 'cross_attn': in_context conditioning "
-                "has no adaLN modulation to share"
-            )
+        _check_options(patch_size, hidden_size, num_heads, conditioning, layout, context_dim, num_classes,
+                       adaln_single, position)
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -346,39 +294,46 @@ class DiT(nn.Module):
         self.base_grid = tuple(base_grid) if base_grid else None
         self.adaln_single = bool(adaln_single)
         self.position = position
-
-        self.x_embedder = PatchEmbed3D(in_channels, hidden_size, self.patch_size)
-        self.t_embedder = TimestepEmbedder(hidden_size, freq_shift=timestep_freq_shift)
-        if self.adaln_single:
-            # the one modulation linear shared by all blocks (PixArt / STDiT ``t_block``)
-            n_mod = 3 * ((1 if layout == "full" else 2) + 1)
-            self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, n_mod * hidden_size))
-        if num_classes:
-            self.y_embedder = LabelEmbedder(num_classes, hidden_size)
-        elif context_dim:
-            # caption projection (PixArt): text tokens → hidden width
-            self.context_proj = Mlp(context_dim, hidden_size, hidden_size)
-        self.blocks = nn.ModuleList(
-            DiTBlock(hidden_size, num_heads, mlp_ratio, conditioning, layout, qk_norm, self.adaln_single)
-            for _ in range(depth)
-        )
-        patch_volume = self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
-        self.final_layer = FinalLayer(hidden_size, patch_volume, self.out_channels, conditioning != "in_context",
-                                      self.adaln_single)
+        self._build_layers(depth, mlp_ratio, qk_norm, timestep_freq_shift)
         self.initialize_weights()
 
-    #: The unit that distributed code wraps, shards and checkpoints (see ``lvdm.distributed``).
+    def _build_layers(self, depth: int, mlp_ratio: float, qk_norm: bool, timestep_freq_shift: float) -> None:
+        """The embedders, the shared ``t_block`` (adaLN-single), the blocks and the final layer
+        (in the order of the state dict's keys)."""
+        d = self.hidden_size
+        self.x_embedder = PatchEmbed3D(self.in_channels, d, self.patch_size)
+        self.t_embedder = TimestepEmbedder(d, freq_shift=timestep_freq_shift)
+        if self.adaln_single:
+            # the one modulation linear shared by all blocks (PixArt / STDiT ``t_block``)
+            n_mod = 6 if self.layout == "full" else 9  # (shift, scale, gate) of each attention and the MLP
+            self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, n_mod * d))
+        if self.num_classes:
+            self.y_embedder = LabelEmbedder(self.num_classes, d)
+        elif self.context_dim:
+            # caption projection (PixArt): text tokens → hidden width
+            self.context_proj = Mlp(self.context_dim, d, d)
+        if self.layout == "spatial_temporal":  # per instance: the class attributes describe the full layout
+            self.block_class, self.sequence_parallel_plan = SpatialTemporalBlock, SPATIAL_TEMPORAL_PLAN
+        self.blocks = nn.ModuleList(
+            self.block_class(d, self.num_heads, mlp_ratio, self.conditioning, qk_norm, self.adaln_single)
+            for _ in range(depth)
+        )
+        modulated = self.conditioning != "in_context"
+        self.final_layer = FinalLayer(d, math.prod(self.patch_size), self.out_channels, modulated, self.adaln_single)
+
+    #: The unit that distributed code wraps, shards and checkpoints (see ``lvdm.distributed``):
+    #: :class:`SpatialTemporalBlock` in the ``spatial_temporal`` layout.
     block_class = DiTBlock
 
     #: Where sequence parallelism splits this model (``lvdm.distributed`` applies it with hooks;
     #: ``forward`` is single-device code): the patch tokens ``[B, t*h*w, D]`` (t-major, positions
     #: added) entering the first block are cut along dim 1 into equal contiguous chunks of whole
     #: latent frames, the blocks see the local grid ``(t // P, h, w)``, and the final layer's
-    #: output (per token) is gathered again. Full 3D and temporal attention are ``sharded`` (their
-    #: keys live on all ranks); spatial and text cross-attention stay local. Per-token block
-    #: inputs named in ``follow_split`` are cut like the tokens: the per-frame conditioning
-    #: ``c`` ``[B, t, ...]`` of masked-frame conditioning (per-sample ``c`` ``[B, D]`` is not
-    #: cut). ``in_context`` is refused.
+    #: output (per token) is gathered again. Full 3D attention is ``sharded`` (its keys live on
+    #: all ranks); text cross-attention stays local. Per-token block inputs named in
+    #: ``follow_split`` are cut like the tokens: the per-frame conditioning ``c`` ``[B, t, ...]``
+    #: of masked-frame conditioning (per-sample ``c`` ``[B, D]`` is not cut). ``in_context`` is
+    #: refused. The ``spatial_temporal`` layout declares :data:`SPATIAL_TEMPORAL_PLAN`.
     sequence_parallel_plan = SequenceSplit(
         blocks="blocks", tokens="x", grid="grid", gather="final_layer", follow_split=(("c", 3),),
         unsupported=(("conditioning", "in_context",
@@ -469,46 +424,62 @@ class DiT(nn.Module):
         modulation applies to each frame's tokens), conditioned on text tokens ``context``
         ``[B, L, context_dim]`` (with boolean ``context_mask`` ``[B, L]``) or on
         ``class_labels`` ``[B]``. A frame count that is not a multiple of the temporal patch (an
-        image: ``T = 1``) is padded by repeating the last frame, and the prediction cut back to
-        ``T`` frames."""
+        image: ``T = 1``) is padded by repeating the last frame, a height or width that is not a
+        multiple of the spatial patch is zero-padded at the end (as Open-Sora 1.2), and the
+        prediction is cropped back to ``T × H × W``."""
         check_latents(x, self.in_channels)
         b, _, t, h, w = x.shape
         if t % self.patch_size[0]:  # images and odd lengths: repeat the last frame to whole temporal patches
             x = torch.cat([x, x[:, :, -1:].expand(-1, -1, -t % self.patch_size[0], -1, -1)], dim=2)
+        x = pad_to_patches(x, self.patch_size, time=False)
         tokens, grid = self.x_embedder(x)
         if self.position == "sincos_2d":
-            from lvdm.models.stdit import sincos_2d  # stdit imports this module
-
             pos = sincos_2d(self.hidden_size, grid[1], grid[2], None, 1.0).repeat(grid[0], 1).to(tokens)
         else:
             pos = sincos_pos_embed_3d(self.hidden_size, grid, self.base_grid, device=tokens.device).to(tokens.dtype)
         tokens = tokens + pos[None]
         c, ctx, ctx_mask = self._condition(timestep, x, context, context_mask, class_labels)
+        prefix = self._prefix(c, ctx, ctx_mask) if self.conditioning == "in_context" else None
+        run = self._run_full if self.layout == "full" else self._run_spatial_temporal
+        return self.unpatchify(run(tokens, grid, c, ctx, ctx_mask, prefix), grid)[:, :, :t, :h, :w]
 
-        num_prefix, prefix_mask = 0, None
-        if self.conditioning == "in_context":
-            prefix = [c[:, None]] + ([ctx] if ctx is not None else [])
-            prefix = torch.cat(prefix, dim=1)
+    @staticmethod
+    def _prefix(c, ctx, ctx_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """In-context condition tokens ``[B, P, D]`` (timestep, then text or label) and their
+        key mask ``[B, P]``."""
+        prefix = torch.cat([c[:, None]] + ([ctx] if ctx is not None else []), dim=1)
+        mask = torch.ones(prefix.shape[:2], dtype=torch.bool, device=prefix.device)
+        if ctx_mask is not None:
+            mask[:, 1:] = ctx_mask
+        return prefix, mask
+
+    def _run_full(self, tokens, grid, c, ctx, ctx_mask, prefix) -> torch.Tensor:
+        """The blocks and final layer of the ``full`` layout on tokens ``[B, N, D]``."""
+        num_prefix, mask = 0, None
+        if prefix is not None:  # condition tokens lead the sequence: keys for every token
+            prefix, prefix_mask = prefix
             num_prefix = prefix.shape[1]
-            ones = torch.ones(b, num_prefix, dtype=torch.bool, device=x.device)
-            if ctx_mask is not None:
-                ones[:, 1:] = ctx_mask
-            n = tokens.shape[1]
-            video_keys = torch.ones(b, n, dtype=torch.bool, device=x.device)
-            prefix_mask = ones
-            full_mask = torch.cat([ones, video_keys], dim=1)
-            tokens = torch.cat([prefix, tokens], dim=1)
-            # full layout attends over prefix + video at once; ST layout needs the prefix part only
-            mask = full_mask if self.layout == "full" else prefix_mask
-            c = None
-        else:
-            mask = None
-
+            mask = torch.cat([prefix_mask, prefix_mask.new_ones(tokens.shape[:2])], dim=1)
+            tokens, c = torch.cat([prefix, tokens], dim=1), None
         block_c = self.t_block(c) if self.adaln_single else c  # per sample, or per frame (cut with the frames under SP)
         for block in self.blocks:
             tokens = block(tokens, block_c, grid, ctx, ctx_mask, num_prefix, mask)
-        tokens = self.final_layer(tokens[:, num_prefix:], c)
-        return self.unpatchify(tokens, grid)[:, :, :t]
+        return self.final_layer(tokens[:, num_prefix:], c)
+
+    def _run_spatial_temporal(self, tokens, grid, c, ctx, ctx_mask, prefix) -> torch.Tensor:
+        """The blocks (:class:`SpatialTemporalBlock`) on tokens ``[B, T, S, D]`` and the final layer."""
+        b, t = tokens.shape[0], grid[0]
+        x = tokens.view(b, t, grid[1] * grid[2], self.hidden_size)
+        c = c[:, None] if c is not None and c.ndim == 2 else c  # [B, T or 1, D]
+        num_prefix, prefix_mask = 0, None
+        if prefix is not None:  # the condition tokens lead every frame
+            prefix, prefix_mask = prefix
+            num_prefix = prefix.shape[1]
+            x, c = torch.cat([prefix[:, None].expand(-1, t, -1, -1), x], dim=2), None
+        mods = self.t_block(c).unflatten(-1, (-1, self.hidden_size)) if self.adaln_single else c
+        for block in self.blocks:
+            x = block(x, mods, ctx, ctx_mask, prefix_mask=prefix_mask)
+        return self.final_layer(x[:, :, num_prefix:].flatten(1, 2), c)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         return unpatchify(tokens, grid, self.patch_size, self.out_channels)

@@ -27,12 +27,9 @@ def mm(m: int, k: int, n: int) -> int:
 
 
 def patch_grid(patch_size: Sequence[int], latent_thw: Sequence[int]) -> tuple[int, int, int]:
-    """Token grid ``(T', H', W')`` of a latent of ``(T, H, W)`` frames × rows × columns."""
-    t, h, w = (int(v) for v in latent_thw)
-    pt, ph, pw = patch_size
-    if t % pt or h % ph or w % pw:
-        raise ValueError(f"latent (T={t}, H={h}, W={w}) is not divisible by the patch size {tuple(patch_size)}")
-    return t // pt, h // ph, w // pw
+    """Token grid ``(T', H', W')`` of a latent of ``(T, H, W)`` frames × rows × columns; the
+    backbones pad a latent to whole patches, so a partial patch counts as one."""
+    return tuple(-(-int(n) // int(p)) for n, p in zip(latent_thw, patch_size))
 
 
 def _add(out: dict[str, int], name: str, flops: int) -> None:
@@ -145,5 +142,6 @@ class DiTShape:
             attention_flops(out, b, h * w, t, d)
         if self.conditioning == "cross_attn":
             cross_attention_flops(out, b, n, L, d)
-        mlp_flops(out, b, prefix + n, d, self.mlp_hidden)
+        # the spatial-temporal block carries the condition tokens in every frame
+        mlp_flops(out, b, prefix * (1 if self.layout == "full" else t) + n, d, self.mlp_hidden)
 

@@ -1,5 +1,6 @@
-"""Layers every lvdm backbone shares (pure torch): adaLN modulation, the final layer,
-unpatchify and the DiT initialisation of linears and the patch embedding.
+"""Layers every lvdm backbone shares (pure torch): attention (self and cross, optional QK-norm),
+the MLP, adaLN modulation, the final layer, padding to whole patches, unpatchify and the DiT
+initialisation of linears, the patch embedding and identity blocks.
 
 :class:`~lvdm.models.dit.DiT` and :class:`~lvdm.models.stdit.STDiT` both import these, so a fix
 here reaches every backbone, and their parameter names (``final_layer.norm``, ``.linear``,
@@ -8,10 +9,81 @@ here reaches every backbone, and their parameter names (``final_layer.norm``, ``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from lvdm.ops.attention import attention
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = x.float().pow(2).mean(-1, keepdim=True).add(self.eps).rsqrt()
+        return (x.float() * norm).to(x.dtype) * self.weight
+
+
+class Attention(nn.Module):
+    """Multi-head attention; self-attention by default, cross-attention when ``cross=True``."""
+
+    def __init__(self, dim: int, num_heads: int, cross: bool = False, qk_norm: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(dim, dim)
+            self.kv = nn.Linear(dim, 2 * dim)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim)
+        head_dim = dim // num_heads
+        self.q_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, -1).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        sharded: bool = False,
+        rope: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``sharded``: ``x`` is this rank's chunk of a sequence split across ranks (see
+        :func:`lvdm.ops.attention.attention`). ``rope``: a rotary position code applied to the
+        (normalised) queries and keys ``[B, heads, L, head_dim]`` (:mod:`lvdm.models.rope`)."""
+        if self.cross:
+            q = self.q(x)
+            k, v = self.kv(context).chunk(2, dim=-1)
+        else:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = self.q_norm(self._heads(q)), self.k_norm(self._heads(k)), self._heads(v)
+        if rope is not None:
+            q, k = rope(q), rope(k)
+        out = attention(q, k, v, key_mask=key_mask, sharded=sharded)
+        return self.proj(out.transpose(1, 2).reshape(x.shape))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, out: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, out or dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
 
 
 def _per_token(x: torch.Tensor, mod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,6 +151,16 @@ def unpatchify(tokens: torch.Tensor, grid: tuple[int, int, int], patch_size: Seq
     return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, out_channels, t * pt, h * ph, w * pw)
 
 
+def pad_to_patches(x: torch.Tensor, patch_size: Sequence[int], time: bool = True) -> torch.Tensor:
+    """Latents ``[B, C, T, H, W]`` zero-padded at the end of W, H (and T, with ``time``) to whole
+    patches, as Open-Sora 1.2's ``PatchEmbed3D`` pads; the model crops its output back with
+    ``out[..., :T, :H, :W]`` (STDiT3's ``unpatchify``). Whole-patch latents are returned as is."""
+    _, _, t, h, w = x.shape
+    pt, ph, pw = patch_size
+    pad = (0, -w % pw, 0, -h % ph, 0, -t % pt if time else 0)
+    return F.pad(x, pad) if any(pad) else x
+
+
 def init_linears_and_patches(model: nn.Module) -> None:
     """DiT's base initialisation: Xavier-uniform linears with zero bias, and the patch
     embedding's convolution initialised as the linear it is (Xavier over its flattened kernel)."""
@@ -102,3 +184,24 @@ def zero_final_layer(final_layer: FinalLayer) -> None:
         nn.init.zeros_(final_layer.adaLN_modulation[-1].bias)
     nn.init.zeros_(final_layer.linear.weight)
     nn.init.zeros_(final_layer.linear.bias)
+
+
+def zero_init_block(block: nn.Module, output_projections: list[nn.Linear]) -> None:
+    """DiT's identity initialisation of a block: zero gates — the gate rows (every third) of an
+    adaLN-single ``scale_shift_table`` (the block is the identity once the shared ``t_block``
+    output is zero too) or the whole ``adaLN_modulation`` linear — or, without modulation, zero
+    ``output_projections`` (the last linear of each residual branch); a cross-attention's
+    output projection is zeroed in every case."""
+    if hasattr(block, "scale_shift_table"):
+        with torch.no_grad():
+            block.scale_shift_table[2::3].zero_()
+    elif hasattr(block, "adaLN_modulation"):
+        nn.init.zeros_(block.adaLN_modulation[-1].weight)
+        nn.init.zeros_(block.adaLN_modulation[-1].bias)
+    else:
+        for linear in output_projections:
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+    if getattr(block, "cross_attn", None) is not None:
+        nn.init.zeros_(block.cross_attn.proj.weight)
+        nn.init.zeros_(block.cross_attn.proj.bias)

@@ -49,6 +49,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                                     base_size=None, interpolation_scale=0.5),
     "opensora-v1.0-stdit-xl2-512": dict(_XL, context_length=120, temporal="inline",
                                         temporal_position="sincos_branch", base_size=None, interpolation_scale=1.0),
+    "opensora-v1.0-stdit-xl2-64x512": dict(_XL, context_length=120, temporal="inline",
+                                           temporal_position="sincos_branch", base_size=None, interpolation_scale=1.0,
+                                           time_scale=2 / 3),
     "opensora-v1.2-stdit3-xl2": dict(_XL, context_length=300, temporal="blocks", temporal_cross_attention=True,
                                      temporal_position="rope", qk_norm=True, fps_conditioning=True,
                                      resolution_scale=512),
@@ -58,7 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 PresetName = Literal[
     "pixart-alpha-xl2-256", "pixart-alpha-xl2-512", "pixart-alpha-xl2-1024", "opensora-v1.0-stdit-xl2",
-    "opensora-v1.0-stdit-xl2-512", "opensora-v1.2-stdit3-xl2", "latte-1",
+    "opensora-v1.0-stdit-xl2-512", "opensora-v1.0-stdit-xl2-64x512", "opensora-v1.2-stdit3-xl2", "latte-1",
 ]
 
 
@@ -85,6 +88,7 @@ def preset(
     temporal_position: Optional[TemporalPosition] = None,
     base_size: Optional[int] = None,
     interpolation_scale: Optional[float] = None,
+    time_scale: Optional[float] = None,
     fps_conditioning: Optional[bool] = None,
     latent_scale: Optional[int] = None,
 ) -> STDiT:
@@ -98,7 +102,8 @@ def preset(
         name, in_channels=in_channels, pred_sigma=pred_sigma, patch_size=patch_size, hidden_size=hidden_size,
         depth=depth, num_heads=num_heads, context_dim=context_dim, context_length=context_length,
         temporal=temporal, temporal_position=temporal_position, base_size=base_size,
-        interpolation_scale=interpolation_scale, fps_conditioning=fps_conditioning, latent_scale=latent_scale,
+        interpolation_scale=interpolation_scale, time_scale=time_scale, fps_conditioning=fps_conditioning,
+        latent_scale=latent_scale,
     ))
 
 
@@ -280,6 +285,9 @@ TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
                                       759_620_768, _OS10),
     "opensora-v1.0-stdit-xl2-512": _stdit("opensora-v1.0-stdit-xl2-512", _OS + "v1.0, OpenSora-v1-HQ-16x512x512.pth",
                                           759_620_768, _OS10),
+    "opensora-v1.0-stdit-xl2-64x512": _stdit(
+        "opensora-v1.0-stdit-xl2-64x512", _OS + "v1.0, configs/opensora/train/64x512x512.py (time_scale 2/3)",
+        759_620_768, _OS10),
     "opensora-v1.2-stdit3-xl2": _stdit("opensora-v1.2-stdit3-xl2", _OS + "v1.2, hf hpcai-tech/OpenSora-STDiT-v3",
                                        1_207_643_936, _OS12),
 }.items()}

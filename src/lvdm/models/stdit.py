@@ -31,6 +31,9 @@ What they share, and where they differ from :class:`lvdm.models.dit.DiT`:
   variance half is kept so the weights load, and :meth:`STDiT.forward` returns the first ``C``
   channels, the only ones lvdm's objectives use.
 
+:class:`STDiTBlock` is lvdm's one spatial-temporal block: ``DiT(layout="spatial_temporal")``
+runs it too (:class:`lvdm.models.dit.SpatialTemporalBlock`, with ``temporal_norm``).
+
 Initialisation makes every block the identity by zeroing the output projections of its
 residual branches (attention, cross-attention, MLP), so temporal layers added to a trained
 image model leave it unchanged (the phase 1 → 2 hand-off, :mod:`lvdm.checkpoints.init_from`).
@@ -41,22 +44,23 @@ and broadcast over the frame's tokens.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Callable, Literal, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
 
-from lvdm.models.dit import Attention, Mlp
-from lvdm.models.embeddings import PatchEmbed3D, TimestepEmbedder, sincos_1d
+from lvdm.models.embeddings import PatchEmbed3D, TimestepEmbedder, check_latents, sincos_1d
 from lvdm.models.flops import attention_flops, cross_attention_flops, mlp_flops, mm, patch_grid
-from lvdm.models.layers import FinalLayer, init_linears_and_patches, modulate, unpatchify, zero_final_layer
+from lvdm.models.layers import (Attention, FinalLayer, Mlp, init_linears_and_patches, modulate, pad_to_patches,
+                               unpatchify, zero_final_layer, zero_init_block)
 from lvdm.models.parallel_plan import SequenceSplit
 from lvdm.models.rope import apply_rope, rope_1d, rope_3d
 
 Temporal = Literal["none", "inline", "blocks"]
 TemporalPosition = Literal["none", "sincos_stream", "sincos_branch", "rope"]
 Position = Literal["sincos_2d", "rope_3d"]
+Modulation = Literal["table", "adaln", "none"]
 Rope = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -86,10 +90,11 @@ def _sincos_2d(hidden_size, h, w, base_size, interpolation_scale) -> torch.Tenso
 
 
 @lru_cache(maxsize=64)
-def sincos_frames(hidden_size: int, length: int) -> torch.Tensor:
-    """1D sin-cos code ``[length, hidden]`` of frame positions ``0 … length-1`` (float32)."""
+def sincos_frames(hidden_size: int, length: int, time_scale: float = 1.0) -> torch.Tensor:
+    """1D sin-cos code ``[length, hidden]`` (float32) of frame positions ``i / time_scale``,
+    ``i = 0 … length-1`` (Open-Sora 1.0's ``get_1d_sincos_pos_embed``, float64 positions)."""
     with torch.device("cpu"):
-        return sincos_1d(hidden_size, torch.arange(length, dtype=torch.float32)).float()
+        return sincos_1d(hidden_size, torch.arange(length, dtype=torch.float64) / time_scale).float()
 
 
 class Positions(NamedTuple):
@@ -112,15 +117,37 @@ class Positions(NamedTuple):
         return None
 
 
-def attend(attn: Attention, x: torch.Tensor, temporal: bool, rope: Optional[Rope] = None) -> torch.Tensor:
+def attend(attn: Attention, x: torch.Tensor, temporal: bool, rope: Optional[Rope] = None,
+           prefix_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Self-attention of ``x`` ``[B, T, S, D]`` within each frame (over S) or, ``temporal``,
     across frames at each position (over T). Under sequence parallelism the frames are split
-    across ranks, so attention across them is ``sharded`` (its keys live on every rank)."""
+    across ranks, so attention across them is ``sharded`` (its keys live on every rank).
+
+    ``prefix_mask`` ``[B, P]``: the first P of every frame's S tokens are the same condition
+    tokens (lvdm DiT's in-context conditioning, valid where True): within a frame they are
+    keys like the frame's tokens and each takes the mean of its per-frame updates (so the copies
+    stay equal); across frames they are left out (zero update)."""
     b, t, s, d = x.shape
+    if prefix_mask is not None:
+        p = prefix_mask.shape[1]
+        if temporal:
+            return torch.cat([torch.zeros_like(x[:, :, :p]), attend(attn, x[:, :, p:], True, rope)], dim=2)
+        keys = torch.cat([prefix_mask, prefix_mask.new_ones(b, s - p)], dim=1).repeat_interleave(t, dim=0)
+        out = attn(x.reshape(b * t, s, d), key_mask=keys, rope=rope).reshape(b, t, s, d)
+        return torch.cat([out[:, :, :p].mean(1, keepdim=True).expand(-1, t, -1, -1), out[:, :, p:]], dim=2)
     if temporal:
         out = attn(x.transpose(1, 2).reshape(b * s, t, d), rope=rope, sharded=True)
         return out.reshape(b, s, t, d).transpose(1, 2)
     return attn(x.reshape(b * t, s, d), rope=rope).reshape(b, t, s, d)
+
+
+def _branch(fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, rows) -> torch.Tensor:
+    """A residual branch on normalised tokens ``h``: modulated and gated by its (shift, scale,
+    gate) ``rows``, or plain (None: no modulation)."""
+    if rows is None:
+        return fn(h)
+    shift, scale, gate = rows
+    return gate * fn(modulate(h, shift, scale))
 
 
 class PixArtBlock(nn.Module):
@@ -134,59 +161,122 @@ class PixArtBlock(nn.Module):
         temporal: attend across frames instead of within a frame.
         cross_attention: include the text cross-attention (Latte's temporal blocks have none).
         qk_norm: RMS-normalise self-attention queries and keys (STDiT3; never cross-attention).
+        modulation: where each branch's (shift, scale, gate) come from: ``"table"``
+            (adaLN-single: the model's shared ``t_block`` output plus this block's
+            ``scale_shift_table``), ``"adaln"`` (adaLN-zero: this block's ``adaLN_modulation``
+            linear of the conditioning vector) or ``"none"`` (affine LayerNorms, no gates).
+        cross_norm: a LayerNorm in front of the cross-attention (lvdm's DiT).
+        cross_qk_norm: RMS-normalise the cross-attention's queries and keys (lvdm's DiT).
     """
 
+    #: self-attention branches with their own (shift, scale, gate) rows (the MLP has one more)
+    attention_branches = 1
+
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, temporal: bool = False,
-                 cross_attention: bool = True, qk_norm: bool = False):
+                 cross_attention: bool = True, qk_norm: bool = False, modulation: Modulation = "table",
+                 cross_norm: bool = False, cross_qk_norm: bool = False):
         super().__init__()
-        self.temporal = temporal
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm)
-        self.cross_attn = Attention(hidden_size, num_heads, cross=True) if cross_attention else None
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        if modulation not in ("table", "adaln", "none"):
+            raise ValueError(f"modulation must be table, adaln or none, got {modulation!r}")
+        self.temporal, self.modulation = temporal, modulation
+        self.add_layers(norm1=self.norm(hidden_size), attn=Attention(hidden_size, num_heads, qk_norm=qk_norm))
+        if cross_attention and cross_norm:
+            self.cross_norm = nn.LayerNorm(hidden_size, eps=1e-6)
+        self.cross_attn = None
+        if cross_attention:
+            self.cross_attn = Attention(hidden_size, num_heads, cross=True, qk_norm=cross_qk_norm)
+        self.add_layers(norm2=self.norm(hidden_size))
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-        self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
+        self.num_modulations = 3 * (self.attention_branches + 1)
+        if modulation == "table":
+            self.scale_shift_table = nn.Parameter(torch.randn(self.num_modulations, hidden_size) / hidden_size**0.5)
+        elif modulation == "adaln":
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, self.num_modulations * hidden_size))
+
+    def norm(self, hidden_size: int) -> nn.LayerNorm:
+        """A branch's pre-norm: affine only when no modulation scales and shifts it."""
+        return nn.LayerNorm(hidden_size, elementwise_affine=self.modulation == "none", eps=1e-6)
+
+    def add_layers(self, **layers: nn.Module) -> None:
+        """Register sub-layers under their names (a subclass may keep other checkpoint names)."""
+        for name, layer in layers.items():
+            setattr(self, name, layer)
 
     def output_projections(self) -> list[nn.Linear]:
         """The last linear of every residual branch: all zero makes the block the identity."""
         projs = [self.attn.proj, self.mlp.fc2]
         return projs + ([self.cross_attn.proj] if self.cross_attn is not None else [])
 
-    def forward(self, x: torch.Tensor, mods: torch.Tensor, context: Optional[torch.Tensor] = None,
-                context_mask: Optional[torch.Tensor] = None, positions: Positions = Positions()) -> torch.Tensor:
-        """``x`` ``[B, T, S, D]``; ``mods`` ``[B, T or 1, 6, D]``: the shared ``t_block`` output
-        (per frame or per sample); ``context`` ``[B, L, D]`` projected text tokens."""
-        table = mods + self.scale_shift_table.to(mods.dtype)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = table.unsqueeze(3).unbind(2)
+    def zero_init(self) -> None:
+        """DiT's way to make the block the identity (:func:`~lvdm.models.layers.zero_init_block`):
+        zero gates, or zero residual outputs without modulation; zero cross-attention output."""
+        zero_init_block(self, self.output_projections())
+
+    def modulations(self, mods: Optional[torch.Tensor]) -> Optional[tuple[torch.Tensor, ...]]:
+        """The (shift, scale, gate) rows of every branch, each ``[B, T or 1, 1, D]``, from the
+        shared ``t_block`` output ``[B, T or 1, n, D]`` (``"table"``) or the conditioning vector
+        ``[B, T or 1, D]`` (``"adaln"``); None without modulation."""
+        if self.modulation == "none":
+            return None
+        if self.modulation == "adaln":
+            mods = self.adaLN_modulation(mods).unflatten(-1, (self.num_modulations, -1))
+        else:
+            mods = mods + self.scale_shift_table.to(mods.dtype)
+        return mods.unsqueeze(3).unbind(2)
+
+    def forward(self, x: torch.Tensor, mods: Optional[torch.Tensor], context: Optional[torch.Tensor] = None,
+                context_mask: Optional[torch.Tensor] = None, positions: Positions = Positions(),
+                prefix_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x`` ``[B, T, S, D]``; ``mods``: see :meth:`modulations` (per frame or per sample);
+        ``context`` ``[B, L, D]`` projected text tokens; ``prefix_mask``: see :func:`attend`."""
+        rows = self.modulations(mods)
         if self.temporal and positions.stream_sincos is not None:  # Latte: frame code into the stream
             x = x + positions.stream_sincos[:, :, None].to(x.dtype)
-        x = self.self_attention(x, shift_msa, scale_msa, gate_msa, positions)
+        x = self.self_attention(x, rows, positions, prefix_mask)
         if self.cross_attn is not None:  # per token: run on the whole sequence, not per frame
             b, t, s, d = x.shape
-            x = x + self.cross_attn(x.reshape(b, t * s, d), context=context, key_mask=context_mask).view(b, t, s, d)
-        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+            h = self.cross_norm(x) if hasattr(self, "cross_norm") else x
+            x = x + self.cross_attn(h.reshape(b, t * s, d), context=context, key_mask=context_mask).view(b, t, s, d)
+        return x + _branch(self.mlp, self.norm2(x), rows and rows[-3:])
 
-    def self_attention(self, x, shift, scale, gate, positions: Positions) -> torch.Tensor:
+    def self_attention(self, x, rows, positions: Positions, prefix_mask=None) -> torch.Tensor:
         rope = positions.rope(self.temporal, x.shape[0])
-        return x + gate * attend(self.attn, modulate(self.norm1(x), shift, scale), self.temporal, rope)
+        attn = partial(attend, self.attn, temporal=self.temporal, rope=rope, prefix_mask=prefix_mask)
+        return x + _branch(attn, self.norm1(x), rows and rows[:3])
 
 
 class STDiTBlock(PixArtBlock):
-    """Open-Sora 1.0's block: a spatial :class:`PixArtBlock` whose attention branch is followed
-    by attention across frames (``attn_temp``) on the un-normalised, unmodulated tokens,
-    scaled by the same gate; block 0 adds the temporal sin-cos code to that branch's input."""
+    """The spatial-temporal block: a spatial :class:`PixArtBlock` whose attention branch is
+    followed by attention across frames (``attn_temp``). Open-Sora 1.0 runs it on the
+    un-normalised, unmodulated tokens, scaled by the spatial gate, and block 0 adds the
+    temporal sin-cos code to that branch's input; with ``temporal_norm`` (lvdm's
+    ``DiT(layout="spatial_temporal")``) it is a branch of its own: LayerNorm ``norm_temp``
+    and its own (shift, scale, gate) rows."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
-        super().__init__(hidden_size, num_heads, mlp_ratio, temporal=False, cross_attention=True, qk_norm=qk_norm)
-        self.attn_temp = Attention(hidden_size, num_heads, qk_norm=qk_norm)
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False,
+                 temporal_norm: bool = False, **options):
+        if not temporal_norm and options.get("modulation") == "none":
+            raise ValueError("an STDiTBlock without temporal_norm gates its temporal attention: it needs modulation")
+        self.temporal_norm = temporal_norm
+        super().__init__(hidden_size, num_heads, mlp_ratio, qk_norm=qk_norm, **options)
+        layers = dict(attn_temp=Attention(hidden_size, num_heads, qk_norm=qk_norm))
+        self.add_layers(**(dict(norm_temp=self.norm(hidden_size), **layers) if temporal_norm else layers))
+
+    @property
+    def attention_branches(self) -> int:
+        return 2 if self.temporal_norm else 1
 
     def output_projections(self) -> list[nn.Linear]:
         return super().output_projections() + [self.attn_temp.proj]
 
-    def self_attention(self, x, shift, scale, gate, positions: Positions) -> torch.Tensor:
-        x = super().self_attention(x, shift, scale, gate, positions)
+    def self_attention(self, x, rows, positions: Positions, prefix_mask=None) -> torch.Tensor:
+        x = super().self_attention(x, rows, positions, prefix_mask)
+        attn = partial(attend, self.attn_temp, temporal=True, rope=positions.rope(True, x.shape[0]),
+                       prefix_mask=prefix_mask)
+        if self.temporal_norm:
+            return x + _branch(attn, self.norm_temp(x), rows and rows[3:6])
         x_t = x if positions.temporal_sincos is None else x + positions.temporal_sincos[:, :, None].to(x.dtype)
-        return x + gate * attend(self.attn_temp, x_t, temporal=True, rope=positions.rope(True, x.shape[0]))
+        return x + rows[2] * attn(x_t)
 
 
 class STDiT(nn.Module):
@@ -219,6 +309,8 @@ class STDiT(nn.Module):
             patch``; None: positions 0 … n-1, Open-Sora).
         interpolation_scale: positions are divided by this (PixArt: ``max(sample_size // 64,
             1)``; Open-Sora 1.0: its ``space_scale``, 0.5 at 256 px).
+        time_scale: frame positions of the temporal sin-cos code are divided by this
+            (Open-Sora 1.0's ``time_scale``: 2/3 in its 64- and 360-frame 512 px configs).
         resolution_scale: Open-Sora 1.2's position scale instead of the two above: the
             reference size in pixels (its ``input_sq_size``, 512); positions are divided by
             ``√(H·W) / resolution_scale`` of the pixel resolution (``forward``'s ``resolution``,
@@ -271,6 +363,7 @@ class STDiT(nn.Module):
         position: Position = "sincos_2d",
         base_size: Optional[int] = None,
         interpolation_scale: float = 1.0,
+        time_scale: float = 1.0,
         resolution_scale: Optional[int] = None,
         qk_norm: bool = False,
         size_conditioning: bool = False,
@@ -279,7 +372,7 @@ class STDiT(nn.Module):
         default_fps: float = 24.0,
     ):
         super().__init__()
-        self._check_options(temporal, temporal_position, position, hidden_size, size_conditioning)
+        self._check_options(temporal, temporal_position, position, hidden_size, size_conditioning, time_scale)
         if isinstance(patch_size, int):
             patch_size = (1, patch_size, patch_size)
         self.in_channels = in_channels
@@ -289,39 +382,49 @@ class STDiT(nn.Module):
         self.context_dim, self.context_length = context_dim, context_length
         self.temporal, self.temporal_position, self.position = temporal, temporal_position, position
         self.base_size, self.interpolation_scale = base_size, float(interpolation_scale)
+        self.time_scale = float(time_scale)
         self.resolution_scale = resolution_scale
         self.size_conditioning, self.fps_conditioning = size_conditioning, fps_conditioning
         self.latent_scale, self.default_fps = latent_scale, float(default_fps)
 
-        self.x_embedder = PatchEmbed3D(in_channels, hidden_size, self.patch_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
-        if size_conditioning:
-            self.resolution_embedder = TimestepEmbedder(hidden_size // 3)
-            self.aspect_ratio_embedder = TimestepEmbedder(hidden_size // 3)
-        if fps_conditioning:
-            self.fps_embedder = TimestepEmbedder(hidden_size)
-        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
-        self.context_proj = Mlp(context_dim, hidden_size, hidden_size)
-        if context_length:
-            self.register_buffer("null_context", torch.randn(context_length, context_dim) / context_dim**0.5)
-        if temporal == "inline":
-            self.blocks = nn.ModuleList(STDiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth))
-        else:
-            self.blocks = nn.ModuleList(
-                PixArtBlock(hidden_size, num_heads, mlp_ratio, qk_norm=qk_norm) for _ in range(depth)
-            )
-        if temporal == "blocks":
-            self.temporal_blocks = nn.ModuleList(
-                PixArtBlock(hidden_size, num_heads, mlp_ratio, temporal=True,
-                            cross_attention=temporal_cross_attention, qk_norm=qk_norm)
-                for _ in range(depth)
-            )
-        patch_volume = math.prod(self.patch_size)
-        self.final_layer = FinalLayer(hidden_size, patch_volume, self.out_channels, modulated=True, adaln_single=True)
+        self._build_embedders()
+        self._build_blocks(depth, mlp_ratio, qk_norm, temporal_cross_attention)
+        self.final_layer = FinalLayer(hidden_size, math.prod(self.patch_size), self.out_channels, modulated=True,
+                                      adaln_single=True)
         self.initialize_weights()
 
+    def _build_embedders(self) -> None:
+        """Patch, timestep and micro-condition embedders, the shared ``t_block``, the caption
+        projection and the learned null caption."""
+        d = self.hidden_size
+        self.x_embedder = PatchEmbed3D(self.in_channels, d, self.patch_size)
+        self.t_embedder = TimestepEmbedder(d)
+        if self.size_conditioning:
+            self.resolution_embedder = TimestepEmbedder(d // 3)
+            self.aspect_ratio_embedder = TimestepEmbedder(d // 3)
+        if self.fps_conditioning:
+            self.fps_embedder = TimestepEmbedder(d)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.context_proj = Mlp(self.context_dim, d, d)
+        if self.context_length:
+            null = torch.randn(self.context_length, self.context_dim) / self.context_dim**0.5
+            self.register_buffer("null_context", null)
+
+    def _build_blocks(self, depth: int, mlp_ratio: float, qk_norm: bool, temporal_cross_attention: bool) -> None:
+        d, heads = self.hidden_size, self.num_heads
+        if self.temporal == "inline":
+            self.blocks = nn.ModuleList(STDiTBlock(d, heads, mlp_ratio, qk_norm) for _ in range(depth))
+        else:
+            self.blocks = nn.ModuleList(PixArtBlock(d, heads, mlp_ratio, qk_norm=qk_norm) for _ in range(depth))
+        if self.temporal == "blocks":
+            self.temporal_blocks = nn.ModuleList(
+                PixArtBlock(d, heads, mlp_ratio, temporal=True, cross_attention=temporal_cross_attention,
+                            qk_norm=qk_norm)
+                for _ in range(depth)
+            )
+
     @staticmethod
-    def _check_options(temporal, temporal_position, position, hidden_size, size_conditioning) -> None:
+    def _check_options(temporal, temporal_position, position, hidden_size, size_conditioning, time_scale) -> None:
         if temporal not in ("none", "inline", "blocks"):
             raise ValueError(f"temporal must be none, inline or blocks, got {temporal!r}")
         allowed = {"none": ("none",), "inline": ("none", "sincos_branch", "rope"),
@@ -334,6 +437,8 @@ class STDiT(nn.Module):
             raise ValueError("position='rope_3d' already codes time: set temporal_position='none'")
         if size_conditioning and hidden_size % 3:
             raise ValueError(f"size_conditioning embeds 3 scalars of hidden_size/3: {hidden_size} is not divisible by 3")
+        if not time_scale > 0:
+            raise ValueError(f"STDiT.time_scale must be > 0, got {time_scale}")
 
     def all_blocks(self) -> list[PixArtBlock]:
         return list(self.blocks) + list(getattr(self, "temporal_blocks", []))
@@ -450,9 +555,9 @@ class STDiT(nn.Module):
         if self.temporal_position == "rope":
             return Positions(temporal_rope=tuple(c.to(device)[None] for c in rope_1d(t, head_dim)))
         if self.temporal_position == "sincos_branch":
-            return Positions(temporal_sincos=sincos_frames(self.hidden_size, t).to(device)[None])
+            return Positions(temporal_sincos=sincos_frames(self.hidden_size, t, self.time_scale).to(device)[None])
         if self.temporal_position == "sincos_stream" and t > 1:
-            return Positions(stream_sincos=sincos_frames(self.hidden_size, t).to(device)[None])
+            return Positions(stream_sincos=sincos_frames(self.hidden_size, t, self.time_scale).to(device)[None])
         return Positions()
 
     # ------------------------------------------------------------------------------ forward
@@ -472,9 +577,11 @@ class STDiT(nn.Module):
         ``[B, L, context_dim]`` with boolean ``context_mask`` ``[B, L]`` (None: the learned null
         caption). Micro-conditions (when the model has them): ``resolution`` ``[B, 2]`` pixels
         ``(h, w)``, ``aspect_ratio`` ``[B]``, ``fps`` ``[B]``; derived from ``x`` /
-        ``default_fps`` when not given."""
-        b = x.shape[0]
-        tokens, grid = self.x_embedder(x)
+        ``default_fps`` when not given. Any latent size is taken: H, W and T are zero-padded
+        at the end to whole patches and the prediction is cropped back (Open-Sora 1.2)."""
+        check_latents(x, self.in_channels)
+        b, _, *size = x.shape
+        tokens, grid = self.x_embedder(pad_to_patches(x, self.patch_size))
         t, h, w = grid
         tokens = tokens.view(b, t, h * w, self.hidden_size)
         if self.position == "sincos_2d":
@@ -494,7 +601,7 @@ class STDiT(nn.Module):
             if self.temporal == "blocks":
                 tokens = self.temporal_blocks[i](tokens, mods, ctx, ctx_mask, positions if i == 0 else later)
         out = self.unpatchify(self.final_layer(tokens.flatten(1, 2), c), grid)
-        return out[:, : self.in_channels]
+        return out[:, : self.in_channels, : size[0], : size[1], : size[2]]
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """``[B, T·S, pt·ph·pw·C_out]`` → ``[B, C_out, T·pt, H·ph, W·pw]``."""

@@ -13,7 +13,8 @@ PixArt-α ``.pth`` (``PixArt-XL-2-512x512.pth``, Open-Sora 1.0's initialisation)
 * PixArt-α's 2D patch convolution ``[D, C, p, p]`` → a 3D one ``[D, C, 1, p, p]``;
 * fixed codes stored as tensors — ``pos_embed``, ``pos_embed_temporal`` (sin-cos) and
   ``rope.freqs`` (rotary frequencies) — are computed by lvdm; :func:`convert_state_dict`
-  checks each against lvdm's code when the model is given and drops it.
+  checks each against lvdm's code when the model is given (``pos_embed`` for the grid it was
+  stored for, square or not: :func:`stored_grid`) and drops it.
 """
 
 from __future__ import annotations
@@ -74,17 +75,33 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], model: Optional[STDiT] = 
     return out
 
 
+def stored_grid(code: torch.Tensor) -> tuple[int, int]:
+    """The patch grid ``(h, w)`` of a stored 2D sin-cos code ``[h·w, D]`` (rows h-major, the
+    second half of the channels encodes the row): ``w`` is the first row whose row code differs
+    from row 0's. A checkpoint trained at a non-square size (Open-Sora 1.0's ``input_size``)
+    stores a non-square grid."""
+    rows = code[:, code.shape[1] // 2:]
+    changed = (rows[1:] != rows[:1]).any(dim=1).nonzero()
+    w = int(changed[0]) + 1 if len(changed) else code.shape[0]
+    if code.shape[0] % w:
+        raise ValueError(f"a stored 2D sin-cos code of {code.shape[0]} rows is not a grid of rows of {w}")
+    return code.shape[0] // w, w
+
+
 def _check_computed(key: str, stored: torch.Tensor, model: STDiT) -> None:
     if key == "rope.freqs":
         ours = rope_frequencies(model.hidden_size // model.num_heads)
         what = "rotary frequencies"
     elif key == "pos_embed_temporal":
-        ours = sincos_frames(model.hidden_size, stored.shape[-2])
-        what = "temporal sin-cos code"
+        ours = sincos_frames(model.hidden_size, stored.shape[-2], model.time_scale)
+        what = f"temporal sin-cos code (time_scale={model.time_scale:.4g})"
     else:
-        side = int(round(stored.shape[-2] ** 0.5))  # the published codes are of square grids
-        ours = sincos_2d(model.hidden_size, side, side, model.base_size, model.interpolation_scale)
+        h, w = stored_grid(stored.reshape(-1, stored.shape[-1]))
+        ours = sincos_2d(model.hidden_size, h, w, model.base_size, model.interpolation_scale)
         what = f"2D sin-cos code (base_size={model.base_size}, interpolation_scale={model.interpolation_scale})"
+    if stored.shape[-1] != ours.shape[-1]:
+        raise ValueError(f"checkpoint key {key!r} has width {stored.shape[-1]}, the model's hidden_size is "
+                         f"{model.hidden_size}")
     stored = stored.reshape(ours.shape).float()
     diff = (stored - ours).abs().max().item()
     if diff > 1e-4:
