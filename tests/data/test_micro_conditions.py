@@ -91,3 +91,20 @@ def test_latent_samples_without_a_recorded_size_carry_none(tmp_path):
     sample = {"latent.npy": _npy(np.zeros((4, 3, 5, 9), np.float32)), "txt": b"x", "json": b"{}"}
     out = dm.decode_sample(sample, np.random.default_rng(0), random_start=False)
     assert not {"height", "width", "fps"} & set(out)
+
+
+@pytest.mark.parametrize("meta", [{"bucket": {"name": "b"}}, {"resolution": [20]}, {"resolution": ["x", 3]}])
+def test_latent_samples_with_an_incomplete_size_carry_none(tmp_path, meta):
+    dm = LatentDataModule(str(tmp_path))
+    sample = {"latent.npy": _npy(np.zeros((4, 3, 5, 9), np.float32)), "txt": b"x", "json": json.dumps(meta).encode()}
+    assert "height" not in dm.decode_sample(sample, np.random.default_rng(0), random_start=False)
+
+
+def test_a_batch_where_some_samples_lack_the_size_leaves_it_out():
+    from lvdm.data.datamodule import _collate
+
+    full = {"latent": torch.zeros(2), "height": torch.tensor(8.0), "width": torch.tensor(8.0), "fps": torch.tensor(8.0),
+            "key": "a"}
+    batch = _collate([full, {"latent": torch.zeros(2), "key": "b"}])
+    assert set(batch) == {"latent", "key"}
+    assert set(_collate([full, full])) == set(full)

@@ -88,10 +88,16 @@ class _DecodeSamples:
             yield {**decoded, "key": key}
 
 
+#: fields a sample may lack (a latent whose json records no size): a batch has them when all its samples do
+_OPTIONAL = ("height", "width", "fps")
+
+
 def _collate(samples: list[dict]) -> dict:
     """Stack tensor fields (which must agree in shape) and list the others."""
     batch = {}
     for name, first in samples[0].items():
+        if name in _OPTIONAL and not all(name in sample for sample in samples):
+            continue  # the model then derives the condition
         values = [sample[name] for sample in samples]
         if isinstance(first, torch.Tensor):
             shapes = [tuple(v.shape) for v in values]
@@ -668,8 +674,8 @@ class LatentDataModule(ShardDataModule):
         (:func:`clip_fps`; a single latent frame taken with ``num_frames=1`` is an image) of a
         latent sample, from its ``key.json``; nothing when the json does not record the size."""
         bucket = meta.get("bucket")
-        size = (bucket["height"], bucket["width"]) if isinstance(bucket, dict) else meta.get("resolution")
-        if not (isinstance(size, (list, tuple)) and len(size) == 2):
+        size = (bucket.get("height"), bucket.get("width")) if isinstance(bucket, dict) else meta.get("resolution")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size)):
             return {}
         interval = meta.get("frame_interval") or (self.buckets.frame_interval if self.buckets is not None else 1)
         image = one_frame or meta.get("kind") == "image" or meta.get("frames") == 1
