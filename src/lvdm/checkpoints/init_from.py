@@ -14,6 +14,14 @@ or PixArt-α) into a spatial-temporal :class:`~lvdm.models.stdit.STDiT` carries 
 weight and leaves the temporal layers new; STDiT initialises those as the identity, so the
 video model starts as the image model applied frame by frame.
 
+A source trained under other *fixed position settings* than the model (the settings a backbone
+declares in ``fixed_position_settings``: a position code's kind, grid or interpolation scale, the
+timestep code's frequencies) is refused, naming the setting and both values: its weights would
+load (even strictly) and silently give another model. The source's settings are known when it
+carries its recipe (an ``lvdm fit`` checkpoint built by the CLI, an exported ``.safetensors``) or
+its config (a diffusers folder); an Open-Sora ``.pth`` carries neither and is not checked.
+``allow_position_change=True`` accepts a deliberate change (a new phase at another resolution).
+
 Lightning checkpoints are read with :func:`lvdm.checkpoints.load.read_checkpoint` (weights-only
 ``torch.load``, DeepSpeed shards scanned then merged) — the weights alone, without rebuilding
 the source's whole module (its text encoder, …) as :func:`lvdm.checkpoints.load.load_module` would.
@@ -29,6 +37,7 @@ from typing import Literal, Mapping
 import torch
 from torch import nn
 
+from lvdm.models.contract import fixed_position_settings
 from lvdm.utils import check_finite
 
 Weights = Literal["auto", "ema", "raw"]
@@ -106,21 +115,55 @@ def _strip(sd: Mapping[str, torch.Tensor], prefix: str, source: str) -> dict[str
     return out
 
 
-def read_source(source: str, weights: Weights = "auto", prefix: str = "denoiser.") -> tuple[dict[str, torch.Tensor], str]:
-    """The weights of ``source`` in lvdm's key layout and a description of what they are.
+def _stored_backbone(hparams: object, prefix: str, source: str) -> nn.Module | None:
+    """The source's backbone, built on the meta device from the recipe an lvdm checkpoint or
+    exported file stores (``hparams[prefix without its dot]``, the ``denoiser`` for a whole
+    module: ``class_path`` + plain ``init_args``); None when the recipe does not give it (a
+    module built in Python)."""
+    from lvdm.checkpoints.stored_recipe import UnsafeCheckpointError, resolve_allowed
+
+    spec = hparams.get(prefix.rstrip(".") or "denoiser") if isinstance(hparams, Mapping) else None
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("class_path"), str):
+        return None
+    args = spec.get("init_args") or {}
+    if not isinstance(args, Mapping) or any(isinstance(v, Mapping) for v in args.values()):
+        return None  # nested objects: not a plain backbone recipe
+    try:
+        build = resolve_allowed(spec["class_path"], f"{source}: {prefix.rstrip('.') or 'denoiser'}.class_path")
+        with torch.device("meta"):
+            return build(**args)
+    except UnsafeCheckpointError:
+        raise
+    except (ValueError, TypeError):  # a class or argument this lvdm no longer has: settings unknown
+        return None
+
+
+def _source_settings(backbone: nn.Module | None) -> tuple[type, dict] | None:
+    return None if backbone is None else (type(backbone), fixed_position_settings(backbone))
+
+
+def read_source(source: str, weights: Weights = "auto",
+                prefix: str = "denoiser.") -> tuple[dict[str, torch.Tensor], str, tuple[type, dict] | None]:
+    """The weights of ``source`` in lvdm's key layout, a description of what they are, and the
+    source backbone's ``(class, fixed position settings)`` where its recipe or config tells
+    (else None).
 
     ``prefix``: where the model sits in an lvdm checkpoint (``denoiser.`` of the
     LatentDiffusionModule); published checkpoints have none."""
     from lvdm.checkpoints import load as checkpoint
     from lvdm.models import presets
     from lvdm.models.convert import opensora
+    from lvdm.models.stdit import STDiT
 
     path = Path(source)
     diffusers_folder = path.is_dir() and ((path / "config.json").is_file() or (path / "transformer" / "config.json").is_file())
     hub_id = not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None
     if diffusers_folder or hub_id:  # a hub id is only downloaded because the user named one
         config, sd, name = presets.read_diffusers(source)
-        return presets.convert_diffusers(config, sd, name)[1], f"{source} (diffusers {name})"
+        kwargs, converted = presets.convert_diffusers(config, sd, name)
+        with torch.device("meta"):
+            settings = _source_settings(STDiT(**kwargs))
+        return converted, f"{source} (diffusers {name})", settings
     if path.suffix == ".safetensors" and path.is_file():
         from safetensors import safe_open
         from safetensors.torch import load_file
@@ -131,8 +174,10 @@ def read_source(source: str, weights: Weights = "auto", prefix: str = "denoiser.
             stored = "ema" if meta.get("weights") == "ema" else "raw"
             if weights not in ("auto", stored):
                 raise ValueError(f"{source!r} holds {stored} weights (exported so); asked for {weights!r}")
-            return _strip(load_file(source), prefix, source), f"{source} ({stored.upper()} weights, exported)"
-        return opensora.convert_state_dict(opensora.unwrap(load_file(source), source)), f"{source} (Open-Sora layout)"
+            settings = _source_settings(_stored_backbone(_json(meta[checkpoint.METADATA_KEY]), prefix, source))
+            return _strip(load_file(source), prefix, source), f"{source} ({stored.upper()} weights, exported)", settings
+        return (opensora.convert_state_dict(opensora.unwrap(load_file(source), source)),
+                f"{source} (Open-Sora layout)", None)
     if path.is_dir() or path.suffix == ".ckpt":  # Lightning / DeepSpeed checkpoint of lvdm fit
         ckpt = checkpoint.read_checkpoint(path)
         sd, used = dict(ckpt["state_dict"]), "raw"
@@ -144,17 +189,49 @@ def read_source(source: str, weights: Weights = "auto", prefix: str = "denoiser.
             elif weights == "ema":
                 raise ValueError(f"checkpoint {source!r} has no EMA weights (train with --config callbacks/ema.yaml)")
         step = ckpt.get("global_step")
-        return _strip(sd, prefix, source), f"{source} ({used.upper()} weights, step {step})"
+        settings = _source_settings(_stored_backbone(ckpt.get("hyper_parameters"), prefix, source))
+        return _strip(sd, prefix, source), f"{source} ({used.upper()} weights, step {step})", settings
     if not path.exists():
         raise FileNotFoundError(f"init_from: {source!r} does not exist")
     raw = checkpoint.torch_load(path)  # .pth / .pt / .bin of Open-Sora or PixArt-α
     if not isinstance(raw, Mapping):
         raise ValueError(f"{source!r} holds a {type(raw).__name__}, not a state dict")
-    return opensora.convert_state_dict(opensora.unwrap(raw, source)), f"{source} (Open-Sora layout)"
+    return opensora.convert_state_dict(opensora.unwrap(raw, source)), f"{source} (Open-Sora layout)", None
+
+
+def _json(text: str) -> object:
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None  # unreadable metadata: the settings are unknown (loading the weights reports the rest)
+
+
+def check_position_settings(model: nn.Module, source_settings: tuple[type, dict] | None, source: str) -> None:
+    """Refuse a source whose backbone (of the model's class) has other fixed position settings
+    than ``model``: one line naming the setting, the source's value and the model's."""
+    if not hasattr(model, "fixed_position_settings"):  # a whole LightningModule: its denoiser
+        model = getattr(model, "denoiser", model)
+    if source_settings is None or source_settings[0] is not type(model):
+        return
+    ours = fixed_position_settings(model)
+    for name, theirs in source_settings[1].items():
+        mine = ours.get(name, theirs)
+        if _plain(theirs) != _plain(mine):
+            raise ValueError(
+                f"init_from {source}: its {name} is {_plain(theirs)!r}, the model's is {_plain(mine)!r}: the weights "
+                f"would meet other fixed position codes and silently give another model; build the model with "
+                f"{name}={_plain(theirs)!r}, or pass allow_position_change=True if the change is meant")
+
+
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def init_from(model: nn.Module, source: str, weights: Weights = "auto", strict: bool = False,
-              prefix: str = "denoiser.", verbose: bool = True, inflate_time: bool = False) -> KeyReport:
+              prefix: str = "denoiser.", verbose: bool = True, inflate_time: bool = False,
+              allow_position_change: bool = False) -> KeyReport:
     """Load the weights of ``source`` (see the module docstring for the formats) into ``model``.
 
     Args:
@@ -169,13 +246,19 @@ def init_from(model: nn.Module, source: str, weights: Weights = "auto", strict: 
         inflate_time: inflate an image DiT's patch embedding and output layer to the model's
             temporal patch (image → tubelet video DiT: the video model starts as the image
             model on still clips).
+        allow_position_change: accept a source whose fixed position settings (see the module
+            docstring) differ from the model's: a deliberate change, e.g. a phase at another
+            resolution with another interpolation scale.
 
     Raises:
-        ValueError: the source's weights hold NaN or inf (naming the source and the tensors).
+        ValueError: the source's weights hold NaN or inf (naming the source and the tensors),
+            or its fixed position settings differ from the model's (naming the setting).
     """
     if weights not in ("auto", "ema", "raw"):
         raise ValueError(f"weights must be 'auto', 'ema' or 'raw', got {weights!r}")
-    sd, described = read_source(source, weights, prefix)
+    sd, described, settings = read_source(source, weights, prefix)
+    if not allow_position_change:
+        check_position_settings(model, settings, described)
     check_finite(sd, f"init_from source {source!r}")  # a diverged phase must not start the next one
     report = load_weights(model, sd, strict=strict, source=described, inflate_time=inflate_time)
     if verbose:

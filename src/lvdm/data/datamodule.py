@@ -28,11 +28,12 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from lvdm.data.buckets import UNFIT_REASONS, Bucket, BucketConfig, sample_size
 from lvdm.data.stream_guard import DataGuard, StreamWatch
-from lvdm.data.schema import media_entry, sample_json
+from lvdm.data.schema import media_entry, media_kind, sample_json
 from lvdm.data.shards import resolve_shards
 from lvdm.data.stream import Counters, TrainStream, decode_group, plan_and_group
 from lvdm.distributed.ranks import data_parallel_rank_world
 from lvdm.data.video import MAX_DECODED_BYTES, decode_clip
+from lvdm.models.contract import IMAGE_FPS
 
 __all__ = ["ShardDataModule", "VideoDataModule", "LatentDataModule"]
 
@@ -87,10 +88,16 @@ class _DecodeSamples:
             yield {**decoded, "key": key}
 
 
+#: fields a sample may lack (a latent whose json records no size): a batch has them when all its samples do
+_OPTIONAL = ("height", "width", "fps")
+
+
 def _collate(samples: list[dict]) -> dict:
     """Stack tensor fields (which must agree in shape) and list the others."""
     batch = {}
     for name, first in samples[0].items():
+        if name in _OPTIONAL and not all(name in sample for sample in samples):
+            continue  # the model then derives the condition
         values = [sample[name] for sample in samples]
         if isinstance(first, torch.Tensor):
             shapes = [tuple(v.shape) for v in values]
@@ -425,6 +432,42 @@ def sample_caption(sample: dict, caption_field: str | None = None) -> str:
     return sample["txt"].decode("utf-8")
 
 
+#: A video's frame rate when neither its json nor its header gives one (Open-Sora's default)
+DEFAULT_FPS = 24.0
+
+
+def _header_fps(media: bytes) -> float:
+    """The frame rate a video's container header states (0 when it states none)."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(media)) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise ValueError(f"cannot read the video header: {exc}") from exc
+    return float(rate) if rate else 0.0
+
+
+def clip_fps(meta: dict, frame_interval: int, image: bool, media: Optional[bytes] = None) -> float:
+    """The fps micro-condition of a training clip, Open-Sora 1.2's rule: an image gets
+    :data:`~lvdm.models.contract.IMAGE_FPS` (120); a video its frame rate (``key.json``'s
+    ``fps``, else the ``media`` header's, else :data:`DEFAULT_FPS`) ``// frame_interval``,
+    the rate of the frames taken (floored, as Open-Sora's datasets)."""
+    if image:
+        return IMAGE_FPS
+    fps = meta.get("fps")
+    if not (isinstance(fps, (int, float)) and fps > 0):
+        fps = (_header_fps(media) if media is not None else 0.0) or DEFAULT_FPS
+    return float(fps // frame_interval)
+
+
+def _conditions(height: int, width: int, fps: float) -> dict:
+    """The micro-condition fields of a sample: pixel ``height``, ``width`` and ``fps``."""
+    return {"height": torch.tensor(height, dtype=torch.float32), "width": torch.tensor(width, dtype=torch.float32),
+            "fps": torch.tensor(fps, dtype=torch.float32)}
+
+
 class VideoDataModule(ShardDataModule):
     """Captioned video clips from WebDataset shards (``key.<ext>`` + ``key.txt`` [+ ``key.json``]).
 
@@ -435,7 +478,8 @@ class VideoDataModule(ShardDataModule):
     frames than asked for.
 
     Batches are ``{"video": float [B, 3, T, H, W] in [-1, 1], "caption": list[str], "key":
-    list[str]}``. Clips are decoded on the fly (:func:`lvdm.data.video.decode_clip`): a random
+    list[str]}`` and the micro-conditions ``"height"``, ``"width"`` (pixels, ``[B]``) and ``"fps"``
+    ``[B]`` (:func:`clip_fps`: 120 for an image, a video's frame rate // frame interval). Clips are decoded on the fly (:func:`lvdm.data.video.decode_clip`): a random
     valid window of each clip in training, from the first frame in validation and test.
 
     Sampling, rank/worker split, exact per-rank batch counts and validation order are those of
@@ -515,9 +559,10 @@ class VideoDataModule(ShardDataModule):
 
     def decode_sample(self, sample: dict, rng: np.random.Generator, random_start: bool,
                       bucket: Optional[Bucket] = None) -> dict:
-        """``key.<ext>`` → ``"video"`` ``[3, T, H, W]`` (the bucket's shape, if any), ``key.txt`` (or the
-        json's ``caption_field``) → ``"caption"``."""
-        _, media = media_entry(sample)
+        """``key.<ext>`` → ``"video"`` ``[3, T, H, W]`` (the bucket's shape, if any) with its
+        ``"height"``, ``"width"`` and ``"fps"``; ``key.txt`` (or the json's ``caption_field``) →
+        ``"caption"``."""
+        ext, media = media_entry(sample)
         caption = sample_caption(sample, self.caption_field)  # before decoding: a bad json costs no decode
         frames, interval, size = self.num_frames, self.frame_interval, self.resolution
         if bucket is not None:
@@ -525,7 +570,8 @@ class VideoDataModule(ShardDataModule):
         video = decode_clip(media, frames, interval, size,
                             random_start=random_start, rng=rng, name=repr(sample.get("__key__")),
                             max_decoded_bytes=self.max_decoded_bytes)
-        return {"video": video, "caption": caption}
+        fps = clip_fps(sample_json(sample), interval, media_kind(ext) == "image", media)
+        return {"video": video, "caption": caption, **_conditions(*video.shape[-2:], fps)}
 
 
 class LatentDataModule(ShardDataModule):
@@ -534,7 +580,8 @@ class LatentDataModule(ShardDataModule):
     The shards are written by ``lvdm data encode`` (:func:`lvdm.curation.encode.encode_shards`).
 
     Batches are ``{"latent": float32 [B, c, t, h, w] raw latents, "caption": list[str], "key":
-    list[str]}``, plus ``"text"`` ``[B, L, dim]``, ``"text_mask"`` ``[B, L]`` and
+    list[str]}``, the micro-conditions ``"height"``, ``"width"`` (the encoded clip's pixel size)
+    and ``"fps"`` when the ``key.json`` records the size (as ``lvdm data encode`` writes it), plus ``"text"`` ``[B, L, dim]``, ``"text_mask"`` ``[B, L]`` and
     ``"text_encoder_identity"`` when the shards cache caption embeddings. The latents are *raw*:
     :class:`lvdm.training.module.LatentDiffusionModule` normalises them with its compressor's
     ``scale_factor``/``shift_factor``, so the model's compressor must be the one that encoded
@@ -613,12 +660,26 @@ class LatentDataModule(ShardDataModule):
             start = int(rng.integers(latent.shape[1] - self.num_frames + 1)) if random_start else 0
             latent = latent[:, start : start + self.num_frames]
         meta = sample_json(sample)
-        out = {"latent": torch.from_numpy(latent.astype(np.float32)), "caption": sample["txt"].decode("utf-8")}
+        out = {"latent": torch.from_numpy(latent.astype(np.float32)), "caption": sample["txt"].decode("utf-8"),
+               **self._latent_conditions(meta, self.num_frames == 1)}
         if "text.npy" in sample:
             out["text"] = torch.from_numpy(_load_npy(sample, "text.npy").astype(np.float32))
             out["text_mask"] = torch.from_numpy(_load_npy(sample, "text_mask.npy").astype(bool))
             out["text_encoder_identity"] = meta.get("text_encoder_identity")
         return out
+
+
+    def _latent_conditions(self, meta: dict, one_frame: bool) -> dict:
+        """``height``, ``width`` (the pixel size ``lvdm data encode`` cut the clip to) and ``fps``
+        (:func:`clip_fps`; a single latent frame taken with ``num_frames=1`` is an image) of a
+        latent sample, from its ``key.json``; nothing when the json does not record the size."""
+        bucket = meta.get("bucket")
+        size = (bucket.get("height"), bucket.get("width")) if isinstance(bucket, dict) else meta.get("resolution")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size)):
+            return {}
+        interval = meta.get("frame_interval") or (self.buckets.frame_interval if self.buckets is not None else 1)
+        image = one_frame or meta.get("kind") == "image" or meta.get("frames") == 1
+        return _conditions(*size, clip_fps(meta, int(interval), image))
 
 
 def _load_npy(sample: dict, entry: str) -> np.ndarray:

@@ -13,6 +13,7 @@ reader                                      reads
 :mod:`lvdm.perf.step_flops` (MFU)
 LoRA (``peft``)                             ``lora_targets``
 the module and samplers                     ``forward``, ``micro_conditions``
+``init_from``                               ``fixed_position_settings``
 ==========================================  ==============================================
 
 :class:`~lvdm.models.dit.DiT` and :class:`~lvdm.models.stdit.STDiT` meet it;
@@ -23,14 +24,19 @@ variant, so a new backbone is done when it is added to that battery's list and p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from functools import reduce
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from lvdm.models.parallel_plan import SequenceSplit
 
-__all__ = ["Backbone", "is_backbone"]
+__all__ = ["IMAGE_FPS", "Backbone", "is_backbone", "micro_condition_kwargs", "fixed_position_settings"]
+
+#: The fps micro-condition of a still image (``T = 1``): Open-Sora 1.2's ``IMG_FPS`` (its
+#: datasets give an image file 120, and its sampler 120 whenever ``num_frames`` is 1).
+IMAGE_FPS = 120.0
 
 
 @runtime_checkable
@@ -54,7 +60,14 @@ class Backbone(Protocol):
             the split cannot serve are listed in its ``unsupported``).
         micro_conditions: the names of the keyword arguments of ``forward`` that carry
             micro-conditions (``"fps"``, ``"resolution"``, ``"aspect_ratio"``,
-            ``"class_labels"``…); the module and samplers pass only these.
+            ``"class_labels"``…); the module and samplers pass only these. The module
+            derives ``fps`` (``[B]``), ``resolution`` (``[B, 2]`` pixel ``(h, w)``) and
+            ``aspect_ratio`` (``[B]``, ``h / w``) from the batch's pixel size and frame rate,
+            and at sampling from the requested size and fps (:func:`micro_condition_kwargs`).
+        fixed_position_settings: the (dotted) attribute names whose values change a
+            non-learned embedding (a position code's kind, grid or scale; the timestep code's
+            frequencies): two models that differ in one of them give different outputs from
+            the same weights, so ``init_from`` refuses such a source (:func:`fixed_position_settings`).
         lora_targets: a regular expression that fully matches the names of the ``nn.Linear``
             modules LoRA may adapt (the string form of peft's ``target_modules``): the
             attention and MLP projections inside the blocks (not the embedders).
@@ -68,6 +81,7 @@ class Backbone(Protocol):
     block_class: type[nn.Module]
     sequence_parallel_plan: SequenceSplit
     micro_conditions: tuple[str, ...]
+    fixed_position_settings: tuple[str, ...]
     lora_targets: str
 
     def forward(
@@ -113,3 +127,33 @@ class Backbone(Protocol):
 def is_backbone(model: object) -> bool:
     """Whether ``model`` meets :class:`Backbone` (all attributes and methods present)."""
     return isinstance(model, Backbone)
+
+
+def micro_condition_kwargs(model: object, batch_size: int, height: Any = None, width: Any = None,
+                           fps: Any = None) -> dict[str, torch.Tensor]:
+    """The micro-condition keywords among ``fps``, ``resolution`` and ``aspect_ratio`` that
+    ``model`` declares, from pixel ``height`` / ``width`` and frame rate ``fps`` (each a number
+    or one value per sample; None: unknown, the keyword is left out and the model derives it).
+    ``resolution`` is the pixel ``(h, w)`` and ``aspect_ratio`` ``h / w``, never the latent size."""
+    declared = set(getattr(model, "micro_conditions", ()))
+
+    def per_sample(value: Any) -> torch.Tensor:
+        return torch.as_tensor(value, dtype=torch.float32).reshape(-1).expand(batch_size)
+
+    out = {}
+    if fps is not None and "fps" in declared:
+        out["fps"] = per_sample(fps)
+    if height is not None and width is not None:
+        h, w = per_sample(height), per_sample(width)
+        if "resolution" in declared:
+            out["resolution"] = torch.stack([h, w], dim=1)
+        if "aspect_ratio" in declared:
+            out["aspect_ratio"] = h / w
+    return out
+
+
+def fixed_position_settings(model: object) -> dict[str, Any]:
+    """``{name: value}`` of the settings ``model`` declares in ``fixed_position_settings``
+    (dotted names read through submodules; a model that declares none gives ``{}``)."""
+    names = getattr(model, "fixed_position_settings", ())
+    return {name: reduce(getattr, name.split("."), model) for name in names}

@@ -294,6 +294,7 @@ class DiT(nn.Module):
         self.base_grid = tuple(base_grid) if base_grid else None
         self.adaln_single = bool(adaln_single)
         self.position = position
+        self.timestep_freq_shift = float(timestep_freq_shift)
         self._build_layers(depth, mlp_ratio, qk_norm, timestep_freq_shift)
         self.initialize_weights()
 
@@ -342,6 +343,10 @@ class DiT(nn.Module):
 
     #: Keyword conditions ``forward`` takes besides text (the backbone contract).
     micro_conditions = ("class_labels",)
+
+    #: Settings of the non-learned codes (position code kind and grid, timestep frequencies):
+    #: ``init_from`` refuses weights trained under other values (the backbone contract).
+    fixed_position_settings = ("position", "base_grid", "timestep_freq_shift")
 
     #: Linears LoRA may adapt: attention (self and cross) and MLP projections of the blocks.
     lora_targets = r"blocks\.\d+\..*\b(qkv|q|kv|proj|fc1|fc2)"

@@ -205,8 +205,11 @@ class SamplerDefaults:
         null_condition: what the unconditional half sees: ``empty_caption`` (the text encoder's
             ""), ``learned_caption`` (the model's learned null caption, PixArt-α / Open-Sora's
             ``y_embedding``) or ``null_class`` (ImageNet DiT's label ``num_classes``).
-        micro_conditions: condition → how the source derives it from the data.
+        micro_conditions: condition → how the source derives it from the data (lvdm derives
+            them so: :meth:`lvdm.training.module.LatentDiffusionModule.micro_conditions`).
         source_sampler: the source's own sampler where lvdm's differs (None: the same).
+        fps: the frame rate the source samples videos at and conditions them on (None: the
+            model has no fps condition; images are always conditioned on 120).
     """
 
     objective: tuple[str, dict]
@@ -214,6 +217,7 @@ class SamplerDefaults:
     null_condition: Literal["empty_caption", "learned_caption", "null_class"]
     micro_conditions: Mapping[str, str] = field(default_factory=dict)
     source_sampler: Optional[str] = None
+    fps: Optional[float] = None
 
     def build_objective(self) -> Objective:
         """A fresh objective with these defaults."""
@@ -258,15 +262,19 @@ _PIXART = "github.com/PixArt-alpha/PixArt-alpha (Chen et al. 2023), hf PixArt-al
 _PIXART_SAMPLER = SamplerDefaults((_DDPM, dict(_LINEAR, sampler="dpm_solver", num_sampling_steps=20)), 4.5,
                                   "learned_caption", source_sampler="diffusers' PixArtAlphaPipeline: T5(\"\") as null")
 _PIXART_1024 = SamplerDefaults(_PIXART_SAMPLER.objective, 4.5, "learned_caption", {
-    "resolution": "the pixel (height, width) of the sample", "aspect_ratio": "height / width in pixels"},
-    _PIXART_SAMPLER.source_sampler)
+    "resolution": "the pixel (height, width) of the clip or the requested sample, not latent x 8",
+    "aspect_ratio": "height / width in pixels"}, _PIXART_SAMPLER.source_sampler)
 _OS10 = SamplerDefaults((_DDPM, dict(_LINEAR, sampler="ddim", num_sampling_steps=100)), 7.0, "learned_caption",
                         source_sampler="Open-Sora 1.0: IDDPM, 100 steps with the learned variance")
 _OS12 = SamplerDefaults(
     ("lvdm.diffusion.objectives.RectifiedFlow",
      dict(target="x0_minus_eps", num_sampling_steps=30, resolution_aware=True, base_area=64 * 64, base_frames=1)),
     7.0, "learned_caption",
-    {"fps": "the clip's frame rate (images: 120)", "height / width": "pixel size (the timestep shift only)"})
+    {"fps": "training: a video's frame rate // frame_interval, an image 120; sampling: the requested fps "
+            "(24), 120 when num_frames is 1 (Open-Sora's IMG_FPS)",
+     "resolution": "the pixel (height, width) of the clip or the requested sample: the position-code scale "
+                   "(the timestep shift reads the latent area / 64², Open-Sora's pixel area / 512²)"},
+    fps=24.0)
 _OS = "github.com/hpcaitech/Open-Sora "
 
 #: name → :class:`Preset`, every published configuration lvdm reproduces.

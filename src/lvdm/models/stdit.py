@@ -343,6 +343,10 @@ class STDiT(nn.Module):
     #: Keyword micro-conditions ``forward`` takes (used when the model was built with them).
     micro_conditions = ("resolution", "aspect_ratio", "fps")
 
+    #: Settings of the non-learned position codes: ``init_from`` refuses weights trained under
+    #: other values (the backbone contract).
+    fixed_position_settings = ("position", "base_size", "interpolation_scale", "resolution_scale")
+
     #: Linears LoRA may adapt: attention (self, temporal, cross) and MLP projections.
     lora_targets = r"(temporal_)?blocks\.\d+\..*\b(qkv|q|kv|proj|fc1|fc2)"
 

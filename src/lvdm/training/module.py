@@ -21,8 +21,11 @@ from lvdm.text.identity import check_identity, identity
 from lvdm.diffusion.guidance import ClassGuidedDenoiser, GuidedDenoiser, check_guidance_scale
 from lvdm.diffusion.masking import FrameMasks
 from lvdm.diffusion.objectives import Objective, RectifiedFlow
+from lvdm.models.contract import IMAGE_FPS, micro_condition_kwargs
 from lvdm.text.base import TextEncoder
 
+
+NullCaption = Literal["empty_caption", "learned_caption"]
 
 _PARTS = ("denoiser", "text_encoder", "objective", "compressor", "optimizer", "lr_scheduler")
 
@@ -77,7 +80,18 @@ class LatentDiffusionModule(L.LightningModule):
             image-to-video, continuation, loop and random masks (``lvdm.diffusion.masking``);
             None trains text-to-video only. Needed for ``generate(first_frames=...)`` and
             ``extend``.
-        fps: frame rate of the training clips: the rate generated videos are written at.
+        fps: frame rate of the training clips: the rate generated videos are written at, and
+            the fps micro-condition of a video when neither the batch nor ``generate`` gives one.
+        null_caption: what the unconditional half of text guidance sees when ``generate`` /
+            ``extend`` are not told: ``empty_caption`` (the text encoder's "") or
+            ``learned_caption`` (the denoiser's ``null_context``, Open-Sora's and PixArt-α's
+            ``y_embedding``).
+
+    Micro-conditions: the denoiser receives those it declares (``micro_conditions`` of the
+    backbone contract): ``fps``, ``resolution`` (pixel ``(h, w)``) and ``aspect_ratio``
+    (``h / w``), from the batch's ``fps`` / ``height`` / ``width`` in training and from the
+    requested size and fps in :meth:`generate`; an image (one frame) has fps
+    :data:`~lvdm.models.contract.IMAGE_FPS` (120, Open-Sora's rule).
     """
 
     def __init__(
@@ -93,6 +107,7 @@ class LatentDiffusionModule(L.LightningModule):
         sample_shape: Sequence[int] = (8, 32, 32),
         frame_masks: Optional[FrameMasks] = None,
         fps: float = 8.0,
+        null_caption: NullCaption = "empty_caption",
     ):
         super().__init__()
         # Under the lvdm CLI, Lightning hands over the recipe (class paths and arguments) and
@@ -115,6 +130,9 @@ class LatentDiffusionModule(L.LightningModule):
         if fps <= 0:
             raise ValueError(f"fps must be positive; got {fps}")
         self.fps = fps
+        if null_caption not in ("empty_caption", "learned_caption"):
+            raise ValueError(f"LatentDiffusionModule.null_caption must be empty_caption or learned_caption, got {null_caption!r}")
+        self.null_caption = null_caption
         ctx_dim = getattr(denoiser, "context_dim", None)
         if ctx_dim is not None and ctx_dim != text_encoder.dim and not getattr(denoiser, "num_classes", 0):
             raise ValueError(
@@ -211,11 +229,31 @@ class LatentDiffusionModule(L.LightningModule):
         mask = self.frame_masks(latents.shape[0], latents.shape[2], device=latents.device)
         return mask if bool(mask.any()) else None
 
+    def micro_conditions(self, batch_size: int, num_frames: int, height=None, width=None, fps=None) -> dict:
+        """The denoiser's micro-condition keywords for ``batch_size`` clips of ``num_frames``
+        frames and pixel ``height`` × ``width`` at ``fps`` (numbers or one per clip; sizes None:
+        left to the model; fps None: ``IMAGE_FPS`` for one frame, else ``self.fps``)."""
+        if fps is None:
+            fps = IMAGE_FPS if num_frames == 1 else self.fps
+        kwargs = micro_condition_kwargs(self.denoiser, batch_size, height, width, fps)
+        return {k: v.to(self.device) for k, v in kwargs.items()}
+
+    def batch_micro_conditions(self, batch: dict, latents: torch.Tensor) -> dict:
+        """:meth:`micro_conditions` of a training batch from its ``fps``, ``height`` and
+        ``width`` (what the data modules deliver), else from its ``video``'s size."""
+        video = batch.get("video")
+        height, width = batch.get("height"), batch.get("width")
+        if height is None and video is not None:
+            height, width = video.shape[-2:]
+        frames = video.shape[2] if video is not None else latents.shape[2]
+        return self.micro_conditions(len(latents), frames, height, width, batch.get("fps"))
+
     def diffusion_loss(self, batch: dict) -> torch.Tensor:
         latents = self.latents(batch)
         ctx, mask = self.text_condition(batch)
         return self.objective.training_loss(
-            self.denoiser, latents, frame_mask=self.draw_frame_mask(latents), context=ctx, context_mask=mask
+            self.denoiser, latents, frame_mask=self.draw_frame_mask(latents), context=ctx, context_mask=mask,
+            **self.batch_micro_conditions(batch, latents),
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -270,7 +308,8 @@ class LatentDiffusionModule(L.LightningModule):
         first_frames: Optional[torch.Tensor] = None,
         loop: bool = False,
         class_labels: Optional[Sequence[int]] = None,
-        null_caption: Literal["empty_caption", "learned_caption"] = "empty_caption",
+        null_caption: Optional[NullCaption] = None,
+        fps: Optional[float] = None,
     ) -> torch.Tensor:
         """Generate one video per prompt: ``[B, 3, T, H, W]`` in [-1, 1].
 
@@ -278,7 +317,12 @@ class LatentDiffusionModule(L.LightningModule):
         ``class_labels`` (one per prompt; the prompts then only count the videos), guided against
         its null label. ``null_caption`` is what the unconditional half of text guidance sees:
         the text encoder's "" or the denoiser's learned null caption (``null_context``:
-        PixArt-α's and Open-Sora's ``y_embedding``).
+        PixArt-α's and Open-Sora's ``y_embedding``); None: the module's ``null_caption``.
+
+        Micro-conditions come from the request: ``resolution`` / ``aspect_ratio`` from the
+        pixel ``height`` × ``width``, ``fps`` from ``fps`` (None: the module's ``fps``), except
+        that one frame is an image, conditioned on ``IMAGE_FPS`` (120) whatever ``fps`` says
+        (Open-Sora 1.2's sampler).
 
         The noise of prompt ``i`` depends only on ``seed`` and ``i``, so a prompt's video does
         not change with the batch it is generated in.
@@ -303,13 +347,25 @@ class LatentDiffusionModule(L.LightningModule):
         if loop and first_frames is None:
             raise ValueError("loop=True needs first_frames: the image the video starts and ends with")
         x_given, frame_mask = (None, None) if first_frames is None else self.given_latents(first_frames, noise, loop)
-        model_fn = self.guided_denoiser(prompts, scale, class_labels, null_caption)
+        model_fn = self.guided_denoiser(prompts, scale, class_labels, null_caption or self.null_caption)
+        cond = self.micro_conditions(len(prompts), frames, h, w, IMAGE_FPS if frames == 1 else fps)
         latents = self.objective.sample(model_fn, noise, num_steps, progress=progress, x_given=x_given,
-                                        frame_mask=frame_mask)
+                                        frame_mask=frame_mask, **cond)
         return self.compressor.decode(latents).clamp(-1, 1)
 
+    def use_sampler_defaults(self, defaults) -> None:
+        """Sample the way a published model's source does: the objective, guidance scale, null
+        caption and fps of ``defaults`` (:class:`lvdm.models.presets.SamplerDefaults`, e.g.
+        ``from_name(name).sampler``), which :meth:`generate` and :meth:`extend` then use."""
+        self.objective = defaults.build_objective()
+        self.guidance_scale = check_guidance_scale(defaults.guidance_scale, "guidance_scale")
+        if defaults.null_condition != "null_class":  # class guidance always uses the null label
+            self.null_caption = defaults.null_condition
+        if defaults.fps is not None:
+            self.fps = defaults.fps
+
     def guided_denoiser(self, prompts: Sequence[str], scale: float, class_labels: Optional[Sequence[int]] = None,
-                        null_caption: str = "empty_caption"):
+                        null_caption: NullCaption = "empty_caption"):
         """The guided ``model_fn`` of :meth:`generate`: on class labels, or on the prompts against
         the empty caption or the learned null caption."""
         if class_labels is not None:
@@ -364,13 +420,16 @@ class LatentDiffusionModule(L.LightningModule):
         guidance_scale: Optional[float] = None,
         seed: int = 0,
         progress: bool = False,
+        null_caption: Optional[NullCaption] = None,
+        fps: Optional[float] = None,
     ) -> torch.Tensor:
         """Continue ``video`` ``[B, 3, F, H, W]`` in [-1, 1] by ``num_new_frames`` frames:
         ``[B, 3, F + num_new_frames, H, W]`` whose first ``F`` frames are ``video`` itself.
 
         Windows of ``num_frames`` frames (default: the model's sample_shape) are generated one
         after another, each given the last ``context_frames`` frames so far (default: half a
-        window) and adding the rest (Open-Sora's loop of conditioned generations)."""
+        window) and adding the rest (Open-Sora's loop of conditioned generations). Guidance
+        (``null_caption``) and micro-conditions (``fps``) are those of :meth:`generate`."""
         window = num_frames or self.sample_shape[0]
         context = context_frames or max(1, window // 2)
         if not 0 < context < window:
@@ -383,7 +442,8 @@ class LatentDiffusionModule(L.LightningModule):
         while out.shape[2] < target:
             given = out[:, :, -context:]
             clip = self.generate(prompts, window, num_steps=num_steps, guidance_scale=guidance_scale,
-                                 seed=seed + 100_003 * rounds, progress=progress, first_frames=given)
+                                 seed=seed + 100_003 * rounds, progress=progress, first_frames=given,
+                                 null_caption=null_caption, fps=fps)
             out = torch.cat([out, clip[:, :, given.shape[2]:]], dim=2)
             rounds += 1
         return out[:, :, :target]

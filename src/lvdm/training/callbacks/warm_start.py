@@ -28,12 +28,17 @@ class InitFrom(Callback):
         prefix: that submodule's prefix inside an lvdm checkpoint (``""`` with ``module: ""``).
         inflate_time: inflate an image DiT's patch embedding and output layer in time (image
             → tubelet video DiT, :mod:`lvdm.models.inflate`).
+        allow_position_change: accept a source trained under other fixed position settings
+            (e.g. another interpolation scale for a phase at another resolution); otherwise
+            such a source is refused, naming the setting.
     """
 
     def __init__(self, source: str, weights: Literal["auto", "ema", "raw"] = "auto", strict: bool = False,
-                 module: str = "denoiser", prefix: str = "denoiser.", inflate_time: bool = False):
+                 module: str = "denoiser", prefix: str = "denoiser.", inflate_time: bool = False,
+                 allow_position_change: bool = False):
         self.source, self.weights, self.strict = source, weights, strict
         self.module, self.prefix, self.inflate_time = module, prefix, inflate_time
+        self.allow_position_change = allow_position_change
         self.report: KeyReport | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -41,5 +46,5 @@ class InitFrom(Callback):
             return
         target = pl_module.get_submodule(self.module) if self.module else pl_module
         self.report = init_from(target, self.source, self.weights, self.strict, self.prefix, verbose=False,
-                                inflate_time=self.inflate_time)
+                                inflate_time=self.inflate_time, allow_position_change=self.allow_position_change)
         rank_zero_only(print)(self.report.format(), flush=True)

@@ -1,0 +1,81 @@
+"""The learned null caption (the denoiser's ``null_context``: Open-Sora's / PixArt-α's
+``y_embedding``) reaches the unconditional half of guidance on every guided path: ``generate``,
+``extend`` (continuation, image-to-video), and the module's default from a preset."""
+
+import pytest
+import torch
+
+from lvdm.diffusion.objectives import RectifiedFlow
+from lvdm.models.presets import from_name
+from lvdm.models.stdit import STDiT
+from lvdm.training.module import LatentDiffusionModule
+from lvdm.text.words import WordTextEncoder
+
+
+def _module(**kw) -> LatentDiffusionModule:
+    torch.manual_seed(0)
+    dit = STDiT(in_channels=3, hidden_size=24, depth=1, num_heads=2, context_dim=16, context_length=4,
+                temporal="blocks")
+    return LatentDiffusionModule(dit, WordTextEncoder(dim=16, max_length=4), RectifiedFlow(num_sampling_steps=1),
+                                 sample_shape=(4, 8, 8), guidance_scale=3.0, **kw).eval()
+
+
+def _unconditional_contexts(module) -> list[torch.Tensor]:
+    """The text context of the unconditional half of every guided call."""
+    seen = []
+
+    def hook(model, args, kwargs):
+        context = args[2] if len(args) > 2 else kwargs["context"]
+        seen.append(context.chunk(2)[1].clone())
+
+    module.denoiser.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+def _is_learned(module, contexts) -> bool:
+    null = module.denoiser.null_context
+    return bool(contexts) and all(torch.equal(c[:, : null.shape[0]], null.expand(len(c), -1, -1)) for c in contexts)
+
+
+def _extend(module, **kw):
+    return module.extend(torch.zeros(1, 3, 2, 8, 8), ["a red square"], num_new_frames=2, num_steps=1, **kw)
+
+
+@pytest.mark.parametrize("path", ["generate", "extend", "image_to_video"])
+def test_learned_null_caption_on_every_guided_path(path):
+    module = _module()
+    seen = _unconditional_contexts(module)
+    if path == "generate":
+        module.generate(["a red square"], num_steps=1, null_caption="learned_caption")
+    elif path == "extend":
+        _extend(module, null_caption="learned_caption")
+    else:
+        module.generate(["a red square"], num_steps=1, first_frames=torch.zeros(1, 3, 1, 8, 8),
+                        null_caption="learned_caption")
+    assert _is_learned(module, seen)
+
+
+def test_empty_caption_is_the_default_and_not_the_learned_one():
+    module = _module()
+    seen = _unconditional_contexts(module)
+    _extend(module)
+    assert seen and not _is_learned(module, seen)
+
+
+def test_module_default_and_preset_rule_reach_extend():
+    module = _module(null_caption="learned_caption")
+    seen = _unconditional_contexts(module)
+    _extend(module)
+    assert _is_learned(module, seen)
+
+    module = _module()
+    module.use_sampler_defaults(from_name("opensora-v1.2-stdit3-xl2").sampler)
+    assert (module.null_caption, module.guidance_scale, module.fps) == ("learned_caption", 7.0, 24.0)
+    seen = _unconditional_contexts(module)
+    _extend(module)
+    assert _is_learned(module, seen)
+
+
+def test_bad_null_caption_is_refused():
+    with pytest.raises(ValueError, match="null_caption must be empty_caption or learned_caption"):
+        _module(null_caption="zeros")
