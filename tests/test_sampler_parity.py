@@ -175,9 +175,9 @@ def test_preset_sets_the_sources_sampler_and_learned_null_caption(tmp_path):
             p.add_(0.1 * torch.randn_like(p))
     module = LatentDiffusionModule(denoiser, WordTextEncoder(dim=16, max_length=4), sample_shape=(1, 8, 8)).eval()
     assert module.objective.target == "eps_minus_x0" and module.guidance_scale == 4.0
-    assert apply_preset(module, "opensora-v1.2-stdit3-xl2") == "learned_caption"
-    assert (module.objective.target, module.objective.num_sampling_steps, module.guidance_scale) == (
-        "x0_minus_eps", 30, 7.0)
+    apply_preset(module, "opensora-v1.2-stdit3-xl2")
+    assert (module.objective.target, module.objective.num_sampling_steps, module.guidance_scale,
+            module.null_caption, module.fps) == ("x0_minus_eps", 30, 7.0, "learned_caption", 24)
     learned = module.generate(["a cat"], num_steps=2, null_caption="learned_caption")
     empty = module.generate(["a cat"], num_steps=2, null_caption="empty_caption")
     assert not torch.equal(learned, empty)

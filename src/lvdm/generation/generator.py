@@ -228,20 +228,18 @@ def read_given(request: Request) -> Given:
     return given
 
 
-def apply_preset(module, name: str) -> str:
+def apply_preset(module, name: str) -> None:
     """Give ``module`` the sampler defaults of preset ``name`` (:func:`lvdm.models.presets.from_name`):
-    its objective (process, target convention, shift rule, sampler and steps) and guidance scale.
-    Returns the preset's null-caption rule for :meth:`~lvdm.training.module.LatentDiffusionModule.generate`."""
+    its objective (process, target convention, shift rule, sampler and steps), guidance scale,
+    null-caption rule and fps micro-condition
+    (:meth:`~lvdm.training.module.LatentDiffusionModule.use_sampler_defaults`)."""
     from lvdm.models.presets import from_name
 
     chosen = from_name(name)
     backbone = type(module.denoiser).__name__
     if backbone != chosen.backbone:
         raise ValueError(f"--preset {name} is a {chosen.backbone}; the checkpoint's denoiser is a {backbone}")
-    module.objective = chosen.sampler.build_objective()
-    module.guidance_scale = chosen.sampler.guidance_scale
-    null = chosen.sampler.null_condition
-    return "empty_caption" if null == "null_class" else null
+    module.use_sampler_defaults(chosen.sampler)
 
 
 class Generator:
@@ -262,7 +260,8 @@ class Generator:
 
         self.loaded = load_module(checkpoint, weights="auto" if use_ema else "raw", map_location=resolve_device(device))
         self.module = self.loaded.module.eval()
-        self.null_caption = apply_preset(self.module, preset) if preset else "empty_caption"
+        if preset:
+            apply_preset(self.module, preset)
         self.fps = float(getattr(self.module, "fps", 8.0))
 
     @property
@@ -276,20 +275,22 @@ class Generator:
         return max(self.module.denoiser.patch_size[1:]) * self.module.compressor.spatial_downsample
 
     @torch.no_grad()
-    def render(self, request: Request, given: Given, start: int, stop: int, progress: bool = False) -> torch.Tensor:
+    def render(self, request: Request, given: Given, start: int, stop: int, progress: bool = False,
+               fps: Optional[float] = None) -> torch.Tensor:
         """The videos ``[stop - start, 3, T, H, W]`` in [-1, 1] of prompts ``start:stop``; the noise
-        of prompt ``i`` depends only on ``request.seed + i``."""
+        of prompt ``i`` depends only on ``request.seed + i``. ``fps``: the frame-rate
+        micro-condition (default: the model's)."""
         chunk, seed = request.prompts[start:stop], request.seed + start
         if given.clip is not None:
             return self.module.extend(given.clip.expand(len(chunk), -1, -1, -1, -1), chunk, request.extend,
                                       request.context_frames, request.num_frames, num_steps=request.steps,
-                                      guidance_scale=request.guidance, seed=seed, progress=progress)
+                                      guidance_scale=request.guidance, seed=seed, progress=progress, fps=fps)
         return self.module.generate(
             chunk, request.num_frames, request.height, request.width, num_steps=request.steps,
             guidance_scale=request.guidance, seed=seed, progress=progress,
             first_frames=None if given.first is None else given.first[start:stop], loop=request.loop,
             class_labels=request.class_labels[start:stop] if request.class_labels else None,
-            null_caption=self.null_caption,
+            fps=fps,
         )
 
     def write(self, request: Request, out: str | Path, given: Optional[Given] = None, batch_size: int = 16,
@@ -303,7 +304,7 @@ class Generator:
         given = read_given(request) if given is None else given
         n, written = len(request.prompts), []
         for start in tqdm(range(0, n, batch_size), desc="generating", unit="batch", disable=step_progress):
-            videos = self.render(request, given, start, min(start + batch_size, n), progress=step_progress)
+            videos = self.render(request, given, start, min(start + batch_size, n), progress=step_progress, fps=fps)
             written += save_videos(videos, request.prompts[start:start + batch_size], out, fps=fps or self.fps,
                                    start_index=start)
         return written
