@@ -13,7 +13,7 @@ with fp32 master weights and AdamW, the 16 bytes/parameter of the ZeRO paper):
 
 Activations (bf16, 2 bytes) are counted by hooks on the linears and norms of the backbone's
 block units (the contract's ``block_class``: what activation checkpointing wraps) during one
-forward on ``meta`` tensors, per video token: every ``nn.Linear
+forward on ``meta`` tensors, per video token: every ``nn.Linear``
 keeps its input for the weight gradient, and its output is kept by what reads it next
 (attention keeps q/k/v, GELU its input, a gate its factor), so a linear counts ``in + out``
 values; every norm keeps its input and its output. A linear that reads one vector per sample
