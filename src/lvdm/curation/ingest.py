@@ -506,18 +506,7 @@ def ingest(
 
     tasks = [_ShardTask(i, str(root), keyed[start:start + shard_size], options)
              for i, start in enumerate(range(0, len(keyed), shard_size))]
-    done = {}
-    for task in tasks:
-        state = root / STATE_DIR / f"{Path(SHARD_PATTERN % task.index).stem}.json"
-        if resume and state.is_file():
-            done[task.index] = json.loads(state.read_text())
-    todo = [task for task in tasks if task.index not in done]
-    results = make_engine(engine, workers, ray_address).map(_ingest_shard, todo, desc="ingest shards")
-    for task, part in zip(todo, results):
-        if failed(part):  # the worker died on this shard: each of its inputs is rejected with why
-            part = {"rows": [], "rejects": [(item.source, f"worker failed: {part.error}") for _, item in task.items]}
-        done[task.index] = part
-
+    done, run_now = _run_shards(tasks, root, resume, make_engine(engine, workers, ray_address))
     rows = [row for i in sorted(done) for row in done[i]["rows"]]
     rejects = list(early_rejects) + [tuple(r) for i in sorted(done) for r in done[i]["rejects"]]
     write_manifest(rows, root / MANIFEST_NAME)
@@ -526,10 +515,31 @@ def ingest(
     inputs = len(items) + len(early_rejects)
     reasons = Counter(reason.split(":")[0].split(" (")[0] for _, reason in rejects)
     print(f"ingested {inputs} inputs into {root}/: {len(rows)} accepted + {len(rejects)} rejected = {inputs} "
-          f"in {len(shards)} shards ({len(todo)} shard tasks run now, {len(tasks) - len(todo)} finished before)")
+          f"in {len(shards)} shards ({run_now} shard tasks run now, {len(tasks) - run_now} finished before)")
+    _print_reasons(reasons, ignored)
+    return {"out": str(root), "inputs": inputs, "accepted": len(rows), "rejected": len(rejects),
+            "shards": [str(root / s) for s in shards], "reasons": dict(reasons)}
+
+
+def _run_shards(tasks: list[_ShardTask], root: Path, resume: bool, runner) -> tuple[dict[int, dict], int]:
+    """Each shard's ``{"rows", "rejects"}`` by shard index: read back for shards a resumed run
+    finished before, written now for the others (a shard whose worker died rejects each of its
+    inputs with why); and how many shard tasks ran now."""
+    done = {}
+    for task in tasks:
+        state = root / STATE_DIR / f"{Path(SHARD_PATTERN % task.index).stem}.json"
+        if resume and state.is_file():
+            done[task.index] = json.loads(state.read_text())
+    todo = [task for task in tasks if task.index not in done]
+    for task, part in zip(todo, runner.map(_ingest_shard, todo, desc="ingest shards")):
+        if failed(part):
+            part = {"rows": [], "rejects": [(item.source, f"worker failed: {part.error}") for _, item in task.items]}
+        done[task.index] = part
+    return done, len(todo)
+
+
+def _print_reasons(reasons: Counter, ignored: Counter) -> None:
     for reason, count in reasons.most_common():
         print(f"  rejected {count:>6}  {reason}")
     if ignored:
         print("  not media, ignored: " + ", ".join(f"{n} {ext}" for ext, n in ignored.most_common()))
-    return {"out": str(root), "inputs": inputs, "accepted": len(rows), "rejected": len(rejects),
-            "shards": [str(root / s) for s in shards], "reasons": dict(reasons)}
