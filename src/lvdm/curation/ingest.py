@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from lvdm.curation.engine import failed, make_engine
+from lvdm.curation.engine import failed, make_engine, print_reasons
 from lvdm.data.probe import ProbeError, probe_media
 from lvdm.data.schema import (
     MANIFEST_NAME, MEDIA_EXTENSIONS, METADATA_FIELDS, REJECTS_NAME, SHARD_PATTERN, assign_keys, manifest_row,
@@ -539,7 +539,6 @@ def _run_shards(tasks: list[_ShardTask], root: Path, resume: bool, runner) -> tu
 
 
 def _print_reasons(reasons: Counter, ignored: Counter) -> None:
-    for reason, count in reasons.most_common():
-        print(f"  rejected {count:>6}  {reason}")
+    print_reasons(reasons)
     if ignored:
         print("  not media, ignored: " + ", ".join(f"{n} {ext}" for ext, n in ignored.most_common()))
