@@ -503,22 +503,24 @@ def ingest(
     keyed = list(zip(assign_keys([item.identity for item in items]), items))
     root = Path(out)
     _prepare_out(root, _plan_digest(keyed, shard_size, options), resume)
-
     tasks = [_ShardTask(i, str(root), keyed[start:start + shard_size], options)
              for i, start in enumerate(range(0, len(keyed), shard_size))]
     done, run_now = _run_shards(tasks, root, resume, make_engine(engine, workers, ray_address))
+    summary = _write_reports(root, done, early_rejects, len(items) + len(early_rejects))
+    _print_summary(summary, run_now, len(tasks) - run_now, ignored)
+    return summary
+
+
+def _write_reports(root: Path, done: dict[int, dict], early_rejects: list, inputs: int) -> dict:
+    """Write the manifest and the rejects report of all shards; the run's summary."""
     rows = [row for i in sorted(done) for row in done[i]["rows"]]
     rejects = list(early_rejects) + [tuple(r) for i in sorted(done) for r in done[i]["rejects"]]
     write_manifest(rows, root / MANIFEST_NAME)
     write_rejects(rejects, root / REJECTS_NAME)
-    shards = sorted({row["shard"] for row in rows})
-    inputs = len(items) + len(early_rejects)
     reasons = Counter(reason.split(":")[0].split(" (")[0] for _, reason in rejects)
-    print(f"ingested {inputs} inputs into {root}/: {len(rows)} accepted + {len(rejects)} rejected = {inputs} "
-          f"in {len(shards)} shards ({run_now} shard tasks run now, {len(tasks) - run_now} finished before)")
-    _print_reasons(reasons, ignored)
     return {"out": str(root), "inputs": inputs, "accepted": len(rows), "rejected": len(rejects),
-            "shards": [str(root / s) for s in shards], "reasons": dict(reasons)}
+            "shards": [str(root / s) for s in sorted({row["shard"] for row in rows})],
+            "reasons": dict(reasons)}
 
 
 def _run_shards(tasks: list[_ShardTask], root: Path, resume: bool, runner) -> tuple[dict[int, dict], int]:
@@ -538,7 +540,11 @@ def _run_shards(tasks: list[_ShardTask], root: Path, resume: bool, runner) -> tu
     return done, len(todo)
 
 
-def _print_reasons(reasons: Counter, ignored: Counter) -> None:
-    print_reasons(reasons)
+def _print_summary(summary: dict, run_now: int, before: int, ignored: Counter) -> None:
+    inputs = summary["inputs"]
+    print(f"ingested {inputs} inputs into {summary['out']}/: {summary['accepted']} accepted + {summary['rejected']} "
+          f"rejected = {inputs} in {len(summary['shards'])} shards ({run_now} shard tasks run now, {before} "
+          "finished before)")
+    print_reasons(Counter(summary["reasons"]))
     if ignored:
         print("  not media, ignored: " + ", ".join(f"{n} {ext}" for ext, n in ignored.most_common()))

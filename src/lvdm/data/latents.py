@@ -147,24 +147,15 @@ def encode_shards(
         (by reason), ``latent_shape`` (of the last batch), ``buckets`` (clips per bucket),
         ``seconds``.
     """
-    store = np.dtype(dtype)
-    if store.kind != "f":
-        raise ValueError(f"dtype must be a numpy floating type such as 'float16' or 'float32', got {dtype!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    store = _store_dtype(dtype, batch_size)
     size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
     compressor, text_encoder = _prepare_models(compressor, text_encoder, device, buckets, num_frames, size)
-    urls = resolve_shards(shards)
-    root = Path(out)
+    urls, root = resolve_shards(shards), Path(out)
     names = _output_names(urls, root)
     root.mkdir(parents=True, exist_ok=True)
-    extra = dict(compressor.identity())  # compressor, compressor_config_hash, scale_factor, shift_factor
-    if buckets is None:
-        extra.update({"num_frames": num_frames, "frame_interval": frame_interval, "resolution": list(size)})
-    if text_encoder is not None:
-        extra["text_encoder_identity"] = identity(text_encoder)
-    encoder = _ShardEncoder(compressor, text_encoder, device, store, extra, batch_size,
-                            _ClipReader(buckets, num_frames, frame_interval, size, seed))
+    reader = _ClipReader(buckets, num_frames, frame_interval, size, seed)
+    encoder = _ShardEncoder(compressor, text_encoder, device, store, reader.recorded(compressor, text_encoder),
+                            batch_size, reader)
     start = time.perf_counter()
     with encoder.bar:
         for url, name in zip(urls, names):
@@ -173,9 +164,18 @@ def encode_shards(
     summary = {"out": str(root), **encoder.summary, "seconds": round(time.perf_counter() - start, 2)}
     print(f"encoded {summary['encoded']} clips into {len(summary['shards'])} latent shards in {root}/ "
           f"(latent {summary['latent_shape']} {store.name}), skipped {summary['skipped']}, "
-          f"{'unfit ' + str(summary['unfit']) + ', ' if summary['unfit'] else ''}"
-          f"{summary['seconds']} s")
+          f"{'unfit ' + str(summary['unfit']) + ', ' if summary['unfit'] else ''}{summary['seconds']} s")
     return summary
+
+
+def _store_dtype(dtype: str, batch_size: int) -> np.dtype:
+    """The numpy dtype latents are stored in, after checking it and the batch size."""
+    store = np.dtype(dtype)
+    if store.kind != "f":
+        raise ValueError(f"dtype must be a numpy floating type such as 'float16' or 'float32', got {dtype!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return store
 
 
 def _prepare_models(compressor: Compressor | None, text_encoder: TextEncoder | None, device: str,
@@ -207,6 +207,18 @@ class _ClipReader:
         self.size, self.seed = size, seed
         self.unfit: dict[str, int] = {}
         self.per_bucket: dict[str, int] = {}
+
+    def recorded(self, compressor: Compressor, text_encoder: TextEncoder | None) -> dict:
+        """What every latent's ``key.json`` records of how it was made: the compressor's identity
+        (class, config hash, scale and shift factors), the clip shape (without buckets) and the
+        text encoder's identity."""
+        extra = dict(compressor.identity())
+        if self.buckets is None:
+            extra.update({"num_frames": self.num_frames, "frame_interval": self.frame_interval,
+                          "resolution": list(self.size)})
+        if text_encoder is not None:
+            extra["text_encoder_identity"] = identity(text_encoder)
+        return extra
 
     def __call__(self, sample: dict, key: str) -> tuple[object, torch.Tensor | None, dict]:
         """(bucket group, decoded clip, bucket metadata) of a sample; a clip of None fits no bucket."""
