@@ -131,35 +131,54 @@ def _meta_inputs(model: nn.Module, latent: tuple[int, int, int], text_len: int) 
     return (torch.empty(1, model.in_channels, *latent, **meta), torch.zeros(1, **meta)), kwargs
 
 
+class _Counted(Exception):
+    """Every kind of block unit has run: the rest of the forward is not needed."""
+
+
+def _unit_kind(unit: nn.Module) -> tuple:
+    return type(unit), tuple((name, tuple(p.shape)) for name, p in unit.named_parameters())
+
+
 def activation_values_per_token(model: nn.Module, latent: tuple[int, int, int], text_len: int = 0) -> list[float]:
     """Values each block unit keeps for the backward pass per video token (the module
     docstring's rule), counted by hooks on one forward of the ``meta`` backbone on a latent of
     ``(T, H, W)``: ``in + out`` values of every linear, ``2 ×`` the input of every norm.
     Linears that read one vector per sample (adaLN modulations) or the text tokens count what
-    they really read."""
+    they really read. The forward stops once one unit of each kind (class and parameter
+    shapes) has run; the others of a kind count as it does."""
     units = block_units(model)
-    values = [0] * len(units)
-    hooks = []
-    for i, unit in enumerate(units):
+    kinds = [_unit_kind(unit) for unit in units]
+    first = {kind: unit for kind, unit in reversed(list(zip(kinds, units)))}  # the first unit of each kind
+    values, done, hooks = dict.fromkeys(first, 0), set(), []
+
+    def count(kind, n):
+        values[kind] += n
+
+    def finished(kind):
+        done.add(kind)
+        if len(done) == len(first):
+            raise _Counted
+
+    for kind, unit in first.items():
         for module in unit.modules():
             if isinstance(module, nn.Linear):
-                def count(mod, args, out, i=i):
-                    values[i] += args[0].numel() + out.numel()
+                hooks.append(module.register_forward_hook(
+                    lambda mod, args, out, kind=kind: count(kind, args[0].numel() + out.numel())))
             elif type(module).__name__.endswith("Norm"):
-                def count(mod, args, out, i=i):
-                    values[i] += 2 * args[0].numel()
-            else:
-                continue
-            hooks.append(module.register_forward_hook(count))
+                hooks.append(module.register_forward_hook(
+                    lambda mod, args, out, kind=kind: count(kind, 2 * args[0].numel())))
+        hooks.append(unit.register_forward_hook(lambda *_, kind=kind: finished(kind)))
     args, kwargs = _meta_inputs(model, latent, text_len)
     try:
         with torch.no_grad():
             model(*args, **kwargs)
+    except _Counted:
+        pass
     finally:
         for hook in hooks:
             hook.remove()
     tokens = math.prod(patch_grid(model.patch_size, latent))
-    return [v / tokens for v in values]
+    return [values[kind] / tokens for kind in kinds]
 
 
 @dataclass(frozen=True)
