@@ -157,6 +157,18 @@ def test_an_stdit_recipe_is_estimated_with_its_exact_parameters(capsys):
     assert "STDiT D=48 blocks=2 heads=2 patch=(1, 4, 4) inline" in capsys.readouterr().out
 
 
+def test_a_preset_by_name_alone_gets_its_published_parameter_count(tmp_path):
+    """No DiT default (size XL/2) is pushed onto another backbone's arguments."""
+    from lvdm.models.presets import from_name
+
+    recipe = tmp_path / "pixart.yaml"
+    recipe.write_text("model:\n  init_args:\n    denoiser:\n      class_path: lvdm.models.presets.preset\n"
+                      "      init_args: {name: pixart-alpha-xl2-256}\n")
+    r = estimate(recipe=str(recipe), print_report=False)
+    assert r["params"] == from_name("pixart-alpha-xl2-256").num_params == 610_856_096  # the published count
+    assert r["tokens"] == 16 * 16 * 16 and r["text_len"] == 120  # the default 16×256×256 clip, patch (1, 2, 2)
+
+
 def test_a_dit_flag_on_another_backbone_and_a_foreign_class_are_named(tmp_path):
     recipe = str(ROOT / "recipes/opensora/tiny/phase2_video.yaml")
     with pytest.raises(ValueError, match="presets.preset does not take these arguments.*conditioning"):

@@ -270,7 +270,7 @@ def _backbone(from_recipe: dict[str, Any], has_recipe: bool, **flags: Any) -> nn
     otherwise."""
     denoiser = from_recipe.get("denoiser") or {"class_path": DIT, "init_args": {}}
     kwargs: dict[str, Any] = dict(denoiser["init_args"])
-    if not kwargs and flags["size"] is None:
+    if denoiser["class_path"] == DIT and not kwargs and flags["size"] is None:
         flags["size"] = "XL/2"
     kwargs.update({key: value for key, value in flags.items() if value is not None})
     if not has_recipe:
