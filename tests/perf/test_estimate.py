@@ -157,11 +157,16 @@ def test_an_stdit_recipe_is_estimated_with_its_exact_parameters(capsys):
     assert "STDiT D=48 blocks=2 heads=2 patch=(1, 4, 4) inline" in capsys.readouterr().out
 
 
-def test_a_preset_by_name_alone_gets_its_published_parameter_count(tmp_path):
+def test_another_backbone_with_its_defaults_and_a_preset_by_name(tmp_path):
     """No DiT default (size XL/2) is pushed onto another backbone's arguments."""
     from lvdm.models.presets import from_name
+    from lvdm.models.stdit import STDiT
 
-    recipe = tmp_path / "pixart.yaml"
+    recipe = tmp_path / "stdit.yaml"
+    recipe.write_text("model:\n  init_args:\n    denoiser:\n      class_path: lvdm.models.stdit.STDiT\n")
+    with torch.device("meta"):
+        expected = sum(p.numel() for p in STDiT().parameters())
+    assert estimate(recipe=str(recipe), print_report=False)["params"] == expected
     recipe.write_text("model:\n  init_args:\n    denoiser:\n      class_path: lvdm.models.presets.preset\n"
                       "      init_args: {name: pixart-alpha-xl2-256}\n")
     r = estimate(recipe=str(recipe), print_report=False)
