@@ -116,6 +116,6 @@ def test_the_up_front_load_is_released_when_workers_load_their_own(clip_dir, tmp
     torch.save(torch.nn.Linear(16, 1).state_dict(), tmp_path / "head.pth")
     scorer = AestheticScorer(clip_dir, str(tmp_path / "head.pth"))
     scorer.load()
-    assert scorer._model is not None and scorer._head is not None
+    assert scorer._loaded is not None and scorer._head is not None
     release(scorer)
-    assert scorer._model is None and scorer._head is None and scorer.clip == clip_dir
+    assert scorer._loaded is None and scorer._head is None and scorer.clip == clip_dir

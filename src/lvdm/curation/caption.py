@@ -120,15 +120,8 @@ def caption_dataset(
     Returns:
         ``{"samples": n, "captioned": n_ok, "errors": n_failed, "output": folder}``.
     """
-    if backend == "transformers":
-        captioner = TransformersCaptioner(model, num_frames, prompt, max_new_tokens, batch_size, device, dtype)
-    elif backend == "openai":
-        if not base_url:
-            raise ValueError("backend 'openai' needs base_url, e.g. http://127.0.0.1:8000/v1")
-        captioner = OpenAICaptioner(base_url, model, api_key_env, num_frames, prompt, max_new_tokens, concurrency,
-                                    retries, timeout)
-    else:
-        raise ValueError(f"unknown caption backend {backend!r}: choose 'transformers' or 'openai'")
+    captioner = _captioner(backend, model, base_url, api_key_env, prompt, num_frames, max_new_tokens, batch_size,
+                           concurrency, retries, timeout, device, dtype)
     captioner.load()  # before any sample: a missing model fails the run at once, naming it
     items = work_items(source, batch_size if backend == "transformers" else max(batch_size, concurrency))
     out_dir = prepare_output(source, out, overwrite)
@@ -136,12 +129,7 @@ def caption_dataset(
     if not (engine == "local" and getattr(runner, "workers", 1) == 0):  # the workers load their own model
         release(captioner)
     results = runner.map(CaptionChunk(captioner, max_short_side), items, desc="captioning")
-    updates, hide = {}, getattr(captioner, "redact", redact)  # no credentials in what is written
-    for (_, keys), result in zip(items, results):
-        if failed(result):
-            result = [(key, None, f"chunk: {result.error}") for key in keys]
-        for key, caption, error in result:
-            updates[key] = {field: caption, f"{field}_error": hide(error)}
+    updates = _updates(items, results, field, getattr(captioner, "redact", redact))
     check_not_all_failed("captioning", [u[f"{field}_error"] for u in updates.values()])
     write_updated_folder(source, out_dir, updates, runner)
     errors = sum(bool(u[f"{field}_error"]) for u in updates.values())
@@ -149,3 +137,30 @@ def caption_dataset(
     print(f"captioned {summary['captioned']} of {summary['samples']} samples into json field {field!r} "
           f"({errors} failed, see {field}_error) -> {out}")
     return summary
+
+
+def _captioner(backend: str, model: str, base_url: Optional[str], api_key_env: str, prompt: str, num_frames: int,
+               max_new_tokens: int, batch_size: int, concurrency: int, retries: int, timeout: float, device: str,
+               dtype: str):
+    """The captioner of ``backend`` (not loaded yet)."""
+    if backend == "transformers":
+        return TransformersCaptioner(model, num_frames, prompt, max_new_tokens, batch_size, device, dtype)
+    if backend == "openai":
+        if not base_url:
+            raise ValueError("backend 'openai' needs base_url, e.g. http://127.0.0.1:8000/v1")
+        return OpenAICaptioner(base_url, model, api_key_env, num_frames, prompt, max_new_tokens, concurrency,
+                               retries, timeout)
+    raise ValueError(f"unknown caption backend {backend!r}: choose 'transformers' or 'openai'")
+
+
+def _updates(items: list, results: list, field: str, hide) -> dict[str, dict]:
+    """Per sample key, the json fields to write: the caption (None when it failed) and its error,
+    passed through ``hide`` (no credentials in what is written); a chunk whose worker failed
+    gives each of its samples that error."""
+    updates = {}
+    for (_, keys), result in zip(items, results):
+        if failed(result):
+            result = [(key, None, f"chunk: {result.error}") for key in keys]
+        for key, caption, error in result:
+            updates[key] = {field: caption, f"{field}_error": hide(error)}
+    return updates

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from lvdm.curation.frames import Clip, evenly_spaced
+from lvdm.curation.hub import LoadedPerWorker, locate_model
 
 __all__ = ["DEFAULT_PROMPT", "format_prompt", "redact", "TransformersCaptioner", "OpenAICaptioner",
            "CaptionRequestError"]
@@ -72,7 +73,7 @@ class _Captioner:
         raise NotImplementedError
 
 
-class TransformersCaptioner(_Captioner):
+class TransformersCaptioner(LoadedPerWorker, _Captioner):
     """A transformers image-text-to-text model (LLaVA, LLaVA-NeXT, Qwen2-VL…), loaded with
     ``AutoModelForImageTextToText`` / ``AutoProcessor`` from a local folder or a hub id.
 
@@ -99,30 +100,20 @@ class TransformersCaptioner(_Captioner):
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
-        self._loaded = None
 
-    def __getstate__(self):  # the model is loaded again on each worker
-        return {**self.__dict__, "_loaded": None}
+    def _build(self):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    def load(self) -> None:
-        self._load()
+        from lvdm.utils import parse_dtype
 
-    def _load(self):
-        if self._loaded is None:
-            from transformers import AutoModelForImageTextToText, AutoProcessor
-
-            from lvdm.curation.hub import locate_model
-            from lvdm.utils import parse_dtype
-
-            location = locate_model(self.model, "captioning model")
-            processor = AutoProcessor.from_pretrained(location)
-            model = AutoModelForImageTextToText.from_pretrained(location, dtype=parse_dtype(self.dtype))
-            tokenizer = getattr(processor, "tokenizer", processor)
-            tokenizer.padding_side = "left"  # generation continues from the right end of each row
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            self._loaded = (model.to(self.device).eval(), processor)
-        return self._loaded
+        location = locate_model(self.model, "captioning model")
+        processor = AutoProcessor.from_pretrained(location)
+        model = AutoModelForImageTextToText.from_pretrained(location, dtype=parse_dtype(self.dtype))
+        tokenizer = getattr(processor, "tokenizer", processor)
+        tokenizer.padding_side = "left"  # generation continues from the right end of each row
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model.to(self.device).eval(), processor
 
     def prompt_text(self, clip: Clip, frames: int) -> str:
         """The chat-templated prompt of one clip (image placeholders included)."""

@@ -122,15 +122,45 @@ def encode_shards(
         (by reason), ``latent_shape`` (of the last batch), ``buckets`` (clips per bucket),
         ``seconds``.
     """
+    store = _store_dtype(dtype, batch_size)
+    size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    compressor, text_encoder = _prepare_models(compressor, text_encoder, device, buckets, num_frames, size)
+    urls, root = resolve_shards(shards), Path(out)
+    names = _output_names(urls, root)
+    root.mkdir(parents=True, exist_ok=True)
+    reader = _ClipReader(buckets, num_frames, frame_interval, size, seed)
+    encoder = _ShardEncoder(compressor, text_encoder, device, store, reader.recorded(compressor, text_encoder),
+                            batch_size, reader)
+    start = time.perf_counter()
+    with encoder.bar:
+        for url, name in zip(urls, names):
+            encoder.write_shard(url, root / name)
+    _copy_prompt_files(urls, root)
+    summary = {"out": str(root), **encoder.summary, "seconds": round(time.perf_counter() - start, 2)}
+    print(f"encoded {summary['encoded']} clips into {len(summary['shards'])} latent shards in {root}/ "
+          f"(latent {summary['latent_shape']} {store.name}), skipped {summary['skipped']}, "
+          f"{'unfit ' + str(summary['unfit']) + ', ' if summary['unfit'] else ''}{summary['seconds']} s")
+    return summary
+
+
+def _store_dtype(dtype: str, batch_size: int) -> np.dtype:
+    """The numpy dtype latents are stored in, after checking it and the batch size."""
     store = np.dtype(dtype)
     if store.kind != "f":
         raise ValueError(f"dtype must be a numpy floating type such as 'float16' or 'float32', got {dtype!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    return store
+
+
+def _prepare_models(compressor: Compressor | None, text_encoder: TextEncoder | None, device: str,
+                    buckets: BucketConfig | None, num_frames: int, size: tuple[int, int]):
+    """The compressor (default: the identity) and frozen text encoder on ``device``; fails early
+    when a clip or bucket size does not fit the compressor's downsampling, or when the text
+    encoder is trained (its embeddings cannot be cached)."""
     compressor = (compressor or PixelCompressor()).to(device)
     if buckets is None:
-        compressor.latent_shape(num_frames, *size)  # fails early when sizes do not fit the downsampling
+        compressor.latent_shape(num_frames, *size)
     else:
         for bucket in buckets.buckets():
             compressor.latent_shape(bucket.num_frames, bucket.height, bucket.width)
@@ -139,86 +169,119 @@ def encode_shards(
             raise ValueError(f"{type(text_encoder).__name__} is trained with the DiT: its embeddings change "
                              f"during training and cannot be cached; cache only a frozen encoder (T5, CLIP)")
         text_encoder = text_encoder.to(device).eval()
-    urls = resolve_shards(shards)
-    root = Path(out)
-    names = _output_names(urls, root)
-    root.mkdir(parents=True, exist_ok=True)
-    extra = dict(compressor.identity())  # compressor, compressor_config_hash, scale_factor, shift_factor
-    if buckets is None:
-        extra.update({"num_frames": num_frames, "frame_interval": frame_interval, "resolution": list(size)})
-    if text_encoder is not None:
-        extra["text_encoder_identity"] = identity(text_encoder)
+    return compressor, text_encoder
 
-    summary = {"out": str(root), "shards": [], "encoded": 0, "skipped": 0, "latent_shape": None,
-               "unfit": {}, "buckets": {}}
-    bar = tqdm(desc="encoding clips", unit="clip")
 
-    def encode(batch: list[tuple[str, torch.Tensor, bytes, dict]], sink: wds.TarWriter) -> None:
-        with torch.no_grad():
-            latents = compressor.encode_raw(torch.stack([clip for _, clip, _, _ in batch]).to(device))
-            if text_encoder is not None:
-                ctx, mask = text_encoder([text.decode("utf-8") for _, _, text, _ in batch])
-                texts = zip(ctx.float().cpu().numpy().astype(store), mask.cpu().numpy())
-            else:
-                texts = [None] * len(batch)
-        for (key, _, text, meta), latent, embedded in zip(batch, latents.float().cpu().numpy().astype(store), texts):
-            entry = {"__key__": key, "latent.npy": latent, "txt": text,
-                     "json": {**meta, "latent_shape": list(latent.shape), **extra}}
-            if embedded is not None:
-                entry["text.npy"], entry["text_mask.npy"] = embedded
-            sink.write(entry)
-        summary["latent_shape"] = list(latents.shape[1:])
-        summary["encoded"] += len(batch)
-        bar.update(len(batch))
+class _ClipReader:
+    """Decodes a sample's clip at the one clip shape, or at its bucket's shape, counting the
+    samples that fit no bucket (``unfit``, by reason) and the clips per bucket."""
 
-    def clip_of(sample: dict, key: str) -> tuple[object, torch.Tensor | None, dict]:
+    def __init__(self, buckets: BucketConfig | None, num_frames: int, frame_interval: int,
+                 size: tuple[int, int], seed: int):
+        self.buckets, self.num_frames, self.frame_interval = buckets, num_frames, frame_interval
+        self.size, self.seed = size, seed
+        self.unfit: dict[str, int] = {}
+        self.per_bucket: dict[str, int] = {}
+
+    def recorded(self, compressor: Compressor, text_encoder: TextEncoder | None) -> dict:
+        """What every latent's ``key.json`` records of how it was made: the compressor's identity
+        (class, config hash, scale and shift factors), the clip shape (without buckets) and the
+        text encoder's identity."""
+        extra = dict(compressor.identity())
+        if self.buckets is None:
+            extra.update({"num_frames": self.num_frames, "frame_interval": self.frame_interval,
+                          "resolution": list(self.size)})
+        if text_encoder is not None:
+            extra["text_encoder_identity"] = identity(text_encoder)
+        return extra
+
+    def __call__(self, sample: dict, key: str) -> tuple[object, torch.Tensor | None, dict]:
         """(bucket group, decoded clip, bucket metadata) of a sample; a clip of None fits no bucket."""
         media = media_entry(sample)[1]
-        if buckets is None:
-            return None, decode_clip(media, num_frames, frame_interval, size, name=repr(key)), {}
-        rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-        bucket, reason = buckets.assign(*sample_size(sample), rng)
+        if self.buckets is None:
+            return None, decode_clip(media, self.num_frames, self.frame_interval, self.size, name=repr(key)), {}
+        rng = np.random.default_rng([self.seed, zlib.crc32(key.encode())])
+        bucket, reason = self.buckets.assign(*sample_size(sample), rng)
         if bucket is None:
-            summary["unfit"][reason] = summary["unfit"].get(reason, 0) + 1
+            self.unfit[reason] = self.unfit.get(reason, 0) + 1
             return None, None, {}
-        clip = decode_clip(media, bucket.num_frames, buckets.frame_interval, (bucket.height, bucket.width),
+        clip = decode_clip(media, bucket.num_frames, self.buckets.frame_interval, (bucket.height, bucket.width),
                            name=repr(key))
-        summary["buckets"][bucket.name] = summary["buckets"].get(bucket.name, 0) + 1
+        self.per_bucket[bucket.name] = self.per_bucket.get(bucket.name, 0) + 1
         return bucket.name, clip, {"bucket": {"name": bucket.name, "resolution": bucket.resolution,
                                               "num_frames": bucket.num_frames, "height": bucket.height,
                                               "width": bucket.width}}
 
-    start = time.perf_counter()
-    with bar:
-        for url, name in zip(urls, names):
-            path = root / name
-            with wds.TarWriter(str(path)) as sink:
-                pending: dict[object, list[tuple[str, torch.Tensor, bytes, dict]]] = {}  # per bucket
-                for sample in wds.WebDataset(url, shardshuffle=False):
-                    key = sample["__key__"]
-                    try:
-                        group, clip, bucket_meta = clip_of(sample, key)
-                        text = sample["txt"]
-                        meta = json.loads(sample["json"]) if "json" in sample else {}
-                        if not isinstance(meta, dict):  # valid JSON, but not the metadata object
-                            raise ValueError(f"key.json is a JSON {type(meta).__name__}, not an object")
-                    except (ValueError, KeyError) as exc:  # corrupt/short video, bad json, missing entry
-                        summary["skipped"] += 1
-                        warnings.warn(f"skipping sample {key!r} in shard {url}: {type(exc).__name__}: {exc}")
-                        continue
-                    if clip is None:
-                        continue
-                    batch = pending.setdefault(group, [])
-                    batch.append((key, clip, text, {**meta, **bucket_meta}))
-                    if len(batch) == batch_size:
-                        encode(pending.pop(group), sink)
-                for batch in pending.values():
-                    encode(batch, sink)
-            summary["shards"].append(str(path))
-    _copy_prompt_files(urls, root)
-    summary["seconds"] = round(time.perf_counter() - start, 2)
-    print(f"encoded {summary['encoded']} clips into {len(summary['shards'])} latent shards in {root}/ "
-          f"(latent {summary['latent_shape']} {store.name}), skipped {summary['skipped']}, "
-          f"{'unfit ' + str(summary['unfit']) + ', ' if summary['unfit'] else ''}"
-          f"{summary['seconds']} s")
-    return summary
+
+Pending = list[tuple[str, torch.Tensor, bytes, dict]]  # (key, clip, caption, json) of clips to encode together
+
+
+class _ShardEncoder:
+    """Reads video shards and writes latent shards, batching clips of one shape."""
+
+    def __init__(self, compressor: Compressor, text_encoder: TextEncoder | None, device: str, store: np.dtype,
+                 extra: dict, batch_size: int, read_clip: _ClipReader):
+        self.compressor, self.text_encoder, self.device, self.store = compressor, text_encoder, device, store
+        self.extra, self.batch_size, self.read_clip = extra, batch_size, read_clip
+        self.shards: list[str] = []
+        self.encoded = self.skipped = 0
+        self.latent_shape: list[int] | None = None
+        self.bar = tqdm(desc="encoding clips", unit="clip")
+
+    @property
+    def summary(self) -> dict:
+        return {"shards": self.shards, "encoded": self.encoded, "skipped": self.skipped,
+                "latent_shape": self.latent_shape, "unfit": self.read_clip.unfit,
+                "buckets": self.read_clip.per_bucket}
+
+    def write_shard(self, url: str, path: Path) -> None:
+        """Encode every readable clip of shard ``url`` into the latent shard ``path``."""
+        with wds.TarWriter(str(path)) as sink:
+            pending: dict[object, Pending] = {}  # per bucket
+            for sample in wds.WebDataset(url, shardshuffle=False):
+                read = self._read(sample, url)
+                if read is None:
+                    continue
+                group, entry = read
+                batch = pending.setdefault(group, [])
+                batch.append(entry)
+                if len(batch) == self.batch_size:
+                    self._encode(pending.pop(group), sink)
+            for batch in pending.values():
+                self._encode(batch, sink)
+        self.shards.append(str(path))
+
+    def _read(self, sample: dict, url: str) -> tuple[object, tuple[str, torch.Tensor, bytes, dict]] | None:
+        """(bucket group, pending entry) of a sample; None when it is unreadable (skipped with a
+        warning naming it) or fits no bucket."""
+        key = sample["__key__"]
+        try:
+            group, clip, bucket_meta = self.read_clip(sample, key)
+            text = sample["txt"]
+            meta = json.loads(sample["json"]) if "json" in sample else {}
+            if not isinstance(meta, dict):  # valid JSON, but not the metadata object
+                raise ValueError(f"key.json is a JSON {type(meta).__name__}, not an object")
+        except (ValueError, KeyError) as exc:  # corrupt/short video, bad json, missing entry
+            self.skipped += 1
+            warnings.warn(f"skipping sample {key!r} in shard {url}: {type(exc).__name__}: {exc}")
+            return None
+        return None if clip is None else (group, (key, clip, text, {**meta, **bucket_meta}))
+
+    def _encode(self, batch: Pending, sink: wds.TarWriter) -> None:
+        with torch.no_grad():
+            latents = self.compressor.encode_raw(torch.stack([clip for _, clip, _, _ in batch]).to(self.device))
+            if self.text_encoder is not None:
+                ctx, mask = self.text_encoder([text.decode("utf-8") for _, _, text, _ in batch])
+                texts = zip(ctx.float().cpu().numpy().astype(self.store), mask.cpu().numpy())
+            else:
+                texts = [None] * len(batch)
+        for (key, _, text, meta), latent, embedded in zip(batch, latents.float().cpu().numpy().astype(self.store),
+                                                          texts):
+            entry = {"__key__": key, "latent.npy": latent, "txt": text,
+                     "json": {**meta, "latent_shape": list(latent.shape), **self.extra}}
+            if embedded is not None:
+                entry["text.npy"], entry["text_mask.npy"] = embedded
+            sink.write(entry)
+        self.latent_shape = list(latents.shape[1:])
+        self.encoded += len(batch)
+        self.bar.update(len(batch))

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import pickle
 import traceback
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 __all__ = ["Engine", "Failure", "LocalEngine", "RayEngine", "StageFailedError", "make_engine", "failed",
-           "check_not_all_failed"]
+           "check_not_all_failed", "print_reasons"]
 
 
 class StageFailedError(ValueError):
@@ -283,3 +284,9 @@ def make_engine(
     if engine == "ray":
         return RayEngine(ray_address=ray_address, workers=workers, num_gpus=num_gpus, progress=progress)
     raise ValueError(f"unknown engine {engine!r}: choose 'local' or 'ray'")
+
+
+def print_reasons(reasons: Counter) -> None:
+    """Print a stage's reject reasons, most frequent first."""
+    for reason, count in reasons.most_common():
+        print(f"  rejected {count:>6}  {reason}")

@@ -253,15 +253,7 @@ def filter_dataset(
     root = prepare_stage_output(out, shards, overwrite)
     tasks = [(shard, str(root), expressions) for shard in shards]
     results = make_engine(engine, workers, ray_address).map(_filter_shard, tasks, desc="filter shards")
-    rows, rejects = [], []
-    failing, removed = [0] * len(conditions), [0] * len(conditions)
-    for (shard, _, _), result in zip(tasks, results):
-        if failed(result):
-            raise RuntimeError(f"filtering {shard} failed: {result.error}")
-        rows += result["rows"]
-        rejects += result["rejects"]
-        failing = [a + b for a, b in zip(failing, result["failing"])]
-        removed = [a + b for a, b in zip(removed, result["removed"])]
+    rows, rejects, failing, removed = _merge(tasks, results, len(conditions))
     write_manifest(rows, root / MANIFEST_NAME)
     write_rejects(rejects, root / REJECTS_NAME)
     unreadable = sum(1 for _, reason in rejects if reason.startswith("unreadable"))
@@ -270,13 +262,34 @@ def filter_dataset(
     summary = {"out": str(root), "inputs": inputs, "kept": len(rows), "removed": sum(removed),
                "unreadable": unreadable, "conditions": report}
     (root / "filter_report.json").write_text(json.dumps(summary, indent=2))
-    width = max([len(c.text) for c in conditions] + [9])
-    print(f"kept {len(rows)} of {inputs} samples in {root}/ ({sum(removed)} filtered out, {unreadable} unreadable)")
+    _print_report(summary, source)
+    return summary
+
+
+def _merge(tasks: list[tuple], results: list, num_conditions: int) -> tuple[list, list, list[int], list[int]]:
+    """(manifest rows, rejects, failed per condition, removed per condition) of all shards."""
+    rows, rejects = [], []
+    failing, removed = [0] * num_conditions, [0] * num_conditions
+    for (shard, _, _), result in zip(tasks, results):
+        if failed(result):
+            raise RuntimeError(f"filtering {shard} failed: {result.error}")
+        rows += result["rows"]
+        rejects += result["rejects"]
+        failing = [a + b for a, b in zip(failing, result["failing"])]
+        removed = [a + b for a, b in zip(removed, result["removed"])]
+    return rows, rejects, failing, removed
+
+
+def _print_report(summary: dict, source) -> None:
+    """The per-condition table, and a warning when nothing was kept."""
+    report, inputs = summary["conditions"], summary["inputs"]
+    width = max([len(line["condition"]) for line in report] + [9])
+    print(f"kept {summary['kept']} of {inputs} samples in {summary['out']}/ ({summary['removed']} filtered out, "
+          f"{summary['unreadable']} unreadable)")
     print(f"  {'condition':<{width}}  {'failed':>7}  {'removed':>7}")
     for line in report:
         print(f"  {line['condition']:<{width}}  {line['failed']:>7}  {line['removed']:>7}")
-    if inputs and not rows:
+    if inputs and not summary["kept"]:
         worst = max(report, key=lambda line: line["removed"])
         print(f"warning: the filter kept none of the {inputs} samples; {worst['condition']!r} removed the most "
               f"({worst['removed']}): check its threshold against `lvdm data stats --source {source}`", file=sys.stderr)
-    return summary

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-__all__ = ["hub_offline", "locate_model", "locate_file"]
+__all__ = ["LoadedPerWorker", "hub_offline", "locate_model", "locate_file"]
 
 #: Seconds the one reachability request to the hub may take.
 HUB_TIMEOUT = 10.0
@@ -100,3 +100,25 @@ def locate_file(name: str, filename: Optional[str], what: str) -> str:
         raise _not_cached(f"{name}/{filename}", what)
     _reach(name, what)
     return hf_hub_download(name, filename)
+
+
+class LoadedPerWorker:
+    """A stage part whose model loads on first use (:meth:`load`, before any sample is read)
+    and again in each worker process: pickling to a worker drops it. Subclasses build the
+    model in :meth:`_build`; ``self._load()`` gives it, loading it when needed."""
+
+    _loaded = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_loaded": None}
+
+    def load(self) -> None:
+        self._load()
+
+    def _load(self):
+        if self._loaded is None:
+            self._loaded = self._build()
+        return self._loaded
+
+    def _build(self):
+        raise NotImplementedError

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from lvdm.curation.engine import failed, make_engine
+from lvdm.curation.engine import failed, make_engine, print_reasons
 from lvdm.data.media_probe import ProbeError, probe_media
 from lvdm.data.schema import (
     MANIFEST_NAME, MEDIA_EXTENSIONS, METADATA_FIELDS, REJECTS_NAME, SHARD_PATTERN, assign_keys, manifest_row,
@@ -503,33 +503,48 @@ def ingest(
     keyed = list(zip(assign_keys([item.identity for item in items]), items))
     root = Path(out)
     _prepare_out(root, _plan_digest(keyed, shard_size, options), resume)
-
     tasks = [_ShardTask(i, str(root), keyed[start:start + shard_size], options)
              for i, start in enumerate(range(0, len(keyed), shard_size))]
+    done, run_now = _run_shards(tasks, root, resume, make_engine(engine, workers, ray_address))
+    summary = _write_reports(root, done, early_rejects, len(items) + len(early_rejects))
+    _print_summary(summary, run_now, len(tasks) - run_now, ignored)
+    return summary
+
+
+def _write_reports(root: Path, done: dict[int, dict], early_rejects: list, inputs: int) -> dict:
+    """Write the manifest and the rejects report of all shards; the run's summary."""
+    rows = [row for i in sorted(done) for row in done[i]["rows"]]
+    rejects = list(early_rejects) + [tuple(r) for i in sorted(done) for r in done[i]["rejects"]]
+    write_manifest(rows, root / MANIFEST_NAME)
+    write_rejects(rejects, root / REJECTS_NAME)
+    reasons = Counter(reason.split(":")[0].split(" (")[0] for _, reason in rejects)
+    return {"out": str(root), "inputs": inputs, "accepted": len(rows), "rejected": len(rejects),
+            "shards": [str(root / s) for s in sorted({row["shard"] for row in rows})],
+            "reasons": dict(reasons)}
+
+
+def _run_shards(tasks: list[_ShardTask], root: Path, resume: bool, runner) -> tuple[dict[int, dict], int]:
+    """Each shard's ``{"rows", "rejects"}`` by shard index: read back for shards a resumed run
+    finished before, written now for the others (a shard whose worker died rejects each of its
+    inputs with why); and how many shard tasks ran now."""
     done = {}
     for task in tasks:
         state = root / STATE_DIR / f"{Path(SHARD_PATTERN % task.index).stem}.json"
         if resume and state.is_file():
             done[task.index] = json.loads(state.read_text())
     todo = [task for task in tasks if task.index not in done]
-    results = make_engine(engine, workers, ray_address).map(_ingest_shard, todo, desc="ingest shards")
-    for task, part in zip(todo, results):
-        if failed(part):  # the worker died on this shard: each of its inputs is rejected with why
+    for task, part in zip(todo, runner.map(_ingest_shard, todo, desc="ingest shards")):
+        if failed(part):
             part = {"rows": [], "rejects": [(item.source, f"worker failed: {part.error}") for _, item in task.items]}
         done[task.index] = part
+    return done, len(todo)
 
-    rows = [row for i in sorted(done) for row in done[i]["rows"]]
-    rejects = list(early_rejects) + [tuple(r) for i in sorted(done) for r in done[i]["rejects"]]
-    write_manifest(rows, root / MANIFEST_NAME)
-    write_rejects(rejects, root / REJECTS_NAME)
-    shards = sorted({row["shard"] for row in rows})
-    inputs = len(items) + len(early_rejects)
-    reasons = Counter(reason.split(":")[0].split(" (")[0] for _, reason in rejects)
-    print(f"ingested {inputs} inputs into {root}/: {len(rows)} accepted + {len(rejects)} rejected = {inputs} "
-          f"in {len(shards)} shards ({len(todo)} shard tasks run now, {len(tasks) - len(todo)} finished before)")
-    for reason, count in reasons.most_common():
-        print(f"  rejected {count:>6}  {reason}")
+
+def _print_summary(summary: dict, run_now: int, before: int, ignored: Counter) -> None:
+    inputs = summary["inputs"]
+    print(f"ingested {inputs} inputs into {summary['out']}/: {summary['accepted']} accepted + {summary['rejected']} "
+          f"rejected = {inputs} in {len(summary['shards'])} shards ({run_now} shard tasks run now, {before} "
+          "finished before)")
+    print_reasons(Counter(summary["reasons"]))
     if ignored:
         print("  not media, ignored: " + ", ".join(f"{n} {ext}" for ext, n in ignored.most_common()))
-    return {"out": str(root), "inputs": inputs, "accepted": len(rows), "rejected": len(rejects),
-            "shards": [str(root / s) for s in shards], "reasons": dict(reasons)}

@@ -207,14 +207,7 @@ def score_dataset(
             release(scorer)
     chunk = ScoreChunk(chosen, max_short_side=max_short_side, threads=None if in_process else 1)
     results = runner.map(chunk, items, desc="scoring")
-    keys, rows, problems = [], [], []
-    for (shard, chunk_keys), result in zip(items, results):
-        if failed(result):  # the whole chunk failed (unreadable shard, a dead worker)
-            result = [(key, {}, f"chunk: {result.error}") for key in chunk_keys]
-        for key, fields, error in result:
-            keys.append(key)
-            rows.append(fields)
-            problems.append(error)
+    keys, rows, problems = _collect(items, results)
     _check_scorers_ran(chosen, rows, problems)
     for scorer in chosen:
         rows = scorer.finalize(keys, rows)
@@ -224,3 +217,17 @@ def score_dataset(
     print(f"scored {summary['samples']} samples with {[s.name for s in chosen]} ({summary['errors']} with "
           f"errors, see score_error) -> {out}")
     return summary
+
+
+def _collect(items: list, results: list) -> tuple[list[str], list[dict], list[str]]:
+    """(keys, score fields, error) of every sample, in order; a chunk that failed as a whole
+    (an unreadable shard, a dead worker) gives each of its samples that error."""
+    keys, rows, problems = [], [], []
+    for (_, chunk_keys), result in zip(items, results):
+        if failed(result):
+            result = [(key, {}, f"chunk: {result.error}") for key in chunk_keys]
+        for key, fields, error in result:
+            keys.append(key)
+            rows.append(fields)
+            problems.append(error)
+    return keys, rows, problems

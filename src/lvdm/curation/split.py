@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from lvdm.curation.engine import failed, make_engine
+from lvdm.curation.engine import failed, make_engine, print_reasons
 from lvdm.curation.folder import prepare_output
 from lvdm.data.schema import (
     InvalidSampleError, MANIFEST_NAME, REJECTS_NAME, manifest_row, media_entry, media_kind, write_manifest, write_rejects,
@@ -223,6 +223,21 @@ def split(
     options = _Options(detector, threshold, detect, min_seconds, max_seconds, chunk_seconds, max_size, crf)
     tasks = [(shard, str(root), options) for shard in shards]
     results = make_engine(engine, workers, ray_address).map(_split_shard, tasks, desc="split shards")
+    rows, rejects, videos = _merge(tasks, results)
+    write_manifest(rows, root / MANIFEST_NAME)
+    write_rejects(rejects, root / REJECTS_NAME)
+    clips = sum(1 for row in rows if "source_key" in row)
+    images = len(rows) - clips
+    reasons = Counter(reason.split(" (")[0] for _, reason in rejects)
+    print(f"split {videos} videos into {clips} clips in {root}/ ({images} stills passed through: images and "
+          f"1-frame videos; {len(rejects)} videos rejected)")
+    print_reasons(reasons)
+    return {"out": str(root), "videos": videos, "clips": clips, "images": images, "rejected": len(rejects),
+            "shards": sorted({str(root / row["shard"]) for row in rows})}
+
+
+def _merge(tasks: list[tuple], results: list) -> tuple[list[dict], list[tuple[str, str]], int]:
+    """(manifest rows, rejects, videos read) of all shards; a shard whose worker failed is one reject."""
     rows, rejects, videos = [], [], 0
     for (shard, _, _), result in zip(tasks, results):
         if failed(result):
@@ -231,17 +246,7 @@ def split(
         rows += result["rows"]
         rejects += result["rejects"]
         videos += result["videos"]
-    write_manifest(rows, root / MANIFEST_NAME)
-    write_rejects(rejects, root / REJECTS_NAME)
-    clips = sum(1 for row in rows if "source_key" in row)
-    images = len(rows) - clips
-    reasons = Counter(reason.split(" (")[0] for _, reason in rejects)
-    print(f"split {videos} videos into {clips} clips in {root}/ ({images} stills passed through: images and "
-          f"1-frame videos; {len(rejects)} videos rejected)")
-    for reason, count in reasons.most_common():
-        print(f"  rejected {count:>6}  {reason}")
-    return {"out": str(root), "videos": videos, "clips": clips, "images": images, "rejected": len(rejects),
-            "shards": sorted({str(root / row["shard"]) for row in rows})}
+    return rows, rejects, videos
 
 
 def prepare_stage_output(out: str, shards: list[str], overwrite: bool) -> Path:

@@ -182,6 +182,37 @@ def probe_media(
         raise ProbeError(f"not a media file (starts with {bytes(data[:12])!r})")
     if real in IMAGE_EXTENSIONS or real == "gif":  # FFmpeg decodes an image to open it: check its header first
         check_image_header(data, max_pixels)
+    scan = _scan(data, real, ext, max_frames, max_pixels)
+    if isinstance(scan, MediaInfo):  # an image
+        return scan
+    frames = _check_complete(data, scan, max_frames, max_pixels)
+    if scan.ext == "gif" and not bytes(data).rstrip(b"\x00").endswith(b";"):
+        raise ProbeError("truncated: the GIF has no trailer")
+    if frames == 0:
+        raise ProbeError("no frames in the video stream")
+    duration = frames / scan.fps if scan.fps else scan.declared
+    return MediaInfo(scan.ext, media_kind(scan.ext), scan.codec, round(scan.fps, 6), frames, scan.width, scan.height,
+                     round(duration, 6), round(scan.width / scan.height, 6), scan.listed)
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What one pass over a video's header and packets found."""
+
+    ext: str
+    codec: str
+    fps: float
+    listed: int  #: frames the header lists (0: none)
+    declared: float  #: seconds the header declares (0: none)
+    width: int
+    height: int
+    frames: int  #: video packets
+    span: float  #: seconds the packets cover
+
+
+def _scan(data: bytes, real: str, ext: str | None, max_frames: int, max_pixels: int) -> MediaInfo | _Scan:
+    """Open the container: an image's :class:`MediaInfo`, or a video's :class:`_Scan` (its first
+    frame decoded, its packets counted)."""
     try:
         with av.open(io.BytesIO(data)) as container:
             if not container.streams.video:
@@ -204,20 +235,21 @@ def probe_media(
             frames, span = _count_packets(container, stream, max_frames)
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:  # damaged metadata strings give the latter
         raise ProbeError(f"cannot read container: {exc}") from exc
-    if listed and frames != listed:
+    return _Scan(real, codec, fps, listed, declared, width, height, frames, span)
+
+
+def _check_complete(data: bytes, scan: _Scan, max_frames: int, max_pixels: int) -> int:
+    """The video's real frame count, refusing a truncated or misstated one."""
+    frames = scan.frames
+    if scan.listed and frames != scan.listed:
         # The header contradicts the packets: only decoding tells how many frames are real.
         try:
             frames = _decode_count(data, max_frames, max_pixels)
         except av.error.FFmpegError as exc:
-            raise ProbeError(f"corrupt: header lists {listed} frames, {frames} packets, decoding fails: {exc}") from exc
-        if frames < listed:
-            raise ProbeError(f"truncated or misstated: the header lists {listed} frames, {frames} decode")
-    elif declared and fps and span + 1.5 / fps < 0.9 * declared:
-        raise ProbeError(f"truncated: the header says {declared:.2f} s, its packets cover {span:.2f} s")
-    if real == "gif" and not bytes(data).rstrip(b"\x00").endswith(b";"):
-        raise ProbeError("truncated: the GIF has no trailer")
-    if frames == 0:
-        raise ProbeError("no frames in the video stream")
-    duration = frames / fps if fps else declared
-    return MediaInfo(real, media_kind(real), codec, round(fps, 6), frames, width, height, round(duration, 6),
-                     round(width / height, 6), listed)
+            raise ProbeError(f"corrupt: header lists {scan.listed} frames, {frames} packets, decoding fails: "
+                             f"{exc}") from exc
+        if frames < scan.listed:
+            raise ProbeError(f"truncated or misstated: the header lists {scan.listed} frames, {frames} decode")
+    elif scan.declared and scan.fps and scan.span + 1.5 / scan.fps < 0.9 * scan.declared:
+        raise ProbeError(f"truncated: the header says {scan.declared:.2f} s, its packets cover {scan.span:.2f} s")
+    return frames

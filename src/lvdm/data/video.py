@@ -234,9 +234,7 @@ def decode_clip(
         if total and total < span:
             raise VideoTooShortError(f"video {label} has {total} frames, fewer than the {span} needed for "
                                      f"num_frames={num_frames}, frame_interval={frame_interval}")
-        start = 0
-        if random_start and total:  # among the starts whose window fits the video and the byte budget
-            start = int((rng or np.random.default_rng()).integers(0, min(total, affordable) - span + 1))
+        start = _start(total, affordable, span, rng) if random_start else 0
         size = None if resolution is None else (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
         decoded = _iter_rgb(container, label, skip=start, max_decoded_bytes=max_decoded_bytes)
         frames, reached = _take(decoded, start, span, frame_interval, lambda frame: _model_frame(frame, size))
@@ -244,6 +242,14 @@ def decode_clip(
         raise VideoTooShortError(f"video {label} decoded {start + reached} frames, fewer than the "
                          f"{start + span} needed for num_frames={num_frames}, frame_interval={frame_interval}")
     return torch.stack(frames, dim=1)
+
+
+def _start(total: int, affordable: int, span: int, rng: np.random.Generator | None) -> int:
+    """A uniformly random first frame among those whose window of ``span`` frames fits the
+    video and the byte budget (0 when the frame count is unknown)."""
+    if not total:
+        return 0
+    return int((rng or np.random.default_rng()).integers(0, min(total, affordable) - span + 1))
 
 
 def _frames_and_budget(container, label: str, span: int, random_start: bool, max_decoded_bytes: int) -> tuple[int, int]:

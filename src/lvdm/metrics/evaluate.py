@@ -105,12 +105,22 @@ def write_result(result: dict, output: Optional[str]) -> None:
         Path(output).write_text(json.dumps(result, indent=2) + "\n")
 
 
-def _generate_fake_set(checkpoint: str, prompt_file: str, out: str, tmp: Path, num_videos: int, num_frames: int,
-                       steps: Optional[int], guidance: Optional[float], seed: int, batch_size: int,
+#: How :func:`fvd` measures (written with every result).
+FVD_PROTOCOL = {
+    "input": "frames resized to 224x224 (TF1 resize_bilinear, no crop), scaled to [-1, 1]",
+    "features": "Kinetics-400 I3D logits averaged over time (TF-hub i3d-kinetics-400/1)",
+    "covariance": "unbiased (n - 1)",
+}
+
+
+def _generate_fake_set(checkpoint: str, prompt_file: Optional[str], out: str, tmp: Path, num_videos: int,
+                       num_frames: int, steps: Optional[int], guidance: Optional[float], seed: int, batch_size: int,
                        device: str) -> None:
     """Sample one video for each of the first ``num_videos`` prompts of ``prompt_file`` into ``out``."""
     from lvdm.generation.sample import sample
 
+    if prompt_file is None:
+        raise ValueError("fake_checkpoint needs prompt_file= (the prompts to generate from)")
     chosen = tmp / "prompts.txt"
     chosen.write_text("\n".join(read_prompt_file(prompt_file)[:num_videos]) + "\n")
     sample(checkpoint, prompt_file=str(chosen), out=out, num_frames=num_frames, steps=steps, guidance=guidance,
@@ -171,8 +181,6 @@ def fvd(
     sampling = None
     with tempfile.TemporaryDirectory(prefix="lvdm_fvd_") as tmp:
         if fake_checkpoint is not None:
-            if prompt_file is None:
-                raise ValueError("fake_checkpoint needs prompt_file= (the prompts to generate from)")
             fake = samples_dir or str(Path(tmp) / "samples")
             _generate_fake_set(fake_checkpoint, prompt_file, fake, Path(tmp), num_videos, num_frames, steps,
                                guidance, seed, batch_size, device)
@@ -188,9 +196,7 @@ def fvd(
         "fake": {"source": fake if fake_checkpoint is None else "generated", "num_videos": n_fake},
         "sampling": sampling,
         "num_frames": num_frames,
-        "input": "frames resized to 224x224 (TF1 resize_bilinear, no crop), scaled to [-1, 1]",
-        "features": "Kinetics-400 I3D logits averaged over time (TF-hub i3d-kinetics-400/1)",
-        "covariance": "unbiased (n - 1)",
+        **FVD_PROTOCOL,
         "i3d_weights": metric.weights_path,
         "i3d_weights_sha256": file_sha256(metric.weights_path),
     }

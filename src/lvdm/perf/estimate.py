@@ -1,5 +1,7 @@
 """``lvdm estimate``: parameters, FLOPs, GPU-hours, seconds per video and memory per GPU of a
-DiT configuration, before anything is trained.
+backbone configuration (any :class:`~lvdm.models.contract.Backbone`: ``DiT``, ``STDiT`` and the
+presets), before anything is trained. The backbone is built on the ``meta`` device (no memory,
+exact parameter counts at any size); FLOPs come from its declared ``forward_flops``.
 
 Memory model (per GPU, bytes; ``P`` parameters, ``N`` data-parallel GPUs; mixed precision
 with fp32 master weights and AdamW, the 16 bytes/parameter of the ZeRO paper):
@@ -9,15 +11,21 @@ with fp32 master weights and AdamW, the 16 bytes/parameter of the ZeRO paper):
 * ZeRO-3: ``16·P / N`` + the largest gathered block in bf16.
 * ZeRO-3 + CPU offload: only the gathered block stays on the GPU (``16·P / N`` in host memory).
 
-Activations (bf16, 2 bytes) are counted per video token per block in units of the hidden size
-``D``: each self-attention branch keeps its norm input, modulated input, q/k/v, attention
-output and projection output (7·D); cross-attention its norm input, query and output (3·D);
-the MLP its norm input, modulated input, both hidden activations and output (3·D + 2·r·D for
-MLP ratio ``r``). Flash/SDPA attention stores no score matrix. Activation checkpointing keeps
-only each checkpointed block's input (1·D) plus one block's activations while it is
-recomputed. Sequence parallelism splits the tokens, so activations divide by the SP size.
-These are estimates (allocator fragmentation, temporary buffers and the text encoder are not
-counted): the benchmark's measured peak memory is the check.
+Activations (bf16, 2 bytes) are counted by hooks on the linears and norms of the backbone's
+block units (the contract's ``block_class``: what activation checkpointing wraps) during one
+forward on ``meta`` tensors, per video token: every ``nn.Linear``
+keeps its input for the weight gradient, and its output is kept by what reads it next
+(attention keeps q/k/v, GELU its input, a gate its factor), so a linear counts ``in + out``
+values; every norm keeps its input and its output. A linear that reads one vector per sample
+(adaLN) or the text tokens counts what it reads. Flash/SDPA attention
+stores no score matrix. For a DiT block with cross-attention and MLP ratio 4 this gives
+``26·D`` per token; ``tests/perf/test_estimate.py`` checks the rule against the tensors
+autograd saves (``torch.autograd.graph.saved_tensors_hooks``) on tiny DiT and STDiT models of
+eight layouts, within 10 %. Activation checkpointing keeps only each checkpointed block's input
+(1·D) plus one block's activations while it is recomputed. Sequence parallelism splits the
+tokens, so activations divide by the SP size. These are estimates (allocator fragmentation,
+temporary buffers, the layers outside the blocks and the text encoder are not counted): the
+benchmark's measured peak memory is the check.
 
 With ``--buckets`` (a bucket config, or a recipe or fragment that holds one under
 ``data.init_args.buckets``) the memory of every bucket — its clip shape at its own batch size
@@ -28,13 +36,22 @@ flagged before anything is launched.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from lvdm.perf.step_flops import DiTShape, dit_forward_flops, dit_training_flops, sampling_flops
+import torch
+from torch import nn
+
+from lvdm.checkpoints.moved import current_path
+from lvdm.checkpoints.stored_recipe import resolve_allowed
+from lvdm.models.contract import is_backbone
+from lvdm.models.flops import patch_grid
+from lvdm.perf.step_flops import dit_forward_flops, dit_training_flops, sampling_flops
 from lvdm.perf.hardware import PEAKS
 
 SECONDS_PER_MONTH = 30 * 24 * 3600
+DIT = "lvdm.models.dit.DiT"
 
 
 def _read_recipe(path: str) -> dict[str, Any]:
@@ -47,17 +64,16 @@ def _read_recipe(path: str) -> dict[str, Any]:
     cfg = yaml.safe_load(p.read_text()) or {}
     try:
         module = cfg["model"]["init_args"]
-        dit = dict(module["denoiser"]["init_args"])
+        denoiser = {"class_path": str(module["denoiser"]["class_path"]),
+                    "init_args": dict(module["denoiser"].get("init_args") or {})}
     except (KeyError, TypeError) as err:
-        raise ValueError(f"recipe {path!r} has no model.init_args.denoiser.init_args ({err})") from None
-    class_path = str(module["denoiser"].get("class_path", ""))
-    if class_path.rsplit(".", 1)[-1] != "DiT":
-        # the FLOP model is any backbone's (lvdm.models.contract), but the memory model and the
-        # report are written for DiT's dimensions
-        raise ValueError(f"recipe {path!r}: lvdm estimate models a DiT denoiser, this one is {class_path!r}; "
-                         "its FLOPs are in lvdm.perf.step_flops.dit_forward_flops(model, ...) and in the "
-                         "ThroughputMonitor callback")
-    out: dict[str, Any] = {"dit": dit}
+        raise ValueError(f"recipe {path!r} has no model.init_args.denoiser.class_path ({err})") from None
+    return {"denoiser": denoiser, **_recipe_module(module), **_recipe_data(cfg)}
+
+
+def _recipe_module(module: dict[str, Any]) -> dict[str, Any]:
+    """Clip size, text length, sampling steps, guidance and compression of a recipe's module."""
+    out: dict[str, Any] = {}
     shape = module.get("sample_shape")
     if shape:
         out["frames"], out["height"], out["width"] = (int(v) for v in shape)
@@ -72,12 +88,17 @@ def _read_recipe(path: str) -> dict[str, Any]:
     compressor = str((module.get("compressor") or {}).get("class_path", ""))
     if compressor.endswith("PixelCompressor"):
         out["spatial_compression"], out["temporal_compression"] = 1, 1
+    return out
+
+
+def _recipe_data(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Batch size and clip size of a recipe's data section, and its step count."""
+    out: dict[str, Any] = {}
     data = (cfg.get("data") or {}).get("init_args") or {}
     if "batch_size" in data:
         out["micro_batch"] = int(data["batch_size"])
-    for key in ("num_frames",):
-        if key in data:
-            out["frames"] = int(data[key])
+    if "num_frames" in data:
+        out["frames"] = int(data["num_frames"])
     if "resolution" in data:
         out["height"] = out["width"] = int(data["resolution"])
     trainer = cfg.get("trainer") or {}
@@ -86,15 +107,114 @@ def _read_recipe(path: str) -> dict[str, Any]:
     return out
 
 
-def activation_bytes_per_token_block(shape: DiTShape, bytes_per_value: int = 2) -> int:
-    """Stored activations of one block per video token (see the module docstring)."""
-    n_attn = 1 if shape.layout == "full" else 2
-    units = 7 * n_attn + (3 if shape.conditioning == "cross_attn" else 0) + 3 + 2 * shape.mlp_hidden / shape.hidden_size
-    return int(units * shape.hidden_size * bytes_per_value)
+def block_units(model: nn.Module) -> list[nn.Module]:
+    """The backbone's block units: the outermost submodules of its ``block_class`` (the
+    checkpoint and compile units of the contract), in module order."""
+    units: list[nn.Module] = []
+    inside: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, model.block_class) and not any(name.startswith(p + ".") for p in inside):
+            units.append(module)
+            inside.append(name)
+    return units
+
+
+def _meta_inputs(model: nn.Module, latent: tuple[int, int, int], text_len: int) -> tuple[tuple, dict]:
+    """Arguments of one ``forward`` on ``meta`` tensors: one sample, ``text_len`` text tokens
+    (none: the model's null caption), a class label for a class-conditional model."""
+    meta = {"device": "meta"}
+    kwargs: dict[str, Any] = {}
+    if model.context_dim and text_len:
+        kwargs["context"] = torch.empty(1, text_len, model.context_dim, **meta)
+        kwargs["context_mask"] = torch.ones(1, text_len, dtype=torch.bool, **meta)
+    if "class_labels" in model.micro_conditions and getattr(model, "num_classes", 0):
+        kwargs["class_labels"] = torch.zeros(1, dtype=torch.long, **meta)
+    return (torch.empty(1, model.in_channels, *latent, **meta), torch.zeros(1, **meta)), kwargs
+
+
+class _Counted(Exception):
+    """Every kind of block unit has run: the rest of the forward is not needed."""
+
+
+def _unit_kind(unit: nn.Module) -> tuple:
+    return type(unit), tuple((name, tuple(p.shape)) for name, p in unit.named_parameters())
+
+
+def activation_values_per_token(model: nn.Module, latent: tuple[int, int, int], text_len: int = 0) -> list[float]:
+    """Values each block unit keeps for the backward pass per video token (the module
+    docstring's rule), counted by hooks on one forward of the ``meta`` backbone on a latent of
+    ``(T, H, W)``: ``in + out`` values of every linear, ``2 ×`` the input of every norm.
+    Linears that read one vector per sample (adaLN modulations) or the text tokens count what
+    they really read. The forward stops once one unit of each kind (class and parameter
+    shapes) has run; the others of a kind count as it does."""
+    units = block_units(model)
+    kinds = [_unit_kind(unit) for unit in units]
+    first = {kind: unit for kind, unit in reversed(list(zip(kinds, units)))}  # the first unit of each kind
+    values, done, hooks = dict.fromkeys(first, 0), set(), []
+
+    def count(kind, n):
+        values[kind] += n
+
+    def finished(kind):
+        done.add(kind)
+        if len(done) == len(first):
+            raise _Counted
+
+    for kind, unit in first.items():
+        for module in unit.modules():
+            if isinstance(module, nn.Linear):
+                hooks.append(module.register_forward_hook(
+                    lambda mod, args, out, kind=kind: count(kind, args[0].numel() + out.numel())))
+            elif type(module).__name__.endswith("Norm"):
+                hooks.append(module.register_forward_hook(
+                    lambda mod, args, out, kind=kind: count(kind, 2 * args[0].numel())))
+        hooks.append(unit.register_forward_hook(lambda *_, kind=kind: finished(kind)))
+    args, kwargs = _meta_inputs(model, latent, text_len)
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except _Counted:
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    tokens = math.prod(patch_grid(model.patch_size, latent))
+    return [values[kind] / tokens for kind in kinds]
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """What the memory model reads from a backbone: parameters, the largest block unit's
+    parameters (ZeRO-3 gathers one at a time), the token width and the activation values per
+    video token of each block unit."""
+
+    num_params: int
+    block_params: int
+    hidden_size: int
+    unit_values: tuple[float, ...]
+
+    @classmethod
+    def from_model(cls, model: nn.Module, latent: tuple[int, int, int], text_len: int = 0) -> MemoryModel:
+        """Read a ``meta`` backbone, its activations counted on a latent of ``(T, H, W)``."""
+        units = block_units(model)
+        return cls(
+            num_params=sum(p.numel() for p in model.parameters()),
+            block_params=max((sum(p.numel() for p in u.parameters()) for u in units), default=0),
+            hidden_size=int(model.hidden_size),
+            unit_values=tuple(activation_values_per_token(model, latent, text_len)),
+        )
+
+    def activation_bytes(self, tokens: float, checkpoint_fraction: float = 0.0, bytes_per_value: int = 2) -> float:
+        """Bytes of stored activations for ``tokens`` video tokens (on one GPU) with a share
+        ``checkpoint_fraction`` of the block units checkpointed."""
+        full = (1 - checkpoint_fraction) * sum(self.unit_values)
+        kept = checkpoint_fraction * len(self.unit_values) * self.hidden_size
+        recompute = max(self.unit_values, default=0) if checkpoint_fraction > 0 else 0
+        return (full + kept + recompute) * bytes_per_value * tokens
 
 
 def memory_per_gpu(
-    shape: DiTShape,
+    model: MemoryModel,
     tokens_per_sample: int,
     micro_batch: int,
     num_gpus: int,
@@ -104,45 +224,65 @@ def memory_per_gpu(
     """Bytes per GPU of model states and activations under DDP / ZeRO-2 / ZeRO-3 / ZeRO-3+offload.
 
     Args:
-        shape: the DiT.
+        model: the backbone's :class:`MemoryModel`.
         tokens_per_sample: video tokens of one sample.
         micro_batch: samples per GPU per step (per SP group).
         num_gpus: GPUs the states are sharded over (data-parallel × SP ranks).
         sp_size: sequence-parallel group size (tokens split across it).
         checkpoint_fraction: share of blocks with activation checkpointing.
     """
-    p = shape.num_params
-    n = max(num_gpus, 1)
-    block_params = shape.block_params
-    per_tok_block = activation_bytes_per_token_block(shape)
-    tokens = micro_batch * tokens_per_sample / sp_size
-    full = shape.depth * (1 - checkpoint_fraction) * per_tok_block * tokens
-    kept = shape.depth * checkpoint_fraction * shape.hidden_size * 2 * tokens
-    recompute = per_tok_block * tokens if checkpoint_fraction > 0 else 0
-    act = full + kept + recompute
+    p, n, block = model.num_params, max(num_gpus, 1), model.block_params
+    act = model.activation_bytes(micro_batch * tokens_per_sample / sp_size, checkpoint_fraction)
     states = {
         "ddp": 16 * p + 2 * p,
         "zero2": 2 * p + 14 * p / n,
-        "zero3": 16 * p / n + 2 * block_params,
-        "zero3_offload": 2 * block_params,
+        "zero3": 16 * p / n + 2 * block,
+        "zero3_offload": 2 * block,
     }
     return {k: {"states": v, "activations": act, "total": v + act} for k, v in states.items()}
 
 
-def _model_shape(from_recipe: dict[str, Any], has_recipe: bool, **flags: Any) -> DiTShape:
-    """The DiT to estimate: the recipe's, overridden by the flags that are given; without a
-    recipe, an Open-Sora STDiT (text width 4096) unless the flags say otherwise."""
-    dit_kwargs: dict[str, Any] = dict(from_recipe.get("dit", {}))
-    if not dit_kwargs and flags["size"] is None:
+def build_backbone(class_path: str, init_args: dict[str, Any]) -> nn.Module:
+    """The backbone ``class_path(**init_args)`` built on the ``meta`` device (no memory, no
+    initialisation cost); it must meet :class:`~lvdm.models.contract.Backbone`."""
+    # a recipe may come from anyone: only lvdm's (and torch.nn's) classes are built, as when loading
+    factory = resolve_allowed(current_path(class_path), "denoiser class_path")
+    try:
+        with torch.device("meta"):
+            model = factory(**init_args)
+    except TypeError as err:
+        raise ValueError(f"{class_path} does not take these arguments: {err}") from None
+    if not is_backbone(model):
+        raise ValueError(f"{class_path} builds a {type(model).__name__}, which does not meet the backbone "
+                         "contract (lvdm.models.contract.Backbone): lvdm estimate cannot model it")
+    return model
+
+
+def _backbone(from_recipe: dict[str, Any], has_recipe: bool, **flags: Any) -> nn.Module:
+    """The backbone to estimate (on ``meta``): the recipe's, with the flags that are given as
+    overrides; without a recipe, an Open-Sora-layout DiT (text width 4096) unless the flags say
+    otherwise."""
+    denoiser = from_recipe.get("denoiser") or {"class_path": DIT, "init_args": {}}
+    kwargs: dict[str, Any] = dict(denoiser["init_args"])
+    if denoiser["class_path"] == DIT and not kwargs and flags["size"] is None:
         flags["size"] = "XL/2"
-    dit_kwargs.update({key: value for key, value in flags.items() if value is not None})
+    kwargs.update({key: value for key, value in flags.items() if value is not None})
     if not has_recipe:
-        dit_kwargs.setdefault("conditioning", "cross_attn")
-        dit_kwargs.setdefault("layout", "spatial_temporal")
-        dit_kwargs.setdefault("context_dim", 0 if dit_kwargs.get("num_classes") else 4096)
-    if dit_kwargs.get("num_classes") and dit_kwargs.get("context_dim"):
+        kwargs.setdefault("conditioning", "cross_attn")
+        kwargs.setdefault("layout", "spatial_temporal")
+        kwargs.setdefault("context_dim", 0 if kwargs.get("num_classes") else 4096)
+    if kwargs.get("num_classes") and kwargs.get("context_dim"):
         raise ValueError("give either --num_classes or --context_dim (a text model), not both")
-    return DiTShape.from_kwargs(**dit_kwargs)
+    return build_backbone(denoiser["class_path"], kwargs)
+
+
+def describe(model: nn.Module, num_units: int) -> str:
+    """One line naming the backbone: class, contract dimensions and its layout options."""
+    options = [str(getattr(model, name)) for name in ("conditioning", "layout", "temporal") if hasattr(model, name)]
+    text = (f"{type(model).__name__} D={model.hidden_size} blocks={num_units} heads={model.num_heads} "
+            f"patch={tuple(model.patch_size)}")
+    text += f" {'/'.join(options)}" if options else ""
+    return text + (" adaLN-single" if getattr(model, "adaln_single", False) else "")
 
 
 def _peak_flops(gpu: str, dtype: str, mfu: float) -> float:
@@ -195,14 +335,17 @@ def estimate(
     strategy: Literal["ddp", "zero2", "zero3", "zero3_offload"] = "ddp",
     print_report: bool = True,
 ) -> dict[str, Any]:
-    """Estimate the cost of training and sampling a DiT: parameters, FLOPs per training sample
+    """Estimate the cost of training and sampling a backbone (``DiT``, ``STDiT`` or any other
+    meeting :class:`~lvdm.models.contract.Backbone`): parameters, FLOPs per training sample
     and per generated video, training GPU-hours, seconds per video, memory per GPU.
 
-    Flags override the recipe; what neither gives takes the defaults of an Open-Sora STDiT-XL/2
-    at 16×256×256 (4-channel SD-VAE latents, 8× spatial, 120 T5 tokens).
+    Flags override the recipe; what neither gives takes the defaults of an Open-Sora-layout
+    DiT-XL/2 at 16×256×256 (4-channel SD-VAE latents, 8× spatial, 120 T5 tokens). The DiT
+    flags (``size``, ``conditioning``, ``layout``, ``num_classes``, ``adaln_single``) apply to
+    backbones that take them.
 
     Args:
-        recipe: an ``lvdm fit`` YAML recipe to read the model, clip size, text length,
+        recipe: an ``lvdm fit`` YAML recipe to read the denoiser (any backbone), clip size, text length,
             sampling steps and batch from.
         size: DiT size preset (``XL/2``, ``L/2``…).
         conditioning: ``adaln``, ``cross_attn`` or ``in_context``.
@@ -251,87 +394,107 @@ def estimate(
         print_report: print the report.
     """
     from_recipe = _read_recipe(recipe) if recipe else {}
-    shape = _model_shape(from_recipe, bool(recipe), size=size, conditioning=conditioning, layout=layout,
-                         in_channels=in_channels, context_dim=context_dim, num_classes=num_classes,
-                         adaln_single=adaln_single)
+    model = _backbone(from_recipe, bool(recipe), size=size, conditioning=conditioning, layout=layout,
+                      in_channels=in_channels, context_dim=context_dim, num_classes=num_classes,
+                      adaln_single=adaln_single)
+    pick = _picker(from_recipe)
+    frames = pick(frames, "frames", 16)
+    compression = (pick(temporal_compression, "temporal_compression", 1),
+                   pick(spatial_compression, "spatial_compression", 8))
+    latent = _latent((frames, pick(height, "height", 256), pick(width, "width", 256)), compression)
+    text_len = pick(text_len, "text_len", 120) if model.context_dim else 0
+    sampling_steps, guidance = pick(sampling_steps, "sampling_steps", 50), pick(guidance, "guidance", True)
+    steps = pick(steps, "steps", None) if dataset_size == 0 else steps
+    micro_batch = pick(micro_batch, "micro_batch", 1)
+    rate = _peak_flops(gpu, dtype, mfu) * mfu
+    scale = model_scale * linear_frames * (1.0 if convention == "flops" else 0.5)
+    seconds = video_seconds if video_seconds is not None else frames * linear_frames / fps
+
+    result = _flop_costs(model, latent, text_len, scale, checkpoint_fraction, sampling_steps, guidance)
+    result.update(_sampling_time(result["flops_per_video"], seconds, rate))
+    samples = steps * global_batch if steps is not None else dataset_size * epochs
+    result.update(_training_cost(result, samples, training_flops, rate, num_gpus))
+    mem = MemoryModel.from_model(model, latent, text_len)
+    result["params"] = mem.num_params * model_scale
+    result["memory_per_gpu"] = memory_per_gpu(mem, result["tokens"], micro_batch, num_gpus, sp_size,
+                                              checkpoint_fraction)
+    if buckets is not None:
+        result["buckets"] = bucket_memory(read_buckets(buckets), mem, model.patch_size, compression, num_gpus, sp_size,
+                                          checkpoint_fraction, strategy, PEAKS[gpu]["memory_gb"])
+    if print_report:
+        print(format_report(result, model=model, gpu=gpu, dtype=dtype, mfu=mfu, num_gpus=num_gpus, sp_size=sp_size,
+                            convention=convention, sampling_steps=sampling_steps, guidance=guidance,
+                            micro_batch=micro_batch, scale=(model_scale, linear_frames),
+                            checkpoint_fraction=checkpoint_fraction))
+        if "buckets" in result:
+            print(format_buckets(result["buckets"], strategy=strategy, gpu=gpu))
+    return result
+
+
+def _picker(from_recipe: dict[str, Any]):
+    """``pick(value, key, default)``: a flag's value, else the recipe's, else the default."""
 
     def pick(value, key, default):
         return value if value is not None else from_recipe.get(key, default)
 
-    frames = pick(frames, "frames", 16)
-    height = pick(height, "height", 256)
-    width = pick(width, "width", 256)
-    tc = pick(temporal_compression, "temporal_compression", 1)
-    sc = pick(spatial_compression, "spatial_compression", 8)
-    text_len = pick(text_len, "text_len", 120) if shape.context_dim else 0
-    sampling_steps = pick(sampling_steps, "sampling_steps", 50)
-    guidance = pick(guidance, "guidance", True)
-    steps = pick(steps, "steps", None) if dataset_size == 0 else steps
-    peak = _peak_flops(gpu, dtype, mfu)
+    return pick
+
+
+def _latent(clip: tuple[int, int, int], compression: tuple[int, int]) -> tuple[int, int, int]:
+    """Latent ``(T, H, W)`` of a pixel clip ``(frames, height, width)`` under (temporal, spatial)
+    compression."""
+    (frames, height, width), (tc, sc) = clip, compression
     if frames % tc or height % sc or width % sc:
         raise ValueError(f"clip {frames}×{height}×{width} is not divisible by the compression ({tc}, {sc}, {sc})")
-    latent = (frames // tc, height // sc, width // sc)
-    grid = shape.latent_grid(latent)
-    n_tokens = grid[0] * grid[1] * grid[2]
-    unit = 1.0 if convention == "flops" else 0.5
-    scale = model_scale * linear_frames * unit
+    return frames // tc, height // sc, width // sc
 
-    fwd = dit_forward_flops(shape, latent, text_len)
-    fwd_sample = fwd.total * scale
-    train_sample = dit_training_flops(shape, latent, text_len, checkpoint_fraction=0.0) * scale
-    train_sample_hw = dit_training_flops(shape, latent, text_len, checkpoint_fraction=checkpoint_fraction) * scale
-    per_step = sampling_flops(shape, latent, text_len, num_steps=1, guidance=guidance) * scale
-    per_video = per_step * sampling_steps
-    seconds = video_seconds if video_seconds is not None else frames * linear_frames / fps
-    gpu_seconds_per_video = per_video / (peak * mfu)
-    minutes_per_gpu_hour = (seconds / 60) * 3600 / gpu_seconds_per_video
 
-    if steps is not None:
-        samples = steps * global_batch
-    else:
-        samples = dataset_size * epochs
-    computed_train_total = samples * train_sample
-    train_total = training_flops if training_flops is not None else computed_train_total
-    train_gpu_seconds = samples * train_sample_hw / (peak * mfu) if training_flops is None else train_total / (peak * mfu)
-    crossover_videos = train_total / per_video if per_video else math.inf
-    mb = micro_batch if micro_batch is not None else from_recipe.get("micro_batch", 1)
-    memory = memory_per_gpu(shape, n_tokens, mb, num_gpus, sp_size, checkpoint_fraction)
-
-    result: dict[str, Any] = {
-        "params": shape.num_params * model_scale,
+def _flop_costs(model: nn.Module, latent: tuple[int, int, int], text_len: int, scale: float,
+                checkpoint_fraction: float, sampling_steps: int, guidance: bool) -> dict[str, Any]:
+    """Tokens and FLOPs of one training sample, one sampling step and one video (× ``scale``)."""
+    grid = patch_grid(model.patch_size, latent)
+    fwd = dit_forward_flops(model, latent, text_len)
+    per_step = sampling_flops(model, latent, text_len, num_steps=1, guidance=guidance) * scale
+    return {
         "latent": latent,
         "grid": grid,
-        "tokens": n_tokens,
+        "tokens": math.prod(grid),
         "text_len": text_len,
-        "forward_flops_per_sample": fwd_sample,
-        "training_flops_per_sample": train_sample,
-        "training_flops_per_sample_with_recompute": train_sample_hw,
+        "forward_flops_per_sample": fwd.total * scale,
+        "training_flops_per_sample": dit_training_flops(model, latent, text_len) * scale,
+        "training_flops_per_sample_with_recompute":
+            dit_training_flops(model, latent, text_len, checkpoint_fraction=checkpoint_fraction) * scale,
         "flops_per_sampling_step": per_step,
-        "flops_per_video": per_video,
-        "video_seconds": seconds,
-        "gpu_seconds_per_video": gpu_seconds_per_video,
-        "video_minutes_per_gpu_hour": minutes_per_gpu_hour,
-        "training_samples": samples,
-        "training_flops": train_total,
-        "computed_training_flops": computed_train_total,
-        "training_gpu_hours": train_gpu_seconds / 3600,
-        "training_gpu_months": train_gpu_seconds / SECONDS_PER_MONTH,
-        "training_days": train_gpu_seconds / max(num_gpus, 1) / 86400,
-        "crossover_videos": crossover_videos,
-        "crossover_video_minutes": crossover_videos * seconds / 60,
-        "memory_per_gpu": memory,
+        "flops_per_video": per_step * sampling_steps,
         "breakdown": fwd,
     }
-    if buckets is not None:
-        result["buckets"] = bucket_memory(read_buckets(buckets), shape, (tc, sc), num_gpus, sp_size,
-                                          checkpoint_fraction, strategy, PEAKS[gpu]["memory_gb"])
-    if print_report:
-        print(format_report(result, shape=shape, gpu=gpu, dtype=dtype, mfu=mfu, num_gpus=num_gpus, sp_size=sp_size,
-                            convention=convention, sampling_steps=sampling_steps, guidance=guidance, micro_batch=mb,
-                            scale=(model_scale, linear_frames), checkpoint_fraction=checkpoint_fraction))
-        if "buckets" in result:
-            print(format_buckets(result["buckets"], strategy=strategy, gpu=gpu))
-    return result
+
+
+def _sampling_time(flops_per_video: float, seconds: float, rate: float) -> dict[str, float]:
+    """GPU-seconds per video and minutes of video per GPU-hour at ``rate`` FLOP/s."""
+    gpu_seconds = flops_per_video / rate
+    return {"video_seconds": seconds, "gpu_seconds_per_video": gpu_seconds,
+            "video_minutes_per_gpu_hour": (seconds / 60) * 3600 / gpu_seconds}
+
+
+def _training_cost(costs: dict[str, Any], samples: float, training_flops: Optional[float], rate: float,
+                   num_gpus: int) -> dict[str, float]:
+    """Training FLOPs, GPU time and the video count after which sampling has cost more."""
+    computed = samples * costs["training_flops_per_sample"]
+    total = training_flops if training_flops is not None else computed
+    gpu_seconds = (samples * costs["training_flops_per_sample_with_recompute"] if training_flops is None
+                   else total) / rate
+    crossover = total / costs["flops_per_video"] if costs["flops_per_video"] else math.inf
+    return {
+        "training_samples": samples,
+        "training_flops": total,
+        "computed_training_flops": computed,
+        "training_gpu_hours": gpu_seconds / 3600,
+        "training_gpu_months": gpu_seconds / SECONDS_PER_MONTH,
+        "training_days": gpu_seconds / max(num_gpus, 1) / 86400,
+        "crossover_videos": crossover,
+        "crossover_video_minutes": crossover * costs["video_seconds"] / 60,
+    }
 
 
 def read_buckets(path: str):
@@ -352,21 +515,23 @@ def read_buckets(path: str):
     return BucketConfig(**(node.get("init_args") or {}))
 
 
-def bucket_memory(config, shape: DiTShape, compression: tuple[int, int], num_gpus: int, sp_size: int,
-                  checkpoint_fraction: float, strategy: str, memory_gb: float) -> list[dict[str, Any]]:
+def bucket_memory(config, mem: MemoryModel, patch_size: tuple[int, int, int], compression: tuple[int, int],
+                  num_gpus: int, sp_size: int, checkpoint_fraction: float, strategy: str,
+                  memory_gb: float) -> list[dict[str, Any]]:
     """Per bucket of ``config``: its latent token count and estimated memory per GPU under
-    ``strategy`` at its own batch size, and whether that fits in ``memory_gb``.
+    ``strategy`` at its own batch size (activations per token as ``mem`` counted them), and
+    whether that fits in ``memory_gb``.
 
     Latent frames are ``ceil(frames / temporal compression)`` (a causal VAE's ``1 + k``) padded
     to whole temporal patches, as the DiT pads an image; the tokens divide by ``sp_size``."""
     tc, sc = compression
-    pt, ph, pw = shape.patch_size
+    pt, ph, pw = patch_size
     rows = []
     for bucket in config.buckets():
         latent_t = math.ceil(bucket.num_frames / tc)
         h, w = bucket.height // sc, bucket.width // sc
         tokens = math.ceil(latent_t / pt) * (h // ph) * (w // pw)
-        memory = memory_per_gpu(shape, tokens, bucket.batch_size, num_gpus, sp_size, checkpoint_fraction)[strategy]
+        memory = memory_per_gpu(mem, tokens, bucket.batch_size, num_gpus, sp_size, checkpoint_fraction)[strategy]
         rows.append({"bucket": bucket.name, "shape": bucket.shape, "batch_size": bucket.batch_size,
                      "tokens": tokens, "states": memory["states"], "activations": memory["activations"],
                      "total": memory["total"], "fits": memory["total"] <= memory_gb * 1e9})
@@ -392,14 +557,13 @@ def _si(x: float) -> str:
     return f"{x / 10**exp:.3f}e{exp:+03d}"
 
 
-def format_report(r: dict[str, Any], *, shape: DiTShape, gpu: str, dtype: str, mfu: float, num_gpus: int,
+def format_report(r: dict[str, Any], *, model: nn.Module, gpu: str, dtype: str, mfu: float, num_gpus: int,
                   sp_size: int, convention: str, sampling_steps: int, guidance: bool, micro_batch: int,
                   scale: tuple[float, int], checkpoint_fraction: float) -> str:
     """The human-readable report of :func:`estimate`."""
     word = "FLOPs" if convention == "flops" else "MACs (DiT-paper 'FLOPs')"
     lines = [
-        f"model        DiT D={shape.hidden_size} depth={shape.depth} heads={shape.num_heads} patch={shape.patch_size} "
-        f"{shape.conditioning}/{shape.layout}" + (" adaLN-single" if shape.adaln_single else "")
+        f"model        {describe(model, len(block_units(model)))}"
         + (f"  × model_scale {scale[0]:g}" if scale[0] != 1 else ""),
         f"parameters   {r['params'] / 1e6:,.1f} M",
         f"latent       {r['latent']} → {r['grid']} = {r['tokens']} tokens, text {r['text_len']} tokens"

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from lvdm.curation.frames import Clip
-from lvdm.curation.hub import locate_file, locate_model
+from lvdm.curation.hub import LoadedPerWorker, locate_file, locate_model
 from lvdm.curation.scorers.base import Scorer
 
 __all__ = ["AestheticScorer", "ClipMatchScorer", "load_linear_head"]
@@ -65,7 +65,7 @@ def load_linear_head(head: str, filename: Optional[str] = None):
     return weight, bias
 
 
-class _ClipScorer(Scorer):
+class _ClipScorer(LoadedPerWorker, Scorer):
     batchable = True
 
     def __init__(self, clip: str, num_frames: int, device: str, batch_size: int) -> None:
@@ -73,21 +73,12 @@ class _ClipScorer(Scorer):
         self.num_frames = num_frames
         self.device = device
         self.batch_size = batch_size
-        self._model = None
 
-    def __getstate__(self):  # the model is loaded again on each worker
-        return {**self.__dict__, "_model": None}
+    def _build(self):
+        from lvdm.metrics.clipscore import load_clip
 
-    def load(self) -> None:
-        self._load()
-
-    def _load(self):
-        if self._model is None:
-            from lvdm.metrics.clipscore import load_clip
-
-            model, processor = load_clip(locate_model(self.clip, "CLIP model"))
-            self._model = (model.to(self.device), processor)
-        return self._model
+        model, processor = load_clip(locate_model(self.clip, "CLIP model"))
+        return model.to(self.device), processor
 
     def image_embeddings(self, frames: Sequence[np.ndarray]):
         """L2-normalised CLIP embeddings ``[N, D]`` (float64 numpy) of RGB frames."""
