@@ -190,7 +190,7 @@ def test_a_dit_flag_on_another_backbone_and_a_foreign_class_are_named(tmp_path):
     bad.write_text("model:\n  init_args:\n    denoiser:\n      class_path: os.system\n")  # a recipe runs no code
     with pytest.raises(UnsafeCheckpointError, match="'os.system', outside the packages"):
         estimate(recipe=str(bad), print_report=False)
-    bad.write_text("model:\n  init_args:\n    denoiser:\n      class_path: lvdm.models.stdit.STDiT\n")  # an old path
+    bad.write_text("model:\n  init_args:\n    denoiser:\n      class_path: lvdm.models.stdit.STDiT\n")  # its own defaults
     assert estimate(recipe=str(bad), print_report=False)
 
 
