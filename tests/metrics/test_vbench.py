@@ -61,3 +61,64 @@ def test_unknown_dimension_and_missing_folder_fail_naming_them(tmp_path):
         vb.vbench(str(tmp_path), dimensions=["motion_blur"])
     with pytest.raises(NotADirectoryError, match="nowhere"):
         vb.vbench(str(tmp_path / "nowhere"), dimensions=["temporal_flickering"])
+
+
+def translation_flow(image1, image2):
+    """A known-answer flow: the whole-frame horizontal shift (-8..8 px) that best maps frame 1
+    onto frame 2, as a uniform field ``[1, 2, H, W]``."""
+    import torch
+
+    errors = {dx: (torch.roll(image1, dx, dims=-1) - image2).abs().mean().item() for dx in range(-8, 9)}
+    dx = min(errors, key=errors.get)
+    flow = torch.zeros(1, 2, *image1.shape[-2:])
+    flow[:, 0] = dx
+    return flow
+
+
+def test_dynamic_degree_still_is_not_dynamic_translating_is():
+    assert vb.dynamic_degree(still(), 8.0, translation_flow) is False
+    assert vb.dynamic_degree(moving_square(step=3), 8.0, translation_flow) is True
+
+
+def test_dynamic_degree_follows_vbench_thresholds_and_frame_rate():
+    assert vb.dynamic_thresholds(256, 320, 16, 8.0) == (6.0, 4)
+    assert vb.dynamic_thresholds(512, 512, 16, 4.0) == (24.0, 4)  # low fps: a larger threshold
+    assert vb.dynamic_thresholds(32, 32, 8, 8.0) == (0.75, 2)
+    assert vb.is_dynamic([1.0, 0.5, 1.0], 0.75, 2) and not vb.is_dynamic([1.0, 0.5, 0.5], 0.75, 2)
+    assert not vb.is_dynamic([], 0.75, 0)
+    # a 24 fps video keeps every 3rd frame: 3 px a frame is 9 px a kept pair, over 0.75 all the same
+    assert vb.dynamic_degree(moving_square(frames=24, step=1), 24.0, translation_flow) is True
+
+
+def test_top_flow_magnitude_is_the_mean_of_the_largest_five_percent():
+    import torch
+
+    flow = torch.zeros(2, 20, 20)  # 400 pixels: the top 20
+    flow[0, :1, :] = 3.0
+    flow[1, :1, :] = 4.0  # 20 pixels of magnitude 5
+    flow[0, 1, :] = 1.0  # then 20 of magnitude 1
+    assert vb.top_flow_magnitude(flow) == pytest.approx(5.0, rel=1e-12)
+
+
+def test_raft_weights_round_trip_through_a_local_file(tmp_path):
+    import torch
+
+    try:
+        builder = vb._raft_builder("raft_small")
+    except ImportError as err:
+        pytest.skip(str(err))
+    torch.manual_seed(0)
+    torch.save(builder(weights=None, progress=False).state_dict(), tmp_path / "raft.pth")
+    flow = vb.RaftFlow(str(tmp_path / "raft.pth"), arch="raft_small", iters=2)
+    video = torch.from_numpy(moving_square(2)).permute(0, 3, 1, 2).float()
+    field = flow(video[:1], video[1:])
+    assert field.shape == (1, 2, 32, 32) and torch.isfinite(field).all()
+    assert isinstance(vb.dynamic_degree(moving_square(), 8.0, flow), bool)
+
+
+def test_a_missing_flow_model_fails_before_any_video_naming_the_path(tmp_path):
+    write_mp4(tmp_path / "videos" / "a.mp4", still())
+    with pytest.raises(FileNotFoundError, match="nothere.pth"):
+        vb.vbench(str(tmp_path / "videos"), dimensions=["dynamic_degree"], flow_weights=str(tmp_path / "nothere.pth"))
+    with pytest.raises(ValueError, match="flow_weights"):
+        vb.vbench(str(tmp_path / "videos"), dimensions=["dynamic_degree"])
