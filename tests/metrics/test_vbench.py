@@ -122,3 +122,102 @@ def test_a_missing_flow_model_fails_before_any_video_naming_the_path(tmp_path):
         vb.vbench(str(tmp_path / "videos"), dimensions=["dynamic_degree"], flow_weights=str(tmp_path / "nothere.pth"))
     with pytest.raises(ValueError, match="flow_weights"):
         vb.vbench(str(tmp_path / "videos"), dimensions=["dynamic_degree"])
+
+
+@pytest.fixture(scope="module")
+def dino_dirs(tmp_path_factory):
+    """Tiny random DINO models (ViTModel, Dinov2Model) saved with save_pretrained."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
+                 patch_size=8)
+    dirs = {}
+    for name, model in (("vit", ViTModel(ViTConfig(**small))),
+                        ("dinov2", Dinov2Model(Dinov2Config(**small)))):
+        dirs[name] = tmp_path_factory.mktemp(f"tiny_{name}")
+        model.save_pretrained(dirs[name])
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def clip_vision_dir(tmp_path_factory):
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_clip_vision")
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                     image_size=32, patch_size=8)).save_pretrained(path)
+    return path
+
+
+def test_consistency_formula():
+    import torch
+
+    assert vb.consistency(torch.ones(5, 4)) == 1.0
+    assert vb.consistency(torch.ones(1, 4)) == 1.0
+    # frames e0, e0, e1: pair 1 -> (1 + 1) / 2, pair 2 -> (cos(e0, e1)=0 + 0) / 2
+    features = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert vb.consistency(features) == pytest.approx(0.5, rel=1e-12)
+    assert vb.consistency(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == 0.0  # negative cosines clamp at 0
+
+
+@pytest.mark.parametrize("transform", [vb.dino_transform, vb.clip_transform])
+def test_consistency_of_shuffled_frames_is_lower(transform):
+    """With features faithful to the content (the normalised pixels themselves), a shuffled video
+    is less consistent: its frames' previous frames are further away (random tiny models'
+    features do not order videos by content, so they cannot show this)."""
+    import torch
+
+    encoder = vb.FrameEncoder(torch.nn.Flatten(), transform, 32, lambda model, pixels: model(pixels))
+    original = vb.consistency(encoder(moving_square()))
+    assert vb.consistency(encoder(still())) == pytest.approx(1.0, rel=1e-9)
+    assert vb.consistency(encoder(shuffled(moving_square()))) < original < 1.0
+
+
+@pytest.mark.parametrize("which", ["vit", "dinov2"])
+def test_subject_consistency_of_identical_frames_is_one(dino_dirs, which):
+    encoder = vb.load_dino(str(dino_dirs[which]))
+    features = encoder(still())
+    assert features.shape == (8, 32)
+    assert vb.consistency(features) == pytest.approx(1.0, rel=1e-9)  # float rounding of cos(x, x) only
+    assert vb.consistency(encoder(moving_square())) < 1.0
+    assert encoder(moving_square(size=48)[:, :, :40]).shape == (8, 32)  # any frame shape: positions interpolated
+
+
+@pytest.mark.parametrize("source", ["vision", "full"])
+def test_background_consistency_with_clip_vision_or_full_clip(clip_vision_dir, clip_dir, source):
+    encoder = vb.load_clip_image(str(clip_vision_dir if source == "vision" else clip_dir))
+    assert encoder(still()).shape == (8, 32 if source == "vision" else 16)  # pooled, or projected (16)
+    assert vb.consistency(encoder(still())) == pytest.approx(1.0, rel=1e-9)
+    assert vb.consistency(encoder(moving_square())) < 1.0
+
+
+def test_wrong_or_missing_feature_models_fail_naming_them(tmp_path, clip_vision_dir, dino_dirs):
+    with pytest.raises(FileNotFoundError, match="no_dino"):
+        vb.load_dino(str(tmp_path / "no_dino"))
+    with pytest.raises(TypeError, match="CLIPVisionModel"):
+        vb.load_dino(str(clip_vision_dir))
+    with pytest.raises(TypeError, match="ViTModel"):
+        vb.load_clip_image(str(dino_dirs["vit"]))
+
+
+def test_command_reports_consistencies_frame_weighted_next_to_dynamic_degree(tmp_path, dino_dirs, clip_vision_dir,
+                                                                               monkeypatch):
+    write_mp4(tmp_path / "videos" / "a_still.mp4", still())
+    write_mp4(tmp_path / "videos" / "b_moving.mp4", moving_square())
+    write_mp4(tmp_path / "videos" / "c_short.mp4", moving_square(frames=4))
+    monkeypatch.setattr(vb, "RaftFlow", lambda *args: translation_flow)  # the known-answer flow in place of RAFT
+    report = vb.vbench(str(tmp_path / "videos"), dino=str(dino_dirs["vit"]), clip=str(clip_vision_dir),
+                       flow_weights="unused.pth", device="cpu")
+    assert list(report["scores"]) == ["temporal_flickering", "subject_consistency", "background_consistency",
+                                      "dynamic_degree"]
+    rows = report["videos"]
+    assert [row["dynamic_degree"] for row in rows] == [0.0, 1.0, 1.0]
+    assert rows[0]["subject_consistency"] == pytest.approx(1.0, rel=1e-6)  # still: consistent, and not dynamic
+    weighted = (7 * rows[0]["subject_consistency"] + 7 * rows[1]["subject_consistency"]
+                + 3 * rows[2]["subject_consistency"]) / 17  # VBench: the mean over all frame pairs
+    assert report["scores"]["subject_consistency"] == pytest.approx(weighted, rel=1e-9)
+    assert report["scores"]["dynamic_degree"] == pytest.approx(2 / 3, rel=1e-9)

@@ -23,12 +23,12 @@ from tqdm.auto import tqdm
 
 from lvdm.utils import resolve_device
 
-__all__ = ["DIMENSIONS", "RaftFlow", "dynamic_degree", "dynamic_thresholds", "is_dynamic", "temporal_flickering",
+__all__ = ["DIMENSIONS", "FrameEncoder", "RaftFlow", "consistency", "dynamic_degree", "load_clip_image", "load_dino", "dynamic_thresholds", "is_dynamic", "temporal_flickering",
            "top_flow_magnitude", "vbench"]
 
 #: Every dimension, in the order the report lists them (dynamic degree next to the
 #: consistencies: a still video is perfectly consistent).
-DIMENSIONS = ("temporal_flickering", "dynamic_degree")
+DIMENSIONS = ("temporal_flickering", "subject_consistency", "background_consistency", "dynamic_degree")
 
 #: Optical flow between two frames: ``(image1, image2)``, each ``float [N, 3, H, W]`` in
 #: [0, 255], to the flow ``[N, 2, H, W]`` in pixels (x, y) at the frames' size.
@@ -158,6 +158,143 @@ class RaftFlow:
         return (F.avg_pool2d(flow, scale) / scale if scale > 1 else flow).float().cpu()
 
 
+def consistency(features: torch.Tensor) -> float:
+    """VBench's subject / background consistency of one video, from its frames' features.
+
+    For every frame after the first: the mean of its cosine similarity to the previous frame
+    and to the first frame, each clamped at 0; the video's value is the mean over those frames
+    (``vbench/subject_consistency.py`` with DINO features, ``background_consistency.py`` with
+    CLIP image features). Identical frames give 1; a video of one frame scores 1. VBench's
+    dimension score averages over all frames of all videos (each video weighs its pairs).
+
+    Args:
+        features: ``[T, D]``, one row per frame.
+    """
+    if len(features) < 2:
+        return 1.0
+    unit = F.normalize(features.double(), dim=-1)
+    to_previous = (unit[1:] * unit[:-1]).sum(-1).clamp(0.0, 1.0)
+    to_first = (unit[1:] * unit[:1]).sum(-1).clamp(0.0, 1.0)
+    return float(((to_previous + to_first) / 2).mean())
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def _normalise(video: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    return (video - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def _resize_short(frames: np.ndarray, size: int, mode: str) -> torch.Tensor:
+    """``uint8 [T, H, W, 3]`` → ``float [T, 3, h, w]`` in [0, 1], the shorter side ``size`` (as
+    torchvision's ``Resize(size, antialias=False)`` that VBench uses)."""
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+    height, width = video.shape[-2:]
+    short, long = min(height, width), max(height, width)
+    other = int(size * long / short)
+    out = (size, other) if height <= width else (other, size)
+    return F.interpolate(video, size=out, mode=mode, align_corners=False).clamp(0.0, 1.0)
+
+
+def dino_transform(frames: np.ndarray, size: int) -> torch.Tensor:
+    """VBench's ``dino_transform``: shorter side to ``size`` (bilinear), ImageNet normalisation."""
+    return _normalise(_resize_short(frames, size, "bilinear"), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def clip_transform(frames: np.ndarray, size: int) -> torch.Tensor:
+    """VBench's ``clip_transform``: shorter side to ``size`` (bicubic), centre crop ``size`` x
+    ``size``, CLIP's normalisation."""
+    video = _resize_short(frames, size, "bicubic")
+    top, left = (video.shape[-2] - size) // 2, (video.shape[-1] - size) // 2
+    return _normalise(video[..., top : top + size, left : left + size], CLIP_MEAN, CLIP_STD)
+
+
+class FrameEncoder:
+    """Per-frame features of a video with an image model: ``frames uint8 [T, H, W, 3] -> [T, D]``.
+
+    Args:
+        model: the image model (eval mode).
+        transform: ``(frames, size) -> pixel_values [T, 3, h, w]``.
+        size: the model's input size (its config's ``image_size``).
+        features: ``(model, pixel_values) -> [N, D]``.
+        device: where the model runs.
+        batch_size: frames per forward.
+    """
+
+    def __init__(self, model, transform: Callable, size: int, features: Callable, device: str = "cpu",
+                 batch_size: int = 32) -> None:
+        self.model = model.eval().to(device)
+        self.transform, self.size, self.features = transform, size, features
+        self.device, self.batch_size = torch.device(device), batch_size
+
+    @torch.inference_mode()
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        pixels = self.transform(frames, self.size)
+        out = [self.features(self.model, pixels[i : i + self.batch_size].to(self.device)).float().cpu()
+               for i in range(0, len(pixels), self.batch_size)]
+        return torch.cat(out)
+
+
+def _pretrained(pretrained: str, what: str):
+    """A transformers model from a local folder (or a cached / reachable hub id)."""
+    from transformers import AutoModel
+
+    from lvdm.curation.hub import locate_model
+
+    return AutoModel.from_pretrained(locate_model(pretrained, what))
+
+
+def _class_token(model, pixels: torch.Tensor) -> torch.Tensor:
+    import inspect
+
+    interpolate = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+    out = model(pixel_values=pixels, **({"interpolate_pos_encoding": True} if interpolate else {}))
+    return out.last_hidden_state[:, 0]
+
+
+def load_dino(pretrained: str, device: str = "cpu") -> FrameEncoder:
+    """DINO frame features for subject consistency: the final class token, as VBench's
+    ``dino_vitb16`` gives (a ``transformers`` ``ViTModel`` such as ``facebook/dino-vitb16``, or a
+    ``Dinov2Model``), from a local ``save_pretrained`` folder or a cached hub id.
+
+    Raises:
+        FileNotFoundError: a local folder that does not exist (named).
+        TypeError: the folder holds another kind of model.
+    """
+    model = _pretrained(pretrained, "DINO model")
+    if type(model).__name__ not in ("ViTModel", "Dinov2Model", "Dinov2WithRegistersModel"):
+        raise TypeError(f"{pretrained!r} loads a {type(model).__name__}; subject consistency needs a DINO "
+                        "ViTModel or Dinov2Model")
+    return FrameEncoder(model, dino_transform, model.config.image_size, _class_token, device)
+
+
+def _clip_image_features(model, pixels: torch.Tensor) -> torch.Tensor:
+    from lvdm.metrics.clipscore import ClipFeatures
+
+    if hasattr(model, "get_image_features"):  # a whole CLIPModel: the projected embedding
+        return ClipFeatures._tensor(model.get_image_features(pixel_values=pixels))
+    out = model(pixel_values=pixels)
+    return out.image_embeds if hasattr(out, "image_embeds") else out.pooler_output
+
+
+def load_clip_image(pretrained: str, device: str = "cpu") -> FrameEncoder:
+    """CLIP image features for background consistency (VBench: ViT-B/32's ``encode_image``):
+    a ``CLIPModel`` or ``CLIPVisionModelWithProjection`` gives that projected embedding; a
+    ``CLIPVisionModel`` (no projection) its pooled output, which is not the same space. From a
+    local ``save_pretrained`` folder or a cached hub id.
+
+    Raises:
+        FileNotFoundError: a local folder that does not exist (named).
+        TypeError: the folder holds no CLIP vision model.
+    """
+    model = _pretrained(pretrained, "CLIP model")
+    config = getattr(model.config, "vision_config", model.config)
+    if "CLIP" not in type(model).__name__:
+        raise TypeError(f"{pretrained!r} loads a {type(model).__name__}; background consistency needs a CLIP model")
+    return FrameEncoder(model, clip_transform, config.image_size, _clip_image_features, device)
+
+
 def _mp4s(videos: str, num_videos: Optional[int]) -> list[Path]:
     folder = Path(videos).expanduser()
     if not folder.is_dir():
@@ -179,6 +316,8 @@ def _table(scores: dict[str, float], num_videos: int) -> str:
     lines = [f"{'dimension':<24} {'score':>8}", "-" * 33]
     lines += [f"{name:<24} {value:>8.4f}" for name, value in scores.items()]
     lines.append(f"({num_videos} videos)")
+    if any(name.endswith("_consistency") for name in scores):
+        lines.append("read consistency next to dynamic_degree: a still video is perfectly consistent")
     return "\n".join(lines)
 
 
@@ -202,8 +341,15 @@ def _scorers(chosen: list[str], settings: dict) -> dict[str, Scorer]:
         flow = RaftFlow(weights, settings["flow_arch"], settings["flow_iters"], device)
         return lambda frames, fps: (float(dynamic_degree(frames, fps, flow)), 1.0)
 
+    def consistent(loader: Callable, option: str, dimension: str, what: str) -> Scorer:
+        encoder = loader(_needs(settings[option], option, dimension, what), device)
+        return lambda frames, fps: (consistency(encoder(frames)), max(len(frames) - 1, 0))
+
     builders: dict[str, Callable[[], Scorer]] = {
         "temporal_flickering": lambda: lambda frames, fps: (temporal_flickering(frames), 1.0),
+        "subject_consistency": lambda: consistent(load_dino, "dino", "subject_consistency", "a DINO model folder"),
+        "background_consistency": lambda: consistent(load_clip_image, "clip", "background_consistency",
+                                                     "a CLIP model folder"),
         "dynamic_degree": dynamic,
     }
     return {name: builders[name]() for name in chosen}
@@ -230,6 +376,8 @@ def score_videos(paths: list[Path], scorers: dict[str, Scorer]) -> tuple[dict[st
 def vbench(
     videos: str,
     dimensions: list[str] = list(DIMENSIONS),
+    dino: Optional[str] = None,
+    clip: Optional[str] = None,
     flow_weights: Optional[str] = None,
     flow_arch: str = "raft_large",
     flow_iters: int = 20,
@@ -241,12 +389,18 @@ def vbench(
 
     Dimensions (VBench's definitions, github.com/Vchitect/VBench; docs/evaluation.md):
     ``temporal_flickering`` (no model): ``(255 - mean |frame[t+1] - frame[t]|) / 255``;
-    ``dynamic_degree`` (RAFT optical flow): the fraction of videos that move, judged on the
+    ``subject_consistency`` (DINO) / ``background_consistency`` (CLIP image features): the mean
+    over frames of the average of each frame's cosine similarity to the previous and the first
+    frame; ``dynamic_degree`` (RAFT optical flow): the fraction of videos that move, judged on the
     top-5% flow magnitudes of their frame pairs against a threshold scaled by resolution.
 
     Args:
         videos: folder of ``*.mp4`` (sorted by name).
         dimensions: which dimensions to score (default: all).
+        dino: DINO model folder (``save_pretrained`` of a ViTModel / Dinov2Model, e.g.
+            ``facebook/dino-vitb16``), for ``subject_consistency``.
+        clip: CLIP model folder (``CLIPModel``, ``CLIPVisionModelWithProjection`` or
+            ``CLIPVisionModel``; VBench uses ViT-B/32), for ``background_consistency``.
         flow_weights: torchvision RAFT state dict file (``.pth``/``.safetensors``), for
             ``dynamic_degree``.
         flow_arch: ``raft_large`` (VBench's) or ``raft_small``, the architecture of ``flow_weights``.
@@ -261,7 +415,7 @@ def vbench(
     from lvdm.metrics.evaluate import write_result
 
     chosen = _check_dimensions(list(dimensions))
-    settings = {"flow_weights": flow_weights, "flow_arch": flow_arch, "flow_iters": flow_iters, "device": device}
+    settings = {"dino": dino, "clip": clip, "flow_weights": flow_weights, "flow_arch": flow_arch, "flow_iters": flow_iters, "device": device}
     paths = _mp4s(videos, num_videos)
     scores, per_video = score_videos(paths, _scorers(chosen, settings))
     report = {"scores": scores, "videos": per_video, "source": videos, "num_videos": len(per_video), **settings,
