@@ -205,15 +205,20 @@ def test_wrong_or_missing_feature_models_fail_naming_them(tmp_path, clip_vision_
 
 
 def test_command_reports_consistencies_frame_weighted_next_to_dynamic_degree(tmp_path, dino_dirs, clip_vision_dir,
-                                                                               monkeypatch):
+                                                                               clip_dir, monkeypatch):
+    import torch
+
+    torch.save({"weight": torch.zeros(1, 16), "bias": torch.tensor([5.0])}, tmp_path / "head.pth")
     write_mp4(tmp_path / "videos" / "a_still.mp4", still())
     write_mp4(tmp_path / "videos" / "b_moving.mp4", moving_square())
     write_mp4(tmp_path / "videos" / "c_short.mp4", moving_square(frames=4))
     monkeypatch.setattr(vb, "RaftFlow", lambda *args: translation_flow)  # the known-answer flow in place of RAFT
     report = vb.vbench(str(tmp_path / "videos"), dino=str(dino_dirs["vit"]), clip=str(clip_vision_dir),
-                       flow_weights="unused.pth", device="cpu")
+                       flow_weights="unused.pth", aesthetic_clip=str(clip_dir), aesthetic_head=str(tmp_path / "head.pth"),
+                       device="cpu")
     assert list(report["scores"]) == ["temporal_flickering", "subject_consistency", "background_consistency",
-                                      "dynamic_degree"]
+                                      "dynamic_degree", "aesthetic_quality"]
+    assert report["scores"]["aesthetic_quality"] == pytest.approx(0.5, rel=1e-12)
     rows = report["videos"]
     assert [row["dynamic_degree"] for row in rows] == [0.0, 1.0, 1.0]
     assert rows[0]["subject_consistency"] == pytest.approx(1.0, rel=1e-6)  # still: consistent, and not dynamic
@@ -221,3 +226,29 @@ def test_command_reports_consistencies_frame_weighted_next_to_dynamic_degree(tmp
                 + 3 * rows[2]["subject_consistency"]) / 17  # VBench: the mean over all frame pairs
     assert report["scores"]["subject_consistency"] == pytest.approx(weighted, rel=1e-9)
     assert report["scores"]["dynamic_degree"] == pytest.approx(2 / 3, rel=1e-9)
+
+
+def test_aesthetic_quality_is_the_mean_laion_score_over_frames_over_ten(tmp_path, clip_dir):
+    import torch
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 1)  # the tiny CLIP's projected embedding is 16-d
+    torch.save(head.state_dict(), tmp_path / "head.pth")
+    scorer = vb.load_aesthetic(str(clip_dir), str(tmp_path / "head.pth"))
+    video = moving_square()
+    embeddings = torch.from_numpy(scorer.image_embeddings(list(video)))
+    assert embeddings.shape == (8, 16)  # every frame scored
+    expected = float((embeddings.float() @ head.weight.detach().T + head.bias.detach()).mean()) / 10
+    assert vb.aesthetic_quality(video, scorer) == pytest.approx(expected, rel=1e-5)
+    torch.save({"weight": torch.zeros(1, 16), "bias": torch.tensor([7.0])}, tmp_path / "seven.pth")
+    assert vb.aesthetic_quality(video, vb.load_aesthetic(str(clip_dir), str(tmp_path / "seven.pth"))) == \
+        pytest.approx(0.7, rel=1e-12)
+
+
+def test_missing_aesthetic_models_fail_naming_them(tmp_path, clip_dir):
+    write_mp4(tmp_path / "videos" / "a.mp4", still())
+    with pytest.raises(FileNotFoundError, match="nohead.pth"):
+        vb.vbench(str(tmp_path / "videos"), dimensions=["aesthetic_quality"], aesthetic_clip=str(clip_dir),
+                  aesthetic_head=str(tmp_path / "nohead.pth"))
+    with pytest.raises(ValueError, match="aesthetic_head"):
+        vb.vbench(str(tmp_path / "videos"), dimensions=["aesthetic_quality"], aesthetic_clip=str(clip_dir))

@@ -23,12 +23,13 @@ from tqdm.auto import tqdm
 
 from lvdm.utils import resolve_device
 
-__all__ = ["DIMENSIONS", "FrameEncoder", "RaftFlow", "consistency", "dynamic_degree", "load_clip_image", "load_dino", "dynamic_thresholds", "is_dynamic", "temporal_flickering",
+__all__ = ["DIMENSIONS", "FrameEncoder", "RaftFlow", "aesthetic_quality", "consistency", "load_aesthetic", "dynamic_degree", "load_clip_image", "load_dino", "dynamic_thresholds", "is_dynamic", "temporal_flickering",
            "top_flow_magnitude", "vbench"]
 
 #: Every dimension, in the order the report lists them (dynamic degree next to the
 #: consistencies: a still video is perfectly consistent).
-DIMENSIONS = ("temporal_flickering", "subject_consistency", "background_consistency", "dynamic_degree")
+DIMENSIONS = ("temporal_flickering", "subject_consistency", "background_consistency", "dynamic_degree",
+              "aesthetic_quality")
 
 #: Optical flow between two frames: ``(image1, image2)``, each ``float [N, 3, H, W]`` in
 #: [0, 255], to the flow ``[N, 2, H, W]`` in pixels (x, y) at the frames' size.
@@ -295,6 +296,44 @@ def load_clip_image(pretrained: str, device: str = "cpu") -> FrameEncoder:
     return FrameEncoder(model, clip_transform, config.image_size, _clip_image_features, device)
 
 
+def load_aesthetic(clip: str, head: str, device: str = "cpu", batch_size: int = 32):
+    """lvdm's LAION aesthetic scorer (:class:`lvdm.curation.scorers.AestheticScorer`) for
+    :func:`aesthetic_quality`, its head and CLIP loaded now (a missing local one fails, named).
+
+    Args:
+        clip: CLIP model folder (with its processor) or cached hub id; VBench and LAION's head
+            use ``openai/clip-vit-large-patch14``.
+        head: the LAION head's state dict file (VBench: ``sa_0_4_vit_l_14_linear.pth``).
+    """
+    import sys
+
+    from lvdm.curation.scorers import AestheticScorer
+
+    scorer = AestheticScorer(clip, head, num_frames=sys.maxsize, device=device, batch_size=batch_size)  # every frame
+    scorer.load()
+    return scorer
+
+
+def aesthetic_quality(frames: np.ndarray, scorer) -> float:
+    """VBench's aesthetic quality of one video: the LAION aesthetic predictor's score of every
+    frame, divided by 10 and averaged (``vbench/aesthetic_quality.py``).
+
+    The predictor is a linear head on the L2-normalised CLIP ViT-L/14 image embedding (LAION's
+    ``sa_0_4_vit_l_14_linear``), here lvdm's ``AestheticScorer`` (:func:`load_aesthetic`);
+    frames go through the CLIP processor (resize, centre crop, normalisation), where VBench
+    resizes tensors without antialiasing: scores differ slightly from VBench's on downscaled
+    frames.
+
+    Args:
+        frames: ``uint8 [T, H, W, 3]``.
+        scorer: from :func:`load_aesthetic`.
+    """
+    from lvdm.curation.frames import Clip
+
+    clip = Clip(key="video", kind="video", total=len(frames), frames=dict(enumerate(frames)))
+    return scorer.score_batch([clip])[0]["aesthetic"] / 10.0
+
+
 def _mp4s(videos: str, num_videos: Optional[int]) -> list[Path]:
     folder = Path(videos).expanduser()
     if not folder.is_dir():
@@ -345,12 +384,19 @@ def _scorers(chosen: list[str], settings: dict) -> dict[str, Scorer]:
         encoder = loader(_needs(settings[option], option, dimension, what), device)
         return lambda frames, fps: (consistency(encoder(frames)), max(len(frames) - 1, 0))
 
+    def aesthetic() -> Scorer:
+        scorer = load_aesthetic(_needs(settings["aesthetic_clip"], "aesthetic_clip", "aesthetic_quality", "a CLIP folder"),
+                                _needs(settings["aesthetic_head"], "aesthetic_head", "aesthetic_quality",
+                                       "the LAION head file"), device)
+        return lambda frames, fps: (aesthetic_quality(frames, scorer), 1.0)
+
     builders: dict[str, Callable[[], Scorer]] = {
         "temporal_flickering": lambda: lambda frames, fps: (temporal_flickering(frames), 1.0),
         "subject_consistency": lambda: consistent(load_dino, "dino", "subject_consistency", "a DINO model folder"),
         "background_consistency": lambda: consistent(load_clip_image, "clip", "background_consistency",
                                                      "a CLIP model folder"),
         "dynamic_degree": dynamic,
+        "aesthetic_quality": aesthetic,
     }
     return {name: builders[name]() for name in chosen}
 
@@ -381,6 +427,8 @@ def vbench(
     flow_weights: Optional[str] = None,
     flow_arch: str = "raft_large",
     flow_iters: int = 20,
+    aesthetic_clip: Optional[str] = None,
+    aesthetic_head: Optional[str] = None,
     num_videos: Optional[int] = None,
     device: str = "auto",
     out: Optional[str] = None,
@@ -392,7 +440,8 @@ def vbench(
     ``subject_consistency`` (DINO) / ``background_consistency`` (CLIP image features): the mean
     over frames of the average of each frame's cosine similarity to the previous and the first
     frame; ``dynamic_degree`` (RAFT optical flow): the fraction of videos that move, judged on the
-    top-5% flow magnitudes of their frame pairs against a threshold scaled by resolution.
+    top-5% flow magnitudes of their frame pairs against a threshold scaled by resolution;
+    ``aesthetic_quality`` (CLIP + LAION head): the mean over frames of the LAION score / 10.
 
     Args:
         videos: folder of ``*.mp4`` (sorted by name).
@@ -405,6 +454,9 @@ def vbench(
             ``dynamic_degree``.
         flow_arch: ``raft_large`` (VBench's) or ``raft_small``, the architecture of ``flow_weights``.
         flow_iters: RAFT refinement steps (VBench: 20).
+        aesthetic_clip: CLIP model folder with its processor (VBench: ViT-L/14), for
+            ``aesthetic_quality``.
+        aesthetic_head: LAION aesthetic head state dict file (``sa_0_4_vit_l_14_linear.pth``).
         num_videos: score at most this many videos (default: all).
         device: ``cpu``, ``cuda``… or ``auto`` (where the models run).
         out: write the report (scores, per-video values, settings) as JSON to this path.
@@ -415,7 +467,8 @@ def vbench(
     from lvdm.metrics.evaluate import write_result
 
     chosen = _check_dimensions(list(dimensions))
-    settings = {"dino": dino, "clip": clip, "flow_weights": flow_weights, "flow_arch": flow_arch, "flow_iters": flow_iters, "device": device}
+    settings = {"dino": dino, "clip": clip, "flow_weights": flow_weights, "flow_arch": flow_arch, "flow_iters": flow_iters,
+                "aesthetic_clip": aesthetic_clip, "aesthetic_head": aesthetic_head, "device": device}
     paths = _mp4s(videos, num_videos)
     scores, per_video = score_videos(paths, _scorers(chosen, settings))
     report = {"scores": scores, "videos": per_video, "source": videos, "num_videos": len(per_video), **settings,
