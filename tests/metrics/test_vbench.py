@@ -216,7 +216,7 @@ def test_command_reports_consistencies_frame_weighted_next_to_dynamic_degree(tmp
     report = vb.vbench(str(tmp_path / "videos"), dino=str(dino_dirs["vit"]), clip=str(clip_vision_dir),
                        flow_weights="unused.pth", aesthetic_clip=str(clip_dir), aesthetic_head=str(tmp_path / "head.pth"),
                        device="cpu")
-    assert list(report["scores"]) == ["temporal_flickering", "subject_consistency", "background_consistency",
+    assert list(report["scores"]) == ["temporal_flickering", "motion_smoothness", "subject_consistency", "background_consistency",
                                       "dynamic_degree", "aesthetic_quality"]
     assert report["scores"]["aesthetic_quality"] == pytest.approx(0.5, rel=1e-12)
     rows = report["videos"]
@@ -252,3 +252,22 @@ def test_missing_aesthetic_models_fail_naming_them(tmp_path, clip_dir):
                   aesthetic_head=str(tmp_path / "nohead.pth"))
     with pytest.raises(ValueError, match="aesthetic_head"):
         vb.vbench(str(tmp_path / "videos"), dimensions=["aesthetic_quality"], aesthetic_clip=str(clip_dir))
+
+
+def test_motion_smoothness_known_answers():
+    assert vb.motion_smoothness(still()) == 1.0
+    assert vb.motion_smoothness(still()[:2]) == 1.0  # nothing to rebuild
+    fade = np.stack([np.full((4, 4, 3), 10 * t, np.uint8) for t in range(7)])
+    assert vb.motion_smoothness(fade) == 1.0  # a linear fade is rebuilt exactly
+    flashed = fade.copy()
+    flashed[3] = 81  # frame 3 should be 30: off by 51 on the 3 rebuilt frames' mean -> (255 - 17) / 255
+    assert vb.motion_smoothness(flashed) == pytest.approx((255 - 51 / 3) / 255, rel=1e-12)
+
+
+def test_motion_smoothness_of_shuffled_frames_is_lower():
+    original = vb.motion_smoothness(moving_square())
+    assert vb.motion_smoothness(shuffled(moving_square())) < original < 1.0
+    # the interpolator is pluggable: a perfect one (the real middle frame) scores 1
+    video = moving_square()
+    middle = {(a.tobytes(), b.tobytes()): video[t + 1] for t, (a, b) in enumerate(zip(video[:-2], video[2:]))}
+    assert vb.motion_smoothness(video, lambda a, b: middle[a.tobytes(), b.tobytes()]) == 1.0
