@@ -214,10 +214,11 @@ def test_command_reports_consistencies_frame_weighted_next_to_dynamic_degree(tmp
     write_mp4(tmp_path / "videos" / "c_short.mp4", moving_square(frames=4))
     monkeypatch.setattr(vb, "RaftFlow", lambda *args: translation_flow)  # the known-answer flow in place of RAFT
     report = vb.vbench(str(tmp_path / "videos"), dino=str(dino_dirs["vit"]), clip=str(clip_vision_dir),
-                       flow_weights="unused.pth", aesthetic_clip=str(clip_dir), aesthetic_head=str(tmp_path / "head.pth"),
-                       device="cpu")
-    assert list(report["scores"]) == ["temporal_flickering", "motion_smoothness", "subject_consistency", "background_consistency",
-                                      "dynamic_degree", "aesthetic_quality"]
+                       flow_weights="unused.pth", aesthetic_clip=str(clip_dir),
+                       aesthetic_head=str(tmp_path / "head.pth"), device="cpu")
+    assert list(report["scores"]) == list(vb.DIMENSIONS) == [
+        "temporal_flickering", "motion_smoothness", "subject_consistency", "background_consistency", "dynamic_degree",
+        "aesthetic_quality"]  # dynamic degree next to the consistencies
     assert report["scores"]["aesthetic_quality"] == pytest.approx(0.5, rel=1e-12)
     rows = report["videos"]
     assert [row["dynamic_degree"] for row in rows] == [0.0, 1.0, 1.0]

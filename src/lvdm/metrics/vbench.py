@@ -23,13 +23,15 @@ from tqdm.auto import tqdm
 
 from lvdm.utils import resolve_device
 
-__all__ = ["DIMENSIONS", "FrameEncoder", "RaftFlow", "aesthetic_quality", "consistency", "load_aesthetic", "blend_midpoint", "motion_smoothness", "dynamic_degree", "load_clip_image", "load_dino", "dynamic_thresholds", "is_dynamic", "temporal_flickering",
+__all__ = ["DIMENSIONS", "FrameEncoder", "RaftFlow", "aesthetic_quality", "blend_midpoint", "clip_transform",
+           "consistency", "dino_transform", "dynamic_degree", "dynamic_thresholds", "is_dynamic", "load_aesthetic",
+           "load_clip_image", "load_dino", "motion_smoothness", "score_videos", "temporal_flickering",
            "top_flow_magnitude", "vbench"]
 
 #: Every dimension, in the order the report lists them (dynamic degree next to the
 #: consistencies: a still video is perfectly consistent).
-DIMENSIONS = ("temporal_flickering", "motion_smoothness", "subject_consistency", "background_consistency", "dynamic_degree",
-              "aesthetic_quality")
+DIMENSIONS = ("temporal_flickering", "motion_smoothness", "subject_consistency", "background_consistency",
+              "dynamic_degree", "aesthetic_quality")
 
 #: Optical flow between two frames: ``(image1, image2)``, each ``float [N, 3, H, W]`` in
 #: [0, 255], to the flow ``[N, 2, H, W]`` in pixels (x, y) at the frames' size.
@@ -415,9 +417,9 @@ def _scorers(chosen: list[str], settings: dict) -> dict[str, Scorer]:
         return lambda frames, fps: (consistency(encoder(frames)), max(len(frames) - 1, 0))
 
     def aesthetic() -> Scorer:
-        scorer = load_aesthetic(_needs(settings["aesthetic_clip"], "aesthetic_clip", "aesthetic_quality", "a CLIP folder"),
-                                _needs(settings["aesthetic_head"], "aesthetic_head", "aesthetic_quality",
-                                       "the LAION head file"), device)
+        clip = _needs(settings["aesthetic_clip"], "aesthetic_clip", "aesthetic_quality", "a CLIP folder")
+        head = _needs(settings["aesthetic_head"], "aesthetic_head", "aesthetic_quality", "the LAION head file")
+        scorer = load_aesthetic(clip, head, device)
         return lambda frames, fps: (aesthetic_quality(frames, scorer), 1.0)
 
     builders: dict[str, Callable[[], Scorer]] = {
@@ -501,8 +503,9 @@ def vbench(
     from lvdm.metrics.evaluate import write_result
 
     chosen = _check_dimensions(list(dimensions))
-    settings = {"dino": dino, "clip": clip, "flow_weights": flow_weights, "flow_arch": flow_arch, "flow_iters": flow_iters,
-                "aesthetic_clip": aesthetic_clip, "aesthetic_head": aesthetic_head, "device": device}
+    settings = {"dino": dino, "clip": clip, "flow_weights": flow_weights, "flow_arch": flow_arch,
+                "flow_iters": flow_iters, "aesthetic_clip": aesthetic_clip, "aesthetic_head": aesthetic_head,
+                "device": device}
     paths = _mp4s(videos, num_videos)
     scores, per_video = score_videos(paths, _scorers(chosen, settings))
     report = {"scores": scores, "videos": per_video, "source": videos, "num_videos": len(per_video), **settings,
