@@ -56,6 +56,18 @@ def test_command_reads_mp4s_prints_a_table_and_writes_json(tmp_path, capsys):
     assert "temporal_flickering" in capsys.readouterr().out
 
 
+def test_a_video_that_does_not_decode_is_skipped_and_listed(tmp_path, capsys):
+    write_mp4(tmp_path / "videos" / "a.mp4", still())
+    (tmp_path / "videos" / "b_broken.mp4").write_bytes(b"not a video")
+    report = vb.vbench(str(tmp_path / "videos"), dimensions=["temporal_flickering", "motion_smoothness"])
+    assert report["num_videos"] == 1 and report["scores"]["temporal_flickering"] == 1.0
+    assert [row["video"] for row in report["skipped"]] == [str(tmp_path / "videos" / "b_broken.mp4")]
+    assert "1 skipped" in capsys.readouterr().out
+    (tmp_path / "videos" / "a.mp4").unlink()
+    with pytest.raises(ValueError, match="no video decoded of 1"):
+        vb.vbench(str(tmp_path / "videos"), dimensions=["temporal_flickering"])
+
+
 def test_unknown_dimension_and_missing_folder_fail_naming_them(tmp_path):
     with pytest.raises(ValueError, match="motion_blur.*temporal_flickering"):
         vb.vbench(str(tmp_path), dimensions=["motion_blur"])

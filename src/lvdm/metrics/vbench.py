@@ -383,10 +383,10 @@ def _check_dimensions(dimensions: list[str]) -> list[str]:
     return [d for d in DIMENSIONS if d in dimensions]
 
 
-def _table(scores: dict[str, float], num_videos: int) -> str:
+def _table(scores: dict[str, float], num_videos: int, num_skipped: int) -> str:
     lines = [f"{'dimension':<24} {'score':>8}", "-" * 33]
     lines += [f"{name:<24} {value:>8.4f}" for name, value in scores.items()]
-    lines.append(f"({num_videos} videos)")
+    lines.append(f"({num_videos} videos" + (f", {num_skipped} skipped: they do not decode)" if num_skipped else ")"))
     if any(name.endswith("_consistency") for name in scores):
         lines.append("read consistency next to dynamic_degree: a still video is perfectly consistent")
     return "\n".join(lines)
@@ -434,22 +434,29 @@ def _scorers(chosen: list[str], settings: dict) -> dict[str, Scorer]:
     return {name: builders[name]() for name in chosen}
 
 
-def score_videos(paths: list[Path], scorers: dict[str, Scorer]) -> tuple[dict[str, float], list[dict]]:
-    """``(scores, per-video values)``: each dimension's weighted mean over the videos."""
-    from lvdm.data.video import read_frames
+def score_videos(paths: list[Path], scorers: dict[str, Scorer]) -> tuple[dict[str, float], list[dict], list[dict]]:
+    """``(scores, per-video values, skipped)``: each dimension's weighted mean over the videos;
+    a video that does not decode is skipped and listed with its error."""
+    from lvdm.data.video import VideoDecodeError, read_frames
 
-    per_video, weights = [], {name: [] for name in scorers}
+    per_video, skipped, weights = [], [], {name: [] for name in scorers}
     for path in tqdm(paths, desc="VBench", unit="video"):
-        frames, fps = read_frames(str(path))
+        try:
+            frames, fps = read_frames(str(path))
+        except VideoDecodeError as err:
+            skipped.append({"video": str(path), "error": str(err)})
+            continue
         row = {"video": str(path)}
         for name, scorer in scorers.items():
             row[name], weight = scorer(frames, fps)
             weights[name].append(weight)
         per_video.append(row)
+    if not per_video:
+        raise ValueError(f"no video decoded of {len(paths)} (first error: {skipped[0]['error']})")
     scores = {name: float(np.average([row[name] for row in per_video], weights=weights[name]))
               if sum(weights[name]) > 0 else float(np.mean([row[name] for row in per_video]))
               for name in scorers}
-    return scores, per_video
+    return scores, per_video, skipped
 
 
 def vbench(
@@ -507,10 +514,11 @@ def vbench(
                 "flow_iters": flow_iters, "aesthetic_clip": aesthetic_clip, "aesthetic_head": aesthetic_head,
                 "device": device}
     paths = _mp4s(videos, num_videos)
-    scores, per_video = score_videos(paths, _scorers(chosen, settings))
-    report = {"scores": scores, "videos": per_video, "source": videos, "num_videos": len(per_video), **settings,
+    scores, per_video, skipped = score_videos(paths, _scorers(chosen, settings))
+    report = {"scores": scores, "videos": per_video, "skipped": skipped, "source": videos,
+              "num_videos": len(per_video), **settings,
               "definitions": "VBench (github.com/Vchitect/VBench), reimplemented offline by lvdm",
               "motion_smoothness_interpolator": "mean of the neighbouring frames (VBench: AMT-S)"}
     write_result(report, out)
-    print(_table(scores, len(per_video)))
+    print(_table(scores, len(per_video), len(skipped)))
     return report
