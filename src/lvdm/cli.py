@@ -43,6 +43,7 @@ lvdm commands:
   eval fvd    Fréchet Video Distance (original TF protocol)   lvdm eval fvd --real <shards|mp4s> --fake <mp4s>
   eval clipscore  CLIPScore of videos against their prompts  lvdm eval clipscore --videos <mp4s> --clip <path|hub id>
   eval vae    reconstruction PSNR / SSIM / rFVD of a compressor   lvdm eval vae --videos <shards> --checkpoint ae.ckpt
+  eval vbench VBench-style dimensions, offline   lvdm eval vbench --videos <mp4s> --dimensions '[temporal_flickering]' --out report.json
   app         a web page over a checkpoint: prompts -> videos   lvdm app --checkpoint last.ckpt
   estimate    parameters, FLOPs, GPU-hours, s/video, memory/GPU   lvdm estimate --size XL/2 --frames 16
   checkpoint export  a .ckpt or DeepSpeed checkpoint -> one .safetensors   lvdm checkpoint export --checkpoint last.ckpt --out model.safetensors --ema true
@@ -183,6 +184,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "fvd": "lvdm.metrics.evaluate:fvd",
         "clipscore": "lvdm.metrics.evaluate:clipscore",
         "vae": "lvdm.metrics.vae_eval:evaluate_vae",
+        "vbench": "lvdm.metrics.vbench:vbench",
     },
     "checkpoint": {
         "export": "lvdm.checkpoints.export:export_checkpoint",
