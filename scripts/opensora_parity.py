@@ -124,12 +124,14 @@ def _memory_efficient_attention(q, k, v, p=0.0, attn_bias=None):
     return (attn.softmax(dim=-1) @ v).transpose(1, 2).contiguous()  # xformers returns [B, M, H, K] contiguous
 
 
-def _constant(path: Path, name: str):
-    """The literal value of ``name = ...`` at the top level of ``path``."""
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
-            return ast.literal_eval(node.value)
-    raise ValueError(f"{path}: no top-level {name} = ...")
+def _constants(path: Path, *names: str) -> dict:
+    """The literal values of the top-level ``name = ...`` of ``path`` that exist."""
+    found = {}
+    for node in ast.parse(path.read_text()).body if path.is_file() else []:
+        for target in node.targets if isinstance(node, ast.Assign) else []:
+            if getattr(target, "id", None) in names:
+                found[target.id] = ast.literal_eval(node.value)
+    return found
 
 
 def _timm(dependency_hint: str) -> None:
@@ -167,8 +169,7 @@ def install(src: Path) -> None:
                 "schedulers.iddpm", "utils"):
         _package(f"opensora.{sub}", pkg / sub.replace(".", "/"))
     datasets = pkg / "datasets"
-    fps = {"IMG_FPS": _constant(datasets / "datasets.py", "IMG_FPS")} if (datasets / "datasets.py").is_file() else {}
-    _package("opensora.datasets", datasets, **fps)
+    _package("opensora.datasets", datasets, **_constants(datasets / "datasets.py", "IMG_FPS"))  # v1.2 on
     _module("opensora.datasets.utils", read_from_path=_unused("opensora.datasets.utils.read_from_path"))
     _module("opensora.utils.ckpt_utils", load_checkpoint=_unused("opensora.utils.ckpt_utils.load_checkpoint"))
 
