@@ -86,10 +86,6 @@ def _module(name: str, folder: Optional[Path] = None, **attrs) -> types.ModuleTy
     return mod
 
 
-def _package(name: str, folder: Path, **attrs) -> types.ModuleType:
-    return _module(name, folder, **attrs)
-
-
 def _unused(what: str):
     def refuse(*args, **kwargs):
         raise RuntimeError(f"{what} is stood in by scripts/opensora_parity.py and not used by the parity run")
@@ -140,10 +136,10 @@ def _timm(dependency_hint: str) -> None:
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(f"timm is not importable: {dependency_hint}")
     root = Path(list(spec.submodule_search_locations)[0])
-    _package("timm", root)
-    _package("timm.layers", root / "layers")
+    _module("timm", root)
+    _module("timm.layers", root / "layers")
     mlp, drop = importlib.import_module("timm.layers.mlp"), importlib.import_module("timm.layers.drop")
-    _package("timm.models", root / "models")
+    _module("timm.models", root / "models")
     _module("timm.models.layers", DropPath=drop.DropPath)
     _module("timm.models.vision_transformer", Mlp=mlp.Mlp)
 
@@ -164,12 +160,12 @@ def install(src: Path) -> None:
                                      "register_module": lambda self, *a, **k: (lambda obj: obj)})
     _module("mmengine", registry=_module("mmengine.registry", Registry=registry))
     _module("ftfy", fix_text=_unused("ftfy.fix_text"))
-    _package("opensora", pkg)
+    _module("opensora", pkg)
     for sub in ("acceleration", "models", "models.layers", "models.stdit", "models.text_encoder", "schedulers",
                 "schedulers.iddpm", "utils"):
-        _package(f"opensora.{sub}", pkg / sub.replace(".", "/"))
+        _module(f"opensora.{sub}", pkg / sub.replace(".", "/"))
     datasets = pkg / "datasets"
-    _package("opensora.datasets", datasets, **_constants(datasets / "datasets.py", "IMG_FPS"))  # v1.2 on
+    _module("opensora.datasets", datasets, **_constants(datasets / "datasets.py", "IMG_FPS"))  # v1.2 on
     _module("opensora.datasets.utils", read_from_path=_unused("opensora.datasets.utils.read_from_path"))
     _module("opensora.utils.ckpt_utils", load_checkpoint=_unused("opensora.utils.ckpt_utils.load_checkpoint"))
 
