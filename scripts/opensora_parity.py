@@ -19,7 +19,7 @@ Open-Sora given the fps / pixel size lvdm's model sees): when the check passes, 
 ``--check stdit3`` / ``--check stdit`` (a v1.2.0 / v1.0.0 checkout): one forward pass of
 Open-Sora's STDiT3 / STDiT against lvdm's STDiT.
 
-    git --git-dir=<Open-Sora git dir> archive v1.2.0 | tar -x -C /tmp/os12
+    mkdir -p /tmp/os12 && git --git-dir=<Open-Sora git dir> archive v1.2.0 | tar -x -C /tmp/os12
     pip install --target /tmp/osdeps --no-deps timm==0.9.16 rotary-embedding-torch==0.5.3 beartype
     PYTHONPATH=src:/tmp/osdeps python scripts/opensora_parity.py --opensora-src /tmp/os12
 
