@@ -79,6 +79,16 @@ def test_outside_the_interval_the_output_is_the_conditional_prediction():
     torch.testing.assert_close(model_fn(x, t * 0.5), u + 3.0 * (c - u))
 
 
+def test_a_batch_at_mixed_noise_levels_is_guided_per_sample():
+    """Each sample is guided by its own noise level (per-frame times: its noisiest frame's)."""
+    model_fn, _ = guided(3.0, GuidanceSchedule(interval=(0.2, 0.8)), RectifiedFlow())
+    x, t = torch.randn(2, 3, 2, 4, 4), torch.tensor([[0.0, 500.0], [0.0, 900.0]])
+    c, u = branches(x, t)
+    out = model_fn(x, t)
+    torch.testing.assert_close(out[0], (u + 3.0 * (c - u))[0])
+    assert torch.equal(out[1], c[1])
+
+
 def test_an_empty_interval_samples_what_no_guidance_samples():
     flow, noise = RectifiedFlow(num_sampling_steps=5), torch.randn(2, 3, 1, 4, 4)
     never, counted = guided(5.0, GuidanceSchedule(interval=(0.0, 0.0)), flow)

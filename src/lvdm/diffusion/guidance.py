@@ -180,17 +180,20 @@ class ScheduledGuidance:
         if step < self.schedule.zero_init_steps:
             return self.objective.velocity_output(torch.zeros_like(x), x, self.objective.noise_level(t))
         inside = self._inside(t)
-        if self.scale == 1.0 or not inside.any():
+        if self.scale == 1.0 or (inside is not None and not inside.any()):
             return evaluate(False)[0]
         cond, uncond = evaluate(True)
         guided = self._combine(cond, uncond, x, t)
-        return guided if inside.all() else torch.where(_per_element(inside, guided), guided, cond)
+        if inside is None or inside.all():
+            return guided
+        return torch.where(inside.view(-1, *([1] * (guided.ndim - 1))), guided, cond)
 
-    def _inside(self, t: torch.Tensor) -> torch.Tensor:
-        """``[B]``: whether each sample's noise level (its noisiest frame's) is in the interval."""
+    def _inside(self, t: torch.Tensor) -> Optional[torch.Tensor]:
+        """``[B]``: whether each sample's noise level (its noisiest frame's) is in the interval;
+        ``None`` when the interval is all of [0, 1]."""
         lo, hi = self.schedule.interval
         if (lo, hi) == (0.0, 1.0):
-            return torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
+            return None
         level = self.objective.noise_level(t)
         level = level.amax(dim=1) if level.ndim == 2 else level
         return (level >= lo) & (level <= hi)
