@@ -127,8 +127,8 @@ def test_guidance_schedule_flags_reach_the_sampler(lively_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"guidance_interval": (0.9, 0.1)}, "guidance interval (lo, hi) must have 0 <= lo <= hi <= 1 (noise levels), "
-                                        "got (0.9, 0.1)"),
+    ({"guidance_interval": (0.9, 0.1)},
+     "guidance interval (lo, hi) must have 0 <= lo <= hi <= 1 (noise levels), got (0.9, 0.1)"),
     ({"zero_init_steps": -2}, "zero_init_steps must be a whole number >= 0, got -2"),
     ({"guidance_method": "apg", "apg_momentum": -1.0}, "apg_momentum must be in (-1, 1) (0: none), got -1.0"),
 ])

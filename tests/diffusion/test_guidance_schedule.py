@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lvdm.diffusion.guidance import (ClassGuidedDenoiser, GuidanceSchedule, GuidedDenoiser, apg, cfg_zero_star)
+from lvdm.diffusion.guidance import ClassGuidedDenoiser, GuidanceSchedule, GuidedDenoiser, apg, cfg_zero_star
 from lvdm.diffusion.objectives import DDPM, RectifiedFlow
 
 

@@ -83,7 +83,8 @@ class GuidanceSchedule:
         object.__setattr__(self, "interval", (float(lo), float(hi)))
         if self.method not in METHODS:
             raise ValueError(f"guidance method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if isinstance(self.zero_init_steps, bool) or not isinstance(self.zero_init_steps, int) or self.zero_init_steps < 0:
+        steps = self.zero_init_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"zero_init_steps must be a whole number >= 0, got {self.zero_init_steps!r}")
         for name, ok, rule in (("apg_eta", self.apg_eta >= 0, ">= 0"),
                                ("apg_norm_threshold", self.apg_norm_threshold >= 0, ">= 0 (0: no cap)"),
@@ -91,7 +92,8 @@ class GuidanceSchedule:
             if not ok:  # also refuses NaN
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
         if self.method != "apg" and (self.apg_eta, self.apg_norm_threshold, self.apg_momentum) != (0, 0, 0):
-            raise ValueError(f"apg_eta, apg_norm_threshold and apg_momentum are APG settings; method is {self.method!r}")
+            raise ValueError("apg_eta, apg_norm_threshold and apg_momentum are APG settings; "
+                             f"method is {self.method!r}")
 
     @property
     def needs_flow(self) -> bool:
@@ -159,7 +161,8 @@ class ScheduledGuidance:
             rectified flow, outputs to velocities. Needed by any schedule but the defaults.
     """
 
-    def __init__(self, scale: float, schedule: Optional[GuidanceSchedule] = None, objective: Optional[Objective] = None):
+    def __init__(self, scale: float, schedule: Optional[GuidanceSchedule] = None,
+                 objective: Optional[Objective] = None):
         self.scale = check_guidance_scale(scale, "guidance_scale")
         self.schedule = schedule or GuidanceSchedule()
         if self.schedule != GuidanceSchedule() and objective is None:
@@ -224,7 +227,8 @@ class GuidedDenoiser:
             prompt).
         scale: guidance scale, ``>= 0``; 1 disables guidance (and the second half of the batch),
             0 gives the unconditional prediction.
-        schedule: a :class:`GuidanceSchedule` (None: plain guidance at every step).
+        schedule: a :class:`GuidanceSchedule` (None: plain guidance at every step). Its step
+            count and APG momentum live in the wrapper: build one per sampling run.
         objective: the sampling objective, which any schedule but the default needs.
     """
 
