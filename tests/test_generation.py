@@ -8,6 +8,7 @@ from PIL import Image
 
 from lvdm.checkpoints.load import build_module
 from lvdm.data.video import read_frames
+from lvdm.diffusion.guidance import GuidanceSchedule
 from lvdm.generation import Generator, Limits, Request
 from lvdm.generation.app import VideoGenerator
 from lvdm.generation.sample import sample
@@ -87,3 +88,51 @@ def test_generator_writes_a_continuation(checkpoint, tmp_path):
     (path,) = generator.write(Request(["a red square"], steps=1, video=str(clip), extend=4), tmp_path / "out")
     frames, fps = read_frames(path)
     assert frames.shape == (8, 16, 16, 3) and fps == 4  # the 4 given frames, then 4 new ones
+
+
+@pytest.fixture(scope="module")
+def lively_checkpoint(tmp_path_factory, tiny_hparams):
+    """The tiny model with every weight random (a fresh DiT's zero-initialised output layer
+    predicts zero whatever the prompt, so guidance would change nothing)."""
+    torch.manual_seed(0)
+    hparams = tiny_hparams(sample_shape=[4, 16, 16], fps=4)
+    module = build_module(hparams)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.normal_(0.0, 0.3)
+    path = tmp_path_factory.mktemp("lively") / "model.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "global_step": 3, "callbacks": {}},
+               path)
+    return path
+
+
+def test_guidance_schedule_flags_reach_the_sampler(lively_checkpoint, tmp_path):
+    """`lvdm sample --guidance_interval` travels through the Request to `generate`: an interval
+    that no step's noise level falls in samples exactly what no guidance samples; the default
+    schedule samples exactly what the module samples without one."""
+    common = dict(prompts=["a red square"], num_frames=4, height=16, width=16, steps=2, seed=1, device="cpu")
+    checkpoint = str(lively_checkpoint)
+    never = sample(checkpoint, out=str(tmp_path / "never"), guidance=4.0, guidance_interval=(0.0, 0.0), **common)
+    unguided = sample(checkpoint, out=str(tmp_path / "unguided"), guidance=1.0, **common)
+    guided = sample(checkpoint, out=str(tmp_path / "guided"), guidance=4.0, **common)
+    assert (read_frames(never[0])[0] == read_frames(unguided[0])[0]).all()
+    assert not (read_frames(guided[0])[0] == read_frames(unguided[0])[0]).all()
+    module = Generator(checkpoint, device="cpu").module
+    plain = module.generate(["a red square"], num_steps=2, guidance_scale=4.0, seed=1)
+    assert torch.equal(module.generate(["a red square"], num_steps=2, guidance_scale=4.0, seed=1,
+                                       guidance_schedule=GuidanceSchedule()), plain)
+    zero_star = module.generate(["a red square"], num_steps=2, guidance_scale=4.0, seed=1,
+                                guidance_schedule=GuidanceSchedule(method="cfg_zero_star"))
+    assert zero_star.shape == plain.shape and not torch.equal(zero_star, plain)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"guidance_interval": (0.9, 0.1)},
+     "guidance interval (lo, hi) must have 0 <= lo <= hi <= 1 (noise levels), got (0.9, 0.1)"),
+    ({"zero_init_steps": -2}, "zero_init_steps must be a whole number >= 0, got -2"),
+    ({"guidance_method": "apg", "apg_momentum": -1.0}, "apg_momentum must be in (-1, 1) (0: none), got -1.0"),
+])
+def test_sample_checks_the_guidance_schedule_before_loading(tmp_path, change, message):
+    with pytest.raises(ValueError) as err:
+        sample(str(tmp_path / "not_loaded.ckpt"), prompts=["a red square"], out=str(tmp_path / "out"), **change)
+    assert str(err.value) == message

@@ -60,6 +60,11 @@ class Objective(ABC):
         frames it marks are taken from the clean latents ``x_given`` (same shape as ``noise``)
         at every step and in the result."""
 
+    @abstractmethod
+    def noise_level(self, t_net: torch.Tensor) -> torch.Tensor:
+        """The time the network sees (``model_fn``'s ``t``) as a fraction of the process, in
+        [0, 1] (1 = pure noise): what guidance schedules (``lvdm.diffusion.guidance``) read."""
+
     @staticmethod
     def _given(noise: torch.Tensor, x_given: Optional[torch.Tensor], frame_mask: Optional[torch.Tensor]):
         """Checked ``(x_given, frame_mask)``, or ``(None, None)`` when nothing is given."""
@@ -177,12 +182,29 @@ class RectifiedFlow(Objective):
         ``frame_mask`` the network sees per-frame times (0 on given frames)."""
         if frame_mask is not None:
             t = frame_timesteps(t, frame_mask)  # [B, T]
-        out = model_fn(x_t, t * self.time_scale, **cond)
+        return self.output_velocity(model_fn(x_t, t * self.time_scale, **cond), x_t, t)
+
+    def _clamped_time(self, t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """``max(t, min_t)`` (``[B]`` or per-frame ``[B, T]``) shaped to broadcast over ``x_t``."""
+        tb = t.clamp(min=self.min_t).to(x_t.dtype)
+        return tb[:, None, :, None, None] if tb.ndim == 2 else tb.view(-1, *([1] * (x_t.ndim - 1)))
+
+    def output_velocity(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The velocity ``ε − x0`` that the network's output ``out`` at ``(x_t, t)`` stands for
+        (``t`` in [0, 1], ``[B]`` or per-frame ``[B, T]``), whatever it predicts."""
         if self.prediction == "velocity":
             return out if self.target == "eps_minus_x0" else -out
-        tb = t.clamp(min=self.min_t).to(x_t.dtype)
-        tb = tb[:, None, :, None, None] if tb.ndim == 2 else tb.view(-1, *([1] * (x_t.ndim - 1)))
-        return (x_t - out) / tb
+        return (x_t - out) / self._clamped_time(t, x_t)
+
+    def velocity_output(self, v: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`output_velocity`: the network output that stands for ``v``."""
+        if self.prediction == "velocity":
+            return v if self.target == "eps_minus_x0" else -v
+        return x_t - self._clamped_time(t, x_t) * v
+
+    def noise_level(self, t_net: torch.Tensor) -> torch.Tensor:
+        """The network's time input as a fraction of pure noise: ``t`` in [0, 1]."""
+        return t_net / self.time_scale
 
     def sample_time(self, x0: torch.Tensor) -> torch.Tensor:
         u = torch.randn(x0.shape[0], device=x0.device) * self.logit_std + self.logit_mean
@@ -281,6 +303,10 @@ class DDPM(Objective):
             prediction_type=prediction_type,
             clip_sample=False,
         )
+
+    def noise_level(self, t_net: torch.Tensor) -> torch.Tensor:
+        """The network's timestep as a fraction of the chain: ``t / num_train_timesteps``."""
+        return t_net / self.train_scheduler.config.num_train_timesteps
 
     def make_sampler(self):
         """A fresh diffusers scheduler for sampling (schedulers keep per-run state)."""

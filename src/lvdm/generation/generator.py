@@ -14,6 +14,8 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
+from lvdm.diffusion.guidance import GuidanceSchedule
+
 MAX_SEED = 2**32 - 1
 
 
@@ -108,7 +110,8 @@ class Request:
     starts every video (image-to-video; ``loop`` ends it there too); ``video`` is continued by
     ``extend`` frames, ``context_frames`` given per window. Given frames are resized and
     centre-cropped to ``height`` × ``width`` when both are given, else keep their size. A
-    class-conditional model takes ``class_labels`` instead of prompts.
+    class-conditional model takes ``class_labels`` instead of prompts. ``guidance_schedule``:
+    guidance on an interval of noise levels, CFG-Zero* or APG (None: plain guidance every step).
     """
 
     prompts: list[str]
@@ -124,6 +127,7 @@ class Request:
     context_frames: Optional[int] = None
     loop: bool = False
     class_labels: Optional[list[int]] = None
+    guidance_schedule: Optional[GuidanceSchedule] = None
     limits: InitVar[Optional[Limits]] = None
 
     def __post_init__(self, limits: Optional[Limits]):
@@ -284,13 +288,14 @@ class Generator:
         if given.clip is not None:
             return self.module.extend(given.clip.expand(len(chunk), -1, -1, -1, -1), chunk, request.extend,
                                       request.context_frames, request.num_frames, num_steps=request.steps,
-                                      guidance_scale=request.guidance, seed=seed, progress=progress, fps=fps)
+                                      guidance_scale=request.guidance, seed=seed, progress=progress, fps=fps,
+                                      guidance_schedule=request.guidance_schedule)
         return self.module.generate(
             chunk, request.num_frames, request.height, request.width, num_steps=request.steps,
             guidance_scale=request.guidance, seed=seed, progress=progress,
             first_frames=None if given.first is None else given.first[start:stop], loop=request.loop,
             class_labels=request.class_labels[start:stop] if request.class_labels else None,
-            fps=fps,
+            fps=fps, guidance_schedule=request.guidance_schedule,
         )
 
     def write(self, request: Request, out: str | Path, given: Optional[Given] = None, batch_size: int = 16,

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
+from lvdm.diffusion.guidance import GuidanceSchedule
 from lvdm.generation.generator import Generator, Request, read_given
 
 
@@ -29,7 +30,10 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
            seed: int = 0, batch_size: int = 16, use_ema: bool = True, fps: Optional[float] = None,
            device: str = "auto", image: Optional[str] = None, video: Optional[str] = None, extend: int = 0,
            context_frames: Optional[int] = None, loop: bool = False, overwrite: bool = False,
-           preset: Optional[str] = None, class_label: Optional[list[int]] = None) -> list[str]:
+           preset: Optional[str] = None, class_label: Optional[list[int]] = None,
+           guidance_interval: tuple[float, float] = (0.0, 1.0), guidance_method: Literal["cfg", "cfg_zero_star", "apg"] = "cfg",
+           zero_init_steps: int = 0, apg_eta: float = 0.0, apg_norm_threshold: float = 0.0,
+           apg_momentum: float = 0.0) -> list[str]:
     """Generate one mp4 per prompt from a trained checkpoint, ``<out>/<index>_<prompt>.mp4``, with the
     prompts in file order in ``<out>/prompts.txt``; the noise of prompt ``i`` depends only on ``seed + i``.
     Image-to-video with ``--image``, continuation with ``--video start.mp4 --extend N`` (models trained
@@ -66,12 +70,26 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
             and null caption replace the checkpoint's (``steps`` and ``guidance`` still win); for a
             published model's weights, not one trained under lvdm's own objective.
         class_label: class-conditional models (ImageNet DiT): one video per label, e.g. '[207, 360]'.
+        guidance_interval: guide only at noise levels ``lo <= t <= hi`` (t in [0, 1], 1 = pure noise),
+            e.g. '[0.2, 0.8]'; other steps evaluate the conditional branch alone, half the cost
+            (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval"). Default: every step.
+        guidance_method: ``cfg`` (plain classifier-free guidance), ``cfg_zero_star`` (Fan et al. 2025,
+            "CFG-Zero*": the unconditional velocity scaled by its optimal multiple first) or ``apg``
+            (Sadat et al. 2024, adaptive projected guidance: less oversaturation at high guidance).
+            The last two need a rectified-flow model.
+        zero_init_steps: CFG-Zero*'s zero-init: the first this many steps move nothing (a zero
+            velocity, no model evaluation); rectified flow only.
+        apg_eta: with ``apg``: weight of the update's part parallel to the conditional prediction (0: dropped).
+        apg_norm_threshold: with ``apg``: cap on the update's norm per video (0: no cap).
+        apg_momentum: with ``apg``: momentum β in (-1, 1) of the update over the steps (the paper uses -0.5; 0: none).
     """
     from lvdm.utils import read_prompt_file
 
     texts = list(prompts or []) + (read_prompt_file(prompt_file) if prompt_file else [])
+    schedule = GuidanceSchedule(guidance_interval, guidance_method, zero_init_steps, apg_eta, apg_norm_threshold,
+                                apg_momentum)
     request = Request(texts, num_frames, height, width, steps, guidance, seed, image, video, extend, context_frames,
-                      loop, class_label)
+                      loop, class_label, schedule)
     given = read_given(request)
     out_dir = Path(out)
     clear_video_folder(out_dir, overwrite)

@@ -18,7 +18,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lvdm.compressors.base import Compressor
 from lvdm.compressors.pixels import PixelCompressor
 from lvdm.text.identity import check_identity, identity
-from lvdm.diffusion.guidance import ClassGuidedDenoiser, GuidedDenoiser, check_guidance_scale
+from lvdm.diffusion.guidance import ClassGuidedDenoiser, GuidanceSchedule, GuidedDenoiser, check_guidance_scale
 from lvdm.diffusion.masking import FrameMasks
 from lvdm.diffusion.objectives import Objective, RectifiedFlow
 from lvdm.models.contract import IMAGE_FPS, micro_condition_kwargs
@@ -310,6 +310,7 @@ class LatentDiffusionModule(L.LightningModule):
         class_labels: Optional[Sequence[int]] = None,
         null_caption: Optional[NullCaption] = None,
         fps: Optional[float] = None,
+        guidance_schedule: Optional[GuidanceSchedule] = None,
     ) -> torch.Tensor:
         """Generate one video per prompt: ``[B, 3, T, H, W]`` in [-1, 1].
 
@@ -318,6 +319,9 @@ class LatentDiffusionModule(L.LightningModule):
         its null label. ``null_caption`` is what the unconditional half of text guidance sees:
         the text encoder's "" or the denoiser's learned null caption (``null_context``:
         PixArt-α's and Open-Sora's ``y_embedding``); None: the module's ``null_caption``.
+        ``guidance_schedule`` (:class:`lvdm.diffusion.guidance.GuidanceSchedule`) limits guidance
+        to an interval of noise levels or combines the predictions by CFG-Zero* or APG; None:
+        plain guidance at every step.
 
         Micro-conditions come from the request: ``resolution`` / ``aspect_ratio`` from the
         pixel ``height`` × ``width``, ``fps`` from ``fps`` (None: the module's ``fps``), except
@@ -347,7 +351,8 @@ class LatentDiffusionModule(L.LightningModule):
         if loop and first_frames is None:
             raise ValueError("loop=True needs first_frames: the image the video starts and ends with")
         x_given, frame_mask = (None, None) if first_frames is None else self.given_latents(first_frames, noise, loop)
-        model_fn = self.guided_denoiser(prompts, scale, class_labels, null_caption or self.null_caption)
+        model_fn = self.guided_denoiser(prompts, scale, class_labels, null_caption or self.null_caption,
+                                        guidance_schedule)
         cond = self.micro_conditions(len(prompts), frames, h, w, IMAGE_FPS if frames == 1 else fps)
         latents = self.objective.sample(model_fn, noise, num_steps, progress=progress, x_given=x_given,
                                         frame_mask=frame_mask, **cond)
@@ -365,13 +370,14 @@ class LatentDiffusionModule(L.LightningModule):
             self.fps = defaults.fps
 
     def guided_denoiser(self, prompts: Sequence[str], scale: float, class_labels: Optional[Sequence[int]] = None,
-                        null_caption: NullCaption = "empty_caption"):
+                        null_caption: NullCaption = "empty_caption", schedule: Optional[GuidanceSchedule] = None):
         """The guided ``model_fn`` of :meth:`generate`: on class labels, or on the prompts against
-        the empty caption or the learned null caption."""
+        the empty caption or the learned null caption; ``schedule`` as in :meth:`generate`."""
         if class_labels is not None:
             if len(class_labels) != len(prompts):
                 raise ValueError(f"give one class label per video: {len(class_labels)} labels, {len(prompts)} videos")
-            return ClassGuidedDenoiser(self.denoiser, torch.tensor(list(class_labels), device=self.device), scale)
+            labels = torch.tensor(list(class_labels), device=self.device)
+            return ClassGuidedDenoiser(self.denoiser, labels, scale, schedule, self.objective)
         ctx, mask = self.encode_text(prompts)
         if null_caption == "learned_caption":
             null_ctx = getattr(self.denoiser, "null_context", None)
@@ -384,7 +390,7 @@ class LatentDiffusionModule(L.LightningModule):
             null_ctx, null_mask = self.encode_text([""])
         else:
             raise ValueError(f"null_caption must be empty_caption or learned_caption, got {null_caption!r}")
-        return GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale)
+        return GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale, schedule, self.objective)
 
     def given_latents(self, first_frames: torch.Tensor, noise: torch.Tensor,
                       loop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -422,6 +428,7 @@ class LatentDiffusionModule(L.LightningModule):
         progress: bool = False,
         null_caption: Optional[NullCaption] = None,
         fps: Optional[float] = None,
+        guidance_schedule: Optional[GuidanceSchedule] = None,
     ) -> torch.Tensor:
         """Continue ``video`` ``[B, 3, F, H, W]`` in [-1, 1] by ``num_new_frames`` frames:
         ``[B, 3, F + num_new_frames, H, W]`` whose first ``F`` frames are ``video`` itself.
@@ -429,7 +436,8 @@ class LatentDiffusionModule(L.LightningModule):
         Windows of ``num_frames`` frames (default: the model's sample_shape) are generated one
         after another, each given the last ``context_frames`` frames so far (default: half a
         window) and adding the rest (Open-Sora's loop of conditioned generations). Guidance
-        (``null_caption``) and micro-conditions (``fps``) are those of :meth:`generate`."""
+        (``null_caption``, ``guidance_schedule``) and micro-conditions (``fps``) are those of
+        :meth:`generate`."""
         window = num_frames or self.sample_shape[0]
         context = context_frames or max(1, window // 2)
         if not 0 < context < window:
@@ -443,7 +451,7 @@ class LatentDiffusionModule(L.LightningModule):
             given = out[:, :, -context:]
             clip = self.generate(prompts, window, num_steps=num_steps, guidance_scale=guidance_scale,
                                  seed=seed + 100_003 * rounds, progress=progress, first_frames=given,
-                                 null_caption=null_caption, fps=fps)
+                                 null_caption=null_caption, fps=fps, guidance_schedule=guidance_schedule)
             out = torch.cat([out, clip[:, :, given.shape[2]:]], dim=2)
             rounds += 1
         return out[:, :, :target]
