@@ -79,3 +79,37 @@ def test_module_default_and_preset_rule_reach_extend():
 def test_bad_null_caption_is_refused():
     with pytest.raises(ValueError, match="null_caption must be empty_caption or learned_caption"):
         _module(null_caption="zeros")
+
+
+def _unconditional_masks(module) -> list[torch.Tensor]:
+    seen = []
+
+    def hook(model, args, kwargs):
+        mask = args[3] if len(args) > 3 else kwargs["context_mask"]
+        seen.append(mask.chunk(2)[1].clone())
+
+    module.denoiser.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+def test_learned_null_caption_sees_its_prompts_mask():
+    """Open-Sora repeats the prompts' mask over the null rows (``STDiT3.encode_text``): the null
+    row of a 2-word prompt sees the first 2 tokens of ``y_embedding``, not all of them (the
+    cause of a 0.58 difference against Open-Sora 1.2's own sampler, scripts/opensora_parity.py)."""
+    module = _module()
+    masks = _unconditional_masks(module)
+    _, prompt_mask = module.encode_text(["red square", "a big red square"])
+    module.generate(["red square", "a big red square"], num_steps=1, null_caption="learned_caption")
+    assert masks and all(torch.equal(m, prompt_mask.bool()) for m in masks)
+    assert prompt_mask.sum(1).tolist() == [3, 4]  # BOS + words: the two rows really differ
+
+
+def test_caption_dropout_uses_the_learned_null_under_the_captions_mask():
+    module = _module(null_caption="learned_caption", caption_dropout=1.0).train()
+    ctx, mask = module.text_condition({"caption": ["red square", "a big red square"]})
+    null = module.denoiser.null_context
+    assert torch.equal(ctx, null.expand(2, -1, -1))
+    assert torch.equal(mask, module.encode_text(["red square", "a big red square"])[1].bool())
+    module.caption_dropout = 0.0
+    ctx, _ = module.text_condition({"caption": ["red square"]})
+    assert torch.equal(ctx, module.encode_text(["red square"])[0])

@@ -16,7 +16,8 @@ from lvdm.diffusion.objectives import Objective, RectifiedFlow
 METHODS = ("cfg", "cfg_zero_star", "apg")
 
 
-def _pad_tokens(x: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_tokens(x: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens ``[B, L, D]`` and mask ``[B, L]`` padded at the end to ``length`` (masked out)."""
     extra = length - x.shape[1]
     if extra <= 0:
         return x, mask
@@ -251,8 +252,8 @@ class GuidedDenoiser:
             null_context = null_context.expand(b, -1, -1)
             null_context_mask = null_context_mask.expand(b, -1)
         length = max(context.shape[1], null_context.shape[1])
-        self.context, self.mask = _pad_tokens(context, context_mask, length)
-        null_context, null_mask = _pad_tokens(null_context, null_context_mask, length)
+        self.context, self.mask = pad_tokens(context, context_mask, length)
+        null_context, null_mask = pad_tokens(null_context, null_context_mask, length)
         if self.guidance.doubles_batch:
             self.context = torch.cat([self.context, null_context])
             self.mask = torch.cat([self.mask, null_mask])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -54,11 +54,14 @@ class Objective(ABC):
     @abstractmethod
     def sample(
         self, model_fn: ModelFn, noise: torch.Tensor, num_steps: Optional[int] = None, progress: bool = False,
-        x_given: Optional[torch.Tensor] = None, frame_mask: Optional[torch.Tensor] = None, **cond,
+        x_given: Optional[torch.Tensor] = None, frame_mask: Optional[torch.Tensor] = None,
+        latent_size: Optional[Sequence[float]] = None, **cond,
     ) -> torch.Tensor:
         """Integrate from pure ``noise`` to a clean sample. With ``frame_mask`` ``[B, T]`` the
         frames it marks are taken from the clean latents ``x_given`` (same shape as ``noise``)
-        at every step and in the result."""
+        at every step and in the result. ``latent_size``: the ``(t, h, w)`` the requested video
+        has in latent units, when its pixel size is not a whole number of latents (Open-Sora's
+        240×426 is 30×53.25): a resolution-aware shift reads it instead of ``noise``'s shape."""
 
     @abstractmethod
     def noise_level(self, t_net: torch.Tensor) -> torch.Tensor:
@@ -164,11 +167,11 @@ class RectifiedFlow(Objective):
         self.num_sampling_steps = num_sampling_steps
         self.time_scale = time_scale
 
-    def effective_shift(self, x: torch.Tensor) -> float:
+    def effective_shift(self, x: torch.Tensor, latent_size: Optional[Sequence[float]] = None) -> float:
         if not self.resolution_aware:
             return self.shift
         if self.base_area is not None:
-            t, h, w = x.shape[-3:]
+            t, h, w = x.shape[-3:] if latent_size is None else latent_size
             return self.shift * math.sqrt(h * w / self.base_area) * math.sqrt(t / self.base_frames)
         return self.shift * math.sqrt(x[0].numel() / self.base_numel)
 
@@ -231,20 +234,21 @@ class RectifiedFlow(Objective):
         """``t = k / (num + 1)``, ``k = 1..num`` (unshifted: equal steps of the noise level)."""
         return torch.linspace(0.0, 1.0, num + 2)[1:-1]
 
-    def timesteps(self, num_steps: int, x: torch.Tensor) -> torch.Tensor:
+    def timesteps(self, num_steps: int, x: torch.Tensor, latent_size: Optional[Sequence[float]] = None) -> torch.Tensor:
         """The Euler grid ``1 = t_0 > … > t_N = 0`` (shifted)."""
         t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
-        return self.shift_time(t, self.effective_shift(x))
+        return self.shift_time(t, self.effective_shift(x, latent_size))
 
     @torch.no_grad()
     def sample(
         self, model_fn: ModelFn, noise: torch.Tensor, num_steps: Optional[int] = None, progress: bool = False,
-        x_given: Optional[torch.Tensor] = None, frame_mask: Optional[torch.Tensor] = None, **cond,
+        x_given: Optional[torch.Tensor] = None, frame_mask: Optional[torch.Tensor] = None,
+        latent_size: Optional[Sequence[float]] = None, **cond,
     ) -> torch.Tensor:
         """Euler integration of ``dx/dt = v`` from ``t = 1`` to ``t = 0`` (given frames held at
         their clean latents)."""
         x_given, frame_mask = self._given(noise, x_given, frame_mask)
-        grid = self.timesteps(num_steps or self.num_sampling_steps, noise)
+        grid = self.timesteps(num_steps or self.num_sampling_steps, noise, latent_size)
         x = noise
         for i in tqdm(range(len(grid) - 1), disable=not progress, desc="sampling"):
             if frame_mask is not None:
@@ -347,7 +351,8 @@ class DDPM(Objective):
     @torch.no_grad()
     def sample(
         self, model_fn: ModelFn, noise: torch.Tensor, num_steps: Optional[int] = None, progress: bool = False,
-        x_given: Optional[torch.Tensor] = None, frame_mask: Optional[torch.Tensor] = None, **cond,
+        x_given: Optional[torch.Tensor] = None, frame_mask: Optional[torch.Tensor] = None,
+        latent_size: Optional[Sequence[float]] = None, **cond,
     ) -> torch.Tensor:
         x_given, frame_mask = self._given(noise, x_given, frame_mask)
         scheduler = self.make_sampler()

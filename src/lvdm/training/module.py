@@ -12,13 +12,15 @@ from typing import Literal, Optional, Sequence
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from lvdm.compressors.base import Compressor
 from lvdm.compressors.pixels import PixelCompressor
 from lvdm.text.identity import check_identity, identity
-from lvdm.diffusion.guidance import ClassGuidedDenoiser, GuidanceSchedule, GuidedDenoiser, check_guidance_scale
+from lvdm.diffusion.guidance import (ClassGuidedDenoiser, GuidanceSchedule, GuidedDenoiser, check_guidance_scale,
+                                    pad_tokens)
 from lvdm.diffusion.masking import FrameMasks
 from lvdm.diffusion.objectives import Objective, RectifiedFlow
 from lvdm.models.contract import IMAGE_FPS, micro_condition_kwargs
@@ -200,20 +202,44 @@ class LatentDiffusionModule(L.LightningModule):
 
     def text_condition(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Caption tokens and mask of a batch, after caption dropout: the cached embeddings
-        (``text``, ``text_mask`` from ``lvdm data encode --text_encoder``) with dropped ones
-        replaced by the empty caption's, else the text encoder's."""
-        if "text" not in batch:
+        (``text``, ``text_mask`` from ``lvdm data encode --text_encoder``), else the text
+        encoder's. A dropped caption becomes the empty caption's tokens, or with
+        ``null_caption="learned_caption"`` the denoiser's learned null caption under the dropped
+        caption's own mask (Open-Sora's and PixArt-α's caption dropout)."""
+        learned = self.null_caption == "learned_caption"
+        if "text" not in batch and not learned:
             return self.encode_text(self.drop_captions(batch["caption"]))
-        check_identity(batch.get("text_encoder_identity"), self.text_identity(), "text encoder", batch.get("key"))
-        ctx, mask = batch["text"].to(self.device), batch["text_mask"].to(self.device)
+        if "text" in batch:
+            check_identity(batch.get("text_encoder_identity"), self.text_identity(), "text encoder", batch.get("key"))
+            ctx, mask = batch["text"].to(self.device), batch["text_mask"].to(self.device)
+        else:
+            ctx, mask = self.encode_text(batch["caption"])
         keep = self.caption_keep(len(ctx)).to(self.device)
-        if not keep.all():
+        if keep.all():
+            return ctx, mask
+        if learned:
+            null_ctx, null_mask = self.learned_null(mask)
+            length = max(ctx.shape[1], null_ctx.shape[1])
+            (ctx, mask), (null_ctx, null_mask) = pad_tokens(ctx, mask, length), pad_tokens(null_ctx, null_mask, length)
+        else:
             if "_null_text" not in self.__dict__:  # the encoder is frozen: "" encodes once
                 self._null_text = self.encode_text([""])
             null_ctx, null_mask = self._null_text
-            ctx = torch.where(keep[:, None, None], ctx, null_ctx.to(ctx.dtype))
-            mask = torch.where(keep[:, None], mask, null_mask)
-        return ctx, mask
+        ctx = torch.where(keep[:, None, None], ctx, null_ctx.to(ctx.dtype))
+        return ctx, torch.where(keep[:, None], mask, null_mask)
+
+    def learned_null(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoiser's learned null caption (``null_context``: PixArt-α's and Open-Sora's
+        ``y_embedding``), one row per caption, each under that caption's mask cut or padded to
+        the null caption's length: Open-Sora repeats the prompts' mask over the null rows (in
+        guidance and in caption dropout), so a null row sees as many tokens as its prompt."""
+        null = getattr(self.denoiser, "null_context", None)
+        if null is None:
+            raise ValueError("null_caption='learned_caption' needs a denoiser with a learned null caption "
+                             "(STDiT with context_length > 0)")
+        length = null.shape[0]
+        null_mask = F.pad(mask.bool(), (0, max(0, length - mask.shape[1])), value=False)[:, :length]
+        return null[None].expand(len(mask), -1, -1).to(self.device), null_mask
 
     def latents(self, batch: dict) -> torch.Tensor:
         """The normalised latents of a batch: its precomputed raw ``latent`` (LatentDataModule)
@@ -337,14 +363,19 @@ class LatentDiffusionModule(L.LightningModule):
         with them as the compressor reproduces them; the size follows them. ``loop`` also gives
         the first given latent frame as the last one, so the video ends where it starts (a
         seamless loop). The model should have been trained with ``frame_masks`` (``loop`` masks
-        for looping)."""
+        for looping).
+
+        A ``height`` or ``width`` between two latent sizes is floored for the latents, as
+        Open-Sora's VAE does (its 240p 9:16 is 240×426 px: latents 30×53, decoded 240×424),
+        while the micro-conditions and a resolution-aware shift keep the requested size."""
         if num_steps is not None and num_steps < 1:
             raise ValueError(f"num_steps must be >= 1 (None: the objective's num_sampling_steps), got {num_steps}")
         scale = check_guidance_scale(self.guidance_scale if guidance_scale is None else guidance_scale, "guidance_scale")
         frames, h, w = num_frames or self.sample_shape[0], height or self.sample_shape[1], width or self.sample_shape[2]
         if first_frames is not None:
             h, w = first_frames.shape[-2:]
-        shape = self.compressor.latent_shape(frames, h, w)
+        s = self.compressor.spatial_downsample  # a size between latents is floored, as Open-Sora's VAE does
+        shape = self.compressor.latent_shape(frames, h - h % s, w - w % s)
         noise = torch.stack(
             [torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(len(prompts))]
         ).to(self.device)
@@ -355,7 +386,7 @@ class LatentDiffusionModule(L.LightningModule):
                                         guidance_schedule)
         cond = self.micro_conditions(len(prompts), frames, h, w, IMAGE_FPS if frames == 1 else fps)
         latents = self.objective.sample(model_fn, noise, num_steps, progress=progress, x_given=x_given,
-                                        frame_mask=frame_mask, **cond)
+                                        frame_mask=frame_mask, latent_size=(shape[1], h / s, w / s), **cond)
         return self.compressor.decode(latents).clamp(-1, 1)
 
     def use_sampler_defaults(self, defaults) -> None:
@@ -380,12 +411,8 @@ class LatentDiffusionModule(L.LightningModule):
             return ClassGuidedDenoiser(self.denoiser, labels, scale, schedule, self.objective)
         ctx, mask = self.encode_text(prompts)
         if null_caption == "learned_caption":
-            null_ctx = getattr(self.denoiser, "null_context", None)
-            if null_ctx is None:
-                raise ValueError("null_caption='learned_caption' needs a denoiser with a learned null caption "
-                                 "(STDiT with context_length > 0)")
-            null_ctx = null_ctx[None].to(ctx)
-            null_mask = torch.ones(null_ctx.shape[:2], dtype=torch.bool, device=self.device)
+            null_ctx, null_mask = self.learned_null(mask)
+            null_ctx = null_ctx.to(ctx.dtype)
         elif null_caption == "empty_caption":
             null_ctx, null_mask = self.encode_text([""])
         else:
