@@ -10,7 +10,7 @@ From a recipe::
       init_args: {name: opensora-v1.2-stdit3-xl2}
 
 :func:`from_name` gives the whole :class:`Preset` of every published configuration (DiT S…XL,
-DiT-ImageNet, PixArt-α, Latte, Open-Sora 1.0 / 1.2): its source, parameter count, architecture
+DiT-ImageNet, PixArt-α, Latte, Open-Sora 1.0 / 1.2, HunyuanVideo's :class:`~lvdm.models.mmdit.MMDiT`): its source, parameter count, architecture
 and the way the source samples (:class:`SamplerDefaults`); ``lvdm sample --preset NAME`` samples
 with those defaults.
 
@@ -234,7 +234,7 @@ class Preset:
 
     name: str
     source: str
-    backbone: Literal["STDiT", "DiT"]
+    backbone: Literal["STDiT", "DiT", "MMDiT"]
     kwargs: Mapping[str, Any]
     num_params: int
     sampler: SamplerDefaults
@@ -242,8 +242,9 @@ class Preset:
     def build(self, **overrides: Any):
         """The architecture with random weights (``overrides`` for tiny variants)."""
         from lvdm.models.dit import DiT
+        from lvdm.models.mmdit import MMDiT
 
-        return (STDiT if self.backbone == "STDiT" else DiT)(**{**self.kwargs, **overrides})
+        return {"STDiT": STDiT, "DiT": DiT, "MMDiT": MMDiT}[self.backbone](**{**self.kwargs, **overrides})
 
 
 def _dit(size: str, weights: str, num_params: int) -> tuple:
@@ -277,6 +278,19 @@ _OS12 = SamplerDefaults(
     fps=24.0)
 _OS = "github.com/hpcaitech/Open-Sora "
 
+#: HunyuanVideo's transformer (the MMDiT defaults: 3072 wide, 24 heads, 20 double- and 40
+#: single-stream blocks, LLaVA-Llama tokens of 4096, CLIP-L pooled 768, RoPE (16, 56, 56), θ 256).
+_HUNYUAN = dict(in_channels=16, patch_size=(1, 2, 2), hidden_size=3072, num_heads=24, depth_double=20,
+                depth_single=40, mlp_ratio=4.0, context_dim=4096, refiner_depth=2, pooled_text_dim=768,
+                guidance_embed=True, rope_theta=256.0, rope_axes_dims=(16, 56, 56))
+_HUNYUAN_SAMPLER = SamplerDefaults(
+    ("lvdm.diffusion.objectives.RectifiedFlow", dict(shift=7.0, num_sampling_steps=50, target="eps_minus_x0")),
+    1.0, "empty_caption",
+    {"guidance": "the distilled guidance scale the model is asked for (6.0), embedded: no classifier-free guidance",
+     "pooled_text": "CLIP-L's pooled output of the prompt (77 tokens)"},
+    source_sampler="diffusers' HunyuanVideoPipeline: FlowMatchEulerDiscreteScheduler(shift=7.0), 50 steps, "
+                   "guidance_scale=6.0 embedded, true_cfg_scale=1.0")
+
 #: name → :class:`Preset`, every published configuration lvdm reproduces.
 TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
     "dit-s2": _dit("S/2", "Table 1 (no published weights)", 32_865_056),
@@ -298,6 +312,9 @@ TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
         759_620_768, _OS10),
     "opensora-v1.2-stdit3-xl2": _stdit("opensora-v1.2-stdit3-xl2", _OS + "v1.2, hf hpcai-tech/OpenSora-STDiT-v3",
                                        1_207_643_936, _OS12),
+    # 12,821,012,544: diffusers' HunyuanVideoTransformer3DModel() (hf hunyuanvideo-community/HunyuanVideo) on meta
+    "hunyuanvideo": ("github.com/Tencent/HunyuanVideo (Kong et al. 2024), hf tencent/HunyuanVideo "
+                     "hunyuan-video-t2v-720p", "MMDiT", _HUNYUAN, 12_821_012_544, _HUNYUAN_SAMPLER),
 }.items()}
 
 

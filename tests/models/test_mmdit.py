@@ -1,0 +1,128 @@
+"""lvdm's MMDiT against diffusers' HunyuanVideoTransformer3DModel (converted weights), the
+converter's strict key report, and the real-size preset on meta. The backbone contract (SP(2),
+checkpointing, FLOPs, identity at init…) is checked by tests/models/test_backbone_battery.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lvdm.models.convert.hunyuan import convert_state_dict, mmdit_kwargs
+from lvdm.models.mmdit import MMDiT
+from lvdm.models.presets import from_name
+from lvdm.models.rope import rope_3d
+
+diffusers = pytest.importorskip("diffusers")
+
+TEXT_DIM, POOLED_DIM, TEXT_LEN = 16, 8, 7
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A tiny random diffusers HunyuanVideo transformer (2 double + 2 single blocks, float32) and
+    lvdm's MMDiT with its converted weights."""
+    torch.manual_seed(0)
+    ref = diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=2,
+        num_single_layers=2, num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=TEXT_DIM,
+        pooled_projection_dim=POOLED_DIM, rope_axes_dim=(4, 4, 4)).eval()
+    with torch.no_grad():  # random everywhere: the zero-initialised outputs would hide differences
+        for p in ref.parameters():
+            p.normal_(0, 0.3)
+    ours = MMDiT(**mmdit_kwargs(ref.config)).eval()
+    ours.load_state_dict(convert_state_dict(ref.state_dict(), ours.state_dict()), strict=True)
+    return ref, ours
+
+
+def _inputs(frames: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, frames, 4, 6, generator=g)  # non-square: a 2 × 3 patch grid
+    ctx = torch.randn(2, TEXT_LEN, TEXT_DIM, generator=g)
+    mask = torch.ones(2, TEXT_LEN, dtype=torch.bool)
+    mask[0, 4:] = False  # a padded caption (padding at the end, as the tokenizers pad)
+    return x, torch.tensor([300.0, 700.0]), ctx, mask, torch.randn(2, POOLED_DIM, generator=g)
+
+
+@pytest.mark.parametrize("frames", [1, 5, 9])
+def test_equals_diffusers_hunyuanvideo(pair, frames, assert_close_scaled):
+    ref, ours = pair
+    x, t, ctx, mask, pooled = _inputs(frames)
+    guidance = torch.tensor([6.0, 3.5])
+    with torch.no_grad():
+        expected = ref(x, t, ctx, mask.long(), pooled, guidance=guidance * 1000, return_dict=False)[0]
+        out = ours(x, t, ctx, mask, pooled_text=pooled, guidance=guidance)
+    assert expected.abs().max() > 1  # the comparison could fail
+    assert_close_scaled(out, expected)
+    with torch.no_grad():  # the padded tokens' values do not matter: they are masked everywhere
+        changed = ctx.clone()
+        changed[0, 4:] = 100.0
+        assert_close_scaled(ours(x, t, changed, mask, pooled_text=pooled, guidance=guidance), out)
+
+
+def test_conditions_change_the_output(pair):
+    """guidance and pooled text reach the model (the defaults are 6.0 and zeros)."""
+    _, ours = pair
+    x, t, ctx, mask, pooled = _inputs(1)
+    with torch.no_grad():
+        base = ours(x, t, ctx, mask, pooled_text=pooled, guidance=torch.tensor([6.0, 6.0]))
+        assert torch.equal(ours(x, t, ctx, mask, pooled_text=pooled), base)
+        assert not torch.allclose(ours(x, t, ctx, mask, pooled_text=pooled, guidance=torch.tensor([2.0, 2.0])), base)
+        assert not torch.allclose(ours(x, t, ctx, mask, guidance=torch.tensor([6.0, 6.0])), base)
+    with pytest.raises(ValueError, match=r"pooled_text must be \[B, pooled_text_dim\] = \[2, 8\]"):
+        ours(x, t, ctx, mask, pooled_text=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="no learned null caption"):
+        ours(x, t)
+
+
+def test_per_frame_timesteps(pair):
+    """Frame k's tokens are modulated by frame k's time; the text by the sample's largest time (a
+    clean first frame, image-to-video, leaves the text at the noise level)."""
+    _, ours = pair
+    t = torch.tensor([300.0, 700.0])
+    per_frame = torch.stack([torch.zeros(2), t, t], dim=1)
+    with torch.no_grad():
+        vec, txt_vec, text_time = ours._conditioning(per_frame, 2, 3, None, None)
+        uniform, uniform_txt, _ = ours._conditioning(t, 2, 3, None, None)
+        clean, _, _ = ours._conditioning(torch.zeros(2), 2, 3, None, None)
+    assert vec.shape == (2, 3, 24) and torch.equal(text_time, t)
+    torch.testing.assert_close(txt_vec, uniform_txt)
+    torch.testing.assert_close(vec[:, 1:], uniform.expand(-1, 2, -1))
+    torch.testing.assert_close(vec[:, :1], clean)
+
+
+def test_sequence_parallel_plan_cuts_video_tokens_only():
+    plan = MMDiT.sequence_parallel_plan
+    assert (plan.tokens, plan.block_lists) == ("x", ("double_blocks", "single_blocks"))
+    assert not {"txt", "txt_vec", "txt_mask"} & set(plan.follow_split)
+
+
+def test_converter_reports_every_key(pair):
+    ref, ours = pair
+    sd = dict(ref.state_dict())
+    with pytest.raises(KeyError, match=r"1 diffusers weights have no place in MMDiT: \['stray.weight'\]"):
+        convert_state_dict({**sd, "stray.weight": torch.zeros(1)}, ours.state_dict())
+    del sd["single_transformer_blocks.1.proj_mlp.bias"]  # linear1's bias can no longer be fused
+    with pytest.raises(KeyError, match=r"no place in MMDiT.*no source: \['single_blocks.1.linear1.bias'\]"):
+        convert_state_dict(sd, ours.state_dict())
+    with pytest.raises(ValueError, match="image_condition_type='token_replace' is not supported"):
+        mmdit_kwargs({**ref.config, "image_condition_type": "token_replace"})
+
+
+def test_hunyuanvideo_preset_is_diffusers_at_real_size():
+    """On meta: the preset has the published 12,821,012,544 parameters, diffusers' default config
+    (HunyuanVideo's) gives the preset's arguments, and every real-size weight converts with its shape."""
+    chosen = from_name("hunyuanvideo")
+    with torch.device("meta"):
+        ref = diffusers.HunyuanVideoTransformer3DModel()
+        ours = chosen.build()
+    assert sum(p.numel() for p in ours.parameters()) == chosen.num_params == 12_821_012_544
+    assert mmdit_kwargs(ref.config) == dict(chosen.kwargs)
+    convert_state_dict(ref.state_dict(), ours.state_dict())  # raises on any missing, extra or misshapen key
+
+
+def test_rope_axes_dims_must_fill_the_head():
+    assert rope_3d((2, 2, 2), 12, 256.0, (4, 4, 4))[0].shape == (8, 12)
+    with pytest.raises(ValueError, match=r"axes_dims \(4, 4, 2\) must sum to the head dimension 12"):
+        rope_3d((2, 2, 2), 12, 256.0, (4, 4, 2))
+    with pytest.raises(ValueError, match="rope_axes_dims"):
+        MMDiT(hidden_size=24, num_heads=2, rope_axes_dims=(4, 4, 2), depth_double=0, depth_single=0)
