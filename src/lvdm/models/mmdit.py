@@ -1,4 +1,5 @@
-"""MMDiT: the dual-stream → single-stream video transformer of HunyuanVideo (pure torch).
+"""MMDiT: the dual-stream → single-stream video transformer of HunyuanVideo and Open-Sora 2.0
+(pure torch).
 
 The layout of HunyuanVideo (Tencent 2024; diffusers' ``HunyuanVideoTransformer3DModel``):
 
@@ -16,14 +17,23 @@ The layout of HunyuanVideo (Tencent 2024; diffusers' ``HunyuanVideoTransformer3D
   tokens carry no position;
 * **final adaLN layer** and unpatchify.
 
+Open-Sora 2.0 (hpcaitech 2025, Flux-derived) is the same network with these options:
+``refiner_depth=0`` (the text tokens only pass one linear, Flux's ``txt_in``), ``text_mask=False``
+(it attends to every T5 token, padding included), ``rope_theta=10000``, no guidance embedding,
+and ``image_condition_channels=17``: its ``cond_in`` embeds a mask channel plus the masked
+latents of the given frames (image-to-video, ``image_condition``; zeros: text-to-video), added to
+the video tokens. Flux puts the text before the video and gives the text tokens RoPE position 0
+(the identity rotation): neither changes an output, see below.
+
 Joint attention is a set operation (no causal mask), so the order in which video and text are
 concatenated does not change any output: both streams are kept as two tensors throughout, which
 is what lets sequence parallelism cut the video tokens only (:func:`joint_attention`).
 
 Conditioning beyond the text tokens arrives as micro-conditions (the backbone contract):
-``pooled_text`` ``[B, pooled_text_dim]`` (CLIP's pooled caption; zeros when not given) and
+``pooled_text`` ``[B, pooled_text_dim]`` (CLIP's pooled caption; zeros when not given),
 ``guidance`` ``[B]`` (the guidance scale a distilled model is asked for, e.g. 6.0; multiplied by
-``guidance_scale_factor`` = 1000 as diffusers' pipeline does; ``default_guidance`` when not given).
+``guidance_scale_factor`` = 1000 as diffusers' pipeline does; ``default_guidance`` when not given)
+and ``image_condition`` ``[B, image_condition_channels, T, H, W]`` (Open-Sora 2.0's ``cond``).
 
 Per-frame timesteps ``[B, T]`` modulate each latent frame's tokens with its own time; the text
 stream and the refiner take the largest time of the sample (the noisy frames' time, as
@@ -233,8 +243,12 @@ class MMDiT(nn.Module):
         hidden_size, num_heads: token width and attention heads (HunyuanVideo: 3072, 24).
         depth_double, depth_single: double- and single-stream blocks (20, 40).
         mlp_ratio: MLP width over ``hidden_size`` (4).
-        context_dim: width of the text tokens (HunyuanVideo's LLaVA-Llama: 4096).
-        refiner_depth: token refiner blocks (2).
+        context_dim: width of the text tokens (HunyuanVideo's LLaVA-Llama, Open-Sora 2.0's T5-XXL: 4096).
+        refiner_depth: token refiner blocks (2); 0: one linear instead (Open-Sora 2.0).
+        text_mask: padded text tokens are masked out of attention (HunyuanVideo); False: every
+            text token is a key whatever ``context_mask`` says (Open-Sora 2.0).
+        image_condition_channels: channels of the ``image_condition`` latents embedded and added to
+            the video tokens (Open-Sora 2.0: 17, a mask and 16 latent channels); 0 for none.
         pooled_text_dim: width of the pooled text vector (CLIP-L: 768); 0 for none.
         guidance_embed: a guidance-scale embedding (guidance-distilled models).
         guidance_scale_factor: the guidance micro-condition is multiplied by this before its
@@ -258,8 +272,8 @@ class MMDiT(nn.Module):
         follow_split=("vec", "rope", "c"), unit="video token",
     )
 
-    #: ``pooled_text`` ``[B, pooled_text_dim]`` and ``guidance`` ``[B]`` (see the module docstring).
-    micro_conditions = ("pooled_text", "guidance")
+    #: ``pooled_text``, ``guidance`` and ``image_condition`` (see the module docstring).
+    micro_conditions = ("pooled_text", "guidance", "image_condition")
 
     #: Settings of the non-learned rotary code (``init_from`` refuses weights trained under others).
     fixed_position_settings = ("rope_theta", "rope_axes_dims")
@@ -278,6 +292,8 @@ class MMDiT(nn.Module):
         mlp_ratio: float = 4.0,
         context_dim: int = 4096,
         refiner_depth: int = 2,
+        text_mask: bool = True,
+        image_condition_channels: int = 0,
         pooled_text_dim: int = 768,
         guidance_embed: bool = True,
         guidance_scale_factor: float = 1000.0,
@@ -295,16 +311,20 @@ class MMDiT(nn.Module):
         self.patch_size = tuple(int(p) for p in patch_size)
         self.hidden_size, self.num_heads, self.context_dim = hidden_size, num_heads, context_dim
         self.pooled_text_dim, self.guidance_embed = pooled_text_dim, guidance_embed
+        self.text_mask, self.image_condition_channels = text_mask, image_condition_channels
         self.guidance_scale_factor, self.default_guidance = float(guidance_scale_factor), float(default_guidance)
         self.rope_theta, self.rope_axes_dims = float(rope_theta), tuple(int(d) for d in rope_axes_dims)
 
         self.x_embedder = PatchEmbed3D(in_channels, hidden_size, self.patch_size)
+        if image_condition_channels:
+            self.cond_embedder = PatchEmbed3D(image_condition_channels, hidden_size, self.patch_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         if guidance_embed:
             self.guidance_embedder = TimestepEmbedder(hidden_size)
         if pooled_text_dim:
             self.pooled_text_embedder = Mlp(pooled_text_dim, hidden_size, hidden_size, act=nn.SiLU())
-        self.context_embedder = TokenRefiner(context_dim, hidden_size, num_heads, refiner_depth)
+        self.context_embedder = (TokenRefiner(context_dim, hidden_size, num_heads, refiner_depth) if refiner_depth
+                                 else nn.Linear(context_dim, hidden_size))
         self.double_blocks = nn.ModuleList(DoubleStreamBlock(hidden_size, num_heads, mlp_ratio)
                                            for _ in range(depth_double))
         self.single_blocks = nn.ModuleList(SingleStreamBlock(hidden_size, num_heads, mlp_ratio)
@@ -316,7 +336,8 @@ class MMDiT(nn.Module):
         """Xavier linears, N(0, 0.02) embedder MLPs, zero adaLN modulations (every block starts as
         the identity) and a zero final layer (the model predicts 0)."""
         init_linears_and_patches(self)
-        for embedder in (self.t_embedder, getattr(self, "guidance_embedder", None), self.context_embedder.t_embedder):
+        refiner_t = getattr(self.context_embedder, "t_embedder", None)
+        for embedder in (self.t_embedder, getattr(self, "guidance_embedder", None), refiner_t):
             if embedder is not None:
                 nn.init.normal_(embedder.mlp[0].weight, std=0.02)
                 nn.init.normal_(embedder.mlp[2].weight, std=0.02)
@@ -328,6 +349,9 @@ class MMDiT(nn.Module):
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
         zero_final_layer(self.final_layer)
+        if self.image_condition_channels:  # a new image condition starts as "no change" (Open-Sora 2.0)
+            nn.init.zeros_(self.cond_embedder.proj.weight)
+            nn.init.zeros_(self.cond_embedder.proj.bias)
 
     # ----------------------------------------------------------------------------- conditioning
     def _conditioning(self, timestep: torch.Tensor, b: int, t: int, guidance, pooled_text):
@@ -362,15 +386,32 @@ class MMDiT(nn.Module):
             extra = extra + self.pooled_text_embedder(pooled_text.to(dtype))
         return extra
 
-    def _context(self, context, context_mask, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _text(self, context, context_mask, b: int, text_time: torch.Tensor):
+        """(text tokens ``[B, L, D]``, their key mask ``[B, L]`` or None: every token a key)."""
         if context is None:
             raise ValueError("MMDiT has no learned null caption: pass context (the empty caption's tokens)")
         if context.ndim != 3 or context.shape[0] != b or context.shape[-1] != self.context_dim:
             raise ValueError(f"context must be [B, L, context_dim] = [{b}, L, {self.context_dim}], "
                              f"got {list(context.shape)}")
-        if context_mask is None:
-            context_mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
-        return context, context_mask.bool()
+        mask = None if context_mask is None or not self.text_mask else context_mask.bool()
+        if isinstance(self.context_embedder, TokenRefiner):
+            full = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+            return self.context_embedder(context, full if mask is None else mask, text_time), mask
+        return self.context_embedder(context), mask
+
+    def _image_condition(self, image_condition, x: torch.Tensor) -> torch.Tensor | float:
+        """The embedded image condition ``[B, N, D]`` added to the video tokens (0 without one)."""
+        if not self.image_condition_channels:
+            if image_condition is not None:
+                raise ValueError("this MMDiT takes no image_condition (image_condition_channels=0)")
+            return 0.0
+        c = self.image_condition_channels
+        if image_condition is None:  # text-to-video: no frame given
+            image_condition = x.new_zeros(x.shape[0], c, *x.shape[2:])
+        if image_condition.shape != (x.shape[0], c, *x.shape[2:]):
+            raise ValueError(f"image_condition must be [B, {c}, T, H, W] = {[x.shape[0], c, *x.shape[2:]]}, "
+                             f"got {list(image_condition.shape)}")
+        return self.cond_embedder(pad_to_patches(image_condition, self.patch_size))[0]
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> Rope:
         """(cos, sin) ``[1, N, head_dim]`` of the video tokens of a ``(t, h, w)`` grid."""
@@ -387,17 +428,19 @@ class MMDiT(nn.Module):
         *,
         pooled_text: Optional[torch.Tensor] = None,
         guidance: Optional[torch.Tensor] = None,
+        image_condition: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Predict the target for latents ``x`` ``[B, C, T, H, W]`` at ``timestep`` ``[B]`` or
         ``[B, T]``, conditioned on text tokens ``context`` ``[B, L, context_dim]`` (boolean
-        ``context_mask`` ``[B, L]``, True = real), ``pooled_text`` and ``guidance`` (see the module
-        docstring). Latents are zero-padded to whole patches and the output cropped back."""
+        ``context_mask`` ``[B, L]``, True = real), ``pooled_text``, ``guidance`` and
+        ``image_condition`` (see the module docstring). Latents are zero-padded to whole patches
+        and the output cropped back."""
         check_latents(x, self.in_channels)
         b, _, *size = x.shape
         tokens, grid = self.x_embedder(pad_to_patches(x, self.patch_size))  # [B, N, D], N = t·h·w
+        tokens = tokens + self._image_condition(image_condition, x)  # [B, N, D]
         vec, txt_vec, text_time = self._conditioning(timestep, b, grid[0], guidance, pooled_text)
-        context, mask = self._context(context, context_mask, b)
-        txt = self.context_embedder(context, mask, text_time)  # [B, L, D]
+        txt, mask = self._text(context, context_mask, b, text_time)  # [B, L, D], [B, L] or None
         rope = self.rope(grid, x.device)  # 2 × [1, N, head_dim]
         for block in (*self.double_blocks, *self.single_blocks):
             tokens, txt = block(tokens, txt, vec, txt_vec, mask, rope)
@@ -412,14 +455,17 @@ class MMDiT(nn.Module):
         t, h, w = patch_grid(self.patch_size, latent_thw)
         d, b, n, L = self.hidden_size, batch_size, t * h * w, int(text_len)
         out: dict[str, int] = {name: 0 for name in BLOCK_PARTS if "cross" not in name}
-        out["patch_embed"] = b * mm(n, self.in_channels * math.prod(self.patch_size), d)
+        out["patch_embed"] = b * mm(n, (self.in_channels + self.image_condition_channels) * math.prod(self.patch_size), d)
         embedders = [self.t_embedder.mlp[0], self.t_embedder.mlp[2]]
         if self.guidance_embed:
             embedders += [self.guidance_embedder.mlp[0], self.guidance_embedder.mlp[2]]
         if self.pooled_text_dim:
             embedders += [self.pooled_text_embedder.fc1, self.pooled_text_embedder.fc2]
         out["timestep_embed"] = b * sum(mm(1, lin.in_features, lin.out_features) for lin in embedders)
-        out["text_refiner"] = self._refiner_flops(b, L)
+        if isinstance(self.context_embedder, TokenRefiner):
+            out["text_refiner"] = self._refiner_flops(b, L)
+        else:
+            out["text_proj"] = b * mm(L, self.context_dim, d)
         for block in self.double_blocks:
             self._double_flops(out, block, b, n, L)
         for block in self.single_blocks:

@@ -51,27 +51,40 @@ _SINGLE = {
 }
 
 
-def _blocks(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
-    return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
+def block_rules(sd: Mapping[str, torch.Tensor], ours: str, theirs: str, table: Mapping[str, str | Linear]) -> dict:
+    """The rules of every numbered block ``{theirs}{i}.`` in ``sd``: ``table`` (lvdm name inside
+    the block → source name(s) inside it) applied to each, as ``{ours}{i}.``."""
+    count = len({k[len(theirs):].split(".")[0] for k in sd if k.startswith(theirs)})
+    return {f"{ours}{i}.{dst}": (tuple(f"{theirs}{i}.{s}" for s in src) if isinstance(src, tuple) else f"{theirs}{i}.{src}")
+            for i in range(count) for dst, src in table.items()}
 
 
 def _rules(sd: Mapping[str, torch.Tensor]) -> dict[str, str | Linear]:
     """lvdm module name → diffusers module name(s) (several: concatenated along the outputs)."""
-    rules: dict[str, str | Linear] = dict(_TOP)
-    groups = [("context_embedder.blocks.", "context_embedder.token_refiner.refiner_blocks.", _REFINER),
-              ("double_blocks.", "transformer_blocks.", _DOUBLE), ("single_blocks.", "single_transformer_blocks.", _SINGLE)]
-    for ours, theirs, table in groups:
-        for i in range(_blocks(sd, theirs)):
-            for dst, src in table.items():
-                rules[f"{ours}{i}.{dst}"] = (tuple(f"{theirs}{i}.{s}" for s in src) if isinstance(src, tuple)
-                                             else f"{theirs}{i}.{src}")
-    return rules
+    return {**_TOP, **block_rules(sd, "context_embedder.blocks.", "context_embedder.token_refiner.refiner_blocks.", _REFINER),
+            **block_rules(sd, "double_blocks.", "transformer_blocks.", _DOUBLE),
+            **block_rules(sd, "single_blocks.", "single_transformer_blocks.", _SINGLE)}
 
 
-def _patch_major(rows: torch.Tensor, channels: int) -> torch.Tensor:
-    """diffusers' unpatchify reads a token's outputs as ``[C, pt, ph, pw]``, lvdm's as
-    ``[pt, ph, pw, C]``: reorder the rows of the output projection."""
+def patch_major(rows: torch.Tensor, channels: int) -> torch.Tensor:
+    """diffusers (and Open-Sora 2.0's unpacking) read a token's outputs as ``[C, pt, ph, pw]``,
+    lvdm as ``[pt, ph, pw, C]``: reorder the rows of the output projection."""
     return rows.unflatten(0, (channels, -1)).transpose(0, 1).flatten(0, 1)
+
+
+def apply_rules(sd: Mapping[str, torch.Tensor], rules: Mapping[str, str | Linear],
+                out: dict[str, torch.Tensor]) -> set[str]:
+    """Copy every ``weight`` / ``bias`` (and an RMSNorm's ``scale``, lvdm's ``weight``) of the
+    source modules named in ``rules`` (lvdm module → source module, or several concatenated along
+    the outputs) into ``out``; returns the source keys used."""
+    used: set[str] = set()
+    for dst, src in rules.items():
+        for param, ours in (("weight", "weight"), ("bias", "bias"), ("scale", "weight")):
+            names = [f"{s}.{param}" for s in (src if isinstance(src, tuple) else (src,))]
+            if all(n in sd for n in names):
+                out[f"{dst}.{ours}"] = torch.cat([sd[n] for n in names]) if len(names) > 1 else sd[names[0]]
+                used.update(names)
+    return used
 
 
 def convert_state_dict(sd: Mapping[str, torch.Tensor], expected: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
@@ -79,28 +92,21 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], expected: Mapping[str, An
     used; with ``expected`` (an MMDiT's ``state_dict()``) every MMDiT weight must be given and
     have its shape. Raises ``KeyError`` naming the weights otherwise."""
     out: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
+    used = apply_rules(sd, _rules(sd), out)
     channels = sd["x_embedder.proj.weight"].shape[1]
-    for dst, src in _rules(sd).items():
-        for param in ("weight", "bias"):
-            names = [f"{s}.{param}" for s in (src if isinstance(src, tuple) else (src,))]
-            if not all(n in sd for n in names):
-                continue
-            out[f"{dst}.{param}"] = torch.cat([sd[n] for n in names]) if len(names) > 1 else sd[names[0]]
-            used.update(names)
     for param in ("weight", "bias"):
         if f"norm_out.linear.{param}" in sd:  # diffusers' AdaLayerNormContinuous: (scale, shift); lvdm: (shift, scale)
             out[f"final_layer.adaLN_modulation.1.{param}"] = torch.cat(sd[f"norm_out.linear.{param}"].chunk(2)[::-1])
             used.add(f"norm_out.linear.{param}")
         if f"proj_out.{param}" in sd:  # output rows (channel, patch position) → lvdm's (patch position, channel)
-            out[f"final_layer.linear.{param}"] = _patch_major(sd[f"proj_out.{param}"], channels)
+            out[f"final_layer.linear.{param}"] = patch_major(sd[f"proj_out.{param}"], channels)
             used.add(f"proj_out.{param}")
-    report(sd, used, out, expected)
+    report(sd, used, out, expected, "HunyuanVideoTransformer3DModel")
     return out
 
 
 def report(sd: Mapping[str, torch.Tensor], used: set[str], out: Mapping[str, torch.Tensor],
-           expected: Mapping[str, Any] | None) -> None:
+           expected: Mapping[str, Any] | None, source: str) -> None:
     """The strict key report: raise ``KeyError`` listing unused source weights, MMDiT weights
     without a value and shape mismatches."""
     problems = []
@@ -116,7 +122,7 @@ def report(sd: Mapping[str, torch.Tensor], used: set[str], out: Mapping[str, tor
         if wrong:
             problems.append(f"{len(wrong)} shapes differ: {wrong[:8]}")
     if problems:
-        raise KeyError("HunyuanVideoTransformer3DModel → MMDiT: " + "; ".join(problems))
+        raise KeyError(f"{source} → MMDiT: " + "; ".join(problems))
 
 
 def mmdit_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
