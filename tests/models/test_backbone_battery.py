@@ -48,8 +48,8 @@ def _stdit(**kw) -> STDiT:
 
 
 def _mmdit(**kw) -> MMDiT:
-    return MMDiT(in_channels=2, hidden_size=24, num_heads=2, depth_double=2, depth_single=2, context_dim=CONTEXT_DIM,
-                 refiner_depth=1, rope_axes_dims=(4, 4, 4), **kw)
+    return MMDiT(**{**dict(in_channels=2, hidden_size=24, num_heads=2, depth_double=2, depth_single=2,
+                           context_dim=CONTEXT_DIM, refiner_depth=1, rope_axes_dims=(4, 4, 4)), **kw})
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,8 @@ VARIANTS = [
     Variant("stdit-rope-3d", lambda: _stdit(temporal="blocks", temporal_position="none", position="rope_3d")),
     Variant("mmdit-hunyuanvideo", lambda: _mmdit(pooled_text_dim=6)),
     Variant("mmdit-no-guidance-no-pooled", lambda: _mmdit(pooled_text_dim=0, guidance_embed=False)),
+    Variant("mmdit-opensora-2.0", lambda: _mmdit(pooled_text_dim=6, guidance_embed=False, refiner_depth=0,
+                                                 text_mask=False, image_condition_channels=3, rope_theta=10000.0)),
 ]
 BY_NAME = {v.name: v for v in VARIANTS}
 IDS = [v.name for v in VARIANTS]
@@ -90,6 +92,8 @@ PUBLISHED = [
     ("opensora-v1.2-stdit3-xl2", lambda: preset("opensora-v1.2-stdit3-xl2"), 1.1 * 2**30, 0.05 * 2**30),  # "1.1B"
     # HunyuanVideo's "13B": 12,821,012,544 in diffusers' HunyuanVideoTransformer3DModel() on meta
     ("hunyuanvideo", lambda: from_name("hunyuanvideo").build(), 12_821_012_544, 0),
+    # Open-Sora 2.0's "11B": 11,891,390,528 in its own MMDiTModel (256px.py config) on meta
+    ("opensora-2.0", lambda: from_name("opensora-2.0").build(), 11_891_390_528, 0),
 ]
 
 

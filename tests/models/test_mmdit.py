@@ -1,12 +1,18 @@
 """lvdm's MMDiT against diffusers' HunyuanVideoTransformer3DModel (converted weights), the
-converter's strict key report, and the real-size preset on meta. The backbone contract (SP(2),
+converters' strict key reports (diffusers HunyuanVideo, Open-Sora 2.0's own layout), the
+real-size presets on meta and the Open-Sora 2.0 options. Parity with Open-Sora 2.0's own code is
+scripts/opensora2_parity.py (it needs an Open-Sora checkout). The backbone contract (SP(2),
 checkpointing, FLOPs, identity at init…) is checked by tests/models/test_backbone_battery.py."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
+from lvdm.models.convert import opensora2
 from lvdm.models.convert.hunyuan import convert_state_dict, mmdit_kwargs
 from lvdm.models.mmdit import MMDiT
 from lvdm.models.presets import from_name
@@ -99,7 +105,7 @@ def test_sequence_parallel_plan_cuts_video_tokens_only():
 def test_converter_reports_every_key(pair):
     ref, ours = pair
     sd = dict(ref.state_dict())
-    with pytest.raises(KeyError, match=r"1 diffusers weights have no place in MMDiT: \['stray.weight'\]"):
+    with pytest.raises(KeyError, match=r"1 source weights have no place in MMDiT: \['stray.weight'\]"):
         convert_state_dict({**sd, "stray.weight": torch.zeros(1)}, ours.state_dict())
     del sd["single_transformer_blocks.1.proj_mlp.bias"]  # linear1's bias can no longer be fused
     with pytest.raises(KeyError, match=r"no place in MMDiT.*no source: \['single_blocks.1.linear1.bias'\]"):
@@ -126,3 +132,57 @@ def test_rope_axes_dims_must_fill_the_head():
         rope_3d((2, 2, 2), 12, 256.0, (4, 4, 2))
     with pytest.raises(ValueError, match="rope_axes_dims"):
         MMDiT(hidden_size=24, num_heads=2, rope_axes_dims=(4, 4, 2), depth_double=0, depth_single=0)
+
+
+# ------------------------------------------------------------------------------ Open-Sora 2.0
+OS2_KEYS = json.loads((Path(__file__).parent / "opensora2_tiny_keys.json").read_text())
+#: the model dict of Open-Sora 2.0's configs/diffusion/inference/256px.py
+OS2_CONFIG = dict(in_channels=64, vec_in_dim=768, context_in_dim=4096, hidden_size=3072, mlp_ratio=4.0, num_heads=24,
+                  depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10_000, qkv_bias=True,
+                  guidance_embed=False, cond_embed=True, fused_qkv=False)
+
+
+def test_opensora2_checkpoint_layout_converts():
+    """Every weight of Open-Sora 2.0's released layout (unfused QKV, cond_in; key names and shapes
+    recorded from its own MMDiTModel) has its place, and the fusions keep the values."""
+    torch.manual_seed(0)
+    sd = {k: torch.randn(shape) for k, shape in OS2_KEYS["shapes"].items()}
+    model = MMDiT(**opensora2.mmdit_kwargs(OS2_KEYS["config"]))
+    model.load_state_dict(opensora2.convert_state_dict(sd, model.state_dict()), strict=True)
+    blocks = "single_blocks.1"
+    expected = torch.cat([sd[f"{blocks}.q_proj.weight"], sd[f"{blocks}.k_proj.weight"], sd[f"{blocks}.v_mlp.weight"]])
+    assert torch.equal(model.single_blocks[1].linear1.weight, expected)
+    assert torch.equal(model.double_blocks[0].text.q_norm.weight, sd["double_blocks.0.txt_attn.norm.query_norm.scale"])
+    assert torch.equal(model.x_embedder.proj.weight.flatten(1), sd["img_in.weight"])  # (c, ph, pw) packing
+    assert torch.equal(model.cond_embedder.proj.weight.flatten(1), sd["cond_in.weight"])
+    with pytest.raises(KeyError, match=r"2 MMDiT weights have no source: \['cond_embedder.proj.bias'"):
+        opensora2.convert_state_dict({k: v for k, v in sd.items() if not k.startswith("cond_in")}, model.state_dict())
+
+
+def test_opensora2_preset_is_its_config():
+    assert opensora2.mmdit_kwargs(OS2_CONFIG) == dict(from_name("opensora-2.0").kwargs)
+
+
+def test_opensora2_options():
+    """Open-Sora 2.0 attends to every text token (the mask changes nothing), and its image condition
+    defaults to zeros (text-to-video); a model without one refuses it."""
+    torch.manual_seed(0)
+    model = MMDiT(**opensora2.mmdit_kwargs(OS2_KEYS["config"])).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+        x, t, ctx, mask, pooled = _inputs(5)
+        cond = torch.zeros(2, 5, 5, 4, 6)
+        out = model(x, t, ctx, mask, pooled_text=pooled)
+        assert torch.equal(model(x, t, ctx, None, pooled_text=pooled), out)
+        assert torch.equal(model(x, t, ctx, mask, pooled_text=pooled, image_condition=cond), out)
+        assert not torch.allclose(model(x, t, ctx, mask, pooled_text=pooled, image_condition=cond + 1), out)
+    with pytest.raises(ValueError, match=r"image_condition must be \[B, 5, T, H, W\]"):
+        model(x, t, ctx, mask, image_condition=cond[:, :3])
+    with pytest.raises(ValueError, match="takes no image_condition"):
+        MMDiT(**mmdit_kwargs_tiny())(x, t, ctx, mask, image_condition=cond)
+
+
+def mmdit_kwargs_tiny() -> dict:
+    return dict(in_channels=4, hidden_size=24, num_heads=2, depth_double=1, depth_single=1, context_dim=TEXT_DIM,
+                pooled_text_dim=POOLED_DIM, rope_axes_dims=(4, 4, 4))

@@ -440,7 +440,7 @@ class MMDiT(nn.Module):
         tokens, grid = self.x_embedder(pad_to_patches(x, self.patch_size))  # [B, N, D], N = t·h·w
         tokens = tokens + self._image_condition(image_condition, x)  # [B, N, D]
         vec, txt_vec, text_time = self._conditioning(timestep, b, grid[0], guidance, pooled_text)
-        txt, mask = self._text(context, context_mask, b, text_time)  # [B, L, D], [B, L] or None
+        txt, mask = self._text(context, context_mask, b, text_time)  # [B, L, D]; [B, L] or None
         rope = self.rope(grid, x.device)  # 2 × [1, N, head_dim]
         for block in (*self.double_blocks, *self.single_blocks):
             tokens, txt = block(tokens, txt, vec, txt_vec, mask, rope)
@@ -455,7 +455,8 @@ class MMDiT(nn.Module):
         t, h, w = patch_grid(self.patch_size, latent_thw)
         d, b, n, L = self.hidden_size, batch_size, t * h * w, int(text_len)
         out: dict[str, int] = {name: 0 for name in BLOCK_PARTS if "cross" not in name}
-        out["patch_embed"] = b * mm(n, (self.in_channels + self.image_condition_channels) * math.prod(self.patch_size), d)
+        channels = self.in_channels + self.image_condition_channels  # the image condition has its own embedder
+        out["patch_embed"] = b * mm(n, channels * math.prod(self.patch_size), d)
         embedders = [self.t_embedder.mlp[0], self.t_embedder.mlp[2]]
         if self.guidance_embed:
             embedders += [self.guidance_embedder.mlp[0], self.guidance_embedder.mlp[2]]

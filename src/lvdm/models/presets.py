@@ -10,7 +10,7 @@ From a recipe::
       init_args: {name: opensora-v1.2-stdit3-xl2}
 
 :func:`from_name` gives the whole :class:`Preset` of every published configuration (DiT S…XL,
-DiT-ImageNet, PixArt-α, Latte, Open-Sora 1.0 / 1.2, HunyuanVideo's :class:`~lvdm.models.mmdit.MMDiT`): its source, parameter count, architecture
+DiT-ImageNet, PixArt-α, Latte, Open-Sora 1.0 / 1.2, HunyuanVideo and Open-Sora 2.0 (:class:`~lvdm.models.mmdit.MMDiT`)): its source, parameter count, architecture
 and the way the source samples (:class:`SamplerDefaults`); ``lvdm sample --preset NAME`` samples
 with those defaults.
 
@@ -291,6 +291,21 @@ _HUNYUAN_SAMPLER = SamplerDefaults(
     source_sampler="diffusers' HunyuanVideoPipeline: FlowMatchEulerDiscreteScheduler(shift=7.0), 50 steps, "
                    "guidance_scale=6.0 embedded, true_cfg_scale=1.0")
 
+#: Open-Sora 2.0's transformer (configs/diffusion/inference/256px.py: Flux's widths, 19 double- and 38
+#: single-stream blocks, T5-XXL tokens unmasked, CLIP-L pooled, RoPE θ 10000, image condition ``cond_in``).
+_OPENSORA2 = dict(_HUNYUAN, depth_double=19, depth_single=38, refiner_depth=0, text_mask=False,
+                  image_condition_channels=17, guidance_embed=False, rope_theta=10000.0)
+_OPENSORA2_SAMPLER = SamplerDefaults(
+    ("lvdm.diffusion.objectives.RectifiedFlow",
+     dict(num_sampling_steps=50, target="eps_minus_x0", shift=1.0, resolution_aware=True, base_area=32 * 32,
+          base_frames=1)),
+    7.5, "empty_caption",
+    {"pooled_text": "CLIP-L's pooled output of the prompt",
+     "image_condition": "mask + masked latents of the given frames (image-to-video); zeros for text-to-video"},
+    source_sampler="Open-Sora 2.0 (opensora/utils/sampling.py): 50 Euler steps, text guidance 7.5 and image "
+                   "guidance 3.0 with oscillation; its shift grows linearly with the token count (1 at 256, 3 at "
+                   "4096) times sqrt(latent frames), lvdm's with sqrt(area): equal at 256px only")
+
 #: name → :class:`Preset`, every published configuration lvdm reproduces.
 TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
     "dit-s2": _dit("S/2", "Table 1 (no published weights)", 32_865_056),
@@ -315,6 +330,9 @@ TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
     # 12,821,012,544: diffusers' HunyuanVideoTransformer3DModel() (hf hunyuanvideo-community/HunyuanVideo) on meta
     "hunyuanvideo": ("github.com/Tencent/HunyuanVideo (Kong et al. 2024), hf tencent/HunyuanVideo "
                      "hunyuan-video-t2v-720p", "MMDiT", _HUNYUAN, 12_821_012_544, _HUNYUAN_SAMPLER),
+    # 11,891,390,528: Open-Sora's own MMDiTModel with its 256px.py config on meta ("11B")
+    "opensora-2.0": (_OS + "v2.0 (Peng et al. 2025), hf hpcai-tech/Open-Sora-v2 Open_Sora_v2.safetensors",
+                     "MMDiT", _OPENSORA2, 11_891_390_528, _OPENSORA2_SAMPLER),
 }.items()}
 
 

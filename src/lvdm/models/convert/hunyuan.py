@@ -32,7 +32,8 @@ _TOP = {
 }
 
 _REFINER = {"norm1": "norm1", "norm2": "norm2", "attn.proj": "attn.to_out.0", "mlp.fc1": "ff.net.0.proj",
-            "mlp.fc2": "ff.net.2", "adaLN_modulation.1": "norm_out.linear", "attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v")}
+            "mlp.fc2": "ff.net.2", "adaLN_modulation.1": "norm_out.linear",
+            "attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v")}
 
 _DOUBLE = {
     "video.adaLN_modulation.1": "norm1.linear", "text.adaLN_modulation.1": "norm1_context.linear",
@@ -55,14 +56,16 @@ def block_rules(sd: Mapping[str, torch.Tensor], ours: str, theirs: str, table: M
     """The rules of every numbered block ``{theirs}{i}.`` in ``sd``: ``table`` (lvdm name inside
     the block → source name(s) inside it) applied to each, as ``{ours}{i}.``."""
     count = len({k[len(theirs):].split(".")[0] for k in sd if k.startswith(theirs)})
-    return {f"{ours}{i}.{dst}": (tuple(f"{theirs}{i}.{s}" for s in src) if isinstance(src, tuple) else f"{theirs}{i}.{src}")
-            for i in range(count) for dst, src in table.items()}
+    def source(i: int, src: str | Linear) -> str | Linear:
+        return tuple(f"{theirs}{i}.{s}" for s in src) if isinstance(src, tuple) else f"{theirs}{i}.{src}"
+
+    return {f"{ours}{i}.{dst}": source(i, src) for i in range(count) for dst, src in table.items()}
 
 
 def _rules(sd: Mapping[str, torch.Tensor]) -> dict[str, str | Linear]:
     """lvdm module name → diffusers module name(s) (several: concatenated along the outputs)."""
-    return {**_TOP, **block_rules(sd, "context_embedder.blocks.", "context_embedder.token_refiner.refiner_blocks.", _REFINER),
-            **block_rules(sd, "double_blocks.", "transformer_blocks.", _DOUBLE),
+    refiner = block_rules(sd, "context_embedder.blocks.", "context_embedder.token_refiner.refiner_blocks.", _REFINER)
+    return {**_TOP, **refiner, **block_rules(sd, "double_blocks.", "transformer_blocks.", _DOUBLE),
             **block_rules(sd, "single_blocks.", "single_transformer_blocks.", _SINGLE)}
 
 
@@ -87,7 +90,8 @@ def apply_rules(sd: Mapping[str, torch.Tensor], rules: Mapping[str, str | Linear
     return used
 
 
-def convert_state_dict(sd: Mapping[str, torch.Tensor], expected: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+def convert_state_dict(sd: Mapping[str, torch.Tensor],
+                       expected: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """A diffusers HunyuanVideo transformer state dict → MMDiT keys. Every source weight must be
     used; with ``expected`` (an MMDiT's ``state_dict()``) every MMDiT weight must be given and
     have its shape. Raises ``KeyError`` naming the weights otherwise."""
@@ -112,7 +116,7 @@ def report(sd: Mapping[str, torch.Tensor], used: set[str], out: Mapping[str, tor
     problems = []
     unused = sorted(set(sd) - used)
     if unused:
-        problems.append(f"{len(unused)} diffusers weights have no place in MMDiT: {unused[:8]}")
+        problems.append(f"{len(unused)} source weights have no place in MMDiT: {unused[:8]}")
     if expected is not None:
         missing = sorted(set(expected) - set(out))
         if missing:

@@ -40,7 +40,8 @@ def _fused_or_parts(sd: Mapping[str, torch.Tensor], module: str, fused: str, par
 
 def _rules(sd: Mapping[str, torch.Tensor]) -> dict:
     rules = dict(_TOP)
-    rules.update(block_rules(sd, "double_blocks.", "double_blocks.", {**_stream("video", "img"), **_stream("text", "txt")}))
+    streams = {**_stream("video", "img"), **_stream("text", "txt")}
+    rules.update(block_rules(sd, "double_blocks.", "double_blocks.", streams))
     rules.update(block_rules(sd, "single_blocks.", "single_blocks.", {
         "adaLN_modulation.1": "modulation.lin", "linear2": "linear2", "q_norm": "norm.query_norm",
         "k_norm": "norm.key_norm"}))
