@@ -21,8 +21,8 @@ meet it; ``tests/models/test_backbone_battery.py`` runs one battery of checks on
 variant, so a new backbone is done when it is added to that battery's list and passes.
 
 Conditioning other than the text tokens is a named micro-condition, not a second context input:
-MMDiT's pooled text vector (CLIP-L's pooled caption) is ``pooled_text`` ``[B, dim]`` and its
-distilled guidance scale ``guidance`` ``[B]``. The signature stays the same for every backbone,
+MMDiT's pooled text vector (CLIP-L's pooled caption) is ``pooled_text`` ``[B, dim]``, its
+distilled guidance scale ``guidance`` ``[B]`` and Open-Sora 2.0's given frames ``image_condition``. The signature stays the same for every backbone,
 a caller that does not know a condition leaves it out (the model's default: zeros, the preset's
 guidance), and guidance wrappers pass micro-conditions to both halves unchanged — right for
 ``guidance``; a pooled caption under classifier-free guidance would need the null caption's
