@@ -15,7 +15,7 @@ import torch
 from lvdm.models.convert import opensora2
 from lvdm.models.convert.hunyuan import convert_state_dict, mmdit_kwargs
 from lvdm.models.mmdit import MMDiT
-from lvdm.models.presets import from_name
+from lvdm.models.presets import from_diffusers, from_name, from_opensora2
 from lvdm.models.rope import rope_3d
 
 diffusers = pytest.importorskip("diffusers")
@@ -114,6 +114,17 @@ def test_converter_reports_every_key(pair):
         mmdit_kwargs({**ref.config, "image_condition_type": "token_replace"})
 
 
+def test_from_diffusers_folder(pair, tmp_path, assert_close_scaled):
+    """A saved diffusers HunyuanVideo folder (a pipeline's transformer/) loads as an MMDiT."""
+    ref, ours = pair
+    ref.save_pretrained(tmp_path / "transformer")
+    loaded = from_diffusers(str(tmp_path)).eval()
+    assert type(loaded) is MMDiT
+    x, t, ctx, mask, pooled = _inputs(5)
+    with torch.no_grad():
+        assert_close_scaled(loaded(x, t, ctx, mask, pooled_text=pooled), ours(x, t, ctx, mask, pooled_text=pooled))
+
+
 def test_hunyuanvideo_preset_is_diffusers_at_real_size():
     """On meta: the preset has the published 12,821,012,544 parameters, diffusers' default config
     (HunyuanVideo's) gives the preset's arguments, and every real-size weight converts with its shape."""
@@ -186,3 +197,17 @@ def test_opensora2_options():
 def mmdit_kwargs_tiny() -> dict:
     return dict(in_channels=4, hidden_size=24, num_heads=2, depth_double=1, depth_single=1, context_dim=TEXT_DIM,
                 pooled_text_dim=POOLED_DIM, rope_axes_dims=(4, 4, 4))
+
+
+def test_from_opensora2_file(tmp_path):
+    """An Open-Sora 2.0 ``.safetensors`` in its released layout loads into the preset (tiny sizes)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    sd = {k: torch.randn(shape) for k, shape in OS2_KEYS["shapes"].items()}
+    save_file(sd, tmp_path / "Open_Sora_v2.safetensors")
+    tiny = {k: v for k, v in opensora2.mmdit_kwargs(OS2_KEYS["config"]).items() if k in (
+        "in_channels", "hidden_size", "num_heads", "depth_double", "depth_single", "context_dim", "pooled_text_dim",
+        "image_condition_channels", "rope_axes_dims")}
+    model = from_opensora2(str(tmp_path / "Open_Sora_v2.safetensors"), **tiny)
+    assert torch.equal(model.final_layer.adaLN_modulation[1].weight, sd["final_layer.adaLN_modulation.1.weight"])

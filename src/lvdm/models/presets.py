@@ -2,7 +2,9 @@
 
 :func:`preset` builds an :class:`~lvdm.models.stdit.STDiT` with the architecture of a
 published model (optionally resized or with temporal layers added, for tiny tests and phase
-hand-offs); :func:`from_diffusers` and :func:`from_opensora` load published weights into it.
+hand-offs); :func:`from_diffusers` and :func:`from_opensora` load published weights into it
+(:func:`from_diffusers` also HunyuanVideo's into an :class:`~lvdm.models.mmdit.MMDiT`, and
+:func:`from_opensora2` Open-Sora 2.0's).
 From a recipe::
 
     denoiser:
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional, Sequence
 
 import torch
 
+from lvdm.models.mmdit import MMDiT
 from lvdm.models.stdit import STDiT, Temporal, TemporalPosition
 
 if TYPE_CHECKING:
@@ -116,12 +119,13 @@ def _diffusers_folder(path: str) -> tuple[str, Optional[str]]:
 
 
 def read_diffusers(path_or_id: str, subfolder: Optional[str] = None) -> tuple[dict, dict[str, torch.Tensor], str]:
-    """(config, state dict, class name) of a diffusers PixArt-α or Latte transformer, from a
-    local folder (a model folder or a pipeline folder with ``transformer/``) or, when no such
-    folder exists, a Hugging Face hub id (downloaded by diffusers)."""
-    from diffusers import LatteTransformer3DModel, PixArtTransformer2DModel
+    """(config, state dict, class name) of a diffusers PixArt-α, Latte or HunyuanVideo transformer,
+    from a local folder (a model folder or a pipeline folder with ``transformer/``) or, when no
+    such folder exists, a Hugging Face hub id (downloaded by diffusers)."""
+    from diffusers import HunyuanVideoTransformer3DModel, LatteTransformer3DModel, PixArtTransformer2DModel
 
-    classes = {"PixArtTransformer2DModel": PixArtTransformer2DModel, "LatteTransformer3DModel": LatteTransformer3DModel}
+    classes = {"PixArtTransformer2DModel": PixArtTransformer2DModel, "LatteTransformer3DModel": LatteTransformer3DModel,
+               "HunyuanVideoTransformer3DModel": HunyuanVideoTransformer3DModel}
     local = Path(path_or_id).exists()
     if local and subfolder is None:
         path_or_id, subfolder = _diffusers_folder(path_or_id)
@@ -142,20 +146,24 @@ def read_diffusers(path_or_id: str, subfolder: Optional[str] = None) -> tuple[di
 
 
 def convert_diffusers(config: Mapping, state_dict: Mapping[str, torch.Tensor], class_name: str):
-    """(STDiT arguments, STDiT state dict) of a diffusers PixArt-α / Latte model."""
-    from lvdm.models.convert import latte, pixart
+    """(STDiT arguments, STDiT state dict) of a diffusers PixArt-α / Latte model; (MMDiT
+    arguments, MMDiT state dict) of a HunyuanVideo one."""
+    from lvdm.models.convert import hunyuan, latte, pixart
 
+    if class_name == "HunyuanVideoTransformer3DModel":
+        return hunyuan.mmdit_kwargs(config), hunyuan.convert_state_dict(state_dict)
     module = pixart if class_name == "PixArtTransformer2DModel" else latte
     return module.stdit_kwargs(config), module.convert_state_dict(state_dict)
 
 
-def from_diffusers(path_or_id: str, subfolder: Optional[str] = None, **overrides: Any) -> STDiT:
-    """An STDiT with the architecture and weights of a diffusers PixArt-α or Latte model
-    (local folder or hub id). ``overrides`` change constructor arguments that do not alter
-    the weights' shapes (e.g. ``latent_scale``)."""
+def from_diffusers(path_or_id: str, subfolder: Optional[str] = None, **overrides: Any) -> STDiT | MMDiT:
+    """An STDiT with the architecture and weights of a diffusers PixArt-α or Latte model, or an
+    :class:`~lvdm.models.mmdit.MMDiT` with those of a HunyuanVideo one (local folder or hub id).
+    ``overrides`` change constructor arguments that do not alter the weights' shapes (e.g.
+    ``latent_scale``)."""
     config, sd, name = read_diffusers(path_or_id, subfolder)
     kwargs, converted = convert_diffusers(config, sd, name)
-    model = STDiT(**{**kwargs, **overrides})
+    model = (MMDiT if name == "HunyuanVideoTransformer3DModel" else STDiT)(**{**kwargs, **overrides})
     model.load_state_dict(converted, strict=True)
     return model
 
@@ -184,6 +192,16 @@ def from_opensora(path: str, name: PresetName, **overrides: Any) -> STDiT:
     model = preset(name, **overrides)
     converted = opensora.convert_state_dict(opensora.unwrap(read_weights(path), path), model)
     model.load_state_dict(converted, strict=True)
+    return model
+
+
+def from_opensora2(path: str, **overrides: Any) -> MMDiT:
+    """The ``opensora-2.0`` preset with the weights of Open-Sora 2.0's checkpoint file
+    (``Open_Sora_v2.safetensors``), loaded strictly (``overrides``: sizes of a tiny variant)."""
+    from lvdm.models.convert import opensora2
+
+    model = from_name("opensora-2.0").build(**overrides)
+    model.load_state_dict(opensora2.convert_state_dict(read_weights(path), model.state_dict()), strict=True)
     return model
 
 
@@ -242,7 +260,6 @@ class Preset:
     def build(self, **overrides: Any):
         """The architecture with random weights (``overrides`` for tiny variants)."""
         from lvdm.models.dit import DiT
-        from lvdm.models.mmdit import MMDiT
 
         return {"STDiT": STDiT, "DiT": DiT, "MMDiT": MMDiT}[self.backbone](**{**self.kwargs, **overrides})
 
