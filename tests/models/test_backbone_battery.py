@@ -28,8 +28,9 @@ from lvdm.distributed.parallelize import parallelize
 from lvdm.distributed.sequence_parallel import SequenceParallelGroup, new_sequence_parallel_group
 from lvdm.models.contract import Backbone
 from lvdm.models.dit import DiT
+from lvdm.models.mmdit import MMDiT
 from lvdm.models.parallel_plan import SequenceSplit
-from lvdm.models.presets import preset
+from lvdm.models.presets import from_name, preset
 from lvdm.models.stdit import STDiT
 from lvdm.ops.attention import sequence_parallel
 from lvdm.perf.step_flops import meta_forward_flops
@@ -44,6 +45,11 @@ def _dit(**kw) -> DiT:
 def _stdit(**kw) -> STDiT:
     return STDiT(in_channels=2, hidden_size=24, depth=2, num_heads=2, patch_size=(1, 2, 2), context_dim=CONTEXT_DIM,
                  context_length=3, base_size=2, **kw)
+
+
+def _mmdit(**kw) -> MMDiT:
+    return MMDiT(**{**dict(in_channels=2, hidden_size=24, num_heads=2, depth_double=2, depth_single=2,
+                           context_dim=CONTEXT_DIM, refiner_depth=1, rope_axes_dims=(4, 4, 4)), **kw})
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,10 @@ VARIANTS = [
     Variant("latte", lambda: _stdit(temporal="blocks", temporal_cross_attention=False,
                                     temporal_position="sincos_stream"), identity_blocks=False),
     Variant("stdit-rope-3d", lambda: _stdit(temporal="blocks", temporal_position="none", position="rope_3d")),
+    Variant("mmdit-hunyuanvideo", lambda: _mmdit(pooled_text_dim=6)),
+    Variant("mmdit-no-guidance-no-pooled", lambda: _mmdit(pooled_text_dim=0, guidance_embed=False)),
+    Variant("mmdit-opensora-2.0", lambda: _mmdit(pooled_text_dim=6, guidance_embed=False, refiner_depth=0,
+                                                 text_mask=False, image_condition_channels=3, rope_theta=10000.0)),
 ]
 BY_NAME = {v.name: v for v in VARIANTS}
 IDS = [v.name for v in VARIANTS]
@@ -80,6 +90,10 @@ PUBLISHED = [
     ("pixart-alpha-xl2-512", lambda: preset("pixart-alpha-xl2-512"), 0.6e9, 0.05e9),  # PixArt-α paper: 0.6B
     ("opensora-v1.0-stdit-xl2", lambda: preset("opensora-v1.0-stdit-xl2"), 724 * 2**20, 2 * 2**20),  # "724M"
     ("opensora-v1.2-stdit3-xl2", lambda: preset("opensora-v1.2-stdit3-xl2"), 1.1 * 2**30, 0.05 * 2**30),  # "1.1B"
+    # HunyuanVideo's "13B": 12,821,012,544 in diffusers' HunyuanVideoTransformer3DModel() on meta
+    ("hunyuanvideo", lambda: from_name("hunyuanvideo").build(), 12_821_012_544, 0),
+    # Open-Sora 2.0's "11B": 11,891,390,528 in its own MMDiTModel (256px.py config) on meta
+    ("opensora-2.0", lambda: from_name("opensora-2.0").build(), 11_891_390_528, 0),
 ]
 
 
@@ -149,7 +163,9 @@ def test_identity_at_init(variant):
     changed = []
 
     def hook(module, args, output):
-        if not torch.equal(output, args[0]):
+        # a block returns its tokens, or a tuple of streams (MMDiT: video and text tokens)
+        outputs = output if isinstance(output, tuple) else (output,)
+        if not all(torch.equal(o, a) for o, a in zip(outputs, args)):
             changed.append(type(module).__name__)
 
     for m in model.modules():

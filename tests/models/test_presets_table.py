@@ -15,7 +15,8 @@ def test_every_preset_has_its_parameter_count_and_sampler(name):
     assert sum(p.numel() for p in model.parameters()) == chosen.num_params
     assert chosen.source.startswith("github.com/")
     objective = chosen.sampler.build_objective()
-    assert isinstance(objective, (DDPM, RectifiedFlow)) and chosen.sampler.guidance_scale > 1
+    # guidance-distilled models (HunyuanVideo) embed their guidance and sample without CFG (scale 1)
+    assert isinstance(objective, (DDPM, RectifiedFlow)) and chosen.sampler.guidance_scale >= 1
 
 
 def test_published_sampler_settings():

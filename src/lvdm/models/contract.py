@@ -16,9 +16,17 @@ the module and samplers                     ``forward``, ``micro_conditions``
 ``init_from``                               ``fixed_position_settings``
 ==========================================  ==============================================
 
-:class:`~lvdm.models.dit.DiT` and :class:`~lvdm.models.stdit.STDiT` meet it;
-``tests/models/test_backbone_battery.py`` runs one battery of checks on every backbone and
+:class:`~lvdm.models.dit.DiT`, :class:`~lvdm.models.stdit.STDiT` and :class:`~lvdm.models.mmdit.MMDiT`
+meet it; ``tests/models/test_backbone_battery.py`` runs one battery of checks on every backbone and
 variant, so a new backbone is done when it is added to that battery's list and passes.
+
+Conditioning other than the text tokens is a named micro-condition, not a second context input:
+MMDiT's pooled text vector (CLIP-L's pooled caption) is ``pooled_text`` ``[B, dim]``, its
+distilled guidance scale ``guidance`` ``[B]`` and Open-Sora 2.0's given frames ``image_condition``. The signature stays the same for every backbone,
+a caller that does not know a condition leaves it out (the model's default: zeros, the preset's
+guidance), and guidance wrappers pass micro-conditions to both halves unchanged — right for
+``guidance``; a pooled caption under classifier-free guidance would need the null caption's
+vector in the unconditional half (HunyuanVideo samples without CFG).
 """
 
 from __future__ import annotations

@@ -76,10 +76,13 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, out: int | None = None):
+    """Two linears with an activation between (tanh-GELU; ``act=nn.SiLU()`` for HunyuanVideo's
+    token refiner and text projections)."""
+
+    def __init__(self, dim: int, hidden: int, out: int | None = None, act: nn.Module | None = None):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = act if act is not None else nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(hidden, out or dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

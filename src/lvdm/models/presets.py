@@ -2,7 +2,9 @@
 
 :func:`preset` builds an :class:`~lvdm.models.stdit.STDiT` with the architecture of a
 published model (optionally resized or with temporal layers added, for tiny tests and phase
-hand-offs); :func:`from_diffusers` and :func:`from_opensora` load published weights into it.
+hand-offs); :func:`from_diffusers` and :func:`from_opensora` load published weights into it
+(:func:`from_diffusers` also HunyuanVideo's into an :class:`~lvdm.models.mmdit.MMDiT`, and
+:func:`from_opensora2` Open-Sora 2.0's).
 From a recipe::
 
     denoiser:
@@ -10,7 +12,7 @@ From a recipe::
       init_args: {name: opensora-v1.2-stdit3-xl2}
 
 :func:`from_name` gives the whole :class:`Preset` of every published configuration (DiT S…XL,
-DiT-ImageNet, PixArt-α, Latte, Open-Sora 1.0 / 1.2): its source, parameter count, architecture
+DiT-ImageNet, PixArt-α, Latte, Open-Sora 1.0 / 1.2, HunyuanVideo and Open-Sora 2.0 (:class:`~lvdm.models.mmdit.MMDiT`)): its source, parameter count, architecture
 and the way the source samples (:class:`SamplerDefaults`); ``lvdm sample --preset NAME`` samples
 with those defaults.
 
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional, Sequence
 
 import torch
 
+from lvdm.models.mmdit import MMDiT
 from lvdm.models.stdit import STDiT, Temporal, TemporalPosition
 
 if TYPE_CHECKING:
@@ -116,12 +119,13 @@ def _diffusers_folder(path: str) -> tuple[str, Optional[str]]:
 
 
 def read_diffusers(path_or_id: str, subfolder: Optional[str] = None) -> tuple[dict, dict[str, torch.Tensor], str]:
-    """(config, state dict, class name) of a diffusers PixArt-α or Latte transformer, from a
-    local folder (a model folder or a pipeline folder with ``transformer/``) or, when no such
-    folder exists, a Hugging Face hub id (downloaded by diffusers)."""
-    from diffusers import LatteTransformer3DModel, PixArtTransformer2DModel
+    """(config, state dict, class name) of a diffusers PixArt-α, Latte or HunyuanVideo transformer,
+    from a local folder (a model folder or a pipeline folder with ``transformer/``) or, when no
+    such folder exists, a Hugging Face hub id (downloaded by diffusers)."""
+    from diffusers import HunyuanVideoTransformer3DModel, LatteTransformer3DModel, PixArtTransformer2DModel
 
-    classes = {"PixArtTransformer2DModel": PixArtTransformer2DModel, "LatteTransformer3DModel": LatteTransformer3DModel}
+    classes = {"PixArtTransformer2DModel": PixArtTransformer2DModel, "LatteTransformer3DModel": LatteTransformer3DModel,
+               "HunyuanVideoTransformer3DModel": HunyuanVideoTransformer3DModel}
     local = Path(path_or_id).exists()
     if local and subfolder is None:
         path_or_id, subfolder = _diffusers_folder(path_or_id)
@@ -142,20 +146,24 @@ def read_diffusers(path_or_id: str, subfolder: Optional[str] = None) -> tuple[di
 
 
 def convert_diffusers(config: Mapping, state_dict: Mapping[str, torch.Tensor], class_name: str):
-    """(STDiT arguments, STDiT state dict) of a diffusers PixArt-α / Latte model."""
-    from lvdm.models.convert import latte, pixart
+    """(STDiT arguments, STDiT state dict) of a diffusers PixArt-α / Latte model; (MMDiT
+    arguments, MMDiT state dict) of a HunyuanVideo one."""
+    from lvdm.models.convert import hunyuan, latte, pixart
 
+    if class_name == "HunyuanVideoTransformer3DModel":
+        return hunyuan.mmdit_kwargs(config), hunyuan.convert_state_dict(state_dict)
     module = pixart if class_name == "PixArtTransformer2DModel" else latte
     return module.stdit_kwargs(config), module.convert_state_dict(state_dict)
 
 
-def from_diffusers(path_or_id: str, subfolder: Optional[str] = None, **overrides: Any) -> STDiT:
-    """An STDiT with the architecture and weights of a diffusers PixArt-α or Latte model
-    (local folder or hub id). ``overrides`` change constructor arguments that do not alter
-    the weights' shapes (e.g. ``latent_scale``)."""
+def from_diffusers(path_or_id: str, subfolder: Optional[str] = None, **overrides: Any) -> STDiT | MMDiT:
+    """An STDiT with the architecture and weights of a diffusers PixArt-α or Latte model, or an
+    :class:`~lvdm.models.mmdit.MMDiT` with those of a HunyuanVideo one (local folder or hub id).
+    ``overrides`` change constructor arguments that do not alter the weights' shapes (e.g.
+    ``latent_scale``)."""
     config, sd, name = read_diffusers(path_or_id, subfolder)
     kwargs, converted = convert_diffusers(config, sd, name)
-    model = STDiT(**{**kwargs, **overrides})
+    model = (MMDiT if name == "HunyuanVideoTransformer3DModel" else STDiT)(**{**kwargs, **overrides})
     model.load_state_dict(converted, strict=True)
     return model
 
@@ -184,6 +192,16 @@ def from_opensora(path: str, name: PresetName, **overrides: Any) -> STDiT:
     model = preset(name, **overrides)
     converted = opensora.convert_state_dict(opensora.unwrap(read_weights(path), path), model)
     model.load_state_dict(converted, strict=True)
+    return model
+
+
+def from_opensora2(path: str, **overrides: Any) -> MMDiT:
+    """The ``opensora-2.0`` preset with the weights of Open-Sora 2.0's checkpoint file
+    (``Open_Sora_v2.safetensors``), loaded strictly (``overrides``: sizes of a tiny variant)."""
+    from lvdm.models.convert import opensora2
+
+    model = from_name("opensora-2.0").build(**overrides)
+    model.load_state_dict(opensora2.convert_state_dict(read_weights(path), model.state_dict()), strict=True)
     return model
 
 
@@ -234,7 +252,7 @@ class Preset:
 
     name: str
     source: str
-    backbone: Literal["STDiT", "DiT"]
+    backbone: Literal["STDiT", "DiT", "MMDiT"]
     kwargs: Mapping[str, Any]
     num_params: int
     sampler: SamplerDefaults
@@ -243,7 +261,7 @@ class Preset:
         """The architecture with random weights (``overrides`` for tiny variants)."""
         from lvdm.models.dit import DiT
 
-        return (STDiT if self.backbone == "STDiT" else DiT)(**{**self.kwargs, **overrides})
+        return {"STDiT": STDiT, "DiT": DiT, "MMDiT": MMDiT}[self.backbone](**{**self.kwargs, **overrides})
 
 
 def _dit(size: str, weights: str, num_params: int) -> tuple:
@@ -277,6 +295,34 @@ _OS12 = SamplerDefaults(
     fps=24.0)
 _OS = "github.com/hpcaitech/Open-Sora "
 
+#: HunyuanVideo's transformer (the MMDiT defaults: 3072 wide, 24 heads, 20 double- and 40
+#: single-stream blocks, LLaVA-Llama tokens of 4096, CLIP-L pooled 768, RoPE (16, 56, 56), θ 256).
+_HUNYUAN = dict(in_channels=16, patch_size=(1, 2, 2), hidden_size=3072, num_heads=24, depth_double=20,
+                depth_single=40, mlp_ratio=4.0, context_dim=4096, refiner_depth=2, pooled_text_dim=768,
+                guidance_embed=True, rope_theta=256.0, rope_axes_dims=(16, 56, 56))
+_HUNYUAN_SAMPLER = SamplerDefaults(
+    ("lvdm.diffusion.objectives.RectifiedFlow", dict(shift=7.0, num_sampling_steps=50, target="eps_minus_x0")),
+    1.0, "empty_caption",
+    {"guidance": "the distilled guidance scale the model is asked for (6.0), embedded: no classifier-free guidance",
+     "pooled_text": "CLIP-L's pooled output of the prompt (77 tokens)"},
+    source_sampler="diffusers' HunyuanVideoPipeline: FlowMatchEulerDiscreteScheduler(shift=7.0), 50 steps, "
+                   "guidance_scale=6.0 embedded, true_cfg_scale=1.0")
+
+#: Open-Sora 2.0's transformer (configs/diffusion/inference/256px.py: Flux's widths, 19 double- and 38
+#: single-stream blocks, T5-XXL tokens unmasked, CLIP-L pooled, RoPE θ 10000, image condition ``cond_in``).
+_OPENSORA2 = dict(_HUNYUAN, depth_double=19, depth_single=38, refiner_depth=0, text_mask=False,
+                  image_condition_channels=17, guidance_embed=False, rope_theta=10000.0)
+_OPENSORA2_SAMPLER = SamplerDefaults(
+    ("lvdm.diffusion.objectives.RectifiedFlow",
+     dict(num_sampling_steps=50, target="eps_minus_x0", shift=1.0, resolution_aware=True, base_area=32 * 32,
+          base_frames=1)),
+    7.5, "empty_caption",
+    {"pooled_text": "CLIP-L's pooled output of the prompt",
+     "image_condition": "mask + masked latents of the given frames (image-to-video); zeros for text-to-video"},
+    source_sampler="Open-Sora 2.0 (opensora/utils/sampling.py): 50 Euler steps, text guidance 7.5 and image "
+                   "guidance 3.0 with oscillation; its shift grows linearly with the token count (1 at 256, 3 at "
+                   "4096) times sqrt(latent frames), lvdm's with sqrt(area): equal at 256px only")
+
 #: name → :class:`Preset`, every published configuration lvdm reproduces.
 TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
     "dit-s2": _dit("S/2", "Table 1 (no published weights)", 32_865_056),
@@ -298,6 +344,12 @@ TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
         759_620_768, _OS10),
     "opensora-v1.2-stdit3-xl2": _stdit("opensora-v1.2-stdit3-xl2", _OS + "v1.2, hf hpcai-tech/OpenSora-STDiT-v3",
                                        1_207_643_936, _OS12),
+    # 12,821,012,544: diffusers' HunyuanVideoTransformer3DModel() (hf hunyuanvideo-community/HunyuanVideo) on meta
+    "hunyuanvideo": ("github.com/Tencent/HunyuanVideo (Kong et al. 2024), hf tencent/HunyuanVideo "
+                     "hunyuan-video-t2v-720p", "MMDiT", _HUNYUAN, 12_821_012_544, _HUNYUAN_SAMPLER),
+    # 11,891,390,528: Open-Sora's own MMDiTModel with its 256px.py config on meta ("11B")
+    "opensora-2.0": (_OS + "v2.0 (Peng et al. 2025), hf hpcai-tech/Open-Sora-v2 Open_Sora_v2.safetensors",
+                     "MMDiT", _OPENSORA2, 11_891_390_528, _OPENSORA2_SAMPLER),
 }.items()}
 
 

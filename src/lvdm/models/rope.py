@@ -52,18 +52,21 @@ def split_rope_dims(head_dim: int) -> tuple[int, int, int]:
 
 
 @lru_cache(maxsize=64)
-def rope_3d(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_3d(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0,
+            axes_dims: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin) ``[t·h·w, head_dim]`` for the tokens of a ``(t, h, w)`` grid in raster
-    order: channels ``[time | height | width]``, each part rotated by its own coordinate."""
+    order: channels ``[time | height | width]``, each part rotated by its own coordinate.
+    ``axes_dims``: the channels of each part (HunyuanVideo: ``(16, 56, 56)``, summing to
+    ``head_dim``); None: Wan's split (:func:`split_rope_dims`)."""
+    dims = tuple(axes_dims) if axes_dims else split_rope_dims(head_dim)
+    if sum(dims) != head_dim:
+        raise ValueError(f"rope axes_dims {dims} must sum to the head dimension {head_dim}")
     t, h, w = grid
     with torch.device("cpu"):  # cached: never build it on a default meta / CUDA device
         coords = torch.stack(
             torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"), dim=-1
         ).reshape(-1, 3).float()
-        angles = [
-            coords[:, axis, None] * rope_frequencies(dim, theta)[None]
-            for axis, dim in enumerate(split_rope_dims(head_dim))
-        ]
+        angles = [coords[:, axis, None] * rope_frequencies(dim, theta)[None] for axis, dim in enumerate(dims)]
         return _tables(torch.cat(angles, dim=-1))
 
 
