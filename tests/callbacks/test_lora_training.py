@@ -2,6 +2,7 @@
 exactly (optimizer, step, EMA of the adapter), load as a merged model, merge and export."""
 
 import json
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -16,6 +17,8 @@ from lvdm.training.callbacks.ema import EMA
 from lvdm.training.callbacks.lora_training import LoRA
 from lvdm.training.callbacks.run_checkpoint import RunCheckpoint
 from lvdm.training.callbacks.warm_start import InitFrom
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Clips(Dataset):
@@ -167,3 +170,32 @@ def test_diffusers_export_keys_and_metadata(tmp_path, tiny_hparams):
         plain.save_checkpoint(tmp_path / "plain.ckpt")
         export(str(tmp_path / "plain.ckpt"), str(tmp_path / "x.safetensors"))
     merge_lora(module)  # the module trained on is a plain model again
+
+
+def test_tiny_lora_recipe_through_the_cli_then_sample_merge_and_export(tmp_path, monkeypatch, assert_close_scaled):
+    """recipes/tiny/lora.yaml after the base recipe, as a user runs them (relative paths, from the
+    run folder): the base run, the LoRA run from its last.ckpt, then the adapter checkpoint
+    loads merged (what `lvdm sample` reads), `lvdm lora merge` writes a file lvdm loads, and
+    `lvdm lora export` writes the diffusers layout."""
+    from lvdm.cli import lightning_cli, main
+    from lvdm.shapes.synthetic import write_synthetic_dataset
+
+    monkeypatch.chdir(tmp_path)
+    write_synthetic_dataset("data/shapes", num_train=8, num_val=2, shard_size=8, num_frames=8, size=32)
+    small = ["--model.init_args.denoiser.init_args.hidden_size", "32", "--model.init_args.denoiser.init_args.depth", "1",
+             "--data.init_args.batch_size", "2", "--data.init_args.samples_per_epoch", "4", "--trainer.max_steps", "2",
+             "--trainer.limit_val_batches", "0", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    for recipe in ("cross_attn", "lora"):
+        cli = lightning_cli(["--config", str(ROOT / f"recipes/tiny/{recipe}.yaml")] + small, run=False)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    adapter = tmp_path / "runs/tiny_lora/checkpoints/last.ckpt"
+    ckpt = torch.load(adapter, weights_only=True)
+    assert all(is_adapter_key(k) for k in ckpt["state_dict"])
+    assert ckpt["callbacks"]["LoRA"]["base"][0]["source"] == str(tmp_path / "runs/tiny_cross_attn/checkpoints/last.ckpt")
+    unmerged = _outputs(cli.model)
+    assert_close_scaled(_outputs(load_module(adapter).module), unmerged, rtol=1e-6)
+    main(["lora", "merge", "--adapter", str(adapter), "--out", "merged.safetensors"])
+    assert_close_scaled(_outputs(load_module("merged.safetensors").module), unmerged, rtol=1e-6)
+    main(["lora", "export", "--checkpoint", str(adapter), "--out", "lora.safetensors", "--format", "diffusers"])
+    with safe_open("lora.safetensors", framework="pt") as f:
+        assert all(k.startswith("transformer.blocks.") for k in f.keys()) and f.metadata()["rank"] == "4"

@@ -27,6 +27,14 @@ LoraInit = Literal["default", "gaussian"]
 ADAPTER_NAME = "default"
 
 
+def _peft():
+    try:
+        import peft
+    except ImportError as err:
+        raise ImportError("LoRA needs peft: pip install 'lvdm[finetune]'") from err
+    return peft
+
+
 def linear_names(model: nn.Module) -> list[str]:
     """The names of every ``nn.Linear`` in ``model`` (what LoRA may adapt)."""
     return [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name]
@@ -84,8 +92,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout:
         targets: see :func:`find_targets`.
         init: :data:`LoraInit`.
     """
-    from peft import LoraConfig, inject_adapter_in_model
-
+    peft = _peft()
     if rank < 1:
         raise ValueError(f"LoRA rank must be a positive integer, got {rank}")
     if not 0.0 <= dropout < 1.0:
@@ -95,9 +102,9 @@ def apply_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout:
     if any(is_adapter_key(name) for name, _ in model.named_parameters()):
         raise ValueError(f"{type(model).__name__} already holds LoRA adapters; merge them first (lvdm.finetune.lora.merge_lora)")
     names = find_targets(model, targets)
-    config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, lora_dropout=dropout,
+    config = peft.LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, lora_dropout=dropout,
                         target_modules=names, init_lora_weights=True if init == "default" else "gaussian")
-    inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
+    peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
     for name, param in model.named_parameters():
         param.requires_grad_(is_adapter_key(name))
     return names
@@ -115,9 +122,8 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The peft LoRA layers inside ``model`` by name."""
-    from peft.tuners.lora import LoraLayer
-
-    return {name: module for name, module in model.named_modules() if isinstance(module, LoraLayer)}
+    layer = _peft().tuners.lora.LoraLayer
+    return {name: module for name, module in model.named_modules() if isinstance(module, layer)}
 
 
 @torch.no_grad()
