@@ -126,11 +126,17 @@ def test_adapter_checkpoint_loads_merged_and_merge_writes_a_file_lvdm_reads(tmp_
     base_path = _save_base(tmp_path, tiny_hparams)
     module = build_module(tiny_hparams())  # its own random base is replaced by InitFrom's
     module.hparams.update(tiny_hparams())  # what the CLI stores: the recipe (built from Python it holds plain values only)
-    trainer, _ = _fit(tmp_path, module, 3, [LoRA(rank=2, alpha=3.0),
+    ema = EMA(decay=0.5)
+    trainer, _ = _fit(tmp_path, module, 3, [LoRA(rank=2, alpha=3.0), ema,
                                              InitFrom(str(base_path), module="", prefix="", strict=True)])
     adapter_path = tmp_path / "adapter.ckpt"
     trainer.save_checkpoint(adapter_path)
     unmerged = _outputs(module)
+    with ema.averaged_weights(module):
+        unmerged_ema = _outputs(module)
+    loaded = load_module(adapter_path)  # auto: the adapter's EMA
+    assert loaded.weights == "ema"
+    assert_close_scaled(_outputs(loaded.module), unmerged_ema, rtol=1e-6)
 
     loaded = load_module(adapter_path, weights="raw")  # the base from the recorded InitFrom source
     assert "LoRA merged into" in loaded.source and loaded.global_step == 3
@@ -199,3 +205,19 @@ def test_tiny_lora_recipe_through_the_cli_then_sample_merge_and_export(tmp_path,
     main(["lora", "export", "--checkpoint", str(adapter), "--out", "lora.safetensors", "--format", "diffusers"])
     with safe_open("lora.safetensors", framework="pt") as f:
         assert all(k.startswith("transformer.blocks.") for k in f.keys()) and f.metadata()["rank"] == "4"
+
+
+def test_the_base_is_loaded_before_the_adapter_in_every_stage(tmp_path, tiny_hparams):
+    """``lvdm validate`` of an adapter checkpoint: InitFrom alone skips stages other than fit, but an
+    adapter-only checkpoint has no base, so the LoRA callback has it loaded there too, before wrapping."""
+    from types import SimpleNamespace
+
+    base_path = _save_base(tmp_path, tiny_hparams)
+    want = torch.load(base_path, weights_only=True)["state_dict"]
+    module = build_module(tiny_hparams())
+    init, lora = InitFrom(str(base_path), module="", prefix="", strict=True), LoRA(rank=2)
+    lora.setup(SimpleNamespace(callbacks=[lora, init]), module, "validate")  # listed after LoRA: run first anyway
+    assert init.report is not None and not init.report.new
+    merge_lora(module.denoiser)
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in want.items())  # B = 0: the merged model is the base
+    assert lora.state_dict()["base"][0]["source"] == str(base_path.resolve())

@@ -2,7 +2,8 @@
 
 :class:`LoRA` wraps the target linears of the LightningModule's ``denoiser`` (or another part)
 with peft LoRA layers in ``setup``, which Lightning runs before ``configure_optimizers``, so
-the optimizer sees the adapter parameters alone. Checkpoints keep only the adapter tensors
+the optimizer sees the adapter parameters alone; the run's ``InitFrom`` callbacks load the base
+first, in every stage (``lvdm validate`` / ``test`` of an adapter checkpoint need the base too). Checkpoints keep only the adapter tensors
 (the optimizer, step, schedule and callback states as usual); resuming (``--ckpt_path``) loads
 them into the base the run builds again (the recipe's ``InitFrom`` source, which this callback
 runs first), so the continued run equals an uninterrupted one. The :class:`~lvdm.training.callbacks.ema.EMA`
@@ -64,8 +65,8 @@ class LoRA(Callback):
         if self.adapted is not None:
             return
         inits = [c for c in trainer.callbacks if isinstance(c, InitFrom)]
-        for init in inits:  # the base weights go in under their own names, before the layers are wrapped
-            init.setup(trainer, pl_module, stage)
+        for init in inits:  # the base weights go in under their own names, before the layers are wrapped;
+            init.setup(trainer, pl_module, "fit")  # in validate / test too: the checkpoint holds no base
         self.base = [_base_spec(init) for init in inits]
         part = pl_module.get_submodule(self.module)
         self.adapted = apply_lora(part, self.rank, self.alpha, self.dropout, self.targets, self.init)
