@@ -216,8 +216,11 @@ def test_the_base_is_loaded_before_the_adapter_in_every_stage(tmp_path, tiny_hpa
     want = torch.load(base_path, weights_only=True)["state_dict"]
     module = build_module(tiny_hparams())
     init, lora = InitFrom(str(base_path), module="", prefix="", strict=True), LoRA(rank=2)
-    lora.setup(SimpleNamespace(callbacks=[lora, init]), module, "validate")  # listed after LoRA: run first anyway
+    deepspeed = SimpleNamespace(exclude_frozen_parameters=False)  # DeepSpeedStrategy's switch
+    lora.setup(SimpleNamespace(callbacks=[lora, init], strategy=deepspeed), module, "validate")  # InitFrom runs first
+    assert deepspeed.exclude_frozen_parameters  # DeepSpeed's module files hold the adapter only too
     assert init.report is not None and not init.report.new
+    lora.on_load_checkpoint(None, module, {"global_step": 2})  # DeepSpeed's client state: it loads its module files itself
     merge_lora(module.denoiser)
     assert all(torch.equal(module.state_dict()[k], v) for k, v in want.items())  # B = 0: the merged model is the base
     assert lora.state_dict()["base"][0]["source"] == str(base_path.resolve())

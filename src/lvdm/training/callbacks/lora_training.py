@@ -3,12 +3,13 @@
 :class:`LoRA` wraps the target linears of the LightningModule's ``denoiser`` (or another part)
 with peft LoRA layers in ``setup``, which Lightning runs before ``configure_optimizers``, so
 the optimizer sees the adapter parameters alone; the run's ``InitFrom`` callbacks load the base
-first, in every stage (``lvdm validate`` / ``test`` of an adapter checkpoint need the base too). Checkpoints keep only the adapter tensors
-(the optimizer, step, schedule and callback states as usual); resuming (``--ckpt_path``) loads
-them into the base the run builds again (the recipe's ``InitFrom`` source, which this callback
-runs first), so the continued run equals an uninterrupted one. The :class:`~lvdm.training.callbacks.ema.EMA`
-callback averages what trains, here the adapter. :mod:`lvdm.finetune.adapter_files` loads,
-merges and exports such checkpoints.
+first, in every stage (``lvdm validate`` / ``test`` of an adapter checkpoint need the base too).
+Checkpoints keep only the adapter tensors (the optimizer, step, schedule and callback states as
+usual; under DeepSpeed the strategy's ``exclude_frozen_parameters`` is switched on to the same
+end); resuming (``--ckpt_path``) loads them into the base the run builds again (the recipe's
+``InitFrom`` source), so the continued run equals an uninterrupted one. The
+:class:`~lvdm.training.callbacks.ema.EMA` callback averages what trains, here the adapter.
+:mod:`lvdm.finetune.adapter_files` loads, merges and exports such checkpoints.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class LoRA(Callback):
         for name, param in pl_module.named_parameters():
             param.requires_grad_(name.startswith(f"{self.module}.") and is_adapter_key(name))
         pl_module.strict_loading = False  # a checkpoint holds the adapter only: on_load_checkpoint checks its keys
+        strategy = getattr(trainer, "strategy", None)
+        if hasattr(strategy, "exclude_frozen_parameters"):  # DeepSpeed writes its own module files: adapter only too
+            strategy.exclude_frozen_parameters = True
         trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
         total = sum(p.numel() for p in pl_module.parameters())
         rank_zero_only(print)(f"LoRA rank {self.rank} alpha {self.alpha:g} on {len(self.adapted)} linears of "
@@ -83,7 +87,8 @@ class LoRA(Callback):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_adapter_key(k)}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        check_adapter_keys(pl_module, checkpoint["state_dict"], "the checkpoint to resume (--ckpt_path)")
+        if "state_dict" in checkpoint:  # DeepSpeed loads its own module files (none in its client state)
+            check_adapter_keys(pl_module, checkpoint["state_dict"], "the checkpoint to resume (--ckpt_path)")
 
     def state_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "module": self.module,
