@@ -224,3 +224,12 @@ def test_the_base_is_loaded_before_the_adapter_in_every_stage(tmp_path, tiny_hpa
     merge_lora(module.denoiser)
     assert all(torch.equal(module.state_dict()[k], v) for k, v in want.items())  # B = 0: the merged model is the base
     assert lora.state_dict()["base"][0]["source"] == str(base_path.resolve())
+
+
+def test_a_frozen_text_encoder_is_refused(tiny_hparams):
+    from types import SimpleNamespace
+
+    module = build_module(tiny_hparams())
+    module.text_encoder.__class__ = type("FrozenWords", (type(module.text_encoder),), {"trainable": False})
+    with pytest.raises(ValueError, match="LoRA module 'text_encoder': FrozenWords runs frozen"):
+        LoRA(rank=2, module="text_encoder", targets="*").setup(SimpleNamespace(callbacks=[]), module, "fit")

@@ -46,8 +46,9 @@ class LoRA(Callback):
         targets: the linears to adapt: None for the backbone's declared ``lora_targets``, or
             glob patterns over the part's module names (``blocks.*.attns.*.qkv``); a pattern
             that matches nothing is an error naming the available names.
-        module: the LightningModule part to adapt (``denoiser``; ``text_encoder`` with
-            ``targets`` given).
+        module: the LightningModule part to adapt (``denoiser``; a trainable ``text_encoder``
+            with ``targets`` given; the pretrained T5 / CLIP encoders run without gradients and
+            are refused).
         init: ``default`` (peft's: B zero, the run starts at the base model) or ``gaussian``.
     """
 
@@ -70,6 +71,9 @@ class LoRA(Callback):
             init.setup(trainer, pl_module, "fit")  # in validate / test too: the checkpoint holds no base
         self.base = [_base_spec(init) for init in inits]
         part = pl_module.get_submodule(self.module)
+        if getattr(part, "trainable", True) is False:  # a pretrained T5 / CLIP runs under no_grad: an adapter would never train
+            raise ValueError(f"LoRA module {self.module!r}: {type(part).__name__} runs frozen (no gradient reaches it); "
+                             "LoRA on a pretrained text encoder is not supported yet, adapt the denoiser")
         self.adapted = apply_lora(part, self.rank, self.alpha, self.dropout, self.targets, self.init)
         for name, param in pl_module.named_parameters():
             param.requires_grad_(name.startswith(f"{self.module}.") and is_adapter_key(name))
