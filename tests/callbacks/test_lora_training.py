@@ -202,6 +202,10 @@ def test_tiny_lora_recipe_through_the_cli_then_sample_merge_and_export(tmp_path,
     assert_close_scaled(_outputs(load_module(adapter).module), unmerged, rtol=1e-6)
     main(["lora", "merge", "--adapter", str(adapter), "--out", "merged.safetensors"])
     assert_close_scaled(_outputs(load_module("merged.safetensors").module), unmerged, rtol=1e-6)
+    for name, checkpoint in (("adapter", str(adapter)), ("merged", "merged.safetensors")):  # lvdm sample reads both
+        main(["sample", "--checkpoint", checkpoint, "--prompts", '["a red square moving left"]', "--out", name,
+              "--steps", "1"])
+        assert len(list(Path(name).glob("*.mp4"))) == 1
     main(["lora", "export", "--checkpoint", str(adapter), "--out", "lora.safetensors", "--format", "diffusers"])
     with safe_open("lora.safetensors", framework="pt") as f:
         assert all(k.startswith("transformer.blocks.") for k in f.keys()) and f.metadata()["rank"] == "4"

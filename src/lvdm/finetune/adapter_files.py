@@ -84,7 +84,7 @@ def load_adapter_module(path: str | Path, weights: Weights = "auto", base: str |
         path: the checkpoint ``lvdm fit`` wrote with the LoRA callback.
         weights: the adapter's ``ema`` / ``raw`` weights, or ``auto`` (EMA when there is one).
         base: the base model (an lvdm checkpoint or exported ``.safetensors`` of the recipe's
-            model); None: the ``InitFrom`` sources the run recorded.
+            model; its EMA weights when it has them); None: the ``InitFrom`` sources the run recorded.
         ckpt: the checkpoint dict when already read.
     """
     source = f"checkpoint {str(path)!r}"
@@ -115,8 +115,9 @@ def merge(adapter: str, out: str, base: str | None = None, weights: Weights = "a
     Args:
         adapter: a checkpoint ``lvdm fit`` wrote with the LoRA callback (adapter only).
         out: the ``.safetensors`` file to write (full float32 weights and the recipe).
-        base: the base model, an lvdm checkpoint or exported ``.safetensors`` (default: the
-            ``InitFrom`` source the LoRA run recorded).
+        base: the base model, an lvdm checkpoint or exported ``.safetensors`` of the recipe's
+            model, its EMA weights when it has them (default: the ``InitFrom`` sources the LoRA
+            run recorded, with their recorded weights choice).
         weights: the adapter's ``ema`` or ``raw`` weights, or ``auto`` (EMA when there is one).
     """
     from safetensors.torch import save_file

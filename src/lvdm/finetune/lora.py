@@ -103,7 +103,8 @@ def apply_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout:
         raise ValueError(f"{type(model).__name__} already holds LoRA adapters; merge them first (lvdm.finetune.lora.merge_lora)")
     names = find_targets(model, targets)
     config = peft.LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, lora_dropout=dropout,
-                        target_modules=names, init_lora_weights=True if init == "default" else "gaussian")
+                        target_modules="|".join(re.escape(n) for n in names),  # peft full-matches a string: exactly these
+                        init_lora_weights=True if init == "default" else "gaussian")
     peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
     for name, param in model.named_parameters():
         param.requires_grad_(is_adapter_key(name))
