@@ -144,7 +144,10 @@ def test_adapter_checkpoint_loads_merged_and_merge_writes_a_file_lvdm_reads(tmp_
     assert_close_scaled(_outputs(loaded.module), unmerged, rtol=1e-6)
     assert (_outputs(load_module(base_path).module) - unmerged).abs().max() > 1e-4  # the adapter trained
 
-    merged = merge(str(adapter_path), str(tmp_path / "merged.safetensors"), base=str(base_path), weights="raw")
+    base_path.rename(tmp_path / "moved.ckpt")  # the recorded base is gone: a clear error, and --base gives it
+    with pytest.raises(FileNotFoundError, match=r"its base '.*base.ckpt' \(the run's InitFrom source\) is not a local"):
+        load_module(adapter_path)
+    merged = merge(str(adapter_path), str(tmp_path / "merged.safetensors"), base=str(tmp_path / "moved.ckpt"), weights="raw")
     assert_close_scaled(_outputs(load_module(merged).module), unmerged, rtol=1e-6)
 
 

@@ -53,6 +53,9 @@ def _load_base(module: torch.nn.Module, settings: dict[str, Any], base: str | No
         raise ValueError(f"{source} holds a LoRA adapter whose base was the recipe's own initialisation (no InitFrom "
                          "in the run); give the base model: lvdm lora merge --base <checkpoint> --adapter <this file>")
     for spec in sources:
+        if not Path(spec["source"]).exists():  # a checkpoint's record never makes lvdm download (a hub id) or guess
+            raise FileNotFoundError(f"{source}: its base {spec['source']!r} (the run's InitFrom source) is not a local "
+                                    "file or folder here; give the base model: lvdm lora merge --base <checkpoint>")
         target = module.get_submodule(spec["module"]) if spec["module"] else module
         init_from(target, spec["source"], spec["weights"], spec["strict"], spec["prefix"], verbose=False,
                   inflate_time=spec["inflate_time"], allow_position_change=spec["allow_position_change"])
