@@ -101,6 +101,11 @@ def test_resume_refuses_other_lora_settings_and_a_full_checkpoint(tmp_path, tiny
              ckpt_path=str(tmp_path / "adapter.ckpt"))
     with pytest.raises(RuntimeError, match="size mismatch for denoiser.blocks.0.attns.0.qkv.lora_A"):  # torch's own words
         _fit(tmp_path, _base_module(tiny_hparams), 2, [LoRA(rank=4)], ckpt_path=str(tmp_path / "adapter.ckpt"))
+    other_base = _base_module(tiny_hparams)
+    with torch.no_grad():
+        other_base.denoiser.blocks[0].mlp.fc1.weight.add_(0.01)
+    with pytest.raises(ValueError, match=r"this run's base weights \(fingerprint \w+\) differ from those the checkpoint's"):
+        _fit(tmp_path, other_base, 2, [LoRA(rank=2)], ckpt_path=str(tmp_path / "adapter.ckpt"))
     plain, _ = _fit(tmp_path, _base_module(tiny_hparams), 1, [])
     plain.save_checkpoint(tmp_path / "full.ckpt")
     with pytest.raises(KeyError, match="LoRA adapter keys do not match.*missing"):
@@ -147,6 +152,13 @@ def test_adapter_checkpoint_loads_merged_and_merge_writes_a_file_lvdm_reads(tmp_
     base_path.rename(tmp_path / "moved.ckpt")  # the recorded base is gone: a clear error, and --base gives it
     with pytest.raises(FileNotFoundError, match=r"its base '.*base.ckpt' \(the run's InitFrom source\) is not a local"):
         load_module(adapter_path)
+    changed = torch.load(tmp_path / "moved.ckpt", weights_only=True)  # the base run went on and rewrote its file
+    changed["state_dict"]["denoiser.blocks.0.mlp.fc1.weight"] += 0.01
+    torch.save(changed, base_path)
+    with pytest.raises(ValueError, match="base weights loaded .fingerprint .*differ from those its LoRA adapter was trained on"):
+        load_module(adapter_path)
+    with pytest.warns(UserWarning, match="merging into the given base"):  # a base given on purpose: merged anyway
+        merge(str(adapter_path), str(tmp_path / "other.safetensors"), base=str(base_path))
     merged = merge(str(adapter_path), str(tmp_path / "merged.safetensors"), base=str(tmp_path / "moved.ckpt"), weights="raw")
     assert_close_scaled(_outputs(load_module(merged).module), unmerged, rtol=1e-6)
 

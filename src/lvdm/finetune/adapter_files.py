@@ -15,6 +15,7 @@ weights (``base``, else the recorded ``InitFrom`` sources), adds the adapter, an
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ from lvdm.checkpoints.export import _unshared
 from lvdm.checkpoints.init_from import init_from
 from lvdm.checkpoints.load import METADATA_KEY, LoadedModel, build_module, load_ema_weights, load_module, read_checkpoint
 from lvdm.checkpoints.stored_recipe import check_stored_recipe
-from lvdm.finetune.lora import ADAPTER_NAME, apply_lora, is_adapter_key, merge_lora
+from lvdm.finetune.lora import ADAPTER_NAME, apply_lora, base_fingerprint, is_adapter_key, merge_lora
 from lvdm.utils import check_finite
 
 STATE_KEY = "LoRA"
@@ -62,6 +63,20 @@ def _load_base(module: torch.nn.Module, settings: dict[str, Any], base: str | No
     return ", ".join(spec["source"] for spec in sources)
 
 
+def _check_fingerprint(module: torch.nn.Module, settings: dict[str, Any], base: str | None, source: str) -> None:
+    """The loaded base must be the one the adapter was trained on: an error for the recorded
+    sources (overwritten since?), a warning for a ``base`` given on purpose."""
+    recorded, found = settings.get("base_fingerprint"), base_fingerprint(module)
+    if not recorded or recorded == found:
+        return
+    message = (f"{source}: the base weights loaded (fingerprint {found}) differ from those its LoRA adapter was "
+               f"trained on ({recorded})")
+    if base is None:
+        raise ValueError(f"{message}; was the InitFrom source overwritten since? give the right one with "
+                         "lvdm lora merge --base")
+    warnings.warn(f"{message}: merging into the given base {base!r} anyway", stacklevel=2)
+
+
 def add_adapter(module: torch.nn.Module, settings: dict[str, Any]) -> torch.nn.Module:
     """Wrap the part of ``module`` the settings name with the recorded (untrained) adapter; return that part."""
     part = module.get_submodule(settings["module"])
@@ -97,6 +112,7 @@ def load_adapter_module(path: str | Path, weights: Weights = "auto", base: str |
         raise ValueError(f"{source} holds no LoRA adapter (it was not trained with callbacks/lora.yaml)")
     module = build_module(ckpt.get("hyper_parameters") or {}, source=source)
     described = _load_base(module, settings, base, source)
+    _check_fingerprint(module, settings, base, source)
     add_adapter(module, settings)
     adapter = {k: v for k, v in ckpt["state_dict"].items() if is_adapter_key(k)}
     check_adapter_keys(module, adapter, source)

@@ -14,6 +14,7 @@ frozen weight), ``lora_A.default.weight`` ``[rank, in]`` and ``lora_B.default.we
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 from typing import Literal, Sequence
 
@@ -136,3 +137,18 @@ def merge_lora(model: nn.Module) -> nn.Module:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, layer.get_base_layer())
     return model
+
+
+@torch.no_grad()
+def base_fingerprint(model: nn.Module, samples: int = 256) -> str:
+    """A short hash of ``model``'s parameters (call it before :func:`apply_lora`): names, shapes and
+    up to ``samples`` evenly spaced values of each, rounded to bfloat16, so the same weights give
+    the same hash in float32 or bfloat16, on any device, without hashing gigabytes."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        flat = param.detach().reshape(-1)
+        index = torch.linspace(0, flat.numel() - 1, min(samples, flat.numel()), device=flat.device).long()
+        values = flat[index].to(torch.bfloat16).view(torch.int16).cpu()
+        digest.update(f"{name}{tuple(param.shape)}".encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()[:16]

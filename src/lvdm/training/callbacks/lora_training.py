@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from lvdm.finetune.adapter_files import STATE_KEY, check_adapter_keys
-from lvdm.finetune.lora import LoraInit, apply_lora, is_adapter_key
+from lvdm.finetune.lora import LoraInit, apply_lora, base_fingerprint, is_adapter_key
 from lvdm.training.callbacks.warm_start import InitFrom
 
 _SETTINGS = ("rank", "alpha", "module", "targets")
@@ -58,6 +58,7 @@ class LoRA(Callback):
         self.targets, self.module, self.init = targets, module, init
         self.adapted: list[str] | None = None  # module names, once applied
         self.base: list[dict[str, Any]] = []
+        self.fingerprint = ""  # of the base weights (lvdm.finetune.lora.base_fingerprint)
 
     @property
     def state_key(self) -> str:
@@ -70,6 +71,7 @@ class LoRA(Callback):
         for init in inits:  # the base weights go in under their own names, before the layers are wrapped;
             init.setup(trainer, pl_module, "fit")  # in validate / test too: the checkpoint holds no base
         self.base = [_base_spec(init) for init in inits]
+        self.fingerprint = base_fingerprint(pl_module)
         part = pl_module.get_submodule(self.module)
         if getattr(part, "trainable", True) is False:  # a pretrained T5 / CLIP runs under no_grad: an adapter would never train
             raise ValueError(f"LoRA module {self.module!r}: {type(part).__name__} runs frozen (no gradient reaches it); "
@@ -96,7 +98,8 @@ class LoRA(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "module": self.module,
-                "targets": list(self.adapted or []), "init": self.init, "base": self.base}
+                "targets": list(self.adapted or []), "init": self.init, "base": self.base,
+                "base_fingerprint": self.fingerprint}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         mine = self.state_dict()
@@ -104,3 +107,7 @@ class LoRA(Callback):
         if differ:
             raise ValueError("the checkpoint's LoRA settings differ from this run's: "
                              + ", ".join(f"{k} {state_dict.get(k)!r} vs {mine[k]!r}" for k in differ))
+        if state_dict.get("base_fingerprint") not in (None, mine["base_fingerprint"]):
+            raise ValueError(f"this run's base weights (fingerprint {mine['base_fingerprint']}) differ from those the "
+                             f"checkpoint's adapter was trained on ({state_dict['base_fingerprint']}); was the InitFrom "
+                             f"source {[b['source'] for b in self.base]} overwritten or changed?")
