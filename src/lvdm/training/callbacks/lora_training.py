@@ -67,15 +67,15 @@ class LoRA(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.adapted is not None:
             return
+        part = pl_module.get_submodule(self.module)
+        if getattr(part, "trainable", True) is False:  # a pretrained T5 / CLIP runs under no_grad: an adapter would never train
+            raise ValueError(f"LoRA module {self.module!r}: {type(part).__name__} runs frozen (no gradient reaches it); "
+                             "LoRA on a pretrained text encoder is not supported yet, adapt the denoiser")
         inits = [c for c in trainer.callbacks if isinstance(c, InitFrom)]
         for init in inits:  # the base weights go in under their own names, before the layers are wrapped;
             init.setup(trainer, pl_module, "fit")  # in validate / test too: the checkpoint holds no base
         self.base = [_base_spec(init) for init in inits]
         self.fingerprint = base_fingerprint(pl_module)
-        part = pl_module.get_submodule(self.module)
-        if getattr(part, "trainable", True) is False:  # a pretrained T5 / CLIP runs under no_grad: an adapter would never train
-            raise ValueError(f"LoRA module {self.module!r}: {type(part).__name__} runs frozen (no gradient reaches it); "
-                             "LoRA on a pretrained text encoder is not supported yet, adapt the denoiser")
         self.adapted = apply_lora(part, self.rank, self.alpha, self.dropout, self.targets, self.init)
         for name, param in pl_module.named_parameters():
             param.requires_grad_(name.startswith(f"{self.module}.") and is_adapter_key(name))
