@@ -47,6 +47,8 @@ lvdm commands:
   app         a web page over a checkpoint: prompts -> videos   lvdm app --checkpoint last.ckpt
   estimate    parameters, FLOPs, GPU-hours, s/video, memory/GPU   lvdm estimate --size XL/2 --frames 16
   checkpoint export  a .ckpt or DeepSpeed checkpoint -> one .safetensors   lvdm checkpoint export --checkpoint last.ckpt --out model.safetensors --ema true
+  lora merge  a LoRA run's adapter folded into its base -> one .safetensors   lvdm lora merge --adapter last.ckpt --out merged.safetensors
+  lora export a LoRA run's adapter as a diffusers-layout LoRA file   lvdm lora export --checkpoint last.ckpt --out lora.safetensors
 
 Run `lvdm <command> --help` for the options of a command.
 """
@@ -188,6 +190,10 @@ GROUPS: dict[str, dict[str, str]] = {
     },
     "checkpoint": {
         "export": "lvdm.checkpoints.export:export_checkpoint",
+    },
+    "lora": {
+        "merge": "lvdm.finetune.adapter_files:merge",
+        "export": "lvdm.finetune.adapter_files:export",
     },
 }
 

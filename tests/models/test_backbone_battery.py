@@ -136,6 +136,25 @@ def test_meets_the_contract(variant):
     assert not any(re.fullmatch(model.lora_targets, n) for n in ("context_proj.fc1", "t_embedder.mlp.0"))
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_lora_on_the_declared_targets_merges_exactly(variant, assert_close_scaled):
+    """LoRA (lvdm.finetune.lora) on every backbone: only adapters train, merged == unmerged (alpha ≠ rank).
+    In float64: random weights of std 0.3 amplify float32 rounding of ``W x + B A x`` against
+    ``(W + B A) x`` through the blocks to ~1e-5 of the output, which would hide the algebra."""
+    pytest.importorskip("peft")
+    from lvdm.finetune.lora import apply_lora, is_adapter_key, lora_layers, merge_lora
+
+    model = _random(variant.build()).double()
+    apply_lora(model, rank=2, alpha=5.0)
+    assert all(is_adapter_key(n) == p.requires_grad for n, p in model.named_parameters())
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B["default"].weight.normal_(0, 0.3)
+        unmerged = model.eval()(*_inputs(dtype=torch.float64))
+        merged = merge_lora(model)(*_inputs(dtype=torch.float64))
+    assert_close_scaled(merged, unmerged, rtol=1e-6)
+
+
 @pytest.mark.parametrize("name,build,published,tolerance", PUBLISHED, ids=[p[0] for p in PUBLISHED])
 def test_published_parameter_count_on_meta(name, build, published, tolerance):
     with torch.device("meta"):

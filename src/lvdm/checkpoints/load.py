@@ -217,7 +217,9 @@ def load_module(
     """Rebuild a trained model from any checkpoint lvdm writes, with its weights, safely.
 
     Args:
-        path: a ``.ckpt`` file, a DeepSpeed checkpoint directory, or an exported ``.safetensors``.
+        path: a ``.ckpt`` file, a DeepSpeed checkpoint directory, or an exported ``.safetensors``;
+            a LoRA run's adapter-only checkpoint gives its base with the adapter merged
+            (:func:`lvdm.finetune.adapter_files.load_adapter_module`).
         weights: ``"ema"`` (the EMA callback's average; an error if there is none), ``"raw"``
             (the trained weights), or ``"auto"`` (EMA when the checkpoint has it). An exported
             ``.safetensors`` holds the one set of weights it was exported with.
@@ -235,6 +237,12 @@ def load_module(
         check_finite(module.state_dict(), f"weights file {str(path)!r}")
         return LoadedModel(module.to(map_location), stored, step, str(path))
     ckpt = read_checkpoint(path)
+    if (ckpt.get("callbacks") or {}).get("LoRA") is not None:  # adapter only: its base is loaded, the adapter merged
+        from lvdm.finetune.adapter_files import load_adapter_module
+
+        loaded = load_adapter_module(path, weights, ckpt=ckpt)
+        loaded.module.to(map_location)
+        return loaded
     module = build_module(ckpt.get("hyper_parameters") or {}, source=f"checkpoint {str(path)!r}")
     module.load_state_dict(ckpt["state_dict"], strict=True)
     used: Literal["ema", "raw"] = "raw"

@@ -1,0 +1,220 @@
+"""Adapter-only LoRA checkpoints: load them as a merged model, merge them into one weights file,
+export them for other tools.
+
+A checkpoint written by ``lvdm fit`` with the :class:`~lvdm.training.callbacks.lora.LoRA`
+callback holds the adapter tensors only (plus optimizer, step and callback states): its
+``state_dict`` has no base weight, and ``callbacks["LoRA"]`` records the adapter's settings
+(rank, alpha, adapted module names) and where the base came from (the run's ``InitFrom``
+callbacks, with absolute paths). The recipe in ``hyper_parameters`` is the base model's.
+
+:func:`load_adapter_module` (which :func:`lvdm.checkpoints.load.load_module` calls for such a
+checkpoint, so ``lvdm sample`` reads it) rebuilds the base from that recipe, loads the base
+weights (``base``, else the recorded ``InitFrom`` sources), adds the adapter, and merges it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from lvdm.checkpoints.export import _unshared
+from lvdm.checkpoints.init_from import init_from
+from lvdm.checkpoints.load import METADATA_KEY, LoadedModel, build_module, load_ema_weights, load_module, read_checkpoint
+from lvdm.checkpoints.stored_recipe import check_stored_recipe
+from lvdm.finetune.lora import ADAPTER_NAME, apply_lora, base_fingerprint, is_adapter_key, merge_lora
+from lvdm.utils import check_finite
+
+STATE_KEY = "LoRA"
+Weights = Literal["auto", "ema", "raw"]
+#: diffusers' prefix of each LightningModule part an adapter may sit in
+DIFFUSERS_PREFIX = {"denoiser": "transformer", "text_encoder": "text_encoder"}
+
+
+def lora_settings(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The LoRA callback's recorded settings in a Lightning checkpoint dict, or None."""
+    return (ckpt.get("callbacks") or {}).get(STATE_KEY)
+
+
+def is_adapter_checkpoint(ckpt: dict[str, Any]) -> bool:
+    """Whether a Lightning checkpoint dict was written by a LoRA run (adapter-only ``state_dict``)."""
+    return lora_settings(ckpt) is not None
+
+
+def _load_base(module: torch.nn.Module, settings: dict[str, Any], base: str | None, source: str) -> str:
+    """Fill the base weights of the rebuilt ``module``; return where they came from."""
+    if base is not None:
+        module.load_state_dict(load_module(base, weights="auto").module.state_dict(), strict=True)
+        return base
+    sources = settings.get("base") or []
+    if not sources:
+        raise ValueError(f"{source} holds a LoRA adapter whose base was the recipe's own initialisation (no InitFrom "
+                         "in the run); give the base model: lvdm lora merge --base <checkpoint> --adapter <this file>")
+    for spec in sources:
+        if not Path(spec["source"]).exists():  # a checkpoint's record never makes lvdm download (a hub id) or guess
+            raise FileNotFoundError(f"{source}: its base {spec['source']!r} (the run's InitFrom source) is not a local "
+                                    "file or folder here; give the base model: lvdm lora merge --base <checkpoint>")
+        target = module.get_submodule(spec["module"]) if spec["module"] else module
+        init_from(target, spec["source"], spec["weights"], spec["strict"], spec["prefix"], verbose=False,
+                  inflate_time=spec["inflate_time"], allow_position_change=spec["allow_position_change"])
+    return ", ".join(spec["source"] for spec in sources)
+
+
+def _check_fingerprint(module: torch.nn.Module, settings: dict[str, Any], base: str | None, source: str) -> None:
+    """The loaded base must be the one the adapter was trained on: an error for the recorded
+    sources (overwritten since?), a warning for a ``base`` given on purpose."""
+    recorded, found = settings.get("base_fingerprint"), base_fingerprint(module)
+    if not recorded or recorded == found:
+        return
+    message = (f"{source}: the base weights loaded (fingerprint {found}) differ from those its LoRA adapter was "
+               f"trained on ({recorded})")
+    if base is None:
+        raise ValueError(f"{message}; was the InitFrom source overwritten since? give the right one with "
+                         "lvdm lora merge --base")
+    warnings.warn(f"{message}: merging into the given base {base!r} anyway", stacklevel=2)
+
+
+def add_adapter(module: torch.nn.Module, settings: dict[str, Any]) -> torch.nn.Module:
+    """Wrap the part of ``module`` the settings name with the recorded (untrained) adapter; return that part."""
+    part = module.get_submodule(settings["module"])
+    apply_lora(part, settings["rank"], settings["alpha"], settings["dropout"], settings["targets"])
+    return part
+
+
+def check_adapter_keys(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """The adapter keys of ``state_dict`` must be exactly those of ``module``."""
+    want = {k for k in module.state_dict() if is_adapter_key(k)}
+    have = {k for k in state_dict if is_adapter_key(k)}
+    if want != have:
+        missing, extra = sorted(want - have), sorted(have - want)
+        raise KeyError(f"{source}: LoRA adapter keys do not match the model's (missing {missing[:3]}, unexpected {extra[:3]}); "
+                       "was it trained with other LoRA targets or rank?")
+
+
+def load_adapter_module(path: str | Path, weights: Weights = "auto", base: str | None = None,
+                        ckpt: dict[str, Any] | None = None) -> LoadedModel:
+    """The model of an adapter-only LoRA checkpoint with the adapter merged into the base.
+
+    Args:
+        path: the checkpoint ``lvdm fit`` wrote with the LoRA callback.
+        weights: the adapter's ``ema`` / ``raw`` weights, or ``auto`` (EMA when there is one).
+        base: the base model (an lvdm checkpoint or exported ``.safetensors`` of the recipe's
+            model; its EMA weights when it has them); None: the ``InitFrom`` sources the run recorded.
+        ckpt: the checkpoint dict when already read.
+    """
+    source = f"checkpoint {str(path)!r}"
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
+    settings = lora_settings(ckpt)
+    if settings is None:
+        raise ValueError(f"{source} holds no LoRA adapter (it was not trained with callbacks/lora.yaml)")
+    module = build_module(ckpt.get("hyper_parameters") or {}, source=source)
+    described = _load_base(module, settings, base, source)
+    _check_fingerprint(module, settings, base, source)
+    add_adapter(module, settings)
+    adapter = {k: v for k, v in ckpt["state_dict"].items() if is_adapter_key(k)}
+    check_adapter_keys(module, adapter, source)
+    module.load_state_dict(adapter, strict=False)
+    used: Literal["ema", "raw"] = "raw"
+    if weights != "raw":
+        if load_ema_weights(ckpt, module):
+            used = "ema"
+        elif weights == "ema":
+            raise ValueError(f"{source} has no EMA weights (train with --config callbacks/ema.yaml)")
+    merge_lora(module)
+    check_finite(module.state_dict(), f"the merged {used} weights of {source}")
+    return LoadedModel(module, used, ckpt.get("global_step"), f"{path} (LoRA merged into {described})")
+
+
+def merge(adapter: str, out: str, base: str | None = None, weights: Weights = "auto") -> str:
+    """Fold a LoRA adapter into its base model: one ``.safetensors`` that ``lvdm sample`` loads.
+
+    Args:
+        adapter: a checkpoint ``lvdm fit`` wrote with the LoRA callback (adapter only).
+        out: the ``.safetensors`` file to write (full float32 weights and the recipe).
+        base: the base model, an lvdm checkpoint or exported ``.safetensors`` of the recipe's
+            model, its EMA weights when it has them (default: the ``InitFrom`` sources the LoRA
+            run recorded, with their recorded weights choice).
+        weights: the adapter's ``ema`` or ``raw`` weights, or ``auto`` (EMA when there is one).
+    """
+    from safetensors.torch import save_file
+
+    if not out.endswith(".safetensors"):
+        raise ValueError(f"--out must end in .safetensors, got {out!r}")
+    ckpt = read_checkpoint(adapter)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    check_stored_recipe(hparams, source=f"checkpoint {adapter!r}")
+    loaded = load_adapter_module(adapter, weights, base, ckpt=ckpt)
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in loaded.module.state_dict().items()}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_file(_unshared(tensors), out, metadata={METADATA_KEY: json.dumps(hparams), "weights": loaded.weights,
+                                                 "global_step": str(ckpt.get("global_step", ""))})
+    print(f"wrote {len(tensors)} tensors ({loaded.describe()}) to {out}")
+    return out
+
+
+def adapter_tensors(ckpt: dict[str, Any], weights: Weights, source: str) -> dict[str, torch.Tensor]:
+    """The adapter tensors of a LoRA checkpoint: the EMA average (``ema``, or ``auto`` when
+    there is one) or the trained values, keyed as in the LightningModule."""
+    shadow = (ckpt.get("callbacks") or {}).get("EMA")
+    if weights == "ema" and not shadow:
+        raise ValueError(f"{source} has no EMA weights (train with --config callbacks/ema.yaml)")
+    if weights != "raw" and shadow:
+        return {k: v for k, v in shadow["shadow"].items() if is_adapter_key(k)}
+    return {k: v for k, v in ckpt["state_dict"].items() if is_adapter_key(k)}
+
+
+def diffusers_lora(tensors: dict[str, torch.Tensor], settings: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Adapter tensors in diffusers' LoRA layout and its safetensors metadata.
+
+    ``denoiser.blocks.0.attns.0.qkv.lora_A.default.weight`` → ``transformer.blocks.0.attns.0.qkv.lora_A.weight``;
+    rank, alpha and the module names go into ``lora_adapter_metadata`` (diffusers' key, its
+    LoraConfig fields prefixed ``transformer.``) and also as plain ``rank`` / ``alpha`` entries."""
+    part = settings["module"]
+    prefix = DIFFUSERS_PREFIX.get(part)
+    if prefix is None:
+        raise ValueError(f"diffusers export covers adapters on {sorted(DIFFUSERS_PREFIX)}, not {part!r}")
+    out = {}
+    for key, value in tensors.items():
+        name = key.removeprefix(f"{part}.").replace(f".{ADAPTER_NAME}.weight", ".weight")
+        out[f"{prefix}.{name}"] = value.float().contiguous()
+    config = {"r": settings["rank"], "lora_alpha": settings["alpha"], "target_modules": list(settings["targets"]),
+              "lora_dropout": 0.0, "bias": "none", "use_dora": False}
+    metadata = {"format": "pt", "lora_adapter_metadata": json.dumps({f"{prefix}.{k}": v for k, v in config.items()}, sort_keys=True),
+                "rank": str(settings["rank"]), "alpha": str(settings["alpha"]),
+                "module_names": "lvdm"}  # lvdm's module names: a diffusers transformer names its layers otherwise
+    return out, metadata
+
+
+def export(checkpoint: str, out: str, format: Literal["diffusers"] = "diffusers", weights: Weights = "auto") -> str:
+    """Write a LoRA run's adapter as a LoRA file other tools read.
+
+    ``diffusers``: keys ``transformer.<module>.lora_A.weight`` / ``lora_B.weight`` (float32), rank
+    and alpha in the safetensors metadata. The module names are lvdm's own (for lvdm-native
+    backbones they are not a diffusers model's names).
+
+    Args:
+        checkpoint: a checkpoint ``lvdm fit`` wrote with the LoRA callback.
+        out: the ``.safetensors`` file to write.
+        format: ``diffusers``.
+        weights: the adapter's ``ema`` or ``raw`` weights, or ``auto`` (EMA when there is one).
+    """
+    from safetensors.torch import save_file
+
+    if format != "diffusers":
+        raise ValueError(f"--format must be 'diffusers', got {format!r}")
+    if not out.endswith(".safetensors"):
+        raise ValueError(f"--out must end in .safetensors, got {out!r}")
+    source = f"checkpoint {checkpoint!r}"
+    ckpt = read_checkpoint(checkpoint)
+    settings = lora_settings(ckpt)
+    if settings is None:
+        raise ValueError(f"{source} holds no LoRA adapter (it was not trained with callbacks/lora.yaml)")
+    tensors, metadata = diffusers_lora(adapter_tensors(ckpt, weights, source), settings)
+    check_finite(tensors, f"the LoRA adapter of {source}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, out, metadata=metadata)
+    print(f"wrote {len(tensors)} LoRA tensors (rank {settings['rank']}, alpha {settings['alpha']}, {format}) to {out}")
+    return out

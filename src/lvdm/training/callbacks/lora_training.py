@@ -1,0 +1,113 @@
+"""LoRA fine-tuning of a trained backbone: adapters in, base frozen, adapter-only checkpoints.
+
+:class:`LoRA` wraps the target linears of the LightningModule's ``denoiser`` (or another part)
+with peft LoRA layers in ``setup``, which Lightning runs before ``configure_optimizers``, so
+the optimizer sees the adapter parameters alone; the run's ``InitFrom`` callbacks load the base
+first, in every stage (``lvdm validate`` / ``test`` of an adapter checkpoint need the base too).
+Checkpoints keep only the adapter tensors (the optimizer, step, schedule and callback states as
+usual; under DeepSpeed the strategy's ``exclude_frozen_parameters`` is switched on to the same
+end); resuming (``--ckpt_path``) loads them into the base the run builds again (the recipe's
+``InitFrom`` source), so the continued run equals an uninterrupted one. The
+:class:`~lvdm.training.callbacks.ema.EMA` callback averages what trains, here the adapter.
+:mod:`lvdm.finetune.adapter_files` loads, merges and exports such checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+from lvdm.finetune.adapter_files import STATE_KEY, check_adapter_keys
+from lvdm.finetune.lora import LoraInit, apply_lora, base_fingerprint, is_adapter_key
+from lvdm.training.callbacks.warm_start import InitFrom
+
+_SETTINGS = ("rank", "alpha", "module", "targets")
+
+
+def _base_spec(init: InitFrom) -> dict[str, Any]:
+    """An ``InitFrom`` callback's arguments, its source path made absolute (a hub id stays as given)."""
+    source = str(Path(init.source).resolve()) if Path(init.source).exists() else init.source
+    return {"source": source, "weights": init.weights, "strict": init.strict, "module": init.module,
+            "prefix": init.prefix, "inflate_time": init.inflate_time,
+            "allow_position_change": init.allow_position_change}
+
+
+class LoRA(Callback):
+    """Train LoRA adapters on a frozen model part; checkpoints hold the adapter only.
+
+    Args:
+        rank: adapter rank ``r``.
+        alpha: scale numerator: the update is ``(alpha / rank) · B A`` (None: ``rank``).
+        dropout: dropout on the adapter input in training.
+        targets: the linears to adapt: None for the backbone's declared ``lora_targets``, or
+            glob patterns over the part's module names (``blocks.*.attns.*.qkv``); a pattern
+            that matches nothing is an error naming the available names.
+        module: the LightningModule part to adapt (``denoiser``; a trainable ``text_encoder``
+            with ``targets`` given; the pretrained T5 / CLIP encoders run without gradients and
+            are refused).
+        init: ``default`` (peft's: B zero, the run starts at the base model) or ``gaussian``.
+    """
+
+    def __init__(self, rank: int = 16, alpha: Optional[float] = None, dropout: float = 0.0,
+                 targets: Union[str, list[str], None] = None, module: str = "denoiser", init: LoraInit = "default"):
+        self.rank, self.alpha, self.dropout = rank, float(rank if alpha is None else alpha), dropout
+        self.targets, self.module, self.init = targets, module, init
+        self.adapted: list[str] | None = None  # module names, once applied
+        self.base: list[dict[str, Any]] = []
+        self.fingerprint = ""  # of the base weights (lvdm.finetune.lora.base_fingerprint)
+
+    @property
+    def state_key(self) -> str:
+        return STATE_KEY
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.adapted is not None:
+            return
+        part = pl_module.get_submodule(self.module)
+        if getattr(part, "trainable", True) is False:  # a pretrained T5 / CLIP runs under no_grad: an adapter would never train
+            raise ValueError(f"LoRA module {self.module!r}: {type(part).__name__} runs frozen (no gradient reaches it); "
+                             "LoRA on a pretrained text encoder is not supported yet, adapt the denoiser")
+        inits = [c for c in trainer.callbacks if isinstance(c, InitFrom)]
+        for init in inits:  # the base weights go in under their own names, before the layers are wrapped;
+            init.setup(trainer, pl_module, "fit")  # in validate / test too: the checkpoint holds no base
+        self.base = [_base_spec(init) for init in inits]
+        self.fingerprint = base_fingerprint(pl_module)
+        self.adapted = apply_lora(part, self.rank, self.alpha, self.dropout, self.targets, self.init)
+        for name, param in pl_module.named_parameters():
+            param.requires_grad_(name.startswith(f"{self.module}.") and is_adapter_key(name))
+        pl_module.strict_loading = False  # a checkpoint holds the adapter only: on_load_checkpoint checks its keys
+        strategy = getattr(trainer, "strategy", None)
+        if hasattr(strategy, "exclude_frozen_parameters"):  # DeepSpeed writes its own module files: adapter only too
+            strategy.exclude_frozen_parameters = True
+        trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in pl_module.parameters())
+        rank_zero_only(print)(f"LoRA rank {self.rank} alpha {self.alpha:g} on {len(self.adapted)} linears of "
+                              f"{self.module}: {trainable:,} trainable of {total:,} parameters "
+                              f"({100 * trainable / total:.2f} %)", flush=True)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_adapter_key(k)}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if "state_dict" in checkpoint:  # DeepSpeed loads its own module files (none in its client state)
+            check_adapter_keys(pl_module, checkpoint["state_dict"], "the checkpoint to resume (--ckpt_path)")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "module": self.module,
+                "targets": list(self.adapted or []), "init": self.init, "base": self.base,
+                "base_fingerprint": self.fingerprint}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        mine = self.state_dict()
+        differ = [k for k in _SETTINGS if state_dict.get(k) != mine[k]]
+        if differ:
+            raise ValueError("the checkpoint's LoRA settings differ from this run's: "
+                             + ", ".join(f"{k} {state_dict.get(k)!r} vs {mine[k]!r}" for k in differ))
+        if state_dict.get("base_fingerprint") not in (None, mine["base_fingerprint"]):
+            raise ValueError(f"this run's base weights (fingerprint {mine['base_fingerprint']}) differ from those the "
+                             f"checkpoint's adapter was trained on ({state_dict['base_fingerprint']}); was the InitFrom "
+                             f"source {[b['source'] for b in self.base]} overwritten or changed?")
