@@ -105,6 +105,20 @@ def test_from_diffusers_wan_loads_a_pipeline_folder(tmp_path, assert_close_scale
         from_diffusers_wan(str(tmp_path / "transformer" / "missing"))
 
 
+def test_from_diffusers_wan_reports_missing_and_unexpected_keys(tmp_path):
+    """diffusers' loader only warns and initialises a missing weight at random: the loader refuses."""
+    from safetensors.torch import load_file, save_file
+
+    WanTransformer3DModel(**TINY).save_pretrained(tmp_path, safe_serialization=True)
+    (weights,) = tmp_path.glob("*.safetensors")
+    sd = load_file(weights)
+    sd.pop("proj_out.weight")
+    sd["extra.weight"] = torch.zeros(1)
+    save_file(sd, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing_keys \['proj_out.weight'\].*unexpected_keys \['extra.weight'\]"):
+        from_diffusers_wan(str(tmp_path))
+
+
 def test_trains_and_samples_in_the_module():
     """The tiny Wan inside lvdm's LatentDiffusionModule: a training step gives a finite loss and a
     gradient (at init only the zeroed output projections get one), and sampling with guidance
@@ -126,3 +140,14 @@ def test_trains_and_samples_in_the_module():
     with torch.no_grad():
         video = module.generate(["a red square"], num_frames=2, height=8, width=8)
     assert video.shape[-3:] == (2, 8, 8)
+
+
+def test_flop_model_at_480p_81_frames_on_meta():
+    """Wan 2.1 1.3B at 832×480 × 81 frames (latent 21 × 60 × 104, 32,760 tokens, 512 caption
+    tokens): the FLOP model equals torch's FlopCounterMode on meta (283.0 TFLOPs per forward)."""
+    from lvdm.perf.step_flops import meta_forward_flops
+
+    with torch.device("meta"):
+        model = from_name("wan2.1-t2v-1.3b").build()
+    counted = meta_forward_flops(model, (16, 21, 60, 104), text_len=512, context_dim=4096)
+    assert sum(model.forward_flops((21, 60, 104), 512).values()) == counted == 283_001_787_777_024

@@ -10,7 +10,8 @@ What the adapter maps, and why it gives the bare diffusers model's output:
   ``num_train_timesteps``; Wan's ``num_train_timesteps = 1000``), which is what lvdm's
   :class:`~lvdm.diffusion.objectives.RectifiedFlow` passes with its default ``time_scale=1000``:
   no mapping inside the adapter. Per-frame timesteps ``[B, T]`` become per-token ones
-  ``[B, T·h·w]`` (Wan 2.2 TI2V's form, which diffusers' model takes).
+  ``[B, T·h·w]`` (Wan 2.2 TI2V's form, which diffusers' model takes; it then holds a
+  ``[B, N, 6, D]`` modulation per block, so per-sample times are the cheap form).
 * **text**: Wan has no attention mask over the caption. Its pipeline cuts the umT5 tokens at
   the caption's length and zero-pads them to ``max_sequence_length`` (512, Wan's ``text_len``);
   the zeros pass the text projection and are attended to. The adapter does the same with

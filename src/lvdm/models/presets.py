@@ -178,8 +178,8 @@ def _is_hub_id(path_or_id: str) -> bool:
 def from_diffusers_wan(path_or_id: str, subfolder: Optional[str] = None, text_length: Optional[int] = 512):
     """A :class:`~lvdm.models.diffusers_adapter.WanBackbone` around diffusers'
     ``WanTransformer3DModel`` loaded from a local folder (a model folder or a pipeline folder
-    with ``transformer/``) or a Hugging Face hub id, weights only (safetensors, float32).
-    diffusers' loader refuses missing or mis-shaped keys. ``text_length``: the caption length
+    with ``transformer/``) or a Hugging Face hub id, weights only (safetensors, float32), strictly:
+    a missing, unexpected or mis-shaped key is an error naming them. ``text_length``: the caption length
     the umT5 tokens are zero-padded to (Wan: 512)."""
     from diffusers import WanTransformer3DModel
 
@@ -195,8 +195,14 @@ def from_diffusers_wan(path_or_id: str, subfolder: Optional[str] = None, text_le
         name = json.loads(config_file.read_text()).get("_class_name")
         if name != "WanTransformer3DModel":
             raise ValueError(f"{config_file}: a {name!r} model; from_diffusers_wan loads 'WanTransformer3DModel'")
-    transformer = WanTransformer3DModel.from_pretrained(path_or_id, subfolder=subfolder, local_files_only=local,
-                                                        use_safetensors=True, torch_dtype=torch.float32)
+    transformer, info = WanTransformer3DModel.from_pretrained(
+        path_or_id, subfolder=subfolder, local_files_only=local, use_safetensors=True, torch_dtype=torch.float32,
+        output_loading_info=True)
+    report = {kind: list(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(report.values()):  # diffusers only warns, and initialises what is missing at random
+        raise ValueError(f"{path_or_id}: the weights do not match WanTransformer3DModel's config: " +
+                         "; ".join(f"{kind} {keys[:5]}{' …' if len(keys) > 5 else ''} ({len(keys)})"
+                                   for kind, keys in report.items() if keys))
     return WanBackbone(transformer, text_length)
 
 
