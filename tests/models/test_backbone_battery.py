@@ -52,6 +52,15 @@ def _mmdit(**kw) -> MMDiT:
                            context_dim=CONTEXT_DIM, refiner_depth=1, rope_axes_dims=(4, 4, 4)), **kw})
 
 
+def _wan(**kw) -> nn.Module:
+    """diffusers' WanTransformer3DModel behind lvdm's adapter (imports diffusers only when built)."""
+    from lvdm.models.diffusers_adapter import build_wan
+
+    return build_wan(**{**dict(in_channels=2, out_channels=2, num_attention_heads=2, attention_head_dim=12,
+                               text_dim=CONTEXT_DIM, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+                               text_length=TEXT_LEN + 2), **kw})
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -59,6 +68,10 @@ class Variant:
     sequence_parallel: bool = True  #: declares a plan that serves this configuration
     per_frame: bool = True  #: takes per-frame timesteps
     identity_blocks: bool = True  #: every block is the identity at init
+    #: relative SP(2)-vs-1 tolerance in float64; diffusers' Wan computes its norms, modulations and
+    #: residual sums in float32 whatever the model's dtype (``.float()``), so the gradients of
+    #: shared weights, summed over other token splits, differ at float32 rounding (~1e-7)
+    sp_tolerance: float = 1e-10
 
 
 VARIANTS = [
@@ -80,6 +93,8 @@ VARIANTS = [
     Variant("mmdit-no-guidance-no-pooled", lambda: _mmdit(pooled_text_dim=0, guidance_embed=False)),
     Variant("mmdit-opensora-2.0", lambda: _mmdit(pooled_text_dim=6, guidance_embed=False, refiner_depth=0,
                                                  text_mask=False, image_condition_channels=3, rope_theta=10000.0)),
+    # diffusers' Wan 2.1 T2V transformer through lvdm.models.diffusers_adapter (lvdm's SP hooks)
+    Variant("wan2.1-t2v-diffusers", _wan, sp_tolerance=1e-6),
 ]
 BY_NAME = {v.name: v for v in VARIANTS}
 IDS = [v.name for v in VARIANTS]
@@ -94,6 +109,8 @@ PUBLISHED = [
     ("hunyuanvideo", lambda: from_name("hunyuanvideo").build(), 12_821_012_544, 0),
     # Open-Sora 2.0's "11B": 11,891,390,528 in its own MMDiTModel (256px.py config) on meta
     ("opensora-2.0", lambda: from_name("opensora-2.0").build(), 11_891_390_528, 0),
+    # Wan 2.1 T2V's "1.3B": 1,418,996,800 in diffusers' WanTransformer3DModel (the 1.3B config.json) on meta
+    ("wan2.1-t2v-1.3b", lambda: from_name("wan2.1-t2v-1.3b").build(), 1_418_996_800, 0),
 ]
 
 
@@ -330,5 +347,6 @@ def test_sequence_parallel_2_equals_1(name, mode, tmp_path_factory):
     for rank, result in enumerate(_sp_results(tmp_path_factory)):
         r = result[f"{name}-{mode}"]
         assert r["scale"] > 1e-3, "the reference output is ~0: the test could not fail"
-        assert r["out_error"] <= 1e-10, f"rank {rank}: output differs by {r['out_error']:.3g} (relative)"
-        assert r["grad_error"] <= 1e-10, f"rank {rank}: gradient differs by {r['grad_error']:.3g} (relative)"
+        tolerance = BY_NAME[name].sp_tolerance
+        assert r["out_error"] <= tolerance, f"rank {rank}: output differs by {r['out_error']:.3g} (relative)"
+        assert r["grad_error"] <= tolerance, f"rank {rank}: gradient differs by {r['grad_error']:.3g} (relative)"

@@ -4,7 +4,8 @@
 published model (optionally resized or with temporal layers added, for tiny tests and phase
 hand-offs); :func:`from_diffusers` and :func:`from_opensora` load published weights into it
 (:func:`from_diffusers` also HunyuanVideo's into an :class:`~lvdm.models.mmdit.MMDiT`, and
-:func:`from_opensora2` Open-Sora 2.0's).
+:func:`from_opensora2` Open-Sora 2.0's; :func:`from_diffusers_wan` a diffusers Wan 2.1 folder into a
+:class:`~lvdm.models.diffusers_adapter.WanBackbone`).
 From a recipe::
 
     denoiser:
@@ -12,7 +13,8 @@ From a recipe::
       init_args: {name: opensora-v1.2-stdit3-xl2}
 
 :func:`from_name` gives the whole :class:`Preset` of every published configuration (DiT S…XL,
-DiT-ImageNet, PixArt-α, Latte, Open-Sora 1.0 / 1.2, HunyuanVideo and Open-Sora 2.0 (:class:`~lvdm.models.mmdit.MMDiT`)): its source, parameter count, architecture
+DiT-ImageNet, PixArt-α, Latte, Open-Sora 1.0 / 1.2, HunyuanVideo and Open-Sora 2.0 (:class:`~lvdm.models.mmdit.MMDiT`),
+Wan 2.1 T2V 1.3B (diffusers' transformer, :class:`~lvdm.models.diffusers_adapter.WanBackbone`)): its source, parameter count, architecture
 and the way the source samples (:class:`SamplerDefaults`); ``lvdm sample --preset NAME`` samples
 with those defaults.
 
@@ -168,6 +170,42 @@ def from_diffusers(path_or_id: str, subfolder: Optional[str] = None, **overrides
     return model
 
 
+def _is_hub_id(path_or_id: str) -> bool:
+    """``owner/name`` (one slash, not a path that starts with ``/``, ``.`` or ``~``)."""
+    return path_or_id.count("/") == 1 and not path_or_id.startswith(("/", ".", "~"))
+
+
+def from_diffusers_wan(path_or_id: str, subfolder: Optional[str] = None, text_length: Optional[int] = 512):
+    """A :class:`~lvdm.models.diffusers_adapter.WanBackbone` around diffusers'
+    ``WanTransformer3DModel`` loaded from a local folder (a model folder or a pipeline folder
+    with ``transformer/``) or a Hugging Face hub id, weights only (safetensors, float32), strictly:
+    a missing, unexpected or mis-shaped key is an error naming them. ``text_length``: the caption length
+    the umT5 tokens are zero-padded to (Wan: 512)."""
+    from diffusers import WanTransformer3DModel
+
+    from lvdm.models.diffusers_adapter import WanBackbone
+
+    local = not _is_hub_id(path_or_id) or Path(path_or_id).exists()
+    if local:
+        if subfolder is None:
+            path_or_id, subfolder = _diffusers_folder(path_or_id)
+        config_file = Path(path_or_id, subfolder or "", "config.json")
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} does not exist: not a diffusers model folder")
+        name = json.loads(config_file.read_text()).get("_class_name")
+        if name != "WanTransformer3DModel":
+            raise ValueError(f"{config_file}: a {name!r} model; from_diffusers_wan loads 'WanTransformer3DModel'")
+    transformer, info = WanTransformer3DModel.from_pretrained(
+        path_or_id, subfolder=subfolder, local_files_only=local, use_safetensors=True, torch_dtype=torch.float32,
+        output_loading_info=True)
+    report = {kind: list(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(report.values()):  # diffusers only warns, and initialises what is missing at random
+        raise ValueError(f"{path_or_id}: the weights do not match WanTransformer3DModel's config: " +
+                         "; ".join(f"{kind} {keys[:5]}{' …' if len(keys) > 5 else ''} ({len(keys)})"
+                                   for kind, keys in report.items() if keys))
+    return WanBackbone(transformer, text_length)
+
+
 def read_weights(path: str) -> dict[str, torch.Tensor]:
     """A state dict from a ``.safetensors`` file or a ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt``
     file (``torch.load(weights_only=True)``: no code in the file runs)."""
@@ -228,6 +266,8 @@ class SamplerDefaults:
         source_sampler: the source's own sampler where lvdm's differs (None: the same).
         fps: the frame rate the source samples videos at and conditions them on (None: the
             model has no fps condition; images are always conditioned on 120).
+        negative_prompt: the source's default negative prompt (the unconditional half's caption
+            under ``empty_caption``; None: the empty caption).
     """
 
     objective: tuple[str, dict]
@@ -236,6 +276,7 @@ class SamplerDefaults:
     micro_conditions: Mapping[str, str] = field(default_factory=dict)
     source_sampler: Optional[str] = None
     fps: Optional[float] = None
+    negative_prompt: Optional[str] = None
 
     def build_objective(self) -> Objective:
         """A fresh objective with these defaults."""
@@ -252,7 +293,7 @@ class Preset:
 
     name: str
     source: str
-    backbone: Literal["STDiT", "DiT", "MMDiT"]
+    backbone: Literal["STDiT", "DiT", "MMDiT", "WanBackbone"]
     kwargs: Mapping[str, Any]
     num_params: int
     sampler: SamplerDefaults
@@ -261,6 +302,10 @@ class Preset:
         """The architecture with random weights (``overrides`` for tiny variants)."""
         from lvdm.models.dit import DiT
 
+        if self.backbone == "WanBackbone":  # diffusers' transformer behind the adapter (imports diffusers)
+            from lvdm.models.diffusers_adapter import build_wan
+
+            return build_wan(**{**self.kwargs, **overrides})
         return {"STDiT": STDiT, "DiT": DiT, "MMDiT": MMDiT}[self.backbone](**{**self.kwargs, **overrides})
 
 
@@ -323,6 +368,21 @@ _OPENSORA2_SAMPLER = SamplerDefaults(
                    "guidance 3.0 with oscillation; its shift grows linearly with the token count (1 at 256, 3 at "
                    "4096) times sqrt(latent frames), lvdm's with sqrt(area): equal at 256px only")
 
+#: Wan 2.1 T2V 1.3B (hf Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json = Wan's
+#: wan_t2v_1_3B.py: 1536 wide, 12 heads, 30 layers, ffn 8960, umT5 tokens of 4096 zero-padded to 512).
+_WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                 out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, text_length=512)
+#: Wan's shared_config.py sample_neg_prompt (its generate.py and diffusers' examples use it).
+_WAN_NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+                        "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，"
+                        "形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+_WAN_SAMPLER = SamplerDefaults(
+    ("lvdm.diffusion.objectives.RectifiedFlow", dict(shift=3.0, num_sampling_steps=50, target="eps_minus_x0")),
+    5.0, "empty_caption", negative_prompt=_WAN_NEGATIVE_PROMPT,
+    source_sampler="Wan 2.1 generate.py / diffusers' WanPipeline: UniPC (flow) 50 steps, guidance 5.0, flow shift "
+                   "3.0 at 480p and 5.0 at 720p (lvdm: Euler with the same shift), umT5 tokens zero-padded to 512, "
+                   "16 fps")
+
 #: name → :class:`Preset`, every published configuration lvdm reproduces.
 TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
     "dit-s2": _dit("S/2", "Table 1 (no published weights)", 32_865_056),
@@ -350,6 +410,9 @@ TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
     # 11,891,390,528: Open-Sora's own MMDiTModel with its 256px.py config on meta ("11B")
     "opensora-2.0": (_OS + "v2.0 (Peng et al. 2025), hf hpcai-tech/Open-Sora-v2 Open_Sora_v2.safetensors",
                      "MMDiT", _OPENSORA2, 11_891_390_528, _OPENSORA2_SAMPLER),
+    # 1,418,996,800: diffusers' WanTransformer3DModel with the 1.3B config on meta ("1.3B")
+    "wan2.1-t2v-1.3b": ("github.com/Wan-Video/Wan2.1 (Wan Team 2025), hf Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+                        "WanBackbone", _WAN_1_3B, 1_418_996_800, _WAN_SAMPLER),
 }.items()}
 
 
