@@ -460,15 +460,20 @@ class DiT(nn.Module):
 
     def _run_full(self, tokens, grid, c, ctx, ctx_mask, prefix) -> torch.Tensor:
         """The blocks and final layer of the ``full`` layout on tokens ``[B, N, D]``."""
-        num_prefix, mask = 0, None
+        num_prefix, mask, indicator = 0, None, c if prefix is None else prefix[0]
         if prefix is not None:  # condition tokens lead the sequence: keys for every token
             prefix, prefix_mask = prefix
             num_prefix = prefix.shape[1]
             mask = torch.cat([prefix_mask, prefix_mask.new_ones(tokens.shape[:2])], dim=1)
             tokens, c = torch.cat([prefix, tokens], dim=1), None
         block_c = self.t_block(c) if self.adaln_single else c  # per sample, or per frame (cut with the frames under SP)
-        for block in self.blocks:
-            tokens = block(tokens, block_c, grid, ctx, ctx_mask, num_prefix, mask)
+
+        def stack(x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = block(x, block_c, grid, ctx, ctx_mask, num_prefix, mask)
+            return x
+
+        tokens = self.run_blocks(tokens, indicator, stack)
         return self.final_layer(tokens[:, num_prefix:], c)
 
     def _run_spatial_temporal(self, tokens, grid, c, ctx, ctx_mask, prefix) -> torch.Tensor:
@@ -476,15 +481,25 @@ class DiT(nn.Module):
         b, t = tokens.shape[0], grid[0]
         x = tokens.view(b, t, grid[1] * grid[2], self.hidden_size)
         c = c[:, None] if c is not None and c.ndim == 2 else c  # [B, T or 1, D]
-        num_prefix, prefix_mask = 0, None
+        num_prefix, prefix_mask, indicator = 0, None, c if prefix is None else prefix[0]
         if prefix is not None:  # the condition tokens lead every frame
             prefix, prefix_mask = prefix
             num_prefix = prefix.shape[1]
             x, c = torch.cat([prefix[:, None].expand(-1, t, -1, -1), x], dim=2), None
         mods = self.t_block(c).unflatten(-1, (-1, self.hidden_size)) if self.adaln_single else c
-        for block in self.blocks:
-            x = block(x, mods, ctx, ctx_mask, prefix_mask=prefix_mask)
+
+        def stack(x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = block(x, mods, ctx, ctx_mask, prefix_mask=prefix_mask)
+            return x
+
+        x = self.run_blocks(x, indicator, stack)
         return self.final_layer(x[:, :, num_prefix:].flatten(1, 2), c)
+
+    def run_blocks(self, tokens: torch.Tensor, indicator: torch.Tensor, blocks) -> torch.Tensor:
+        """The block-stack hook (backbone contract): ``blocks(tokens)``; the indicator is the
+        conditioning vector ``c`` (the in-context condition tokens in that mode)."""
+        return blocks(tokens)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         return unpatchify(tokens, grid, self.patch_size, self.out_channels)

@@ -442,10 +442,21 @@ class MMDiT(nn.Module):
         vec, txt_vec, text_time = self._conditioning(timestep, b, grid[0], guidance, pooled_text)
         txt, mask = self._text(context, context_mask, b, text_time)  # [B, L, D]; [B, L] or None
         rope = self.rope(grid, x.device)  # 2 × [1, N, head_dim]
-        for block in (*self.double_blocks, *self.single_blocks):
-            tokens, txt = block(tokens, txt, vec, txt_vec, mask, rope)
+
+        def stack(x: torch.Tensor) -> torch.Tensor:  # the text stream ends with the blocks
+            y = txt
+            for block in (*self.double_blocks, *self.single_blocks):
+                x, y = block(x, y, vec, txt_vec, mask, rope)
+            return x
+
+        tokens = self.run_blocks(tokens, vec, stack)
         out = unpatchify(self.final_layer(tokens, vec), grid, self.patch_size, self.out_channels)
         return out[:, :, : size[0], : size[1], : size[2]]  # [B, C, T, H, W]
+
+    def run_blocks(self, tokens: torch.Tensor, indicator: torch.Tensor, blocks) -> torch.Tensor:
+        """The block-stack hook (backbone contract): ``blocks(tokens)`` (double then single
+        stream; the video tokens' residual); the indicator is the modulation vector ``vec``."""
+        return blocks(tokens)
 
     # ------------------------------------------------------------------------------ FLOPs
     def forward_flops(self, latent_thw: Sequence[int], text_len: int = 0, batch_size: int = 1) -> dict[str, int]:

@@ -600,12 +600,22 @@ class STDiT(nn.Module):
         positions = self._positions(grid, tokens.device)
         # STDiT and Latte add their frame code in block 0 only
         later = positions._replace(temporal_sincos=None, stream_sincos=None)
-        for i, block in enumerate(self.blocks):
-            tokens = block(tokens, mods, ctx, ctx_mask, positions if i == 0 else later)
-            if self.temporal == "blocks":
-                tokens = self.temporal_blocks[i](tokens, mods, ctx, ctx_mask, positions if i == 0 else later)
+
+        def stack(x: torch.Tensor) -> torch.Tensor:
+            for i, block in enumerate(self.blocks):
+                x = block(x, mods, ctx, ctx_mask, positions if i == 0 else later)
+                if self.temporal == "blocks":
+                    x = self.temporal_blocks[i](x, mods, ctx, ctx_mask, positions if i == 0 else later)
+            return x
+
+        tokens = self.run_blocks(tokens, c, stack)
         out = self.unpatchify(self.final_layer(tokens.flatten(1, 2), c), grid)
         return out[:, : self.in_channels, : size[0], : size[1], : size[2]]
+
+    def run_blocks(self, tokens: torch.Tensor, indicator: torch.Tensor, blocks) -> torch.Tensor:
+        """The block-stack hook (backbone contract): ``blocks(tokens)`` (spatial and temporal
+        blocks); the indicator is the conditioning vector (timestep plus micro-conditions)."""
+        return blocks(tokens)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """``[B, T·S, pt·ph·pw·C_out]`` → ``[B, C_out, T·pt, H·ph, W·pw]``."""
