@@ -4,15 +4,18 @@ Consecutive sampling steps of a diffusion transformer change its block stack's *
 (output tokens minus input tokens) little while the timestep's modulation changes little
 (the observation of TeaCache, "Timestep Embedding Tells: It's Time to Cache", Liu et al. 2024).
 :class:`StepCache` wraps one sampling run of a backbone: at each backbone call it measures the
-relative L1 change of the backbone's *indicator* (its conditioning vector: the timestep
-embedding plus what is added to it) since the previous call and adds it to an accumulator.
+relative L1 change of the backbone's *indicator* since the previous call (TeaCache's: the first
+block's normalised input modulated by the timestep, which moves with both the latents and the
+time; MMDiT gives its modulation vector) and adds it to an accumulator.
 While the accumulated change stays below ``threshold`` the call reuses the last computed
 residual (``tokens_out = tokens_in + residual``: no block runs); otherwise the blocks run, the
 residual is refreshed and the accumulator reset. The first and the last call always compute.
 
 The hook is the backbone contract's optional ``run_blocks(tokens, indicator, blocks)``
 (:mod:`lvdm.models.contract`): the backbone runs its whole block stack as ``blocks(tokens)``
-through that method, and the cache replaces it on the instance for the run. Under classifier-free
+through that method (``indicator()`` computes the indicator, only when asked), and the cache
+replaces it on the instance for the run. TeaCache's per-model polynomial that rescales the
+indicator's change is not applied: the threshold is on the raw relative change. Under classifier-free
 guidance both halves are one batch; the residual keeps the batch dimension (each row reuses its
 own residual) and the decision is taken for the whole call on the largest accumulated change of
 any row, so no row is skipped past the threshold. A call whose tokens have another shape than the
@@ -35,6 +38,7 @@ from torch import nn
 __all__ = ["StepCache", "cached_steps", "check_threshold"]
 
 Blocks = Callable[[torch.Tensor], torch.Tensor]
+Indicator = Callable[[], torch.Tensor]
 
 
 def check_threshold(threshold: Optional[float]) -> float:
@@ -79,7 +83,7 @@ class StepCache:
     def _reuse(self, tokens: torch.Tensor, indicator: torch.Tensor) -> bool:
         """Whether this call may reuse the residual (updates the accumulator)."""
         step, previous = self.calls, self.previous
-        self.previous = indicator.detach()
+        self.previous = indicator
         if previous is None or previous.shape != indicator.shape or self.residual is None:
             return False
         if self.residual.shape != tokens.shape or step == 0 or step >= self.num_steps - 1:
@@ -88,9 +92,9 @@ class StepCache:
         self.accumulated = change if self.accumulated is None else self.accumulated + change
         return bool(self.accumulated.max() < self.threshold)
 
-    def run_blocks(self, tokens: torch.Tensor, indicator: torch.Tensor, blocks: Blocks) -> torch.Tensor:
+    def run_blocks(self, tokens: torch.Tensor, indicator: Indicator, blocks: Blocks) -> torch.Tensor:
         """The backbone's block stack on ``tokens`` (``blocks(tokens)``) or its cached residual."""
-        reuse = self._reuse(tokens, indicator)
+        reuse = self._reuse(tokens, indicator().detach())
         self.calls += 1
         if reuse:
             self.skipped += 1

@@ -82,9 +82,9 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
         apg_eta: with ``apg``: weight of the update's part parallel to the conditional prediction (0: dropped).
         apg_norm_threshold: with ``apg``: cap on the update's norm per video (0: no cap).
         apg_momentum: with ``apg``: momentum β in (-1, 1) of the update over the steps (the paper uses -0.5; 0: none).
-        step_cache: step caching threshold (TeaCache-style, e.g. 0.1; 0: off): a step whose conditioning
-            changed less than this (relative L1, accumulated since the last computed step) reuses that
-            step's block-stack residual instead of running the blocks. Fewer DiT evaluations, a slightly
+        step_cache: step caching threshold (TeaCache-style, e.g. 0.1; 0: off): a step whose first-block
+            modulated input changed less than this (relative L1, accumulated since the last computed step)
+            reuses that step's block-stack residual instead of running the blocks. Fewer DiT evaluations, a slightly
             different video; the first and last steps always run (docs/sampling.md).
     """
     from lvdm.utils import read_prompt_file

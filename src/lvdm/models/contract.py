@@ -25,8 +25,9 @@ One optional method, ``run_blocks(tokens, indicator, blocks) -> tokens``, is the
 the backbone runs its whole block stack (every ``block_class`` unit, embedders before it, final
 layer after it) as ``self.run_blocks(tokens, indicator, blocks)``, where ``blocks(tokens)`` runs
 the blocks on the stack's input tokens and returns its output tokens (same shape), and
-``indicator`` is a per-sample tensor (``[B, ...]``) that carries what changes the stack from one
-sampling step to the next besides the tokens (the timestep's conditioning vector). The backbone's
+``indicator()`` computes a per-sample tensor (``[B, ...]``) whose relative change from one
+sampling step to the next tracks the change of the stack's residual (TeaCache: the first block's
+normalised input modulated by the timestep; called only by a cache). The backbone's
 own method returns ``blocks(tokens)``; a step cache replaces it for one sampling run and may
 return ``tokens + residual`` of an earlier call instead. A backbone without it refuses step caching.
 

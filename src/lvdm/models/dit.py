@@ -100,6 +100,21 @@ class DiTBlock(nn.Module):
         """Make the block the identity (:func:`~lvdm.models.layers.zero_init_block`)."""
         zero_init_block(self, [self.attns[0].proj, self.mlp.fc2])
 
+    def modulations(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The six (shift, scale, gate) rows of the two branches from the conditioning vector."""
+        if self.adaln_single:  # c: the shared t_block output, one row per (shift, scale, gate)
+            rows = c.unflatten(-1, (self.num_modulations, -1))  # [B, (F,) n, D]
+            return (self.scale_shift_table.to(rows.dtype) + rows).unbind(-2)
+        return self.adaLN_modulation(c).chunk(self.num_modulations, dim=-1)
+
+    def modulated_input(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """The self-attention branch's normalised, modulated input (step caching's indicator)."""
+        h = self.attn_norms[0](x)
+        if not self.modulated:
+            return h
+        shift, scale = self.modulations(c)[:2]
+        return modulate(h, shift, scale)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -116,11 +131,7 @@ class DiTBlock(nn.Module):
         if not self.modulated:
             x = x + attn(self.attn_norms[0](x))
             return x + self.mlp(self.mlp_norm(x))
-        if self.adaln_single:  # c: the shared t_block output, one row per (shift, scale, gate)
-            rows = c.unflatten(-1, (self.num_modulations, -1))  # [B, (F,) n, D]
-            mods = (self.scale_shift_table.to(rows.dtype) + rows).unbind(-2)
-        else:
-            mods = self.adaLN_modulation(c).chunk(self.num_modulations, dim=-1)
+        mods = self.modulations(c)
         x = x + gated(attn(modulate(self.attn_norms[0](x), mods[0], mods[1])), mods[2])
         if self.conditioning == "cross_attn":
             x = x + self.cross_attn(self.cross_norm(x), context=context, key_mask=context_mask)
@@ -460,7 +471,7 @@ class DiT(nn.Module):
 
     def _run_full(self, tokens, grid, c, ctx, ctx_mask, prefix) -> torch.Tensor:
         """The blocks and final layer of the ``full`` layout on tokens ``[B, N, D]``."""
-        num_prefix, mask, indicator = 0, None, c if prefix is None else prefix[0]
+        num_prefix, mask = 0, None
         if prefix is not None:  # condition tokens lead the sequence: keys for every token
             prefix, prefix_mask = prefix
             num_prefix = prefix.shape[1]
@@ -473,7 +484,7 @@ class DiT(nn.Module):
                 x = block(x, block_c, grid, ctx, ctx_mask, num_prefix, mask)
             return x
 
-        tokens = self.run_blocks(tokens, indicator, stack)
+        tokens = self.run_blocks(tokens, lambda: self.blocks[0].modulated_input(tokens, block_c), stack)
         return self.final_layer(tokens[:, num_prefix:], c)
 
     def _run_spatial_temporal(self, tokens, grid, c, ctx, ctx_mask, prefix) -> torch.Tensor:
@@ -481,7 +492,7 @@ class DiT(nn.Module):
         b, t = tokens.shape[0], grid[0]
         x = tokens.view(b, t, grid[1] * grid[2], self.hidden_size)
         c = c[:, None] if c is not None and c.ndim == 2 else c  # [B, T or 1, D]
-        num_prefix, prefix_mask, indicator = 0, None, c if prefix is None else prefix[0]
+        num_prefix, prefix_mask = 0, None
         if prefix is not None:  # the condition tokens lead every frame
             prefix, prefix_mask = prefix
             num_prefix = prefix.shape[1]
@@ -493,12 +504,12 @@ class DiT(nn.Module):
                 x = block(x, mods, ctx, ctx_mask, prefix_mask=prefix_mask)
             return x
 
-        x = self.run_blocks(x, indicator, stack)
+        x = self.run_blocks(x, lambda: self.blocks[0].modulated_input(x, mods), stack)
         return self.final_layer(x[:, :, num_prefix:].flatten(1, 2), c)
 
-    def run_blocks(self, tokens: torch.Tensor, indicator: torch.Tensor, blocks) -> torch.Tensor:
-        """The block-stack hook (backbone contract): ``blocks(tokens)``; the indicator is the
-        conditioning vector ``c`` (the in-context condition tokens in that mode)."""
+    def run_blocks(self, tokens: torch.Tensor, indicator, blocks) -> torch.Tensor:
+        """The block-stack hook (backbone contract): ``blocks(tokens)``; ``indicator()`` is the first
+        block's normalised, modulated input (TeaCache's indicator)."""
         return blocks(tokens)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

@@ -449,13 +449,13 @@ class MMDiT(nn.Module):
                 x, y = block(x, y, vec, txt_vec, mask, rope)
             return x
 
-        tokens = self.run_blocks(tokens, vec, stack)
+        tokens = self.run_blocks(tokens, lambda: vec, stack)
         out = unpatchify(self.final_layer(tokens, vec), grid, self.patch_size, self.out_channels)
         return out[:, :, : size[0], : size[1], : size[2]]  # [B, C, T, H, W]
 
-    def run_blocks(self, tokens: torch.Tensor, indicator: torch.Tensor, blocks) -> torch.Tensor:
+    def run_blocks(self, tokens: torch.Tensor, indicator, blocks) -> torch.Tensor:
         """The block-stack hook (backbone contract): ``blocks(tokens)`` (double then single
-        stream; the video tokens' residual); the indicator is the modulation vector ``vec``."""
+        stream; the video tokens' residual); ``indicator()`` is the modulation vector ``vec``."""
         return blocks(tokens)
 
     # ------------------------------------------------------------------------------ FLOPs

@@ -350,8 +350,8 @@ class LatentDiffusionModule(L.LightningModule):
         ``guidance_schedule`` (:class:`lvdm.diffusion.guidance.GuidanceSchedule`) limits guidance
         to an interval of noise levels or combines the predictions by CFG-Zero* or APG; None:
         plain guidance at every step. ``step_cache`` (a threshold, e.g. 0.1; 0 or None: off)
-        skips the denoiser's block stack on steps whose conditioning changed little since the
-        last computed one, reusing that step's residual (:mod:`lvdm.diffusion.step_cache`;
+        skips the denoiser's block stack on steps whose first-block modulated input changed
+        little since the last computed one, reusing that step's residual (:mod:`lvdm.diffusion.step_cache`;
         TeaCache-style): fewer block evaluations, a slightly different video.
 
         Micro-conditions come from the request: ``resolution`` / ``aspect_ratio`` from the
