@@ -78,7 +78,7 @@ def test_a_cache_that_never_skips_is_bit_identical(name):
         assert "run_blocks" not in vars(model)  # the hook is the backbone's own again
 
 
-@pytest.mark.parametrize("name, threshold", [("dit-full", 0.1), ("stdit3", 0.1)])
+@pytest.mark.parametrize("name, threshold", [("dit-full", 0.1), ("stdit3", 0.1), ("mmdit", 0.1)])
 def test_a_high_threshold_skips_the_middle_steps_with_a_bounded_change(name, threshold):
     model = _randomised(BACKBONES[name]())
     sample, runs = _sampler(model, steps=10), _count_stack_runs(model)
@@ -137,12 +137,19 @@ def test_reused_residual_is_exact_when_the_stack_residual_does_not_move():
         torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
 
 
-def test_same_input_twice_reuses_a_residual_equal_to_running_the_blocks(assert_close_scaled):
-    """A real DiT called twice on the same latents and timestep (no change): the second call
-    skips the blocks and returns what running them returns."""
-    model = _randomised(BACKBONES["dit-full"]())
+SAME_INPUT_CASES = [(name, per_frame) for name in sorted(BACKBONES) for per_frame in (False, True)
+                    if not (per_frame and name == "dit-st-in-context")]  # in_context: one t per sample
+
+
+@pytest.mark.parametrize("name, per_frame", SAME_INPUT_CASES)
+def test_same_input_twice_reuses_a_residual_equal_to_running_the_blocks(name, per_frame, assert_close_scaled):
+    """A backbone called twice on the same latents and timestep (no change; per sample or per
+    frame, as masked-frame conditioning gives): the second call skips the blocks and returns what
+    running them returns."""
+    model = _randomised(BACKBONES[name]())
     gen = torch.Generator().manual_seed(3)
-    x, ctx, t = torch.randn(2, 2, 2, 4, 4, generator=gen), torch.randn(2, 3, CTX, generator=gen), torch.full((2,), 500.0)
+    x, ctx = torch.randn(2, 2, 2, 4, 4, generator=gen), torch.randn(2, 3, CTX, generator=gen)
+    t = torch.tensor([[0.0, 500.0], [0.0, 700.0]]) if per_frame else torch.full((2,), 500.0)
     with torch.no_grad():
         expected = model(x, t, ctx)
         with cached_steps(model, 0.05, 3) as cache:

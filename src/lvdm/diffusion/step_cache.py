@@ -6,7 +6,7 @@ Consecutive sampling steps of a diffusion transformer change its block stack's *
 :class:`StepCache` wraps one sampling run of a backbone: at each backbone call it measures the
 relative L1 change of the backbone's *indicator* since the previous call (TeaCache's: the first
 block's normalised input modulated by the timestep, which moves with both the latents and the
-time; MMDiT gives its modulation vector) and adds it to an accumulator.
+time) and adds it to an accumulator.
 While the accumulated change stays below ``threshold`` the call reuses the last computed
 residual (``tokens_out = tokens_in + residual``: no block runs); otherwise the blocks run, the
 residual is refreshed and the accumulator reset. The first and the last call always compute.
