@@ -33,7 +33,7 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
            preset: Optional[str] = None, class_label: Optional[list[int]] = None,
            guidance_interval: tuple[float, float] = (0.0, 1.0), guidance_method: Literal["cfg", "cfg_zero_star", "apg"] = "cfg",
            zero_init_steps: int = 0, apg_eta: float = 0.0, apg_norm_threshold: float = 0.0,
-           apg_momentum: float = 0.0) -> list[str]:
+           apg_momentum: float = 0.0, step_cache: float = 0.0) -> list[str]:
     """Generate one mp4 per prompt from a trained checkpoint, ``<out>/<index>_<prompt>.mp4``, with the
     prompts in file order in ``<out>/prompts.txt``; the noise of prompt ``i`` depends only on ``seed + i``.
     Image-to-video with ``--image``, continuation with ``--video start.mp4 --extend N`` (models trained
@@ -82,6 +82,10 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
         apg_eta: with ``apg``: weight of the update's part parallel to the conditional prediction (0: dropped).
         apg_norm_threshold: with ``apg``: cap on the update's norm per video (0: no cap).
         apg_momentum: with ``apg``: momentum β in (-1, 1) of the update over the steps (the paper uses -0.5; 0: none).
+        step_cache: step caching threshold (TeaCache-style, e.g. 0.1; 0: off): a step whose first-block
+            modulated input changed less than this (relative L1, accumulated since the last computed step)
+            reuses that step's block-stack residual instead of running the blocks. Fewer DiT evaluations, a slightly
+            different video; the first and last steps always run (docs/sampling.md).
     """
     from lvdm.utils import read_prompt_file
 
@@ -89,7 +93,7 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
     schedule = GuidanceSchedule(guidance_interval, guidance_method, zero_init_steps, apg_eta, apg_norm_threshold,
                                 apg_momentum)
     request = Request(texts, num_frames, height, width, steps, guidance, seed, image, video, extend, context_frames,
-                      loop, class_label, schedule)
+                      loop, class_label, schedule, step_cache)
     given = read_given(request)
     out_dir = Path(out)
     clear_video_folder(out_dir, overwrite)

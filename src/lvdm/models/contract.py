@@ -14,11 +14,22 @@ reader                                      reads
 LoRA (``peft``)                             ``lora_targets``
 the module and samplers                     ``forward``, ``micro_conditions``
 ``init_from``                               ``fixed_position_settings``
+``StepCache`` (sampling)                    ``run_blocks`` (optional)
 ==========================================  ==============================================
 
 :class:`~lvdm.models.dit.DiT`, :class:`~lvdm.models.stdit.STDiT` and :class:`~lvdm.models.mmdit.MMDiT`
 meet it; ``tests/models/test_backbone_battery.py`` runs one battery of checks on every backbone and
 variant, so a new backbone is done when it is added to that battery's list and passes.
+
+One optional method, ``run_blocks(tokens, indicator, blocks) -> tokens``, is the block-stack hook:
+the backbone runs its whole block stack (every ``block_class`` unit, embedders before it, final
+layer after it) as ``self.run_blocks(tokens, indicator, blocks)``, where ``blocks(tokens)`` runs
+the blocks on the stack's input tokens and returns its output tokens (same shape), and
+``indicator()`` computes a per-sample tensor (``[B, ...]``) whose relative change from one
+sampling step to the next tracks the change of the stack's residual (TeaCache: the first block's
+normalised input modulated by the timestep; called only by a cache). The backbone's
+own method returns ``blocks(tokens)``; a step cache replaces it for one sampling run and may
+return ``tokens + residual`` of an earlier call instead. A backbone without it refuses step caching.
 
 Conditioning other than the text tokens is a named micro-condition, not a second context input:
 MMDiT's pooled text vector (CLIP-L's pooled caption) is ``pooled_text`` ``[B, dim]``, its

@@ -100,6 +100,21 @@ class DiTBlock(nn.Module):
         """Make the block the identity (:func:`~lvdm.models.layers.zero_init_block`)."""
         zero_init_block(self, [self.attns[0].proj, self.mlp.fc2])
 
+    def modulations(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The six (shift, scale, gate) rows of the two branches from the conditioning vector."""
+        if self.adaln_single:  # c: the shared t_block output, one row per (shift, scale, gate)
+            rows = c.unflatten(-1, (self.num_modulations, -1))  # [B, (F,) n, D]
+            return (self.scale_shift_table.to(rows.dtype) + rows).unbind(-2)
+        return self.adaLN_modulation(c).chunk(self.num_modulations, dim=-1)
+
+    def modulated_input(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """The self-attention branch's normalised, modulated input (step caching's indicator)."""
+        h = self.attn_norms[0](x)
+        if not self.modulated:
+            return h
+        shift, scale = self.modulations(c)[:2]
+        return modulate(h, shift, scale)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -116,11 +131,7 @@ class DiTBlock(nn.Module):
         if not self.modulated:
             x = x + attn(self.attn_norms[0](x))
             return x + self.mlp(self.mlp_norm(x))
-        if self.adaln_single:  # c: the shared t_block output, one row per (shift, scale, gate)
-            rows = c.unflatten(-1, (self.num_modulations, -1))  # [B, (F,) n, D]
-            mods = (self.scale_shift_table.to(rows.dtype) + rows).unbind(-2)
-        else:
-            mods = self.adaLN_modulation(c).chunk(self.num_modulations, dim=-1)
+        mods = self.modulations(c)
         x = x + gated(attn(modulate(self.attn_norms[0](x), mods[0], mods[1])), mods[2])
         if self.conditioning == "cross_attn":
             x = x + self.cross_attn(self.cross_norm(x), context=context, key_mask=context_mask)
@@ -467,8 +478,13 @@ class DiT(nn.Module):
             mask = torch.cat([prefix_mask, prefix_mask.new_ones(tokens.shape[:2])], dim=1)
             tokens, c = torch.cat([prefix, tokens], dim=1), None
         block_c = self.t_block(c) if self.adaln_single else c  # per sample, or per frame (cut with the frames under SP)
-        for block in self.blocks:
-            tokens = block(tokens, block_c, grid, ctx, ctx_mask, num_prefix, mask)
+
+        def stack(x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = block(x, block_c, grid, ctx, ctx_mask, num_prefix, mask)
+            return x
+
+        tokens = self.run_blocks(tokens, lambda: self.blocks[0].modulated_input(tokens, block_c), stack)
         return self.final_layer(tokens[:, num_prefix:], c)
 
     def _run_spatial_temporal(self, tokens, grid, c, ctx, ctx_mask, prefix) -> torch.Tensor:
@@ -482,9 +498,19 @@ class DiT(nn.Module):
             num_prefix = prefix.shape[1]
             x, c = torch.cat([prefix[:, None].expand(-1, t, -1, -1), x], dim=2), None
         mods = self.t_block(c).unflatten(-1, (-1, self.hidden_size)) if self.adaln_single else c
-        for block in self.blocks:
-            x = block(x, mods, ctx, ctx_mask, prefix_mask=prefix_mask)
+
+        def stack(x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = block(x, mods, ctx, ctx_mask, prefix_mask=prefix_mask)
+            return x
+
+        x = self.run_blocks(x, lambda: self.blocks[0].modulated_input(x, mods), stack)
         return self.final_layer(x[:, :, num_prefix:].flatten(1, 2), c)
+
+    def run_blocks(self, tokens: torch.Tensor, indicator, blocks) -> torch.Tensor:
+        """The block-stack hook (backbone contract): ``blocks(tokens)``; ``indicator()`` is the first
+        block's normalised, modulated input (TeaCache's indicator)."""
+        return blocks(tokens)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         return unpatchify(tokens, grid, self.patch_size, self.out_channels)

@@ -145,6 +145,11 @@ class DoubleStreamBlock(MMDiTBlock):
         self.video = Stream(hidden_size, num_heads, mlp_ratio)
         self.text = Stream(hidden_size, num_heads, mlp_ratio)
 
+    def modulated_input(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """The video stream's normalised, modulated input (step caching's indicator, TeaCache's)."""
+        shift, scale = self.video.adaLN_modulation(vec).chunk(6, dim=-1)[:2]
+        return modulate(self.video.norm1(x), shift, scale)
+
     def forward(self, x: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, txt_vec: torch.Tensor,
                 txt_mask: Optional[torch.Tensor], rope: Rope) -> tuple[torch.Tensor, torch.Tensor]:
         mods = self.video.adaLN_modulation(vec).chunk(6, dim=-1)  # 6 × [B, T or 1, D]
@@ -177,6 +182,11 @@ class SingleStreamBlock(MMDiTBlock):
         qkv, hidden = self.linear1(modulate(self.norm(x), shift, scale)).split([3 * d, self.mlp_hidden], dim=-1)
         q, k, v = (_heads(t, self.num_heads) for t in qkv.chunk(3, dim=-1))
         return self.q_norm(q), self.k_norm(k), v, hidden
+
+    def modulated_input(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """The normalised, modulated video tokens (step caching's indicator)."""
+        shift, scale = self.adaLN_modulation(vec).chunk(3, dim=-1)[:2]
+        return modulate(self.norm(x), shift, scale)
 
     def forward(self, x: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, txt_vec: torch.Tensor,
                 txt_mask: Optional[torch.Tensor], rope: Rope) -> tuple[torch.Tensor, torch.Tensor]:
@@ -442,10 +452,23 @@ class MMDiT(nn.Module):
         vec, txt_vec, text_time = self._conditioning(timestep, b, grid[0], guidance, pooled_text)
         txt, mask = self._text(context, context_mask, b, text_time)  # [B, L, D]; [B, L] or None
         rope = self.rope(grid, x.device)  # 2 × [1, N, head_dim]
-        for block in (*self.double_blocks, *self.single_blocks):
-            tokens, txt = block(tokens, txt, vec, txt_vec, mask, rope)
+
+        def stack(x: torch.Tensor) -> torch.Tensor:  # the text stream ends with the blocks
+            y = txt
+            for block in (*self.double_blocks, *self.single_blocks):
+                x, y = block(x, y, vec, txt_vec, mask, rope)
+            return x
+
+        first = next(iter((*self.double_blocks, *self.single_blocks)), None)
+        tokens = self.run_blocks(tokens, lambda: first.modulated_input(tokens, vec), stack)
         out = unpatchify(self.final_layer(tokens, vec), grid, self.patch_size, self.out_channels)
         return out[:, :, : size[0], : size[1], : size[2]]  # [B, C, T, H, W]
+
+    def run_blocks(self, tokens: torch.Tensor, indicator, blocks) -> torch.Tensor:
+        """The block-stack hook (backbone contract): ``blocks(tokens)`` (double then single
+        stream; the video tokens' residual); ``indicator()`` is the first block's normalised,
+        modulated video input (TeaCache's)."""
+        return blocks(tokens)
 
     # ------------------------------------------------------------------------------ FLOPs
     def forward_flops(self, latent_thw: Sequence[int], text_len: int = 0, batch_size: int = 1) -> dict[str, int]:

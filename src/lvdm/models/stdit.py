@@ -224,6 +224,11 @@ class PixArtBlock(nn.Module):
             mods = mods + self.scale_shift_table.to(mods.dtype)
         return mods.unsqueeze(3).unbind(2)
 
+    def modulated_input(self, x: torch.Tensor, mods: Optional[torch.Tensor]) -> torch.Tensor:
+        """The self-attention branch's normalised, modulated input (step caching's indicator)."""
+        rows, h = self.modulations(mods), self.norm1(x)
+        return h if rows is None else modulate(h, rows[0], rows[1])
+
     def forward(self, x: torch.Tensor, mods: Optional[torch.Tensor], context: Optional[torch.Tensor] = None,
                 context_mask: Optional[torch.Tensor] = None, positions: Positions = Positions(),
                 prefix_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -600,12 +605,22 @@ class STDiT(nn.Module):
         positions = self._positions(grid, tokens.device)
         # STDiT and Latte add their frame code in block 0 only
         later = positions._replace(temporal_sincos=None, stream_sincos=None)
-        for i, block in enumerate(self.blocks):
-            tokens = block(tokens, mods, ctx, ctx_mask, positions if i == 0 else later)
-            if self.temporal == "blocks":
-                tokens = self.temporal_blocks[i](tokens, mods, ctx, ctx_mask, positions if i == 0 else later)
+
+        def stack(x: torch.Tensor) -> torch.Tensor:
+            for i, block in enumerate(self.blocks):
+                x = block(x, mods, ctx, ctx_mask, positions if i == 0 else later)
+                if self.temporal == "blocks":
+                    x = self.temporal_blocks[i](x, mods, ctx, ctx_mask, positions if i == 0 else later)
+            return x
+
+        tokens = self.run_blocks(tokens, lambda: self.blocks[0].modulated_input(tokens, mods), stack)
         out = self.unpatchify(self.final_layer(tokens.flatten(1, 2), c), grid)
         return out[:, : self.in_channels, : size[0], : size[1], : size[2]]
+
+    def run_blocks(self, tokens: torch.Tensor, indicator, blocks) -> torch.Tensor:
+        """The block-stack hook (backbone contract): ``blocks(tokens)`` (spatial and temporal
+        blocks); ``indicator()`` is the first block's normalised, modulated input (TeaCache's)."""
+        return blocks(tokens)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """``[B, T·S, pt·ph·pw·C_out]`` → ``[B, C_out, T·pt, H·ph, W·pw]``."""

@@ -23,6 +23,7 @@ from lvdm.diffusion.guidance import (ClassGuidedDenoiser, GuidanceSchedule, Guid
                                     pad_tokens)
 from lvdm.diffusion.masking import FrameMasks
 from lvdm.diffusion.objectives import Objective, RectifiedFlow
+from lvdm.diffusion.step_cache import cached_steps, check_threshold
 from lvdm.models.contract import IMAGE_FPS, micro_condition_kwargs
 from lvdm.text.base import TextEncoder
 
@@ -337,6 +338,7 @@ class LatentDiffusionModule(L.LightningModule):
         null_caption: Optional[NullCaption] = None,
         fps: Optional[float] = None,
         guidance_schedule: Optional[GuidanceSchedule] = None,
+        step_cache: Optional[float] = None,
     ) -> torch.Tensor:
         """Generate one video per prompt: ``[B, 3, T, H, W]`` in [-1, 1].
 
@@ -347,7 +349,10 @@ class LatentDiffusionModule(L.LightningModule):
         PixArt-α's and Open-Sora's ``y_embedding``); None: the module's ``null_caption``.
         ``guidance_schedule`` (:class:`lvdm.diffusion.guidance.GuidanceSchedule`) limits guidance
         to an interval of noise levels or combines the predictions by CFG-Zero* or APG; None:
-        plain guidance at every step.
+        plain guidance at every step. ``step_cache`` (a threshold, e.g. 0.1; 0 or None: off)
+        skips the denoiser's block stack on steps whose first-block modulated input changed
+        little since the last computed one, reusing that step's residual (:mod:`lvdm.diffusion.step_cache`;
+        TeaCache-style): fewer block evaluations, a slightly different video.
 
         Micro-conditions come from the request: ``resolution`` / ``aspect_ratio`` from the
         pixel ``height`` × ``width``, ``fps`` from ``fps`` (None: the module's ``fps``), except
@@ -370,6 +375,7 @@ class LatentDiffusionModule(L.LightningModule):
         while the micro-conditions and a resolution-aware shift keep the requested size."""
         if num_steps is not None and num_steps < 1:
             raise ValueError(f"num_steps must be >= 1 (None: the objective's num_sampling_steps), got {num_steps}")
+        check_threshold(step_cache)
         scale = check_guidance_scale(self.guidance_scale if guidance_scale is None else guidance_scale, "guidance_scale")
         frames, h, w = num_frames or self.sample_shape[0], height or self.sample_shape[1], width or self.sample_shape[2]
         if first_frames is not None:
@@ -385,9 +391,15 @@ class LatentDiffusionModule(L.LightningModule):
         model_fn = self.guided_denoiser(prompts, scale, class_labels, null_caption or self.null_caption,
                                         guidance_schedule)
         cond = self.micro_conditions(len(prompts), frames, h, w, IMAGE_FPS if frames == 1 else fps)
-        latents = self.objective.sample(model_fn, noise, num_steps, progress=progress, x_given=x_given,
-                                        frame_mask=frame_mask, latent_size=(shape[1], h / s, w / s), **cond)
+        with cached_steps(self.denoiser, step_cache, self._model_calls(num_steps, guidance_schedule)):
+            latents = self.objective.sample(model_fn, noise, num_steps, progress=progress, x_given=x_given,
+                                            frame_mask=frame_mask, latent_size=(shape[1], h / s, w / s), **cond)
         return self.compressor.decode(latents).clamp(-1, 1)
+
+    def _model_calls(self, num_steps: Optional[int], schedule: Optional[GuidanceSchedule]) -> int:
+        """Denoiser calls of one sampling run: one a step, less CFG-Zero*'s zero-init steps."""
+        steps = num_steps or self.objective.num_sampling_steps
+        return max(1, steps - (schedule.zero_init_steps if schedule is not None else 0))
 
     def use_sampler_defaults(self, defaults) -> None:
         """Sample the way a published model's source does: the objective, guidance scale, null
@@ -456,6 +468,7 @@ class LatentDiffusionModule(L.LightningModule):
         null_caption: Optional[NullCaption] = None,
         fps: Optional[float] = None,
         guidance_schedule: Optional[GuidanceSchedule] = None,
+        step_cache: Optional[float] = None,
     ) -> torch.Tensor:
         """Continue ``video`` ``[B, 3, F, H, W]`` in [-1, 1] by ``num_new_frames`` frames:
         ``[B, 3, F + num_new_frames, H, W]`` whose first ``F`` frames are ``video`` itself.
@@ -463,8 +476,8 @@ class LatentDiffusionModule(L.LightningModule):
         Windows of ``num_frames`` frames (default: the model's sample_shape) are generated one
         after another, each given the last ``context_frames`` frames so far (default: half a
         window) and adding the rest (Open-Sora's loop of conditioned generations). Guidance
-        (``null_caption``, ``guidance_schedule``) and micro-conditions (``fps``) are those of
-        :meth:`generate`."""
+        (``null_caption``, ``guidance_schedule``), ``step_cache`` and micro-conditions (``fps``) are
+        those of :meth:`generate`."""
         window = num_frames or self.sample_shape[0]
         context = context_frames or max(1, window // 2)
         if not 0 < context < window:
@@ -478,7 +491,8 @@ class LatentDiffusionModule(L.LightningModule):
             given = out[:, :, -context:]
             clip = self.generate(prompts, window, num_steps=num_steps, guidance_scale=guidance_scale,
                                  seed=seed + 100_003 * rounds, progress=progress, first_frames=given,
-                                 null_caption=null_caption, fps=fps, guidance_schedule=guidance_schedule)
+                                 null_caption=null_caption, fps=fps, guidance_schedule=guidance_schedule,
+                                 step_cache=step_cache)
             out = torch.cat([out, clip[:, :, given.shape[2]:]], dim=2)
             rounds += 1
         return out[:, :, :target]
