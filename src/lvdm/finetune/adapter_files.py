@@ -1,7 +1,7 @@
 """Adapter-only LoRA checkpoints: load them as a merged model, merge them into one weights file,
 export them for other tools.
 
-A checkpoint written by ``lvdm fit`` with the :class:`~lvdm.training.callbacks.lora.LoRA`
+A checkpoint written by ``lvdm fit`` with the :class:`~lvdm.training.callbacks.lora_training.LoRA`
 callback holds the adapter tensors only (plus optimizer, step and callback states): its
 ``state_dict`` has no base weight, and ``callbacks["LoRA"]`` records the adapter's settings
 (rank, alpha, adapted module names) and where the base came from (the run's ``InitFrom``
