@@ -10,6 +10,7 @@ from lvdm.checkpoints.load import build_module
 from lvdm.data.video import read_frames
 from lvdm.diffusion.guidance import GuidanceSchedule
 from lvdm.generation import Generator, Limits, Request
+from lvdm.generation.generator import Given
 from lvdm.generation.app import VideoGenerator
 from lvdm.generation.sample import sample
 
@@ -135,4 +136,41 @@ def test_guidance_schedule_flags_reach_the_sampler(lively_checkpoint, tmp_path):
 def test_sample_checks_the_guidance_schedule_before_loading(tmp_path, change, message):
     with pytest.raises(ValueError) as err:
         sample(str(tmp_path / "not_loaded.ckpt"), prompts=["a red square"], out=str(tmp_path / "out"), **change)
+    assert str(err.value) == message
+
+
+def test_negative_prompt_reaches_generate_through_sample(lively_checkpoint, tmp_path):
+    """`lvdm sample --negative_prompt` travels through the Request to `generate` and `extend`."""
+    checkpoint = str(lively_checkpoint)
+    generator = Generator(checkpoint, device="cpu")
+    request = Request(["a red square"], 4, 16, 16, 2, 4.0, 1, negative_prompt="a blue circle")
+    rendered = generator.render(request, Given(), 0, 1)
+    expected = generator.module.generate(["a red square"], 4, 16, 16, num_steps=2, guidance_scale=4.0, seed=1,
+                                         negative_prompt="a blue circle")
+    assert torch.equal(rendered, expected)
+    assert not torch.equal(rendered, generator.module.generate(["a red square"], 4, 16, 16, num_steps=2,
+                                                               guidance_scale=4.0, seed=1))
+    seen = []
+    generator.module.extend = lambda *args, **kw: seen.append(kw["negative_prompt"]) or rendered
+    generator.render(Request(["a"], video="start.mp4", extend=2, negative_prompt="blurry"),
+                     Given(clip=torch.zeros(1, 3, 2, 16, 16)), 0, 1)
+    assert seen == ["blurry"]
+    common = dict(prompts=["a red square"], num_frames=4, height=16, width=16, steps=2, guidance=4.0, seed=1,
+                  device="cpu")
+    (negative,) = sample(checkpoint, out=str(tmp_path / "negative"), negative_prompt="a blue circle", **common)
+    (plain,) = sample(checkpoint, out=str(tmp_path / "plain"), **common)
+    assert not (read_frames(negative)[0] == read_frames(plain)[0]).all()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"class_labels": [3], "prompts": []},
+     "--negative_prompt is a caption for text guidance; a class-conditional model (--class_label) has none"),
+    ({"negative_prompt": "x" * 9, "limits": Limits(max_prompt_chars=8)},
+     "a negative prompt of 9 characters is over the limit of 8 (--max_prompt_chars)"),
+    ({"negative_prompt": 3}, "negative_prompt must be text; got 3"),
+])
+def test_request_checks_the_negative_prompt(change, message):
+    kwargs = dict(prompts=["a"], num_frames=4, height=16, width=16, steps=2, guidance=3.0, negative_prompt="blurry")
+    with pytest.raises(ValueError) as err:
+        Request(**{**kwargs, **change})
     assert str(err.value) == message

@@ -113,3 +113,57 @@ def test_caption_dropout_uses_the_learned_null_under_the_captions_mask():
     module.caption_dropout = 0.0
     ctx, _ = module.text_condition({"caption": ["red square"]})
     assert torch.equal(ctx, module.encode_text(["red square"])[0])
+
+
+def _is_encoding_of(module, text: str, contexts) -> bool:
+    encoded = module.encode_text([text])[0]
+    return bool(contexts) and all(torch.equal(c, encoded.expand(len(c), -1, -1)) for c in contexts)
+
+
+@pytest.mark.parametrize("path", ["generate", "extend"])
+def test_negative_prompt_is_the_unconditional_context(path):
+    """Diffusers' pipelines and Wan's sampler: the negative prompt's text encoding takes the
+    unconditional half of guidance, where the empty caption was."""
+    module = _module()
+    seen = _unconditional_contexts(module)
+    if path == "generate":
+        module.generate(["a red square", "a blue circle"], num_steps=1, negative_prompt="blurry static")
+    else:
+        _extend(module, negative_prompt="blurry static")
+    assert _is_encoding_of(module, "blurry static", seen)
+    assert not _is_encoding_of(module, "", seen)
+
+
+def test_no_negative_prompt_samples_exactly_as_the_empty_caption():
+    module = _module()
+    with torch.no_grad():  # every weight random: a fresh zero-initialised output layer ignores the prompt
+        for param in module.parameters():
+            param.normal_(0.0, 0.3)
+    seen = _unconditional_contexts(module)
+    default = module.generate(["a red square"], num_steps=1)
+    assert _is_encoding_of(module, "", seen)
+    assert torch.equal(module.generate(["a red square"], num_steps=1, negative_prompt=""), default)
+    assert not torch.equal(module.generate(["a red square"], num_steps=1, negative_prompt="blurry static"), default)
+
+
+def test_preset_negative_prompt_is_the_default():
+    wan = from_name("wan2.1-t2v-1.3b").sampler
+    module = _module()
+    module.use_sampler_defaults(wan)
+    assert wan.negative_prompt and module.negative_prompt == wan.negative_prompt
+    seen = _unconditional_contexts(module)
+    module.generate(["a red square"], num_steps=1)
+    assert _is_encoding_of(module, wan.negative_prompt, seen)
+    seen.clear()
+    module.generate(["a red square"], num_steps=1, negative_prompt="")  # "" turns it off
+    assert _is_encoding_of(module, "", seen)
+    module.use_sampler_defaults(from_name("opensora-v1.2-stdit3-xl2").sampler)  # a preset without one clears it
+    assert module.negative_prompt is None
+
+
+def test_negative_prompt_with_the_learned_null_caption_is_refused():
+    module = _module(null_caption="learned_caption")
+    with pytest.raises(ValueError, match=r"cannot be used with null_caption='learned_caption'"):
+        module.generate(["a red square"], num_steps=1, negative_prompt="blurry")
+    with pytest.raises(ValueError, match=r"cannot be used with null_caption='learned_caption'"):
+        _module().generate(["a red square"], num_steps=1, negative_prompt="blurry", null_caption="learned_caption")

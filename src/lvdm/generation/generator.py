@@ -114,6 +114,8 @@ class Request:
     class-conditional model takes ``class_labels`` instead of prompts. ``guidance_schedule``:
     guidance on an interval of noise levels, CFG-Zero* or APG (None: plain guidance every step).
     ``step_cache``: the step-caching threshold (:mod:`lvdm.diffusion.step_cache`; 0 or None: off).
+    ``negative_prompt``: what the unconditional half of guidance sees instead of "" (None: the
+    model's default, e.g. a preset's; "": the empty caption); a prompt line's length limit holds.
     """
 
     prompts: list[str]
@@ -131,6 +133,7 @@ class Request:
     class_labels: Optional[list[int]] = None
     guidance_schedule: Optional[GuidanceSchedule] = None
     step_cache: Optional[float] = None
+    negative_prompt: Optional[str] = None
     limits: InitVar[Optional[Limits]] = None
 
     def __post_init__(self, limits: Optional[Limits]):
@@ -158,6 +161,20 @@ class Request:
         if limits is not None and longest > limits.max_prompt_chars:
             raise ValueError(f"a prompt of {longest} characters is over the limit of {limits.max_prompt_chars} "
                              "(--max_prompt_chars)")
+        self._check_negative_prompt(limits)
+
+    def _check_negative_prompt(self, limits: Optional[Limits]) -> None:
+        negative = self.negative_prompt
+        if negative is None:
+            return
+        if not isinstance(negative, str):
+            raise ValueError(f"negative_prompt must be text; got {negative!r}")
+        if self.class_labels:
+            raise ValueError("--negative_prompt is a caption for text guidance; a class-conditional model "
+                             "(--class_label) has none")
+        if limits is not None and len(negative) > limits.max_prompt_chars:
+            raise ValueError(f"a negative prompt of {len(negative)} characters is over the limit of "
+                             f"{limits.max_prompt_chars} (--max_prompt_chars)")
 
     def _check_given(self) -> None:
         if self.image and self.video:
@@ -239,7 +256,7 @@ def read_given(request: Request) -> Given:
 def apply_preset(module, name: str) -> None:
     """Give ``module`` the sampler defaults of preset ``name`` (:func:`lvdm.models.presets.from_name`):
     its objective (process, target convention, shift rule, sampler and steps), guidance scale,
-    null-caption rule and fps micro-condition
+    null-caption rule, negative prompt and fps micro-condition
     (:meth:`~lvdm.training.module.LatentDiffusionModule.use_sampler_defaults`)."""
     from lvdm.models.presets import from_name
 
@@ -293,13 +310,15 @@ class Generator:
             return self.module.extend(given.clip.expand(len(chunk), -1, -1, -1, -1), chunk, request.extend,
                                       request.context_frames, request.num_frames, num_steps=request.steps,
                                       guidance_scale=request.guidance, seed=seed, progress=progress, fps=fps,
-                                      guidance_schedule=request.guidance_schedule, step_cache=request.step_cache)
+                                      guidance_schedule=request.guidance_schedule, step_cache=request.step_cache,
+                                      negative_prompt=request.negative_prompt)
         return self.module.generate(
             chunk, request.num_frames, request.height, request.width, num_steps=request.steps,
             guidance_scale=request.guidance, seed=seed, progress=progress,
             first_frames=None if given.first is None else given.first[start:stop], loop=request.loop,
             class_labels=request.class_labels[start:stop] if request.class_labels else None,
             fps=fps, guidance_schedule=request.guidance_schedule, step_cache=request.step_cache,
+            negative_prompt=request.negative_prompt,
         )
 
     def write(self, request: Request, out: str | Path, given: Optional[Given] = None, batch_size: int = 16,

@@ -33,7 +33,8 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
            preset: Optional[str] = None, class_label: Optional[list[int]] = None,
            guidance_interval: tuple[float, float] = (0.0, 1.0), guidance_method: Literal["cfg", "cfg_zero_star", "apg"] = "cfg",
            zero_init_steps: int = 0, apg_eta: float = 0.0, apg_norm_threshold: float = 0.0,
-           apg_momentum: float = 0.0, step_cache: float = 0.0) -> list[str]:
+           apg_momentum: float = 0.0, step_cache: float = 0.0,
+           negative_prompt: Optional[str] = None) -> list[str]:
     """Generate one mp4 per prompt from a trained checkpoint, ``<out>/<index>_<prompt>.mp4``, with the
     prompts in file order in ``<out>/prompts.txt``; the noise of prompt ``i`` depends only on ``seed + i``.
     Image-to-video with ``--image``, continuation with ``--video start.mp4 --extend N`` (models trained
@@ -66,9 +67,10 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
         overwrite: delete the videos already in ``out`` first; without it a folder that holds videos
             is refused (``lvdm eval`` would score the old ones with the new).
         preset: sample the way a published model does (``lvdm.models.presets.TABLE``, e.g.
-            ``opensora-v1.2-stdit3-xl2``): its objective, target convention, shift rule, steps, guidance
-            and null caption replace the checkpoint's (``steps`` and ``guidance`` still win); for a
-            published model's weights, not one trained under lvdm's own objective.
+            ``opensora-v1.2-stdit3-xl2``): its objective, target convention, shift rule, steps, guidance,
+            null caption and negative prompt (Wan's) replace the checkpoint's (``steps``, ``guidance`` and
+            ``negative_prompt`` still win); for a published model's weights, not one trained under lvdm's own
+            objective.
         class_label: class-conditional models (ImageNet DiT): one video per label, e.g. '[207, 360]'.
         guidance_interval: guide only at noise levels ``lo <= t <= hi`` (t in [0, 1], 1 = pure noise),
             e.g. '[0.2, 0.8]'; other steps evaluate the conditional branch alone, half the cost
@@ -86,6 +88,9 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
             modulated input changed less than this (relative L1, accumulated since the last computed step)
             reuses that step's block-stack residual instead of running the blocks. Fewer DiT evaluations, a slightly
             different video; the first and last steps always run (docs/sampling.md).
+        negative_prompt: what guidance steers away from: its text encoding replaces the empty
+            caption in the unconditional half (default: the preset's, e.g. Wan's, else none; '' for none).
+            Not with a learned null caption (e.g. Open-Sora's presets) or ``class_label``.
     """
     from lvdm.utils import read_prompt_file
 
@@ -93,7 +98,7 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
     schedule = GuidanceSchedule(guidance_interval, guidance_method, zero_init_steps, apg_eta, apg_norm_threshold,
                                 apg_momentum)
     request = Request(texts, num_frames, height, width, steps, guidance, seed, image, video, extend, context_frames,
-                      loop, class_label, schedule, step_cache)
+                      loop, class_label, schedule, step_cache, negative_prompt)
     given = read_given(request)
     out_dir = Path(out)
     clear_video_folder(out_dir, overwrite)

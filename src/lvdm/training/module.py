@@ -90,6 +90,10 @@ class LatentDiffusionModule(L.LightningModule):
             ``learned_caption`` (the denoiser's ``null_context``, Open-Sora's and PixArt-α's
             ``y_embedding``).
 
+    ``negative_prompt`` (an attribute, None unless :meth:`use_sampler_defaults` sets a preset's,
+    e.g. Wan's) is the caption the unconditional half of text guidance sees when ``generate`` /
+    ``extend`` are not told.
+
     Micro-conditions: the denoiser receives those it declares (``micro_conditions`` of the
     backbone contract): ``fps``, ``resolution`` (pixel ``(h, w)``) and ``aspect_ratio``
     (``h / w``), from the batch's ``fps`` / ``height`` / ``width`` in training and from the
@@ -136,6 +140,7 @@ class LatentDiffusionModule(L.LightningModule):
         if null_caption not in ("empty_caption", "learned_caption"):
             raise ValueError(f"LatentDiffusionModule.null_caption must be empty_caption or learned_caption, got {null_caption!r}")
         self.null_caption = null_caption
+        self.negative_prompt: Optional[str] = None
         ctx_dim = getattr(denoiser, "context_dim", None)
         if ctx_dim is not None and ctx_dim != text_encoder.dim and not getattr(denoiser, "num_classes", 0):
             raise ValueError(
@@ -339,6 +344,7 @@ class LatentDiffusionModule(L.LightningModule):
         fps: Optional[float] = None,
         guidance_schedule: Optional[GuidanceSchedule] = None,
         step_cache: Optional[float] = None,
+        negative_prompt: Optional[str] = None,
     ) -> torch.Tensor:
         """Generate one video per prompt: ``[B, 3, T, H, W]`` in [-1, 1].
 
@@ -347,6 +353,9 @@ class LatentDiffusionModule(L.LightningModule):
         its null label. ``null_caption`` is what the unconditional half of text guidance sees:
         the text encoder's "" or the denoiser's learned null caption (``null_context``:
         PixArt-α's and Open-Sora's ``y_embedding``); None: the module's ``null_caption``.
+        ``negative_prompt``: the caption the unconditional half sees instead of "" (its text
+        encoding, as diffusers' pipelines and Wan's sampler do; "" is the empty caption; None: the
+        module's ``negative_prompt``); it cannot be combined with the learned null caption.
         ``guidance_schedule`` (:class:`lvdm.diffusion.guidance.GuidanceSchedule`) limits guidance
         to an interval of noise levels or combines the predictions by CFG-Zero* or APG; None:
         plain guidance at every step. ``step_cache`` (a threshold, e.g. 0.1; 0 or None: off)
@@ -388,8 +397,9 @@ class LatentDiffusionModule(L.LightningModule):
         if loop and first_frames is None:
             raise ValueError("loop=True needs first_frames: the image the video starts and ends with")
         x_given, frame_mask = (None, None) if first_frames is None else self.given_latents(first_frames, noise, loop)
+        negative = self.negative_prompt if negative_prompt is None else negative_prompt
         model_fn = self.guided_denoiser(prompts, scale, class_labels, null_caption or self.null_caption,
-                                        guidance_schedule)
+                                        guidance_schedule, negative)
         cond = self.micro_conditions(len(prompts), frames, h, w, IMAGE_FPS if frames == 1 else fps)
         with cached_steps(self.denoiser, step_cache, self._model_calls(num_steps, guidance_schedule)):
             latents = self.objective.sample(model_fn, noise, num_steps, progress=progress, x_given=x_given,
@@ -403,19 +413,26 @@ class LatentDiffusionModule(L.LightningModule):
 
     def use_sampler_defaults(self, defaults) -> None:
         """Sample the way a published model's source does: the objective, guidance scale, null
-        caption and fps of ``defaults`` (:class:`lvdm.models.presets.SamplerDefaults`, e.g.
+        caption, negative prompt and fps of ``defaults`` (:class:`lvdm.models.presets.SamplerDefaults`, e.g.
         ``from_name(name).sampler``), which :meth:`generate` and :meth:`extend` then use."""
         self.objective = defaults.build_objective()
         self.guidance_scale = check_guidance_scale(defaults.guidance_scale, "guidance_scale")
         if defaults.null_condition != "null_class":  # class guidance always uses the null label
             self.null_caption = defaults.null_condition
+        self.negative_prompt = defaults.negative_prompt
         if defaults.fps is not None:
             self.fps = defaults.fps
 
     def guided_denoiser(self, prompts: Sequence[str], scale: float, class_labels: Optional[Sequence[int]] = None,
-                        null_caption: NullCaption = "empty_caption", schedule: Optional[GuidanceSchedule] = None):
+                        null_caption: NullCaption = "empty_caption", schedule: Optional[GuidanceSchedule] = None,
+                        negative_prompt: Optional[str] = None):
         """The guided ``model_fn`` of :meth:`generate`: on class labels, or on the prompts against
-        the empty caption or the learned null caption; ``schedule`` as in :meth:`generate`."""
+        the empty caption, the ``negative_prompt``'s encoding or the learned null caption;
+        ``schedule`` as in :meth:`generate`."""
+        if negative_prompt is not None and (class_labels is not None or null_caption == "learned_caption"):
+            against = "class labels" if class_labels is not None else "null_caption='learned_caption'"
+            raise ValueError(f"a negative prompt replaces the empty caption; it cannot be used with {against} "
+                             "(use null_caption='empty_caption', or no negative prompt)")
         if class_labels is not None:
             if len(class_labels) != len(prompts):
                 raise ValueError(f"give one class label per video: {len(class_labels)} labels, {len(prompts)} videos")
@@ -426,7 +443,7 @@ class LatentDiffusionModule(L.LightningModule):
             null_ctx, null_mask = self.learned_null(mask)
             null_ctx = null_ctx.to(ctx.dtype)
         elif null_caption == "empty_caption":
-            null_ctx, null_mask = self.encode_text([""])
+            null_ctx, null_mask = self.encode_text(["" if negative_prompt is None else negative_prompt])
         else:
             raise ValueError(f"null_caption must be empty_caption or learned_caption, got {null_caption!r}")
         return GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale, schedule, self.objective)
@@ -469,6 +486,7 @@ class LatentDiffusionModule(L.LightningModule):
         fps: Optional[float] = None,
         guidance_schedule: Optional[GuidanceSchedule] = None,
         step_cache: Optional[float] = None,
+        negative_prompt: Optional[str] = None,
     ) -> torch.Tensor:
         """Continue ``video`` ``[B, 3, F, H, W]`` in [-1, 1] by ``num_new_frames`` frames:
         ``[B, 3, F + num_new_frames, H, W]`` whose first ``F`` frames are ``video`` itself.
@@ -476,7 +494,7 @@ class LatentDiffusionModule(L.LightningModule):
         Windows of ``num_frames`` frames (default: the model's sample_shape) are generated one
         after another, each given the last ``context_frames`` frames so far (default: half a
         window) and adding the rest (Open-Sora's loop of conditioned generations). Guidance
-        (``null_caption``, ``guidance_schedule``), ``step_cache`` and micro-conditions (``fps``) are
+        (``null_caption``, ``negative_prompt``, ``guidance_schedule``), ``step_cache`` and micro-conditions (``fps``) are
         those of :meth:`generate`."""
         window = num_frames or self.sample_shape[0]
         context = context_frames or max(1, window // 2)
@@ -492,7 +510,7 @@ class LatentDiffusionModule(L.LightningModule):
             clip = self.generate(prompts, window, num_steps=num_steps, guidance_scale=guidance_scale,
                                  seed=seed + 100_003 * rounds, progress=progress, first_frames=given,
                                  null_caption=null_caption, fps=fps, guidance_schedule=guidance_schedule,
-                                 step_cache=step_cache)
+                                 step_cache=step_cache, negative_prompt=negative_prompt)
             out = torch.cat([out, clip[:, :, given.shape[2]:]], dim=2)
             rounds += 1
         return out[:, :, :target]
