@@ -66,6 +66,31 @@ def test_generator_renders_the_same_video_as_the_module(checkpoint, tmp_path):
         generator(" \n", 1.0, 16, 16, 2, 3.0, 0)
 
 
+def test_page_fields_set_the_negative_prompt_step_cache_and_guidance_interval(checkpoint, tmp_path):
+    """The page's new fields build the same Request `lvdm sample` builds, checked by its rules."""
+    from lvdm.generation.app import VideoGenerator
+
+    generator = VideoGenerator(str(checkpoint), out=str(tmp_path), device="cpu")
+    fields = ("a red square", 1.0, 16, 16, 2, 3.0, 0)
+    request = generator.request(*fields, negative_prompt=" blurry ", step_cache=0.1, guidance_interval=(0.2, 0.8))
+    assert (request.negative_prompt, request.step_cache, request.guidance_schedule.interval) == ("blurry", 0.1,
+                                                                                                 (0.2, 0.8))
+    default = generator.request(*fields)
+    assert (default.negative_prompt, default.step_cache, default.guidance_schedule.interval) == (None, 0.0, (0.0, 1.0))
+    assert generator.request(*fields, negative_prompt="  \n").negative_prompt is None  # a blank box: none
+    for change, message in (({"step_cache": -0.5}, "step_cache threshold must be a finite number >= 0"),
+                            ({"guidance_interval": (0.9, 0.1)}, r"0 <= lo <= hi <= 1"),
+                            ({"guidance_interval": (None, 1.0)}, "guidance interval must be two numbers"),
+                            ({"negative_prompt": "x" * 501}, r"over the limit of 500 \(--max_prompt_chars\)")):
+        with pytest.raises(ValueError, match=message):
+            generator.request(*fields, **change)
+    seen, generate = [], generator.module.generate
+    generator.module.generate = lambda *args, **kw: seen.append(kw) or generate(*args, **kw)
+    generator(*fields, negative_prompt="blurry", step_cache=0.1, guidance_interval=(0.2, 0.8))
+    assert (seen[0]["negative_prompt"], seen[0]["step_cache"], seen[0]["guidance_schedule"].interval) == (
+        "blurry", 0.1, (0.2, 0.8))
+
+
 def test_page_generates_a_video_through_the_client(checkpoint, tmp_path, monkeypatch):
     from gradio_client import Client
 
@@ -81,7 +106,7 @@ def test_page_generates_a_video_through_the_client(checkpoint, tmp_path, monkeyp
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
         video, files, note = client.predict("a red square moving left\na green triangle moving up", 1.0, 16, 16, 2, 3.0, 0,
-                                      None, False, api_name="/generate")
+                                      None, False, "blurry", 0.1, 0.0, 1.0, api_name="/generate")
         first = video["video"] if isinstance(video, dict) else video
         from lvdm.data.video import read_frames
 

@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from lvdm.diffusion.guidance import GuidanceSchedule
 from lvdm.generation.generator import Generator, Limits, Request, check_number, read_given
 
 __all__ = ["Limits", "VideoGenerator", "app", "build_app", "read_auth", "uploaded_file"]
@@ -67,25 +68,33 @@ class VideoGenerator(Generator):
         return max(k, round(seconds * self.fps / k) * k)
 
     def request(self, prompts: str, seconds: float, height: int, width: int, steps: int, guidance: float,
-                seed: int, image: Optional[str] = None, loop: bool = False) -> Request:
+                seed: int, image: Optional[str] = None, loop: bool = False, negative_prompt: Optional[str] = None,
+                step_cache: float = 0.0, guidance_interval: tuple[float, float] = (0.0, 1.0)) -> Request:
         """The page's fields as a :class:`~lvdm.generation.Request` checked against :attr:`limits`
-        (a ValueError naming the limit); the size must also be a multiple of :attr:`pixel_multiple`."""
+        (a ValueError naming the limit); the size must also be a multiple of :attr:`pixel_multiple`.
+        A blank ``negative_prompt`` is none (the model's default); ``step_cache`` and
+        ``guidance_interval`` are those of ``lvdm sample``."""
         lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
         seconds = check_number("duration", seconds, 0, self.limits.max_seconds, "max_seconds", " s")
+        negative = (negative_prompt or "").strip() or None
         request = Request(lines, self.frames_for(seconds), height, width, steps, guidance, seed, image=image,
-                          loop=loop, limits=self.limits)
+                          loop=loop, guidance_schedule=GuidanceSchedule(tuple(guidance_interval)),
+                          step_cache=step_cache, negative_prompt=negative, limits=self.limits)
         for name, value in (("height", request.height), ("width", request.width)):
             if value % self.pixel_multiple:
                 raise ValueError(f"{name} must be a positive multiple of {self.pixel_multiple}; got {value}")
         return request
 
     def __call__(self, prompts: str, seconds: float, height: int, width: int, steps: int, guidance: float,
-                 seed: int, image: Optional[str] = None, loop: bool = False) -> list[Path]:
+                 seed: int, image: Optional[str] = None, loop: bool = False, negative_prompt: Optional[str] = None,
+                 step_cache: float = 0.0, guidance_interval: tuple[float, float] = (0.0, 1.0)) -> list[Path]:
         """Render one mp4 per non-empty line of ``prompts``; returns their paths. With ``image``
         (a file) every video starts on it, resized and centre-cropped to ``height × width`` (image-to-video), and with
         ``loop`` also ends on it. Everything is checked first (:meth:`request`); at most
-        ``max_jobs`` calls render at once, the others wait."""
-        request = self.request(prompts, seconds, height, width, steps, guidance, seed, image, loop)
+        ``max_jobs`` calls render at once, the others wait. ``negative_prompt``, ``step_cache`` and
+        ``guidance_interval``: see :meth:`request`."""
+        request = self.request(prompts, seconds, height, width, steps, guidance, seed, image, loop,
+                               negative_prompt, step_cache, guidance_interval)
         given = read_given(request)
         with self._slots:
             # an unguessable folder: the page serves files from `out`, and one visitor's videos are not another's
@@ -125,11 +134,12 @@ def build_app(generator: VideoGenerator, max_queue: int = 16):
     frames, height, width = module.sample_shape
     k = generator.frame_multiple
 
-    def run(prompts, seconds, h, w, n_steps, guidance, seed, image=None, loop=False,
-            progress=gr.Progress(track_tqdm=True)):
+    def run(prompts, seconds, h, w, n_steps, guidance, seed, image=None, loop=False, negative=None,
+            cache=0.0, lo=0.0, hi=1.0, progress=gr.Progress(track_tqdm=True)):
         try:  # the upload check comes first: nothing on the server is opened for a path a visitor sent
             image = None if image is None else str(uploaded_file(image, picture.GRADIO_CACHE))
-            paths = generator(prompts, seconds, h, w, n_steps, guidance, seed, image, bool(loop))
+            paths = generator(prompts, seconds, h, w, n_steps, guidance, seed, image, bool(loop), negative, cache,
+                              (lo, hi))
         except (ValueError, FileNotFoundError) as err:  # the visitor's mistake: a message, no traceback
             raise gr.Error(str(err), print_exception=False) from None
         n = generator.frames_for(seconds)
@@ -150,6 +160,15 @@ def build_app(generator: VideoGenerator, max_queue: int = 16):
                                     value=min(getattr(module.objective, "num_sampling_steps", 20), limits.max_steps))
                 guidance = gr.Slider(1.0, 15.0, value=module.guidance_scale, step=0.5, label="guidance scale")
                 seed = gr.Number(label="seed", value=0, precision=0)
+                negative = gr.Textbox(label="negative prompt (what guidance steers away from; blank: none)",
+                                      lines=2, value=module.negative_prompt or "")
+                with gr.Accordion("faster sampling", open=False):
+                    cache = gr.Number(label="step cache threshold", value=0.0,
+                                      info="e.g. 0.1: skip steps that change little (0: off)")
+                    with gr.Row():
+                        lo = gr.Number(label="guide from noise level", value=0.0)
+                        hi = gr.Number(label="guide up to noise level", value=1.0,
+                                       info="0 clean … 1 pure noise; steps outside cost half")
                 with gr.Accordion("image-to-video (models trained with frame masks)", open=False):
                     picture = gr.Image(label="first frame (resized and cropped to the size above)", type="filepath", image_mode=None)
                     loop = gr.Checkbox(label="loop: end on the image too", value=False)
@@ -158,7 +177,8 @@ def build_app(generator: VideoGenerator, max_queue: int = 16):
                 video = gr.Video(label="first video")
                 files = gr.File(label="all videos (mp4)", file_count="multiple")
                 note = gr.Markdown()
-        button.click(run, [prompts, seconds, h, w, n_steps, guidance, seed, picture, loop], [video, files, note],
+        button.click(run, [prompts, seconds, h, w, n_steps, guidance, seed, picture, loop, negative, cache, lo, hi],
+                     [video, files, note],
                      api_name="generate", concurrency_limit=generator.max_jobs)
     return page.queue(max_size=max_queue, api_open=False)
 
