@@ -26,7 +26,7 @@ def _random(model: torch.nn.Module) -> torch.nn.Module:
 def _pipeline_forward(bare, x, t, context, mask, frame_rate=25.0):
     """LTXPipeline.__call__'s transformer call (pack, RoPE scale from the VAE's 8 × 32 × 32 and
     frame_rate, σ·1000 timesteps, the tokenizer's mask) and its unpacking."""
-    b, _, frames, h, w = x.shape
+    frames, h, w = x.shape[2:]
     out = bare(hidden_states=LTXPipeline._pack_latents(x), encoder_hidden_states=context, timestep=t,
                encoder_attention_mask=mask, num_frames=frames, height=h, width=w,
                rope_interpolation_scale=(8 / frame_rate, 32, 32), return_dict=False)[0]
@@ -119,10 +119,31 @@ def test_from_diffusers_ltx_refuses_weights_of_another_config(tmp_path):
 
 def test_flop_model_at_768x512_121_frames_on_meta():
     """LTX-Video 2B at 768×512 × 121 frames (latent 16 × 16 × 24, 6,144 tokens, 128 caption
-    tokens): the FLOP model equals torch's FlopCounterMode on meta."""
+    tokens): the FLOP model equals torch's FlopCounterMode on meta (29.1 TFLOPs per forward)."""
     from lvdm.perf.step_flops import meta_forward_flops
 
     with torch.device("meta"):
         model = from_name("ltx-video-2b").build()
     counted = meta_forward_flops(model, (128, 16, 16, 24), text_len=128, context_dim=4096)
-    assert sum(model.forward_flops((16, 16, 24), 128).values()) == counted
+    assert sum(model.forward_flops((16, 16, 24), 128).values()) == counted == 29_112_421_842_944
+
+
+def test_trains_and_samples_in_the_module():
+    """The tiny LTX-Video inside LatentDiffusionModule with lvdm's word encoder (a padded caption
+    in the batch: its mask reaches the cross-attention): a finite loss, a gradient on the zeroed
+    final projection, and a guided sample of the requested size."""
+    from lvdm.compressors.pixels import PixelCompressor
+    from lvdm.diffusion.objectives import RectifiedFlow
+    from lvdm.text.words import WordTextEncoder
+    from lvdm.training.module import LatentDiffusionModule
+
+    torch.manual_seed(0)
+    denoiser = build_ltx(in_channels=3, out_channels=3, num_attention_heads=2, attention_head_dim=12, num_layers=1,
+                         caption_channels=16)
+    module = LatentDiffusionModule(denoiser, WordTextEncoder(dim=16, max_length=4), RectifiedFlow(num_sampling_steps=2),
+                                   PixelCompressor(), sample_shape=(3, 4, 6))
+    loss = module.diffusion_loss({"video": torch.rand(2, 3, 3, 4, 6) * 2 - 1, "caption": ["a red square", "blue"]})
+    loss.backward()
+    assert torch.isfinite(loss) and denoiser.transformer.proj_out.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert module.generate(["a red square"], num_frames=3, height=4, width=6).shape[-3:] == (3, 4, 6)

@@ -39,11 +39,21 @@ from typing import Optional
 import torch
 from diffusers import LTXVideoTransformer3DModel, WanTransformer3DModel
 from diffusers.models.transformers.transformer_ltx import LTXVideoTransformerBlock
-from diffusers.models.transformers.transformer_wan import WanTransformerBlock, _get_qkv_projections
+from diffusers.models.transformers.transformer_wan import (
+    WanTransformerBlock,
+    _get_qkv_projections,
+)
 from torch import nn
 
 from lvdm.models.embeddings import check_latents
-from lvdm.models.flops import BLOCK_PARTS, attention_flops, cross_attention_flops, mlp_flops, mm, patch_grid
+from lvdm.models.flops import (
+    BLOCK_PARTS,
+    attention_flops,
+    cross_attention_flops,
+    mlp_flops,
+    mm,
+    patch_grid,
+)
 from lvdm.models.layers import pad_to_patches
 from lvdm.models.parallel_plan import SequenceSplit
 from lvdm.models.rope import apply_rope
