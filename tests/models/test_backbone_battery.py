@@ -61,6 +61,14 @@ def _wan(**kw) -> nn.Module:
                                text_length=TEXT_LEN + 2), **kw})
 
 
+def _ltx(**kw) -> nn.Module:
+    """diffusers' LTXVideoTransformer3DModel behind lvdm's adapter (imports diffusers only when built)."""
+    from lvdm.models.diffusers_adapter import build_ltx
+
+    return build_ltx(**{**dict(in_channels=2, out_channels=2, num_attention_heads=2, attention_head_dim=12,
+                               num_layers=2, caption_channels=CONTEXT_DIM), **kw})
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -72,6 +80,8 @@ class Variant:
     #: residual sums in float32 whatever the model's dtype (``.float()``), so the gradients of
     #: shared weights, summed over other token splits, differ at float32 rounding (~1e-7)
     sp_tolerance: float = 1e-10
+    #: patches larger than one latent voxel (with patch 1 every size is whole patches: nothing is padded)
+    patch_padding: bool = True
 
 
 VARIANTS = [
@@ -95,6 +105,8 @@ VARIANTS = [
                                                  text_mask=False, image_condition_channels=3, rope_theta=10000.0)),
     # diffusers' Wan 2.1 T2V transformer through lvdm.models.diffusers_adapter (lvdm's SP hooks)
     Variant("wan2.1-t2v-diffusers", _wan, sp_tolerance=1e-6),
+    # diffusers' LTX-Video transformer (its RMSNorm also computes in float32 whatever the dtype)
+    Variant("ltx-video-diffusers", _ltx, sp_tolerance=1e-6, patch_padding=False),
 ]
 BY_NAME = {v.name: v for v in VARIANTS}
 IDS = [v.name for v in VARIANTS]
@@ -111,6 +123,8 @@ PUBLISHED = [
     ("opensora-2.0", lambda: from_name("opensora-2.0").build(), 11_891_390_528, 0),
     # Wan 2.1 T2V's "1.3B": 1,418,996,800 in diffusers' WanTransformer3DModel (the 1.3B config.json) on meta
     ("wan2.1-t2v-1.3b", lambda: from_name("wan2.1-t2v-1.3b").build(), 1_418_996_800, 0),
+    # LTX-Video's "2B": 1,923,385,472 in diffusers' LTXVideoTransformer3DModel (the 0.9.x config.json) on meta
+    ("ltx-video-2b", lambda: from_name("ltx-video-2b").build(), 1_923_385_472, 0),
 ]
 
 
@@ -198,15 +212,17 @@ def test_identity_at_init(variant):
     model = variant.build().eval()
     changed = []
 
-    def hook(module, args, output):
-        # a block returns its tokens, or a tuple of streams (MMDiT: video and text tokens)
+    def hook(module, args, kwargs, output):
+        # a block returns its tokens, or a tuple of streams (MMDiT: video and text tokens); diffusers'
+        # LTX-Video passes its block inputs by keyword (tokens first)
         outputs = output if isinstance(output, tuple) else (output,)
-        if not all(torch.equal(o, a) for o, a in zip(outputs, args)):
+        inputs = args or tuple(kwargs.values())
+        if not all(torch.equal(o, a) for o, a in zip(outputs, inputs)):
             changed.append(type(module).__name__)
 
     for m in model.modules():
         if isinstance(m, model.block_class):
-            m.register_forward_hook(hook)
+            m.register_forward_hook(hook, with_kwargs=True)
     x, t, ctx, mask = _inputs()
     with torch.no_grad():
         out = model(x, t, ctx, mask)
@@ -276,6 +292,9 @@ def test_odd_sizes_are_padded_to_whole_patches(variant):
     model = _random(variant.build()).double().eval()
     x, t, ctx, mask = _inputs(dtype=torch.float64)
     x = x[..., :3, :3]  # 3 × 3 latent, 2 × 2 patches
+    if not variant.patch_padding:  # patch 1: nothing to pad, the odd size runs as it is
+        assert tuple(model.patch_size) == (1, 1, 1) and model(x, t, ctx, mask).shape == x.shape
+        return
     padded = torch.nn.functional.pad(x, (0, 1, 0, 1))
     # micro-conditions derived from the latent size: give both runs the odd size's
     extra = {"resolution": torch.tensor([[24.0, 24.0]])} if isinstance(model, STDiT) else {}

@@ -1,8 +1,10 @@
 """Diffusers video transformers as lvdm backbones: :class:`WanBackbone` wraps diffusers'
-``WanTransformer3DModel`` (Wan 2.1 text-to-video) so that it meets the backbone contract
+``WanTransformer3DModel`` (Wan 2.1 text-to-video) and :class:`LTXBackbone` its
+``LTXVideoTransformer3DModel`` (LTX-Video 0.9.x) so that they meet the backbone contract
 (:mod:`lvdm.models.contract`), unchanged weights and all (pure torch + diffusers).
 
-What the adapter maps, and why it gives the bare diffusers model's output:
+What the Wan adapter maps, and why it gives the bare diffusers model's output (LTX-Video's: see
+:class:`LTXBackbone`):
 
 * **latents** ``[B, C, T, H, W]`` are zero-padded to whole ``(pt, ph, pw)`` patches and the
   prediction cropped back (diffusers' Wan drops a partial patch).
@@ -35,18 +37,51 @@ from collections.abc import Sequence
 from typing import Optional
 
 import torch
-from diffusers import WanTransformer3DModel
-from diffusers.models.transformers.transformer_wan import WanTransformerBlock, _get_qkv_projections
+from diffusers import LTXVideoTransformer3DModel, WanTransformer3DModel
+from diffusers.models.transformers.transformer_ltx import LTXVideoTransformerBlock
+from diffusers.models.transformers.transformer_wan import (
+    WanTransformerBlock,
+    _get_qkv_projections,
+)
 from torch import nn
 
 from lvdm.models.embeddings import check_latents
-from lvdm.models.flops import BLOCK_PARTS, attention_flops, cross_attention_flops, mlp_flops, mm, patch_grid
+from lvdm.models.flops import (
+    BLOCK_PARTS,
+    attention_flops,
+    cross_attention_flops,
+    mlp_flops,
+    mm,
+    patch_grid,
+)
 from lvdm.models.layers import pad_to_patches
 from lvdm.models.parallel_plan import SequenceSplit
 from lvdm.models.rope import apply_rope
 from lvdm.ops.attention import attention
 
-__all__ = ["WanBackbone", "WanSelfAttention", "build_wan"]
+__all__ = ["LTXBackbone", "LTXSelfAttention", "WanBackbone", "WanSelfAttention", "build_ltx", "build_wan"]
+
+
+def per_token_timesteps(timestep: torch.Tensor, b: int, grid: tuple[int, int, int]) -> torch.Tensor:
+    """``[B]`` (per sample), or ``[B, N]`` (per token, frame-major) from per-frame ``[B, T]``:
+    the forms diffusers' Wan and LTX-Video transformers take."""
+    timestep = torch.as_tensor(timestep)
+    if timestep.ndim == 0:
+        return timestep.expand(b)
+    if timestep.ndim == 1 and timestep.shape[0] == b:
+        return timestep
+    if timestep.shape != (b, grid[0]):
+        raise ValueError(f"timesteps must be [B] = [{b}] or per frame [B, T] = [{b}, {grid[0]}] (latent frames "
+                         f"after patching), got {list(timestep.shape)}")
+    return timestep.repeat_interleave(grid[1] * grid[2], dim=1)  # [B, N]
+
+
+def _check_context(context: Optional[torch.Tensor], b: int, context_dim: int, model: str) -> None:
+    """One clear line when the caption is missing or mis-shaped (neither model has a learned null caption)."""
+    if context is None:
+        raise ValueError(f"{model} has no learned null caption: pass context (the empty or negative prompt's tokens)")
+    if context.ndim != 3 or context.shape[0] != b or context.shape[-1] != context_dim:
+        raise ValueError(f"context must be [B, L, context_dim] = [{b}, L, {context_dim}], got {list(context.shape)}")
 
 
 class WanSelfAttention:
@@ -69,7 +104,37 @@ class WanSelfAttention:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-class WanBackbone(nn.Module):
+class _DiffusersBackbone(nn.Module):
+    """What the adapters share: the wrapped transformer's widths read from its config, its
+    self-attention processors replaced by lvdm's (sharded attention), and the names sequence
+    parallelism cuts at (``blocks``) and gathers at (``final_norm``, the transformer's
+    ``norm_out``)."""
+
+    #: the attribute of the diffusers transformer holding its blocks
+    _blocks_attribute = "blocks"
+
+    def _adopt(self, transformer: nn.Module, context_dim: int, self_attention: type) -> None:
+        config = transformer.config
+        self.transformer = transformer
+        self.in_channels, self.out_channels = int(config.in_channels), int(config.out_channels or config.in_channels)
+        self.num_heads = int(config.num_attention_heads)
+        self.hidden_size = self.num_heads * int(config.attention_head_dim)
+        self.context_dim = int(context_dim)
+        for block in self.blocks:
+            block.attn1.set_processor(self_attention())
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer's blocks (where sequence parallelism cuts)."""
+        return getattr(self.transformer, self._blocks_attribute)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        """The transformer's final norm (whose output sequence parallelism gathers)."""
+        return self.transformer.norm_out
+
+
+class WanBackbone(_DiffusersBackbone):
     """Diffusers' ``WanTransformer3DModel`` meeting lvdm's backbone contract (see the module
     docstring). Wraps ``transformer`` as is (weights untouched; its blocks' self-attention
     processors are replaced by :class:`WanSelfAttention`); :func:`build_wan` builds one from a
@@ -108,46 +173,14 @@ class WanBackbone(nn.Module):
         if config.get("image_dim") is not None or config.get("added_kv_proj_dim") is not None:
             raise ValueError("WanBackbone adapts text-to-video Wan; this transformer takes image tokens "
                              f"(image_dim={config.get('image_dim')}, added_kv_proj_dim={config.get('added_kv_proj_dim')})")
-        self.transformer = transformer
+        self._adopt(transformer, config.text_dim, WanSelfAttention)
         self.text_length = None if text_length is None else int(text_length)
-        self.in_channels, self.out_channels = int(config.in_channels), int(config.out_channels or config.in_channels)
         self.patch_size = tuple(int(p) for p in config.patch_size)
-        self.num_heads = int(config.num_attention_heads)
-        self.hidden_size = self.num_heads * int(config.attention_head_dim)
-        self.context_dim = int(config.text_dim)
-        for block in transformer.blocks:
-            block.attn1.set_processor(WanSelfAttention())
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        """The transformer's blocks (where sequence parallelism cuts)."""
-        return self.transformer.blocks
-
-    @property
-    def final_norm(self) -> nn.Module:
-        """The transformer's final norm (whose output sequence parallelism gathers)."""
-        return self.transformer.norm_out
 
     # ------------------------------------------------------------------------------ inputs
-    def _timesteps(self, timestep: torch.Tensor, b: int, grid: tuple[int, int, int]) -> torch.Tensor:
-        """``[B]`` (per sample), or ``[B, N]`` (per token) from per-frame ``[B, T]``."""
-        timestep = torch.as_tensor(timestep)
-        if timestep.ndim == 0:
-            return timestep.expand(b)
-        if timestep.ndim == 1 and timestep.shape[0] == b:
-            return timestep
-        if timestep.shape != (b, grid[0]):
-            raise ValueError(f"timesteps must be [B] = [{b}] or per frame [B, T] = [{b}, {grid[0]}] (latent frames "
-                             f"after patching), got {list(timestep.shape)}")
-        return timestep.repeat_interleave(grid[1] * grid[2], dim=1)  # [B, N]
-
     def _text(self, context: Optional[torch.Tensor], context_mask: Optional[torch.Tensor], b: int) -> torch.Tensor:
         """The caption as Wan's pipeline gives it: padding tokens zero, zero-padded to ``text_length``."""
-        if context is None:
-            raise ValueError("Wan has no learned null caption: pass context (the empty or negative prompt's tokens)")
-        if context.ndim != 3 or context.shape[0] != b or context.shape[-1] != self.context_dim:
-            raise ValueError(f"context must be [B, L, context_dim] = [{b}, L, {self.context_dim}], "
-                             f"got {list(context.shape)}")
+        _check_context(context, b, self.context_dim, "Wan")
         length = context.shape[1]
         if self.text_length is not None and length > self.text_length:
             raise ValueError(f"context has {length} tokens, more than Wan's text_length {self.text_length}")
@@ -165,7 +198,7 @@ class WanBackbone(nn.Module):
         check_latents(x, self.in_channels)
         b, _, *size = x.shape
         grid = patch_grid(self.patch_size, size)
-        timestep = self._timesteps(timestep, b, grid)
+        timestep = per_token_timesteps(timestep, b, grid)
         text = self._text(context, context_mask, b)
         out = self.transformer(pad_to_patches(x, self.patch_size), timestep, text, return_dict=False)[0]
         return out[:, :, : size[0], : size[1], : size[2]]
@@ -178,18 +211,27 @@ class WanBackbone(nn.Module):
             raise ValueError("Wan is text-conditional: give text_len > 0")
         config = self.transformer.config
         length = max(int(text_len), self.text_length or 0)
-        t, h, w = patch_grid(self.patch_size, latent_thw)
-        d, b, n, patch = self.hidden_size, batch_size, t * h * w, math.prod(self.patch_size)
-        out: dict[str, int] = {name: 0 for name in BLOCK_PARTS}
-        out["patch_embed"] = b * mm(n, self.in_channels * patch, d)
-        out["timestep_embed"] = b * (mm(1, config.freq_dim, d) + mm(1, d, d) + mm(1, d, 6 * d))
-        out["text_proj"] = b * (mm(length, self.context_dim, d) + mm(length, d, d))
-        for _ in self.blocks:  # modulation: the table plus the timestep projection, elementwise
-            attention_flops(out, b, 1, n, d)
-            cross_attention_flops(out, b, n, length, d)
-            mlp_flops(out, b, n, d, int(config.ffn_dim))
-        out["final_layer"] = b * mm(n, d, self.out_channels * patch)
-        return out
+        return cross_attention_dit_flops(self, latent_thw, length, batch_size, int(config.freq_dim), int(config.ffn_dim))
+
+
+def cross_attention_dit_flops(backbone: nn.Module, latent_thw: Sequence[int], length: int, batch_size: int,
+                              freq_dim: int, ffn_dim: int) -> dict[str, int]:
+    """FLOPs of a text-to-video transformer of Wan's and LTX-Video's shape at a per-sample
+    timestep: patch embedding, timestep MLP ``freq_dim → D → D → 6D``, two-layer caption
+    projection of ``length`` tokens, per block self-attention, cross-attention to the caption and
+    a feed-forward of ``ffn_dim``, and the final projection (modulations are elementwise)."""
+    t, h, w = patch_grid(backbone.patch_size, latent_thw)
+    d, b, n, patch = backbone.hidden_size, batch_size, t * h * w, math.prod(backbone.patch_size)
+    out: dict[str, int] = {name: 0 for name in BLOCK_PARTS}
+    out["patch_embed"] = b * mm(n, backbone.in_channels * patch, d)
+    out["timestep_embed"] = b * (mm(1, freq_dim, d) + mm(1, d, d) + mm(1, d, 6 * d))
+    out["text_proj"] = b * (mm(length, backbone.context_dim, d) + mm(length, d, d))
+    for _ in backbone.blocks:
+        attention_flops(out, b, 1, n, d)
+        cross_attention_flops(out, b, n, length, d)
+        mlp_flops(out, b, n, d, ffn_dim)
+    out["final_layer"] = b * mm(n, d, backbone.out_channels * patch)
+    return out
 
 
 def _zero(linear: nn.Linear) -> None:
@@ -228,3 +270,140 @@ def build_wan(
             _zero(linear)
     _zero(transformer.proj_out)
     return WanBackbone(transformer, text_length)
+
+
+# ---------------------------------------------------------------------------------- LTX-Video
+class LTXSelfAttention:
+    """Attention processor of the LTX-Video blocks' self-attention (``attn1``): diffusers'
+    ``LTXVideoAttnProcessor`` computation (QK-RMSNorm across heads, RoPE over the whole width
+    before the head split, pairs interleaved) with the attention itself through
+    :func:`lvdm.ops.attention.attention` (``sharded=True``)."""
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, image_rotary_emb=None) -> torch.Tensor:
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError("LTXSelfAttention serves self-attention only (no encoder states, no mask)")
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        if image_rotary_emb is not None:  # diffusers' tables: [B, N, D], pairs interleaved
+            cos, sin = image_rotary_emb
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (q, k, v))  # [B, H, N, hd]
+        out = attention(q, k, v, sharded=True).transpose(1, 2).flatten(2).type_as(q)  # [B, N, D]
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class LTXBackbone(_DiffusersBackbone):
+    """Diffusers' ``LTXVideoTransformer3DModel`` (LTX-Video 0.9.x) meeting lvdm's backbone
+    contract. Wraps ``transformer`` as is (its self-attention processors replaced by
+    :class:`LTXSelfAttention`); :func:`build_ltx` builds one with lvdm's initialisation.
+
+    What the adapter maps, as diffusers' ``LTXPipeline`` feeds the model:
+
+    * **latents** ``[B, C, T, H, W]`` become ``T·H·W`` tokens of ``C`` frame-major (the pipeline's
+      ``_pack_latents`` at LTX's patch 1: every latent size is whole patches) and back.
+    * **timesteps**: ``t · 1000`` (the pipeline passes the scheduler's ``σ · 1000``): lvdm's
+      ``RectifiedFlow(time_scale=1000)``; per-frame ``[B, T]`` become per-token ``[B, N]``
+      (the model takes them so: a modulation per token).
+    * **text**: T5 tokens ``[B, L, context_dim]`` with their mask (the pipeline pads to 128 and
+      passes the tokenizer's mask, which the model turns into a -10000 bias), so the padding length
+      does not matter; no learned null caption (the negative prompt's tokens).
+    * **positions**: the pipeline's RoPE scale ``(compression_t / frame_rate, compression_h,
+      compression_w)`` from the VAE's compression ``(8, 32, 32)`` and the frame rate (25):
+      adapter settings, fixed for a set of weights.
+
+    Args:
+        transformer: a diffusers ``LTXVideoTransformer3DModel`` with ``patch_size`` 1.
+        frame_rate: the frame rate the RoPE's temporal scale reads (the pipeline's ``frame_rate``).
+        compression: the VAE's ``(temporal, spatial, spatial)`` compression the RoPE scale reads.
+    """
+
+    #: Sequence parallelism cuts the tokens entering ``transformer_blocks[0]`` with the RoPE
+    #: tables and per-token modulations (a per-sample ``temb`` ``[B, 1, 6D]`` stays whole) and
+    #: gathers the final norm's output (the final modulation and projection see every token).
+    #: Diffusers' own ``_cp_plan`` needs a ``DeviceMesh`` and its attention backends.
+    sequence_parallel_plan = SequenceSplit(
+        blocks="blocks", tokens="hidden_states", grid=None, gather="final_norm",
+        follow_split=("image_rotary_emb", "temb"), unit="video token",
+    )
+
+    #: diffusers' block: the checkpoint and compile unit.
+    block_class = LTXVideoTransformerBlock
+    _blocks_attribute = "transformer_blocks"
+
+    #: The frame rate is an adapter setting (the RoPE scale), not a per-sample condition.
+    micro_conditions: tuple[str, ...] = ()
+
+    #: The RoPE's scale: other values give other outputs from the same weights.
+    fixed_position_settings = ("frame_rate", "compression")
+
+    #: The attention projections (self and cross) and the feed-forward linears of the blocks.
+    lora_targets = (r"transformer\.transformer_blocks\.\d+\.((attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)"
+                    r"|ff\.net\.(0\.proj|2))")
+
+    def __init__(self, transformer: LTXVideoTransformer3DModel, frame_rate: float = 25.0,
+                 compression: Sequence[int] = (8, 32, 32)):
+        super().__init__()
+        config = transformer.config
+        if (config.patch_size, config.patch_size_t) != (1, 1):
+            raise ValueError("LTXBackbone adapts LTX-Video's patch 1 (its pipeline packs latents unpatched), got "
+                             f"patch_size={config.patch_size}, patch_size_t={config.patch_size_t}")
+        self._adopt(transformer, config.caption_channels, LTXSelfAttention)
+        self.frame_rate, self.compression = float(frame_rate), tuple(int(c) for c in compression)
+        self.patch_size = (1, 1, 1)
+
+    @property
+    def rope_interpolation_scale(self) -> tuple[float, int, int]:
+        """What the pipeline passes: ``(compression_t / frame_rate, compression_h, compression_w)``."""
+        return (self.compression[0] / self.frame_rate, *self.compression[1:])
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: Optional[torch.Tensor] = None,
+                context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Predict LTX-Video's target (the velocity ``ε - x0``) for latents ``x`` ``[B, C, T, H, W]``
+        at ``timestep`` ``[B]`` or ``[B, T]`` (``t · 1000``) from T5 tokens ``context``
+        ``[B, L, context_dim]`` (boolean ``context_mask`` ``[B, L]``, True = real)."""
+        check_latents(x, self.in_channels)
+        b, _, t, h, w = x.shape
+        timestep = per_token_timesteps(timestep, b, (t, h, w))
+        _check_context(context, b, self.context_dim, "LTX-Video")
+        tokens = x.flatten(2).transpose(1, 2)  # [B, T·H·W, C]
+        out = self.transformer(tokens, context, timestep, context_mask, num_frames=t, height=h, width=w,
+                               rope_interpolation_scale=self.rope_interpolation_scale, return_dict=False)[0]
+        return out.transpose(1, 2).unflatten(2, (t, h, w))
+
+    def forward_flops(self, latent_thw: Sequence[int], text_len: int = 0, batch_size: int = 1) -> dict[str, int]:
+        """The FLOP model (backbone contract) at a per-sample timestep over ``text_len`` caption
+        tokens (the masked padding the pipeline adds is attended to as well: count its length)."""
+        if text_len <= 0:
+            raise ValueError("LTX-Video is text-conditional: give text_len > 0")
+        freq_dim = self.transformer.time_embed.emb.time_proj.num_channels
+        return cross_attention_dit_flops(self, latent_thw, int(text_len), batch_size, freq_dim, 4 * self.hidden_size)
+
+
+def build_ltx(
+    in_channels: int = 128,
+    out_channels: int = 128,
+    num_attention_heads: int = 32,
+    attention_head_dim: int = 64,
+    num_layers: int = 28,
+    caption_channels: int = 4096,
+    norm_eps: float = 1e-6,
+    frame_rate: float = 25.0,
+    compression: Sequence[int] = (8, 32, 32),
+) -> LTXBackbone:
+    """An :class:`LTXBackbone` around a new diffusers ``LTXVideoTransformer3DModel`` (defaults:
+    LTX-Video 0.9.x 2B's config; the cross-attention width is the model's, 2048) with lvdm's from-scratch initialisation on top of diffusers':
+    the output projections of every residual branch and the final projection are zero, so every
+    block starts as the identity and the model predicts 0 (load published weights with
+    :func:`lvdm.models.presets.from_diffusers_ltx` instead)."""
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=in_channels, out_channels=out_channels, num_attention_heads=num_attention_heads,
+        attention_head_dim=attention_head_dim, cross_attention_dim=num_attention_heads * attention_head_dim,
+        num_layers=num_layers,
+        caption_channels=caption_channels, norm_eps=norm_eps,
+    )
+    for block in transformer.transformer_blocks:
+        for linear in (block.attn1.to_out[0], block.attn2.to_out[0], block.ff.net[2]):
+            _zero(linear)
+    _zero(transformer.proj_out)
+    return LTXBackbone(transformer, frame_rate, compression)

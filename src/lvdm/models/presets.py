@@ -5,7 +5,8 @@ published model (optionally resized or with temporal layers added, for tiny test
 hand-offs); :func:`from_diffusers` and :func:`from_opensora` load published weights into it
 (:func:`from_diffusers` also HunyuanVideo's into an :class:`~lvdm.models.mmdit.MMDiT`, and
 :func:`from_opensora2` Open-Sora 2.0's; :func:`from_diffusers_wan` a diffusers Wan 2.1 folder into a
-:class:`~lvdm.models.diffusers_adapter.WanBackbone`).
+:class:`~lvdm.models.diffusers_adapter.WanBackbone`, :func:`from_diffusers_ltx` an LTX-Video one into an
+:class:`~lvdm.models.diffusers_adapter.LTXBackbone`).
 From a recipe::
 
     denoiser:
@@ -14,7 +15,7 @@ From a recipe::
 
 :func:`from_name` gives the whole :class:`Preset` of every published configuration (DiT S…XL,
 DiT-ImageNet, PixArt-α, Latte, Open-Sora 1.0 / 1.2, HunyuanVideo and Open-Sora 2.0 (:class:`~lvdm.models.mmdit.MMDiT`),
-Wan 2.1 T2V 1.3B (diffusers' transformer, :class:`~lvdm.models.diffusers_adapter.WanBackbone`)): its source, parameter count, architecture
+Wan 2.1 T2V 1.3B and LTX-Video 2B (diffusers' transformers, :mod:`lvdm.models.diffusers_adapter`)): its source, parameter count, architecture
 and the way the source samples (:class:`SamplerDefaults`); ``lvdm sample --preset NAME`` samples
 with those defaults.
 
@@ -175,6 +176,32 @@ def _is_hub_id(path_or_id: str) -> bool:
     return path_or_id.count("/") == 1 and not path_or_id.startswith(("/", ".", "~"))
 
 
+def _load_diffusers_transformer(cls: type, path_or_id: str, subfolder: Optional[str], loader: str):
+    """A diffusers transformer of class ``cls`` from a local folder (a model folder or a pipeline
+    folder with ``transformer/``) or a hub id, weights only (safetensors, float32), strictly: a
+    missing, unexpected or mis-shaped key is an error naming them (diffusers only warns, and
+    initialises what is missing at random)."""
+    local = not _is_hub_id(path_or_id) or Path(path_or_id).exists()
+    if local:
+        if subfolder is None:
+            path_or_id, subfolder = _diffusers_folder(path_or_id)
+        config_file = Path(path_or_id, subfolder or "", "config.json")
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} does not exist: not a diffusers model folder")
+        name = json.loads(config_file.read_text()).get("_class_name")
+        if name != cls.__name__:
+            raise ValueError(f"{config_file}: a {name!r} model; {loader} loads {cls.__name__!r}")
+    transformer, info = cls.from_pretrained(
+        path_or_id, subfolder=subfolder, local_files_only=local, use_safetensors=True, torch_dtype=torch.float32,
+        output_loading_info=True)
+    report = {kind: list(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(report.values()):
+        raise ValueError(f"{path_or_id}: the weights do not match {cls.__name__}'s config: " +
+                         "; ".join(f"{kind} {keys[:5]}{' …' if len(keys) > 5 else ''} ({len(keys)})"
+                                   for kind, keys in report.items() if keys))
+    return transformer
+
+
 def from_diffusers_wan(path_or_id: str, subfolder: Optional[str] = None, text_length: Optional[int] = 512):
     """A :class:`~lvdm.models.diffusers_adapter.WanBackbone` around diffusers'
     ``WanTransformer3DModel`` loaded from a local folder (a model folder or a pipeline folder
@@ -185,25 +212,22 @@ def from_diffusers_wan(path_or_id: str, subfolder: Optional[str] = None, text_le
 
     from lvdm.models.diffusers_adapter import WanBackbone
 
-    local = not _is_hub_id(path_or_id) or Path(path_or_id).exists()
-    if local:
-        if subfolder is None:
-            path_or_id, subfolder = _diffusers_folder(path_or_id)
-        config_file = Path(path_or_id, subfolder or "", "config.json")
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{config_file} does not exist: not a diffusers model folder")
-        name = json.loads(config_file.read_text()).get("_class_name")
-        if name != "WanTransformer3DModel":
-            raise ValueError(f"{config_file}: a {name!r} model; from_diffusers_wan loads 'WanTransformer3DModel'")
-    transformer, info = WanTransformer3DModel.from_pretrained(
-        path_or_id, subfolder=subfolder, local_files_only=local, use_safetensors=True, torch_dtype=torch.float32,
-        output_loading_info=True)
-    report = {kind: list(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if any(report.values()):  # diffusers only warns, and initialises what is missing at random
-        raise ValueError(f"{path_or_id}: the weights do not match WanTransformer3DModel's config: " +
-                         "; ".join(f"{kind} {keys[:5]}{' …' if len(keys) > 5 else ''} ({len(keys)})"
-                                   for kind, keys in report.items() if keys))
+    transformer = _load_diffusers_transformer(WanTransformer3DModel, path_or_id, subfolder, "from_diffusers_wan")
     return WanBackbone(transformer, text_length)
+
+
+def from_diffusers_ltx(path_or_id: str, subfolder: Optional[str] = None, frame_rate: float = 25.0,
+                       compression: Sequence[int] = (8, 32, 32)):
+    """A :class:`~lvdm.models.diffusers_adapter.LTXBackbone` around diffusers'
+    ``LTXVideoTransformer3DModel`` loaded as :func:`from_diffusers_wan` loads Wan's (local folder
+    or hub id, weights only, strict key report). ``frame_rate`` and ``compression``: the RoPE
+    scale's inputs (LTXPipeline's ``frame_rate`` 25 and LTX-Video's VAE compression)."""
+    from diffusers import LTXVideoTransformer3DModel
+
+    from lvdm.models.diffusers_adapter import LTXBackbone
+
+    transformer = _load_diffusers_transformer(LTXVideoTransformer3DModel, path_or_id, subfolder, "from_diffusers_ltx")
+    return LTXBackbone(transformer, frame_rate, compression)
 
 
 def read_weights(path: str) -> dict[str, torch.Tensor]:
@@ -293,7 +317,7 @@ class Preset:
 
     name: str
     source: str
-    backbone: Literal["STDiT", "DiT", "MMDiT", "WanBackbone"]
+    backbone: Literal["STDiT", "DiT", "MMDiT", "WanBackbone", "LTXBackbone"]
     kwargs: Mapping[str, Any]
     num_params: int
     sampler: SamplerDefaults
@@ -302,10 +326,11 @@ class Preset:
         """The architecture with random weights (``overrides`` for tiny variants)."""
         from lvdm.models.dit import DiT
 
-        if self.backbone == "WanBackbone":  # diffusers' transformer behind the adapter (imports diffusers)
-            from lvdm.models.diffusers_adapter import build_wan
+        if self.backbone in ("WanBackbone", "LTXBackbone"):  # diffusers' transformer behind the adapter
+            from lvdm.models import diffusers_adapter
 
-            return build_wan(**{**self.kwargs, **overrides})
+            build = diffusers_adapter.build_wan if self.backbone == "WanBackbone" else diffusers_adapter.build_ltx
+            return build(**{**self.kwargs, **overrides})
         return {"STDiT": STDiT, "DiT": DiT, "MMDiT": MMDiT}[self.backbone](**{**self.kwargs, **overrides})
 
 
@@ -383,6 +408,23 @@ _WAN_SAMPLER = SamplerDefaults(
                    "3.0 at 480p and 5.0 at 720p (lvdm: Euler with the same shift), umT5 tokens zero-padded to 512, "
                    "16 fps")
 
+#: LTX-Video 0.9.x 2B (hf Lightricks/LTX-Video transformer/config.json = diffusers'
+#: LTXVideoTransformer3DModel defaults: 2048 wide, 32 heads, 28 layers, patch 1 on 128 latent channels,
+#: T5-XXL tokens of 4096 with their mask, max 128).
+_LTX_2B = dict(in_channels=128, out_channels=128, num_attention_heads=32, attention_head_dim=64, num_layers=28,
+               caption_channels=4096, frame_rate=25.0, compression=(8, 32, 32))
+#: The shift at LTX-Video's reference size 768×512 × 121 frames (latent 16 × 16 × 24 = 6,144 tokens):
+#: exp(mu), mu = 0.95 + (2.05 − 0.95)·(6144 − 1024)/(4096 − 1024) = 2.7833.
+_LTX_SHIFT = 16.17
+_LTX_SAMPLER = SamplerDefaults(
+    ("lvdm.diffusion.objectives.RectifiedFlow", dict(shift=_LTX_SHIFT, num_sampling_steps=50, target="eps_minus_x0")),
+    3.0, "empty_caption",
+    source_sampler="diffusers' LTXPipeline: FlowMatchEulerDiscreteScheduler, 50 steps from sigmas linspace(1, 1/50), "
+                   "guidance 3.0, T5 tokens padded to 128 with their mask, frame_rate 25, negative prompt \"\"; "
+                   "its shift is dynamic: exp(mu) with mu linear in the latent token count (the scheduler "
+                   "folder's base_shift 0.95 at 1024 tokens, max_shift 2.05 at 4096) and a terminal stretch "
+                   "(shift_terminal 0.1); lvdm: Euler with the fixed shift exp(mu) at 768x512x121, no stretch")
+
 #: name → :class:`Preset`, every published configuration lvdm reproduces.
 TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
     "dit-s2": _dit("S/2", "Table 1 (no published weights)", 32_865_056),
@@ -413,6 +455,9 @@ TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
     # 1,418,996,800: diffusers' WanTransformer3DModel with the 1.3B config on meta ("1.3B")
     "wan2.1-t2v-1.3b": ("github.com/Wan-Video/Wan2.1 (Wan Team 2025), hf Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
                         "WanBackbone", _WAN_1_3B, 1_418_996_800, _WAN_SAMPLER),
+    # 1,923,385,472: diffusers' LTXVideoTransformer3DModel() (the 0.9.x 2B config) on meta ("2B")
+    "ltx-video-2b": ("github.com/Lightricks/LTX-Video (HaCohen et al. 2024), hf Lightricks/LTX-Video 0.9.x 2B",
+                     "LTXBackbone", _LTX_2B, 1_923_385_472, _LTX_SAMPLER),
 }.items()}
 
 
