@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_lora import _inputs  # the tiny DiT's inputs (tests/finetune/test_lora.py)
 from torch import nn
 
 from lvdm.checkpoints.load import build_module
@@ -27,12 +28,6 @@ def _denoiser(tiny_hparams, depth=1):
         for param in model.parameters():
             param.normal_(0, 0.3)
     return model
-
-
-def _inputs(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 3, 2, 8, 8, generator=g)
-    return x, torch.rand(2, generator=g), torch.randn(2, 4, 16, generator=g), torch.ones(2, 4, dtype=torch.bool)
 
 
 def _lora(tiny_hparams, depth=1):

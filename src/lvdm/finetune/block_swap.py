@@ -11,8 +11,8 @@ block in just before it runs:
   the device copy again (the host copy is kept: the weights are frozen, nothing copies back).
 - backward: a hook on the block's output gradient loads it again before its backward runs
   (and before its recomputation under activation checkpointing, which runs then); a block's
-  device copy is dropped once the block before it starts its backward, and every one left at
-  the end of the backward pass.
+  device copy is dropped once the block two before it starts its backward (one block of slack
+  for the autograd engine's order), and every one left at the end of the backward pass.
 
 On the CPU (device ``cpu``) the moves are no-ops but the hooks and the bookkeeping run, so the
 gradients equal those without swap bit for bit (``tests/finetune/test_fp8_block_swap.py``). On
