@@ -89,25 +89,48 @@ def test_fp8_on_a_trainable_linear_or_an_unknown_name_is_one_clear_line(tiny_hpa
         store_frozen_fp8(model, targets="nope.*")
 
 
-def _swap_grads(model, swap_count, record=False):
-    swap = enable_block_swap(model, swap_count, "cpu", record=record) if swap_count else None
-    model(*_inputs()).square().mean().backward()
+def _swap_grads(model, swap_count, whole_model_checkpoint=False):
+    swap = enable_block_swap(model, swap_count, "cpu", record=True) if swap_count else None
+    if whole_model_checkpoint:  # recomputes every block (through its hooks) at the start of the backward
+        output = torch.utils.checkpoint.checkpoint(model, *_inputs(), use_reentrant=False)
+    else:
+        output = model(*_inputs())
+    output.square().mean().backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, swap
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
+class _Wrapped(nn.Module):
+    """Checkpoints a block's call (hooks included), as torch's ``checkpoint_wrapper`` does, and
+    recomputes the whole block (no early stop): its forward hook fires inside its backward."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args):
+        with torch.utils.checkpoint.set_checkpoint_early_stop(False):
+            return torch.utils.checkpoint.checkpoint(self.block, *args, use_reentrant=False)
+
+
+FORWARD = [("load", 0), ("drop", 0), ("load", 1), ("drop", 1), ("load", 2), ("drop", 2)]
+
+
+@pytest.mark.parametrize("checkpointing", ["none", "blocks", "model", "wrapped"])
 def test_block_swap_gradients_equal_no_swap_bit_for_bit_and_the_hooks_fire_in_order(tiny_hparams, checkpointing):
     plain = _lora(tiny_hparams, depth=3)
     swapped = copy.deepcopy(plain)
-    if checkpointing:
+    if checkpointing == "blocks":  # lvdm's ActivationCheckpointing: recomputes inside each block's backward
         apply_activation_checkpointing(plain)
         apply_activation_checkpointing(swapped)
-    expected, _ = _swap_grads(plain, 0)
-    got, swap = _swap_grads(swapped, 3, record=True)
+    if checkpointing == "wrapped":  # recomputes each block through its hooks inside its backward: no drop then
+        for model in (plain, swapped):
+            model.blocks = nn.ModuleList(_Wrapped(block) for block in model.blocks)
+    expected, _ = _swap_grads(plain, 0, checkpointing == "model")
+    got, swap = _swap_grads(swapped, 3, checkpointing == "model")
     assert expected and set(got) == set(expected) and all(torch.equal(got[n], expected[n]) for n in expected)
-    assert swap.events == [("load", 0), ("drop", 0), ("load", 1), ("drop", 1), ("load", 2), ("drop", 2),  # forward
-                           ("load", 2), ("load", 1), ("drop", 2), ("load", 0),  # backward, last block first
-                           ("drop", 1), ("drop", 0)]  # the end of the backward
+    backward = [("load", 2), ("load", 1), ("drop", 2), ("load", 0),  # last block first, each loaded for its backward
+                ("drop", 1), ("drop", 0)]  # the end of the backward
+    assert swap.events == FORWARD * (2 if checkpointing == "model" else 1) + backward
     assert not swap.loaded and not swap.backward
     adapters = {n for n, p in swapped.named_parameters() if p.requires_grad}
     moved = {f"blocks.{i}.{n}" for i in range(3) for n in swap.frozen(i)}
