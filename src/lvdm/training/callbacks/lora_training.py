@@ -22,6 +22,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from lvdm.finetune.adapter_files import STATE_KEY, check_adapter_keys
+from lvdm.finetune.block_swap import BlockSwap, enable_block_swap, swap_blocks
+from lvdm.finetune.fp8 import store_frozen_fp8
 from lvdm.finetune.lora import LoraInit, apply_lora, base_fingerprint, is_adapter_key
 from lvdm.training.callbacks.warm_start import InitFrom
 
@@ -50,12 +52,19 @@ class LoRA(Callback):
             with ``targets`` given; the pretrained T5 / CLIP encoders run without gradients and
             are refused).
         init: ``default`` (peft's: B zero, the run starts at the base model) or ``gaussian``.
+        fp8_base: store the frozen linears of the part's blocks in FP8 with a per-tensor scale,
+            computed in the input's dtype (:mod:`lvdm.finetune.fp8`): about half the bytes of bf16.
+        block_swap: keep the frozen weights of this many blocks (from the first) on the host and
+            move each to the device only while it runs (:mod:`lvdm.finetune.block_swap`); 0: off.
     """
 
     def __init__(self, rank: int = 16, alpha: Optional[float] = None, dropout: float = 0.0,
-                 targets: Union[str, list[str], None] = None, module: str = "denoiser", init: LoraInit = "default"):
+                 targets: Union[str, list[str], None] = None, module: str = "denoiser", init: LoraInit = "default",
+                 fp8_base: bool = False, block_swap: int = 0):
         self.rank, self.alpha, self.dropout = rank, float(rank if alpha is None else alpha), dropout
         self.targets, self.module, self.init = targets, module, init
+        self.fp8_base, self.block_swap = fp8_base, block_swap
+        self.swap: BlockSwap | None = None
         self.adapted: list[str] | None = None  # module names, once applied
         self.base: list[dict[str, Any]] = []
         self.fingerprint = ""  # of the base weights (lvdm.finetune.lora.base_fingerprint)
@@ -79,6 +88,10 @@ class LoRA(Callback):
         self.adapted = apply_lora(part, self.rank, self.alpha, self.dropout, self.targets, self.init)
         for name, param in pl_module.named_parameters():
             param.requires_grad_(name.startswith(f"{self.module}.") and is_adapter_key(name))
+        if self.block_swap:
+            swap_blocks(part, self.block_swap)  # a count over the number of blocks fails here, before any step
+        if self.fp8_base:
+            store_frozen_fp8(part)
         pl_module.strict_loading = False  # a checkpoint holds the adapter only: on_load_checkpoint checks its keys
         strategy = getattr(trainer, "strategy", None)
         if hasattr(strategy, "exclude_frozen_parameters"):  # DeepSpeed writes its own module files: adapter only too
@@ -88,6 +101,21 @@ class LoRA(Callback):
         rank_zero_only(print)(f"LoRA rank {self.rank} alpha {self.alpha:g} on {len(self.adapted)} linears of "
                               f"{self.module}: {trainable:,} trainable of {total:,} parameters "
                               f"({100 * trainable / total:.2f} %)", flush=True)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_swap(trainer, pl_module)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_swap(trainer, pl_module)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_swap(trainer, pl_module)
+
+    def _start_swap(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Block swap starts once the strategy has moved the model to its device (after ``setup``)."""
+        if self.block_swap and self.swap is None:
+            self.swap = enable_block_swap(pl_module.get_submodule(self.module), self.block_swap,
+                                          trainer.strategy.root_device)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_adapter_key(k)}
