@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=40, help="training steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="steps not timed at the start of each run")
     parser.add_argument("--busy", type=int, default=1, help="CPU-bound processes next to the loaded runs")
-    parser.add_argument("--batch_size", type=int, default=16, help="clips per step (the recipe's 16; smaller for a smoke run)")
+    parser.add_argument("--batch_size", type=int, default=16,
+                        help="clips per step (the recipe's 16; smaller for a smoke run)")
     parser.add_argument("--out", default=None, help="working folder (default: a temporary one)")
     args = parser.parse_args(argv)
     if not 1 <= args.warmup < args.steps:
@@ -97,12 +98,14 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out or tempfile.mkdtemp(prefix="lvdm_threads_"))
     data = out / "shapes"
     if not (data / "train-000000.tar").exists():
-        subprocess.run([sys.executable, "-m", "lvdm.cli", "data", "synth", "--out", str(data), "--num_train", str(4 * args.batch_size),
-                        "--num_val", "4"], cwd=ROOT, env=clean_env(), check=True, stdout=subprocess.DEVNULL)
-    print(f"# lvdm fit recipes/tiny/adaln.yaml, batch {args.batch_size}, {args.steps} steps (first {args.warmup} not timed), "
+        subprocess.run([sys.executable, "-m", "lvdm.cli", "data", "synth", "--out", str(data),
+                        "--num_train", str(4 * args.batch_size), "--num_val", "4"],
+                       cwd=ROOT, env=clean_env(), check=True, stdout=subprocess.DEVNULL)
+    print(f"# lvdm fit recipes/tiny/adaln.yaml, batch {args.batch_size}, {args.steps} steps "
+          f"(first {args.warmup} not timed), "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
-    print(f"# command: python benchmarks/thread_policy.py --steps {args.steps} --warmup {args.warmup} --busy {args.busy} "
-          f"--batch_size {args.batch_size}")
+    print(f"# command: python benchmarks/thread_policy.py --steps {args.steps} --warmup {args.warmup} "
+          f"--busy {args.busy} --batch_size {args.batch_size}")
     print(f"| {'next to':16s} | {'mode':6s} | threads | OMP wait | s/step |")
     print(f"|{'-' * 18}|{'-' * 8}|---------|----------|--------|")
     rows = []
