@@ -9,7 +9,7 @@ OpenMP thread per core), ``policy`` lets the CLI decide (threads and ``OMP_WAIT_
 ``--busy`` starts that many ``while True: pass`` processes for the loaded rows and stops them
 after.
 
-Usage: ``python benchmarks/thread_policy.py [--steps 40] [--warmup 5] [--busy 1] [--out DIR]``.
+Usage: ``python benchmarks/thread_policy.py [--steps 40] [--warmup 5] [--busy 1] [--batch_size 16] [--out DIR]``.
 Numbers vary with whatever else runs on the machine: report them with its load.
 """
 
@@ -57,14 +57,15 @@ def clean_env() -> dict:
     return env
 
 
-def fit(data: Path, run: Path, steps: int, policy: bool) -> dict:
-    """One ``lvdm fit`` of the tiny recipe, with or without the thread policy."""
+def fit(data: Path, run: Path, steps: int, policy: bool, batch_size: int = 16) -> dict:
+    """One ``lvdm fit`` of the tiny recipe (at ``batch_size``), with or without the thread policy."""
     env = clean_env()
     env["LVDM_STEP_TIMES"] = str(run / "times.json")
     if not policy:
         env["LVDM_THREADS"] = "off"
     cmd = [sys.executable, "-m", "lvdm.cli", "fit", "--config", "recipes/tiny/adaln.yaml",
            "--data.init_args.train_shards", str(data / "train-*.tar"), "--data.init_args.val_shards", "null",
+           "--data.init_args.batch_size", str(batch_size),
            "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(run),
            "--trainer.logger", "false",
            "--trainer.enable_progress_bar", "false", "--trainer.callbacks+=thread_policy.StepTimer"]
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=40, help="training steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="steps not timed at the start of each run")
     parser.add_argument("--busy", type=int, default=1, help="CPU-bound processes next to the loaded runs")
+    parser.add_argument("--batch_size", type=int, default=16,
+                        help="clips per step (the recipe's 16; smaller for a smoke run)")
     parser.add_argument("--out", default=None, help="working folder (default: a temporary one)")
     args = parser.parse_args(argv)
     if not 1 <= args.warmup < args.steps:
@@ -95,11 +98,14 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out or tempfile.mkdtemp(prefix="lvdm_threads_"))
     data = out / "shapes"
     if not (data / "train-000000.tar").exists():
-        subprocess.run([sys.executable, "-m", "lvdm.cli", "data", "synth", "--out", str(data), "--num_train", "64",
-                        "--num_val", "4"], cwd=ROOT, env=clean_env(), check=True, stdout=subprocess.DEVNULL)
-    print(f"# lvdm fit recipes/tiny/adaln.yaml, {args.steps} steps (first {args.warmup} not timed), "
+        subprocess.run([sys.executable, "-m", "lvdm.cli", "data", "synth", "--out", str(data),
+                        "--num_train", str(4 * args.batch_size), "--num_val", "4"],
+                       cwd=ROOT, env=clean_env(), check=True, stdout=subprocess.DEVNULL)
+    print(f"# lvdm fit recipes/tiny/adaln.yaml, batch {args.batch_size}, {args.steps} steps "
+          f"(first {args.warmup} not timed), "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
-    print(f"# command: python benchmarks/thread_policy.py --steps {args.steps} --warmup {args.warmup} --busy {args.busy}")
+    print(f"# command: python benchmarks/thread_policy.py --steps {args.steps} --warmup {args.warmup} "
+          f"--busy {args.busy} --batch_size {args.batch_size}")
     print(f"| {'next to':16s} | {'mode':6s} | threads | OMP wait | s/step |")
     print(f"|{'-' * 18}|{'-' * 8}|---------|----------|--------|")
     rows = []
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         procs = spinners(busy)
         try:
             for mode in ("old", "policy"):
-                result = fit(data, out / f"run_{busy}_{mode}", args.steps, policy=mode == "policy")
+                result = fit(data, out / f"run_{busy}_{mode}", args.steps, mode == "policy", args.batch_size)
                 rows.append({"busy": busy, "mode": mode, "threads": result["threads"], "wait": result["wait"],
                              "s_per_step": seconds_per_step(result, args.warmup)})
                 label = f"{busy} busy process" + ("es" if busy != 1 else "")
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
             for proc in procs:
                 proc.kill()
                 proc.wait()
-    return {"steps": args.steps, "warmup": args.warmup, "rows": rows}
+    return {"steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size, "rows": rows}
 
 
 if __name__ == "__main__":

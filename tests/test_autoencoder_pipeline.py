@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lvdm.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
 
@@ -24,8 +26,8 @@ def vae_run(tmp_path_factory):
     """9-frame shapes shards and a 2-step shapes_vae.yaml run (with one validation: the latent statistics)."""
     root = tmp_path_factory.mktemp("vae_pipeline")
     data = root / "shapes9"
-    lvdm("data", "synth", "--out", str(data), "--num_train", "16", "--num_val", "4", "--num_frames", "9",
-         "--holdout", "false", "--shard_size", "8")
+    main(["data", "synth", "--out", str(data), "--num_train", "16", "--num_val", "4", "--num_frames", "9",
+          "--holdout", "false", "--shard_size", "8"])
     lvdm("fit", "--config", "recipes/autoencoder/shapes_vae.yaml", *QUIET,
          "--data.init_args.train_shards", str(data / "train-*.tar"), "--data.init_args.val_shards", str(data / "val-*.tar"),
          "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
@@ -33,11 +35,20 @@ def vae_run(tmp_path_factory):
     return root, data, root / "vae" / "checkpoints" / "last.ckpt"
 
 
-def test_dit_trains_on_the_vae_latents_and_samples_through_the_vae(vae_run):
+@pytest.fixture(scope="module")
+def vae_latents(vae_run):
+    """The shards encoded once by `lvdm data encode` with the VAE (run in this process through the
+    CLI's entry point; the tests below only read them)."""
     root, data, vae = vae_run
     latents = root / "latents"
-    lvdm("data", "encode", "--shards", str(data), "--out", str(latents), "--num_frames", "9",
-         "--compressor", "lvdm.compressors.autoencoder.AutoencoderCompressor", "--compressor.checkpoint", str(vae))
+    main(["data", "encode", "--shards", str(data), "--out", str(latents), "--num_frames", "9",
+          "--compressor", "lvdm.compressors.autoencoder.AutoencoderCompressor", "--compressor.checkpoint", str(vae)])
+    return latents
+
+
+def test_dit_trains_on_the_vae_latents_and_samples_through_the_vae(vae_run, vae_latents):
+    root, _, vae = vae_run
+    latents = vae_latents
     run = root / "dit"
     lvdm("fit", "--config", "recipes/autoencoder/shapes_dit_vae.yaml", *QUIET,
          "--model.init_args.compressor.init_args.checkpoint", str(vae),
@@ -46,8 +57,8 @@ def test_dit_trains_on_the_vae_latents_and_samples_through_the_vae(vae_run):
          "--data.init_args.batch_size", "4", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
          "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(run))
     samples = root / "samples"
-    lvdm("sample", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--prompts", "[a red circle moving left]",
-         "--out", str(samples), "--steps", "2")
+    main(["sample", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--prompts", "[a red circle moving left]",
+          "--out", str(samples), "--steps", "2"])
     from lvdm.data.video import read_frames
 
     videos = sorted(samples.glob("*.mp4"))
@@ -56,13 +67,11 @@ def test_dit_trains_on_the_vae_latents_and_samples_through_the_vae(vae_run):
     assert frames.shape == (9, 32, 32, 3)  # 3 latent frames of the causal VAE → 1 + 4·2 frames
 
 
-def test_dit_training_refuses_latents_of_another_vae(vae_run, tmp_path):
+def test_dit_training_refuses_latents_of_another_vae(vae_run, vae_latents, tmp_path):
     """Latent shards name their compressor: a DiT whose VAE differs (here: the raw weights instead
     of the EMA ones the shards were encoded with) is refused before training."""
-    _, data, vae = vae_run
-    latents = tmp_path / "latents"
-    lvdm("data", "encode", "--shards", str(data), "--out", str(latents), "--num_frames", "9",
-         "--compressor", "lvdm.compressors.autoencoder.AutoencoderCompressor", "--compressor.checkpoint", str(vae))
+    _, _, vae = vae_run
+    latents = vae_latents
     proc = subprocess.run(
         [sys.executable, "-m", "lvdm.cli", "fit", "--config", "recipes/autoencoder/shapes_dit_vae.yaml", *QUIET,
          "--model.init_args.compressor.init_args.checkpoint", str(vae),

@@ -144,8 +144,10 @@ def test_missing_shard_path_fails_naming_it(tmp_path):
 
 
 def test_fit_checkpoint_sample_probe_end_to_end(tmp_path):
+    # `lvdm fit` and the first `lvdm sample` run as their own processes; the other commands run
+    # in this one through the same entry point (each process costs seconds of start-up).
     data = tmp_path / "shapes"
-    lvdm("data", "synth", "--out", str(data), "--num_train", "64", "--num_val", "8")
+    main(["data", "synth", "--out", str(data), "--num_train", "16", "--num_val", "8"])  # 4 steps x 4 clips
     run = tmp_path / "run"
     lvdm("fit", "--config", "recipes/tiny/cross_attn.yaml", "--config", "callbacks/ema.yaml",
          "--config", "callbacks/checkpoint.yaml",
@@ -161,18 +163,18 @@ def test_fit_checkpoint_sample_probe_end_to_end(tmp_path):
     assert [v.name for v in videos] == ["00000_a_red_square_moving_left.mp4", "00001_a_blue_circle_moving_up.mp4"]
     assert (out / "prompts.txt").read_text().splitlines() == ["a red square moving left", "a blue circle moving up"]
     result = tmp_path / "probe.json"
-    lvdm("eval", "probe", "--videos", str(out), "--output", str(result))
+    main(["eval", "probe", "--videos", str(out), "--output", str(result)])
     scores = json.loads(result.read_text())
     assert len(scores["results"]) == 2 and {"colour", "shape", "direction"} <= set(scores["accuracy"])
 
     # FVD of the checkpoint, sampled by `lvdm eval fvd` itself (10 frames: the I3D needs >= 9,
     # the tiny recipe a multiple of its temporal patch 2)
     real = tmp_path / "real10"
-    lvdm("data", "synth", "--out", str(real), "--num_train", "1", "--num_val", "2", "--num_frames", "10")
+    main(["data", "synth", "--out", str(real), "--num_train", "1", "--num_val", "2", "--num_frames", "10"])
     fvd_json = tmp_path / "fvd.json"
-    lvdm("eval", "fvd", "--real", str(real / "val-*.tar"), "--fake_checkpoint", str(ckpt),
-         "--prompt_file", str(data / "val_prompts.txt"), "--num_videos", "2", "--num_frames", "10",
-         "--steps", "1", "--device", "cpu", "--output", str(fvd_json), "--samples_dir", str(tmp_path / "fvd_fake"))
+    main(["eval", "fvd", "--real", str(real / "val-*.tar"), "--fake_checkpoint", str(ckpt),
+          "--prompt_file", str(data / "val_prompts.txt"), "--num_videos", "2", "--num_frames", "10",
+          "--steps", "1", "--device", "cpu", "--output", str(fvd_json), "--samples_dir", str(tmp_path / "fvd_fake")])
     fvd = json.loads(fvd_json.read_text())
     assert fvd["fake"] == {"source": "generated", "num_videos": 2} and fvd["real"]["num_videos"] == 2
     assert fvd["sampling"]["checkpoint"] == str(ckpt)
@@ -208,7 +210,7 @@ def test_fit_under_ddp_with_two_cpu_processes(tmp_path):
     import torch
 
     data = tmp_path / "shapes"
-    lvdm("data", "synth", "--out", str(data), "--num_train", "40", "--num_val", "8", "--shard_size", "10")
+    main(["data", "synth", "--out", str(data), "--num_train", "40", "--num_val", "8", "--shard_size", "10"])
     run = tmp_path / "run"
     lvdm("fit", "--config", "recipes/tiny/adaln.yaml", "--config", "callbacks/ema.yaml",
          "--config", "callbacks/checkpoint.yaml",

@@ -111,11 +111,13 @@ def test_workers_and_ranks_get_equal_counts_and_sequence_parallel_twins_match(mi
 
 
 def test_stream_is_reproducible_and_resumes_at_any_batch(mixed):
+    # 30 samples = 10 batches: more than the 20 usable clips, so the stream wraps around its shards
     for workers in (0, 2):
-        full = [b["key"] for b in _module(mixed, num_workers=workers, samples_per_epoch=60).train_dataloader()]
-        assert full == [b["key"] for b in _module(mixed, num_workers=workers, samples_per_epoch=60).train_dataloader()]
+        full = [b["key"] for b in _module(mixed, num_workers=workers, samples_per_epoch=30).train_dataloader()]
+        assert len(full) == 10
+        assert full == [b["key"] for b in _module(mixed, num_workers=workers, samples_per_epoch=30).train_dataloader()]
         for done in (1, 7):
-            dm = _module(mixed, num_workers=workers, samples_per_epoch=60)
+            dm = _module(mixed, num_workers=workers, samples_per_epoch=30)
             dm.load_state_dict({"stream": {"epoch": 0, "batches": done, **dm._layout()}})
             assert [b["key"] for b in dm.train_dataloader()] == full[done:], (workers, done)
 
