@@ -61,6 +61,32 @@ def tiny_hparams():
     return _tiny_hparams
 
 
+def _train_and_sample(denoiser, output_weight, size=(2, 8, 8)):
+    """A backbone inside LatentDiffusionModule (words as text, pixels as latents): one training
+    step on a batch with a padded caption gives a finite loss and a gradient on ``output_weight``
+    (at init only the zeroed output layer gets one, adaLN-zero), and a guided sample has ``size``."""
+    import torch
+
+    from lvdm.compressors.pixels import PixelCompressor
+    from lvdm.diffusion.objectives import RectifiedFlow
+    from lvdm.text.words import WordTextEncoder
+    from lvdm.training.module import LatentDiffusionModule
+
+    module = LatentDiffusionModule(denoiser, WordTextEncoder(dim=16, max_length=4), RectifiedFlow(num_sampling_steps=2),
+                                   PixelCompressor(), sample_shape=size)
+    loss = module.diffusion_loss({"video": torch.rand(2, 3, *size) * 2 - 1, "caption": ["a red square", "blue"]})
+    loss.backward()
+    assert torch.isfinite(loss) and output_weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert module.generate(["a red square"], *size).shape[-3:] == size
+
+
+@pytest.fixture(scope="session")
+def train_and_sample():
+    """``train_and_sample(denoiser, output_weight, size=(2, 8, 8))``: see :func:`_train_and_sample`."""
+    return _train_and_sample
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _hypothesis_storage_under_tmp(tmp_path_factory):
     """Hypothesis keeps its examples and constants cache in ./.hypothesis (the repository) unless told otherwise."""
