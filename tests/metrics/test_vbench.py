@@ -327,6 +327,11 @@ def test_vbench_scores_weights_consistency_by_frame_pairs(dino_dirs):
     encoder = vb.load_dino(str(dino_dirs["vit"]))
     expected = (7 * vb.consistency(encoder(videos[0])) + 3 * vb.consistency(encoder(videos[1]))) / 10
     assert metric.compute()["subject_consistency"] == pytest.approx(expected, rel=1e-6)
+    # under the trainer's autocast (bf16 here) the models still run in full precision
+    metric.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        metric.update(torch.from_numpy(videos[1]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)
+    assert metric.compute()["subject_consistency"] == pytest.approx(vb.consistency(encoder(videos[1])), rel=1e-6)
 
 
 def test_vbench_scores_bad_options_fail_at_once_naming_them(tmp_path):

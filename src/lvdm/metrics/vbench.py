@@ -490,7 +490,8 @@ class VBenchScores(Metric):
     def update(self, videos: torch.Tensor, fps: float = 8.0) -> None:
         frames = ((videos.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         for video in frames.permute(0, 2, 3, 4, 1).cpu().numpy():  # [T, H, W, 3] each
-            values = [self._scorers[name](video, fps) for name in self.dimensions]
+            with torch.autocast(videos.device.type, enabled=False):  # the models in full precision, as offline
+                values = [self._scorers[name](video, fps) for name in self.dimensions]
             value, weight = (torch.tensor(column, dtype=torch.float64, device=self.count.device)
                              for column in zip(*values))
             self.weighted += value * weight

@@ -149,7 +149,8 @@ class PeriodicEvaluation(Callback):
 
     @torch.no_grad()
     def evaluate(self, trainer, pl_module) -> dict[str, float]:
-        """Generate, score and log now; returns ``{"eval/fvd": ..., "eval/clipscore": ...}``."""
+        """Generate, score and log now; returns ``{"eval/fvd": ..., "eval/clipscore": ...,
+        "eval/vbench/<dimension>": ...}`` (those configured)."""
         if not self._ready:
             self._setup(trainer, pl_module)
         # trainer.log_dir is a collective: every process asks
