@@ -9,7 +9,8 @@ sampling, and the shapes probe's colour / direction / shape accuracy on the same
 DiT evaluations per video: batch rows through the denoiser's block units (``block_class``) divided by
 its depth and the video count, so a guided step costs 2, a step outside the guidance interval 1, and
 a first-block-cached step that skips the rest ``2 / depth``. Seconds: the wall time of ``generate``
-(sampling and decoding; not writing or probing), per video. The step-cache thresholds come from
+(sampling and decoding; not writing or probing), per video; the methods take turns batch by batch,
+so a change of the machine's load falls on all of them. The step-cache thresholds come from
 ``--calibration`` (read, or written there when it does not exist), else from the checkpoint's
 ``.step_cache.json``, else from a calibration on ``--calibration_prompts`` training captions (their
 own seeds), kept in ``--work``.
@@ -68,28 +69,43 @@ def model_calibration(module, args):
     return read_calibration(path)
 
 
-def sample_row(module, name: str, prompts: list[str], args, steps=None, **kwargs) -> dict:
-    """Every prompt through ``module.generate(**kwargs)`` in batches; counts, seconds, probe."""
-    counter, seconds, paths = BlockCounter(module.denoiser), 0.0, []
-    folder = Path(args.work) / name.replace(" ", "_")
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.mp4"):
-        old.unlink()
-    (folder / "prompts.txt").unlink(missing_ok=True)
-    try:
-        for start in range(0, len(prompts), args.batch_size):
-            chunk = prompts[start:start + args.batch_size]
+class Method:
+    """One row: ``module.generate(..., num_steps=steps, **kwargs)``, its block rows, seconds and videos."""
+
+    def __init__(self, name: str, module, steps, work: Path, **kwargs):
+        self.name, self.module, self.steps, self.kwargs = name, module, steps, kwargs
+        self.folder = work / name.split(" (")[0].replace(" ", "_")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for old in self.folder.glob("*.mp4"):
+            old.unlink()
+        (self.folder / "prompts.txt").unlink(missing_ok=True)
+        self.seconds, self.rows, self.paths = 0.0, 0, []
+
+    def run(self, chunk: list[str], seed: int, start: int) -> None:
+        counter = BlockCounter(self.module.denoiser)
+        try:
             began = time.perf_counter()
             with torch.no_grad():
-                videos = module.generate(chunk, num_steps=steps, seed=args.seed + start, **kwargs)
-            seconds += time.perf_counter() - began
-            paths += save_videos(videos, chunk, folder, fps=module.fps, start_index=start)
-    finally:
-        counter.remove()
-    probe = probe_videos(paths, prompts)
-    evaluations = counter.rows / counter.depth / len(prompts)
-    return {"name": name, "evaluations": evaluations, "seconds": seconds / len(prompts),
-            "counts": {a: probe["counts"][a] for a in ATTRIBUTES}}
+                videos = self.module.generate(chunk, num_steps=self.steps, seed=seed, **self.kwargs)
+            self.seconds += time.perf_counter() - began
+        finally:
+            counter.remove()
+        self.rows += counter.rows / counter.depth
+        self.paths += save_videos(videos, chunk, self.folder, fps=self.module.fps, start_index=start)
+
+    def result(self, prompts: list[str]) -> dict:
+        probe = probe_videos(self.paths, prompts)
+        return {"name": self.name, "evaluations": self.rows / len(prompts), "seconds": self.seconds / len(prompts),
+                "counts": {a: probe["counts"][a] for a in ATTRIBUTES}}
+
+
+def measure(methods: list[Method], prompts: list[str], args) -> list[dict]:
+    """Every method on every batch of prompts, interleaved batch by batch (the machine's load falls
+    on all alike); then each method's videos probed."""
+    for start in range(0, len(prompts), args.batch_size):
+        for method in methods:
+            method.run(prompts[start:start + args.batch_size], args.seed + start, start)
+    return [method.result(prompts) for method in methods]
 
 
 def table(rows: list[dict]) -> str:
@@ -130,19 +146,20 @@ def main(argv=None) -> list[dict]:
     prompts = read_prompt_file(args.prompt_file)
     module = load_module(args.checkpoint).module.eval()
     module.step_cache_calibration = model_calibration(module, args)
-    thresholds = module.step_cache_calibration.thresholds
     with torch.no_grad():
         module.generate(prompts[:1], num_steps=args.steps)  # warm-up
-    rows = [sample_row(module, "full", prompts, args, args.steps),
-            sample_row(module, f"step cache (teacache, {thresholds['teacache']:.3g})", prompts, args, args.steps,
-                       step_cache="calibrated", step_cache_mode="teacache"),
-            sample_row(module, f"first-block cache ({thresholds['first_block']:.3g})", prompts, args, args.steps,
-                       step_cache="calibrated", step_cache_mode="first_block"),
-            sample_row(module, "guidance interval [{:g}, {:g}]".format(*args.guidance_interval), prompts, args,
-                       args.steps, guidance_schedule=GuidanceSchedule(tuple(args.guidance_interval)))]
+    work, t = Path(args.work), module.step_cache_calibration.thresholds
+    methods = [Method("full", module, args.steps, work),
+               Method(f"step cache (teacache, {t['teacache']:.3g})", module, args.steps, work,
+                      step_cache="calibrated", step_cache_mode="teacache"),
+               Method(f"first-block cache ({t['first_block']:.3g})", module, args.steps, work,
+                      step_cache="calibrated", step_cache_mode="first_block"),
+               Method("guidance interval [{:g}, {:g}]".format(*args.guidance_interval), module, args.steps, work,
+                      guidance_schedule=GuidanceSchedule(tuple(args.guidance_interval)))]
     if args.student:
         student = load_module(args.student).module.eval()
-        rows.append(sample_row(student, f"student ({args.student_steps} steps)", prompts, args, args.student_steps))
+        methods.append(Method(f"student ({args.student_steps} steps)", student, args.student_steps, work))
+    rows = measure(methods, prompts, args)
     print(f"\n{len(prompts)} prompts, batches of {args.batch_size}, {args.steps or 'the model default'} steps")
     print(table(rows))
     return rows

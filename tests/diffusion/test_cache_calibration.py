@@ -163,3 +163,27 @@ def test_recording_changes_nothing_and_the_command_writes_the_file(checkpoint, c
 def test_step_cache_needs_a_number():
     with pytest.raises(ValueError, match="StepCache needs a number"):
         StepCache("calibrated", 4)
+
+
+def test_the_sampling_benchmark_prints_one_table(checkpoint, tmp_path, capsys):
+    """benchmarks/bench_sampling.py on a tiny model: calibrates (no file yet), then every row on the
+    same prompts; full sampling evaluates 2 rows x 6 steps per video, the cached rows fewer."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_sampling.py"
+    spec = importlib.util.spec_from_file_location("bench_sampling", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square moving left\na blue circle moving up\na green triangle moving down\n")
+    rows = bench.main(["--checkpoint", str(checkpoint), "--prompt_file", str(prompts), "--work", str(tmp_path / "w"),
+                       "--batch_size", "2", "--calibration_prompts", "2", "--target_speedup", "1.5",
+                       "--student", str(checkpoint), "--student_steps", "2"])
+    names = [row["name"].split(" (")[0] for row in rows]
+    assert names == ["full", "step cache", "first-block cache", "guidance interval [0.3, 0.7]", "student"]
+    assert rows[0]["evaluations"] == 12 and rows[-1]["evaluations"] == 4
+    assert all(row["evaluations"] < 12 for row in rows[1:])
+    assert all(row["counts"]["colour"]["total"] == 3 for row in rows)
+    out = capsys.readouterr().out
+    assert "| full | 12.00 | 1.00x |" in out and (tmp_path / "w" / "step_cache.json").exists()
