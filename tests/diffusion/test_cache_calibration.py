@@ -15,6 +15,7 @@ from lvdm.diffusion.cache_calibration import (Calibration, calibration_path, fit
                                               recording, replay_first_block, replay_teacache, suggest_threshold,
                                               write_calibration)
 from lvdm.diffusion.step_cache import StepCache, cached_steps, rescale
+from lvdm.generation.sample import sample
 
 
 def test_fit_recovers_a_known_polynomial_and_rescale_evaluates_it():
@@ -124,6 +125,9 @@ def test_load_module_carries_the_calibration_and_calibrated_uses_it(checkpoint):
     assert module.step_cache_calibration is None
     with pytest.raises(ValueError, match=r"needs the model's calibration file \(<checkpoint>.step_cache.json"):
         module.generate(["a red square"], step_cache="calibrated")
+    with pytest.raises(FileNotFoundError, match=f"the calibration file {str(calibration_path(checkpoint))!r} does "
+                       "not exist; write it with `lvdm cache calibrate"):
+        sample(str(checkpoint), ["a red square"], out=str(checkpoint.parent / "videos"), step_cache="calibrated")
     sidecar = write_calibration(_calibration(thresholds={"teacache": 1e9, "first_block": 1e9}),
                                 calibration_path(checkpoint))
     module = load_module(checkpoint).module

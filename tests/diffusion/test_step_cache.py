@@ -1,7 +1,8 @@
 """Step caching (lvdm.diffusion.step_cache, ``teacache`` and ``first_block``): off is bit-identical, a
-cache that never skips is bit-identical through every backbone's ``run_blocks`` hook, a high threshold evaluates the block
-stack fewer times (first and last step always) with a bounded change, a reused residual is exact
-where the stack's residual does not move (known answers), and bad thresholds are refused."""
+cache that never skips is bit-identical through every backbone's ``run_blocks`` hook, a high
+threshold evaluates the block stack fewer times (first and last step always) with a bounded
+change, a reused residual is exact where the stack's residual does not move (known answers), and
+bad thresholds and modes are refused."""
 
 import math
 
@@ -155,8 +156,8 @@ SAME_INPUT_CASES = [(name, per_frame) for name in sorted(BACKBONES) for per_fram
                     if not (per_frame and name == "dit-st-in-context")]  # in_context: one t per sample
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("name, per_frame", SAME_INPUT_CASES)
+@pytest.mark.parametrize("name, per_frame, mode", [(*case, "teacache") for case in SAME_INPUT_CASES]
+                         + [(name, False, "first_block") for name in sorted(BACKBONES)])
 def test_same_input_twice_reuses_a_residual_equal_to_running_the_blocks(name, per_frame, mode, assert_close_scaled):
     """A backbone called twice on the same latents and timestep (no change; per sample or per
     frame, as masked-frame conditioning gives): the second call skips the blocks and returns what

@@ -109,6 +109,11 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
     out_dir = Path(out)
     clear_video_folder(out_dir, overwrite)
     generator = Generator(checkpoint, use_ema=use_ema, device=device, preset=preset)
+    if request.step_cache == "calibrated" and generator.module.step_cache_calibration is None:
+        from lvdm.diffusion.cache_calibration import calibration_path
+
+        raise FileNotFoundError(f"--step_cache calibrated: the calibration file {str(calibration_path(checkpoint))!r} "
+                                f"does not exist; write it with `lvdm cache calibrate --checkpoint {checkpoint}`")
     fps = fps or generator.fps
     print(f"sampling with {generator.loaded.describe()}; writing {fps:g} fps")
     written = generator.write(request, out_dir, given, batch_size=batch_size, fps=fps)

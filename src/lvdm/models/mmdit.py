@@ -470,8 +470,8 @@ class MMDiT(nn.Module):
     def run_blocks(self, tokens: torch.Tensor, indicator, blocks) -> torch.Tensor:
         """The block-stack hook (backbone contract): ``blocks(tokens)`` (double then single
         stream; the video tokens' residual; ``blocks(tokens, start, stop)``: blocks ``start:stop``,
-        the text stream carried on from the blocks before ``start`` of the same call); ``indicator()`` is the first block's normalised,
-        modulated video input (TeaCache's)."""
+        the text stream carried on from the blocks before ``start`` of the same call);
+        ``indicator()`` is the first block's normalised, modulated video input (TeaCache's)."""
         return blocks(tokens)
 
     # ------------------------------------------------------------------------------ FLOPs

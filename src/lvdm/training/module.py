@@ -506,8 +506,8 @@ class LatentDiffusionModule(L.LightningModule):
         Windows of ``num_frames`` frames (default: the model's sample_shape) are generated one
         after another, each given the last ``context_frames`` frames so far (default: half a
         window) and adding the rest (Open-Sora's loop of conditioned generations). Guidance
-        (``null_caption``, ``negative_prompt``, ``guidance_schedule``), ``step_cache`` / ``step_cache_mode`` and micro-conditions (``fps``) are
-        those of :meth:`generate`."""
+        (``null_caption``, ``negative_prompt``, ``guidance_schedule``), ``step_cache`` /
+        ``step_cache_mode`` and micro-conditions (``fps``) are those of :meth:`generate`."""
         window = num_frames or self.sample_shape[0]
         context = context_frames or max(1, window // 2)
         if not 0 < context < window:
@@ -522,7 +522,8 @@ class LatentDiffusionModule(L.LightningModule):
             clip = self.generate(prompts, window, num_steps=num_steps, guidance_scale=guidance_scale,
                                  seed=seed + 100_003 * rounds, progress=progress, first_frames=given,
                                  null_caption=null_caption, fps=fps, guidance_schedule=guidance_schedule,
-                                 step_cache=step_cache, negative_prompt=negative_prompt, step_cache_mode=step_cache_mode)
+                                 step_cache=step_cache, negative_prompt=negative_prompt,
+                                 step_cache_mode=step_cache_mode)
             out = torch.cat([out, clip[:, :, given.shape[2]:]], dim=2)
             rounds += 1
         return out[:, :, :target]
