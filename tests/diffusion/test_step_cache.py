@@ -1,7 +1,8 @@
-"""Step caching (lvdm.diffusion.step_cache): off is bit-identical, a cache that never skips is
-bit-identical through every backbone's ``run_blocks`` hook, a high threshold evaluates the block
-stack fewer times (first and last step always) with a bounded change, a reused residual is exact
-where the stack's residual does not move (known answers), and bad thresholds are refused."""
+"""Step caching (lvdm.diffusion.step_cache, ``teacache`` and ``first_block``): off is bit-identical, a
+cache that never skips is bit-identical through every backbone's ``run_blocks`` hook, a high
+threshold evaluates the block stack fewer times (first and last step always) with a bounded
+change, a reused residual is exact where the stack's residual does not move (known answers), and
+bad thresholds and modes are refused."""
 
 import math
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from lvdm.diffusion.objectives import RectifiedFlow
-from lvdm.diffusion.step_cache import StepCache, cached_steps, check_threshold
+from lvdm.diffusion.step_cache import MODES, StepCache, cached_steps, check_mode, check_threshold
 from lvdm.generation.generator import Request
 from lvdm.models.dit import DiT
 from lvdm.models.mmdit import MMDiT
@@ -63,31 +64,45 @@ def _count_stack_runs(model: nn.Module) -> list[int]:
     return runs
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", sorted(BACKBONES))
-def test_a_cache_that_never_skips_is_bit_identical(name):
-    """The block loop behind ``run_blocks`` computes what the backbone computed: threshold 0 (off)
-    and a threshold no step falls under give the uncached latents bit for bit."""
+def test_a_cache_that_never_skips_is_bit_identical(name, mode):
+    """The block loop behind ``run_blocks`` computes what the backbone computed, whole or split
+    after its first block (``first_block``): threshold 0 (off) and a threshold no step falls under
+    give the uncached latents bit for bit."""
     model = _randomised(BACKBONES[name]())
     sample = _sampler(model)
     with torch.no_grad():
         expected = sample()
         for threshold in (0, None, 1e-12):
-            with cached_steps(model, threshold, 8) as cache:
+            with cached_steps(model, threshold, 8, mode) as cache:
                 assert torch.equal(sample(), expected)
             assert cache is None if not threshold else cache.skipped == 0 and cache.computed == 8
         assert "run_blocks" not in vars(model)  # the hook is the backbone's own again
 
 
-@pytest.mark.parametrize("name, threshold", [("dit-full", 0.1), ("stdit3", 0.1), ("mmdit", 0.1)])
-def test_a_high_threshold_skips_the_middle_steps_with_a_bounded_change(name, threshold):
+def _count_last_block_runs(model: nn.Module) -> list[int]:
+    """A list that grows by one each time the model's last block unit runs (the remaining stack)."""
+    runs = []
+    last = [m for m in model.modules() if isinstance(m, model.block_class)][-1]
+    last.register_forward_pre_hook(lambda *_: runs.append(1))
+    return runs
+
+
+@pytest.mark.parametrize("name, threshold, mode", [("dit-full", 0.1, "teacache"), ("stdit3", 0.1, "teacache"),
+                                                   ("mmdit", 0.1, "teacache"), ("dit-full", 0.5, "first_block"),
+                                                   ("dit-st-in-context", 0.5, "first_block"),
+                                                   ("stdit3", 0.5, "first_block"), ("mmdit", 0.5, "first_block")])
+def test_a_high_threshold_skips_the_middle_steps_with_a_bounded_change(name, threshold, mode):
     model = _randomised(BACKBONES[name]())
-    sample, runs = _sampler(model, steps=10), _count_stack_runs(model)
+    sample, runs, heads = _sampler(model, steps=10), _count_last_block_runs(model), _count_stack_runs(model)
     with torch.no_grad():
         full = sample()
         assert len(runs) == 10
-        runs.clear()
-        with cached_steps(model, threshold, 10) as cache:
+        runs.clear(), heads.clear()
+        with cached_steps(model, threshold, 10, mode) as cache:
             cached = sample()
+    assert len(heads) == (10 if mode == "first_block" else len(runs))  # first_block: block 0 at every step
     assert cache.computed == len(runs) < 10 and cache.skipped == 10 - len(runs)
     assert not torch.equal(cached, full)
     assert (cached - full).abs().max() < 0.5 * full.abs().max()
@@ -141,8 +156,9 @@ SAME_INPUT_CASES = [(name, per_frame) for name in sorted(BACKBONES) for per_fram
                     if not (per_frame and name == "dit-st-in-context")]  # in_context: one t per sample
 
 
-@pytest.mark.parametrize("name, per_frame", SAME_INPUT_CASES)
-def test_same_input_twice_reuses_a_residual_equal_to_running_the_blocks(name, per_frame, assert_close_scaled):
+@pytest.mark.parametrize("name, per_frame, mode", [(*case, "teacache") for case in SAME_INPUT_CASES]
+                         + [(name, False, "first_block") for name in sorted(BACKBONES)])
+def test_same_input_twice_reuses_a_residual_equal_to_running_the_blocks(name, per_frame, mode, assert_close_scaled):
     """A backbone called twice on the same latents and timestep (no change; per sample or per
     frame, as masked-frame conditioning gives): the second call skips the blocks and returns what
     running them returns."""
@@ -152,7 +168,7 @@ def test_same_input_twice_reuses_a_residual_equal_to_running_the_blocks(name, pe
     t = torch.tensor([[0.0, 500.0], [0.0, 700.0]]) if per_frame else torch.full((2,), 500.0)
     with torch.no_grad():
         expected = model(x, t, ctx)
-        with cached_steps(model, 0.05, 3) as cache:
+        with cached_steps(model, 0.05, 3, mode) as cache:
             model(x, t, ctx)
             again = model(x, t, ctx)
     assert cache.skipped == 1
@@ -180,6 +196,15 @@ def test_bad_thresholds_are_refused_in_one_line(bad):
         Request(["a red square"], step_cache=bad)
 
 
+def test_bad_modes_are_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"^step_cache_mode must be one of teacache, first_block; got 'fast'$"):
+        check_mode("fast")
+    with pytest.raises(ValueError, match="step_cache_mode must be one of"):
+        Request(["a red square"], step_cache=0.1, step_cache_mode="fast")
+    with pytest.raises(ValueError, match="step_cache_mode must be one of"):
+        cached_steps(nn.Linear(2, 2), 0.1, 4, "fast").__enter__()
+
+
 def test_a_backbone_without_the_hook_refuses_caching():
     with pytest.raises(ValueError, match=r"Linear has no run_blocks\(tokens, indicator, blocks\) hook"):
         with cached_steps(nn.Linear(2, 2), 0.1, 4):
@@ -204,6 +229,9 @@ def test_generate_with_a_step_cache_under_guidance():
     runs.clear()
     cached = module.generate(prompts, step_cache=0.3)
     assert 2 <= len(runs) < 8 and cached.shape == full.shape
+    last = _count_last_block_runs(dit)
+    module.generate(prompts, step_cache=0.5, step_cache_mode="first_block")
+    assert 2 <= len(last) < 8
     with pytest.raises(ValueError, match="step_cache threshold"):
         module.generate(prompts, step_cache=-1)
 

@@ -24,7 +24,9 @@ variant, so a new backbone is done when it is added to that battery's list and p
 One optional method, ``run_blocks(tokens, indicator, blocks) -> tokens``, is the block-stack hook:
 the backbone runs its whole block stack (every ``block_class`` unit, embedders before it, final
 layer after it) as ``self.run_blocks(tokens, indicator, blocks)``, where ``blocks(tokens)`` runs
-the blocks on the stack's input tokens and returns its output tokens (same shape), and
+the blocks on the stack's input tokens and returns its output tokens (same shape) —
+``blocks(tokens, start, stop)`` runs blocks ``start:stop`` only (a first-block cache runs
+``blocks(tokens, 0, 1)`` then, unless it reuses, ``blocks(head, 1, None)`` in the same call) — and
 ``indicator()`` computes a per-sample tensor (``[B, ...]``) whose relative change from one
 sampling step to the next tracks the change of the stack's residual (TeaCache: the first block's
 normalised input modulated by the timestep; called only by a cache). The backbone's

@@ -23,7 +23,8 @@ from lvdm.diffusion.guidance import (ClassGuidedDenoiser, GuidanceSchedule, Guid
                                     pad_tokens)
 from lvdm.diffusion.masking import FrameMasks
 from lvdm.diffusion.objectives import Objective, RectifiedFlow
-from lvdm.diffusion.step_cache import cached_steps, check_threshold
+from lvdm.diffusion.cache_calibration import Calibration
+from lvdm.diffusion.step_cache import cached_steps, resolve
 from lvdm.models.contract import IMAGE_FPS, micro_condition_kwargs
 from lvdm.text.base import TextEncoder
 
@@ -99,7 +100,13 @@ class LatentDiffusionModule(L.LightningModule):
     (``h / w``), from the batch's ``fps`` / ``height`` / ``width`` in training and from the
     requested size and fps in :meth:`generate`; an image (one frame) has fps
     :data:`~lvdm.models.contract.IMAGE_FPS` (120, Open-Sora's rule).
+
+    ``step_cache_calibration`` (an attribute, None unless :func:`lvdm.checkpoints.load.load_module`
+    found the checkpoint's ``.step_cache.json``) gives step caching its rescaling polynomial and
+    the ``"calibrated"`` thresholds (:mod:`lvdm.diffusion.cache_calibration`).
     """
+
+    step_cache_calibration: Optional[Calibration] = None
 
     def __init__(
         self,
@@ -343,8 +350,9 @@ class LatentDiffusionModule(L.LightningModule):
         null_caption: Optional[NullCaption] = None,
         fps: Optional[float] = None,
         guidance_schedule: Optional[GuidanceSchedule] = None,
-        step_cache: Optional[float] = None,
+        step_cache: Optional[float | str] = None,
         negative_prompt: Optional[str] = None,
+        step_cache_mode: str = "teacache",
     ) -> torch.Tensor:
         """Generate one video per prompt: ``[B, 3, T, H, W]`` in [-1, 1].
 
@@ -358,10 +366,12 @@ class LatentDiffusionModule(L.LightningModule):
         module's ``negative_prompt``); it cannot be combined with the learned null caption.
         ``guidance_schedule`` (:class:`lvdm.diffusion.guidance.GuidanceSchedule`) limits guidance
         to an interval of noise levels or combines the predictions by CFG-Zero* or APG; None:
-        plain guidance at every step. ``step_cache`` (a threshold, e.g. 0.1; 0 or None: off)
-        skips the denoiser's block stack on steps whose first-block modulated input changed
-        little since the last computed one, reusing that step's residual (:mod:`lvdm.diffusion.step_cache`;
-        TeaCache-style): fewer block evaluations, a slightly different video.
+        plain guidance at every step. ``step_cache`` (a threshold, e.g. 0.1, or ``"calibrated"``:
+        the one in :attr:`step_cache_calibration`; 0 or None: off) skips the denoiser's block stack
+        on steps that would change little, reusing the last computed residual
+        (:mod:`lvdm.diffusion.step_cache`; ``step_cache_mode``: ``teacache``, on the first block's
+        modulated input, rescaled by the calibration's polynomial when there is one, or
+        ``first_block``, on the first block's residual): fewer block evaluations, a slightly different video.
 
         Micro-conditions come from the request: ``resolution`` / ``aspect_ratio`` from the
         pixel ``height`` × ``width``, ``fps`` from ``fps`` (None: the module's ``fps``), except
@@ -384,7 +394,7 @@ class LatentDiffusionModule(L.LightningModule):
         while the micro-conditions and a resolution-aware shift keep the requested size."""
         if num_steps is not None and num_steps < 1:
             raise ValueError(f"num_steps must be >= 1 (None: the objective's num_sampling_steps), got {num_steps}")
-        check_threshold(step_cache)
+        resolve(step_cache, step_cache_mode, self.step_cache_calibration)
         scale = check_guidance_scale(self.guidance_scale if guidance_scale is None else guidance_scale, "guidance_scale")
         frames, h, w = num_frames or self.sample_shape[0], height or self.sample_shape[1], width or self.sample_shape[2]
         if first_frames is not None:
@@ -401,7 +411,8 @@ class LatentDiffusionModule(L.LightningModule):
         model_fn = self.guided_denoiser(prompts, scale, class_labels, null_caption or self.null_caption,
                                         guidance_schedule, negative)
         cond = self.micro_conditions(len(prompts), frames, h, w, IMAGE_FPS if frames == 1 else fps)
-        with cached_steps(self.denoiser, step_cache, self._model_calls(num_steps, guidance_schedule)):
+        with cached_steps(self.denoiser, step_cache, self._model_calls(num_steps, guidance_schedule), step_cache_mode,
+                          self.step_cache_calibration):
             latents = self.objective.sample(model_fn, noise, num_steps, progress=progress, x_given=x_given,
                                             frame_mask=frame_mask, latent_size=(shape[1], h / s, w / s), **cond)
         return self.compressor.decode(latents).clamp(-1, 1)
@@ -485,8 +496,9 @@ class LatentDiffusionModule(L.LightningModule):
         null_caption: Optional[NullCaption] = None,
         fps: Optional[float] = None,
         guidance_schedule: Optional[GuidanceSchedule] = None,
-        step_cache: Optional[float] = None,
+        step_cache: Optional[float | str] = None,
         negative_prompt: Optional[str] = None,
+        step_cache_mode: str = "teacache",
     ) -> torch.Tensor:
         """Continue ``video`` ``[B, 3, F, H, W]`` in [-1, 1] by ``num_new_frames`` frames:
         ``[B, 3, F + num_new_frames, H, W]`` whose first ``F`` frames are ``video`` itself.
@@ -494,8 +506,8 @@ class LatentDiffusionModule(L.LightningModule):
         Windows of ``num_frames`` frames (default: the model's sample_shape) are generated one
         after another, each given the last ``context_frames`` frames so far (default: half a
         window) and adding the rest (Open-Sora's loop of conditioned generations). Guidance
-        (``null_caption``, ``negative_prompt``, ``guidance_schedule``), ``step_cache`` and micro-conditions (``fps``) are
-        those of :meth:`generate`."""
+        (``null_caption``, ``negative_prompt``, ``guidance_schedule``), ``step_cache`` /
+        ``step_cache_mode`` and micro-conditions (``fps``) are those of :meth:`generate`."""
         window = num_frames or self.sample_shape[0]
         context = context_frames or max(1, window // 2)
         if not 0 < context < window:
@@ -510,7 +522,8 @@ class LatentDiffusionModule(L.LightningModule):
             clip = self.generate(prompts, window, num_steps=num_steps, guidance_scale=guidance_scale,
                                  seed=seed + 100_003 * rounds, progress=progress, first_frames=given,
                                  null_caption=null_caption, fps=fps, guidance_schedule=guidance_schedule,
-                                 step_cache=step_cache, negative_prompt=negative_prompt)
+                                 step_cache=step_cache, negative_prompt=negative_prompt,
+                                 step_cache_mode=step_cache_mode)
             out = torch.cat([out, clip[:, :, given.shape[2]:]], dim=2)
             rounds += 1
         return out[:, :, :target]
