@@ -183,7 +183,7 @@ def ltx_folder(root):
                                                  eos_token_id=tokenizer.eos_token_id)), std=1.0)
     transformer = randomised(LTXVideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, cross_attention_dim=24,
-        num_layers=2, caption_channels=8), std=0.2)
+        num_layers=2, caption_channels=8), std=0.1)  # 0.2: a random gain that lifts float32 rounding to 7e-5
     torch.manual_seed(0)
     vae = AutoencoderKLLTXVideo(
         latent_channels=4, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
