@@ -275,21 +275,31 @@ class Generator:
     turning :class:`Request` s into mp4 files.
 
     Args:
-        checkpoint: a ``.ckpt`` written by ``lvdm fit``, a DeepSpeed checkpoint directory, or a
-            ``.safetensors`` from ``lvdm checkpoint export``.
+        checkpoint: a ``.ckpt`` written by ``lvdm fit``, a DeepSpeed checkpoint directory, a
+            ``.safetensors`` from ``lvdm checkpoint export``, or with ``preset`` a published model's
+            diffusers pipeline folder or hub id (:func:`lvdm.generation.published.module_from_pipeline`).
         use_ema: use the EMA weights when the checkpoint has them.
         device: ``cpu``, ``cuda``, ``cuda:1``… or ``auto`` (a GPU when there is one).
         preset: sample the way a published model does (:func:`apply_preset`).
     """
 
     def __init__(self, checkpoint: str, use_ema: bool = True, device: str = "auto", preset: Optional[str] = None):
-        from lvdm.checkpoints.load import load_module
+        from lvdm.checkpoints.load import LoadedModel, load_module
+        from lvdm.generation.published import is_pipeline_folder, is_pipeline_id, module_from_pipeline
         from lvdm.utils import resolve_device
 
-        self.loaded = load_module(checkpoint, weights="auto" if use_ema else "raw", map_location=resolve_device(device))
+        if is_pipeline_folder(checkpoint) or (preset and is_pipeline_id(checkpoint)):
+            if not preset:
+                raise ValueError(f"{checkpoint} is a diffusers pipeline folder: name the published model it holds "
+                                 "with --preset (e.g. wan2.1-t2v-1.3b, hunyuanvideo, ltx-video-2b)")
+            module = module_from_pipeline(checkpoint, preset).to(resolve_device(device))
+            self.loaded = LoadedModel(module, "raw", None, f"pipeline folder {checkpoint!r} as {preset}")
+        else:
+            self.loaded = load_module(checkpoint, weights="auto" if use_ema else "raw",
+                                      map_location=resolve_device(device))
+            if preset:
+                apply_preset(self.loaded.module, preset)
         self.module = self.loaded.module.eval()
-        if preset:
-            apply_preset(self.module, preset)
         self.fps = float(getattr(self.module, "fps", 8.0))
 
     @property

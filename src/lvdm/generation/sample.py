@@ -43,7 +43,10 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
 
     Args:
         checkpoint: a ``.ckpt`` written by ``lvdm fit`` (the model is rebuilt from its recipe), a DeepSpeed
-            checkpoint directory, or a ``.safetensors`` from ``lvdm checkpoint export`` (its weights as exported).
+            checkpoint directory, a ``.safetensors`` from ``lvdm checkpoint export`` (its weights as exported),
+            or with ``preset`` a published model's diffusers pipeline folder or hub id (``WanPipeline`` for
+            ``wan2.1-t2v-1.3b``, ``HunyuanVideoPipeline`` for ``hunyuanvideo``, ``LTXPipeline`` for
+            ``ltx-video-2b``): its transformer, VAE and text encoders, sampled as the source samples.
         prompts: prompts to render, e.g. '["a red square moving left"]'.
         prompt_file: a text file, one prompt a line (after ``prompts``); ``-`` reads standard input.
         out: output folder.
@@ -71,7 +74,7 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
             ``opensora-v1.2-stdit3-xl2``): its objective, target convention, shift rule, steps, guidance,
             null caption and negative prompt (Wan's) replace the checkpoint's (``steps``, ``guidance`` and
             ``negative_prompt`` still win); for a published model's weights, not one trained under lvdm's own
-            objective.
+            objective. With a pipeline folder it also names the folder's model and its text encoders.
         class_label: class-conditional models (ImageNet DiT): one video per label, e.g. '[207, 360]'.
         guidance_interval: guide only at noise levels ``lo <= t <= hi`` (t in [0, 1], 1 = pure noise),
             e.g. '[0.2, 0.8]'; other steps evaluate the conditional branch alone, half the cost

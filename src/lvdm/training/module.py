@@ -213,21 +213,28 @@ class LatentDiffusionModule(L.LightningModule):
             self._text_identity = identity(self.text_encoder)
         return self._text_identity
 
-    def text_condition(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_condition(self, batch: dict, pooled: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Caption tokens and mask of a batch, after caption dropout: the cached embeddings
         (``text``, ``text_mask`` from ``lvdm data encode --text_encoder``), else the text
         encoder's. A dropped caption becomes the empty caption's tokens, or with
         ``null_caption="learned_caption"`` the denoiser's learned null caption under the dropped
-        caption's own mask (Open-Sora's and PixArt-α's caption dropout)."""
+        caption's own mask (Open-Sora's and PixArt-α's caption dropout). ``pooled``: a dict that
+        receives the ``pooled_text`` micro-condition of the captions after dropout, a dropped one
+        pooled as "" (:meth:`pooled_of`; nothing when the batch has no captions)."""
         learned = self.null_caption == "learned_caption"
         if "text" not in batch and not learned:
-            return self.encode_text(self.drop_captions(batch["caption"]))
+            captions = self.drop_captions(batch["caption"])
+            if pooled is not None:
+                pooled.update(self.pooled_of(captions))
+            return self.encode_text(captions)
         if "text" in batch:
             check_identity(batch.get("text_encoder_identity"), self.text_identity(), "text encoder", batch.get("key"))
             ctx, mask = batch["text"].to(self.device), batch["text_mask"].to(self.device)
         else:
             ctx, mask = self.encode_text(batch["caption"])
         keep = self.caption_keep(len(ctx)).to(self.device)
+        if pooled is not None and "caption" in batch:
+            pooled.update(self.pooled_of([c if k else "" for c, k in zip(batch["caption"], keep.tolist())]))
         if keep.all():
             return ctx, mask
         if learned:
@@ -289,10 +296,11 @@ class LatentDiffusionModule(L.LightningModule):
 
     def diffusion_loss(self, batch: dict) -> torch.Tensor:
         latents = self.latents(batch)
-        ctx, mask = self.text_condition(batch)
+        pooled: dict = {}
+        ctx, mask = self.text_condition(batch, pooled)
         return self.objective.training_loss(
             self.denoiser, latents, frame_mask=self.draw_frame_mask(latents), context=ctx, context_mask=mask,
-            **self.batch_micro_conditions(batch, latents),
+            **self.batch_micro_conditions(batch, latents), **pooled,
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -457,7 +465,23 @@ class LatentDiffusionModule(L.LightningModule):
             null_ctx, null_mask = self.encode_text(["" if negative_prompt is None else negative_prompt])
         else:
             raise ValueError(f"null_caption must be empty_caption or learned_caption, got {null_caption!r}")
-        return GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale, schedule, self.objective)
+        return GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale, schedule, self.objective,
+                              self.pooled_text(prompts, "" if negative_prompt is None else negative_prompt))
+
+    def pooled_of(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``{"pooled_text": [B, dim]}`` of ``captions`` when the denoiser declares the ``pooled_text``
+        micro-condition and the text encoder has a pooled output
+        (:class:`~lvdm.text.pooled.PooledTextEncoder`); else ``{}`` (the denoiser's zeros)."""
+        encode = getattr(self.text_encoder, "pooled_text", None)
+        if encode is None or "pooled_text" not in getattr(self.denoiser, "micro_conditions", ()):
+            return {}
+        vectors = encode(list(captions))
+        return {} if vectors is None else {"pooled_text": vectors.to(self.device)}
+
+    def pooled_text(self, prompts: Sequence[str], null: str = "") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`pooled_of` the prompts paired with that of the ``null`` caption (guidance's two halves)."""
+        ours, theirs = self.pooled_of(prompts), self.pooled_of([null])
+        return {name: (vector, theirs[name]) for name, vector in ours.items()}
 
     def given_latents(self, first_frames: torch.Tensor, noise: torch.Tensor,
                       loop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
