@@ -106,3 +106,145 @@ def test_wan_lora_loads_into_a_diffusers_pipeline_with_every_key_and_lvdm_merged
         ours = module.denoiser(x, t, context)
         theirs = pipe.transformer(x, t, context, return_dict=False)[0]
     assert_close_scaled(theirs, ours, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the original layout
+def comfy_patches(lora: dict[str, torch.Tensor], model_keys) -> dict[str, torch.Tensor]:
+    """A LoRA loader written from ComfyUI's documented rules (comfy/lora.py ``model_lora_keys_unet``,
+    ``load_lora``; comfy/weight_adapter/lora.py): every ``diffusion_model.<path>.weight`` of the model
+    is reachable as ``lora_unet_<path with _>`` and as the generic ``diffusion_model.<path>``; each
+    such name ``x`` takes ``x.lora_up.weight`` / ``x.lora_down.weight`` or ``x.lora_B.weight`` /
+    ``x.lora_A.weight``, and ``x.alpha`` (update ``alpha / rank · up @ down``, 1 · when no alpha).
+    A file key left over is what ComfyUI logs as "lora key not loaded": here a failure.
+    Returns ``{model key: update}``."""
+    key_map = {}
+    for key in model_keys:
+        if key.startswith("diffusion_model.") and key.endswith(".weight"):
+            path = key[len("diffusion_model."):-len(".weight")]
+            key_map["lora_unet_" + path.replace(".", "_")] = key
+            key_map[key[:-len(".weight")]] = key
+    patches, loaded = {}, set()
+    for name, target in key_map.items():
+        alpha = lora.get(f"{name}.alpha")
+        for up, down in ((f"{name}.lora_up.weight", f"{name}.lora_down.weight"),
+                         (f"{name}.lora_B.weight", f"{name}.lora_A.weight")):
+            if up in lora:
+                scale = 1.0 if alpha is None else alpha.item() / lora[down].shape[0]
+                patches[target] = scale * lora[up].double() @ lora[down].double()
+                loaded |= {up, down, f"{name}.alpha"}
+                break
+    not_loaded = sorted(set(lora) - loaded)
+    assert not not_loaded, f"lora key not loaded: {not_loaded[:5]} ({len(not_loaded)} in all)"
+    return patches
+
+
+def _patched(state_dict, patches):
+    for key, update in patches.items():
+        assert update.shape == state_dict[key].shape, key
+    return {k: (v.double() + patches[k]).float() if k in patches else v for k, v in state_dict.items()}
+
+
+def _stdit3():
+    from lvdm.models.stdit import STDiT
+
+    return STDiT(in_channels=2, hidden_size=24, depth=2, num_heads=2, patch_size=(1, 2, 2), context_dim=8,
+                 context_length=3, base_size=2, temporal="blocks", temporal_position="rope", qk_norm=True).eval()
+
+
+def _stdit_inputs(seed=4):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 2, 3, 4, 4, generator=g), torch.rand(2, generator=g) * 1000, torch.randn(2, 3, 8, generator=g)
+
+
+def _opensora_layout(state_dict, names):
+    """lvdm's STDiT3 weights under Open-Sora's names: the linears by ``names`` (the map under test),
+    the rest by Open-Sora's block and caption names."""
+    out = {}
+    for key, value in state_dict.items():
+        module, _, param = key.rpartition(".")
+        if module in names:
+            key = f"{names[module]}.{param}"
+        elif key.startswith("blocks."):
+            key = "spatial_" + key
+        out[key.replace("null_context", "y_embedder.y_embedding")] = value
+    return out
+
+
+def test_opensora_stdit3_original_layout_is_consumed_by_comfy_rules_and_converts_back_to_the_merged_model(
+        assert_close_scaled):
+    """The original-layout file of an STDiT3 LoRA: every key is taken by ComfyUI's rules against
+    Open-Sora's own weight names (checked by lvdm's Open-Sora converter, which reads published
+    STDiT3 files), and the patched Open-Sora weights, converted back, give lvdm's merged output."""
+    from lvdm.finetune.lora_files import original_names
+    from lvdm.models.convert.opensora import convert_state_dict
+
+    model = _randomize(_stdit3())
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    opensora = _opensora_layout(base, original_names(model))
+    assert convert_state_dict(opensora).keys() == base.keys()  # the names are the ones Open-Sora's files use
+    assert "spatial_blocks.0.cross_attn.kv_linear.weight" in opensora
+    apply_lora(model, 2, 5.0)
+    for layer in lora_layers(model).values():
+        _randomize(layer.lora_A, 0.3, 1), _randomize(layer.lora_B, 0.3, 2)
+    lora = export_tensors(adapter_pairs(model), model, "original", 2, 5.0)
+    assert all(k.startswith("diffusion_model.") for k in lora) and "diffusion_model.temporal_blocks.1.attn.qkv.alpha" in lora
+    comfy_model = {f"diffusion_model.{k}": v for k, v in opensora.items()}  # ComfyUI's state-dict prefix
+    patched = _patched(comfy_model, comfy_patches(lora, comfy_model))
+    comfy = _stdit3()
+    comfy.load_state_dict(convert_state_dict({k.removeprefix("diffusion_model."): v for k, v in patched.items()}))
+    merge_lora(model)
+    with torch.no_grad():
+        assert_close_scaled(comfy(*_stdit_inputs()), model(*_stdit_inputs()), rtol=1e-5)
+
+
+#: Tencent HunyuanVideo's module names of the linears LoRA adapts (hyvideo/modules/models.py:
+#: MMDoubleStreamBlock, MMSingleStreamBlock), written out here apart from lvdm's map.
+TENCENT_DOUBLE = ("img_attn_qkv", "img_attn_proj", "img_mlp.fc1", "img_mlp.fc2", "txt_attn_qkv", "txt_attn_proj",
+                  "txt_mlp.fc1", "txt_mlp.fc2")
+TENCENT_SINGLE = ("linear1", "linear2")
+
+
+def test_hunyuanvideo_original_layout_fuses_qkv_as_tencent_and_diffusers_reads_it_to_the_merged_output(
+        assert_close_scaled):
+    """lvdm's MMDiT (HunyuanVideo) LoRA in the original layout: Tencent's fused names
+    (``img_attn_qkv``, ``linear1``), every key taken by ComfyUI's rules; diffusers' own conversion of
+    original HunyuanVideo LoRAs splits the fused ``lora_B`` into q / k / v (and the single blocks'
+    mlp) and its model then gives lvdm's merged output."""
+    import copy
+
+    import diffusers
+    from diffusers.loaders.lora_pipeline import HunyuanVideoLoraLoaderMixin
+
+    from lvdm.models.convert.hunyuan import convert_state_dict, mmdit_kwargs
+    from lvdm.models.mmdit import MMDiT
+
+    ref = _randomize(diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=2,
+        num_single_layers=2, num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=16,
+        pooled_projection_dim=8, rope_axes_dim=(4, 4, 4)).eval())
+    model = MMDiT(**mmdit_kwargs(ref.config)).eval()
+    model.load_state_dict(convert_state_dict(ref.state_dict(), model.state_dict()))
+    apply_lora(model, 2, 5.0)
+    for name, layer in lora_layers(model).items():
+        _randomize(layer.lora_A, 0.3, 1), _randomize(layer.lora_B, 0.0 if name.endswith("linear1") else 0.3, 2)
+    lora = export_tensors(adapter_pairs(model), model, "original", 2, 5.0)
+    tencent = [f"diffusion_model.double_blocks.{i}.{n}.weight" for i in range(2) for n in TENCENT_DOUBLE]
+    tencent += [f"diffusion_model.single_blocks.{i}.{n}.weight" for i in range(2) for n in TENCENT_SINGLE]
+    patches = comfy_patches(lora, tencent)
+    assert sorted(patches) == sorted(tencent)
+    # diffusers' HunyuanVideo loader takes no .alpha keys: fold alpha / rank into lora_B first; its split of
+    # linear1 assumes the real model's width (3072), so the tiny model's linear1 update is zero (B = 0) and left out
+    folded = {k: v * (5.0 / 2) if k.endswith("lora_B.weight") else v for k, v in lora.items()
+              if not k.endswith(".alpha") and ".linear1." not in k}
+    theirs = copy.deepcopy(ref)
+    theirs.load_lora_adapter(HunyuanVideoLoraLoaderMixin.lora_state_dict(folded), prefix="transformer")
+    merge_lora(model)
+    g = torch.Generator().manual_seed(1)
+    x, ctx, pooled = torch.randn(2, 4, 3, 4, 6, generator=g), torch.randn(2, 7, 16, generator=g), torch.randn(2, 8, generator=g)
+    t, mask, guidance = torch.tensor([300.0, 700.0]), torch.ones(2, 7, dtype=torch.bool), torch.tensor([6.0, 3.5])
+    with torch.no_grad():
+        expected = theirs(x, t, ctx, mask.long(), pooled, guidance=guidance * 1000, return_dict=False)[0]
+        base = ref(x, t, ctx, mask.long(), pooled, guidance=guidance * 1000, return_dict=False)[0]
+        out = model(x, t, ctx, mask, pooled_text=pooled, guidance=guidance)
+    assert (expected - base).abs().max() > 0.1 * base.abs().max()  # the LoRA changes the output
+    assert_close_scaled(out, expected, rtol=1e-5)
