@@ -248,3 +248,94 @@ def test_hunyuanvideo_original_layout_fuses_qkv_as_tencent_and_diffusers_reads_i
         out = model(x, t, ctx, mask, pooled_text=pooled, guidance=guidance)
     assert (expected - base).abs().max() > 0.1 * base.abs().max()  # the LoRA changes the output
     assert_close_scaled(out, expected, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------ reading LoRA files
+def _kohya(lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An original-layout file as kohya's trainers and musubi-tuner write it: ``lora_unet_<path with _>``
+    with ``lora_down`` / ``lora_up`` / ``alpha``."""
+    renames = ((".lora_A.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_up.weight"), (".alpha", ".alpha"))
+    out = {}
+    for key, value in lora.items():
+        path = key.removeprefix("diffusion_model.")
+        for ours, theirs in renames:
+            if path.endswith(ours):
+                out["lora_unet_" + path[: -len(ours)].replace(".", "_") + theirs] = value
+    return out
+
+
+def _wan():
+    from lvdm.models.diffusers_adapter import build_wan
+
+    return build_wan(**{k: v for k, v in WAN.items()}).eval()
+
+
+BACKBONES = {"wan": (_wan, _wan_inputs), "stdit3": (_stdit3, _stdit_inputs)}
+
+
+def _write(path, model, layout: str) -> str:
+    """``model``'s adapters (rank 2, alpha 5) as a LoRA file of ``layout`` (diffusers / original / kohya)."""
+    from lvdm.finetune.lora_files import diffusers_metadata, diffusers_names
+
+    written = "diffusers" if layout == "diffusers" else "original"
+    lora = export_tensors(adapter_pairs(model), model, written, 2, 5.0)
+    names = diffusers_names(model)
+    metadata = diffusers_metadata([names[n] for n in lora_layers(model)], 2, 5.0) if layout == "diffusers" else {}
+    save_file(_kohya(lora) if layout == "kohya" else lora, str(path), metadata=metadata)
+    return str(path)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("layout", ["diffusers", "original", "kohya"])
+def test_a_lora_file_loads_back_for_training_and_for_sampling(tmp_path, assert_close_scaled, backbone, layout):
+    """Export → import equals, each layout: a rank-2 adapter of another alpha takes the file's update
+    exactly (continued training: A equal, alpha / rank folded into B), merged == unmerged within 1e-6
+    (alpha 5 != rank 2), and the file merged straight into the base weights (sampling) gives the same."""
+    build, inputs = BACKBONES[backbone]
+    model = _adapted(build(), rank=2, alpha=5.0)
+    path = _write(tmp_path / "lora.safetensors", model, layout)
+    with torch.no_grad():
+        expected = model(*inputs())
+        resumed = _randomize(build())
+        apply_lora(resumed, 2, 1.0)
+        assert load_into_adapter(resumed, path) == sorted(lora_layers(model))
+        for name, layer in lora_layers(resumed).items():
+            assert torch.equal(layer.lora_A["default"].weight, lora_layers(model)[name].lora_A["default"].weight)
+        assert_close_scaled(resumed(*inputs()), expected, rtol=1e-6)
+        assert_close_scaled(merge_lora(resumed)(*inputs()), expected, rtol=1e-6)
+        sampled = _randomize(build())
+        assert merge_lora_file(sampled, path) == sorted(lora_layers(model))
+        assert_close_scaled(sampled(*inputs()), expected, rtol=1e-6)
+        half = _randomize(build())
+        merge_lora_file(half, path, strength=0.5)
+        assert (half(*inputs()) - expected).abs().max() > 1e-3  # the strength scales the update
+
+
+def test_files_lvdm_cannot_place_are_one_clear_error(tmp_path):
+    """Keys of no LoRA layout, modules the model lacks, a half pair, another rank or other modules
+    than the run adapts: one line naming a few of the keys."""
+    model = _adapted(_stdit3())
+    good = _write(tmp_path / "good.safetensors", model, "original")
+    lora = load_file(good)
+    cases = {
+        "not LoRA keys lvdm reads": {**lora, "diffusion_model.blocks.0.attn.qkv.lora_mid.weight": torch.zeros(1)},
+        r"2 LoRA modules match no linear of STDiT: diffusion_model\.spatial_blocks\.7\.attn\.qkv, "
+        r"diffusion_model\.vae\.proj": {**lora, **{f"diffusion_model.{m}.lora_{ab}.weight": torch.zeros(2, 2)
+                                          for m in ("spatial_blocks.7.attn.qkv", "vae.proj") for ab in "AB"}},
+        "1 modules lack lora_A or lora_B": {k: v for k, v in lora.items()
+                                            if k != "diffusion_model.spatial_blocks.0.attn.qkv.lora_B.weight"},
+        "keys of 2 layouts": {**lora, "lora_unet_x.lora_down.weight": torch.zeros(1)},
+        r"has shape out x in = 72 x 2": {**lora, "diffusion_model.spatial_blocks.0.attn.qkv.lora_A.weight": torch.zeros(2, 2)},
+    }
+    for match, tensors in cases.items():
+        save_file(tensors, str(tmp_path / "bad.safetensors"))
+        with pytest.raises(ValueError, match=match):
+            read_lora_file(tmp_path / "bad.safetensors", _stdit3())
+    other_rank = _stdit3()
+    apply_lora(other_rank, 4)
+    with pytest.raises(ValueError, match="has rank 2, this run's LoRA rank is 4"):
+        load_into_adapter(other_rank, good)
+    fewer = _stdit3()
+    apply_lora(fewer, 2, targets=["blocks.*.attn.qkv"])
+    with pytest.raises(ValueError, match=r"adapts other modules than this run \(not in the file: \[\], not adapted here"):
+        load_into_adapter(fewer, good)

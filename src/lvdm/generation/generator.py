@@ -277,14 +277,22 @@ class Generator:
         use_ema: use the EMA weights when the checkpoint has them.
         device: ``cpu``, ``cuda``, ``cuda:1``… or ``auto`` (a GPU when there is one).
         preset: sample the way a published model does (:func:`apply_preset`).
+        lora: a LoRA file (diffusers, original-model or kohya layout: :mod:`lvdm.finetune.lora_files`)
+            merged into the denoiser's weights, ``lora_scale`` times its update.
     """
 
-    def __init__(self, checkpoint: str, use_ema: bool = True, device: str = "auto", preset: Optional[str] = None):
+    def __init__(self, checkpoint: str, use_ema: bool = True, device: str = "auto", preset: Optional[str] = None,
+                 lora: Optional[str] = None, lora_scale: float = 1.0):
         from lvdm.checkpoints.load import load_module
         from lvdm.utils import resolve_device
 
         self.loaded = load_module(checkpoint, weights="auto" if use_ema else "raw", map_location=resolve_device(device))
         self.module = self.loaded.module.eval()
+        if lora:
+            from lvdm.finetune.lora_files import merge_lora_file
+
+            merged = merge_lora_file(self.module.denoiser, lora, lora_scale)
+            self.loaded.source += f" + LoRA {lora} (x{lora_scale:g} on {len(merged)} linears)"
         if preset:
             apply_preset(self.module, preset)
         self.fps = float(getattr(self.module, "fps", 8.0))

@@ -34,7 +34,7 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
            guidance_interval: tuple[float, float] = (0.0, 1.0), guidance_method: Literal["cfg", "cfg_zero_star", "apg"] = "cfg",
            zero_init_steps: int = 0, apg_eta: float = 0.0, apg_norm_threshold: float = 0.0,
            apg_momentum: float = 0.0, step_cache: float = 0.0,
-           negative_prompt: Optional[str] = None) -> list[str]:
+           negative_prompt: Optional[str] = None, lora: Optional[str] = None, lora_scale: float = 1.0) -> list[str]:
     """Generate one mp4 per prompt from a trained checkpoint, ``<out>/<index>_<prompt>.mp4``, with the
     prompts in file order in ``<out>/prompts.txt``; the noise of prompt ``i`` depends only on ``seed + i``.
     Image-to-video with ``--image``, continuation with ``--video start.mp4 --extend N`` (models trained
@@ -91,6 +91,10 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
         negative_prompt: what guidance steers away from: its text encoding replaces the empty
             caption in the unconditional half (default: the preset's, e.g. Wan's, else none; '' for none).
             Not with a learned null caption (e.g. Open-Sora's presets) or ``class_label``.
+        lora: a LoRA ``.safetensors`` merged into the denoiser before sampling: lvdm's export, a diffusers
+            LoRA (``transformer.*``), an original-model / ComfyUI one (``diffusion_model.*``) or a kohya /
+            musubi one (``lora_unet_*``); a key no linear of the model takes is an error (docs/training.md, LoRA fine-tuning).
+        lora_scale: the LoRA's strength: this times its update ``alpha / rank · B A``.
     """
     from lvdm.utils import read_prompt_file
 
@@ -102,7 +106,7 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
     given = read_given(request)
     out_dir = Path(out)
     clear_video_folder(out_dir, overwrite)
-    generator = Generator(checkpoint, use_ema=use_ema, device=device, preset=preset)
+    generator = Generator(checkpoint, use_ema=use_ema, device=device, preset=preset, lora=lora, lora_scale=lora_scale)
     fps = fps or generator.fps
     print(f"sampling with {generator.loaded.describe()}; writing {fps:g} fps")
     written = generator.write(request, out_dir, given, batch_size=batch_size, fps=fps)
