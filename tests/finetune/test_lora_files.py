@@ -186,7 +186,7 @@ def test_opensora_stdit3_original_layout_is_consumed_by_comfy_rules_and_converts
     apply_lora(model, 2, 5.0)
     for layer in lora_layers(model).values():
         _randomize(layer.lora_A, 0.3, 1), _randomize(layer.lora_B, 0.3, 2)
-    lora = export_tensors(adapter_pairs(model), model, "original", 2, 5.0)
+    lora = export_tensors(adapter_pairs(model), model, "original")
     assert all(k.startswith("diffusion_model.") for k in lora) and "diffusion_model.temporal_blocks.1.attn.qkv.alpha" in lora
     comfy_model = {f"diffusion_model.{k}": v for k, v in opensora.items()}  # ComfyUI's state-dict prefix
     patched = _patched(comfy_model, comfy_patches(lora, comfy_model))
@@ -212,22 +212,13 @@ def test_hunyuanvideo_original_layout_fuses_qkv_as_tencent_and_diffusers_reads_i
     mlp) and its model then gives lvdm's merged output."""
     import copy
 
-    import diffusers
     from diffusers.loaders.lora_pipeline import HunyuanVideoLoraLoaderMixin
 
-    from lvdm.models.convert.hunyuan import convert_state_dict, mmdit_kwargs
-    from lvdm.models.mmdit import MMDiT
-
-    ref = _randomize(diffusers.HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=2,
-        num_single_layers=2, num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=16,
-        pooled_projection_dim=8, rope_axes_dim=(4, 4, 4)).eval())
-    model = MMDiT(**mmdit_kwargs(ref.config)).eval()
-    model.load_state_dict(convert_state_dict(ref.state_dict(), model.state_dict()))
+    ref, model = _hunyuan_pair()
     apply_lora(model, 2, 5.0)
     for name, layer in lora_layers(model).items():
         _randomize(layer.lora_A, 0.3, 1), _randomize(layer.lora_B, 0.0 if name.endswith("linear1") else 0.3, 2)
-    lora = export_tensors(adapter_pairs(model), model, "original", 2, 5.0)
+    lora = export_tensors(adapter_pairs(model), model, "original")
     tencent = [f"diffusion_model.double_blocks.{i}.{n}.weight" for i in range(2) for n in TENCENT_DOUBLE]
     tencent += [f"diffusion_model.single_blocks.{i}.{n}.weight" for i in range(2) for n in TENCENT_SINGLE]
     patches = comfy_patches(lora, tencent)
@@ -239,6 +230,28 @@ def test_hunyuanvideo_original_layout_fuses_qkv_as_tencent_and_diffusers_reads_i
     theirs = copy.deepcopy(ref)
     theirs.load_lora_adapter(HunyuanVideoLoraLoaderMixin.lora_state_dict(folded), prefix="transformer")
     merge_lora(model)
+    _assert_same_output(ref, theirs, model, assert_close_scaled)
+
+
+def _hunyuan_pair():
+    """A tiny random diffusers HunyuanVideo transformer and lvdm's MMDiT with its converted weights."""
+    import diffusers
+
+    from lvdm.models.convert.hunyuan import convert_state_dict, mmdit_kwargs
+    from lvdm.models.mmdit import MMDiT
+
+    ref = _randomize(diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=2,
+        num_single_layers=2, num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=16,
+        pooled_projection_dim=8, rope_axes_dim=(4, 4, 4)).eval())
+    model = MMDiT(**mmdit_kwargs(ref.config)).eval()
+    model.load_state_dict(convert_state_dict(ref.state_dict(), model.state_dict()))
+    return ref, model
+
+
+def _assert_same_output(ref, theirs, model, assert_close_scaled):
+    """diffusers' transformer with the LoRA (``theirs``) gives lvdm's ``model``'s output, and the LoRA
+    changes the output of the base ``ref``."""
     g = torch.Generator().manual_seed(1)
     x, ctx, pooled = torch.randn(2, 4, 3, 4, 6, generator=g), torch.randn(2, 7, 16, generator=g), torch.randn(2, 8, generator=g)
     t, mask, guidance = torch.tensor([300.0, 700.0]), torch.ones(2, 7, dtype=torch.bool), torch.tensor([6.0, 3.5])
@@ -248,6 +261,48 @@ def test_hunyuanvideo_original_layout_fuses_qkv_as_tencent_and_diffusers_reads_i
         out = model(x, t, ctx, mask, pooled_text=pooled, guidance=guidance)
     assert (expected - base).abs().max() > 0.1 * base.abs().max()  # the LoRA changes the output
     assert_close_scaled(out, expected, rtol=1e-5)
+
+
+def test_hunyuanvideo_diffusers_layout_splits_and_fuses_qkv_exactly(tmp_path, assert_close_scaled):
+    """HunyuanVideo in diffusers' layout, both ways: lvdm's fused ``qkv`` / ``linear1`` adapters export as
+    diffusers' ``to_q`` / ``to_k`` / ``to_v`` (/ ``proj_mlp``) with one A and B's rows split, and load into
+    diffusers' transformer to lvdm's merged output; a diffusers LoRA with its own A per projection
+    reads into lvdm's fused linears (A stacked, B block-diagonal) to diffusers' output."""
+    import copy
+
+    from diffusers.loaders.lora_pipeline import HunyuanVideoLoraLoaderMixin
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from lvdm.finetune.lora_files import diffusers_metadata
+
+    ref, model = _hunyuan_pair()
+    apply_lora(model, 2, 5.0)
+    for layer in lora_layers(model).values():
+        _randomize(layer.lora_A, 0.3, 1), _randomize(layer.lora_B, 0.3, 2)
+    lora = export_tensors(adapter_pairs(model), model, "diffusers")
+    assert "transformer.single_transformer_blocks.1.proj_mlp.lora_B.weight" in lora
+    targets = sorted({k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in lora})
+    save_file(lora, str(tmp_path / "ours.safetensors"), metadata=diffusers_metadata(targets, 2, 5.0))
+    theirs = copy.deepcopy(ref)  # what HunyuanVideoPipeline.load_lora_weights does with the file
+    state_dict, metadata = HunyuanVideoLoraLoaderMixin.lora_state_dict(str(tmp_path / "ours.safetensors"),
+                                                                       return_lora_metadata=True)
+    theirs.load_lora_adapter(state_dict, prefix="transformer", metadata=metadata)
+    _assert_same_output(ref, theirs, merge_lora(model), assert_close_scaled)
+
+    ref, model = _hunyuan_pair()
+    theirs = copy.deepcopy(ref)
+    blocks = r".*transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_[qkv]_proj|to_add_out)|ff(_context)?\.net\.(0\.proj|2)|proj_mlp|proj_out)"
+    theirs.add_adapter(LoraConfig(r=2, lora_alpha=5.0, target_modules=blocks))
+    for name, param in theirs.named_parameters():
+        if ".lora_" in name:
+            torch.nn.init.normal_(param, 0, 0.3)
+    tensors = {f"transformer.{k}": v for k, v in get_peft_model_state_dict(theirs).items()}
+    targets = sorted({k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in tensors})
+    save_file(tensors, str(tmp_path / "theirs.safetensors"), metadata=diffusers_metadata(targets, 2, 5.0))
+    assert merge_lora_file(model, tmp_path / "theirs.safetensors")[:2] == ["double_blocks.0.text.mlp.fc1",
+                                                                          "double_blocks.0.text.mlp.fc2"]
+    _assert_same_output(ref, theirs, model, assert_close_scaled)
 
 
 # ------------------------------------------------------------------------------ reading LoRA files
@@ -270,45 +325,54 @@ def _wan():
     return build_wan(**{k: v for k, v in WAN.items()}).eval()
 
 
-BACKBONES = {"wan": (_wan, _wan_inputs), "stdit3": (_stdit3, _stdit_inputs)}
+def _mmdit_output(model):
+    g = torch.Generator().manual_seed(5)
+    x, ctx, pooled = torch.randn(2, 4, 3, 4, 6, generator=g), torch.randn(2, 7, 16, generator=g), torch.randn(2, 8, generator=g)
+    return model(x, torch.tensor([300.0, 700.0]), ctx, torch.ones(2, 7, dtype=torch.bool), pooled_text=pooled)
+
+
+#: backbone → (a new one, its output on fixed inputs)
+BACKBONES = {"wan": (_wan, lambda model: model(*_wan_inputs())), "stdit3": (_stdit3, lambda model: model(*_stdit_inputs())),
+             "hunyuanvideo": (lambda: _hunyuan_pair()[1], _mmdit_output)}
 
 
 def _write(path, model, layout: str) -> str:
     """``model``'s adapters (rank 2, alpha 5) as a LoRA file of ``layout`` (diffusers / original / kohya)."""
-    from lvdm.finetune.lora_files import diffusers_metadata, diffusers_names
+    from lvdm.finetune.lora_files import diffusers_metadata
 
     written = "diffusers" if layout == "diffusers" else "original"
-    lora = export_tensors(adapter_pairs(model), model, written, 2, 5.0)
-    names = diffusers_names(model)
-    metadata = diffusers_metadata([names[n] for n in lora_layers(model)], 2, 5.0) if layout == "diffusers" else {}
+    lora = export_tensors(adapter_pairs(model), model, written)
+    targets = sorted({k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in lora})
+    metadata = diffusers_metadata(targets, 2, 5.0) if layout == "diffusers" else {}
     save_file(_kohya(lora) if layout == "kohya" else lora, str(path), metadata=metadata)
     return str(path)
 
 
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
-@pytest.mark.parametrize("layout", ["diffusers", "original", "kohya"])
+@pytest.mark.parametrize("layout, backbone", [  # kohya / musubi files of Wan and HunyuanVideo use the original names
+    ("diffusers", "wan"), ("diffusers", "stdit3"), ("diffusers", "hunyuanvideo"), ("original", "stdit3"),
+    ("original", "hunyuanvideo"), ("kohya", "wan"), ("kohya", "hunyuanvideo")])
 def test_a_lora_file_loads_back_for_training_and_for_sampling(tmp_path, assert_close_scaled, backbone, layout):
     """Export → import equals, each layout: a rank-2 adapter of another alpha takes the file's update
     exactly (continued training: A equal, alpha / rank folded into B), merged == unmerged within 1e-6
     (alpha 5 != rank 2), and the file merged straight into the base weights (sampling) gives the same."""
-    build, inputs = BACKBONES[backbone]
+    build, output = BACKBONES[backbone]
     model = _adapted(build(), rank=2, alpha=5.0)
     path = _write(tmp_path / "lora.safetensors", model, layout)
     with torch.no_grad():
-        expected = model(*inputs())
+        expected = output(model)
         resumed = _randomize(build())
         apply_lora(resumed, 2, 1.0)
         assert load_into_adapter(resumed, path) == sorted(lora_layers(model))
         for name, layer in lora_layers(resumed).items():
             assert torch.equal(layer.lora_A["default"].weight, lora_layers(model)[name].lora_A["default"].weight)
-        assert_close_scaled(resumed(*inputs()), expected, rtol=1e-6)
-        assert_close_scaled(merge_lora(resumed)(*inputs()), expected, rtol=1e-6)
+        assert_close_scaled(output(resumed), expected, rtol=1e-6)
+        assert_close_scaled(output(merge_lora(resumed)), expected, rtol=1e-6)
         sampled = _randomize(build())
         assert merge_lora_file(sampled, path) == sorted(lora_layers(model))
-        assert_close_scaled(sampled(*inputs()), expected, rtol=1e-6)
+        assert_close_scaled(output(sampled), expected, rtol=1e-6)
         half = _randomize(build())
         merge_lora_file(half, path, strength=0.5)
-        assert (half(*inputs()) - expected).abs().max() > 1e-3  # the strength scales the update
+        assert (output(half) - expected).abs().max() > 1e-3  # the strength scales the update
 
 
 def test_files_lvdm_cannot_place_are_one_clear_error(tmp_path):

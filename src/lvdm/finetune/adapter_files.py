@@ -29,7 +29,7 @@ from lvdm.finetune.lora import ADAPTER_NAME, apply_lora, base_fingerprint, is_ad
 from lvdm.finetune.lora_files import (
     Layout,
     LoraPair,
-    wraps_diffusers,
+    has_diffusers_names,
     diffusers_metadata,
     diffusers_names,
     export_tensors,
@@ -204,13 +204,14 @@ def lora_file_tensors(tensors: dict[str, torch.Tensor], settings: dict[str, Any]
     if backbone is None and format == "original":
         raise ValueError(f"{source} carries no recipe: the original layout needs the model's class; use --format diffusers")
     if format == "original":
-        out = export_tensors(pairs, backbone, format, rank, alpha)
+        out = export_tensors(pairs, backbone, format)
         return out, {"format": "pt", "rank": str(rank), "alpha": str(alpha),
                      "module_names": f"original:{original_kind(backbone)}"}
     names = {n: n for n in pairs} if backbone is None else diffusers_names(backbone)
-    out = export_tensors(pairs, names, format, rank, alpha)
-    owner = "diffusers" if backbone is not None and wraps_diffusers(backbone) else "lvdm"
-    return out, {**diffusers_metadata(sorted(names[n] for n in pairs), rank, alpha), "format": "pt",
+    out = export_tensors(pairs, names, format)
+    owner = "diffusers" if backbone is not None and has_diffusers_names(backbone) else "lvdm"
+    targets = sorted(t for n in pairs for t in ((names[n],) if isinstance(names[n], str) else names[n]))
+    return out, {**diffusers_metadata(targets, rank, alpha), "format": "pt",
                  "rank": str(rank), "alpha": str(alpha), "module_names": owner}
 
 
@@ -219,8 +220,10 @@ def export(checkpoint: str, out: str, format: Layout = "diffusers", weights: Wei
 
     ``diffusers``: keys ``transformer.<module>.lora_A.weight`` / ``lora_B.weight``, the config in
     ``lora_adapter_metadata``; ``<module>`` is the diffusers model's name for a backbone that wraps
-    one (Wan, LTX-Video: ``WanPipeline.load_lora_weights`` reads it), lvdm's own module name for
-    lvdm's backbones (metadata ``module_names: lvdm``; lvdm reads it back, a diffusers model does not).
+    one (Wan, LTX-Video: ``WanPipeline.load_lora_weights`` reads it) or HunyuanVideo's MMDiT (its
+    fused ``qkv`` / ``linear1`` split into diffusers' ``to_q`` / ``to_k`` / ``to_v`` / ``proj_mlp``),
+    lvdm's own module name for lvdm's other backbones (metadata ``module_names: lvdm``; lvdm reads
+    it back, a diffusers model does not).
     ``original``: ``diffusion_model.<original module>.lora_A.weight`` / ``lora_B.weight`` / ``.alpha``
     with the original model's module names (ComfyUI, the original repositories): Wan 2.1,
     HunyuanVideo (lvdm's MMDiT with a token refiner), Open-Sora STDiT / STDiT3.

@@ -7,8 +7,10 @@ linear is ``(alpha / rank) · B A``):
   metadata (``lora_adapter_metadata``, diffusers' ``LoraConfig`` fields prefixed ``transformer.``).
   ``<module>`` is the diffusers model's name where lvdm's backbone wraps a diffusers model
   (:class:`~lvdm.models.diffusers_adapter.WanBackbone`, :class:`~lvdm.models.diffusers_adapter.LTXBackbone`:
-  the ``transformer.`` wrapper is dropped), else lvdm's own module name (a diffusers model of
-  another layout does not load such a file).
+  the ``transformer.`` wrapper is dropped) or was converted from one (HunyuanVideo's
+  :class:`~lvdm.models.mmdit.MMDiT`: a fused ``qkv`` is written as ``to_q`` / ``to_k`` / ``to_v``,
+  the same A with B's rows split, exactly), else lvdm's own module name (a diffusers model does
+  not load such a file).
 * ``original`` (what ComfyUI and the original repositories read):
   ``diffusion_model.<original module>.lora_A.weight`` / ``lora_B.weight`` / ``.alpha``, with the
   original model's module names (:func:`original_names`: Wan 2.1, HunyuanVideo, Open-Sora
@@ -111,11 +113,28 @@ def wraps_diffusers(backbone: nn.Module) -> bool:
     return isinstance(backbone, _DiffusersBackbone)
 
 
-def diffusers_names(backbone: nn.Module) -> dict[str, str]:
+def has_diffusers_names(backbone: nn.Module) -> bool:
+    """Whether :func:`diffusers_names` gives a diffusers model's names (not lvdm's) for ``backbone``."""
+    return wraps_diffusers(backbone) or original_kind(backbone) == "hunyuanvideo"
+
+
+def diffusers_names(backbone: nn.Module) -> dict[str, str | tuple[str, ...]]:
     """lvdm linear name → the name diffusers' ``load_lora_weights`` targets (``transformer.`` left
-    off): a wrapped diffusers model's own names, else lvdm's (see the module docstring)."""
-    wrapped = wraps_diffusers(backbone)
-    return {name: name.removeprefix("transformer.") if wrapped else name for name in base_linears(backbone)}
+    off): a wrapped diffusers model's own names; for HunyuanVideo's MMDiT, diffusers'
+    ``HunyuanVideoTransformer3DModel`` names, several for a linear lvdm fuses (``qkv`` →
+    ``to_q, to_k, to_v``, concatenated along the outputs; :mod:`lvdm.models.convert.hunyuan`);
+    else lvdm's own names (see the module docstring)."""
+    linears = base_linears(backbone)
+    if wraps_diffusers(backbone):
+        return {name: name.removeprefix("transformer.") for name in linears}
+    if original_kind(backbone) == "hunyuanvideo":
+        from lvdm.models.convert.hunyuan import module_rules
+
+        counts = {"transformer_blocks.": len(backbone.double_blocks), "single_transformer_blocks.": len(backbone.single_blocks),
+                  "context_embedder.token_refiner.refiner_blocks.": len(backbone.context_embedder.blocks)}
+        rules = module_rules({f"{prefix}{i}.": None for prefix, count in counts.items() for i in range(count)})
+        return {name: rules[name] for name in linears if name in rules}
+    return {name: name for name in linears}
 
 
 def original_kind(backbone: nn.Module) -> str | None:
@@ -159,16 +178,25 @@ def original_names(backbone: nn.Module) -> dict[str, str]:
     return names
 
 
-def layout_names(backbone: nn.Module, layout: Layout) -> dict[str, str]:
-    """lvdm linear name → the file's module name (its prefix included) in ``layout``."""
+def layout_names(backbone: nn.Module, layout: Layout) -> dict[str, tuple[str, ...]]:
+    """lvdm linear name → the file's module name(s) (prefix included) in ``layout``; several: the
+    linear's output rows in that many parts, all of ``hidden_size`` rows but the last."""
     names = diffusers_names(backbone) if layout == "diffusers" else original_names(backbone)
-    return {ours: PREFIX[layout] + theirs for ours, theirs in names.items()}
+    return {ours: tuple(PREFIX[layout] + t for t in ((theirs,) if isinstance(theirs, str) else theirs))
+            for ours, theirs in names.items()}
 
 
-def export_tensors(pairs: Mapping[str, LoraPair], names: nn.Module | Mapping[str, str], layout: Layout,
-                   rank: int, alpha: float) -> dict[str, torch.Tensor]:
-    """Write the adapter ``pairs`` (by lvdm module name, all of one ``rank`` / ``alpha``) in
-    ``layout``: float32 ``lora_A`` / ``lora_B`` (and ``.alpha`` in the original layout).
+def _split(pair: LoraPair, parts: int, width: int) -> list[LoraPair]:
+    """A fused linear's pair as ``parts`` pairs of its output rows (the same A): exact."""
+    rows = [width] * (parts - 1) + [pair.B.shape[0] - width * (parts - 1)]
+    return [LoraPair(pair.A, b, pair.scale) for b in pair.B.split(rows)]
+
+
+def export_tensors(pairs: Mapping[str, LoraPair], names: nn.Module | Mapping[str, str],
+                   layout: Layout) -> dict[str, torch.Tensor]:
+    """Write the adapter ``pairs`` (by lvdm module name) in ``layout``: float32 ``lora_A`` /
+    ``lora_B`` (and ``.alpha`` = scale · rank in the original layout); a linear lvdm fuses and
+    the layout does not is written as one pair per part (the same A, B's rows split).
 
     Args:
         names: the backbone (its names in ``layout``: :func:`layout_names`), or lvdm name → file
@@ -178,19 +206,21 @@ def export_tensors(pairs: Mapping[str, LoraPair], names: nn.Module | Mapping[str
         ValueError: an adapted module without a name in ``layout`` (naming it).
     """
     if isinstance(names, nn.Module):
-        owner, names = type(names).__name__, layout_names(names, layout)
+        owner, width, names = type(names).__name__, getattr(names, "hidden_size", 0), layout_names(names, layout)
     else:
-        owner, names = "the model", {ours: PREFIX[layout] + theirs for ours, theirs in names.items()}
+        owner, width, names = "the model", 0, {ours: (PREFIX[layout] + theirs,) for ours, theirs in names.items()}
     missing = sorted(set(pairs) - set(names))
     if missing:
         raise ValueError(f"{len(missing)} adapted modules of {owner} have no {layout} name: "
                          f"{missing[:4]}; adapt the blocks' linears (the backbone's lora_targets) to export them")
     out = {}
     for ours, pair in pairs.items():
-        out[f"{names[ours]}.lora_A.weight"] = pair.A.float().contiguous()
-        out[f"{names[ours]}.lora_B.weight"] = pair.B.float().contiguous()
-        if layout == "original":
-            out[f"{names[ours]}.alpha"] = torch.tensor(float(alpha))
+        parts = names[ours]
+        for theirs, part in zip(parts, _split(pair, len(parts), width) if len(parts) > 1 else [pair]):
+            out[f"{theirs}.lora_A.weight"] = part.A.float().clone()  # a copy each: safetensors refuses shared A
+            out[f"{theirs}.lora_B.weight"] = part.B.float().clone()
+            if layout == "original":
+                out[f"{theirs}.alpha"] = torch.tensor(part.scale * part.A.shape[0])
     return out
 
 
@@ -268,11 +298,19 @@ def parse_lora_tensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[st
     return layouts.pop(), pairs
 
 
-def _candidates(backbone: nn.Module, layout: str) -> dict[str, str]:
-    """File module name (prefix left off) → lvdm linear name, for the names a ``layout`` file may use."""
-    ours = {name: name for name in base_linears(backbone)}
-    diffusers = {theirs: name for name, theirs in diffusers_names(backbone).items()}
-    original = {} if original_kind(backbone) is None else {t: n for n, t in original_names(backbone).items()}
+def _candidates(backbone: nn.Module, layout: str) -> dict[str, tuple[str, int, int]]:
+    """File module name (prefix left off) → (lvdm linear name, part, parts), for the names a
+    ``layout`` file may use (several parts: a linear lvdm fuses, see :func:`diffusers_names`)."""
+    def spread(names: Mapping[str, str | tuple[str, ...]]) -> dict[str, tuple[str, int, int]]:
+        out = {}
+        for ours, theirs in names.items():
+            parts = (theirs,) if isinstance(theirs, str) else theirs
+            out.update({name: (ours, i, len(parts)) for i, name in enumerate(parts)})
+        return out
+
+    ours = spread({name: name for name in base_linears(backbone)})
+    diffusers = spread(diffusers_names(backbone))
+    original = {} if original_kind(backbone) is None else spread(original_names(backbone))
     if layout == "original":
         return original
     if layout == "diffusers":
@@ -280,12 +318,23 @@ def _candidates(backbone: nn.Module, layout: str) -> dict[str, str]:
     return {k.replace(".", "_"): v for names in (ours, diffusers, original) for k, v in names.items()}
 
 
+def _fuse(parts: list[LoraPair]) -> LoraPair:
+    """The pairs of a fused linear's parts (its output rows in order) as one exact pair: the shared A
+    and B's rows stacked when every part has the same A and scale (a file split from a fused
+    pair), else A stacked and B block-diagonal (rank = the sum of the parts' ranks), scales in B."""
+    first = parts[0]
+    if all(torch.equal(p.A, first.A) and p.scale == first.scale for p in parts):
+        return LoraPair(first.A, torch.cat([p.B for p in parts]), first.scale)
+    return LoraPair(torch.cat([p.A for p in parts]), torch.block_diag(*(p.B * p.scale for p in parts)), 1.0)
+
+
 def resolve(pairs: Mapping[str, LoraPair], backbone: nn.Module, layout: str, source: str) -> dict[str, LoraPair]:
-    """The file's pairs by the backbone's module names, shapes checked.
+    """The file's pairs by the backbone's module names (the parts of a linear lvdm fuses fused),
+    shapes checked.
 
     Raises:
-        ValueError: modules of the file the backbone has no linear for (one line, a few named), or a
-            pair whose shape is not its linear's.
+        ValueError: modules of the file the backbone has no linear for (one line, a few named), a
+            fused linear with a part missing, or a pair whose shape is not its linear's.
     """
     names = _candidates(backbone, layout)
     unknown = sorted(name for name in pairs if name not in names)
@@ -294,18 +343,26 @@ def resolve(pairs: Mapping[str, LoraPair], backbone: nn.Module, layout: str, sou
         raise _unknown([PREFIX[layout] + n for n in unknown], source,
                        f"{len(unknown)} LoRA modules match no linear of {type(backbone).__name__}",
                        f"it names its linears e.g. {known} in this layout; is the LoRA for another model?")
-    out = {}
+    grouped: dict[str, dict[int, LoraPair]] = {}
+    counts: dict[str, int] = {}
     for theirs, pair in pairs.items():
-        ours = names[theirs]
+        ours, index, counts[ours] = names[theirs]
+        if index in grouped.setdefault(ours, {}):
+            raise ValueError(f"{source}: two LoRA modules map onto {ours!r}; the file mixes names of two layouts")
+        grouped[ours][index] = pair
+    out = {}
+    for ours, parts in grouped.items():
+        count = counts[ours]
+        if len(parts) != count:
+            raise ValueError(f"{source}: {ours!r} fuses {count} modules of the file, which holds {len(parts)} of them; "
+                             "lvdm adapts the fused linear as a whole")
+        out[ours] = _fuse([parts[i] for i in range(count)]) if count > 1 else parts[0]
         linear = backbone.get_submodule(ours)
         linear = getattr(linear, "base_layer", linear)  # a peft-wrapped linear
         want = (linear.out_features, linear.in_features)
-        if (pair.B.shape[0], pair.A.shape[1]) != want:
-            raise ValueError(f"{source}: LoRA module {theirs!r} has shape out x in = {pair.B.shape[0]} x "
-                             f"{pair.A.shape[1]}, {type(backbone).__name__}.{ours} is {want[0]} x {want[1]}")
-        if ours in out:
-            raise ValueError(f"{source}: two LoRA modules map onto {ours!r}; the file mixes names of two layouts")
-        out[ours] = pair
+        if (out[ours].B.shape[0], out[ours].A.shape[1]) != want:
+            raise ValueError(f"{source}: LoRA module for {ours!r} has shape out x in = {out[ours].B.shape[0]} x "
+                             f"{out[ours].A.shape[1]}, {type(backbone).__name__}.{ours} is {want[0]} x {want[1]}")
     return out
 
 
