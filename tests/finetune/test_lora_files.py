@@ -182,7 +182,10 @@ def test_opensora_stdit3_original_layout_is_consumed_by_comfy_rules_and_converts
     base = {k: v.clone() for k, v in model.state_dict().items()}
     opensora = _opensora_layout(base, original_names(model))
     assert convert_state_dict(opensora).keys() == base.keys()  # the names are the ones Open-Sora's files use
-    assert "spatial_blocks.0.cross_attn.kv_linear.weight" in opensora
+    lvdm_only = [k for k in opensora if k.startswith(("blocks.", "context_proj.")) or ".cross_attn.q." in k
+                 or ".cross_attn.kv." in k]  # Open-Sora's files: spatial_blocks, y_embedder.y_proj, q_linear, kv_linear
+    assert not lvdm_only and {"spatial_blocks.0.cross_attn.kv_linear.weight", "temporal_blocks.1.cross_attn.q_linear.weight",
+                              "y_embedder.y_proj.fc1.weight"} <= set(opensora)
     apply_lora(model, 2, 5.0)
     for layer in lora_layers(model).values():
         _randomize(layer.lora_A, 0.3, 1), _randomize(layer.lora_B, 0.3, 2)
@@ -202,6 +205,16 @@ def test_opensora_stdit3_original_layout_is_consumed_by_comfy_rules_and_converts
 TENCENT_DOUBLE = ("img_attn_qkv", "img_attn_proj", "img_mlp.fc1", "img_mlp.fc2", "txt_attn_qkv", "txt_attn_proj",
                   "txt_mlp.fc1", "txt_mlp.fc2")
 TENCENT_SINGLE = ("linear1", "linear2")
+#: lvdm linears whose original-layout pair diffusers' HunyuanVideo LoRA conversion cannot read at a tiny size
+UNREAD = ("linear1", "context_embedder.blocks.0.attn.qkv")
+TENCENT_OTHER = ("img_in.proj", "time_in.mlp.0", "time_in.mlp.2", "vector_in.in_layer", "vector_in.out_layer",
+                 "guidance_in.mlp.0", "guidance_in.mlp.2", "txt_in.input_embedder", "txt_in.t_embedder.mlp.0",
+                 "txt_in.t_embedder.mlp.2", "txt_in.c_embedder.linear_1", "txt_in.c_embedder.linear_2",
+                 *(f"txt_in.individual_token_refiner.blocks.0.{n}" for n in ("self_attn_qkv", "self_attn_proj",
+                                                                              "mlp.fc1", "mlp.fc2", "adaLN_modulation.1")),
+                 *(f"double_blocks.{i}.{s}_mod.linear" for i in range(2) for s in ("img", "txt")),
+                 *(f"single_blocks.{i}.modulation.linear" for i in range(2)), "final_layer.linear",
+                 "final_layer.adaLN_modulation.1")
 
 
 def test_hunyuanvideo_original_layout_fuses_qkv_as_tencent_and_diffusers_reads_it_to_the_merged_output(
@@ -214,19 +227,22 @@ def test_hunyuanvideo_original_layout_fuses_qkv_as_tencent_and_diffusers_reads_i
 
     from diffusers.loaders.lora_pipeline import HunyuanVideoLoraLoaderMixin
 
+    from lvdm.finetune.lora_files import original_names
+
     ref, model = _hunyuan_pair()
-    apply_lora(model, 2, 5.0)
+    apply_lora(model, 2, 5.0, targets=sorted(original_names(model)))  # every linear with a Tencent name
     for name, layer in lora_layers(model).items():
-        _randomize(layer.lora_A, 0.3, 1), _randomize(layer.lora_B, 0.0 if name.endswith("linear1") else 0.3, 2)
+        _randomize(layer.lora_A, 0.3, 1), _randomize(layer.lora_B, 0.0 if name.endswith(UNREAD) else 0.3, 2)
     lora = export_tensors(adapter_pairs(model), model, "original")
     tencent = [f"diffusion_model.double_blocks.{i}.{n}.weight" for i in range(2) for n in TENCENT_DOUBLE]
     tencent += [f"diffusion_model.single_blocks.{i}.{n}.weight" for i in range(2) for n in TENCENT_SINGLE]
-    patches = comfy_patches(lora, tencent)
-    assert sorted(patches) == sorted(tencent)
-    # diffusers' HunyuanVideo loader takes no .alpha keys: fold alpha / rank into lora_B first; its split of
-    # linear1 assumes the real model's width (3072), so the tiny model's linear1 update is zero (B = 0) and left out
+    patches = comfy_patches(lora, tencent + [f"diffusion_model.{n}.weight" for n in TENCENT_OTHER])
+    assert set(tencent) <= set(patches)
+    # diffusers' HunyuanVideo loader takes no .alpha keys: fold alpha / rank into lora_B first. It cannot split
+    # two fused pairs here (linear1: it assumes the real width, 3072; the refiner's qkv: it chunks lora_A too),
+    # so those updates are zero (B = 0) and left out of its file
     folded = {k: v * (5.0 / 2) if k.endswith("lora_B.weight") else v for k, v in lora.items()
-              if not k.endswith(".alpha") and ".linear1." not in k}
+              if not k.endswith(".alpha") and ".linear1." not in k and ".self_attn_qkv." not in k}
     theirs = copy.deepcopy(ref)
     theirs.load_lora_adapter(HunyuanVideoLoraLoaderMixin.lora_state_dict(folded), prefix="transformer")
     merge_lora(model)
@@ -375,7 +391,7 @@ def test_a_lora_file_loads_back_for_training_and_for_sampling(tmp_path, assert_c
         assert (output(half) - expected).abs().max() > 1e-3  # the strength scales the update
 
 
-def test_files_lvdm_cannot_place_are_one_clear_error(tmp_path):
+def test_files_lvdm_cannot_place_are_one_clear_error(tmp_path, tiny_hparams):
     """Keys of no LoRA layout, modules the model lacks, a half pair, another rank or other modules
     than the run adapts: one line naming a few of the keys."""
     model = _adapted(_stdit3())
@@ -399,6 +415,10 @@ def test_files_lvdm_cannot_place_are_one_clear_error(tmp_path):
     apply_lora(other_rank, 4)
     with pytest.raises(ValueError, match="has rank 2, this run's LoRA rank is 4"):
         load_into_adapter(other_rank, good)
+    from lvdm.finetune.lora_files import original_names
+
+    with pytest.raises(ValueError, match=r"DiT has no original-model LoRA layout; it is known for Wan"):
+        original_names(build_module(tiny_hparams()).denoiser)
     fewer = _stdit3()
     apply_lora(fewer, 2, targets=["blocks.*.attn.qkv"])
     with pytest.raises(ValueError, match=r"adapts other modules than this run \(not in the file: \[\], not adapted here"):

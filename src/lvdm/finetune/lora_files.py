@@ -78,7 +78,7 @@ _HUNYUAN = (  # lvdm's MMDiT → Tencent HunyuanVideo's (hyvideo/modules/models.
     (r"pooled_text_embedder\.fc2", "vector_in.out_layer"),
 )
 _OPENSORA = (  # lvdm's STDiT → Open-Sora's (the inverse of lvdm.models.convert.opensora's renames)
-    (r"(blocks\.\d+\.cross_attn)\.(q|kv)", r"\1.\2_linear"),
+    (r"((temporal_)?blocks\.\d+\.cross_attn)\.(q|kv)", r"\1.\3_linear"),
     (r"context_proj\.(.+)", r"y_embedder.y_proj.\1"),
     (r"(.+)", r"\1"),
 )
