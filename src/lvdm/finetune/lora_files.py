@@ -20,6 +20,10 @@ linear is ``(alpha / rank) · B A``):
   ``.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``; the underscored names are resolved
   against the original, diffusers and lvdm names of the model.
 
+Separate projections of a file that lvdm fuses into one linear (diffusers' HunyuanVideo ``to_q`` /
+``to_k`` / ``to_v``) are read into it exactly: A stacked and B block-diagonal, or one A with B's
+rows stacked when they share A (a file split from a fused pair).
+
 :func:`read_lora_file` turns any of them into ``{lvdm module: (A, B, scale)}`` for a backbone;
 :func:`merge_lora_file` adds that update to the weights (sampling) and :func:`load_into_adapter`
 puts it into the peft adapter of a LoRA run (continued training). A key of the file that no
@@ -147,8 +151,10 @@ def original_kind(backbone: nn.Module) -> str | None:
         return "wan"
     if isinstance(backbone, MMDiT) and isinstance(backbone.context_embedder, TokenRefiner):
         return "hunyuanvideo"
-    if isinstance(backbone, STDiT):
-        return "opensora-stdit3" if hasattr(backbone, "temporal_blocks") else "opensora"
+    if isinstance(backbone, STDiT) and backbone.temporal == "blocks":  # Latte's temporal blocks are diffusers' names
+        return "opensora-stdit3" if backbone.temporal_position == "rope" else None
+    if isinstance(backbone, STDiT):  # Open-Sora 1.0's STDiT, PixArt-α: Open-Sora's (and PixArt's) own names
+        return "opensora"
     return None
 
 
@@ -161,7 +167,7 @@ def original_names(backbone: nn.Module) -> dict[str, str]:
     kind = original_kind(backbone)
     if kind is None:
         raise ValueError(f"{type(backbone).__name__} has no original-model LoRA layout; it is known for Wan "
-                         "(WanBackbone), HunyuanVideo (MMDiT with a token refiner) and Open-Sora (STDiT); "
+                         "(WanBackbone), HunyuanVideo (MMDiT with a token refiner) and Open-Sora (STDiT 1.0, STDiT3: temporal blocks with RoPE); "
                          "use --format diffusers (lvdm's module names)")
     names = {}
     for name in base_linears(backbone):
