@@ -21,8 +21,13 @@ from lvdm.finetune.lora_files import (
     read_lora_file,
 )
 
-WAN = dict(patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=8, in_channels=3, out_channels=3,
-           text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32, text_length=None)
+WAN = {"patch_size": [1, 2, 2], "num_attention_heads": 2, "attention_head_dim": 8, "in_channels": 3, "out_channels": 3,
+       "text_dim": 16, "freq_dim": 16, "ffn_dim": 32, "num_layers": 2, "rope_max_seq_len": 32, "text_length": None}
+
+
+#: the linears of a block of Wan's own WanModel (Wan-Video/Wan2.1 wan/modules/model.py), written out apart from lvdm's map
+WAN_BLOCK = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k", "cross_attn.v",
+             "cross_attn.o", "ffn.0", "ffn.2")
 
 
 def _randomize(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.nn.Module:
@@ -45,7 +50,7 @@ def _adapted(model: torch.nn.Module, rank: int = 2, alpha: float = 5.0, targets=
 
 def _adapter_checkpoint(path, module, hparams, rank, alpha):
     """What `lvdm fit` with the LoRA callback writes, for ``module`` adapted in Python."""
-    adapted = [name for name in lora_layers(module.denoiser)]
+    adapted = list(lora_layers(module.denoiser))
     torch.save({"state_dict": {k: v for k, v in module.state_dict().items() if ".lora_" in k},
                 "hyper_parameters": hparams, "global_step": 0,
                 "callbacks": {"LoRA": {"rank": rank, "alpha": alpha, "dropout": 0.0, "module": "denoiser",
@@ -77,7 +82,8 @@ def test_wan_lora_loads_into_a_diffusers_pipeline_with_every_key_and_lvdm_merged
     """`lvdm lora export --format diffusers` of a LoRA on lvdm's Wan adapter: WanPipeline.load_lora_weights
     takes every key (no unexpected / missing-key warning; the peft state dict of the transformer holds
     exactly the file's keys) and the transformer's output equals lvdm's merged model within 1e-5 (float32).
-    The original layout (Wan's own module names) loads too, through diffusers' conversion of Wan LoRAs."""
+    The original layout (Wan's own module names) loads too, through diffusers' conversion of Wan LoRAs,
+    and the loader written from ComfyUI's rules (below) takes every key against Wan's weight names."""
     from peft.utils import get_peft_model_state_dict
 
     from lvdm.cli import main
@@ -100,6 +106,8 @@ def test_wan_lora_loads_into_a_diffusers_pipeline_with_every_key_and_lvdm_merged
     else:  # A / B pairs (the .alpha keys are folded into them by diffusers' conversion)
         alphas = [k for k in file_keys if k.endswith(".alpha")]
         assert len(alphas) == len(lora_layers(module.denoiser)) == 20 and len(loaded) == len(file_keys) - 20
+        wan = [f"diffusion_model.blocks.{i}.{m}.weight" for i in range(2) for m in WAN_BLOCK]  # Wan's own names
+        assert sorted(comfy_patches(load_file(out), wan)) == sorted(wan)
     merge_lora(module.denoiser)
     x, t, context = _wan_inputs()
     with torch.no_grad():
@@ -338,7 +346,7 @@ def _kohya(lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _wan():
     from lvdm.models.diffusers_adapter import build_wan
 
-    return build_wan(**{k: v for k, v in WAN.items()}).eval()
+    return build_wan(**WAN).eval()
 
 
 def _mmdit_output(model):

@@ -29,10 +29,10 @@ from lvdm.finetune.lora import ADAPTER_NAME, apply_lora, base_fingerprint, is_ad
 from lvdm.finetune.lora_files import (
     Layout,
     LoraPair,
-    has_diffusers_names,
     diffusers_metadata,
     diffusers_names,
     export_tensors,
+    has_diffusers_names,
     original_kind,
 )
 from lvdm.utils import check_finite
