@@ -53,23 +53,19 @@ from lvdm.perf.hardware import PEAKS
 SECONDS_PER_MONTH = 30 * 24 * 3600
 DIT = "lvdm.models.dit.DiT"
 
-#: How each modern preset's source turns a clip into tokens and samples it (``--preset``'s defaults,
-#: every one overridable by its flag): its VAE's (temporal, spatial) compression with the causal
-#: first frame (``1 + (frames - 1) / temporal`` latent frames), its text tokens, the clip its
-#: source samples and whether a step runs two forwards (CFG; HunyuanVideo embeds its guidance).
+#: How each modern preset's source turns a clip into tokens (``--preset``'s defaults, every one
+#: overridable by its flag): its VAE's (temporal, spatial) compression with the causal first frame
+#: (``1 + (frames - 1) / temporal`` latent frames), its text tokens and whether a step runs two
+#: forwards (CFG; HunyuanVideo embeds its guidance). The clip is the preset's ``sampler.size``.
 PRESET_CLIPS: dict[str, dict[str, Any]] = {
-    # HunyuanVideo: 884 causal VAE, LLaVA-Llama prompt up to 256 tokens, 720p × 129 frames, embedded guidance
-    "hunyuanvideo": dict(temporal_compression=4, spatial_compression=8, text_len=256, frames=129, height=720,
-                         width=1280, guidance=False, causal=True),
-    # Open-Sora 2.0: HunyuanVideo's VAE, T5-XXL up to 512 tokens, its 256px stage, 129 frames, CFG
-    "opensora-2.0": dict(temporal_compression=4, spatial_compression=8, text_len=512, frames=129, height=256,
-                         width=256, guidance=True, causal=True),
-    # Wan 2.1: Wan-VAE (4 × 8 × 8 causal), umT5 padded to 512 tokens, 832×480 × 81 frames, CFG
-    "wan2.1-t2v-1.3b": dict(temporal_compression=4, spatial_compression=8, text_len=512, frames=81, height=480,
-                            width=832, guidance=True, causal=True),
-    # LTX-Video: 8 × 32 × 32 causal VAE, T5 up to 128 tokens, 768×512 × 121 frames, CFG
-    "ltx-video-2b": dict(temporal_compression=8, spatial_compression=32, text_len=128, frames=121, height=512,
-                         width=768, guidance=True, causal=True),
+    # HunyuanVideo: 884 causal VAE, LLaVA-Llama prompt up to 256 tokens, embedded guidance
+    "hunyuanvideo": dict(temporal_compression=4, spatial_compression=8, causal=True, text_len=256, guidance=False),
+    # Open-Sora 2.0: HunyuanVideo's VAE, T5-XXL up to 512 tokens, CFG
+    "opensora-2.0": dict(temporal_compression=4, spatial_compression=8, causal=True, text_len=512, guidance=True),
+    # Wan 2.1: Wan-VAE (4 × 8 × 8 causal), umT5 padded to 512 tokens, CFG
+    "wan2.1-t2v-1.3b": dict(temporal_compression=4, spatial_compression=8, causal=True, text_len=512, guidance=True),
+    # LTX-Video: 8 × 32 × 32 causal VAE, T5 up to 128 tokens, CFG
+    "ltx-video-2b": dict(temporal_compression=8, spatial_compression=32, causal=True, text_len=128, guidance=True),
 }
 
 
@@ -484,7 +480,7 @@ def _latent(clip: tuple[int, int, int], compression: tuple[int, int], causal: bo
 
 def _preset_backbone(name: str, recipe: Optional[str], flags: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
     """A published configuration built on ``meta`` at its real size, and its source's clip
-    defaults (:data:`PRESET_CLIPS`, plus its sampler's step count) in a recipe's place."""
+    defaults (:data:`PRESET_CLIPS`, its sampler's size and step count) in a recipe's place."""
     from lvdm.models.presets import from_name
 
     given = sorted(key for key, value in flags.items() if value is not None)
@@ -495,6 +491,8 @@ def _preset_backbone(name: str, recipe: Optional[str], flags: dict[str, Any]) ->
     with torch.device("meta"):
         model = found.build()
     defaults = dict(PRESET_CLIPS.get(name, {}))
+    if found.sampler.size is not None:
+        defaults.update(zip(("frames", "height", "width"), found.sampler.size))
     steps = found.sampler.objective[1].get("num_sampling_steps")
     if steps is not None:
         defaults["sampling_steps"] = steps
