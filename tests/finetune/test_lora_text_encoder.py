@@ -129,6 +129,8 @@ def test_cached_text_embeddings_and_a_frozen_encoder_are_refused(t5_base, tiny_h
     lora.on_train_batch_start(None, module, {"caption": CAPTIONS}, 0)  # captions: the encoder runs
     with pytest.raises(ValueError, match=r"text_encoder_targets: this batch holds cached text embeddings \('text'"):
         lora.on_train_batch_start(None, module, {"text": torch.zeros(1, 8, 16), "text_mask": torch.ones(1, 8)}, 0)
+    with pytest.raises(ValueError, match="text_encoder_targets: this batch holds cached text embeddings"):
+        lora.on_validation_batch_start(None, module, {"text": torch.zeros(1, 8, 16), "text_mask": torch.ones(1, 8)}, 0)
     words = build_module(tiny_hparams())
     words.text_encoder.__class__ = type("FrozenWords", (type(words.text_encoder),), {"trainable": False})
     with pytest.raises(ValueError, match="text_encoder_targets: FrozenWords runs frozen without gradients"):

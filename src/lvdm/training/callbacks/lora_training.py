@@ -139,10 +139,17 @@ class LoRA(Callback):
         return True
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._refuse_cached_text(batch)
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        self._refuse_cached_text(batch)  # the cache holds the base encoder's embeddings, not the adapted one's
+
+    def _refuse_cached_text(self, batch: Any) -> None:
         if self.text_adapted and isinstance(batch, dict) and "text" in batch:
             raise ValueError("LoRA text_encoder_targets: this batch holds cached text embeddings ('text', from "
-                             "lvdm data encode --text_encoder), so the text encoder never runs and its adapter cannot "
-                             "train; train on shards without cached text, or drop text_encoder_targets")
+                             "lvdm data encode --text_encoder), so the text encoder never runs and its adapter would be "
+                             "left out; use shards without cached text, or drop text_encoder_targets")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_swap(trainer, pl_module)
