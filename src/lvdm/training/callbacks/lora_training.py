@@ -132,7 +132,8 @@ class LoRA(Callback):
         if self.module == "text_encoder" or not isinstance(encoder, torch.nn.Module):
             raise ValueError(f"LoRA text_encoder_targets needs a text_encoder part next to module {self.module!r}; "
                              f"{type(pl_module).__name__} has {type(encoder).__name__}")
-        if not (isinstance(encoder, PretrainedTextEncoder) or getattr(encoder, "trainable", True)):
+        pretrained = any(isinstance(m, PretrainedTextEncoder) for m in encoder.modules())  # they encode with an adapter's gradients
+        if not (pretrained or getattr(encoder, "trainable", True)):
             raise ValueError(f"LoRA text_encoder_targets: {type(encoder).__name__} runs frozen without gradients")
         self.text_adapted = apply_lora(encoder, self.text_encoder_rank, self.text_encoder_alpha, 0.0,
                                        self.text_encoder_targets, self.init)
