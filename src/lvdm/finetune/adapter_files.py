@@ -85,9 +85,13 @@ def _check_fingerprint(module: torch.nn.Module, settings: dict[str, Any], base: 
 
 
 def add_adapter(module: torch.nn.Module, settings: dict[str, Any]) -> torch.nn.Module:
-    """Wrap the part of ``module`` the settings name with the recorded (untrained) adapter; return that part."""
+    """Wrap the part of ``module`` the settings name with the recorded (untrained) adapter, and
+    the text encoder when the settings adapt it too; return that part."""
     part = module.get_submodule(settings["module"])
     apply_lora(part, settings["rank"], settings["alpha"], settings["dropout"], settings["targets"])
+    text = settings.get("text_encoder")
+    if text:
+        apply_lora(module.get_submodule("text_encoder"), text["rank"], text["alpha"], 0.0, text["targets"])
     return part
 
 
@@ -200,6 +204,9 @@ def lora_file_tensors(tensors: dict[str, torch.Tensor], settings: dict[str, Any]
     part, rank, alpha = settings["module"], settings["rank"], settings["alpha"]
     if part != "denoiser":
         raise ValueError(f"{source}: LoRA files are written for adapters on the denoiser, not {part!r}")
+    if settings.get("text_encoder"):
+        raise ValueError(f"{source}: LoRA files are written for the denoiser's adapter; this checkpoint adapts the "
+                         "text encoder too: fold both into the model with lvdm lora merge")
     backbone, pairs = _backbone(hparams, part, source), _pairs(tensors, settings)
     if backbone is None and format == "original":
         raise ValueError(f"{source} carries no recipe: the original layout needs the model's class; use --format diffusers")
