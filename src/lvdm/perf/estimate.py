@@ -333,6 +333,12 @@ def estimate(
     convention: Literal["flops", "macs"] = "flops",
     buckets: Optional[str] = None,
     strategy: Literal["ddp", "zero2", "zero3", "zero3_offload"] = "ddp",
+    lora: int = 0,
+    lora_targets: Optional[list[str]] = None,
+    fp8_base: bool = False,
+    block_swap: int = 0,
+    optimizer: Optional[Literal["adamw", "adamw8bit"]] = None,
+    weights_dtype: Literal["bf16", "fp32"] = "bf16",
     print_report: bool = True,
 ) -> dict[str, Any]:
     """Estimate the cost of training and sampling a backbone (``DiT``, ``STDiT`` or any other
@@ -391,8 +397,20 @@ def estimate(
             every bucket at its batch size, flagging those that do not fit on ``gpu``.
         strategy: the strategy whose memory the bucket table shows (``ddp``, ``zero2``,
             ``zero3``, ``zero3_offload``).
+        lora: LoRA rank of a single-GPU fine-tune (the backbone's declared targets): adds its
+            memory table (:mod:`lvdm.finetune.memory`: frozen base by dtype, adapters, gradients,
+            optimizer states, activations, swapped blocks on the host). 0 with ``optimizer``
+            given: a full fine-tune.
+        lora_targets: glob patterns of the linears to adapt instead of the declared ones.
+        fp8_base: the frozen base's block linears stored in FP8 (needs ``lora``).
+        block_swap: blocks whose frozen weights stay on the host (needs ``lora``).
+        optimizer: ``adamw`` or ``adamw8bit`` (bitsandbytes' 8-bit states) for the fine-tune table.
+        weights_dtype: the dtype the fine-tuned model is held in: ``bf16`` (Lightning's
+            ``bf16-true``) or ``fp32`` (``bf16-mixed``).
         print_report: print the report.
     """
+    if (fp8_base or block_swap) and not lora:
+        raise ValueError("fp8_base and block_swap keep a frozen base: they need LoRA (--lora R, a rank > 0)")
     from_recipe = _read_recipe(recipe) if recipe else {}
     model = _backbone(from_recipe, bool(recipe), size=size, conditioning=conditioning, layout=layout,
                       in_channels=in_channels, context_dim=context_dim, num_classes=num_classes,
@@ -418,6 +436,11 @@ def estimate(
     result["params"] = mem.num_params * model_scale
     result["memory_per_gpu"] = memory_per_gpu(mem, result["tokens"], micro_batch, num_gpus, sp_size,
                                               checkpoint_fraction)
+    if lora or fp8_base or block_swap or optimizer:
+        result["finetune"] = finetune_memory(model, mem, result["tokens"] * micro_batch / sp_size, rank=lora,
+                                             targets=lora_targets, fp8_base=fp8_base, block_swap=block_swap,
+                                             optimizer=optimizer or "adamw", weights_dtype=weights_dtype,
+                                             checkpoint_fraction=checkpoint_fraction)
     if buckets is not None:
         result["buckets"] = bucket_memory(read_buckets(buckets), mem, model.patch_size, compression, num_gpus, sp_size,
                                           checkpoint_fraction, strategy, PEAKS[gpu]["memory_gb"])
@@ -426,6 +449,8 @@ def estimate(
                             convention=convention, sampling_steps=sampling_steps, guidance=guidance,
                             micro_batch=micro_batch, scale=(model_scale, linear_frames),
                             checkpoint_fraction=checkpoint_fraction))
+        if "finetune" in result:
+            print(format_finetune(result["finetune"], gpu=gpu))
         if "buckets" in result:
             print(format_buckets(result["buckets"], strategy=strategy, gpu=gpu))
     return result
@@ -495,6 +520,41 @@ def _training_cost(costs: dict[str, Any], samples: float, training_flops: Option
         "crossover_videos": crossover,
         "crossover_video_minutes": crossover * costs["video_seconds"] / 60,
     }
+
+
+def finetune_memory(model: nn.Module, mem: MemoryModel, tokens: float, *, rank: int, targets: Optional[list[str]],
+                    fp8_base: bool, block_swap: int, optimizer: str, weights_dtype: str,
+                    checkpoint_fraction: float) -> dict[str, Any]:
+    """The single-GPU fine-tune memory of the ``meta`` ``model`` (changed in place:
+    :func:`lvdm.finetune.memory.prepare_finetune`) on ``tokens`` video tokens per step: its
+    ``states`` (:func:`~lvdm.finetune.memory.state_bytes`) and device ``peak`` parts."""
+    from lvdm.finetune.memory import peak_bytes, prepare_finetune, state_bytes
+
+    prepare_finetune(model, rank, targets=targets, fp8_base=fp8_base, weights_dtype=weights_dtype)
+    states = state_bytes(model, optimizer, block_swap)
+    return {"rank": rank, "fp8_base": fp8_base, "block_swap": block_swap, "optimizer": optimizer,
+            "weights_dtype": weights_dtype, "checkpoint_fraction": checkpoint_fraction, "states": states,
+            "peak": peak_bytes(states, mem.activation_bytes(tokens, checkpoint_fraction), checkpoint_fraction)}
+
+
+def format_finetune(f: dict[str, Any], *, gpu: str) -> str:
+    """The fine-tune memory table of :func:`estimate` (``--lora`` and the low-memory options)."""
+    s, peak = f["states"], f["peak"]
+    what = f"LoRA rank {f['rank']}" if f["rank"] else "full fine-tune"
+    lines = ["", f"fine-tune on one GPU ({what}, {f['weights_dtype']} weights, {f['optimizer']}, fp8 base "
+                 f"{'on' if f['fp8_base'] else 'off'}, block swap {f['block_swap']}, checkpointing "
+                 f"{f['checkpoint_fraction']:.0%}; GB, {PEAKS[gpu]['memory_gb']} GB on {gpu})",
+             f"  trainable {s['trainable_params']:,} of {s['params']:,} parameters "
+             f"({100 * s['trainable_params'] / max(s['params'], 1):.2f} %)"]
+    rows = [(f"frozen base {dtype}", value) for dtype, value in s["frozen"].items()]
+    rows += [("buffers", peak["buffers"]), ("swapped blocks in flight", peak["swapped_on_device"]),
+             ("trainable parameters", peak["trainable"]), ("gradients", peak["grads"]),
+             ("optimizer states", peak["optimizer"]), ("activations", peak["activations"]),
+             ("peak per GPU", peak["total"]), ("host (swapped blocks)", s["host_swapped"])]
+    lines += [f"  {name:<28} {value / 1e9:>9.3f}" for name, value in rows]
+    if f["block_swap"] and f["checkpoint_fraction"] < 1:
+        lines.append("  block swap lowers the peak only with every block checkpointed (--checkpoint_fraction 1)")
+    return "\n".join(lines)
 
 
 def read_buckets(path: str):
