@@ -8,7 +8,7 @@ import torch
 
 from lvdm.checkpoints.load import build_module
 from lvdm.finetune.block_swap import enable_block_swap
-from lvdm.finetune.memory import peak_bytes, prepare_finetune, state_bytes
+from lvdm.finetune.memory import fp8_dequantized_bytes, peak_bytes, prepare_finetune, state_bytes
 from lvdm.perf.estimate import build_backbone, estimate
 
 
@@ -93,11 +93,46 @@ def test_predicted_8bit_optimizer_bytes_equal_bitsandbytes_states(tiny_hparams, 
     assert (predicted["optimizer"] < adamw["optimizer"]) == (rank != 4)  # bf16 moments of tiny tensors beat fp32 ones
 
 
-def test_block_swap_lowers_the_peak_only_under_full_checkpointing():
+def test_block_swap_and_fp8_copies_shrink_the_peak_only_under_checkpointing():
     states = {"frozen": {"bfloat16": 100}, "buffers": 0, "trainable": 10, "grads": 10, "optimizer": 20,
               "host_swapped": 400, "swap_window": 150}
-    assert peak_bytes(states, 1000, checkpoint_fraction=1.0)["total"] == 100 + 150 + 40 + 1000
+    assert peak_bytes(states, 1000, 1.0, fp8_dequantized=(80, 30))["total"] == 100 + 150 + 40 + 30 + 1000
+    assert peak_bytes(states, 1000, 0.0, fp8_dequantized=(80, 30))["total"] == 100 + 400 + 40 + 80 + 1000
     assert peak_bytes(states, 1000, checkpoint_fraction=0.5)["swapped_on_device"] == 400
+
+
+def _saved(model, dtype=torch.bfloat16) -> int:
+    """Bytes autograd saves in a forward, the model's own tensors left out."""
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in own:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x, t, context, mask = _inputs()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x.to(dtype), t, context=context.to(dtype), context_mask=mask)
+    return sum(seen.values())
+
+
+def test_an_fp8_base_keeps_its_dequantised_weights_for_the_backward_as_predicted(tiny_hparams):
+    """Without checkpointing the bf16 copy of every FP8 weight whose linear's input needs a
+    gradient is saved: the forward saves exactly the bytes predicted on meta more than over a
+    bf16 base (the adaLN and caption key/value linears read no gradient-carrying input: not saved)."""
+    hparams = _hparams(tiny_hparams)
+    denoiser = hparams["denoiser"]
+    meta = prepare_finetune(build_backbone(denoiser["class_path"], denoiser["init_args"]), 4, fp8_base=True)
+    x, t, context, mask = (v.to("meta") for v in _inputs())
+    predicted, block = fp8_dequantized_bytes(meta, (x.bfloat16(), t), dict(context=context.bfloat16(), context_mask=mask))
+    torch.manual_seed(0)
+    bf16 = prepare_finetune(build_module(hparams).denoiser, 4)
+    torch.manual_seed(0)
+    fp8 = prepare_finetune(build_module(hparams).denoiser, 4, fp8_base=True)
+    every = 2 * sum(p.numel() for p in fp8.parameters() if p.dtype == torch.float8_e4m3fn)
+    assert 0 < block < predicted < every  # two blocks; some FP8 linears keep no copy
+    assert _saved(fp8) - _saved(bf16) == predicted
 
 
 def test_estimate_reports_a_lora_fine_tune(capsys):

@@ -19,9 +19,16 @@ of the real run; :func:`state_bytes` then counts, in bytes:
   every tensor shares; a smaller tensor keeps two float32 states (bitsandbytes' ``min_8bit_size``);
 * ``host_swapped``: the frozen parameters of the ``block_swap`` blocks, in host memory;
 * ``swap_window``: what of those is on the GPU at once: the largest three (block swap holds
-  the running block, the next one prefetched and one of backward slack).
+  the running block, the next one prefetched and one of backward slack);
 
-:func:`peak_bytes` adds the activations (``lvdm.perf.estimate.MemoryModel``'s rule). Block swap
+and :func:`fp8_dequantized_bytes` the bf16 copies of an FP8 base's weights that the backward
+keeps: ``F.linear`` saves its weight when its input needs a gradient, so a block run without
+activation checkpointing keeps the dequantised copy of every such FP8 weight until its
+backward (the FP8 saving is gone at the peak); a checkpointed block makes them again one
+block at a time.
+
+:func:`peak_bytes` adds the activations (``lvdm.perf.estimate.MemoryModel``'s rule) and the
+dequantised FP8 weights the backward holds. Block swap
 lowers the device peak only when every block is activation-checkpointed: otherwise the
 autograd graph of a block keeps its device weights until its backward, so the swapped bytes
 count as resident. ``tests/finetune/test_memory.py`` compares every state count with the tensors of a
@@ -37,8 +44,9 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
+from lvdm.distributed.activation_checkpointing import declared_blocks
 from lvdm.finetune.block_swap import swap_blocks
-from lvdm.finetune.fp8 import store_frozen_fp8
+from lvdm.finetune.fp8 import Fp8Linear, store_frozen_fp8
 from lvdm.finetune.lora import apply_lora
 
 OptimizerName = Literal["adamw", "adamw8bit"]
@@ -113,13 +121,38 @@ def state_bytes(model: nn.Module, optimizer: OptimizerName = "adamw", block_swap
     }
 
 
-def peak_bytes(states: dict, activations: float, checkpoint_fraction: float = 0.0) -> dict[str, float]:
+def fp8_dequantized_bytes(model: nn.Module, args: tuple, kwargs: dict) -> tuple[int, int]:
+    """``(all, the largest block's)`` bytes of the bf16 weight copies the backward keeps from
+    one forward of ``model(*args, **kwargs)`` (``meta`` tensors serve): two bytes a value of every
+    call of an :class:`~lvdm.finetune.fp8.Fp8Linear` whose input needs a gradient."""
+    blocks = declared_blocks(model)
+    owner = {id(m): i for i, block in enumerate(blocks) for m in block.modules()}
+    counts = [0] * (len(blocks) + 1)  # the last: outside the blocks
+
+    def saved(module, inputs, output):
+        if inputs[0].requires_grad:
+            counts[owner.get(id(module), -1)] += 2 * module.weight.numel()
+
+    handles = [m.register_forward_hook(saved) for m in model.modules() if isinstance(m, Fp8Linear)]
+    try:
+        with torch.enable_grad():
+            model(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(counts), max(counts[:-1], default=0)
+
+
+def peak_bytes(states: dict, activations: float, checkpoint_fraction: float = 0.0,
+               fp8_dequantized: tuple[int, int] = (0, 0)) -> dict[str, float]:
     """The device peak of a fine-tune: the :func:`state_bytes` ``states`` on the GPU plus
-    ``activations`` bytes; the swapped blocks count by their window only when every block is
-    checkpointed (module docstring). Returns the parts and their ``total``."""
+    ``activations`` bytes and the :func:`fp8_dequantized_bytes` copies; the swapped blocks count
+    by their window, and the FP8 copies by one block, only when every block is checkpointed
+    (module docstring). Returns the parts and their ``total``."""
     swapped = states["swap_window"] if checkpoint_fraction >= 1 else states["host_swapped"]
+    dequantized = fp8_dequantized[1] if checkpoint_fraction >= 1 else fp8_dequantized[0]
     parts = {"frozen": float(sum(states["frozen"].values())), "buffers": float(states["buffers"]),
              "swapped_on_device": float(swapped), "trainable": float(states["trainable"]),
              "grads": float(states["grads"]), "optimizer": float(states["optimizer"]),
-             "activations": float(activations)}
+             "fp8_dequantized": float(dequantized), "activations": float(activations)}
     return {**parts, "total": sum(parts.values())}

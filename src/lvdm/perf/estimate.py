@@ -437,7 +437,8 @@ def estimate(
     result["memory_per_gpu"] = memory_per_gpu(mem, result["tokens"], micro_batch, num_gpus, sp_size,
                                               checkpoint_fraction)
     if lora or fp8_base or block_swap or optimizer:
-        result["finetune"] = finetune_memory(model, mem, result["tokens"] * micro_batch / sp_size, rank=lora,
+        result["finetune"] = finetune_memory(model, mem, (latent, text_len), result["tokens"] * micro_batch / sp_size,
+                                             rank=lora,
                                              targets=lora_targets, fp8_base=fp8_base, block_swap=block_swap,
                                              optimizer=optimizer or "adamw", weights_dtype=weights_dtype,
                                              checkpoint_fraction=checkpoint_fraction)
@@ -522,19 +523,27 @@ def _training_cost(costs: dict[str, Any], samples: float, training_flops: Option
     }
 
 
-def finetune_memory(model: nn.Module, mem: MemoryModel, tokens: float, *, rank: int, targets: Optional[list[str]],
+def finetune_memory(model: nn.Module, mem: MemoryModel, shape: tuple, tokens: float, *, rank: int,
+                    targets: Optional[list[str]],
                     fp8_base: bool, block_swap: int, optimizer: str, weights_dtype: str,
                     checkpoint_fraction: float) -> dict[str, Any]:
     """The single-GPU fine-tune memory of the ``meta`` ``model`` (changed in place:
     :func:`lvdm.finetune.memory.prepare_finetune`) on ``tokens`` video tokens per step: its
-    ``states`` (:func:`~lvdm.finetune.memory.state_bytes`) and device ``peak`` parts."""
-    from lvdm.finetune.memory import peak_bytes, prepare_finetune, state_bytes
+    ``states`` (:func:`~lvdm.finetune.memory.state_bytes`) and device ``peak`` parts; ``shape``:
+    the ``(latent, text_len)`` of one sample."""
+    from lvdm.finetune.memory import DTYPES, fp8_dequantized_bytes, peak_bytes, prepare_finetune, state_bytes
 
     prepare_finetune(model, rank, targets=targets, fp8_base=fp8_base, weights_dtype=weights_dtype)
     states = state_bytes(model, optimizer, block_swap)
+    copies = (0, 0)
+    if fp8_base:
+        (x, t), kwargs = _meta_inputs(model, *shape)
+        dtype = DTYPES[weights_dtype]
+        kwargs = {k: v.to(dtype) if k == "context" else v for k, v in kwargs.items()}
+        copies = fp8_dequantized_bytes(model, (x.to(dtype), t), kwargs)
     return {"rank": rank, "fp8_base": fp8_base, "block_swap": block_swap, "optimizer": optimizer,
             "weights_dtype": weights_dtype, "checkpoint_fraction": checkpoint_fraction, "states": states,
-            "peak": peak_bytes(states, mem.activation_bytes(tokens, checkpoint_fraction), checkpoint_fraction)}
+            "peak": peak_bytes(states, mem.activation_bytes(tokens, checkpoint_fraction), checkpoint_fraction, copies)}
 
 
 def format_finetune(f: dict[str, Any], *, gpu: str) -> str:
@@ -549,7 +558,8 @@ def format_finetune(f: dict[str, Any], *, gpu: str) -> str:
     rows = [(f"frozen base {dtype}", value) for dtype, value in s["frozen"].items()]
     rows += [("buffers", peak["buffers"]), ("swapped blocks in flight", peak["swapped_on_device"]),
              ("trainable parameters", peak["trainable"]), ("gradients", peak["grads"]),
-             ("optimizer states", peak["optimizer"]), ("activations", peak["activations"]),
+             ("optimizer states", peak["optimizer"]), ("fp8 weights dequantised", peak["fp8_dequantized"]),
+             ("activations", peak["activations"]),
              ("peak per GPU", peak["total"]), ("host (swapped blocks)", s["host_swapped"])]
     lines += [f"  {name:<28} {value / 1e9:>9.3f}" for name, value in rows]
     if f["block_swap"] and f["checkpoint_fraction"] < 1:
