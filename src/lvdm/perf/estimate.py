@@ -432,29 +432,27 @@ def estimate(
     result.update(_sampling_time(result["flops_per_video"], seconds, rate))
     samples = steps * global_batch if steps is not None else dataset_size * epochs
     result.update(_training_cost(result, samples, training_flops, rate, num_gpus))
-    mem = MemoryModel.from_model(model, latent, text_len)
-    result["params"] = mem.num_params * model_scale
-    result["memory_per_gpu"] = memory_per_gpu(mem, result["tokens"], micro_batch, num_gpus, sp_size,
-                                              checkpoint_fraction)
-    if lora or fp8_base or block_swap or optimizer:
-        result["finetune"] = finetune_memory(model, mem, (latent, text_len), result["tokens"] * micro_batch / sp_size,
-                                             rank=lora,
-                                             targets=lora_targets, fp8_base=fp8_base, block_swap=block_swap,
-                                             optimizer=optimizer or "adamw", weights_dtype=weights_dtype,
-                                             checkpoint_fraction=checkpoint_fraction)
+    finetune = dict(rank=lora, targets=lora_targets, fp8_base=fp8_base, block_swap=block_swap,
+                    optimizer=optimizer or "adamw", weights_dtype=weights_dtype) if (lora or optimizer) else None
+    mem = _memory(result, model, (latent, text_len), model_scale, micro_batch, num_gpus, sp_size, checkpoint_fraction,
+                  finetune)
     if buckets is not None:
         result["buckets"] = bucket_memory(read_buckets(buckets), mem, model.patch_size, compression, num_gpus, sp_size,
                                           checkpoint_fraction, strategy, PEAKS[gpu]["memory_gb"])
     if print_report:
-        print(format_report(result, model=model, gpu=gpu, dtype=dtype, mfu=mfu, num_gpus=num_gpus, sp_size=sp_size,
-                            convention=convention, sampling_steps=sampling_steps, guidance=guidance,
-                            micro_batch=micro_batch, scale=(model_scale, linear_frames),
-                            checkpoint_fraction=checkpoint_fraction))
-        if "finetune" in result:
-            print(format_finetune(result["finetune"], gpu=gpu))
-        if "buckets" in result:
-            print(format_buckets(result["buckets"], strategy=strategy, gpu=gpu))
+        _print_reports(result, strategy, model=model, gpu=gpu, dtype=dtype, mfu=mfu, num_gpus=num_gpus,
+                       sp_size=sp_size, convention=convention, sampling_steps=sampling_steps, guidance=guidance,
+                       micro_batch=micro_batch, scale=(model_scale, linear_frames), checkpoint_fraction=checkpoint_fraction)
     return result
+
+
+def _print_reports(result: dict[str, Any], strategy: str, **report: Any) -> None:
+    """Print :func:`format_report` (``report``: its arguments) and the fine-tune and bucket tables the result holds."""
+    print(format_report(result, **report))
+    if "finetune" in result:
+        print(format_finetune(result["finetune"], gpu=report["gpu"]))
+    if "buckets" in result:
+        print(format_buckets(result["buckets"], strategy=strategy, gpu=report["gpu"]))
 
 
 def _picker(from_recipe: dict[str, Any]):
@@ -521,6 +519,21 @@ def _training_cost(costs: dict[str, Any], samples: float, training_flops: Option
         "crossover_videos": crossover,
         "crossover_video_minutes": crossover * costs["video_seconds"] / 60,
     }
+
+
+def _memory(result: dict[str, Any], model: nn.Module, shape: tuple, model_scale: float, micro_batch: int,
+            num_gpus: int, sp_size: int, checkpoint_fraction: float, finetune: Optional[dict]) -> MemoryModel:
+    """Fill ``result`` with the parameters, the memory per GPU of every strategy and, with
+    ``finetune`` (:func:`finetune_memory`'s options), the single-GPU fine-tune table; return the
+    backbone's :class:`MemoryModel` (``shape``: one sample's ``(latent, text_len)``)."""
+    mem = MemoryModel.from_model(model, *shape)
+    result["params"] = mem.num_params * model_scale
+    result["memory_per_gpu"] = memory_per_gpu(mem, result["tokens"], micro_batch, num_gpus, sp_size,
+                                              checkpoint_fraction)
+    if finetune is not None:
+        result["finetune"] = finetune_memory(model, mem, shape, result["tokens"] * micro_batch / sp_size,
+                                             checkpoint_fraction=checkpoint_fraction, **finetune)
+    return mem
 
 
 def finetune_memory(model: nn.Module, mem: MemoryModel, shape: tuple, tokens: float, *, rank: int,
