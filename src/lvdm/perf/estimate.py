@@ -27,6 +27,12 @@ tokens, so activations divide by the SP size. These are estimates (allocator fra
 temporary buffers, the layers outside the blocks and the text encoder are not counted): the
 benchmark's measured peak memory is the check.
 
+With ``--lora R`` (``--fp8_base``, ``--block_swap N``, ``--optimizer``, ``--weights_dtype``) a
+single-GPU fine-tune table is added: :mod:`lvdm.finetune.memory` applies the adapters and the
+FP8 base to the ``meta`` backbone and counts the frozen base by dtype, the adapters, their
+gradients and optimizer states, the swapped blocks on the host, and the bf16 copies an FP8 base
+keeps for the backward; the activations are the rule above.
+
 With ``--buckets`` (a bucket config, or a recipe or fragment that holds one under
 ``data.init_args.buckets``) the memory of every bucket — its clip shape at its own batch size
 — is estimated under ``--strategy``, and buckets whose estimate exceeds the GPU's memory are
