@@ -2,8 +2,7 @@
 
 from lvdm.text.base import PretrainedTextEncoder, TextEncoder
 from lvdm.text.clip import CLIPTextEncoder
-from lvdm.text.t5 import T5TextEncoder, UMT5TextEncoder
+from lvdm.text.t5 import T5TextEncoder
 from lvdm.text.words import WordTextEncoder
 
-__all__ = ["CLIPTextEncoder", "PretrainedTextEncoder", "T5TextEncoder", "TextEncoder", "UMT5TextEncoder",
-           "WordTextEncoder"]
+__all__ = ["CLIPTextEncoder", "PretrainedTextEncoder", "T5TextEncoder", "TextEncoder", "WordTextEncoder"]

@@ -1,8 +1,8 @@
-"""T5 encoders: T5 (Open-Sora / PixArt use T5-v1.1-XXL: 4096-wide tokens, 120 tokens per caption) and umT5 (Wan 2.1)."""
+"""T5 encoder (Open-Sora / PixArt use T5-v1.1-XXL: 4096-wide tokens, 120 tokens per caption)."""
 
 from __future__ import annotations
 
-from transformers import T5EncoderModel, UMT5EncoderModel
+from transformers import T5EncoderModel
 
 from lvdm.text.base import PretrainedTextEncoder
 
@@ -30,21 +30,3 @@ class T5TextEncoder(PretrainedTextEncoder):
         encoder_subfolder: str | None = None,
     ):
         super().__init__(T5EncoderModel, pretrained, max_length, dtype, tokenizer_subfolder, encoder_subfolder)
-
-
-class UMT5TextEncoder(PretrainedTextEncoder):
-    """Frozen ``transformers`` umT5 encoder (Wan 2.1's text encoder: umT5-XXL, 4096-wide tokens,
-    512 per caption; a diffusers Wan pipeline folder holds it in ``text_encoder/`` and its
-    tokenizer in ``tokenizer/``). umT5 has a relative position bias in every layer, which
-    :class:`T5TextEncoder`'s ``T5EncoderModel`` would not load. Arguments as
-    :class:`T5TextEncoder`'s."""
-
-    def __init__(
-        self,
-        pretrained: str,
-        max_length: int = 512,
-        dtype: str = "float32",
-        tokenizer_subfolder: str | None = None,
-        encoder_subfolder: str | None = None,
-    ):
-        super().__init__(UMT5EncoderModel, pretrained, max_length, dtype, tokenizer_subfolder, encoder_subfolder)
