@@ -9,6 +9,7 @@ unconditional input of classifier-free guidance, and attention over zero keys is
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Optional
 
 import torch
 from torch import nn
@@ -47,6 +48,12 @@ class TextEncoder(nn.Module, ABC):
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions → (embeddings ``[B, L, dim]``, bool mask ``[B, L]``, True = real token)."""
 
+    def pooled_text(self, captions: list[str]) -> Optional[torch.Tensor]:
+        """Captions → one vector each ``[B, pooled_dim]`` (CLIP's pooled caption, the ``pooled_text``
+        micro-condition of MMDiT models), or None: this encoder has none
+        (:class:`~lvdm.text.pooled.PooledTextEncoder` has one)."""
+        return None
+
 
 class PretrainedTextEncoder(TextEncoder):
     """A frozen Hugging Face tokenizer + text model whose last hidden state are the tokens.
@@ -73,6 +80,7 @@ class PretrainedTextEncoder(TextEncoder):
         super().__init__(dim=model.config.hidden_size, max_length=max_length)
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_location, subfolder=tokenizer_subfolder or "")
         self.model = model
+        self.attend_padding = False  # True: the model reads the padding too (LTXPipeline's T5), the mask is still returned
         self.requires_grad_(False)
         self.eval()
 
@@ -99,5 +107,5 @@ class PretrainedTextEncoder(TextEncoder):
         ids, mask = self.tokenize(captions)
         device = self.model.device
         ids, mask = to_device_async(ids, device), to_device_async(mask, device)
-        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        hidden = self.model(input_ids=ids, attention_mask=None if self.attend_padding else mask.long()).last_hidden_state
         return hidden, mask

@@ -25,6 +25,7 @@ from lvdm.finetune.adapter_files import STATE_KEY, check_adapter_keys
 from lvdm.finetune.block_swap import BlockSwap, enable_block_swap, swap_blocks
 from lvdm.finetune.fp8 import store_frozen_fp8
 from lvdm.finetune.lora import LoraInit, apply_lora, base_fingerprint, is_adapter_key
+from lvdm.finetune.lora_files import load_into_adapter
 from lvdm.training.callbacks.warm_start import InitFrom
 
 _SETTINGS = ("rank", "alpha", "module", "targets")
@@ -56,13 +57,17 @@ class LoRA(Callback):
             computed in the input's dtype (:mod:`lvdm.finetune.fp8`): about half the bytes of bf16.
         block_swap: keep the frozen weights of this many blocks (from the first) on the host and
             move each to the device only while it runs (:mod:`lvdm.finetune.block_swap`); 0: off.
+        from_file: continue training an existing LoRA: a ``.safetensors`` in diffusers', the
+            original model's or kohya's layout (:mod:`lvdm.finetune.lora_files`, e.g. from
+            ``lvdm lora export``) whose modules are exactly the targets, of this ``rank``; the
+            adapter starts at its update (its alpha / rank folded into B). None: ``init``.
     """
 
     def __init__(self, rank: int = 16, alpha: Optional[float] = None, dropout: float = 0.0,
                  targets: Union[str, list[str], None] = None, module: str = "denoiser", init: LoraInit = "default",
-                 fp8_base: bool = False, block_swap: int = 0):
+                 fp8_base: bool = False, block_swap: int = 0, from_file: Optional[str] = None):
         self.rank, self.alpha, self.dropout = rank, float(rank if alpha is None else alpha), dropout
-        self.targets, self.module, self.init = targets, module, init
+        self.targets, self.module, self.init, self.from_file = targets, module, init, from_file
         self.fp8_base, self.block_swap = fp8_base, block_swap
         self.swap: BlockSwap | None = None
         self.adapted: list[str] | None = None  # module names, once applied
@@ -86,6 +91,8 @@ class LoRA(Callback):
         self.base = [_base_spec(init) for init in inits]
         self.fingerprint = base_fingerprint(pl_module)
         self.adapted = apply_lora(part, self.rank, self.alpha, self.dropout, self.targets, self.init)
+        if self.from_file:  # a resumed run then loads the checkpoint's adapter over it
+            load_into_adapter(part, self.from_file)
         for name, param in pl_module.named_parameters():
             param.requires_grad_(name.startswith(f"{self.module}.") and is_adapter_key(name))
         if self.block_swap:
@@ -126,7 +133,7 @@ class LoRA(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "module": self.module,
-                "targets": list(self.adapted or []), "init": self.init, "base": self.base,
+                "targets": list(self.adapted or []), "init": self.init, "from_file": self.from_file, "base": self.base,
                 "base_fingerprint": self.fingerprint}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
