@@ -441,15 +441,10 @@ def estimate(
             ``bf16-true``) or ``fp32`` (``bf16-mixed``).
         print_report: print the report.
     """
-    if (fp8_base or block_swap) and not lora:
-        raise ValueError("fp8_base and block_swap keep a frozen base: they need LoRA (--lora R, a rank > 0)")
-    flags = dict(size=size, conditioning=conditioning, layout=layout, in_channels=in_channels,
-                 context_dim=context_dim, num_classes=num_classes, adaln_single=adaln_single)
-    if preset is not None:
-        model, from_recipe = _preset_backbone(preset, recipe, flags)
-    else:
-        from_recipe = _read_recipe(recipe) if recipe else {}
-        model = _backbone(from_recipe, bool(recipe), **flags)
+    finetune = _finetune_options(lora, lora_targets, fp8_base, block_swap, optimizer, weights_dtype)
+    model, from_recipe = _model_and_recipe(preset, recipe, dict(
+        size=size, conditioning=conditioning, layout=layout, in_channels=in_channels, context_dim=context_dim,
+        num_classes=num_classes, adaln_single=adaln_single))
     pick = _picker(from_recipe)
     frames = pick(frames, "frames", 16)
     compression = (pick(temporal_compression, "temporal_compression", 1),
@@ -468,8 +463,6 @@ def estimate(
     result.update(_sampling_time(result["flops_per_video"], seconds, rate))
     samples = steps * global_batch if steps is not None else dataset_size * epochs
     result.update(_training_cost(result, samples, training_flops, rate, num_gpus))
-    finetune = dict(rank=lora, targets=lora_targets, fp8_base=fp8_base, block_swap=block_swap,
-                    optimizer=optimizer or "adamw", weights_dtype=weights_dtype) if (lora or optimizer) else None
     mem = _memory(result, model, (latent, text_len), model_scale, micro_batch, num_gpus, sp_size, checkpoint_fraction,
                   finetune)
     if buckets is not None:
@@ -480,6 +473,25 @@ def estimate(
                        sp_size=sp_size, convention=convention, sampling_steps=sampling_steps, guidance=guidance,
                        micro_batch=micro_batch, scale=(model_scale, linear_frames), checkpoint_fraction=checkpoint_fraction)
     return result
+
+
+def _finetune_options(lora: int, targets: Optional[list[str]], fp8_base: bool, block_swap: int,
+                      optimizer: Optional[str], weights_dtype: str) -> Optional[dict[str, Any]]:
+    """:func:`finetune_memory`'s options from the flags (None: no fine-tune table), checked first."""
+    if (fp8_base or block_swap) and not lora:
+        raise ValueError("fp8_base and block_swap keep a frozen base: they need LoRA (--lora R, a rank > 0)")
+    if not (lora or optimizer):
+        return None
+    return dict(rank=lora, targets=targets, fp8_base=fp8_base, block_swap=block_swap, optimizer=optimizer or "adamw",
+                weights_dtype=weights_dtype)
+
+
+def _model_and_recipe(preset: Optional[str], recipe: Optional[str], flags: dict[str, Any]) -> tuple[nn.Module, dict]:
+    """The backbone to estimate (on ``meta``) and what the recipe (or the preset) says."""
+    if preset is not None:
+        return _preset_backbone(preset, recipe, flags)
+    from_recipe = _read_recipe(recipe) if recipe else {}
+    return _backbone(from_recipe, bool(recipe), **flags), from_recipe
 
 
 def _print_reports(result: dict[str, Any], strategy: str, **report: Any) -> None:
