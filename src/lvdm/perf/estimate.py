@@ -27,6 +27,12 @@ tokens, so activations divide by the SP size. These are estimates (allocator fra
 temporary buffers, the layers outside the blocks and the text encoder are not counted): the
 benchmark's measured peak memory is the check.
 
+With ``--lora R`` (``--fp8_base``, ``--block_swap N``, ``--optimizer``, ``--weights_dtype``) a
+single-GPU fine-tune table is added: :mod:`lvdm.finetune.memory` applies the adapters and the
+FP8 base to the ``meta`` backbone and counts the frozen base by dtype, the adapters, their
+gradients and optimizer states, the swapped blocks on the host, and the bf16 copies an FP8 base
+keeps for the backward; the activations are the rule above.
+
 With ``--buckets`` (a bucket config, or a recipe or fragment that holds one under
 ``data.init_args.buckets``) the memory of every bucket — its clip shape at its own batch size
 — is estimated under ``--strategy``, and buckets whose estimate exceeds the GPU's memory are
@@ -350,6 +356,12 @@ def estimate(
     convention: Literal["flops", "macs"] = "flops",
     buckets: Optional[str] = None,
     strategy: Literal["ddp", "zero2", "zero3", "zero3_offload"] = "ddp",
+    lora: int = 0,
+    lora_targets: Optional[list[str]] = None,
+    fp8_base: bool = False,
+    block_swap: int = 0,
+    optimizer: Optional[Literal["adamw", "adamw8bit"]] = None,
+    weights_dtype: Literal["bf16", "fp32"] = "bf16",
     print_report: bool = True,
 ) -> dict[str, Any]:
     """Estimate the cost of training and sampling a backbone (``DiT``, ``STDiT`` or any other
@@ -413,15 +425,22 @@ def estimate(
             every bucket at its batch size, flagging those that do not fit on ``gpu``.
         strategy: the strategy whose memory the bucket table shows (``ddp``, ``zero2``,
             ``zero3``, ``zero3_offload``).
+        lora: LoRA rank of a single-GPU fine-tune (the backbone's declared targets): adds its
+            memory table (:mod:`lvdm.finetune.memory`: frozen base by dtype, adapters, gradients,
+            optimizer states, activations, swapped blocks on the host). 0 with ``optimizer``
+            given: a full fine-tune.
+        lora_targets: glob patterns of the linears to adapt instead of the declared ones.
+        fp8_base: the frozen base's block linears stored in FP8 (needs ``lora``).
+        block_swap: blocks whose frozen weights stay on the host (needs ``lora``).
+        optimizer: ``adamw`` or ``adamw8bit`` (bitsandbytes' 8-bit states) for the fine-tune table.
+        weights_dtype: the dtype the fine-tuned model is held in: ``bf16`` (Lightning's
+            ``bf16-true``) or ``fp32`` (``bf16-mixed``).
         print_report: print the report.
     """
-    flags = dict(size=size, conditioning=conditioning, layout=layout, in_channels=in_channels,
-                 context_dim=context_dim, num_classes=num_classes, adaln_single=adaln_single)
-    if preset is not None:
-        model, from_recipe = _preset_backbone(preset, recipe, flags)
-    else:
-        from_recipe = _read_recipe(recipe) if recipe else {}
-        model = _backbone(from_recipe, bool(recipe), **flags)
+    finetune = _finetune_options(lora, lora_targets, fp8_base, block_swap, optimizer, weights_dtype)
+    model, from_recipe = _model_and_recipe(preset, recipe, dict(
+        size=size, conditioning=conditioning, layout=layout, in_channels=in_channels, context_dim=context_dim,
+        num_classes=num_classes, adaln_single=adaln_single))
     pick = _picker(from_recipe)
     frames = pick(frames, "frames", 16)
     compression = (pick(temporal_compression, "temporal_compression", 1),
@@ -440,21 +459,44 @@ def estimate(
     result.update(_sampling_time(result["flops_per_video"], seconds, rate))
     samples = steps * global_batch if steps is not None else dataset_size * epochs
     result.update(_training_cost(result, samples, training_flops, rate, num_gpus))
-    mem = MemoryModel.from_model(model, latent, text_len)
-    result["params"] = mem.num_params * model_scale
-    result["memory_per_gpu"] = memory_per_gpu(mem, result["tokens"], micro_batch, num_gpus, sp_size,
-                                              checkpoint_fraction)
+    mem = _memory(result, model, (latent, text_len), model_scale, micro_batch, num_gpus, sp_size, checkpoint_fraction,
+                  finetune)
     if buckets is not None:
         result["buckets"] = bucket_memory(read_buckets(buckets), mem, model.patch_size, compression, num_gpus, sp_size,
                                           checkpoint_fraction, strategy, PEAKS[gpu]["memory_gb"])
     if print_report:
-        print(format_report(result, model=model, gpu=gpu, dtype=dtype, mfu=mfu, num_gpus=num_gpus, sp_size=sp_size,
-                            convention=convention, sampling_steps=sampling_steps, guidance=guidance,
-                            micro_batch=micro_batch, scale=(model_scale, linear_frames),
-                            checkpoint_fraction=checkpoint_fraction))
-        if "buckets" in result:
-            print(format_buckets(result["buckets"], strategy=strategy, gpu=gpu))
+        _print_reports(result, strategy, model=model, gpu=gpu, dtype=dtype, mfu=mfu, num_gpus=num_gpus,
+                       sp_size=sp_size, convention=convention, sampling_steps=sampling_steps, guidance=guidance,
+                       micro_batch=micro_batch, scale=(model_scale, linear_frames), checkpoint_fraction=checkpoint_fraction)
     return result
+
+
+def _finetune_options(lora: int, targets: Optional[list[str]], fp8_base: bool, block_swap: int,
+                      optimizer: Optional[str], weights_dtype: str) -> Optional[dict[str, Any]]:
+    """:func:`finetune_memory`'s options from the flags (None: no fine-tune table), checked first."""
+    if (fp8_base or block_swap) and not lora:
+        raise ValueError("fp8_base and block_swap keep a frozen base: they need LoRA (--lora R, a rank > 0)")
+    if not (lora or optimizer):
+        return None
+    return dict(rank=lora, targets=targets, fp8_base=fp8_base, block_swap=block_swap, optimizer=optimizer or "adamw",
+                weights_dtype=weights_dtype)
+
+
+def _model_and_recipe(preset: Optional[str], recipe: Optional[str], flags: dict[str, Any]) -> tuple[nn.Module, dict]:
+    """The backbone to estimate (on ``meta``) and what the recipe (or the preset) says."""
+    if preset is not None:
+        return _preset_backbone(preset, recipe, flags)
+    from_recipe = _read_recipe(recipe) if recipe else {}
+    return _backbone(from_recipe, bool(recipe), **flags), from_recipe
+
+
+def _print_reports(result: dict[str, Any], strategy: str, **report: Any) -> None:
+    """Print :func:`format_report` (``report``: its arguments) and the fine-tune and bucket tables the result holds."""
+    print(format_report(result, **report))
+    if "finetune" in result:
+        print(format_finetune(result["finetune"], gpu=report["gpu"]))
+    if "buckets" in result:
+        print(format_buckets(result["buckets"], strategy=strategy, gpu=report["gpu"]))
 
 
 def _picker(from_recipe: dict[str, Any]):
@@ -545,6 +587,65 @@ def _training_cost(costs: dict[str, Any], samples: float, training_flops: Option
         "crossover_videos": crossover,
         "crossover_video_minutes": crossover * costs["video_seconds"] / 60,
     }
+
+
+def _memory(result: dict[str, Any], model: nn.Module, shape: tuple, model_scale: float, micro_batch: int,
+            num_gpus: int, sp_size: int, checkpoint_fraction: float, finetune: Optional[dict]) -> MemoryModel:
+    """Fill ``result`` with the parameters, the memory per GPU of every strategy and, with
+    ``finetune`` (:func:`finetune_memory`'s options), the single-GPU fine-tune table; return the
+    backbone's :class:`MemoryModel` (``shape``: one sample's ``(latent, text_len)``)."""
+    mem = MemoryModel.from_model(model, *shape)
+    result["params"] = mem.num_params * model_scale
+    result["memory_per_gpu"] = memory_per_gpu(mem, result["tokens"], micro_batch, num_gpus, sp_size,
+                                              checkpoint_fraction)
+    if finetune is not None:
+        result["finetune"] = finetune_memory(model, mem, shape, result["tokens"] * micro_batch / sp_size,
+                                             checkpoint_fraction=checkpoint_fraction, **finetune)
+    return mem
+
+
+def finetune_memory(model: nn.Module, mem: MemoryModel, shape: tuple, tokens: float, *, rank: int,
+                    targets: Optional[list[str]],
+                    fp8_base: bool, block_swap: int, optimizer: str, weights_dtype: str,
+                    checkpoint_fraction: float) -> dict[str, Any]:
+    """The single-GPU fine-tune memory of the ``meta`` ``model`` (changed in place:
+    :func:`lvdm.finetune.memory.prepare_finetune`) on ``tokens`` video tokens per step: its
+    ``states`` (:func:`~lvdm.finetune.memory.state_bytes`) and device ``peak`` parts; ``shape``:
+    the ``(latent, text_len)`` of one sample."""
+    from lvdm.finetune.memory import DTYPES, fp8_dequantized_bytes, peak_bytes, prepare_finetune, state_bytes
+
+    prepare_finetune(model, rank, targets=targets, fp8_base=fp8_base, weights_dtype=weights_dtype)
+    states = state_bytes(model, optimizer, block_swap)
+    copies = (0, 0)
+    if fp8_base:
+        (x, t), kwargs = _meta_inputs(model, *shape)
+        dtype = DTYPES[weights_dtype]
+        kwargs = {k: v.to(dtype) if k == "context" else v for k, v in kwargs.items()}
+        copies = fp8_dequantized_bytes(model, (x.to(dtype), t), kwargs)
+    return {"rank": rank, "fp8_base": fp8_base, "block_swap": block_swap, "optimizer": optimizer,
+            "weights_dtype": weights_dtype, "checkpoint_fraction": checkpoint_fraction, "states": states,
+            "peak": peak_bytes(states, mem.activation_bytes(tokens, checkpoint_fraction), checkpoint_fraction, copies)}
+
+
+def format_finetune(f: dict[str, Any], *, gpu: str) -> str:
+    """The fine-tune memory table of :func:`estimate` (``--lora`` and the low-memory options)."""
+    s, peak = f["states"], f["peak"]
+    what = f"LoRA rank {f['rank']}" if f["rank"] else "full fine-tune"
+    lines = ["", f"fine-tune on one GPU ({what}, {f['weights_dtype']} weights, {f['optimizer']}, fp8 base "
+                 f"{'on' if f['fp8_base'] else 'off'}, block swap {f['block_swap']}, checkpointing "
+                 f"{f['checkpoint_fraction']:.0%}; GB, {PEAKS[gpu]['memory_gb']} GB on {gpu})",
+             f"  trainable {s['trainable_params']:,} of {s['params']:,} parameters "
+             f"({100 * s['trainable_params'] / max(s['params'], 1):.2f} %)"]
+    rows = [(f"frozen base {dtype}", value) for dtype, value in s["frozen"].items()]
+    rows += [("buffers", peak["buffers"]), ("swapped blocks in flight", peak["swapped_on_device"]),
+             ("trainable parameters", peak["trainable"]), ("gradients", peak["grads"]),
+             ("optimizer states", peak["optimizer"]), ("fp8 weights dequantised", peak["fp8_dequantized"]),
+             ("activations", peak["activations"]),
+             ("peak per GPU", peak["total"]), ("host (swapped blocks)", s["host_swapped"])]
+    lines += [f"  {name:<28} {value / 1e9:>9.3f}" for name, value in rows]
+    if f["block_swap"] and f["checkpoint_fraction"] < 1:
+        lines.append("  block swap lowers the peak only with every block checkpointed (--checkpoint_fraction 1)")
+    return "\n".join(lines)
 
 
 def read_buckets(path: str):
