@@ -205,3 +205,23 @@ def test_real_sizes_on_meta_match_diffusers_converters_and_the_presets():
     theirs = single_file_utils.convert_wan_transformer_to_diffusers(dict(original))
     assert {k: tuple(v.shape) for k, v in theirs.items()} == {k: tuple(v.shape) for k, v in wan_sd.items()}
     wan_original.convert_state_dict(original, wan_sd)
+
+
+def test_init_from_reads_both_original_layouts(hunyuan_file, wan_file):
+    """``init_from`` (``--init_from``, a fine-tuning run's start) tells the two layouts by their keys
+    and carries every weight; a weight without a place is refused naming the file."""
+    from safetensors.torch import load_file, save_file
+
+    from lvdm.checkpoints.init_from import init_from
+
+    for (model, path), fresh in (
+            (hunyuan_file, from_name("hunyuanvideo").build(**HUNYUAN_TINY)),
+            (wan_file, from_name("wan2.1-t2v-1.3b").build(**WAN_TINY))):
+        path = path if path.is_file() else path / "diffusion_pytorch_model.safetensors"
+        report = init_from(fresh, str(path), strict=True, verbose=False)
+        assert sorted(report.carried) == sorted(model.state_dict())
+        assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
+    odd = path.parent / "i2v.safetensors"
+    save_file({**load_file(path), "blocks.0.cross_attn.k_img.weight": torch.zeros(2)}, odd)
+    with pytest.raises(ValueError, match=r"i2v\.safetensors: .*\['blocks\.0\.cross_attn\.k_img\.weight'\]"):
+        init_from(fresh, str(odd), verbose=False)

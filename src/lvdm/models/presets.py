@@ -289,11 +289,9 @@ def from_hunyuan_original(path: str, **overrides: Any) -> MMDiT:
     ``torch.load(weights_only=True)``; or a ``.safetensors``), loaded strictly: a missing, unexpected
     or mis-shaped weight is an error naming the file and the weights (``overrides``: sizes of a
     tiny variant). Names: :mod:`lvdm.models.convert.hunyuan_original`."""
-    from lvdm.models.convert import hunyuan_original
+    from lvdm.models.convert import hunyuan_original, opensora
 
-    sd = read_weights(path)
-    if isinstance(sd.get("module"), Mapping):  # DeepSpeed's model_states file
-        sd = sd["module"]
+    sd = opensora.unwrap(read_weights(path), path)  # DeepSpeed's model_states file: the weights under "module"
     return _load_strict(from_name("hunyuanvideo").build(**overrides), hunyuan_original.convert_state_dict, sd, path)
 
 
