@@ -4,7 +4,8 @@
 published model (optionally resized or with temporal layers added, for tiny tests and phase
 hand-offs); :func:`from_diffusers` and :func:`from_opensora` load published weights into it
 (:func:`from_diffusers` also HunyuanVideo's into an :class:`~lvdm.models.mmdit.MMDiT`, and
-:func:`from_opensora2` Open-Sora 2.0's; :func:`from_diffusers_wan` a diffusers Wan 2.1 folder into a
+:func:`from_opensora2` Open-Sora 2.0's, :func:`from_hunyuan_original` Tencent's original HunyuanVideo
+file; :func:`from_wan_original` the Wan repository's own file into a Wan preset; :func:`from_diffusers_wan` a diffusers Wan 2.1 folder into a
 :class:`~lvdm.models.diffusers_adapter.WanBackbone`, :func:`from_diffusers_ltx` an LTX-Video one into an
 :class:`~lvdm.models.diffusers_adapter.LTXBackbone`).
 From a recipe::
@@ -239,7 +240,10 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as err:  # truncated or not a safetensors file
+            raise ValueError(f"cannot read {path!r} as safetensors weights: {err}") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated file, or a pickle that needs code to load
@@ -265,6 +269,67 @@ def from_opensora2(path: str, **overrides: Any) -> MMDiT:
     model = from_name("opensora-2.0").build(**overrides)
     model.load_state_dict(opensora2.convert_state_dict(read_weights(path), model.state_dict()), strict=True)
     return model
+
+
+def _load_strict(model, convert, sd: Mapping[str, torch.Tensor], path: str, prefix: str = ""):
+    """``model`` with ``convert(sd, expected)``'s weights (``prefix``: where they sit in ``model``);
+    the converter's strict key report raised as one line naming ``path``."""
+    expected = {k.removeprefix(prefix): v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    try:
+        converted = convert(sd, expected)
+    except KeyError as err:
+        raise ValueError(f"{path}: {err.args[0]}") from None
+    model.load_state_dict({prefix + k: v for k, v in converted.items()}, strict=True)
+    return model
+
+
+def from_hunyuan_original(path: str, **overrides: Any) -> MMDiT:
+    """The ``hunyuanvideo`` preset with the weights of Tencent's original transformer file
+    (``mp_rank_00_model_states.pt``, whose weights sit under ``"module"``, read with
+    ``torch.load(weights_only=True)``; or a ``.safetensors``), loaded strictly: a missing, unexpected
+    or mis-shaped weight is an error naming the file and the weights (``overrides``: sizes of a
+    tiny variant). Names: :mod:`lvdm.models.convert.hunyuan_original`."""
+    from lvdm.models.convert import hunyuan_original, opensora
+
+    sd = opensora.unwrap(read_weights(path), path)  # DeepSpeed's model_states file: the weights under "module"
+    return _load_strict(from_name("hunyuanvideo").build(**overrides), hunyuan_original.convert_state_dict, sd, path)
+
+
+def read_sharded(path: str) -> dict[str, torch.Tensor]:
+    """The weights of one ``.safetensors`` file, or of the shards a ``*.safetensors.index.json``
+    lists (its ``weight_map``); a folder: its ``diffusion_pytorch_model.safetensors`` or that
+    file's index."""
+    p = Path(path)
+    if p.is_dir():
+        found = [p / f"diffusion_pytorch_model.safetensors{end}" for end in ("", ".index.json")]
+        if not any(f.is_file() for f in found):
+            raise FileNotFoundError(f"{path} holds neither {found[0].name} nor {found[1].name}")
+        p = next(f for f in found if f.is_file())
+    if not p.name.endswith(".index.json"):
+        return read_weights(str(p))
+    try:
+        shards = sorted(set(json.loads(p.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, AttributeError) as err:
+        raise ValueError(f"{p}: not a safetensors index (a JSON with a weight_map): {err}") from None
+    sd: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        sd.update(read_weights(str(p.parent / shard)))
+    return sd
+
+
+def from_wan_original(path: str, preset_name: str = "wan2.1-t2v-1.3b", **overrides: Any):
+    """The Wan preset ``preset_name`` with the weights of the Wan repository's own checkpoint
+    (``diffusion_pytorch_model.safetensors``, a sharded one's ``.index.json``, or the folder holding
+    either), loaded strictly: a missing, unexpected or mis-shaped weight is an error naming the
+    file and the weights (``overrides``: sizes of a tiny variant, ``text_length``). Names:
+    :mod:`lvdm.models.convert.wan_original`."""
+    from lvdm.models.convert import wan_original
+
+    chosen = from_name(preset_name)
+    if chosen.backbone != "WanBackbone":
+        raise ValueError(f"from_wan_original loads a Wan preset; {preset_name!r} is a {chosen.backbone}")
+    sd = read_sharded(path)
+    return _load_strict(chosen.build(**overrides), wan_original.convert_state_dict, sd, path, "transformer.")
 
 
 # ------------------------------------------------------------------------------ the preset table
