@@ -94,3 +94,41 @@ def test_bad_fraction_and_model_without_blocks():
         apply_activation_checkpointing(_model(), 1.5)
     with pytest.raises(ValueError, match="block_class"):
         apply_activation_checkpointing(torch.nn.Linear(2, 2), 1.0)
+
+
+def test_offload_packs_exactly_the_inputs_of_the_checkpointed_blocks():
+    """With offload the host hook packs every tensor a checkpointed block is called with (the
+    tokens and the conditioning), once, and nothing of what the blocks compute inside; the
+    blocks left unchecked pack nothing."""
+    model = _model()
+    inputs: dict[int, list[torch.Tensor]] = {}
+
+    def record(i, args, kwargs):
+        inputs[i] = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+
+    for i, block in enumerate(model.blocks):
+        block.register_forward_pre_hook(lambda m, args, kwargs, i=i: record(i, args, kwargs), with_kwargs=True)
+    chosen = apply_activation_checkpointing(model, 0.5, offload=True)
+    assert checkpointed_blocks(model) == chosen == list(model.blocks[:2])
+    with torch.no_grad():  # no graph, nothing saved
+        model(torch.randn(1, 2, 4, 4, 4, dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64),
+              torch.randn(1, 5, 8, dtype=torch.float64))
+    assert all(block.forward.offload.tensors == 0 for block in chosen)
+    inputs.clear()
+    _step(model)
+    for i, block in enumerate(chosen):
+        assert block.forward.offload.tensors == len(inputs[i]) >= 2  # tokens, conditioning, context…
+        assert block.forward.offload.bytes == sum(t.numel() * t.element_size() for t in inputs[i])
+    tokens = inputs[0][0]
+    assert tokens.numel() == 2 * (4 * 2 * 2) * 32  # the token stream first: 2 samples × 16 patches × hidden 32
+
+
+def test_offload_needs_checkpointing():
+    from lvdm.distributed.parallelize import parallelize
+    from lvdm.training.callbacks.parallel import ActivationCheckpointing
+
+    with pytest.raises(ValueError, match="ac > 0"):
+        parallelize(_model(), ac=0.0, ac_offload=True)
+    with pytest.raises(ValueError, match="fraction > 0"):
+        ActivationCheckpointing(fraction=0.0, offload=True)
+    assert ActivationCheckpointing(fraction=0.5, offload=True).offload

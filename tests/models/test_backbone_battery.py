@@ -258,6 +258,21 @@ def test_checkpointed_gradients_equal_plain(variant, assert_close_scaled):
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_offloaded_checkpoint_gradients_equal_bit_for_bit(variant):
+    """Checkpointing with the block inputs offloaded to the host (on the CPU: moved without a
+    copy) gives the gradients of checkpointing without offload exactly, and every checkpointed
+    block packed its inputs."""
+    model = _random(variant.build(), std=0.1).train()
+    inputs = _inputs()
+    parallelize(model, ac=1.0)
+    kept = _grads(model, *inputs)
+    done = parallelize(model, ac=1.0, ac_offload=True)
+    offloaded = _grads(model, *inputs)
+    assert all(block.forward.offload.tensors > 0 for block in done.checkpointed)
+    assert all(torch.equal(ours, ref) for ours, ref in zip(offloaded, kept))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 def test_flop_model_equals_flop_counter(variant):
     """The declared FLOP model (what MFU, ThroughputMonitor and `lvdm estimate` use) counts what
     torch's FlopCounterMode counts on the same forward (on meta: nothing is computed)."""

@@ -48,6 +48,7 @@ def parallelize(
     sp: int = 1,
     sp_mode: str = "ulysses",
     ac: float = 0.0,
+    ac_offload: bool = False,
     compile: Optional[dict[str, Any]] = None,
 ) -> Parallelized:
     """Apply sequence parallelism, activation checkpointing and compile to ``model`` (a
@@ -60,12 +61,16 @@ def parallelize(
             :class:`lvdm.training.callbacks.parallel.SequenceParallel`, or ``lvdm.ops.attention.sequence_parallel``).
         sp_mode: ``ulysses`` or ``ring``.
         ac: share of the ``block_class`` units to checkpoint, from the first (0: none).
+        ac_offload: move the inputs the checkpointed blocks keep to host memory
+            (:mod:`lvdm.distributed.activation_checkpointing`); needs ``ac > 0``.
         compile: keyword arguments of :func:`lvdm.distributed.compile.compile_blocks` (``mode``,
             ``fullgraph``, ``dynamic``, ``backend``); None: no compile.
 
     Returns:
         a :class:`Parallelized` record of what was applied.
     """
+    if ac_offload and not ac > 0:
+        raise ValueError(f"parallelize(ac_offload=True) offloads the inputs of checkpointed blocks: it needs ac > 0, got ac={ac}")
     done = Parallelized()
     if sp > 1:  # 1. sequence parallelism: hooks around the blocks
         planned = planned_modules(model)
@@ -76,7 +81,7 @@ def parallelize(
             check_sequence_split(module, sp, sp_mode)
         done.split = apply_sequence_split(model)
     if ac > 0:  # 2. activation checkpointing: wraps each chosen block's forward
-        done.checkpointed = apply_activation_checkpointing(model, ac)
+        done.checkpointed = apply_activation_checkpointing(model, ac, offload=ac_offload)
     if compile is not None:  # 3. compile each block's call, checkpointed forward included
         from lvdm.distributed.compile import compile_blocks  # perf imports Lightning: only when compiling
 

@@ -22,7 +22,11 @@ stores no score matrix. For a DiT block with cross-attention and MLP ratio 4 thi
 ``26·D`` per token; ``tests/perf/test_estimate.py`` checks the rule against the tensors
 autograd saves (``torch.autograd.graph.saved_tensors_hooks``) on tiny DiT and STDiT models of
 eight layouts, within 10 %. Activation checkpointing keeps only each checkpointed block's input
-(1·D) plus one block's activations while it is recomputed. Sequence parallelism splits the
+(1·D) plus one block's activations while it is recomputed; with ``--checkpoint_offload true``
+those kept inputs move to host memory (:mod:`lvdm.distributed.activation_checkpointing`), so the
+device keeps only the block being recomputed and the host holds ``fraction · units · D`` per
+token (the conditioning each block also keeps, text context and timestep vectors, is not
+counted: ``tests/perf/test_estimate.py`` compares with the bytes the offload hook packs). Sequence parallelism splits the
 tokens, so activations divide by the SP size. These are estimates (allocator fragmentation,
 temporary buffers, the layers outside the blocks and the text encoder are not counted): the
 benchmark's measured peak memory is the check.
@@ -225,13 +229,20 @@ class MemoryModel:
             unit_values=tuple(activation_values_per_token(model, latent, text_len)),
         )
 
-    def activation_bytes(self, tokens: float, checkpoint_fraction: float = 0.0, bytes_per_value: int = 2) -> float:
-        """Bytes of stored activations for ``tokens`` video tokens (on one GPU) with a share
-        ``checkpoint_fraction`` of the block units checkpointed."""
+    def activation_bytes(self, tokens: float, checkpoint_fraction: float = 0.0, bytes_per_value: int = 2,
+                         offload: bool = False) -> float:
+        """Bytes of stored activations on the device for ``tokens`` video tokens (on one GPU) with
+        a share ``checkpoint_fraction`` of the block units checkpointed; with ``offload`` the
+        inputs those keep are on the host (:meth:`offloaded_bytes`), not counted here."""
         full = (1 - checkpoint_fraction) * sum(self.unit_values)
-        kept = checkpoint_fraction * len(self.unit_values) * self.hidden_size
         recompute = max(self.unit_values, default=0) if checkpoint_fraction > 0 else 0
-        return (full + kept + recompute) * bytes_per_value * tokens
+        kept = 0.0 if offload else self.offloaded_bytes(tokens, checkpoint_fraction, bytes_per_value)
+        return (full + recompute) * bytes_per_value * tokens + kept
+
+    def offloaded_bytes(self, tokens: float, checkpoint_fraction: float, bytes_per_value: int = 2) -> float:
+        """Bytes of the inputs the checkpointed block units keep for recomputation (one
+        ``tokens × hidden`` tensor each): what activation-checkpoint offload moves to the host."""
+        return checkpoint_fraction * len(self.unit_values) * self.hidden_size * bytes_per_value * tokens
 
 
 def memory_per_gpu(
@@ -241,6 +252,7 @@ def memory_per_gpu(
     num_gpus: int,
     sp_size: int = 1,
     checkpoint_fraction: float = 0.0,
+    checkpoint_offload: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Bytes per GPU of model states and activations under DDP / ZeRO-2 / ZeRO-3 / ZeRO-3+offload.
 
@@ -251,9 +263,11 @@ def memory_per_gpu(
         num_gpus: GPUs the states are sharded over (data-parallel × SP ranks).
         sp_size: sequence-parallel group size (tokens split across it).
         checkpoint_fraction: share of blocks with activation checkpointing.
+        checkpoint_offload: the checkpointed blocks' inputs are kept in host memory.
     """
     p, n, block = model.num_params, max(num_gpus, 1), model.block_params
-    act = model.activation_bytes(micro_batch * tokens_per_sample / sp_size, checkpoint_fraction)
+    act = model.activation_bytes(micro_batch * tokens_per_sample / sp_size, checkpoint_fraction,
+                                 offload=checkpoint_offload)
     states = {
         "ddp": 16 * p + 2 * p,
         "zero2": 2 * p + 14 * p / n,
@@ -353,6 +367,7 @@ def estimate(
     num_gpus: int = 1,
     sp_size: int = 1,
     checkpoint_fraction: float = 0.0,
+    checkpoint_offload: bool = False,
     convention: Literal["flops", "macs"] = "flops",
     buckets: Optional[str] = None,
     strategy: Literal["ddp", "zero2", "zero3", "zero3_offload"] = "ddp",
@@ -418,6 +433,9 @@ def estimate(
         num_gpus: GPUs for training.
         sp_size: sequence-parallel group size.
         checkpoint_fraction: share of blocks with activation checkpointing (recompute cost and memory).
+        checkpoint_offload: the inputs the checkpointed blocks keep move to host memory
+            (``ActivationCheckpointing(offload=True)``): off the device activations, shown as host
+            memory; needs ``checkpoint_fraction`` > 0.
         convention: ``flops`` (2 per multiply-add, what GPUs peak at) or ``macs`` (the DiT
             paper's "Gflops", half as many: reproduces documents written that way).
         buckets: a YAML bucket config (``class_path: lvdm.data.buckets.BucketConfig``), or a
@@ -437,6 +455,9 @@ def estimate(
             ``bf16-true``) or ``fp32`` (``bf16-mixed``).
         print_report: print the report.
     """
+    if checkpoint_offload and not checkpoint_fraction > 0:
+        raise ValueError("checkpoint_offload moves the inputs of checkpointed blocks to the host: it needs "
+                         f"checkpoint_fraction > 0, got {checkpoint_fraction}")
     finetune = _finetune_options(lora, lora_targets, fp8_base, block_swap, optimizer, weights_dtype)
     model, from_recipe = _model_and_recipe(preset, recipe, dict(
         size=size, conditioning=conditioning, layout=layout, in_channels=in_channels, context_dim=context_dim,
@@ -460,10 +481,11 @@ def estimate(
     samples = steps * global_batch if steps is not None else dataset_size * epochs
     result.update(_training_cost(result, samples, training_flops, rate, num_gpus))
     mem = _memory(result, model, (latent, text_len), model_scale, micro_batch, num_gpus, sp_size, checkpoint_fraction,
-                  finetune)
+                  finetune, checkpoint_offload)
     if buckets is not None:
         result["buckets"] = bucket_memory(read_buckets(buckets), mem, model.patch_size, compression, num_gpus, sp_size,
-                                          checkpoint_fraction, strategy, PEAKS[gpu]["memory_gb"])
+                                          checkpoint_fraction, strategy, PEAKS[gpu]["memory_gb"],
+                                          checkpoint_offload=checkpoint_offload)
     if print_report:
         _print_reports(result, strategy, model=model, gpu=gpu, dtype=dtype, mfu=mfu, num_gpus=num_gpus,
                        sp_size=sp_size, convention=convention, sampling_steps=sampling_steps, guidance=guidance,
@@ -590,24 +612,28 @@ def _training_cost(costs: dict[str, Any], samples: float, training_flops: Option
 
 
 def _memory(result: dict[str, Any], model: nn.Module, shape: tuple, model_scale: float, micro_batch: int,
-            num_gpus: int, sp_size: int, checkpoint_fraction: float, finetune: Optional[dict]) -> MemoryModel:
-    """Fill ``result`` with the parameters, the memory per GPU of every strategy and, with
-    ``finetune`` (:func:`finetune_memory`'s options), the single-GPU fine-tune table; return the
-    backbone's :class:`MemoryModel` (``shape``: one sample's ``(latent, text_len)``)."""
+            num_gpus: int, sp_size: int, checkpoint_fraction: float, finetune: Optional[dict],
+            checkpoint_offload: bool = False) -> MemoryModel:
+    """Fill ``result`` with the parameters, the memory per GPU of every strategy, the host bytes
+    of offloaded checkpoint inputs and, with ``finetune`` (:func:`finetune_memory`'s options), the
+    single-GPU fine-tune table; return the backbone's :class:`MemoryModel` (``shape``: one
+    sample's ``(latent, text_len)``)."""
     mem = MemoryModel.from_model(model, *shape)
+    tokens = result["tokens"] * micro_batch / sp_size
     result["params"] = mem.num_params * model_scale
     result["memory_per_gpu"] = memory_per_gpu(mem, result["tokens"], micro_batch, num_gpus, sp_size,
-                                              checkpoint_fraction)
+                                              checkpoint_fraction, checkpoint_offload)
+    result["offloaded_activations"] = mem.offloaded_bytes(tokens, checkpoint_fraction) if checkpoint_offload else 0.0
     if finetune is not None:
-        result["finetune"] = finetune_memory(model, mem, shape, result["tokens"] * micro_batch / sp_size,
-                                             checkpoint_fraction=checkpoint_fraction, **finetune)
+        result["finetune"] = finetune_memory(model, mem, shape, tokens, checkpoint_fraction=checkpoint_fraction,
+                                             checkpoint_offload=checkpoint_offload, **finetune)
     return mem
 
 
 def finetune_memory(model: nn.Module, mem: MemoryModel, shape: tuple, tokens: float, *, rank: int,
                     targets: Optional[list[str]],
                     fp8_base: bool, block_swap: int, optimizer: str, weights_dtype: str,
-                    checkpoint_fraction: float) -> dict[str, Any]:
+                    checkpoint_fraction: float, checkpoint_offload: bool = False) -> dict[str, Any]:
     """The single-GPU fine-tune memory of the ``meta`` ``model`` (changed in place:
     :func:`lvdm.finetune.memory.prepare_finetune`) on ``tokens`` video tokens per step: its
     ``states`` (:func:`~lvdm.finetune.memory.state_bytes`) and device ``peak`` parts; ``shape``:
@@ -622,9 +648,12 @@ def finetune_memory(model: nn.Module, mem: MemoryModel, shape: tuple, tokens: fl
         dtype = DTYPES[weights_dtype]
         kwargs = {k: v.to(dtype) if k == "context" else v for k, v in kwargs.items()}
         copies = fp8_dequantized_bytes(model, (x.to(dtype), t), kwargs)
+    activations = mem.activation_bytes(tokens, checkpoint_fraction, offload=checkpoint_offload)
+    host = mem.offloaded_bytes(tokens, checkpoint_fraction) if checkpoint_offload else 0.0
     return {"rank": rank, "fp8_base": fp8_base, "block_swap": block_swap, "optimizer": optimizer,
-            "weights_dtype": weights_dtype, "checkpoint_fraction": checkpoint_fraction, "states": states,
-            "peak": peak_bytes(states, mem.activation_bytes(tokens, checkpoint_fraction), checkpoint_fraction, copies)}
+            "weights_dtype": weights_dtype, "checkpoint_fraction": checkpoint_fraction,
+            "checkpoint_offload": checkpoint_offload, "states": states, "host_activations": host,
+            "peak": peak_bytes(states, activations, checkpoint_fraction, copies)}
 
 
 def format_finetune(f: dict[str, Any], *, gpu: str) -> str:
@@ -633,7 +662,8 @@ def format_finetune(f: dict[str, Any], *, gpu: str) -> str:
     what = f"LoRA rank {f['rank']}" if f["rank"] else "full fine-tune"
     lines = ["", f"fine-tune on one GPU ({what}, {f['weights_dtype']} weights, {f['optimizer']}, fp8 base "
                  f"{'on' if f['fp8_base'] else 'off'}, block swap {f['block_swap']}, checkpointing "
-                 f"{f['checkpoint_fraction']:.0%}; GB, {PEAKS[gpu]['memory_gb']} GB on {gpu})",
+                 f"{f['checkpoint_fraction']:.0%}{' offloaded' if f['checkpoint_offload'] else ''}; GB, "
+                 f"{PEAKS[gpu]['memory_gb']} GB on {gpu})",
              f"  trainable {s['trainable_params']:,} of {s['params']:,} parameters "
              f"({100 * s['trainable_params'] / max(s['params'], 1):.2f} %)"]
     rows = [(f"frozen base {dtype}", value) for dtype, value in s["frozen"].items()]
@@ -641,7 +671,8 @@ def format_finetune(f: dict[str, Any], *, gpu: str) -> str:
              ("trainable parameters", peak["trainable"]), ("gradients", peak["grads"]),
              ("optimizer states", peak["optimizer"]), ("fp8 weights dequantised", peak["fp8_dequantized"]),
              ("activations", peak["activations"]),
-             ("peak per GPU", peak["total"]), ("host (swapped blocks)", s["host_swapped"])]
+             ("peak per GPU", peak["total"]), ("host (swapped blocks)", s["host_swapped"]),
+             ("host (checkpoint inputs)", f["host_activations"])]
     lines += [f"  {name:<28} {value / 1e9:>9.3f}" for name, value in rows]
     if f["block_swap"] and f["checkpoint_fraction"] < 1:
         lines.append("  block swap lowers the peak only with every block checkpointed (--checkpoint_fraction 1)")
@@ -668,7 +699,7 @@ def read_buckets(path: str):
 
 def bucket_memory(config, mem: MemoryModel, patch_size: tuple[int, int, int], compression: tuple[int, int],
                   num_gpus: int, sp_size: int, checkpoint_fraction: float, strategy: str,
-                  memory_gb: float) -> list[dict[str, Any]]:
+                  memory_gb: float, checkpoint_offload: bool = False) -> list[dict[str, Any]]:
     """Per bucket of ``config``: its latent token count and estimated memory per GPU under
     ``strategy`` at its own batch size (activations per token as ``mem`` counted them), and
     whether that fits in ``memory_gb``.
@@ -682,7 +713,8 @@ def bucket_memory(config, mem: MemoryModel, patch_size: tuple[int, int, int], co
         latent_t = math.ceil(bucket.num_frames / tc)
         h, w = bucket.height // sc, bucket.width // sc
         tokens = math.ceil(latent_t / pt) * (h // ph) * (w // pw)
-        memory = memory_per_gpu(mem, tokens, bucket.batch_size, num_gpus, sp_size, checkpoint_fraction)[strategy]
+        memory = memory_per_gpu(mem, tokens, bucket.batch_size, num_gpus, sp_size, checkpoint_fraction,
+                                checkpoint_offload)[strategy]
         rows.append({"bucket": bucket.name, "shape": bucket.shape, "batch_size": bucket.batch_size,
                      "tokens": tokens, "states": memory["states"], "activations": memory["activations"],
                      "total": memory["total"], "fits": memory["total"] <= memory_gb * 1e9})
@@ -748,4 +780,7 @@ def format_report(r: dict[str, Any], *, model: nn.Module, gpu: str, dtype: str, 
               f"  {'strategy':<14} {'states':>9} {'activations':>12} {'total':>9}"]
     for name, m in r["memory_per_gpu"].items():
         lines.append(f"  {name:<14} {m['states'] / 1e9:>9.1f} {m['activations'] / 1e9:>12.1f} {m['total'] / 1e9:>9.1f}")
+    if r["offloaded_activations"]:
+        lines.append(f"  checkpointed block inputs offloaded to host memory: {r['offloaded_activations'] / 1e9:.1f} GB "
+                     "(not in the activations above)")
     return "\n".join(lines)
