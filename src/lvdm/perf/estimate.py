@@ -455,9 +455,6 @@ def estimate(
             ``bf16-true``) or ``fp32`` (``bf16-mixed``).
         print_report: print the report.
     """
-    if checkpoint_offload and not checkpoint_fraction > 0:
-        raise ValueError("checkpoint_offload moves the inputs of checkpointed blocks to the host: it needs "
-                         f"checkpoint_fraction > 0, got {checkpoint_fraction}")
     finetune = _finetune_options(lora, lora_targets, fp8_base, block_swap, optimizer, weights_dtype)
     model, from_recipe = _model_and_recipe(preset, recipe, dict(
         size=size, conditioning=conditioning, layout=layout, in_channels=in_channels, context_dim=context_dim,
@@ -484,8 +481,7 @@ def estimate(
                   finetune, checkpoint_offload)
     if buckets is not None:
         result["buckets"] = bucket_memory(read_buckets(buckets), mem, model.patch_size, compression, num_gpus, sp_size,
-                                          checkpoint_fraction, strategy, PEAKS[gpu]["memory_gb"],
-                                          checkpoint_offload=checkpoint_offload)
+                                          checkpoint_fraction, strategy, PEAKS[gpu]["memory_gb"], checkpoint_offload)
     if print_report:
         _print_reports(result, strategy, model=model, gpu=gpu, dtype=dtype, mfu=mfu, num_gpus=num_gpus,
                        sp_size=sp_size, convention=convention, sampling_steps=sampling_steps, guidance=guidance,
@@ -618,6 +614,9 @@ def _memory(result: dict[str, Any], model: nn.Module, shape: tuple, model_scale:
     of offloaded checkpoint inputs and, with ``finetune`` (:func:`finetune_memory`'s options), the
     single-GPU fine-tune table; return the backbone's :class:`MemoryModel` (``shape``: one
     sample's ``(latent, text_len)``)."""
+    if checkpoint_offload and not checkpoint_fraction > 0:
+        raise ValueError("checkpoint_offload moves the inputs of checkpointed blocks to the host: it needs "
+                         f"checkpoint_fraction > 0, got {checkpoint_fraction}")
     mem = MemoryModel.from_model(model, *shape)
     tokens = result["tokens"] * micro_batch / sp_size
     result["params"] = mem.num_params * model_scale
