@@ -61,6 +61,20 @@ def _wan(**kw) -> nn.Module:
                                text_length=TEXT_LEN + 2), **kw})
 
 
+def _wan_i2v(**kw) -> nn.Module:
+    """Wan 2.1 I2V's shape: mask (4) and first-frame latent (2) channels after the noisy ones, CLIP
+    tokens (zeros when not given), the caption padded to 512 (where diffusers cuts the image tokens)."""
+    return _wan(in_channels=8, image_dim=6, added_kv_proj_dim=24, image_length=3, text_length=512, **kw)
+
+
+def _wan_experts(**kw) -> nn.Module:
+    """Wan 2.2's two noise-level experts: the battery's float64 batch (t = 9, 300: the LoRA and SP cases)
+    has one sample on each side of 100, its float32 batch (t = 788, 807) goes to the high-noise expert."""
+    from lvdm.models.diffusers_adapter import WanExperts
+
+    return WanExperts(_wan(**kw), _wan(**kw), boundary_ratio=0.1)
+
+
 def _ltx(**kw) -> nn.Module:
     """diffusers' LTXVideoTransformer3DModel behind lvdm's adapter (imports diffusers only when built)."""
     from lvdm.models.diffusers_adapter import build_ltx
@@ -105,6 +119,9 @@ VARIANTS = [
                                                  text_mask=False, image_condition_channels=3, rope_theta=10000.0)),
     # diffusers' Wan 2.1 T2V transformer through lvdm.models.diffusers_adapter (lvdm's SP hooks)
     Variant("wan2.1-t2v-diffusers", _wan, sp_tolerance=1e-6),
+    # its image embedder's FP32LayerNorms round at float32 too (gradients measured 1.1e-6 apart)
+    Variant("wan2.1-i2v-diffusers", _wan_i2v, sp_tolerance=3e-6),
+    Variant("wan2.2-experts-diffusers", _wan_experts, sp_tolerance=1e-6),
     # diffusers' LTX-Video transformer (its RMSNorm also computes in float32 whatever the dtype)
     Variant("ltx-video-diffusers", _ltx, sp_tolerance=1e-6, patch_padding=False),
 ]
@@ -151,7 +168,8 @@ def _grads(model: nn.Module, *inputs) -> list[torch.Tensor]:
     model.zero_grad()
     w = torch.linspace(-1, 1, inputs[0].numel(), dtype=inputs[0].dtype).view(inputs[0].shape)
     (model(*inputs) * w).sum().backward()
-    return [p.grad.clone() for p in model.parameters()]
+    # an expert no sample went to (Wan 2.2's two experts) has no gradients: zeros
+    return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
 
 
 # ------------------------------------------------------------------------------ the contract

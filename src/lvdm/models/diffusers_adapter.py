@@ -20,7 +20,17 @@ What the Wan adapter maps, and why it gives the bare diffusers model's output (L
   ``context`` and ``context_mask``: tokens where the mask is False are zeroed and the caption
   is zero-padded to ``text_length`` (None: left at its length). Wan has no learned null
   caption: the unconditional half is the (negative) prompt's umT5 tokens.
-* **micro-conditions**: none (text-to-video).
+* **image-to-video** (Wan 2.1 I2V; Wan 2.2 I2V has the channels but no image tokens): the
+  transformer's extra input channels (``in_channels − out_channels``: 4 of the mask over the
+  4× temporally compressed frames, then 16 of the given frames' VAE latents, zeros elsewhere)
+  are the micro-condition ``image_condition``, concatenated after the noisy latents as
+  ``WanImageToVideoPipeline`` does; CLIP's penultimate hidden states are ``image_embeds``
+  (``encoder_hidden_states_image``: embedded, and attended to by the image key/value projections
+  of every cross-attention). Text-to-video Wan takes no micro-condition. Wan 2.2 TI2V's
+  first-frame conditioning (``expand_timesteps``) is the latent frame itself at a per-frame
+  timestep of 0: lvdm's masked-frame conditioning.
+
+Wan 2.2's two noise-level experts are :class:`WanExperts`.
 
 Sequence parallelism uses lvdm's hooks (:mod:`lvdm.distributed.plan`), not diffusers'
 ``_cp_plan`` (that needs a ``DeviceMesh`` and diffusers' own attention backends): the video
@@ -59,7 +69,8 @@ from lvdm.models.parallel_plan import SequenceSplit
 from lvdm.models.rope import apply_rope
 from lvdm.ops.attention import attention
 
-__all__ = ["LTXBackbone", "LTXSelfAttention", "WanBackbone", "WanSelfAttention", "build_ltx", "build_wan"]
+__all__ = ["LTXBackbone", "LTXSelfAttention", "WanBackbone", "WanExperts", "WanSelfAttention", "build_ltx", "build_wan",
+           "build_wan_experts"]
 
 
 def per_token_timesteps(timestep: torch.Tensor, b: int, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -141,8 +152,10 @@ class WanBackbone(_DiffusersBackbone):
     config with lvdm's initialisation.
 
     Args:
-        transformer: a diffusers ``WanTransformer3DModel`` (text-to-video: no image tokens).
-        text_length: the length the caption is zero-padded to (Wan: 512); None: no padding.
+        transformer: a diffusers ``WanTransformer3DModel`` (text- or image-to-video).
+        text_length: the length the caption is zero-padded to (Wan: 512; with image tokens it
+            must be 512, where diffusers' attention cuts the image tokens off); None: no padding.
+        image_length: the image tokens a missing ``image_embeds`` has (CLIP ViT-H/14: 257).
     """
 
     #: Sequence parallelism cuts the video tokens entering ``blocks[0]`` (token by token: the
@@ -157,7 +170,8 @@ class WanBackbone(_DiffusersBackbone):
     #: diffusers' block: the checkpoint and compile unit.
     block_class = WanTransformerBlock
 
-    #: Text-to-video Wan takes no micro-condition.
+    #: Text-to-video Wan takes no micro-condition; image-to-video ``image_condition`` and (with
+    #: image tokens) ``image_embeds`` (set per instance).
     micro_conditions: tuple[str, ...] = ()
 
     #: The caption's zero-padded length changes the cross-attention (the padding tokens are
@@ -167,15 +181,32 @@ class WanBackbone(_DiffusersBackbone):
     #: The attention projections (self and cross) and the feed-forward linears of the blocks.
     lora_targets = r"transformer\.blocks\.\d+\.((attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)|ffn\.net\.(0\.proj|2))"
 
-    def __init__(self, transformer: WanTransformer3DModel, text_length: Optional[int] = 512):
+    def __init__(self, transformer: WanTransformer3DModel, text_length: Optional[int] = 512, image_length: int = 257):
         super().__init__()
         config = transformer.config
-        if config.get("image_dim") is not None or config.get("added_kv_proj_dim") is not None:
-            raise ValueError("WanBackbone adapts text-to-video Wan; this transformer takes image tokens "
-                             f"(image_dim={config.get('image_dim')}, added_kv_proj_dim={config.get('added_kv_proj_dim')})")
         self._adopt(transformer, config.text_dim, WanSelfAttention)
         self.text_length = None if text_length is None else int(text_length)
         self.patch_size = tuple(int(p) for p in config.patch_size)
+        self.image_condition_channels = self.in_channels - self.out_channels
+        self._check_image_to_video(config)
+        self.image_dim, self.image_length = config.get("image_dim"), int(image_length)
+        self.in_channels = self.out_channels  # the noisy latents; the condition channels come as image_condition
+        self.micro_conditions = tuple(name for name, used in (("image_condition", self.image_condition_channels),
+                                                              ("image_embeds", self.image_dim)) if used)
+
+    def _check_image_to_video(self, config) -> None:
+        """Refuse the image-to-video settings the adapter cannot serve, in one line each."""
+        if self.image_condition_channels < 0:
+            raise ValueError(f"Wan in_channels={self.in_channels} < out_channels={self.out_channels}")
+        if config.get("pos_embed_seq_len") is not None:
+            raise ValueError("Wan first-last-frame models (pos_embed_seq_len="
+                             f"{config.pos_embed_seq_len}) are not adapted; Wan 2.1 I2V (one image) is")
+        if (config.get("image_dim") is None) != (config.get("added_kv_proj_dim") is None):
+            raise ValueError(f"Wan image tokens need both image_dim and added_kv_proj_dim, got "
+                             f"image_dim={config.get('image_dim')}, added_kv_proj_dim={config.get('added_kv_proj_dim')}")
+        if config.get("image_dim") is not None and self.text_length != 512:
+            raise ValueError(f"Wan with image tokens needs text_length=512, got {self.text_length}: diffusers' "
+                             "WanAttnProcessor takes all but the last 512 context tokens as the image's")
 
     # ------------------------------------------------------------------------------ inputs
     def _text(self, context: Optional[torch.Tensor], context_mask: Optional[torch.Tensor], b: int) -> torch.Tensor:
@@ -190,28 +221,62 @@ class WanBackbone(_DiffusersBackbone):
             context = torch.cat([context, context.new_zeros(b, self.text_length - length, context.shape[-1])], 1)
         return context
 
+    def _image_inputs(self, x: torch.Tensor, image_condition: Optional[torch.Tensor],
+                      image_embeds: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The transformer's input (the latents, then ``image_condition``'s channels, as
+        ``WanImageToVideoPipeline`` concatenates them) and its image tokens; a missing condition
+        is zeros (no frame given, a zero image embedding of ``image_length`` tokens)."""
+        b, _, *size = x.shape
+        for name, value in (("image_condition", image_condition), ("image_embeds", image_embeds)):
+            if value is not None and name not in self.micro_conditions:
+                raise ValueError(f"this Wan takes no {name} (its micro-conditions: {self.micro_conditions})")
+        if self.image_condition_channels:
+            shape = (b, self.image_condition_channels, *size)
+            image_condition = x.new_zeros(shape) if image_condition is None else image_condition
+            if tuple(image_condition.shape) != shape:
+                raise ValueError(f"image_condition must be [B, C, T, H, W] = {list(shape)}, "
+                                 f"got {list(image_condition.shape)}")
+            x = torch.cat([x, image_condition.to(x.dtype)], 1)
+        if self.image_dim is not None:
+            image_embeds = x.new_zeros(b, self.image_length, self.image_dim) if image_embeds is None else image_embeds
+            if image_embeds.ndim != 3 or image_embeds.shape[0] != b or image_embeds.shape[-1] != self.image_dim:
+                raise ValueError(f"image_embeds must be [B, L, image_dim] = [{b}, L, {self.image_dim}], "
+                                 f"got {list(image_embeds.shape)}")
+        return x, image_embeds
+
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: Optional[torch.Tensor] = None,
-                context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                context_mask: Optional[torch.Tensor] = None, image_condition: Optional[torch.Tensor] = None,
+                image_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Predict Wan's target (the velocity ``ε - x0``) for latents ``x`` ``[B, C, T, H, W]`` at
         ``timestep`` ``[B]`` or ``[B, T]`` (``t · 1000``) from umT5 tokens ``context``
-        ``[B, L, context_dim]`` (boolean ``context_mask`` ``[B, L]``, True = real)."""
+        ``[B, L, context_dim]`` (boolean ``context_mask`` ``[B, L]``, True = real); image-to-video
+        models also take ``image_condition`` ``[B, in − out channels, T, H, W]`` (the mask's
+        channels, then the given frames' latents) and CLIP's ``image_embeds`` ``[B, L, image_dim]``."""
         check_latents(x, self.in_channels)
         b, _, *size = x.shape
         grid = patch_grid(self.patch_size, size)
         timestep = per_token_timesteps(timestep, b, grid)
         text = self._text(context, context_mask, b)
-        out = self.transformer(pad_to_patches(x, self.patch_size), timestep, text, return_dict=False)[0]
+        hidden, image = self._image_inputs(x, image_condition, image_embeds)
+        out = self.transformer(pad_to_patches(hidden, self.patch_size), timestep, text, image, return_dict=False)[0]
         return out[:, :, : size[0], : size[1], : size[2]]
 
     # ------------------------------------------------------------------------------ FLOPs
     def forward_flops(self, latent_thw: Sequence[int], text_len: int = 0, batch_size: int = 1) -> dict[str, int]:
         """The FLOP model (backbone contract) at a per-sample timestep; the caption counts
-        ``max(text_len, text_length)`` tokens (its zero padding is attended to)."""
+        ``max(text_len, text_length)`` tokens (its zero padding is attended to), the image
+        ``image_length`` tokens (embedder, per block their key/value projections and attention)."""
         if text_len <= 0:
             raise ValueError("Wan is text-conditional: give text_len > 0")
         config = self.transformer.config
         length = max(int(text_len), self.text_length or 0)
-        return cross_attention_dit_flops(self, latent_thw, length, batch_size, int(config.freq_dim), int(config.ffn_dim))
+        out = cross_attention_dit_flops(self, latent_thw, length, batch_size, int(config.freq_dim), int(config.ffn_dim))
+        if self.image_dim is not None:
+            b, n, d, li = batch_size, math.prod(patch_grid(self.patch_size, latent_thw)), self.hidden_size, self.image_length
+            out["image_embed"] = b * (mm(li, self.image_dim, self.image_dim) + mm(li, self.image_dim, d))
+            out["cross_proj"] += len(self.blocks) * b * mm(li, d, 2 * d)
+            out["cross_attention"] += len(self.blocks) * b * 4 * n * li * d
+        return out
 
 
 def cross_attention_dit_flops(backbone: nn.Module, latent_thw: Sequence[int], length: int, batch_size: int,
@@ -223,7 +288,7 @@ def cross_attention_dit_flops(backbone: nn.Module, latent_thw: Sequence[int], le
     t, h, w = patch_grid(backbone.patch_size, latent_thw)
     d, b, n, patch = backbone.hidden_size, batch_size, t * h * w, math.prod(backbone.patch_size)
     out: dict[str, int] = {name: 0 for name in BLOCK_PARTS}
-    out["patch_embed"] = b * mm(n, backbone.in_channels * patch, d)
+    out["patch_embed"] = b * mm(n, int(backbone.transformer.config.in_channels) * patch, d)
     out["timestep_embed"] = b * (mm(1, freq_dim, d) + mm(1, d, d) + mm(1, d, 6 * d))
     out["text_proj"] = b * (mm(length, backbone.context_dim, d) + mm(length, d, d))
     for _ in backbone.blocks:
@@ -253,9 +318,13 @@ def build_wan(
     eps: float = 1e-6,
     rope_max_seq_len: int = 1024,
     text_length: Optional[int] = 512,
+    image_dim: Optional[int] = None,
+    added_kv_proj_dim: Optional[int] = None,
+    image_length: int = 257,
 ) -> WanBackbone:
     """A :class:`WanBackbone` around a new diffusers ``WanTransformer3DModel`` (defaults: Wan 2.1
-    T2V 1.3B's config) with lvdm's from-scratch initialisation on top of diffusers': the output
+    T2V 1.3B's config; ``in_channels`` above ``out_channels`` and ``image_dim`` with
+    ``added_kv_proj_dim``: Wan 2.1 I2V) with lvdm's from-scratch initialisation on top of diffusers': the output
     projections of every residual branch (self- and cross-attention, feed-forward) and the final
     projection are zero, so every block starts as the identity and the model predicts 0 (load
     published weights with :func:`lvdm.models.presets.from_diffusers_wan` instead)."""
@@ -263,13 +332,84 @@ def build_wan(
         patch_size=tuple(patch_size), num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim,
         in_channels=in_channels, out_channels=out_channels, text_dim=text_dim, freq_dim=freq_dim, ffn_dim=ffn_dim,
         num_layers=num_layers, cross_attn_norm=cross_attn_norm, qk_norm="rms_norm_across_heads", eps=eps,
-        rope_max_seq_len=rope_max_seq_len,
+        rope_max_seq_len=rope_max_seq_len, image_dim=image_dim, added_kv_proj_dim=added_kv_proj_dim,
     )
     for block in transformer.blocks:
         for linear in (block.attn1.to_out[0], block.attn2.to_out[0], block.ffn.net[2]):
             _zero(linear)
     _zero(transformer.proj_out)
-    return WanBackbone(transformer, text_length)
+    return WanBackbone(transformer, text_length, image_length)
+
+
+class WanExperts(nn.Module):
+    """Wan 2.2 A14B's two noise-level experts as one backbone: ``high`` (the pipeline's
+    ``transformer``) denoises the timesteps ``t ≥ boundary_ratio · 1000``, ``low``
+    (``transformer_2``) the others, the rule of diffusers' ``WanPipeline`` (``boundary_timestep =
+    boundary_ratio · num_train_timesteps``, compared with the scheduler's ``σ · 1000``, which is
+    the ``t · 1000`` lvdm passes). Each sample of a batch goes to its own expert; per-frame times
+    go by the sample's largest (its noisiest frame). Both are :class:`WanBackbone` of one config.
+
+    Training both in one module: a step whose samples all fall on one side leaves the other
+    expert without gradients (DDP then needs ``find_unused_parameters``); Wan trains each expert
+    alone, on its side of the boundary, which is one :class:`WanBackbone`.
+
+    Args:
+        high: the high-noise expert (``transformer``).
+        low: the low-noise expert (``transformer_2``).
+        boundary_ratio: the pipeline's ``boundary_ratio`` (Wan 2.2 T2V: 0.875, I2V: 0.9).
+        num_train_timesteps: the scheduler's (1000).
+    """
+
+    #: No blocks of its own: each expert's plan (:attr:`WanBackbone.sequence_parallel_plan`) cuts
+    #: and gathers inside it.
+    sequence_parallel_plan = SequenceSplit(blocks=(), tokens="hidden_states", grid=None, gather="",
+                                           unit="video token")
+    block_class = WanTransformerBlock
+    #: A different boundary routes the same times to the other expert.
+    fixed_position_settings = ("high.text_length", "boundary")
+    lora_targets = r"(high|low)\." + WanBackbone.lora_targets
+
+    def __init__(self, high: WanBackbone, low: WanBackbone, boundary_ratio: float, num_train_timesteps: int = 1000):
+        super().__init__()
+        if dict(high.transformer.config) != dict(low.transformer.config) or high.text_length != low.text_length:
+            raise ValueError("WanExperts needs two experts of one config and text_length")
+        if not 0.0 < boundary_ratio < 1.0:
+            raise ValueError(f"boundary_ratio must be in (0, 1), got {boundary_ratio}")
+        self.high, self.low = high, low
+        self.boundary = float(boundary_ratio) * num_train_timesteps
+        for name in ("in_channels", "patch_size", "hidden_size", "num_heads", "context_dim", "micro_conditions"):
+            setattr(self, name, getattr(high, name))
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: Optional[torch.Tensor] = None,
+                context_mask: Optional[torch.Tensor] = None, image_condition: Optional[torch.Tensor] = None,
+                image_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`WanBackbone.forward` of each sample's expert."""
+        check_latents(x, self.in_channels)
+        b = x.shape[0]
+        timestep = torch.as_tensor(timestep, device=x.device)
+        timestep = timestep.expand(b) if timestep.ndim == 0 else timestep
+        times = per_token_timesteps(timestep, b, patch_grid(self.patch_size, x.shape[2:]))
+        high = (times if times.ndim == 1 else times.amax(1)) >= self.boundary
+        inputs = dict(timestep=timestep, context=context, context_mask=context_mask,
+                      image_condition=image_condition, image_embeds=image_embeds)
+        if x.is_meta:  # no values to route by (FLOP counting, shapes): the experts share one config
+            return self.high(x, **inputs)
+        if high.all() or not high.any():
+            return (self.high if high.all() else self.low)(x, **inputs)
+        out = x.new_empty(x.shape)
+        for expert, rows in ((self.high, high), (self.low, ~high)):
+            out[rows] = expert(x[rows], **{k: None if v is None else v[rows] for k, v in inputs.items()})
+        return out
+
+    def forward_flops(self, latent_thw: Sequence[int], text_len: int = 0, batch_size: int = 1) -> dict[str, int]:
+        """One expert's (each sample runs one)."""
+        return self.high.forward_flops(latent_thw, text_len, batch_size)
+
+
+def build_wan_experts(boundary_ratio: float = 0.875, **wan: object) -> WanExperts:
+    """:class:`WanExperts` of two :func:`build_wan` experts of config ``wan`` (defaults: Wan 2.2
+    T2V A14B's boundary; give the 14B config for its size)."""
+    return WanExperts(build_wan(**wan), build_wan(**wan), boundary_ratio)
 
 
 # ---------------------------------------------------------------------------------- LTX-Video
