@@ -140,6 +140,11 @@ PUBLISHED = [
     ("opensora-2.0", lambda: from_name("opensora-2.0").build(), 11_891_390_528, 0),
     # Wan 2.1 T2V's "1.3B": 1,418,996,800 in diffusers' WanTransformer3DModel (the 1.3B config.json) on meta
     ("wan2.1-t2v-1.3b", lambda: from_name("wan2.1-t2v-1.3b").build(), 1_418_996_800, 0),
+    # Wan 2.1's "14B": 14,288,491,584 in diffusers' WanTransformer3DModel (the 14B config) on meta; its I2V
+    # (36 input channels, CLIP image tokens) 16,394,878,784; Wan 2.2 A14B two 14B experts ("27B")
+    ("wan2.1-t2v-14b", lambda: from_name("wan2.1-t2v-14b").build(), 14_288_491_584, 0),
+    ("wan2.1-i2v-14b-480p", lambda: from_name("wan2.1-i2v-14b-480p").build(), 16_394_878_784, 0),
+    ("wan2.2-t2v-a14b", lambda: from_name("wan2.2-t2v-a14b").build(), 2 * 14_288_491_584, 0),
     # LTX-Video's "2B": 1,923,385,472 in diffusers' LTXVideoTransformer3DModel (the 0.9.x config.json) on meta
     ("ltx-video-2b", lambda: from_name("ltx-video-2b").build(), 1_923_385_472, 0),
 ]

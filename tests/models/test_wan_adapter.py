@@ -9,7 +9,7 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from lvdm.models.diffusers_adapter import WanBackbone, WanExperts, build_wan
-from lvdm.models.presets import from_diffusers_wan, from_name
+from lvdm.models.presets import from_diffusers_wan, from_diffusers_wan_experts, from_name
 
 TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
             text_dim=8, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32)
@@ -181,6 +181,34 @@ def test_wan_1_3b_preset_size_and_sampler_on_meta():
     objective = chosen.sampler.build_objective()
     assert (objective.shift, objective.num_sampling_steps, objective.time_scale) == (3.0, 50, 1000.0)
     assert chosen.sampler.guidance_scale == 5.0 and chosen.sampler.negative_prompt.startswith("色调艳丽")
+
+
+def test_wan_14b_and_2_2_presets_on_meta():
+    """Wan 2.1 14B (generate.py: 50 steps, shift 5), its I2V at 480p (40 steps, shift 3) and Wan 2.2 T2V
+    A14B (wan_t2v_A14B.py: two 14B experts, boundary 0.875, 40 steps, shift 12, high-noise guidance 4)."""
+    with torch.device("meta"):
+        t2v, i2v, experts = (from_name(n).build() for n in ("wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.2-t2v-a14b"))
+    assert (t2v.hidden_size, len(t2v.blocks), t2v.num_heads) == (5120, 40, 40)
+    assert (i2v.in_channels, i2v.image_condition_channels, i2v.image_dim, i2v.image_length) == (16, 20, 1280, 257)
+    assert isinstance(experts, WanExperts) and experts.boundary == 875.0 and len(experts.low.blocks) == 40
+    steps_shift = [(o.num_sampling_steps, o.shift) for o in (from_name(n).sampler.build_objective() for n in
+                                                              ("wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.2-t2v-a14b"))]
+    assert steps_shift == [(50, 5.0), (40, 3.0), (40, 12.0)]
+
+
+def test_from_diffusers_wan_experts_loads_both_transformers(tmp_path, assert_close_scaled):
+    import json
+
+    for seed, sub in enumerate(("transformer", "transformer_2")):
+        _random(WanTransformer3DModel(**TINY), seed).save_pretrained(tmp_path / sub, safe_serialization=True)
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        from_diffusers_wan_experts(str(tmp_path))
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline", "boundary_ratio": 0.9}))
+    experts = from_diffusers_wan_experts(str(tmp_path), text_length=TEXT_LENGTH)
+    assert experts.boundary == 900.0
+    high = _random(WanTransformer3DModel(**TINY), 0).state_dict()
+    for name, tensor in high.items():
+        torch.testing.assert_close(experts.high.transformer.state_dict()[name], tensor, rtol=0, atol=0)
 
 
 def test_from_diffusers_wan_loads_a_pipeline_folder(tmp_path, assert_close_scaled):
