@@ -75,6 +75,16 @@ def _wan_experts(**kw) -> nn.Module:
     return WanExperts(_wan(**kw), _wan(**kw), boundary_ratio=0.1)
 
 
+def _cogvideox(**kw) -> nn.Module:
+    """diffusers' CogVideoXTransformer3DModel (5b's RoPE positions) behind lvdm's adapter."""
+    from lvdm.models.diffusers_adapter import build_cogvideox
+
+    return build_cogvideox(**{**dict(in_channels=2, out_channels=2, num_attention_heads=2, attention_head_dim=16,
+                                     time_embed_dim=8, text_embed_dim=CONTEXT_DIM, num_layers=2, sample_width=4,
+                                     sample_height=4, max_text_seq_length=TEXT_LEN,
+                                     use_rotary_positional_embeddings=True), **kw})
+
+
 def _ltx(**kw) -> nn.Module:
     """diffusers' LTXVideoTransformer3DModel behind lvdm's adapter (imports diffusers only when built)."""
     from lvdm.models.diffusers_adapter import build_ltx
@@ -122,6 +132,8 @@ VARIANTS = [
     # its image embedder's FP32LayerNorms round at float32 too (gradients measured 1.1e-6 apart)
     Variant("wan2.1-i2v-diffusers", _wan_i2v, sp_tolerance=3e-6),
     Variant("wan2.2-experts-diffusers", _wan_experts, sp_tolerance=1e-6),
+    # diffusers' CogVideoX transformer: one time embedding per sample (no per-frame times)
+    Variant("cogvideox-5b-diffusers", _cogvideox, per_frame=False),
     # diffusers' LTX-Video transformer (its RMSNorm also computes in float32 whatever the dtype)
     Variant("ltx-video-diffusers", _ltx, sp_tolerance=1e-6, patch_padding=False),
 ]
@@ -145,6 +157,9 @@ PUBLISHED = [
     ("wan2.1-t2v-14b", lambda: from_name("wan2.1-t2v-14b").build(), 14_288_491_584, 0),
     ("wan2.1-i2v-14b-480p", lambda: from_name("wan2.1-i2v-14b-480p").build(), 16_394_878_784, 0),
     ("wan2.2-t2v-a14b", lambda: from_name("wan2.2-t2v-a14b").build(), 2 * 14_288_491_584, 0),
+    # CogVideoX's "2B" / "5B": 1,693,783,872 / 5,570,283,072 in diffusers' CogVideoXTransformer3DModel on meta
+    ("cogvideox-2b", lambda: from_name("cogvideox-2b").build(), 1_693_783_872, 0),
+    ("cogvideox-5b", lambda: from_name("cogvideox-5b").build(), 5_570_283_072, 0),
     # LTX-Video's "2B": 1,923,385,472 in diffusers' LTXVideoTransformer3DModel (the 0.9.x config.json) on meta
     ("ltx-video-2b", lambda: from_name("ltx-video-2b").build(), 1_923_385_472, 0),
 ]
@@ -334,10 +349,11 @@ SP_CASES = [(v.name, mode) for v in VARIANTS if v.sequence_parallel for mode in 
 
 def _sp_case(name: str, mode: str, group, rank: int, world: int) -> dict:
     """SP(2) against the same model in one process (float64): outputs and world-averaged
-    gradients. Ring runs per-frame timesteps (their modulations are cut with the frames)."""
+    gradients. Ring runs per-frame timesteps where the variant takes them (their modulations are cut
+    with the frames)."""
     model = _random(BY_NAME[name].build(), std=0.1).double()
     x, t, ctx, mask = _inputs(dtype=torch.float64)
-    if mode == "ring":
+    if mode == "ring" and BY_NAME[name].per_frame:
         t = t[:, None] * torch.linspace(1.0, 0.25, FRAMES, dtype=t.dtype)
     reference = model(x, t, ctx, mask)
     ref_grads = _grads(model, x, t, ctx, mask)

@@ -47,7 +47,8 @@ from collections.abc import Sequence
 from typing import Optional
 
 import torch
-from diffusers import LTXVideoTransformer3DModel, WanTransformer3DModel
+from diffusers import CogVideoXTransformer3DModel, LTXVideoTransformer3DModel, WanTransformer3DModel
+from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
 from diffusers.models.transformers.transformer_ltx import LTXVideoTransformerBlock
 from diffusers.models.transformers.transformer_wan import (
     WanTransformerBlock,
@@ -69,8 +70,8 @@ from lvdm.models.parallel_plan import SequenceSplit
 from lvdm.models.rope import apply_rope
 from lvdm.ops.attention import attention
 
-__all__ = ["LTXBackbone", "LTXSelfAttention", "WanBackbone", "WanExperts", "WanSelfAttention", "build_ltx", "build_wan",
-           "build_wan_experts"]
+__all__ = ["CogVideoXBackbone", "CogVideoXJointAttention", "LTXBackbone", "LTXSelfAttention", "WanBackbone", "WanExperts", "WanSelfAttention", "build_ltx", "build_wan",
+           "build_wan_experts", "build_cogvideox"]
 
 
 def per_token_timesteps(timestep: torch.Tensor, b: int, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -547,3 +548,193 @@ def build_ltx(
             _zero(linear)
     _zero(transformer.proj_out)
     return LTXBackbone(transformer, frame_rate, compression)
+
+
+# ---------------------------------------------------------------------------------- CogVideoX
+def per_sample_timesteps(timestep: torch.Tensor, b: int, frames: int, model: str) -> torch.Tensor:
+    """``[B]`` from a scalar or ``[B]``; one clear line for per-frame ``[B, T]`` (a model with one
+    time embedding per sample cannot take them)."""
+    timestep = torch.as_tensor(timestep)
+    if timestep.ndim == 0:
+        return timestep.expand(b)
+    if tuple(timestep.shape) == (b,):
+        return timestep
+    raise ValueError(f"{model} takes one timestep per sample [B] = [{b}]: per-frame timesteps [B, T] = "
+                     f"[{b}, {frames}] are not supported, got {list(timestep.shape)}")
+
+
+class CogVideoXJointAttention:
+    """Attention processor of the CogVideoX blocks (``attn1``): diffusers'
+    ``CogVideoXAttnProcessor2_0`` computation (one attention over the caption and video tokens,
+    per-head LayerNorm of queries and keys, RoPE on the video tokens only) with the attention
+    through :func:`lvdm.models.mmdit.joint_attention`, so that under sequence parallelism the
+    video tokens are this rank's chunk and the caption whole on every rank. The RoPE tables come
+    as ``[1, N, head_dim]`` (the token axis is where sequence parallelism cuts them)."""
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask=None, image_rotary_emb=None) -> tuple[torch.Tensor, torch.Tensor]:
+        from lvdm.models.mmdit import joint_attention
+
+        if attention_mask is not None:
+            raise ValueError("CogVideoXJointAttention takes no attention mask (CogVideoX attends to every token)")
+
+        def project(tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            q, k, v = (f(tokens).unflatten(2, (attn.heads, -1)).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
+            q = q if attn.norm_q is None else attn.norm_q(q)
+            return q, (k if attn.norm_k is None else attn.norm_k(k)), v
+
+        q, k, v = project(hidden_states)
+        if image_rotary_emb is not None:  # diffusers' tables, pairs interleaved
+            cos, sin = (table[:, None] for table in image_rotary_emb)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out, txt_out = joint_attention(q, k, v, *project(encoder_hidden_states), None)
+        out, txt_out = (attn.to_out[1](attn.to_out[0](o.transpose(1, 2).flatten(2).type_as(q))) for o in (out, txt_out))
+        return out, txt_out
+
+
+class CogVideoXBackbone(_DiffusersBackbone):
+    """Diffusers' ``CogVideoXTransformer3DModel`` (CogVideoX 1.0 2B / 5B and 1.5 text-to-video)
+    meeting lvdm's backbone contract. Wraps ``transformer`` as is (its attention processors
+    replaced by :class:`CogVideoXJointAttention`); :func:`build_cogvideox` builds one with lvdm's
+    initialisation.
+
+    What the adapter maps, as diffusers' ``CogVideoXPipeline`` feeds the model:
+
+    * **latents** ``[B, C, T, H, W]`` are zero-padded to whole ``(pt, p, p)`` patches, passed
+      frames first (``[B, T, C, H, W]``, the pipeline's layout) and the prediction cropped back.
+    * **timesteps**: the DDPM chain's integer step in ``[0, 1000)`` (the pipeline passes the
+      scheduler's ``t``), which is what lvdm's :class:`~lvdm.diffusion.objectives.DDPM` passes;
+      one per sample (CogVideoX has one time embedding per sample: per-frame times are refused).
+      Its target is ``v`` (``prediction_type="v_prediction"``).
+    * **text**: T5 tokens ``[B, L, context_dim]`` concatenated before the video tokens (one joint
+      attention). The pipeline pads the caption to 226 tokens and passes T5's outputs at the
+      padding too, with no mask: ``context_mask`` is not applied, the caption must come as T5
+      encodes the padded tokens; with sincos positions (2B) ``L`` must be ``max_text_seq_length``.
+    * **positions**: sincos (2B: inside the model) or RoPE over the video tokens (5B, 1.5),
+      computed as the pipeline's ``_prepare_rotary_positional_embeddings`` from the latent grid
+      and the config's ``sample_height`` / ``sample_width``.
+
+    Image-to-video CogVideoX (``in_channels`` 32, ``ofs``, learned positions) is refused.
+    """
+
+    #: Sequence parallelism cuts the video tokens entering ``transformer_blocks[0]`` with the RoPE
+    #: tables; the caption stays whole on every rank (:func:`lvdm.models.mmdit.joint_attention`);
+    #: the final LayerNorm's output is gathered (the final adaLN and projection see every token).
+    sequence_parallel_plan = SequenceSplit(
+        blocks="blocks", tokens="hidden_states", grid=None, gather="final_norm",
+        follow_split=("image_rotary_emb",), unit="video token",
+    )
+    block_class = CogVideoXBlock
+    _blocks_attribute = "transformer_blocks"
+    micro_conditions: tuple[str, ...] = ()
+    #: The positions are the config's (sample size, RoPE or sincos): nothing set by the adapter.
+    fixed_position_settings: tuple[str, ...] = ()
+    lora_targets = r"transformer\.transformer_blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2))"
+
+    def __init__(self, transformer: CogVideoXTransformer3DModel):
+        super().__init__()
+        config = transformer.config
+        if config.ofs_embed_dim or config.use_learned_positional_embeddings or \
+                config.in_channels != (config.out_channels or config.in_channels):
+            raise ValueError("CogVideoXBackbone adapts text-to-video CogVideoX; image-to-video (in_channels="
+                             f"{config.in_channels}, ofs_embed_dim={config.ofs_embed_dim}, learned positions="
+                             f"{config.use_learned_positional_embeddings}) is not adapted")
+        self._adopt(transformer, config.text_embed_dim, CogVideoXJointAttention)
+        self.patch_size = (int(config.patch_size_t or 1), int(config.patch_size), int(config.patch_size))
+
+    @property
+    def final_norm(self) -> nn.Module:
+        """The final LayerNorm (per token; the adaLN after it reads the time embedding)."""
+        return self.transformer.norm_final
+
+    def _rotary(self, grid: tuple[int, int, int], device: torch.device) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """The pipeline's RoPE tables for a latent ``grid`` (after patching) as ``[1, N, head_dim]``
+        (None: sincos positions, added inside the model)."""
+        config = self.transformer.config
+        if not config.use_rotary_positional_embeddings:
+            return None
+        from diffusers.models.embeddings import get_3d_rotary_pos_embed
+        from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
+        t, h, w = grid
+        base_h, base_w = config.sample_height // config.patch_size, config.sample_width // config.patch_size
+        if config.patch_size_t is None:  # CogVideoX 1.0
+            crops = get_resize_crop_region_for_grid((h, w), base_w, base_h)
+            tables = get_3d_rotary_pos_embed(config.attention_head_dim, crops, (h, w), t, device=device)
+        else:  # CogVideoX 1.5
+            tables = get_3d_rotary_pos_embed(config.attention_head_dim, None, (h, w), t, grid_type="slice",
+                                             max_size=(base_h, base_w), device=device)
+        return tuple(table[None] for table in tables)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: Optional[torch.Tensor] = None,
+                context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Predict CogVideoX's target ``v`` for latents ``x`` ``[B, C, T, H, W]`` at DDPM steps
+        ``timestep`` ``[B]`` from T5 tokens ``context`` ``[B, L, context_dim]`` (``context_mask`` is
+        not applied: see the class docstring)."""
+        check_latents(x, self.in_channels)
+        b, _, *size = x.shape
+        grid = patch_grid(self.patch_size, size)
+        timestep = per_sample_timesteps(timestep, b, grid[0], "CogVideoX")
+        _check_context(context, b, self.context_dim, "CogVideoX")
+        config = self.transformer.config
+        if not config.use_rotary_positional_embeddings and context.shape[1] != config.max_text_seq_length:
+            raise ValueError(f"CogVideoX with sincos positions takes exactly max_text_seq_length="
+                             f"{config.max_text_seq_length} caption tokens, got {context.shape[1]}")
+        hidden = pad_to_patches(x, self.patch_size).transpose(1, 2)  # [B, T, C, H, W]
+        out = self.transformer(hidden, context, timestep, image_rotary_emb=self._rotary(grid, x.device),
+                               return_dict=False)[0]
+        return out.transpose(1, 2)[:, :, : size[0], : size[1], : size[2]]
+
+    def forward_flops(self, latent_thw: Sequence[int], text_len: int = 0, batch_size: int = 1) -> dict[str, int]:
+        """The FLOP model (backbone contract): patch and caption embedding, the time MLP, per block
+        two adaLN projections of the time embedding, one attention and one feed-forward (4×) over
+        caption and video tokens together, the final adaLN and projection."""
+        if text_len <= 0:
+            raise ValueError("CogVideoX is text-conditional: give text_len > 0")
+        config = self.transformer.config
+        t, h, w = patch_grid(self.patch_size, latent_thw)
+        d, b, n, e = self.hidden_size, batch_size, t * h * w, int(config.time_embed_dim)
+        patch, joint = math.prod(self.patch_size), t * h * w + int(text_len)
+        out: dict[str, int] = {name: 0 for name in BLOCK_PARTS}
+        out["patch_embed"] = b * (mm(n, self.in_channels * patch, d) + mm(int(text_len), self.context_dim, d))
+        out["timestep_embed"] = b * (mm(1, d, e) + mm(1, e, e))
+        for _ in self.blocks:
+            out["adaln"] += 2 * b * mm(1, e, 6 * d)
+            attention_flops(out, b, 1, joint, d)
+            mlp_flops(out, b, joint, d, 4 * d)
+        out["final_layer"] = b * (mm(1, e, 2 * d) + mm(n, d, self.out_channels * patch))
+        return out
+
+
+def build_cogvideox(
+    num_attention_heads: int = 30,
+    attention_head_dim: int = 64,
+    in_channels: int = 16,
+    out_channels: int = 16,
+    time_embed_dim: int = 512,
+    text_embed_dim: int = 4096,
+    num_layers: int = 30,
+    sample_width: int = 90,
+    sample_height: int = 60,
+    patch_size: int = 2,
+    patch_size_t: Optional[int] = None,
+    max_text_seq_length: int = 226,
+    use_rotary_positional_embeddings: bool = False,
+    patch_bias: bool = True,
+) -> CogVideoXBackbone:
+    """A :class:`CogVideoXBackbone` around a new diffusers ``CogVideoXTransformer3DModel``
+    (defaults: CogVideoX-2b's config; 5b: 48 heads, 42 layers, RoPE) with lvdm's from-scratch
+    initialisation on top of diffusers': the attention output, feed-forward output and final
+    projections are zero, so every block starts as the identity and the model predicts 0."""
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim, in_channels=in_channels,
+        out_channels=out_channels, time_embed_dim=time_embed_dim, text_embed_dim=text_embed_dim,
+        num_layers=num_layers, sample_width=sample_width, sample_height=sample_height, patch_size=patch_size,
+        patch_size_t=patch_size_t, max_text_seq_length=max_text_seq_length,
+        use_rotary_positional_embeddings=use_rotary_positional_embeddings, patch_bias=patch_bias,
+    )
+    for block in transformer.transformer_blocks:
+        for linear in (block.attn1.to_out[0], block.ff.net[2]):
+            _zero(linear)
+    _zero(transformer.proj_out)
+    return CogVideoXBackbone(transformer)

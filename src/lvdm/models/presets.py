@@ -16,7 +16,7 @@ From a recipe::
 
 :func:`from_name` gives the whole :class:`Preset` of every published configuration (DiT S…XL,
 DiT-ImageNet, PixArt-α, Latte, Open-Sora 1.0 / 1.2, HunyuanVideo and Open-Sora 2.0 (:class:`~lvdm.models.mmdit.MMDiT`),
-Wan 2.1 T2V 1.3B / 14B and I2V 14B, Wan 2.2 T2V A14B and LTX-Video 2B (diffusers' transformers, :mod:`lvdm.models.diffusers_adapter`)): its source, parameter count, architecture
+Wan 2.1 T2V 1.3B / 14B and I2V 14B, Wan 2.2 T2V A14B, LTX-Video 2B and CogVideoX 2B / 5B (diffusers' transformers, :mod:`lvdm.models.diffusers_adapter`)): its source, parameter count, architecture
 and the way the source samples (:class:`SamplerDefaults`); ``lvdm sample --preset NAME`` samples
 with those defaults.
 
@@ -329,7 +329,8 @@ class SamplerDefaults:
 
 
 #: backbone → its builder in :mod:`lvdm.models.diffusers_adapter` (diffusers' transformers).
-_ADAPTER_BUILDERS = {"WanBackbone": "build_wan", "WanExperts": "build_wan_experts", "LTXBackbone": "build_ltx"}
+_ADAPTER_BUILDERS = {"WanBackbone": "build_wan", "WanExperts": "build_wan_experts", "LTXBackbone": "build_ltx",
+                     "CogVideoXBackbone": "build_cogvideox"}
 
 
 @dataclass(frozen=True)
@@ -339,7 +340,7 @@ class Preset:
 
     name: str
     source: str
-    backbone: Literal["STDiT", "DiT", "MMDiT", "WanBackbone", "WanExperts", "LTXBackbone"]
+    backbone: Literal["STDiT", "DiT", "MMDiT", "WanBackbone", "WanExperts", "LTXBackbone", "CogVideoXBackbone"]
     kwargs: Mapping[str, Any]
     num_params: int
     sampler: SamplerDefaults
@@ -473,6 +474,29 @@ _LTX_SAMPLER = SamplerDefaults(
                    "folder's base_shift 0.95 at 1024 tokens, max_shift 2.05 at 4096) and a terminal stretch "
                    "(shift_terminal 0.1); lvdm: Euler with the fixed shift exp(mu) at 768x512x121, no stretch")
 
+#: CogVideoX 1.0 (hf THUDM/CogVideoX-2b and -5b transformer/config.json; 2b = diffusers'
+#: CogVideoXTransformer3DModel defaults: 1920 wide, 30 heads, 30 layers, sincos positions; 5b: 3072 wide,
+#: 48 heads, 42 layers, RoPE; T5-XXL tokens of 4096 padded to 226, unmasked).
+_COGVIDEOX_2B: dict = {}
+_COGVIDEOX_5B = dict(num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True)
+#: What lvdm's DDPM can express of CogVideoX's scheduler (v-prediction, scaled-linear β 0.00085 → 0.012,
+#: 1000 steps); what it lacks is in ``source_sampler``.
+_COGVIDEOX_DDPM = (_DDPM, dict(prediction_type="v_prediction", beta_schedule="scaled_linear", beta_start=0.00085,
+                               beta_end=0.012, sampler="ddim", num_sampling_steps=50))
+_COGVIDEOX_LACKS = ("lvdm's DDPM lacks: rescale_betas_zero_snr (zero terminal SNR), the SNR shift "
+                    "alphas_cumprod / (s + (1 - s) alphas_cumprod) with snr_shift_scale s = {snr}, "
+                    "timestep_spacing 'trailing' and set_alpha_to_one, CogVideoX's own DPM scheduler{dynamic}: "
+                    "lvdm samples with plain DDIM on the unshifted, unrescaled chain (not the source's)")
+_COGVIDEOX_2B_SAMPLER = SamplerDefaults(
+    _COGVIDEOX_DDPM, 6.0, "empty_caption",
+    source_sampler="diffusers' CogVideoXPipeline: CogVideoXDDIMScheduler / CogVideoXDPMScheduler, 50 steps, "
+                   "guidance 6.0, T5 tokens padded to 226, 8 fps; " + _COGVIDEOX_LACKS.format(snr=3.0, dynamic=""))
+_COGVIDEOX_5B_SAMPLER = SamplerDefaults(
+    _COGVIDEOX_DDPM, 6.0, "empty_caption",
+    source_sampler="diffusers' CogVideoXPipeline: CogVideoXDPMScheduler, 50 steps, guidance 6.0 with "
+                   "use_dynamic_cfg (1 + 6 (1 - cos(pi ((50 - t) / 50)^5)) / 2), T5 tokens padded to 226, 8 fps; "
+                   + _COGVIDEOX_LACKS.format(snr=1.0, dynamic=" and the dynamic guidance"))
+
 #: name → :class:`Preset`, every published configuration lvdm reproduces.
 TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
     "dit-s2": _dit("S/2", "Table 1 (no published weights)", 32_865_056),
@@ -512,6 +536,11 @@ TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
     # 28,576,983,168: two 14B experts ("A14B": 14B active per step, 27B in all)
     "wan2.2-t2v-a14b": ("github.com/Wan-Video/Wan2.2 (Wan Team 2025), hf Wan-AI/Wan2.2-T2V-A14B-Diffusers",
                         "WanExperts", _WAN22_T2V, 28_576_983_168, _WAN22_SAMPLER),
+    # 1,693,783,872 / 5,570,283,072: diffusers' CogVideoXTransformer3DModel with the 2b / 5b configs on meta
+    "cogvideox-2b": ("github.com/THUDM/CogVideo (Yang et al. 2024), hf THUDM/CogVideoX-2b", "CogVideoXBackbone",
+                     _COGVIDEOX_2B, 1_693_783_872, _COGVIDEOX_2B_SAMPLER),
+    "cogvideox-5b": ("github.com/THUDM/CogVideo (Yang et al. 2024), hf THUDM/CogVideoX-5b", "CogVideoXBackbone",
+                     _COGVIDEOX_5B, 5_570_283_072, _COGVIDEOX_5B_SAMPLER),
     # 1,923,385,472: diffusers' LTXVideoTransformer3DModel() (the 0.9.x 2B config) on meta ("2B")
     "ltx-video-2b": ("github.com/Lightricks/LTX-Video (HaCohen et al. 2024), hf Lightricks/LTX-Video 0.9.x 2B",
                      "LTXBackbone", _LTX_2B, 1_923_385_472, _LTX_SAMPLER),
