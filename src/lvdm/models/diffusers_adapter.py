@@ -42,13 +42,23 @@ norm is gathered before the final modulation and projection.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 from typing import Optional
 
 import torch
-from diffusers import CogVideoXTransformer3DModel, LTXVideoTransformer3DModel, WanTransformer3DModel
+from diffusers import (
+    CogVideoXTransformer3DModel,
+    HunyuanVideoTransformer3DModel,
+    LTXVideoTransformer3DModel,
+    WanTransformer3DModel,
+)
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
+from diffusers.models.transformers.transformer_hunyuan_video import (
+    HunyuanVideoSingleTransformerBlock,
+    HunyuanVideoTransformerBlock,
+)
 from diffusers.models.transformers.transformer_ltx import LTXVideoTransformerBlock
 from diffusers.models.transformers.transformer_wan import (
     WanTransformerBlock,
@@ -70,8 +80,8 @@ from lvdm.models.parallel_plan import SequenceSplit
 from lvdm.models.rope import apply_rope
 from lvdm.ops.attention import attention
 
-__all__ = ["CogVideoXBackbone", "CogVideoXJointAttention", "LTXBackbone", "LTXSelfAttention", "WanBackbone", "WanExperts", "WanSelfAttention", "build_ltx", "build_wan",
-           "build_wan_experts", "build_cogvideox"]
+__all__ = ["CogVideoXBackbone", "CogVideoXJointAttention", "HunyuanVideoBackbone", "HunyuanVideoJointAttention", "LTXBackbone", "LTXSelfAttention", "WanBackbone", "WanExperts", "WanSelfAttention", "build_ltx", "build_wan",
+           "build_wan_experts", "build_cogvideox", "build_hunyuanvideo"]
 
 
 def per_token_timesteps(timestep: torch.Tensor, b: int, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -122,8 +132,10 @@ class _DiffusersBackbone(nn.Module):
     parallelism cuts at (``blocks``) and gathers at (``final_norm``, the transformer's
     ``norm_out``)."""
 
-    #: the attribute of the diffusers transformer holding its blocks
-    _blocks_attribute = "blocks"
+    #: the attribute of the diffusers transformer holding its blocks (a tuple: several lists, in order)
+    _blocks_attribute: str | tuple[str, ...] = "blocks"
+    #: the attribute of a block holding the attention whose processor lvdm replaces
+    _attention_attribute = "attn1"
 
     def _adopt(self, transformer: nn.Module, context_dim: int, self_attention: type) -> None:
         config = transformer.config
@@ -133,12 +145,13 @@ class _DiffusersBackbone(nn.Module):
         self.hidden_size = self.num_heads * int(config.attention_head_dim)
         self.context_dim = int(context_dim)
         for block in self.blocks:
-            block.attn1.set_processor(self_attention())
+            getattr(block, self._attention_attribute).set_processor(self_attention())
 
     @property
     def blocks(self) -> nn.ModuleList:
-        """The transformer's blocks (where sequence parallelism cuts)."""
-        return getattr(self.transformer, self._blocks_attribute)
+        """The transformer's blocks in order (where sequence parallelism cuts)."""
+        names = (self._blocks_attribute,) if isinstance(self._blocks_attribute, str) else self._blocks_attribute
+        return nn.ModuleList([block for name in names for block in getattr(self.transformer, name)])
 
     @property
     def final_norm(self) -> nn.Module:
@@ -738,3 +751,152 @@ def build_cogvideox(
             _zero(linear)
     _zero(transformer.proj_out)
     return CogVideoXBackbone(transformer)
+
+
+# ------------------------------------------------------------------------------ HunyuanVideo
+class HunyuanVideoJointAttention:
+    """Attention processor of HunyuanVideo's dual- and single-stream blocks (``attn``): diffusers'
+    ``HunyuanVideoAttnProcessor2_0`` computation (per-stream or shared projections, QK-RMSNorm,
+    RoPE on the video tokens, the caption's padding masked as keys) with the attention through
+    :func:`lvdm.models.mmdit.joint_attention` (video tokens this rank's chunk under sequence
+    parallelism, the caption whole). The caption's key mask is the last ``L`` columns of the
+    model's ``[B, 1, 1, N + L]`` mask; the RoPE tables come as ``[1, N, head_dim]``."""
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, image_rotary_emb=None) -> tuple[torch.Tensor, torch.Tensor]:
+        from lvdm.models.mmdit import joint_attention
+
+        if encoder_hidden_states is None:
+            raise ValueError("HunyuanVideoJointAttention serves the joint (video + caption) attention only")
+        length = encoder_hidden_states.shape[1]
+        txt_mask = None if attention_mask is None else attention_mask.reshape(attention_mask.shape[0], -1)[:, -length:]
+        dual = attn.add_q_proj is not None
+
+        def project(tokens: torch.Tensor, text: bool) -> tuple[torch.Tensor, ...]:
+            own = text and dual
+            linears = (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj) if own else (attn.to_q, attn.to_k, attn.to_v)
+            q, k, v = (f(tokens).unflatten(2, (attn.heads, -1)).transpose(1, 2) for f in linears)
+            norm_q, norm_k = (attn.norm_added_q, attn.norm_added_k) if own else (attn.norm_q, attn.norm_k)
+            return norm_q(q), norm_k(k), v
+
+        q, k, v = project(hidden_states, False)
+        if image_rotary_emb is not None:  # diffusers' tables, pairs interleaved
+            cos, sin = (table[:, None] for table in image_rotary_emb)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out, txt_out = joint_attention(q, k, v, *project(encoder_hidden_states, True), txt_mask)
+        out, txt_out = (o.transpose(1, 2).flatten(2).type_as(q) for o in (out, txt_out))
+        if getattr(attn, "to_out", None) is not None:
+            out = attn.to_out[1](attn.to_out[0](out))
+        if getattr(attn, "to_add_out", None) is not None:
+            txt_out = attn.to_add_out(txt_out)
+        return out, txt_out
+
+
+def _rope_tables_per_token(module: nn.Module, args: tuple, tables: tuple) -> tuple:
+    """Forward hook of HunyuanVideo's ``rope``: its ``[N, head_dim]`` tables as ``[1, N, head_dim]``."""
+    return tuple(table[None] for table in tables)
+
+
+class HunyuanVideoBlock(abc.ABC):
+    """The checkpoint and compile unit of :class:`HunyuanVideoBackbone`: diffusers' dual- and
+    single-stream blocks (registered as virtual subclasses: ``isinstance`` holds for both)."""
+
+
+HunyuanVideoBlock.register(HunyuanVideoTransformerBlock)
+HunyuanVideoBlock.register(HunyuanVideoSingleTransformerBlock)
+
+
+class HunyuanVideoBackbone(_DiffusersBackbone):
+    """Diffusers' ``HunyuanVideoTransformer3DModel`` (HunyuanVideo text-to-video) meeting lvdm's
+    backbone contract, weights unchanged (lvdm's own :class:`~lvdm.models.mmdit.MMDiT` is the
+    same network written natively). What the adapter maps, as ``HunyuanVideoPipeline`` feeds it:
+
+    * **latents** ``[B, C, T, H, W]`` zero-padded to whole patches, the prediction cropped back.
+    * **timesteps** ``t · 1000`` (the scheduler's ``σ · 1000``: lvdm's ``RectifiedFlow``), one per
+      sample (one modulation per sample: per-frame times are refused).
+    * **text**: LLaVA-Llama tokens ``[B, L, context_dim]`` with ``context_mask`` (the pipeline's
+      ``prompt_attention_mask``; real tokens first), refined by the model's token refiner.
+    * **micro-conditions** (MMDiT's names): ``pooled_text`` ``[B, pooled_projection_dim]`` (CLIP-L's
+      pooled caption, ``pooled_projections``; default zeros) and ``guidance`` ``[B]`` (the distilled
+      guidance scale, default ``default_guidance``; passed × 1000 as the pipeline does).
+
+    The RoPE tables of the model's ``rope`` are reshaped to ``[1, N, head_dim]`` (a forward hook) so
+    that sequence parallelism cuts them with the video tokens.
+    """
+
+    #: Sequence parallelism cuts the video tokens entering the first dual-stream block with the
+    #: RoPE tables (``freqs_cis`` of the dual-, ``image_rotary_emb`` of the single-stream blocks); the
+    #: caption stays whole; the final norm's output is gathered.
+    sequence_parallel_plan = SequenceSplit(
+        blocks="blocks", tokens="hidden_states", grid=None, gather="final_norm",
+        follow_split=("freqs_cis", "image_rotary_emb"), unit="video token",
+    )
+    block_class = HunyuanVideoBlock
+    _blocks_attribute = ("transformer_blocks", "single_transformer_blocks")
+    _attention_attribute = "attn"
+    micro_conditions = ("pooled_text", "guidance")
+    fixed_position_settings: tuple[str, ...] = ()
+    lora_targets = (r"transformer\.(transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj"
+                    r"|add_v_proj|to_add_out)|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2))"
+                    r"|single_transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v)|proj_mlp|proj_out))")
+
+    def __init__(self, transformer: HunyuanVideoTransformer3DModel, default_guidance: float = 6.0):
+        super().__init__()
+        config = transformer.config
+        if config.image_condition_type is not None:
+            raise ValueError(f"HunyuanVideoBackbone adapts text-to-video HunyuanVideo; image_condition_type="
+                             f"{config.image_condition_type!r} is not adapted")
+        self._adopt(transformer, config.text_embed_dim, HunyuanVideoJointAttention)
+        self.patch_size = (int(config.patch_size_t), int(config.patch_size), int(config.patch_size))
+        self.default_guidance = float(default_guidance)
+        transformer.rope.register_forward_hook(_rope_tables_per_token)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: Optional[torch.Tensor] = None,
+                context_mask: Optional[torch.Tensor] = None, pooled_text: Optional[torch.Tensor] = None,
+                guidance: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Predict HunyuanVideo's target (the velocity ``ε - x0``) for latents ``x`` at ``timestep``
+        ``[B]`` (``t · 1000``) from tokens ``context`` with ``context_mask`` (see the class docstring)."""
+        check_latents(x, self.in_channels)
+        b, _, *size = x.shape
+        config = self.transformer.config
+        timestep = per_sample_timesteps(timestep, b, patch_grid(self.patch_size, size)[0], "HunyuanVideo")
+        _check_context(context, b, self.context_dim, "HunyuanVideo")
+        mask = torch.ones(context.shape[:2], dtype=torch.bool, device=x.device) if context_mask is None else context_mask
+        if pooled_text is None:
+            pooled_text = x.new_zeros(b, config.pooled_projection_dim)
+        if guidance is None:
+            guidance = x.new_full((b,), self.default_guidance)
+        guidance = torch.as_tensor(guidance, dtype=x.dtype, device=x.device).reshape(-1).expand(b) * 1000.0
+        out = self.transformer(pad_to_patches(x, self.patch_size), timestep, context, mask, pooled_text,
+                               guidance if config.guidance_embeds else None, return_dict=False)[0]
+        return out[:, :, : size[0], : size[1], : size[2]]
+
+    def forward_flops(self, latent_thw: Sequence[int], text_len: int = 0, batch_size: int = 1) -> dict[str, int]:
+        """lvdm's :class:`~lvdm.models.mmdit.MMDiT` FLOP model of the same network (built on meta
+        from the config by :func:`lvdm.models.convert.hunyuan.mmdit_kwargs`), less one ``D → 3D``
+        modulation per single-stream block: diffusers computes it once for the joined sequence,
+        lvdm's MMDiT once per stream."""
+        from lvdm.models.convert.hunyuan import mmdit_kwargs
+        from lvdm.models.mmdit import MMDiT
+
+        with torch.device("meta"):
+            native = MMDiT(**mmdit_kwargs(dict(self.transformer.config)))
+        out = native.forward_flops(latent_thw, text_len, batch_size)
+        d = self.hidden_size
+        out["adaln"] -= len(self.transformer.single_transformer_blocks) * batch_size * mm(1, d, 3 * d)
+        return out
+
+
+def build_hunyuanvideo(default_guidance: float = 6.0, **config: object) -> HunyuanVideoBackbone:
+    """A :class:`HunyuanVideoBackbone` around a new diffusers ``HunyuanVideoTransformer3DModel``
+    (``config``: its arguments; defaults: HunyuanVideo's 13B) with lvdm's from-scratch
+    initialisation on top of diffusers': every residual branch's output projection and the final
+    projection are zero, so every block starts as the identity and the model predicts 0."""
+    transformer = HunyuanVideoTransformer3DModel(**config)
+    for block in transformer.transformer_blocks:
+        for linear in (block.attn.to_out[0], block.attn.to_add_out, block.ff.net[2], block.ff_context.net[2]):
+            _zero(linear)
+    for block in transformer.single_transformer_blocks:
+        _zero(block.proj_out)
+    _zero(transformer.proj_out)
+    return HunyuanVideoBackbone(transformer, default_guidance)

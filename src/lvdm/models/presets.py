@@ -330,7 +330,7 @@ class SamplerDefaults:
 
 #: backbone → its builder in :mod:`lvdm.models.diffusers_adapter` (diffusers' transformers).
 _ADAPTER_BUILDERS = {"WanBackbone": "build_wan", "WanExperts": "build_wan_experts", "LTXBackbone": "build_ltx",
-                     "CogVideoXBackbone": "build_cogvideox"}
+                     "CogVideoXBackbone": "build_cogvideox", "HunyuanVideoBackbone": "build_hunyuanvideo"}
 
 
 @dataclass(frozen=True)
@@ -340,7 +340,8 @@ class Preset:
 
     name: str
     source: str
-    backbone: Literal["STDiT", "DiT", "MMDiT", "WanBackbone", "WanExperts", "LTXBackbone", "CogVideoXBackbone"]
+    backbone: Literal["STDiT", "DiT", "MMDiT", "WanBackbone", "WanExperts", "LTXBackbone", "CogVideoXBackbone",
+                      "HunyuanVideoBackbone"]
     kwargs: Mapping[str, Any]
     num_params: int
     sampler: SamplerDefaults
@@ -521,6 +522,10 @@ TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
     # 12,821,012,544: diffusers' HunyuanVideoTransformer3DModel() (hf hunyuanvideo-community/HunyuanVideo) on meta
     "hunyuanvideo": ("github.com/Tencent/HunyuanVideo (Kong et al. 2024), hf tencent/HunyuanVideo "
                      "hunyuan-video-t2v-720p", "MMDiT", _HUNYUAN, 12_821_012_544, _HUNYUAN_SAMPLER),
+    # the same network as diffusers' own HunyuanVideoTransformer3DModel() behind lvdm's adapter
+    "hunyuanvideo-diffusers": ("github.com/Tencent/HunyuanVideo (Kong et al. 2024), hf hunyuanvideo-community/"
+                               "HunyuanVideo transformer/", "HunyuanVideoBackbone", {}, 12_821_012_544,
+                               _HUNYUAN_SAMPLER),
     # 11,891,390,528: Open-Sora's own MMDiTModel with its 256px.py config on meta ("11B")
     "opensora-2.0": (_OS + "v2.0 (Peng et al. 2025), hf hpcai-tech/Open-Sora-v2 Open_Sora_v2.safetensors",
                      "MMDiT", _OPENSORA2, 11_891_390_528, _OPENSORA2_SAMPLER),
