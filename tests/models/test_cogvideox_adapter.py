@@ -83,6 +83,7 @@ def test_presets_on_meta(name, heads, layers):
                                                                                          "scaled_linear")
 
 
+@pytest.mark.slow  # ~6 s on meta; the battery checks the same FLOP model at a tiny size
 def test_flop_model_at_720x480_49_frames_on_meta():
     """CogVideoX-5b at its 720×480 × 49 frames (latent 13 × 60 × 90, 17,550 video tokens, 226 caption
     tokens): the FLOP model equals torch's FlopCounterMode on meta."""

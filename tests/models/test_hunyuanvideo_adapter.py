@@ -57,6 +57,7 @@ def test_errors_are_one_clear_line():
         HunyuanVideoBackbone(i2v)
 
 
+@pytest.mark.slow  # ~6 s on meta; the battery checks the same FLOP model at a tiny size
 def test_flop_model_at_720p_129_frames_on_meta():
     """HunyuanVideo 13B (diffusers' defaults) at 1280×720 × 129 frames (latent 33 × 90 × 160, 118,800
     tokens) with 256 caption tokens: the FLOP model equals torch's FlopCounterMode on meta."""
