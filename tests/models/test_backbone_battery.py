@@ -95,6 +95,15 @@ def _hunyuanvideo(**kw) -> nn.Module:
                                         rope_axes_dim=(4, 4, 4)), **kw})
 
 
+def _mochi(**kw) -> nn.Module:
+    """diffusers' MochiTransformer3DModel (asymmetric text stream) behind lvdm's adapter."""
+    from lvdm.models.diffusers_adapter import build_mochi
+
+    return build_mochi(**{**dict(patch_size=2, num_attention_heads=2, attention_head_dim=16, num_layers=2,
+                                 pooled_projection_dim=12, in_channels=2, text_embed_dim=CONTEXT_DIM,
+                                 time_embed_dim=8), **kw})
+
+
 def _ltx(**kw) -> nn.Module:
     """diffusers' LTXVideoTransformer3DModel behind lvdm's adapter (imports diffusers only when built)."""
     from lvdm.models.diffusers_adapter import build_ltx
@@ -148,6 +157,8 @@ VARIANTS = [
     Variant("cogvideox-5b-diffusers", _cogvideox, per_frame=False),
     # diffusers' HunyuanVideo transformer (one modulation per sample; its RMSNorms compute in float32)
     Variant("hunyuanvideo-diffusers", _hunyuanvideo, per_frame=False, sp_tolerance=1e-6),
+    # diffusers' Mochi transformer (one modulation per sample; its RMSNorms compute in float32)
+    Variant("mochi-1-diffusers", _mochi, per_frame=False, sp_tolerance=1e-6),
     # diffusers' LTX-Video transformer (its RMSNorm also computes in float32 whatever the dtype)
     Variant("ltx-video-diffusers", _ltx, sp_tolerance=1e-6, patch_padding=False),
 ]
@@ -176,6 +187,8 @@ PUBLISHED = [
     ("cogvideox-5b", lambda: from_name("cogvideox-5b").build(), 5_570_283_072, 0),
     # HunyuanVideo through diffusers' own class behind the adapter: the same 12,821,012,544
     ("hunyuanvideo-diffusers", lambda: from_name("hunyuanvideo-diffusers").build(), 12_821_012_544, 0),
+    # Mochi 1 preview's "10B": 10,027,677,744 in diffusers' MochiTransformer3DModel() on meta
+    ("mochi-1-preview", lambda: from_name("mochi-1-preview").build(), 10_027_677_744, 0),
     # LTX-Video's "2B": 1,923,385,472 in diffusers' LTXVideoTransformer3DModel (the 0.9.x config.json) on meta
     ("ltx-video-2b", lambda: from_name("ltx-video-2b").build(), 1_923_385_472, 0),
 ]

@@ -52,6 +52,7 @@ from diffusers import (
     CogVideoXTransformer3DModel,
     HunyuanVideoTransformer3DModel,
     LTXVideoTransformer3DModel,
+    MochiTransformer3DModel,
     WanTransformer3DModel,
 )
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
@@ -60,6 +61,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import (
     HunyuanVideoTransformerBlock,
 )
 from diffusers.models.transformers.transformer_ltx import LTXVideoTransformerBlock
+from diffusers.models.transformers.transformer_mochi import MochiTransformerBlock
 from diffusers.models.transformers.transformer_wan import (
     WanTransformerBlock,
     _get_qkv_projections,
@@ -80,8 +82,9 @@ from lvdm.models.parallel_plan import SequenceSplit
 from lvdm.models.rope import apply_rope
 from lvdm.ops.attention import attention
 
-__all__ = ["CogVideoXBackbone", "CogVideoXJointAttention", "HunyuanVideoBackbone", "HunyuanVideoJointAttention", "LTXBackbone", "LTXSelfAttention", "WanBackbone", "WanExperts", "WanSelfAttention", "build_ltx", "build_wan",
-           "build_wan_experts", "build_cogvideox", "build_hunyuanvideo"]
+__all__ = ["CogVideoXBackbone", "CogVideoXJointAttention", "HunyuanVideoBackbone", "HunyuanVideoJointAttention",
+           "MochiBackbone", "MochiJointAttention", "LTXBackbone", "LTXSelfAttention", "WanBackbone", "WanExperts", "WanSelfAttention", "build_ltx", "build_wan",
+           "build_wan_experts", "build_cogvideox", "build_hunyuanvideo", "build_mochi"]
 
 
 def per_token_timesteps(timestep: torch.Tensor, b: int, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -145,7 +148,11 @@ class _DiffusersBackbone(nn.Module):
         self.hidden_size = self.num_heads * int(config.attention_head_dim)
         self.context_dim = int(context_dim)
         for block in self.blocks:
-            getattr(block, self._attention_attribute).set_processor(self_attention())
+            attention = getattr(block, self._attention_attribute)
+            if hasattr(attention, "set_processor"):
+                attention.set_processor(self_attention())
+            else:  # diffusers' MochiAttention keeps a plain processor attribute
+                attention.processor = self_attention()
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -900,3 +907,148 @@ def build_hunyuanvideo(default_guidance: float = 6.0, **config: object) -> Hunyu
         _zero(block.proj_out)
     _zero(transformer.proj_out)
     return HunyuanVideoBackbone(transformer, default_guidance)
+
+
+# ---------------------------------------------------------------------------------------- Mochi
+class MochiJointAttention:
+    """Attention processor of Mochi's asymmetric dual-stream blocks (``attn1``): diffusers'
+    ``MochiAttnProcessor2_0`` computation (video projections of width ``D``, caption projections
+    from the narrower text stream, QK-RMSNorm, RoPE on the video tokens) with the attention through
+    :func:`lvdm.models.mmdit.joint_attention` and the caption's padding masked as keys (diffusers
+    drops it per sample: the same video outputs). The RoPE tables come as ``[1, N, heads, hd / 2]``."""
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor, image_rotary_emb=None) -> tuple[torch.Tensor, torch.Tensor]:
+        from lvdm.models.mmdit import joint_attention
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.unflatten(2, (attn.heads, -1)).transpose(1, 2)  # [B, H, L, hd]
+
+        q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        txt_q, txt_k = heads(attn.add_q_proj(encoder_hidden_states)), heads(attn.add_k_proj(encoder_hidden_states))
+        txt_q, txt_k = attn.norm_added_q(txt_q), attn.norm_added_k(txt_k)
+        if image_rotary_emb is not None:  # [1, N, H, hd/2] per pair → [1, H, N, hd], pairs interleaved
+            cos, sin = (table.transpose(1, 2).repeat_interleave(2, dim=-1) for table in image_rotary_emb)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out, txt_out = joint_attention(q, k, v, txt_q, txt_k, heads(attn.add_v_proj(encoder_hidden_states)),
+                                       attention_mask.bool())
+        out, txt_out = (o.transpose(1, 2).flatten(2).type_as(q) for o in (out, txt_out))
+        out = attn.to_out[1](attn.to_out[0](out))
+        return out, (attn.to_add_out(txt_out) if hasattr(attn, "to_add_out") else txt_out)
+
+
+class _MochiRoPE(nn.Module):
+    """diffusers' ``MochiRoPE`` with its tables as ``[1, N, heads, hd / 2]`` (the token axis where
+    sequence parallelism cuts); on meta (FLOP counting: its float32 autocast cannot run there) the
+    same position × frequency product without the autocast."""
+
+    def __init__(self, rope: nn.Module):
+        super().__init__()
+        self.rope = rope
+
+    def forward(self, pos_frequencies: torch.Tensor, num_frames: int, height: int, width: int,
+                device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+        if pos_frequencies.is_meta:
+            positions = self.rope._get_positions(num_frames, height, width, device, dtype)
+            freqs = torch.einsum("nd,dhf->nhf", positions.float(), pos_frequencies.float())
+            tables = (freqs.cos(), freqs.sin())
+        else:
+            tables = self.rope(pos_frequencies, num_frames, height, width, device=device, dtype=dtype)
+        return tuple(table[None] for table in tables)
+
+
+class MochiBackbone(_DiffusersBackbone):
+    """Diffusers' ``MochiTransformer3DModel`` (Mochi 1) meeting lvdm's backbone contract, weights
+    unchanged; fed as ``MochiPipeline`` feeds it:
+
+    * **latents** ``[B, C, T, H, W]`` zero-padded to whole ``(1, p, p)`` patches and cropped back.
+    * **timesteps**: Mochi's scheduler inverts its sigmas: the model takes ``1000 · (1 − σ)`` and
+      predicts ``x0 − ε``. lvdm's ``RectifiedFlow`` passes ``σ · 1000`` (its default
+      ``time_scale``), so the adapter passes ``1000 − timestep``; train and sample it with
+      ``RectifiedFlow(target="x0_minus_eps")``. One timestep per sample (per-frame times refused).
+    * **text**: T5 tokens ``[B, L, context_dim]`` with ``context_mask`` (the pipeline pads to 256 and
+      passes the tokenizer's mask): pooled by the model's attention pool, projected to the text
+      stream's width; masked as keys.
+
+    RoPE: the model's learned frequencies; ``rope`` is wrapped (:class:`_MochiRoPE`, no weights) so
+    that its tables come as ``[1, N, heads, hd / 2]`` and sequence parallelism cuts them with the
+    video tokens.
+    """
+
+    sequence_parallel_plan = SequenceSplit(
+        blocks="blocks", tokens="hidden_states", grid=None, gather="final_norm",
+        follow_split=("image_rotary_emb",), unit="video token",
+    )
+    block_class = MochiTransformerBlock
+    _blocks_attribute = "transformer_blocks"
+    micro_conditions: tuple[str, ...] = ()
+    fixed_position_settings: tuple[str, ...] = ()
+    lora_targets = (r"transformer\.transformer_blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj"
+                    r"|add_v_proj|to_add_out)|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2))")
+
+    def __init__(self, transformer: MochiTransformer3DModel):
+        super().__init__()
+        config = transformer.config
+        self._adopt(transformer, config.text_embed_dim, MochiJointAttention)
+        self.patch_size = (1, int(config.patch_size), int(config.patch_size))
+        transformer.rope = _MochiRoPE(transformer.rope)  # no weights: the state dict is unchanged
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: Optional[torch.Tensor] = None,
+                context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Predict Mochi's target ``x0 − ε`` for latents ``x`` at ``timestep`` ``[B]`` (``σ · 1000``)
+        from T5 tokens ``context`` with ``context_mask`` (see the class docstring)."""
+        check_latents(x, self.in_channels)
+        b, _, *size = x.shape
+        timestep = per_sample_timesteps(timestep, b, size[0], "Mochi")
+        _check_context(context, b, self.context_dim, "Mochi")
+        mask = torch.ones(context.shape[:2], dtype=torch.bool, device=x.device) if context_mask is None else context_mask
+        out = self.transformer(pad_to_patches(x, self.patch_size), context, 1000.0 - timestep, mask,
+                               return_dict=False)[0]
+        return out[:, :, : size[0], : size[1], : size[2]]
+
+    def forward_flops(self, latent_thw: Sequence[int], text_len: int = 0, batch_size: int = 1) -> dict[str, int]:
+        """The FLOP model (backbone contract): patch embedding, the time MLP, the caption's attention
+        pool and projection, the RoPE's position × frequency product, per block the adaLN
+        projections, the joint attention (video width ``D``, caption width ``P``) and the SwiGLU
+        feed-forwards (the last block updates no caption), the final adaLN and projection."""
+        if text_len <= 0:
+            raise ValueError("Mochi is text-conditional: give text_len > 0")
+        config = self.transformer.config
+        t, h, w = patch_grid(self.patch_size, latent_thw)
+        d, b, n, L = self.hidden_size, batch_size, t * h * w, int(text_len)
+        c, p, e = self.context_dim, int(config.pooled_projection_dim), int(config.time_embed_dim)
+        out: dict[str, int] = {name: 0 for name in BLOCK_PARTS}
+        out["patch_embed"] = b * mm(n, self.in_channels * math.prod(self.patch_size), d)
+        out["timestep_embed"] = b * (mm(1, e, d) + mm(1, d, d))
+        out["text_proj"] = b * (mm(L + 1, c, 2 * c) + mm(1, c, c) + 4 * (L + 1) * c + mm(1, c, d) + mm(L, c, p))
+        out["rope"] = mm(n, 3, d // 2)
+        for block in self.blocks:
+            last = block.context_pre_only
+            out["adaln"] += b * (mm(1, d, 4 * d) + mm(1, d, p if last else 4 * p))
+            out["qkv_proj"] += b * (mm(n, d, 3 * d) + mm(L, p, 3 * d) + mm(n, d, d) + (0 if last else mm(L, d, p)))
+            out["self_attention"] += b * 4 * (n + L) ** 2 * d
+            mlp_flops(out, b, n, d, 2 * block.ff_inner_dim)
+            out["mlp"] -= b * mm(n, block.ff_inner_dim, d)  # SwiGLU: D → 2F, then F → D
+            if not last:
+                mlp_flops(out, b, L, p, 2 * block.ff_context_inner_dim)
+                out["mlp"] -= b * mm(L, block.ff_context_inner_dim, p)
+        out["final_layer"] = b * (mm(1, d, 2 * d) + mm(n, d, self.out_channels * math.prod(self.patch_size)))
+        return out
+
+
+def build_mochi(**config: object) -> MochiBackbone:
+    """A :class:`MochiBackbone` around a new diffusers ``MochiTransformer3DModel`` (``config``: its
+    arguments; defaults: Mochi 1 preview's 10B) with lvdm's from-scratch initialisation on top of
+    diffusers': the attention outputs, feed-forward outputs and final projection are zero, so every
+    block starts as the identity and the model predicts 0."""
+    transformer = MochiTransformer3DModel(**config)
+    for block in transformer.transformer_blocks:
+        for linear in (block.attn1.to_out[0], block.ff.net[2], getattr(block.attn1, "to_add_out", None),
+                       None if block.ff_context is None else block.ff_context.net[2]):
+            if linear is not None:
+                nn.init.zeros_(linear.weight)
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
+    _zero(transformer.proj_out)
+    return MochiBackbone(transformer)

@@ -330,7 +330,8 @@ class SamplerDefaults:
 
 #: backbone → its builder in :mod:`lvdm.models.diffusers_adapter` (diffusers' transformers).
 _ADAPTER_BUILDERS = {"WanBackbone": "build_wan", "WanExperts": "build_wan_experts", "LTXBackbone": "build_ltx",
-                     "CogVideoXBackbone": "build_cogvideox", "HunyuanVideoBackbone": "build_hunyuanvideo"}
+                     "CogVideoXBackbone": "build_cogvideox", "HunyuanVideoBackbone": "build_hunyuanvideo",
+                     "MochiBackbone": "build_mochi"}
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,7 @@ class Preset:
     name: str
     source: str
     backbone: Literal["STDiT", "DiT", "MMDiT", "WanBackbone", "WanExperts", "LTXBackbone", "CogVideoXBackbone",
-                      "HunyuanVideoBackbone"]
+                      "HunyuanVideoBackbone", "MochiBackbone"]
     kwargs: Mapping[str, Any]
     num_params: int
     sampler: SamplerDefaults
@@ -498,6 +499,16 @@ _COGVIDEOX_5B_SAMPLER = SamplerDefaults(
                    "use_dynamic_cfg (1 + 6 (1 - cos(pi ((50 - t) / 50)^5)) / 2), T5 tokens padded to 226, 8 fps; "
                    + _COGVIDEOX_LACKS.format(snr=1.0, dynamic=" and the dynamic guidance"))
 
+#: Mochi 1 preview (hf genmo/mochi-1-preview transformer/config.json = diffusers' MochiTransformer3DModel
+#: defaults: 3072-wide video and 1536-wide text streams, 24 heads, 48 layers, T5-XXL tokens padded to 256).
+_MOCHI_SAMPLER = SamplerDefaults(
+    ("lvdm.diffusion.objectives.RectifiedFlow", dict(num_sampling_steps=64, target="x0_minus_eps")),
+    4.5, "empty_caption",
+    source_sampler="diffusers' MochiPipeline: FlowMatchEulerDiscreteScheduler(invert_sigmas=True), 64 steps on "
+                   "genmo's linear-quadratic sigma schedule (the noise level falls linearly by threshold_noise "
+                   "0.025 over the first half of the steps, then quadratically to 0), guidance 4.5; lvdm: Euler on "
+                   "its own uniform grid, no shift")
+
 #: name → :class:`Preset`, every published configuration lvdm reproduces.
 TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
     "dit-s2": _dit("S/2", "Table 1 (no published weights)", 32_865_056),
@@ -546,6 +557,9 @@ TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
                      _COGVIDEOX_2B, 1_693_783_872, _COGVIDEOX_2B_SAMPLER),
     "cogvideox-5b": ("github.com/THUDM/CogVideo (Yang et al. 2024), hf THUDM/CogVideoX-5b", "CogVideoXBackbone",
                      _COGVIDEOX_5B, 5_570_283_072, _COGVIDEOX_5B_SAMPLER),
+    # 10,027,677,744: diffusers' MochiTransformer3DModel() (the preview's config) on meta ("10B")
+    "mochi-1-preview": ("github.com/genmoai/mochi (Genmo 2024), hf genmo/mochi-1-preview", "MochiBackbone", {},
+                        10_027_677_744, _MOCHI_SAMPLER),
     # 1,923,385,472: diffusers' LTXVideoTransformer3DModel() (the 0.9.x 2B config) on meta ("2B")
     "ltx-video-2b": ("github.com/Lightricks/LTX-Video (HaCohen et al. 2024), hf Lightricks/LTX-Video 0.9.x 2B",
                      "LTXBackbone", _LTX_2B, 1_923_385_472, _LTX_SAMPLER),
