@@ -1,10 +1,12 @@
 """Diffusers video transformers as lvdm backbones: :class:`WanBackbone` wraps diffusers'
-``WanTransformer3DModel`` (Wan 2.1 text-to-video) and :class:`LTXBackbone` its
-``LTXVideoTransformer3DModel`` (LTX-Video 0.9.x) so that they meet the backbone contract
-(:mod:`lvdm.models.contract`), unchanged weights and all (pure torch + diffusers).
+``WanTransformer3DModel`` (Wan 2.1 text- and image-to-video; :class:`WanExperts` Wan 2.2's two),
+:class:`LTXBackbone` its ``LTXVideoTransformer3DModel`` (LTX-Video 0.9.x),
+:class:`CogVideoXBackbone` its ``CogVideoXTransformer3DModel``, :class:`HunyuanVideoBackbone` its
+``HunyuanVideoTransformer3DModel`` and :class:`MochiBackbone` its ``MochiTransformer3DModel``, so
+that they meet the backbone contract (:mod:`lvdm.models.contract`), unchanged weights and all (pure
+torch + diffusers). Each is fed as its diffusers pipeline feeds the bare model (see each class).
 
-What the Wan adapter maps, and why it gives the bare diffusers model's output (LTX-Video's: see
-:class:`LTXBackbone`):
+What the Wan adapter maps, and why it gives the bare diffusers model's output:
 
 * **latents** ``[B, C, T, H, W]`` are zero-padded to whole ``(pt, ph, pw)`` patches and the
   prediction cropped back (diffusers' Wan drops a partial patch).
