@@ -257,6 +257,7 @@ def test_parameters_and_gathered_block_are_exact_for_every_backbone():
 
 @pytest.mark.parametrize("name,params", [
     ("hunyuanvideo", 12_821_012_544), ("opensora-2.0", 11_891_390_528), ("wan2.1-t2v-1.3b", 1_418_996_800),
+    ("wan2.1-t2v-14b", 14_288_491_584),
 ])
 def test_modern_presets_at_720p_129_frames_match_the_flop_counter(name, params, capsys):
     """`lvdm estimate --preset NAME --frames 129 --height 720 --width 1280`: the published
