@@ -76,6 +76,8 @@ def test_bad_settings_are_refused_in_one_line(teacher):
         DistillationModule(parts.denoiser, parts.text_encoder, DDPM())
     with pytest.raises(ValueError, match="teacher_substeps must be >= 1, got 0"):
         DistillationModule(parts.denoiser, parts.text_encoder, RectifiedFlow(), teacher_substeps=0)
+    with pytest.raises(ValueError, match="teacher is empty"):
+        DistillationModule(parts.denoiser, parts.text_encoder, RectifiedFlow()).start_from_teacher()
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         DistillationModule(parts.denoiser, parts.text_encoder, RectifiedFlow(), teacher="missing.ckpt").start_from_teacher()
 

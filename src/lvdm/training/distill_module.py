@@ -42,7 +42,8 @@ class DistillationModule(LatentDiffusionModule):
 
     Args:
         teacher: the teacher checkpoint (``.ckpt``, DeepSpeed directory or exported
-            ``.safetensors``); read when fitting starts, never when the student is loaded.
+            ``.safetensors``); read when fitting starts, never when the student is loaded
+            (required for fitting).
         teacher_weights: ``auto`` (EMA when the checkpoint has it), ``ema`` or ``raw``.
         teacher_substeps: teacher Euler steps per student step.
         teacher_guidance: the teacher's guidance scale (None: the one stored with it).
@@ -60,7 +61,7 @@ class DistillationModule(LatentDiffusionModule):
         compressor: Compressor | None = None,
         optimizer: OptimizerCallable = _default_optimizer,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
-        teacher: str = "runs/demo_video/checkpoints/last.ckpt",
+        teacher: str = "",
         teacher_weights: Literal["auto", "ema", "raw"] = "auto",
         teacher_substeps: int = 4,
         teacher_guidance: Optional[float] = None,
@@ -96,13 +97,17 @@ class DistillationModule(LatentDiffusionModule):
     def load_teacher(self) -> LatentDiffusionModule:
         """The frozen teacher, loaded once (:func:`lvdm.checkpoints.load.load_module`)."""
         if self._teacher is None:
+            from lightning.pytorch.utilities import rank_zero_only
+
             from lvdm.checkpoints.load import load_module
 
+            if not self.teacher_path:
+                raise ValueError("DistillationModule.teacher is empty: give the teacher's checkpoint (an `lvdm fit` last.ckpt)")
             loaded = load_module(self.teacher_path, self.teacher_weights)
             if not isinstance(loaded.module, LatentDiffusionModule):
                 raise ValueError(f"teacher {self.teacher_path!r} is a {type(loaded.module).__name__}, not a diffusion model")
             teacher = loaded.module.eval().requires_grad_(False)
-            print(f"distilling the teacher's {loaded.describe()}", flush=True)
+            rank_zero_only(print)(f"distilling the teacher's {loaded.describe()}", flush=True)
             self.__dict__["_teacher"] = teacher
         return self._teacher
 
