@@ -6,25 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
-from lvdm.cli import lightning_cli, main
+from lvdm.cli import main
 from lvdm.models.presets import from_name, published
 from lvdm.shapes.synthetic import ALL_COMBOS, caption, write_synthetic_dataset
 from lvdm.text.tiny import build_tiny_t5
+from test_opensora_recipes import _printed_config as printed_config  # lvdm fit --print_config, parsed
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["stage1_image", "stage2_video"]
-
-
-def printed_config(recipe: Path, capsys) -> dict:
-    """The recipe as ``lvdm fit --print_config`` resolves it (every default filled in)."""
-    with pytest.raises(SystemExit) as exit_info:
-        lightning_cli(["--config", str(recipe), "--print_config"], run=False)
-    assert exit_info.value.code == 0
-    lines = capsys.readouterr().out.splitlines()
-    return yaml.safe_load("\n".join(line for line in lines if not line.startswith("[")))
 
 
 def build_on_meta(spec: dict) -> torch.nn.Module:

@@ -13,6 +13,9 @@ From a recipe::
       class_path: lvdm.models.presets.preset
       init_args: {name: opensora-v1.2-stdit3-xl2}
 
+and :func:`published` builds the MMDiT and diffusers-backed presets so (``name: opensora-2.0``,
+``wan2.1-t2v-1.3b``…; recipes/opensora2/, recipes/wan/).
+
 :func:`from_name` gives the whole :class:`Preset` of every published configuration (DiT S…XL,
 DiT-ImageNet, PixArt-α, Latte, Open-Sora 1.0 / 1.2, HunyuanVideo and Open-Sora 2.0 (:class:`~lvdm.models.mmdit.MMDiT`),
 Wan 2.1 T2V 1.3B and LTX-Video 2B (diffusers' transformers, :mod:`lvdm.models.diffusers_adapter`)): its source, parameter count, architecture
