@@ -54,6 +54,30 @@ def test_published_refuses_an_argument_of_another_backbone():
         published("opensora-2.0", num_layers=2)
 
 
+def test_init_from_reads_open_sora_2_weights(tmp_path):
+    """Stage 1 may start from the published weights: InitFrom reads an ``Open_Sora_v2.safetensors``
+    (its released key layout, tiny sizes) strictly into the preset's MMDiT, every weight carried."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from lvdm.checkpoints.init_from import init_from
+    from lvdm.models.convert import opensora2
+
+    keys = json.loads((ROOT / "tests/models/opensora2_tiny_keys.json").read_text())
+    torch.manual_seed(0)
+    sd = {k: torch.randn(shape) for k, shape in keys["shapes"].items()}
+    save_file(sd, tmp_path / "Open_Sora_v2.safetensors")
+    kwargs = opensora2.mmdit_kwargs(keys["config"])
+    model = published("opensora-2.0", **{k: kwargs[k] for k in (
+        "in_channels", "hidden_size", "num_heads", "depth_double", "depth_single", "context_dim", "pooled_text_dim",
+        "image_condition_channels", "rope_axes_dims")})
+    report = init_from(model, str(tmp_path / "Open_Sora_v2.safetensors"), strict=True, prefix="", verbose=False)
+    assert "(Open-Sora 2.0 layout): carried" in report.format() and not report.new and not report.unexpected
+    assert len(report.carried) == len(model.state_dict())
+    assert torch.equal(model.final_layer.adaLN_modulation[1].weight, sd["final_layer.adaLN_modulation.1.weight"])
+
+
 def save_tiny_clip(path: Path, tokenizer_folder: Path) -> None:
     """A tiny random CLIP text model (8 wide) with the word tokenizer saved in ``tokenizer_folder``."""
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_folder)

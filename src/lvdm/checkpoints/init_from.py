@@ -5,7 +5,7 @@
 * a checkpoint ``lvdm fit`` wrote (``.ckpt`` or a DeepSpeed directory), raw or EMA weights,
 * a ``.safetensors`` file from ``lvdm checkpoint export``,
 * a diffusers PixArt-α or Latte folder (or hub id),
-* an Open-Sora / PixArt-α ``.pth`` or ``.safetensors`` file,
+* an Open-Sora / PixArt-α ``.pth`` or ``.safetensors`` file, or Open-Sora 2.0's ``Open_Sora_v2.safetensors``,
 
 into a model whose keys may differ: keys present in both are copied, the model's other keys
 keep their initialisation, and a :class:`KeyReport` says which were carried, which are new,
@@ -176,8 +176,12 @@ def read_source(source: str, weights: Weights = "auto",
                 raise ValueError(f"{source!r} holds {stored} weights (exported so); asked for {weights!r}")
             settings = _source_settings(_stored_backbone(_json(meta[checkpoint.METADATA_KEY]), prefix, source))
             return _strip(load_file(source), prefix, source), f"{source} ({stored.upper()} weights, exported)", settings
-        return (opensora.convert_state_dict(opensora.unwrap(load_file(source), source)),
-                f"{source} (Open-Sora layout)", None)
+        raw = load_file(source)
+        if "img_in.weight" in raw:  # Open-Sora 2.0's MMDiT (Flux's key names): Open_Sora_v2.safetensors
+            from lvdm.models.convert import opensora2
+
+            return opensora2.convert_state_dict(raw), f"{source} (Open-Sora 2.0 layout)", None
+        return opensora.convert_state_dict(opensora.unwrap(raw, source)), f"{source} (Open-Sora layout)", None
     if path.is_dir() or path.suffix == ".ckpt":  # Lightning / DeepSpeed checkpoint of lvdm fit
         ckpt = checkpoint.read_checkpoint(path)
         sd, used = dict(ckpt["state_dict"]), "raw"
