@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # the real-size Open-Sora phases are built on the meta device elsewhere (tests/test_opensora_recipes.py)
 # the Open-Sora phases need pretrained weights; shapes_dit_vae.yaml needs a trained VAE and is run
 # (checkpoints folder included) by tests/test_autoencoder_pipeline.py
+# (recipes/finetune: tests/test_finetune_recipes.py, which makes the bases its tiny variants load)
 RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set((ROOT / "recipes/opensora").glob("*.yaml"))
+                 - set((ROOT / "recipes/finetune").rglob("*.yaml"))
                  - {ROOT / "recipes/autoencoder/shapes_dit_vae.yaml"})
 
 

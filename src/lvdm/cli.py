@@ -49,7 +49,7 @@ lvdm commands:
   estimate    parameters, FLOPs, GPU-hours, s/video, memory/GPU   lvdm estimate --size XL/2 --frames 16
   checkpoint export  a .ckpt or DeepSpeed checkpoint -> one .safetensors   lvdm checkpoint export --checkpoint last.ckpt --out model.safetensors --ema true
   lora merge  a LoRA run's adapter folded into its base -> one .safetensors   lvdm lora merge --adapter last.ckpt --out merged.safetensors
-  lora export a LoRA run's adapter as a diffusers-layout LoRA file   lvdm lora export --checkpoint last.ckpt --out lora.safetensors
+  lora export a LoRA run's adapter as a diffusers / original-model (ComfyUI) LoRA file   lvdm lora export --checkpoint last.ckpt --out lora.safetensors --format original
 
 Run `lvdm <command> --help` for the options of a command.
 """

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lvdm.checkpoints.load import build_module, load_module
+from lvdm.checkpoints.load import load_module
 from lvdm.cli import main
 from lvdm.diffusion.cache_calibration import (Calibration, calibration_path, fit_polynomial, read_calibration,
                                               recording, replay_first_block, replay_teacache, suggest_threshold,
@@ -104,20 +104,11 @@ def test_the_file_round_trips_and_a_bad_file_fails_naming_it(tmp_path):
 
 
 @pytest.fixture()
-def checkpoint(tmp_path, tiny_hparams):
-    torch.manual_seed(0)
+def checkpoint(tmp_path, tiny_hparams, noisy_checkpoint):
     hparams = tiny_hparams(objective={"class_path": "lvdm.diffusion.objectives.RectifiedFlow",
                                       "init_args": {"num_sampling_steps": 6}})
     hparams["denoiser"]["init_args"]["depth"] = 2
-    module = build_module(hparams)
-    with torch.no_grad():  # noise on the blocks (they start as the identity): a residual that moves
-        for name, p in module.denoiser.named_parameters():
-            if "blocks" in name or "final_layer" in name:
-                p.add_(torch.randn_like(p) * 0.2)
-    path = tmp_path / "model.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "global_step": 1,
-                "callbacks": {}}, path)
-    return path
+    return noisy_checkpoint(tmp_path / "model.ckpt", hparams)
 
 
 def test_load_module_carries_the_calibration_and_calibrated_uses_it(checkpoint):

@@ -4,7 +4,9 @@
 
 * a checkpoint ``lvdm fit`` wrote (``.ckpt`` or a DeepSpeed directory), raw or EMA weights,
 * a ``.safetensors`` file from ``lvdm checkpoint export``,
-* a diffusers PixArt-α or Latte folder (or hub id),
+* a diffusers PixArt-α or Latte folder (or hub id), or a local Wan 2.1 folder (a
+  ``WanTransformer3DModel`` or a pipeline with ``transformer/``: the keys of
+  :func:`lvdm.models.presets.from_diffusers_wan`'s backbone),
 * an Open-Sora / PixArt-α ``.pth`` or ``.safetensors`` file, or Open-Sora 2.0's ``Open_Sora_v2.safetensors``,
 
 into a model whose keys may differ: keys present in both are copied, the model's other keys
@@ -29,6 +31,7 @@ the source's whole module (its text encoder, …) as :func:`lvdm.checkpoints.loa
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +145,12 @@ def _source_settings(backbone: nn.Module | None) -> tuple[type, dict] | None:
     return None if backbone is None else (type(backbone), fixed_position_settings(backbone))
 
 
+def _diffusers_class(folder: Path) -> str | None:
+    """The ``_class_name`` of a diffusers model folder, or of a pipeline folder's ``transformer/``."""
+    config = folder / "config.json" if (folder / "config.json").is_file() else folder / "transformer" / "config.json"
+    return json.loads(config.read_text()).get("_class_name")
+
+
 def read_source(source: str, weights: Weights = "auto",
                 prefix: str = "denoiser.") -> tuple[dict[str, torch.Tensor], str, tuple[type, dict] | None]:
     """The weights of ``source`` in lvdm's key layout, a description of what they are, and the
@@ -158,6 +167,8 @@ def read_source(source: str, weights: Weights = "auto",
     path = Path(source)
     diffusers_folder = path.is_dir() and ((path / "config.json").is_file() or (path / "transformer" / "config.json").is_file())
     hub_id = not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None
+    if diffusers_folder and _diffusers_class(path) == "WanTransformer3DModel":
+        return presets.from_diffusers_wan(source).state_dict(), f"{source} (diffusers WanTransformer3DModel)", None
     if diffusers_folder or hub_id:  # a hub id is only downloaded because the user named one
         config, sd, name = presets.read_diffusers(source)
         kwargs, converted = presets.convert_diffusers(config, sd, name)

@@ -281,9 +281,12 @@ class Generator:
         use_ema: use the EMA weights when the checkpoint has them.
         device: ``cpu``, ``cuda``, ``cuda:1``… or ``auto`` (a GPU when there is one).
         preset: sample the way a published model does (:func:`apply_preset`).
+        lora: a LoRA file (diffusers, original-model or kohya layout: :mod:`lvdm.finetune.lora_files`)
+            merged into the denoiser's weights, ``lora_scale`` times its update.
     """
 
-    def __init__(self, checkpoint: str, use_ema: bool = True, device: str = "auto", preset: Optional[str] = None):
+    def __init__(self, checkpoint: str, use_ema: bool = True, device: str = "auto", preset: Optional[str] = None,
+                 lora: Optional[str] = None, lora_scale: float = 1.0):
         from lvdm.checkpoints.load import LoadedModel, load_module
         from lvdm.generation.published import is_pipeline_folder, is_pipeline_id, module_from_pipeline
         from lvdm.utils import resolve_device
@@ -300,6 +303,11 @@ class Generator:
             if preset:
                 apply_preset(self.loaded.module, preset)
         self.module = self.loaded.module.eval()
+        if lora:
+            from lvdm.finetune.lora_files import merge_lora_file
+
+            merged = merge_lora_file(self.module.denoiser, lora, lora_scale)
+            self.loaded.source += f" + LoRA {lora} (x{lora_scale:g} on {len(merged)} linears)"
         self.fps = float(getattr(self.module, "fps", 8.0))
 
     @property

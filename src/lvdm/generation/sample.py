@@ -35,7 +35,8 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
            zero_init_steps: int = 0, apg_eta: float = 0.0, apg_norm_threshold: float = 0.0,
            apg_momentum: float = 0.0, step_cache: Union[float, Literal["calibrated"]] = 0.0,
            negative_prompt: Optional[str] = None,
-           step_cache_mode: Literal["teacache", "first_block"] = "teacache") -> list[str]:
+           step_cache_mode: Literal["teacache", "first_block"] = "teacache",
+           lora: Optional[str] = None, lora_scale: float = 1.0) -> list[str]:
     """Generate one mp4 per prompt from a trained checkpoint, ``<out>/<index>_<prompt>.mp4``, with the
     prompts in file order in ``<out>/prompts.txt``; the noise of prompt ``i`` depends only on ``seed + i``.
     Image-to-video with ``--image``, continuation with ``--video start.mp4 --extend N`` (models trained
@@ -100,6 +101,10 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
         negative_prompt: what guidance steers away from: its text encoding replaces the empty
             caption in the unconditional half (default: the preset's, e.g. Wan's, else none; '' for none).
             Not with a learned null caption (e.g. Open-Sora's presets) or ``class_label``.
+        lora: a LoRA ``.safetensors`` merged into the denoiser before sampling: lvdm's export, a diffusers
+            LoRA (``transformer.*``), an original-model / ComfyUI one (``diffusion_model.*``) or a kohya /
+            musubi one (``lora_unet_*``); a key no linear of the model takes is an error (docs/training.md, LoRA fine-tuning).
+        lora_scale: the LoRA's strength: this times its update ``alpha / rank · B A``.
     """
     from lvdm.utils import read_prompt_file
 
@@ -111,7 +116,7 @@ def sample(checkpoint: str, prompts: Optional[list[str]] = None, prompt_file: Op
     given = read_given(request)
     out_dir = Path(out)
     clear_video_folder(out_dir, overwrite)
-    generator = Generator(checkpoint, use_ema=use_ema, device=device, preset=preset)
+    generator = Generator(checkpoint, use_ema=use_ema, device=device, preset=preset, lora=lora, lora_scale=lora_scale)
     if request.step_cache == "calibrated" and generator.module.step_cache_calibration is None:
         from lvdm.diffusion.cache_calibration import calibration_path
 

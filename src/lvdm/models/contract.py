@@ -32,6 +32,9 @@ sampling step to the next tracks the change of the stack's residual (TeaCache: t
 normalised input modulated by the timestep; called only by a cache). The backbone's
 own method returns ``blocks(tokens)``; a step cache replaces it for one sampling run and may
 return ``tokens + residual`` of an earlier call instead. A backbone without it refuses step caching.
+A wrapped model that loops over its blocks itself (the diffusers adapters,
+:mod:`lvdm.models.diffusers_adapter`) meets it by swapping its block list, while a cache is on,
+for one module that runs the real blocks through ``run_blocks``.
 
 Conditioning other than the text tokens is a named micro-condition, not a second context input:
 MMDiT's pooled text vector (CLIP-L's pooled caption) is ``pooled_text`` ``[B, dim]``, its

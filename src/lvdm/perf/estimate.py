@@ -27,6 +27,12 @@ tokens, so activations divide by the SP size. These are estimates (allocator fra
 temporary buffers, the layers outside the blocks and the text encoder are not counted): the
 benchmark's measured peak memory is the check.
 
+With ``--lora R`` (``--fp8_base``, ``--block_swap N``, ``--optimizer``, ``--weights_dtype``) a
+single-GPU fine-tune table is added: :mod:`lvdm.finetune.memory` applies the adapters and the
+FP8 base to the ``meta`` backbone and counts the frozen base by dtype, the adapters, their
+gradients and optimizer states, the swapped blocks on the host, and the bf16 copies an FP8 base
+keeps for the backward; the activations are the rule above.
+
 With ``--buckets`` (a bucket config, or a recipe or fragment that holds one under
 ``data.init_args.buckets``) the memory of every bucket — its clip shape at its own batch size
 — is estimated under ``--strategy``, and buckets whose estimate exceeds the GPU's memory are
@@ -52,6 +58,21 @@ from lvdm.perf.hardware import PEAKS
 
 SECONDS_PER_MONTH = 30 * 24 * 3600
 DIT = "lvdm.models.dit.DiT"
+
+#: How each modern preset's source turns a clip into tokens (``--preset``'s defaults, every one
+#: overridable by its flag): its VAE's (temporal, spatial) compression with the causal first frame
+#: (``1 + (frames - 1) / temporal`` latent frames), its text tokens and whether a step runs two
+#: forwards (CFG; HunyuanVideo embeds its guidance). The clip is the preset's ``sampler.size``.
+PRESET_CLIPS: dict[str, dict[str, Any]] = {
+    # HunyuanVideo: 884 causal VAE, LLaVA-Llama prompt up to 256 tokens, embedded guidance
+    "hunyuanvideo": dict(temporal_compression=4, spatial_compression=8, causal=True, text_len=256, guidance=False),
+    # Open-Sora 2.0: HunyuanVideo's VAE, T5-XXL up to 512 tokens, CFG
+    "opensora-2.0": dict(temporal_compression=4, spatial_compression=8, causal=True, text_len=512, guidance=True),
+    # Wan 2.1: Wan-VAE (4 × 8 × 8 causal), umT5 padded to 512 tokens, CFG
+    "wan2.1-t2v-1.3b": dict(temporal_compression=4, spatial_compression=8, causal=True, text_len=512, guidance=True),
+    # LTX-Video: 8 × 32 × 32 causal VAE, T5 up to 128 tokens, CFG
+    "ltx-video-2b": dict(temporal_compression=8, spatial_compression=32, causal=True, text_len=128, guidance=True),
+}
 
 
 def _read_recipe(path: str) -> dict[str, Any]:
@@ -299,6 +320,7 @@ def _peak_flops(gpu: str, dtype: str, mfu: float) -> float:
 
 def estimate(
     recipe: Optional[str] = None,
+    preset: Optional[str] = None,
     size: Optional[str] = None,
     conditioning: Optional[Literal["adaln", "cross_attn", "in_context"]] = None,
     layout: Optional[Literal["full", "spatial_temporal"]] = None,
@@ -311,6 +333,7 @@ def estimate(
     width: Optional[int] = None,
     temporal_compression: Optional[int] = None,
     spatial_compression: Optional[int] = None,
+    causal: Optional[bool] = None,
     text_len: Optional[int] = None,
     fps: float = 24.0,
     video_seconds: Optional[float] = None,
@@ -333,6 +356,12 @@ def estimate(
     convention: Literal["flops", "macs"] = "flops",
     buckets: Optional[str] = None,
     strategy: Literal["ddp", "zero2", "zero3", "zero3_offload"] = "ddp",
+    lora: int = 0,
+    lora_targets: Optional[list[str]] = None,
+    fp8_base: bool = False,
+    block_swap: int = 0,
+    optimizer: Optional[Literal["adamw", "adamw8bit"]] = None,
+    weights_dtype: Literal["bf16", "fp32"] = "bf16",
     print_report: bool = True,
 ) -> dict[str, Any]:
     """Estimate the cost of training and sampling a backbone (``DiT``, ``STDiT`` or any other
@@ -347,6 +376,9 @@ def estimate(
     Args:
         recipe: an ``lvdm fit`` YAML recipe to read the denoiser (any backbone), clip size, text length,
             sampling steps and batch from.
+        preset: a published configuration by name (``lvdm.models.presets``: ``hunyuanvideo``,
+            ``opensora-2.0``, ``wan2.1-t2v-1.3b``…) instead of a recipe, built at its real size with
+            its source's compression, text length, clip and guidance as defaults.
         size: DiT size preset (``XL/2``, ``L/2``…).
         conditioning: ``adaln``, ``cross_attn`` or ``in_context``.
         layout: ``full`` or ``spatial_temporal``.
@@ -361,6 +393,8 @@ def estimate(
         width: video width in pixels.
         temporal_compression: compressor's frame reduction (1 for per-frame VAEs).
         spatial_compression: compressor's height/width reduction (8 for SD-VAE).
+        causal: the compressor encodes the first frame alone (causal 3D VAEs: ``1 + (frames - 1) /
+            temporal_compression`` latent frames, so 129 frames → 33 at 4×).
         text_len: text tokens per sample.
         fps: frame rate, to express sampling cost per minute of video.
         video_seconds: duration of one generated clip (default ``frames × linear_frames / fps``).
@@ -391,17 +425,28 @@ def estimate(
             every bucket at its batch size, flagging those that do not fit on ``gpu``.
         strategy: the strategy whose memory the bucket table shows (``ddp``, ``zero2``,
             ``zero3``, ``zero3_offload``).
+        lora: LoRA rank of a single-GPU fine-tune (the backbone's declared targets): adds its
+            memory table (:mod:`lvdm.finetune.memory`: frozen base by dtype, adapters, gradients,
+            optimizer states, activations, swapped blocks on the host). 0 with ``optimizer``
+            given: a full fine-tune.
+        lora_targets: glob patterns of the linears to adapt instead of the declared ones.
+        fp8_base: the frozen base's block linears stored in FP8 (needs ``lora``).
+        block_swap: blocks whose frozen weights stay on the host (needs ``lora``).
+        optimizer: ``adamw`` or ``adamw8bit`` (bitsandbytes' 8-bit states) for the fine-tune table.
+        weights_dtype: the dtype the fine-tuned model is held in: ``bf16`` (Lightning's
+            ``bf16-true``) or ``fp32`` (``bf16-mixed``).
         print_report: print the report.
     """
-    from_recipe = _read_recipe(recipe) if recipe else {}
-    model = _backbone(from_recipe, bool(recipe), size=size, conditioning=conditioning, layout=layout,
-                      in_channels=in_channels, context_dim=context_dim, num_classes=num_classes,
-                      adaln_single=adaln_single)
+    finetune = _finetune_options(lora, lora_targets, fp8_base, block_swap, optimizer, weights_dtype)
+    model, from_recipe = _model_and_recipe(preset, recipe, dict(
+        size=size, conditioning=conditioning, layout=layout, in_channels=in_channels, context_dim=context_dim,
+        num_classes=num_classes, adaln_single=adaln_single))
     pick = _picker(from_recipe)
     frames = pick(frames, "frames", 16)
     compression = (pick(temporal_compression, "temporal_compression", 1),
                    pick(spatial_compression, "spatial_compression", 8))
-    latent = _latent((frames, pick(height, "height", 256), pick(width, "width", 256)), compression)
+    latent = _latent((frames, pick(height, "height", 256), pick(width, "width", 256)), compression,
+                     pick(causal, "causal", False))
     text_len = pick(text_len, "text_len", 120) if model.context_dim else 0
     sampling_steps, guidance = pick(sampling_steps, "sampling_steps", 50), pick(guidance, "guidance", True)
     steps = pick(steps, "steps", None) if dataset_size == 0 else steps
@@ -414,21 +459,44 @@ def estimate(
     result.update(_sampling_time(result["flops_per_video"], seconds, rate))
     samples = steps * global_batch if steps is not None else dataset_size * epochs
     result.update(_training_cost(result, samples, training_flops, rate, num_gpus))
-    mem = MemoryModel.from_model(model, latent, text_len)
-    result["params"] = mem.num_params * model_scale
-    result["memory_per_gpu"] = memory_per_gpu(mem, result["tokens"], micro_batch, num_gpus, sp_size,
-                                              checkpoint_fraction)
+    mem = _memory(result, model, (latent, text_len), model_scale, micro_batch, num_gpus, sp_size, checkpoint_fraction,
+                  finetune)
     if buckets is not None:
         result["buckets"] = bucket_memory(read_buckets(buckets), mem, model.patch_size, compression, num_gpus, sp_size,
                                           checkpoint_fraction, strategy, PEAKS[gpu]["memory_gb"])
     if print_report:
-        print(format_report(result, model=model, gpu=gpu, dtype=dtype, mfu=mfu, num_gpus=num_gpus, sp_size=sp_size,
-                            convention=convention, sampling_steps=sampling_steps, guidance=guidance,
-                            micro_batch=micro_batch, scale=(model_scale, linear_frames),
-                            checkpoint_fraction=checkpoint_fraction))
-        if "buckets" in result:
-            print(format_buckets(result["buckets"], strategy=strategy, gpu=gpu))
+        _print_reports(result, strategy, model=model, gpu=gpu, dtype=dtype, mfu=mfu, num_gpus=num_gpus,
+                       sp_size=sp_size, convention=convention, sampling_steps=sampling_steps, guidance=guidance,
+                       micro_batch=micro_batch, scale=(model_scale, linear_frames), checkpoint_fraction=checkpoint_fraction)
     return result
+
+
+def _finetune_options(lora: int, targets: Optional[list[str]], fp8_base: bool, block_swap: int,
+                      optimizer: Optional[str], weights_dtype: str) -> Optional[dict[str, Any]]:
+    """:func:`finetune_memory`'s options from the flags (None: no fine-tune table), checked first."""
+    if (fp8_base or block_swap) and not lora:
+        raise ValueError("fp8_base and block_swap keep a frozen base: they need LoRA (--lora R, a rank > 0)")
+    if not (lora or optimizer):
+        return None
+    return dict(rank=lora, targets=targets, fp8_base=fp8_base, block_swap=block_swap, optimizer=optimizer or "adamw",
+                weights_dtype=weights_dtype)
+
+
+def _model_and_recipe(preset: Optional[str], recipe: Optional[str], flags: dict[str, Any]) -> tuple[nn.Module, dict]:
+    """The backbone to estimate (on ``meta``) and what the recipe (or the preset) says."""
+    if preset is not None:
+        return _preset_backbone(preset, recipe, flags)
+    from_recipe = _read_recipe(recipe) if recipe else {}
+    return _backbone(from_recipe, bool(recipe), **flags), from_recipe
+
+
+def _print_reports(result: dict[str, Any], strategy: str, **report: Any) -> None:
+    """Print :func:`format_report` (``report``: its arguments) and the fine-tune and bucket tables the result holds."""
+    print(format_report(result, **report))
+    if "finetune" in result:
+        print(format_finetune(result["finetune"], gpu=report["gpu"]))
+    if "buckets" in result:
+        print(format_buckets(result["buckets"], strategy=strategy, gpu=report["gpu"]))
 
 
 def _picker(from_recipe: dict[str, Any]):
@@ -440,13 +508,37 @@ def _picker(from_recipe: dict[str, Any]):
     return pick
 
 
-def _latent(clip: tuple[int, int, int], compression: tuple[int, int]) -> tuple[int, int, int]:
+def _latent(clip: tuple[int, int, int], compression: tuple[int, int], causal: bool = False) -> tuple[int, int, int]:
     """Latent ``(T, H, W)`` of a pixel clip ``(frames, height, width)`` under (temporal, spatial)
-    compression."""
+    compression; a ``causal`` compressor keeps the first frame alone (``1 + (frames - 1) / temporal``)."""
     (frames, height, width), (tc, sc) = clip, compression
-    if frames % tc or height % sc or width % sc:
-        raise ValueError(f"clip {frames}×{height}×{width} is not divisible by the compression ({tc}, {sc}, {sc})")
-    return frames // tc, height // sc, width // sc
+    coded = frames - 1 if causal else frames
+    if coded % tc or height % sc or width % sc:
+        rule = f"frames - 1 divisible by {tc} (causal)" if causal else f"frames divisible by {tc}"
+        raise ValueError(f"clip {frames}×{height}×{width} does not fit the compression ({tc}, {sc}, {sc}): "
+                         f"needs {rule} and height, width divisible by {sc}")
+    return coded // tc + int(causal), height // sc, width // sc
+
+
+def _preset_backbone(name: str, recipe: Optional[str], flags: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """A published configuration built on ``meta`` at its real size, and its source's clip
+    defaults (:data:`PRESET_CLIPS`, its sampler's size and step count) in a recipe's place."""
+    from lvdm.models.presets import from_name
+
+    given = sorted(key for key, value in flags.items() if value is not None)
+    if recipe or given:
+        raise ValueError(f"--preset {name} fixes the architecture: drop " + ("--recipe" if recipe else
+                         ", ".join(f"--{key}" for key in given)))
+    found = from_name(name)
+    with torch.device("meta"):
+        model = found.build()
+    defaults = dict(PRESET_CLIPS.get(name, {}))
+    if found.sampler.size is not None:
+        defaults.update(zip(("frames", "height", "width"), found.sampler.size))
+    steps = found.sampler.objective[1].get("num_sampling_steps")
+    if steps is not None:
+        defaults["sampling_steps"] = steps
+    return model, defaults
 
 
 def _flop_costs(model: nn.Module, latent: tuple[int, int, int], text_len: int, scale: float,
@@ -495,6 +587,65 @@ def _training_cost(costs: dict[str, Any], samples: float, training_flops: Option
         "crossover_videos": crossover,
         "crossover_video_minutes": crossover * costs["video_seconds"] / 60,
     }
+
+
+def _memory(result: dict[str, Any], model: nn.Module, shape: tuple, model_scale: float, micro_batch: int,
+            num_gpus: int, sp_size: int, checkpoint_fraction: float, finetune: Optional[dict]) -> MemoryModel:
+    """Fill ``result`` with the parameters, the memory per GPU of every strategy and, with
+    ``finetune`` (:func:`finetune_memory`'s options), the single-GPU fine-tune table; return the
+    backbone's :class:`MemoryModel` (``shape``: one sample's ``(latent, text_len)``)."""
+    mem = MemoryModel.from_model(model, *shape)
+    result["params"] = mem.num_params * model_scale
+    result["memory_per_gpu"] = memory_per_gpu(mem, result["tokens"], micro_batch, num_gpus, sp_size,
+                                              checkpoint_fraction)
+    if finetune is not None:
+        result["finetune"] = finetune_memory(model, mem, shape, result["tokens"] * micro_batch / sp_size,
+                                             checkpoint_fraction=checkpoint_fraction, **finetune)
+    return mem
+
+
+def finetune_memory(model: nn.Module, mem: MemoryModel, shape: tuple, tokens: float, *, rank: int,
+                    targets: Optional[list[str]],
+                    fp8_base: bool, block_swap: int, optimizer: str, weights_dtype: str,
+                    checkpoint_fraction: float) -> dict[str, Any]:
+    """The single-GPU fine-tune memory of the ``meta`` ``model`` (changed in place:
+    :func:`lvdm.finetune.memory.prepare_finetune`) on ``tokens`` video tokens per step: its
+    ``states`` (:func:`~lvdm.finetune.memory.state_bytes`) and device ``peak`` parts; ``shape``:
+    the ``(latent, text_len)`` of one sample."""
+    from lvdm.finetune.memory import DTYPES, fp8_dequantized_bytes, peak_bytes, prepare_finetune, state_bytes
+
+    prepare_finetune(model, rank, targets=targets, fp8_base=fp8_base, weights_dtype=weights_dtype)
+    states = state_bytes(model, optimizer, block_swap)
+    copies = (0, 0)
+    if fp8_base:
+        (x, t), kwargs = _meta_inputs(model, *shape)
+        dtype = DTYPES[weights_dtype]
+        kwargs = {k: v.to(dtype) if k == "context" else v for k, v in kwargs.items()}
+        copies = fp8_dequantized_bytes(model, (x.to(dtype), t), kwargs)
+    return {"rank": rank, "fp8_base": fp8_base, "block_swap": block_swap, "optimizer": optimizer,
+            "weights_dtype": weights_dtype, "checkpoint_fraction": checkpoint_fraction, "states": states,
+            "peak": peak_bytes(states, mem.activation_bytes(tokens, checkpoint_fraction), checkpoint_fraction, copies)}
+
+
+def format_finetune(f: dict[str, Any], *, gpu: str) -> str:
+    """The fine-tune memory table of :func:`estimate` (``--lora`` and the low-memory options)."""
+    s, peak = f["states"], f["peak"]
+    what = f"LoRA rank {f['rank']}" if f["rank"] else "full fine-tune"
+    lines = ["", f"fine-tune on one GPU ({what}, {f['weights_dtype']} weights, {f['optimizer']}, fp8 base "
+                 f"{'on' if f['fp8_base'] else 'off'}, block swap {f['block_swap']}, checkpointing "
+                 f"{f['checkpoint_fraction']:.0%}; GB, {PEAKS[gpu]['memory_gb']} GB on {gpu})",
+             f"  trainable {s['trainable_params']:,} of {s['params']:,} parameters "
+             f"({100 * s['trainable_params'] / max(s['params'], 1):.2f} %)"]
+    rows = [(f"frozen base {dtype}", value) for dtype, value in s["frozen"].items()]
+    rows += [("buffers", peak["buffers"]), ("swapped blocks in flight", peak["swapped_on_device"]),
+             ("trainable parameters", peak["trainable"]), ("gradients", peak["grads"]),
+             ("optimizer states", peak["optimizer"]), ("fp8 weights dequantised", peak["fp8_dequantized"]),
+             ("activations", peak["activations"]),
+             ("peak per GPU", peak["total"]), ("host (swapped blocks)", s["host_swapped"])]
+    lines += [f"  {name:<28} {value / 1e9:>9.3f}" for name, value in rows]
+    if f["block_swap"] and f["checkpoint_fraction"] < 1:
+        lines.append("  block swap lowers the peak only with every block checkpointed (--checkpoint_fraction 1)")
+    return "\n".join(lines)
 
 
 def read_buckets(path: str):

@@ -8,14 +8,27 @@ unconditional input of classifier-free guidance, and attention over zero keys is
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel
 
 from lvdm.utils import parse_dtype, resolve_pretrained, to_device_async
+
+
+def adapter_grad(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a frozen encoder's ``method`` without gradients, unless LoRA adapters added trainable
+    parameters to the encoder (the LoRA callback's ``text_encoder_targets``): then with them."""
+
+    @functools.wraps(method)
+    def run(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class TextEncoder(nn.Module, ABC):
@@ -60,6 +73,8 @@ class PretrainedTextEncoder(TextEncoder):
 
     Subclasses name the ``transformers`` model class and document their defaults; loading,
     freezing and encoding live here. See :class:`~lvdm.text.T5TextEncoder` for the arguments.
+    It encodes without gradients; only LoRA adapters added to it (the LoRA callback's
+    ``text_encoder_targets``) make it run with them, and they alone train.
     """
 
     def __init__(
@@ -102,7 +117,7 @@ class PretrainedTextEncoder(TextEncoder):
         mask[:, 0] |= ~mask.any(dim=1)
         return batch["input_ids"], mask
 
-    @torch.no_grad()
+    @adapter_grad
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.tokenize(captions)
         device = self.model.device

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import CLIPTextModel
 
-from lvdm.text.base import PretrainedTextEncoder
+from lvdm.text.base import PretrainedTextEncoder, adapter_grad
 
 
 class CLIPTextEncoder(PretrainedTextEncoder):
@@ -32,7 +32,7 @@ class CLIPTextEncoder(PretrainedTextEncoder):
     ):
         super().__init__(CLIPTextModel, pretrained, max_length, dtype, tokenizer_subfolder, encoder_subfolder)
 
-    @torch.no_grad()
+    @adapter_grad
     def pooled(self, captions: list[str]) -> torch.Tensor:
         """The pooled caption vectors ``[B, hidden]`` (``pooler_output``: the end token's final
         state), of captions padded or cut to ``max_length``, read without an attention mask as

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from transformers import LlamaModel
 
-from lvdm.text.base import PretrainedTextEncoder
+from lvdm.text.base import PretrainedTextEncoder, adapter_grad
 from lvdm.utils import to_device_async
 
 #: HunyuanVideo's video prompt template (its ``PROMPT_TEMPLATE["dit-llm-encode-video"]``, also
@@ -61,7 +61,7 @@ class LlamaPromptTextEncoder(PretrainedTextEncoder):
                                max_length=self.max_length + self.crop_start, return_tensors="pt")
         return batch["input_ids"], batch["attention_mask"].bool()
 
-    @torch.no_grad()
+    @adapter_grad
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.tokenize(captions)
         device = self.model.device
