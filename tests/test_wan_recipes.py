@@ -1,6 +1,6 @@
 """recipes/wan: the real-size Wan 2.1 T2V 1.3B fine-tuning parses and builds on meta with the published
 parameter count and the preset's sampler; the tiny variant trains on cached latents and cached umT5
-embeddings (written by the test) and ``lvdm sample`` reads its checkpoint."""
+embeddings (written by the test), from a tiny random Wan folder, and ``lvdm sample`` reads its checkpoint."""
 
 from pathlib import Path
 
@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 from lvdm.cli import main
 from lvdm.curation.encode import encode_shards
 from lvdm.data.datamodule import LatentDataModule
+from lvdm.models.diffusers_adapter import build_wan
 from lvdm.models.presets import from_name
 from lvdm.shapes.synthetic import ALL_COMBOS, caption, write_synthetic_dataset
 from lvdm.text.tiny import build_tiny_t5
@@ -22,7 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_real_size_parses_and_builds_on_meta(capsys):
     config = printed_config(ROOT / "recipes/wan/t2v_1.3b.yaml", capsys)
-    assert config["trainer"]["strategy"]["init_args"]["stage"] == 2
+    trainer = config["trainer"]
+    assert trainer["strategy"]["init_args"]["stage"] == 2 and trainer["devices"] == 8
+    init_from = next(c["init_args"] for c in trainer["callbacks"] if c["class_path"].endswith("InitFrom"))
+    assert init_from["source"] == "models/Wan2.1-T2V-1.3B-Diffusers" and init_from["strict"] is True
     init = config["model"]["init_args"]
     assert config["data"]["class_path"] == "lvdm.data.datamodule.LatentDataModule"
     assert init["text_encoder"]["class_path"] == "lvdm.text.umt5.UMT5TextEncoder"
@@ -59,6 +63,9 @@ def test_tiny_variant_trains_on_cached_latents_and_text_and_samples(tmp_path, mo
     monkeypatch.chdir(tmp_path)  # the recipe's relative paths (data/, runs/) land here
     write_synthetic_dataset("data/shapes", num_train=8, num_val=2, shard_size=8)
     umt5 = save_tiny_umt5(Path("runs/wan_tiny/umt5"))
+    torch.manual_seed(1)  # the "published" weights InitFrom loads: a tiny random Wan folder of the recipe's sizes
+    build_wan(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12, in_channels=3, out_channels=3,
+              text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2).transformer.save_pretrained("runs/wan_tiny/base")
     summary = encode_shards("data/shapes/train-*.tar", "data/wan_tiny/latents", num_frames=4, resolution=32,
                             dtype="float32", text_encoder=umt5)
     assert summary["encoded"] == 8
@@ -66,7 +73,9 @@ def test_tiny_variant_trains_on_cached_latents_and_text_and_samples(tmp_path, mo
     cached.setup("fit")
     batch = next(iter(cached.train_dataloader()))  # training reads umT5's tokens from the cache
     assert batch["text"].shape == (2, 8, 16) and batch["text_encoder_identity"][0].startswith("lvdm.text.umt5.")
+    capsys.readouterr()
     main(["fit", "--config", str(ROOT / "recipes/wan/tiny/t2v.yaml")])
+    assert "new (kept their initialisation): 0" in capsys.readouterr().out  # every weight from the Wan folder
     last = torch.load("runs/wan_tiny/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 3
     main(["sample", "--checkpoint", "runs/wan_tiny/checkpoints/last.ckpt", "--prompts",
