@@ -8,6 +8,8 @@
   ``WanTransformer3DModel`` or a pipeline with ``transformer/``: the keys of
   :func:`lvdm.models.presets.from_diffusers_wan`'s backbone),
 * an Open-Sora / PixArt-α ``.pth`` or ``.safetensors`` file, or Open-Sora 2.0's ``Open_Sora_v2.safetensors``,
+* Tencent's original HunyuanVideo file (``mp_rank_00_model_states.pt``) or the Wan repository's
+  ``diffusion_pytorch_model.safetensors`` (one file),
 
 into a model whose keys may differ: keys present in both are copied, the model's other keys
 keep their initialisation, and a :class:`KeyReport` says which were carried, which are new,
@@ -161,7 +163,6 @@ def read_source(source: str, weights: Weights = "auto",
     LatentDiffusionModule); published checkpoints have none."""
     from lvdm.checkpoints import load as checkpoint
     from lvdm.models import presets
-    from lvdm.models.convert import opensora
     from lvdm.models.stdit import STDiT
 
     path = Path(source)
@@ -187,12 +188,7 @@ def read_source(source: str, weights: Weights = "auto",
                 raise ValueError(f"{source!r} holds {stored} weights (exported so); asked for {weights!r}")
             settings = _source_settings(_stored_backbone(_json(meta[checkpoint.METADATA_KEY]), prefix, source))
             return _strip(load_file(source), prefix, source), f"{source} ({stored.upper()} weights, exported)", settings
-        raw = load_file(source)
-        if "img_in.weight" in raw:  # Open-Sora 2.0's MMDiT (Flux's key names): Open_Sora_v2.safetensors
-            from lvdm.models.convert import opensora2
-
-            return opensora2.convert_state_dict(raw), f"{source} (Open-Sora 2.0 layout)", None
-        return opensora.convert_state_dict(opensora.unwrap(raw, source)), f"{source} (Open-Sora layout)", None
+        return (*_original_layout(load_file(source), source), None)
     if path.is_dir() or path.suffix == ".ckpt":  # Lightning / DeepSpeed checkpoint of lvdm fit
         ckpt = checkpoint.read_checkpoint(path)
         sd, used = dict(ckpt["state_dict"]), "raw"
@@ -211,7 +207,28 @@ def read_source(source: str, weights: Weights = "auto",
     raw = checkpoint.torch_load(path)  # .pth / .pt / .bin of Open-Sora or PixArt-α
     if not isinstance(raw, Mapping):
         raise ValueError(f"{source!r} holds a {type(raw).__name__}, not a state dict")
-    return opensora.convert_state_dict(opensora.unwrap(raw, source)), f"{source} (Open-Sora layout)", None
+    return (*_original_layout(raw, source), None)
+
+
+def _original_layout(raw: Mapping, source: str) -> tuple[dict[str, torch.Tensor], str]:
+    """A published model's own weights file in lvdm's keys, by the layout its keys show: Tencent's
+    HunyuanVideo (MMDiT), Open-Sora 2.0's (MMDiT; Flux's names, ``Open_Sora_v2.safetensors``), the
+    Wan repository's (WanBackbone, under ``transformer.``), else Open-Sora 1.x's / PixArt-α's. A
+    weight of the first three without a place in lvdm is an error."""
+    from lvdm.models.convert import hunyuan_original, opensora, opensora2, wan_original
+
+    sd = opensora.unwrap(raw, source)
+    try:
+        if "txt_in.input_embedder.weight" in sd:
+            return hunyuan_original.convert_state_dict(sd), f"{source} (HunyuanVideo, Tencent's layout)"
+        if "img_in.weight" in sd:
+            return opensora2.convert_state_dict(sd), f"{source} (Open-Sora 2.0 layout)"
+        if any(k.endswith("head.head.weight") for k in sd):
+            converted = wan_original.convert_state_dict(sd)
+            return {f"transformer.{k}": v for k, v in converted.items()}, f"{source} (Wan's layout)"
+    except KeyError as err:
+        raise ValueError(f"{source}: {err.args[0]}") from None
+    return opensora.convert_state_dict(sd), f"{source} (Open-Sora layout)"
 
 
 def _json(text: str) -> object:
@@ -252,7 +269,7 @@ def init_from(model: nn.Module, source: str, weights: Weights = "auto", strict: 
     Args:
         model: the model to start (e.g. a new phase's denoiser).
         source: checkpoint file or directory, exported ``.safetensors``, diffusers folder or
-            hub id, or Open-Sora / PixArt-α weights file.
+            hub id, or Open-Sora / PixArt-α, original HunyuanVideo or Wan weights file.
         weights: ``"ema"``, ``"raw"`` or ``"auto"`` (EMA when an lvdm checkpoint has it).
         strict: every key and shape must match; otherwise shared keys are copied and the
             rest reported.

@@ -50,38 +50,6 @@ _SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B", ".lora_down.weight": 
              ".alpha": "alpha"}
 
 # lvdm name → original name rules, applied in order to each linear's name (first full match wins)
-_WAN = (  # diffusers' Wan names (inside WanBackbone.transformer) → the Wan repository's (Wan-Video/Wan2.1 model.py)
-    (r"blocks\.(\d+)\.attn1\.to_(q|k|v)", r"blocks.\1.self_attn.\2"),
-    (r"blocks\.(\d+)\.attn1\.to_out\.0", r"blocks.\1.self_attn.o"),
-    (r"blocks\.(\d+)\.attn2\.to_(q|k|v)", r"blocks.\1.cross_attn.\2"),
-    (r"blocks\.(\d+)\.attn2\.to_out\.0", r"blocks.\1.cross_attn.o"),
-    (r"blocks\.(\d+)\.ffn\.net\.0\.proj", r"blocks.\1.ffn.0"),
-    (r"blocks\.(\d+)\.ffn\.net\.2", r"blocks.\1.ffn.2"),
-    (r"condition_embedder\.time_embedder\.linear_(1|2)", lambda m: f"time_embedding.{2 * int(m[1]) - 2}"),
-    (r"condition_embedder\.text_embedder\.linear_(1|2)", lambda m: f"text_embedding.{2 * int(m[1]) - 2}"),
-    (r"condition_embedder\.time_proj", "time_projection.1"),
-    (r"proj_out", "head.head"),
-)
-_HUNYUAN = (  # lvdm's MMDiT → Tencent HunyuanVideo's (hyvideo/modules/models.py, token_refiner.py)
-    (r"double_blocks\.(\d+)\.(video|text)\.(qkv|proj)",
-     lambda m: f"double_blocks.{m[1]}.{'img' if m[2] == 'video' else 'txt'}_attn_{m[3]}"),
-    (r"double_blocks\.(\d+)\.(video|text)\.mlp\.(fc1|fc2)",
-     lambda m: f"double_blocks.{m[1]}.{'img' if m[2] == 'video' else 'txt'}_mlp.{m[3]}"),
-    (r"double_blocks\.(\d+)\.(video|text)\.adaLN_modulation\.1",
-     lambda m: f"double_blocks.{m[1]}.{'img' if m[2] == 'video' else 'txt'}_mod.linear"),
-    (r"single_blocks\.(\d+)\.(linear1|linear2)", r"single_blocks.\1.\2"),
-    (r"single_blocks\.(\d+)\.adaLN_modulation\.1", r"single_blocks.\1.modulation.linear"),
-    (r"context_embedder\.blocks\.(\d+)\.attn\.(qkv|proj)", r"txt_in.individual_token_refiner.blocks.\1.self_attn_\2"),
-    (r"context_embedder\.blocks\.(\d+)\.(mlp\.fc1|mlp\.fc2|adaLN_modulation\.1)",
-     r"txt_in.individual_token_refiner.blocks.\1.\2"),
-    (r"context_embedder\.t_embedder\.mlp\.(0|2)", r"txt_in.t_embedder.mlp.\1"),
-    (r"context_embedder\.c_embedder\.fc(1|2)", r"txt_in.c_embedder.linear_\1"),
-    (r"context_embedder\.proj_in", "txt_in.input_embedder"),
-    (r"t_embedder\.mlp\.(0|2)", r"time_in.mlp.\1"),
-    (r"guidance_embedder\.mlp\.(0|2)", r"guidance_in.mlp.\1"),
-    (r"pooled_text_embedder\.fc1", "vector_in.in_layer"),
-    (r"pooled_text_embedder\.fc2", "vector_in.out_layer"),
-)
 _OPENSORA = (  # lvdm's STDiT → Open-Sora's (the inverse of lvdm.models.convert.opensora's renames)
     (r"((temporal_)?blocks\.\d+\.cross_attn)\.(q|kv)", r"\1.\3_linear"),
     (r"context_proj\.(.+)", r"y_embedder.y_proj.\1"),
@@ -159,6 +127,19 @@ def original_kind(backbone: nn.Module) -> str | None:
     return None
 
 
+def _original_table(backbone: nn.Module, kind: str) -> dict[str, str] | None:
+    """module → original module of the Wan / HunyuanVideo backbone, the table their original-checkpoint
+    loaders read with (None for the other kinds)."""
+    from lvdm.models.convert import hunyuan_original, wan_original
+
+    if kind == "wan":
+        return wan_original.module_rules(wan_original.block_keys(len(backbone.transformer.blocks)))
+    if kind == "hunyuanvideo":
+        return hunyuan_original.module_rules(hunyuan_original.block_keys(
+            len(backbone.double_blocks), len(backbone.single_blocks), len(backbone.context_embedder.blocks)))
+    return None
+
+
 def original_names(backbone: nn.Module) -> dict[str, str]:
     """lvdm linear name → the original model's module name, for the linears that have one.
 
@@ -170,12 +151,11 @@ def original_names(backbone: nn.Module) -> dict[str, str]:
         raise ValueError(f"{type(backbone).__name__} has no original-model LoRA layout; it is known for Wan "
                          "(WanBackbone), HunyuanVideo (MMDiT with a token refiner) and Open-Sora (STDiT 1.0, STDiT3: temporal blocks with RoPE); "
                          "use --format diffusers (lvdm's module names)")
+    table = _original_table(backbone, kind)
     names = {}
     for name in base_linears(backbone):
-        if kind == "wan":
-            theirs = _apply_rules(name.removeprefix("transformer."), _WAN)
-        elif kind == "hunyuanvideo":
-            theirs = _apply_rules(name, _HUNYUAN)
+        if table is not None:  # the loaders' table (lvdm.models.convert.{wan,hunyuan}_original)
+            theirs = table.get(name.removeprefix("transformer.") if kind == "wan" else name)
         else:
             theirs = _apply_rules(name, _OPENSORA)
             if theirs is not None and kind == "opensora-stdit3" and theirs.startswith("blocks."):

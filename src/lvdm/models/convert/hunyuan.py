@@ -110,23 +110,23 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor],
 
 
 def report(sd: Mapping[str, torch.Tensor], used: set[str], out: Mapping[str, torch.Tensor],
-           expected: Mapping[str, Any] | None, source: str) -> None:
-    """The strict key report: raise ``KeyError`` listing unused source weights, MMDiT weights
+           expected: Mapping[str, Any] | None, source: str, target: str = "MMDiT") -> None:
+    """The strict key report: raise ``KeyError`` listing unused source weights, ``target`` weights
     without a value and shape mismatches."""
     problems = []
     unused = sorted(set(sd) - used)
     if unused:
-        problems.append(f"{len(unused)} source weights have no place in MMDiT: {unused[:8]}")
+        problems.append(f"{len(unused)} source weights have no place in {target}: {unused[:8]}")
     if expected is not None:
         missing = sorted(set(expected) - set(out))
         if missing:
-            problems.append(f"{len(missing)} MMDiT weights have no source: {missing[:8]}")
+            problems.append(f"{len(missing)} {target} weights have no source: {missing[:8]}")
         wrong = [f"{k} {list(out[k].shape)} != {list(expected[k].shape)}" for k in sorted(set(expected) & set(out))
                  if tuple(out[k].shape) != tuple(expected[k].shape)]
         if wrong:
             problems.append(f"{len(wrong)} shapes differ: {wrong[:8]}")
     if problems:
-        raise KeyError(f"{source} → MMDiT: " + "; ".join(problems))
+        raise KeyError(f"{source} → {target}: " + "; ".join(problems))
 
 
 def mmdit_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
