@@ -52,6 +52,14 @@ def test_real_size_stage_parses_and_builds_on_meta(stage, capsys):
         assert "InitFrom" not in callbacks
 
 
+def test_published_names_every_mmdit_and_diffusers_preset():
+    from typing import get_args
+
+    from lvdm.models.presets import TABLE, PublishedName
+
+    assert set(get_args(PublishedName)) == {n for n, p in TABLE.items() if p.backbone not in ("STDiT", "DiT")}
+
+
 def test_published_refuses_an_argument_of_another_backbone():
     with pytest.raises(ValueError, match=r"published\('opensora-2.0'\): \['num_layers'\] are not arguments of its MMDiT"):
         published("opensora-2.0", num_layers=2)

@@ -119,7 +119,11 @@ def preset(
     ))
 
 
-PublishedName = Literal["hunyuanvideo", "opensora-2.0", "wan2.1-t2v-1.3b", "ltx-video-2b"]
+#: The presets :func:`published` builds: every MMDiT and diffusers-backed one of :data:`TABLE`.
+PublishedName = Literal[
+    "hunyuanvideo", "hunyuanvideo-diffusers", "opensora-2.0", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b",
+    "wan2.1-i2v-14b-480p", "wan2.2-t2v-a14b", "cogvideox-2b", "cogvideox-5b", "mochi-1-preview", "ltx-video-2b",
+]
 
 
 def published(
@@ -144,8 +148,8 @@ def published(
     text_length: Optional[int] = None,
 ) -> torch.nn.Module:
     """Build the published video transformer ``name`` (:func:`from_name`'s MMDiT or diffusers
-    backbone, random weights): the recipe ``class_path`` of the MMDiT and Wan / LTX presets, as
-    :func:`preset` is the STDiT ones'.
+    backbone, random weights): the recipe ``class_path`` of the MMDiT and diffusers-backed presets,
+    as :func:`preset` is the STDiT ones'.
 
     Every other argument overrides the preset when given (None: the preset's), for tiny variants of
     the same layout: ``in_channels`` … ``rope_axes_dims`` are :class:`~lvdm.models.mmdit.MMDiT`'s,
@@ -164,8 +168,7 @@ def published(
     else:
         from lvdm.models import diffusers_adapter
 
-        build = diffusers_adapter.build_wan if entry.backbone == "WanBackbone" else diffusers_adapter.build_ltx
-        known = set(inspect.signature(build).parameters)
+        known = set(inspect.signature(getattr(diffusers_adapter, _ADAPTER_BUILDERS[entry.backbone])).parameters)
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"published({name!r}): {unknown} are not arguments of its {entry.backbone}; "
