@@ -15,6 +15,9 @@ From a recipe::
       class_path: lvdm.models.presets.preset
       init_args: {name: opensora-v1.2-stdit3-xl2}
 
+and :func:`published` builds the MMDiT and diffusers-backed presets so (``name: opensora-2.0``,
+``wan2.1-t2v-1.3b``…; recipes/opensora2/, recipes/wan/).
+
 :func:`from_name` gives the whole :class:`Preset` of every published configuration (DiT S…XL,
 DiT-ImageNet, PixArt-α, Latte, Open-Sora 1.0 / 1.2, HunyuanVideo and Open-Sora 2.0 (:class:`~lvdm.models.mmdit.MMDiT`),
 Wan 2.1 T2V 1.3B / 14B and I2V 14B, Wan 2.2 T2V A14B, LTX-Video 2B and CogVideoX 2B / 5B (diffusers' transformers, :mod:`lvdm.models.diffusers_adapter`)): its source, parameter count, architecture
@@ -27,6 +30,7 @@ Loading never runs code from the checkpoint: ``.pth`` files are read with
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +117,63 @@ def preset(
         interpolation_scale=interpolation_scale, time_scale=time_scale, fps_conditioning=fps_conditioning,
         latent_scale=latent_scale,
     ))
+
+
+#: The presets :func:`published` builds: every MMDiT and diffusers-backed one of :data:`TABLE`.
+PublishedName = Literal[
+    "hunyuanvideo", "hunyuanvideo-diffusers", "opensora-2.0", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b",
+    "wan2.1-i2v-14b-480p", "wan2.2-t2v-a14b", "cogvideox-2b", "cogvideox-5b", "mochi-1-preview", "ltx-video-2b",
+]
+
+
+def published(
+    name: PublishedName,
+    in_channels: Optional[int] = None,
+    patch_size: Optional[Sequence[int]] = None,
+    hidden_size: Optional[int] = None,
+    num_heads: Optional[int] = None,
+    depth_double: Optional[int] = None,
+    depth_single: Optional[int] = None,
+    context_dim: Optional[int] = None,
+    pooled_text_dim: Optional[int] = None,
+    image_condition_channels: Optional[int] = None,
+    rope_axes_dims: Optional[Sequence[int]] = None,
+    num_attention_heads: Optional[int] = None,
+    attention_head_dim: Optional[int] = None,
+    out_channels: Optional[int] = None,
+    ffn_dim: Optional[int] = None,
+    num_layers: Optional[int] = None,
+    text_dim: Optional[int] = None,
+    freq_dim: Optional[int] = None,
+    text_length: Optional[int] = None,
+) -> torch.nn.Module:
+    """Build the published video transformer ``name`` (:func:`from_name`'s MMDiT or diffusers
+    backbone, random weights): the recipe ``class_path`` of the MMDiT and diffusers-backed presets,
+    as :func:`preset` is the STDiT ones'.
+
+    Every other argument overrides the preset when given (None: the preset's), for tiny variants of
+    the same layout: ``in_channels`` … ``rope_axes_dims`` are :class:`~lvdm.models.mmdit.MMDiT`'s,
+    ``num_attention_heads`` … ``text_length`` Wan's (:func:`~lvdm.models.diffusers_adapter.build_wan`);
+    an argument the backbone lacks fails naming it."""
+    given = dict(in_channels=in_channels, patch_size=patch_size, hidden_size=hidden_size, num_heads=num_heads,
+                 depth_double=depth_double, depth_single=depth_single, context_dim=context_dim,
+                 pooled_text_dim=pooled_text_dim, image_condition_channels=image_condition_channels,
+                 rope_axes_dims=rope_axes_dims, num_attention_heads=num_attention_heads,
+                 attention_head_dim=attention_head_dim, out_channels=out_channels, ffn_dim=ffn_dim,
+                 num_layers=num_layers, text_dim=text_dim, freq_dim=freq_dim, text_length=text_length)
+    entry = from_name(name)
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if entry.backbone == "MMDiT":
+        known = set(inspect.signature(MMDiT).parameters)
+    else:
+        from lvdm.models import diffusers_adapter
+
+        known = set(inspect.signature(getattr(diffusers_adapter, _ADAPTER_BUILDERS[entry.backbone])).parameters)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"published({name!r}): {unknown} are not arguments of its {entry.backbone}; "
+                         f"it takes {sorted(known & set(given))}")
+    return entry.build(**overrides)
 
 
 # ------------------------------------------------------------------------------------- loading
