@@ -296,3 +296,10 @@ def test_preset_defaults_and_refusals():
         estimate(preset="hunyuanvideo", frames=128, height=720, width=1280, print_report=False)
     with pytest.raises(ValueError, match="unknown preset 'wan-99b'"):
         estimate(preset="wan-99b", print_report=False)
+
+
+def test_a_recipe_with_a_pooled_text_encoder_reads_the_token_encoders_length():
+    """recipes/opensora2: T5-XXL's 512 tokens sit inside PooledTextEncoder(tokens=…); the estimate
+    read the default 120 instead."""
+    r = estimate(recipe=str(ROOT / "recipes/opensora2/stage1_image.yaml"), print_report=False)
+    assert r["text_len"] == 512 and r["params"] == 11_891_390_528

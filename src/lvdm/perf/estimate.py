@@ -105,6 +105,8 @@ def _recipe_module(module: dict[str, Any]) -> dict[str, Any]:
     if shape:
         out["frames"], out["height"], out["width"] = (int(v) for v in shape)
     text = (module.get("text_encoder") or {}).get("init_args") or {}
+    while "max_length" not in text and isinstance(text.get("tokens"), dict):  # PooledTextEncoder(tokens=…)
+        text = text["tokens"].get("init_args") or {}
     if "max_length" in text:
         out["text_len"] = int(text["max_length"])
     objective = (module.get("objective") or {}).get("init_args") or {}
