@@ -358,7 +358,6 @@ def test_opensora2_original_layout_is_consumed_by_comfy_rules_and_converts_back_
     ``single_blocks.N.v_mlp``, ``txt_in``: lvdm's fused ``qkv`` / ``linear1`` pair written in parts),
     and the patched Open-Sora weights, through lvdm's Open-Sora 2.0 converter, give lvdm's merged output."""
     from lvdm.finetune.lora_files import original_names
-    from lvdm.models.convert.opensora2 import convert_state_dict
 
     weights = _opensora2_weights()
     model = _opensora2(weights)
