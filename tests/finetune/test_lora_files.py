@@ -1,11 +1,13 @@
 """LoRA files other tools read, and reading theirs (lvdm.finetune.lora_files): a Wan LoRA exported
 by `lvdm lora export` loads into a diffusers WanPipeline with no unused or missing key and gives
-lvdm's merged output; the original layout (Wan, HunyuanVideo, Open-Sora STDiT3) is consumed key by
+lvdm's merged output; the original layout (Wan, HunyuanVideo, Open-Sora STDiT3 and 2.0) is consumed key by
 key by a loader written from ComfyUI's rules; diffusers / kohya / original files load back."""
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -329,6 +331,54 @@ def test_hunyuanvideo_diffusers_layout_splits_and_fuses_qkv_exactly(tmp_path, as
     _assert_same_output(ref, theirs, model, assert_close_scaled)
 
 
+#: Open-Sora 2.0's weight names and shapes in its released layout (tests/models: recorded from its own MMDiTModel)
+OS2_KEYS = json.loads((Path(__file__).parents[1] / "models" / "opensora2_tiny_keys.json").read_text())
+
+
+def _opensora2_weights() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {k: 0.2 * torch.randn(shape) for k, shape in OS2_KEYS["shapes"].items()}
+
+
+def _opensora2(weights=None):
+    """lvdm's MMDiT with the opensora-2.0 options at the tiny size, its weights Open-Sora's ``weights``
+    (random ones of the released layout by default) through lvdm's converter."""
+    from lvdm.models.convert.opensora2 import convert_state_dict, mmdit_kwargs
+    from lvdm.models.mmdit import MMDiT
+
+    model = MMDiT(**mmdit_kwargs(OS2_KEYS["config"])).eval()
+    model.load_state_dict(convert_state_dict(_opensora2_weights() if weights is None else weights, model.state_dict()))
+    return model
+
+
+def test_opensora2_original_layout_is_consumed_by_comfy_rules_and_converts_back_to_the_merged_model(
+        assert_close_scaled):
+    """Open-Sora 2.0's MMDiT LoRA in the original layout: every key is taken by ComfyUI's rules against
+    the released checkpoint's weight names (Flux-style ``img_attn.q_proj``, ``img_mlp.0``,
+    ``single_blocks.N.v_mlp``, ``txt_in``: lvdm's fused ``qkv`` / ``linear1`` pair written in parts),
+    and the patched Open-Sora weights, through lvdm's Open-Sora 2.0 converter, give lvdm's merged output."""
+    from lvdm.finetune.lora_files import original_names
+
+    weights = _opensora2_weights()
+    model = _opensora2(weights)
+    apply_lora(model, 2, 5.0, targets=sorted(original_names(model)))  # every linear with an Open-Sora name
+    for layer in lora_layers(model).values():
+        _randomize(layer.lora_A, 0.3, 1), _randomize(layer.lora_B, 0.3, 2)
+    lora = export_tensors(adapter_pairs(model), model, "original")
+    assert {"diffusion_model.single_blocks.1.v_mlp.alpha", "diffusion_model.double_blocks.0.txt_attn.k_proj.lora_B.weight",
+            "diffusion_model.txt_in.lora_A.weight"} <= set(lora)
+    comfy_model = {f"diffusion_model.{k}": v for k, v in weights.items()}
+    patches = comfy_patches(lora, comfy_model)
+    assert len(patches) == len(lora) // 3 == 44  # 32 linears, the 6 QKV / linear1 in 3 parts each
+    patched = _patched(comfy_model, patches)
+    comfy = _opensora2({k.removeprefix("diffusion_model."): v for k, v in patched.items()})
+    merge_lora(model)
+    with torch.no_grad():
+        expected, base = _mmdit_output(comfy), _mmdit_output(_opensora2(weights))
+        assert (expected - base).abs().max() > 0.1 * base.abs().max()  # the LoRA changes the output
+        assert_close_scaled(_mmdit_output(model), expected, rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------ reading LoRA files
 def _kohya(lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An original-layout file as kohya's trainers and musubi-tuner write it: ``lora_unet_<path with _>``
@@ -357,7 +407,7 @@ def _mmdit_output(model):
 
 #: backbone → (a new one, its output on fixed inputs)
 BACKBONES = {"wan": (_wan, lambda model: model(*_wan_inputs())), "stdit3": (_stdit3, lambda model: model(*_stdit_inputs())),
-             "hunyuanvideo": (lambda: _hunyuan_pair()[1], _mmdit_output)}
+             "hunyuanvideo": (lambda: _hunyuan_pair()[1], _mmdit_output), "opensora2": (_opensora2, _mmdit_output)}
 
 
 def _write(path, model, layout: str) -> str:
@@ -374,7 +424,7 @@ def _write(path, model, layout: str) -> str:
 
 @pytest.mark.parametrize("layout, backbone", [  # kohya / musubi files of Wan and HunyuanVideo use the original names
     ("diffusers", "wan"), ("diffusers", "stdit3"), ("diffusers", "hunyuanvideo"), ("original", "stdit3"),
-    ("original", "hunyuanvideo"), ("kohya", "wan"), ("kohya", "hunyuanvideo")])
+    ("original", "hunyuanvideo"), ("original", "opensora2"), ("kohya", "wan"), ("kohya", "hunyuanvideo")])
 def test_a_lora_file_loads_back_for_training_and_for_sampling(tmp_path, assert_close_scaled, backbone, layout):
     """Export → import equals, each layout: a rank-2 adapter of another alpha takes the file's update
     exactly (continued training: A equal, alpha / rank folded into B), merged == unmerged within 1e-6

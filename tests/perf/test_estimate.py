@@ -257,6 +257,7 @@ def test_parameters_and_gathered_block_are_exact_for_every_backbone():
 
 @pytest.mark.parametrize("name,params", [
     ("hunyuanvideo", 12_821_012_544), ("opensora-2.0", 11_891_390_528), ("wan2.1-t2v-1.3b", 1_418_996_800),
+    ("wan2.1-t2v-14b", 14_288_491_584),
 ])
 def test_modern_presets_at_720p_129_frames_match_the_flop_counter(name, params, capsys):
     """`lvdm estimate --preset NAME --frames 129 --height 720 --width 1280`: the published
@@ -295,6 +296,13 @@ def test_preset_defaults_and_refusals():
         estimate(preset="hunyuanvideo", frames=128, height=720, width=1280, print_report=False)
     with pytest.raises(ValueError, match="unknown preset 'wan-99b'"):
         estimate(preset="wan-99b", print_report=False)
+
+
+def test_a_recipe_with_a_pooled_text_encoder_reads_the_token_encoders_length():
+    """recipes/opensora2: T5-XXL's 512 tokens sit inside PooledTextEncoder(tokens=…); the estimate
+    read the default 120 instead."""
+    r = estimate(recipe=str(ROOT / "recipes/opensora2/stage1_image.yaml"), print_report=False)
+    assert r["text_len"] == 512 and r["params"] == 11_891_390_528
 
 
 @pytest.mark.parametrize("kind, options", [

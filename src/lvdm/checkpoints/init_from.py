@@ -7,7 +7,7 @@
 * a diffusers PixArt-α or Latte folder (or hub id), or a local Wan 2.1 folder (a
   ``WanTransformer3DModel`` or a pipeline with ``transformer/``: the keys of
   :func:`lvdm.models.presets.from_diffusers_wan`'s backbone),
-* an Open-Sora / PixArt-α ``.pth`` or ``.safetensors`` file,
+* an Open-Sora / PixArt-α ``.pth`` or ``.safetensors`` file, or Open-Sora 2.0's ``Open_Sora_v2.safetensors``,
 * Tencent's original HunyuanVideo file (``mp_rank_00_model_states.pt``) or the Wan repository's
   ``diffusion_pytorch_model.safetensors`` (one file),
 
@@ -212,14 +212,17 @@ def read_source(source: str, weights: Weights = "auto",
 
 def _original_layout(raw: Mapping, source: str) -> tuple[dict[str, torch.Tensor], str]:
     """A published model's own weights file in lvdm's keys, by the layout its keys show: Tencent's
-    HunyuanVideo (MMDiT), the Wan repository's (WanBackbone, under ``transformer.``), else
-    Open-Sora's / PixArt-α's. A weight of the first two without a place in lvdm is an error."""
-    from lvdm.models.convert import hunyuan_original, opensora, wan_original
+    HunyuanVideo (MMDiT), Open-Sora 2.0's (MMDiT; Flux's names, ``Open_Sora_v2.safetensors``), the
+    Wan repository's (WanBackbone, under ``transformer.``), else Open-Sora 1.x's / PixArt-α's. A
+    weight of the first three without a place in lvdm is an error."""
+    from lvdm.models.convert import hunyuan_original, opensora, opensora2, wan_original
 
     sd = opensora.unwrap(raw, source)
     try:
         if "txt_in.input_embedder.weight" in sd:
             return hunyuan_original.convert_state_dict(sd), f"{source} (HunyuanVideo, Tencent's layout)"
+        if "img_in.weight" in sd:
+            return opensora2.convert_state_dict(sd), f"{source} (Open-Sora 2.0 layout)"
         if any(k.endswith("head.head.weight") for k in sd):
             converted = wan_original.convert_state_dict(sd)
             return {f"transformer.{k}": v for k, v in converted.items()}, f"{source} (Wan's layout)"

@@ -124,6 +124,8 @@ def apply_sequence_split(model: nn.Module) -> list[nn.Module]:
     remove_sequence_split(model)
     for module in planned:
         plan: SequenceSplit = module.sequence_parallel_plan
+        if not plan.block_lists:  # a container (Wan 2.2's experts): its submodules' plans split
+            continue
         blocks = [block for name in plan.block_lists for block in getattr(module, name, ())]
         handles = [block.register_forward_pre_hook(_block_hook(module, plan, block, i == 0), with_kwargs=True)
                    for i, block in enumerate(blocks)]

@@ -233,7 +233,8 @@ def export(checkpoint: str, out: str, format: Layout = "diffusers", weights: Wei
     it back, a diffusers model does not).
     ``original``: ``diffusion_model.<original module>.lora_A.weight`` / ``lora_B.weight`` / ``.alpha``
     with the original model's module names (ComfyUI, the original repositories): Wan 2.1,
-    HunyuanVideo (lvdm's MMDiT with a token refiner), Open-Sora STDiT / STDiT3.
+    HunyuanVideo (lvdm's MMDiT with a token refiner), Open-Sora STDiT / STDiT3, Open-Sora 2.0 (the
+    released ``q_proj`` / ``k_proj`` / ``v_proj`` names: lvdm's fused ``qkv`` pair with B's rows split).
 
     Args:
         checkpoint: a checkpoint ``lvdm fit`` wrote with the LoRA callback.

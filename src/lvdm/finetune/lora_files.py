@@ -14,8 +14,10 @@ linear is ``(alpha / rank) · B A``):
 * ``original`` (what ComfyUI and the original repositories read):
   ``diffusion_model.<original module>.lora_A.weight`` / ``lora_B.weight`` / ``.alpha``, with the
   original model's module names (:func:`original_names`: Wan 2.1, HunyuanVideo, Open-Sora
-  STDiT / STDiT3). Where the original fuses what lvdm fuses too (HunyuanVideo's
-  ``img_attn_qkv`` and ``linear1``, Open-Sora's ``qkv`` / ``kv``) the pair maps as it is.
+  STDiT / STDiT3, Open-Sora 2.0). Where the original fuses what lvdm fuses too (HunyuanVideo's
+  ``img_attn_qkv`` and ``linear1``, Open-Sora's ``qkv`` / ``kv``) the pair maps as it is; where it
+  does not (Open-Sora 2.0's released ``q_proj`` / ``k_proj`` / ``v_proj``, a single block's
+  ``v_mlp``) the pair is written in parts as for diffusers.
 * ``kohya`` (read only; musubi-tuner and kohya's trainers): ``lora_unet_<module with _ for .>``
   ``.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``; the underscored names are resolved
   against the original, diffusers and lvdm names of the model.
@@ -120,6 +122,8 @@ def original_kind(backbone: nn.Module) -> str | None:
         return "wan"
     if isinstance(backbone, MMDiT) and isinstance(backbone.context_embedder, TokenRefiner):
         return "hunyuanvideo"
+    if isinstance(backbone, MMDiT) and not backbone.text_mask:  # the opensora-2.0 options: a linear txt_in
+        return "opensora2"
     if isinstance(backbone, STDiT) and backbone.temporal == "blocks":  # Latte's temporal blocks are diffusers' names
         return "opensora-stdit3" if backbone.temporal_position == "rope" else None
     if isinstance(backbone, STDiT):  # Open-Sora 1.0's STDiT, PixArt-α: Open-Sora's (and PixArt's) own names
@@ -127,21 +131,24 @@ def original_kind(backbone: nn.Module) -> str | None:
     return None
 
 
-def _original_table(backbone: nn.Module, kind: str) -> dict[str, str] | None:
-    """module → original module of the Wan / HunyuanVideo backbone, the table their original-checkpoint
-    loaders read with (None for the other kinds)."""
-    from lvdm.models.convert import hunyuan_original, wan_original
+def _original_table(backbone: nn.Module, kind: str) -> dict[str, str | tuple[str, ...]] | None:
+    """module → original module(s) of the Wan / HunyuanVideo / Open-Sora 2.0 backbone, the table their
+    original-checkpoint loaders read with (None for the other kinds)."""
+    from lvdm.models.convert import hunyuan_original, opensora2, wan_original
 
     if kind == "wan":
         return wan_original.module_rules(wan_original.block_keys(len(backbone.transformer.blocks)))
     if kind == "hunyuanvideo":
         return hunyuan_original.module_rules(hunyuan_original.block_keys(
             len(backbone.double_blocks), len(backbone.single_blocks), len(backbone.context_embedder.blocks)))
+    if kind == "opensora2":
+        return opensora2.module_rules(opensora2.block_keys(len(backbone.double_blocks), len(backbone.single_blocks)))
     return None
 
 
-def original_names(backbone: nn.Module) -> dict[str, str]:
-    """lvdm linear name → the original model's module name, for the linears that have one.
+def original_names(backbone: nn.Module) -> dict[str, str | tuple[str, ...]]:
+    """lvdm linear name → the original model's module name, for the linears that have one (several:
+    the linear's output rows in parts, see :func:`layout_names`).
 
     Raises:
         ValueError: a backbone with no known original layout (naming the ones there are).
@@ -149,12 +156,13 @@ def original_names(backbone: nn.Module) -> dict[str, str]:
     kind = original_kind(backbone)
     if kind is None:
         raise ValueError(f"{type(backbone).__name__} has no original-model LoRA layout; it is known for Wan "
-                         "(WanBackbone), HunyuanVideo (MMDiT with a token refiner) and Open-Sora (STDiT 1.0, STDiT3: temporal blocks with RoPE); "
+                         "(WanBackbone), HunyuanVideo (MMDiT with a token refiner), Open-Sora 2.0 (MMDiT with its opensora-2.0 "
+                         "options) and Open-Sora (STDiT 1.0, STDiT3: temporal blocks with RoPE); "
                          "use --format diffusers (lvdm's module names)")
     table = _original_table(backbone, kind)
     names = {}
     for name in base_linears(backbone):
-        if table is not None:  # the loaders' table (lvdm.models.convert.{wan,hunyuan}_original)
+        if table is not None:  # the loaders' table (lvdm.models.convert.{wan,hunyuan}_original, opensora2)
             theirs = table.get(name.removeprefix("transformer.") if kind == "wan" else name)
         else:
             theirs = _apply_rules(name, _OPENSORA)

@@ -23,7 +23,8 @@ class SequenceSplit:
 
     Args:
         blocks: name of the ``ModuleList`` of blocks that run on the local chunk, or several
-            names (spatial and temporal blocks); the first block of the first list cuts.
+            names (spatial and temporal blocks); the first block of the first list cuts. None
+            (``()``): a container whose submodules declare the split (Wan 2.2's two experts).
         tokens: name of the blocks' argument holding the token sequence ``[B, N, D]`` (or
             ``[B, t, S, D]``).
         grid: name of the blocks' ``(t, h, w)`` argument; ``t`` is what is divided. None when

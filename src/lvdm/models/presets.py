@@ -6,7 +6,8 @@ hand-offs); :func:`from_diffusers` and :func:`from_opensora` load published weig
 (:func:`from_diffusers` also HunyuanVideo's into an :class:`~lvdm.models.mmdit.MMDiT`, and
 :func:`from_opensora2` Open-Sora 2.0's, :func:`from_hunyuan_original` Tencent's original HunyuanVideo
 file; :func:`from_wan_original` the Wan repository's own file into a Wan preset; :func:`from_diffusers_wan` a diffusers Wan 2.1 folder into a
-:class:`~lvdm.models.diffusers_adapter.WanBackbone`, :func:`from_diffusers_ltx` an LTX-Video one into an
+:class:`~lvdm.models.diffusers_adapter.WanBackbone`, :func:`from_diffusers_wan_experts` a Wan 2.2 A14B one into
+:class:`~lvdm.models.diffusers_adapter.WanExperts`, :func:`from_diffusers_ltx` an LTX-Video one into an
 :class:`~lvdm.models.diffusers_adapter.LTXBackbone`).
 From a recipe::
 
@@ -14,9 +15,12 @@ From a recipe::
       class_path: lvdm.models.presets.preset
       init_args: {name: opensora-v1.2-stdit3-xl2}
 
+and :func:`published` builds the MMDiT and diffusers-backed presets so (``name: opensora-2.0``,
+``wan2.1-t2v-1.3b``…; recipes/opensora2/, recipes/wan/).
+
 :func:`from_name` gives the whole :class:`Preset` of every published configuration (DiT S…XL,
 DiT-ImageNet, PixArt-α, Latte, Open-Sora 1.0 / 1.2, HunyuanVideo and Open-Sora 2.0 (:class:`~lvdm.models.mmdit.MMDiT`),
-Wan 2.1 T2V 1.3B and LTX-Video 2B (diffusers' transformers, :mod:`lvdm.models.diffusers_adapter`)): its source, parameter count, architecture
+Wan 2.1 T2V 1.3B / 14B and I2V 14B, Wan 2.2 T2V A14B, LTX-Video 2B and CogVideoX 2B / 5B (diffusers' transformers, :mod:`lvdm.models.diffusers_adapter`)): its source, parameter count, architecture
 and the way the source samples (:class:`SamplerDefaults`); ``lvdm sample --preset NAME`` samples
 with those defaults.
 
@@ -26,6 +30,7 @@ Loading never runs code from the checkpoint: ``.pth`` files are read with
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +117,63 @@ def preset(
         interpolation_scale=interpolation_scale, time_scale=time_scale, fps_conditioning=fps_conditioning,
         latent_scale=latent_scale,
     ))
+
+
+#: The presets :func:`published` builds: every MMDiT and diffusers-backed one of :data:`TABLE`.
+PublishedName = Literal[
+    "hunyuanvideo", "hunyuanvideo-diffusers", "opensora-2.0", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b",
+    "wan2.1-i2v-14b-480p", "wan2.2-t2v-a14b", "cogvideox-2b", "cogvideox-5b", "mochi-1-preview", "ltx-video-2b",
+]
+
+
+def published(
+    name: PublishedName,
+    in_channels: Optional[int] = None,
+    patch_size: Optional[Sequence[int]] = None,
+    hidden_size: Optional[int] = None,
+    num_heads: Optional[int] = None,
+    depth_double: Optional[int] = None,
+    depth_single: Optional[int] = None,
+    context_dim: Optional[int] = None,
+    pooled_text_dim: Optional[int] = None,
+    image_condition_channels: Optional[int] = None,
+    rope_axes_dims: Optional[Sequence[int]] = None,
+    num_attention_heads: Optional[int] = None,
+    attention_head_dim: Optional[int] = None,
+    out_channels: Optional[int] = None,
+    ffn_dim: Optional[int] = None,
+    num_layers: Optional[int] = None,
+    text_dim: Optional[int] = None,
+    freq_dim: Optional[int] = None,
+    text_length: Optional[int] = None,
+) -> torch.nn.Module:
+    """Build the published video transformer ``name`` (:func:`from_name`'s MMDiT or diffusers
+    backbone, random weights): the recipe ``class_path`` of the MMDiT and diffusers-backed presets,
+    as :func:`preset` is the STDiT ones'.
+
+    Every other argument overrides the preset when given (None: the preset's), for tiny variants of
+    the same layout: ``in_channels`` … ``rope_axes_dims`` are :class:`~lvdm.models.mmdit.MMDiT`'s,
+    ``num_attention_heads`` … ``text_length`` Wan's (:func:`~lvdm.models.diffusers_adapter.build_wan`);
+    an argument the backbone lacks fails naming it."""
+    given = dict(in_channels=in_channels, patch_size=patch_size, hidden_size=hidden_size, num_heads=num_heads,
+                 depth_double=depth_double, depth_single=depth_single, context_dim=context_dim,
+                 pooled_text_dim=pooled_text_dim, image_condition_channels=image_condition_channels,
+                 rope_axes_dims=rope_axes_dims, num_attention_heads=num_attention_heads,
+                 attention_head_dim=attention_head_dim, out_channels=out_channels, ffn_dim=ffn_dim,
+                 num_layers=num_layers, text_dim=text_dim, freq_dim=freq_dim, text_length=text_length)
+    entry = from_name(name)
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if entry.backbone == "MMDiT":
+        known = set(inspect.signature(MMDiT).parameters)
+    else:
+        from lvdm.models import diffusers_adapter
+
+        known = set(inspect.signature(getattr(diffusers_adapter, _ADAPTER_BUILDERS[entry.backbone])).parameters)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"published({name!r}): {unknown} are not arguments of its {entry.backbone}; "
+                         f"it takes {sorted(known & set(given))}")
+    return entry.build(**overrides)
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -215,6 +277,23 @@ def from_diffusers_wan(path_or_id: str, subfolder: Optional[str] = None, text_le
 
     transformer = _load_diffusers_transformer(WanTransformer3DModel, path_or_id, subfolder, "from_diffusers_wan")
     return WanBackbone(transformer, text_length)
+
+
+def from_diffusers_wan_experts(path: str, boundary_ratio: Optional[float] = None, text_length: Optional[int] = 512):
+    """A :class:`~lvdm.models.diffusers_adapter.WanExperts` from a local Wan 2.2 A14B pipeline folder:
+    ``transformer/`` (high noise) and ``transformer_2/`` (low noise), each loaded as
+    :func:`from_diffusers_wan` loads one; ``boundary_ratio`` None: the folder's ``model_index.json``."""
+    from lvdm.models.diffusers_adapter import WanExperts
+
+    if boundary_ratio is None:
+        index = Path(path, "model_index.json")
+        if not index.is_file():
+            raise FileNotFoundError(f"{index} does not exist: not a diffusers pipeline folder (or give boundary_ratio)")
+        boundary_ratio = json.loads(index.read_text()).get("boundary_ratio")
+        if boundary_ratio is None:
+            raise ValueError(f"{index} has no boundary_ratio: a one-transformer Wan (use from_diffusers_wan)")
+    high, low = (from_diffusers_wan(path, sub, text_length) for sub in ("transformer", "transformer_2"))
+    return WanExperts(high, low, float(boundary_ratio))
 
 
 def from_diffusers_ltx(path_or_id: str, subfolder: Optional[str] = None, frame_rate: float = 25.0,
@@ -403,6 +482,12 @@ def _build_text(spec: tuple[str, dict], pretrained: Optional[str]):
     return getattr(import_module(module), name)(**kwargs)
 
 
+#: backbone → its builder in :mod:`lvdm.models.diffusers_adapter` (diffusers' transformers).
+_ADAPTER_BUILDERS = {"WanBackbone": "build_wan", "WanExperts": "build_wan_experts", "LTXBackbone": "build_ltx",
+                     "CogVideoXBackbone": "build_cogvideox", "HunyuanVideoBackbone": "build_hunyuanvideo",
+                     "MochiBackbone": "build_mochi"}
+
+
 @dataclass(frozen=True)
 class Preset:
     """One published configuration: ``backbone(**kwargs)`` has ``num_params`` parameters (the
@@ -410,7 +495,8 @@ class Preset:
 
     name: str
     source: str
-    backbone: Literal["STDiT", "DiT", "MMDiT", "WanBackbone", "LTXBackbone"]
+    backbone: Literal["STDiT", "DiT", "MMDiT", "WanBackbone", "WanExperts", "LTXBackbone", "CogVideoXBackbone",
+                      "HunyuanVideoBackbone", "MochiBackbone"]
     kwargs: Mapping[str, Any]
     num_params: int
     sampler: SamplerDefaults
@@ -419,11 +505,10 @@ class Preset:
         """The architecture with random weights (``overrides`` for tiny variants)."""
         from lvdm.models.dit import DiT
 
-        if self.backbone in ("WanBackbone", "LTXBackbone"):  # diffusers' transformer behind the adapter
+        if self.backbone in _ADAPTER_BUILDERS:  # diffusers' transformer behind the adapter
             from lvdm.models import diffusers_adapter
 
-            build = diffusers_adapter.build_wan if self.backbone == "WanBackbone" else diffusers_adapter.build_ltx
-            return build(**{**self.kwargs, **overrides})
+            return getattr(diffusers_adapter, _ADAPTER_BUILDERS[self.backbone])(**{**self.kwargs, **overrides})
         return {"STDiT": STDiT, "DiT": DiT, "MMDiT": MMDiT}[self.backbone](**{**self.kwargs, **overrides})
 
 
@@ -523,6 +608,33 @@ _WAN_SAMPLER = SamplerDefaults(
         encoder_subfolder="text_encoder")),
     size=(81, 480, 832))
 
+#: Wan 2.1 14B (hf Wan-AI/Wan2.1-T2V-14B-Diffusers transformer/config.json = Wan's wan_t2v_14B.py: 5120
+#: wide, 40 heads, 40 layers, ffn 13824); its I2V (Wan2.1-I2V-14B-480P/720P) adds 20 condition channels
+#: (in 36) and CLIP ViT-H/14 tokens (image_dim 1280, 257 tokens; added_kv_proj_dim 5120).
+_WAN_14B = dict(_WAN_1_3B, num_attention_heads=40, ffn_dim=13824, num_layers=40)
+_WAN_I2V_14B = dict(_WAN_14B, in_channels=36, image_dim=1280, added_kv_proj_dim=5120, image_length=257)
+_WAN_GENERATE = "Wan 2.1 generate.py: UniPC (flow) {steps} steps, guidance 5.0, flow shift {shift} (lvdm: Euler, same shift)"
+_WAN_14B_SAMPLER = SamplerDefaults(
+    ("lvdm.diffusion.objectives.RectifiedFlow", dict(shift=5.0, num_sampling_steps=50, target="eps_minus_x0")),
+    5.0, "empty_caption", negative_prompt=_WAN_NEGATIVE_PROMPT,
+    source_sampler=_WAN_GENERATE.format(steps=50, shift="5.0 (its default, at 480p and 720p)") + ", 16 fps")
+_WAN_I2V_SAMPLER = SamplerDefaults(
+    ("lvdm.diffusion.objectives.RectifiedFlow", dict(shift=3.0, num_sampling_steps=40, target="eps_minus_x0")),
+    5.0, "empty_caption",
+    {"image_condition": "the mask of the given first frame (4 channels) then its Wan-VAE latents, zeros after",
+     "image_embeds": "CLIP ViT-H/14's penultimate hidden states of the given frame (257 tokens)"},
+    negative_prompt=_WAN_NEGATIVE_PROMPT,
+    source_sampler=_WAN_GENERATE.format(steps=40, shift="3.0 at 480p (5.0 at 720p)"))
+#: Wan 2.2 T2V A14B (Wan2.2 wan/configs/wan_t2v_A14B.py): two experts of Wan 2.1 14B's config, the
+#: high-noise one above boundary 0.875; shift 12, 40 steps, guidance 4.0 (high) / 3.0 (low).
+_WAN22_T2V = dict(_WAN_14B, boundary_ratio=0.875)
+_WAN22_SAMPLER = SamplerDefaults(
+    ("lvdm.diffusion.objectives.RectifiedFlow", dict(shift=12.0, num_sampling_steps=40, target="eps_minus_x0")),
+    4.0, "empty_caption", negative_prompt=_WAN_NEGATIVE_PROMPT,
+    source_sampler="Wan 2.2 generate.py / diffusers' WanPipeline(boundary_ratio=0.875): UniPC (flow) 40 steps, "
+                   "shift 12.0, guidance 4.0 on the high-noise expert and 3.0 on the low-noise one (lvdm: Euler, "
+                   "one guidance scale, 4.0)")
+
 #: LTX-Video 0.9.x 2B (hf Lightricks/LTX-Video transformer/config.json = diffusers'
 #: LTXVideoTransformer3DModel defaults: 2048 wide, 32 heads, 28 layers, patch 1 on 128 latent channels,
 #: T5-XXL tokens of 4096 with their mask, max 128).
@@ -544,6 +656,39 @@ _LTX_SAMPLER = SamplerDefaults(
         pretrained="Lightricks/LTX-Video", max_length=128, tokenizer_subfolder="tokenizer",
         encoder_subfolder="text_encoder", attend_padding=True)),
     size=(161, 512, 704))
+
+#: CogVideoX 1.0 (hf THUDM/CogVideoX-2b and -5b transformer/config.json; 2b = diffusers'
+#: CogVideoXTransformer3DModel defaults: 1920 wide, 30 heads, 30 layers, sincos positions; 5b: 3072 wide,
+#: 48 heads, 42 layers, RoPE; T5-XXL tokens of 4096 padded to 226, unmasked).
+_COGVIDEOX_2B: dict = {}
+_COGVIDEOX_5B = dict(num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True)
+#: What lvdm's DDPM can express of CogVideoX's scheduler (v-prediction, scaled-linear β 0.00085 → 0.012,
+#: 1000 steps); what it lacks is in ``source_sampler``.
+_COGVIDEOX_DDPM = (_DDPM, dict(prediction_type="v_prediction", beta_schedule="scaled_linear", beta_start=0.00085,
+                               beta_end=0.012, sampler="ddim", num_sampling_steps=50))
+_COGVIDEOX_LACKS = ("lvdm's DDPM lacks: rescale_betas_zero_snr (zero terminal SNR), the SNR shift "
+                    "alphas_cumprod / (s + (1 - s) alphas_cumprod) with snr_shift_scale s = {snr}, "
+                    "timestep_spacing 'trailing' and set_alpha_to_one, CogVideoX's own DPM scheduler{dynamic}: "
+                    "lvdm samples with plain DDIM on the unshifted, unrescaled chain (not the source's)")
+_COGVIDEOX_2B_SAMPLER = SamplerDefaults(
+    _COGVIDEOX_DDPM, 6.0, "empty_caption",
+    source_sampler="diffusers' CogVideoXPipeline: CogVideoXDDIMScheduler / CogVideoXDPMScheduler, 50 steps, "
+                   "guidance 6.0, T5 tokens padded to 226, 8 fps; " + _COGVIDEOX_LACKS.format(snr=3.0, dynamic=""))
+_COGVIDEOX_5B_SAMPLER = SamplerDefaults(
+    _COGVIDEOX_DDPM, 6.0, "empty_caption",
+    source_sampler="diffusers' CogVideoXPipeline: CogVideoXDPMScheduler, 50 steps, guidance 6.0 with "
+                   "use_dynamic_cfg (1 + 6 (1 - cos(pi ((50 - t) / 50)^5)) / 2), T5 tokens padded to 226, 8 fps; "
+                   + _COGVIDEOX_LACKS.format(snr=1.0, dynamic=" and the dynamic guidance"))
+
+#: Mochi 1 preview (hf genmo/mochi-1-preview transformer/config.json = diffusers' MochiTransformer3DModel
+#: defaults: 3072-wide video and 1536-wide text streams, 24 heads, 48 layers, T5-XXL tokens padded to 256).
+_MOCHI_SAMPLER = SamplerDefaults(
+    ("lvdm.diffusion.objectives.RectifiedFlow", dict(num_sampling_steps=64, target="x0_minus_eps")),
+    4.5, "empty_caption",
+    source_sampler="diffusers' MochiPipeline: FlowMatchEulerDiscreteScheduler(invert_sigmas=True), 64 steps on "
+                   "genmo's linear-quadratic sigma schedule (the noise level falls linearly by threshold_noise "
+                   "0.025 over the first half of the steps, then quadratically to 0), guidance 4.5; lvdm: Euler on "
+                   "its own uniform grid, no shift")
 
 #: name → :class:`Preset`, every published configuration lvdm reproduces.
 TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
@@ -569,12 +714,33 @@ TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
     # 12,821,012,544: diffusers' HunyuanVideoTransformer3DModel() (hf hunyuanvideo-community/HunyuanVideo) on meta
     "hunyuanvideo": ("github.com/Tencent/HunyuanVideo (Kong et al. 2024), hf tencent/HunyuanVideo "
                      "hunyuan-video-t2v-720p", "MMDiT", _HUNYUAN, 12_821_012_544, _HUNYUAN_SAMPLER),
+    # the same network as diffusers' own HunyuanVideoTransformer3DModel() behind lvdm's adapter
+    "hunyuanvideo-diffusers": ("github.com/Tencent/HunyuanVideo (Kong et al. 2024), hf hunyuanvideo-community/"
+                               "HunyuanVideo transformer/", "HunyuanVideoBackbone", {}, 12_821_012_544,
+                               _HUNYUAN_SAMPLER),
     # 11,891,390,528: Open-Sora's own MMDiTModel with its 256px.py config on meta ("11B")
     "opensora-2.0": (_OS + "v2.0 (Peng et al. 2025), hf hpcai-tech/Open-Sora-v2 Open_Sora_v2.safetensors",
                      "MMDiT", _OPENSORA2, 11_891_390_528, _OPENSORA2_SAMPLER),
     # 1,418,996,800: diffusers' WanTransformer3DModel with the 1.3B config on meta ("1.3B")
     "wan2.1-t2v-1.3b": ("github.com/Wan-Video/Wan2.1 (Wan Team 2025), hf Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
                         "WanBackbone", _WAN_1_3B, 1_418_996_800, _WAN_SAMPLER),
+    # 14,288,491,584: diffusers' WanTransformer3DModel with the 14B config on meta ("14B")
+    "wan2.1-t2v-14b": ("github.com/Wan-Video/Wan2.1 (Wan Team 2025), hf Wan-AI/Wan2.1-T2V-14B-Diffusers",
+                       "WanBackbone", _WAN_14B, 14_288_491_584, _WAN_14B_SAMPLER),
+    # 16,394,878,784: the I2V 14B config (in 36, image_dim 1280, added_kv_proj_dim 5120) on meta
+    "wan2.1-i2v-14b-480p": ("github.com/Wan-Video/Wan2.1 (Wan Team 2025), hf Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+                            "WanBackbone", _WAN_I2V_14B, 16_394_878_784, _WAN_I2V_SAMPLER),
+    # 28,576,983,168: two 14B experts ("A14B": 14B active per step, 27B in all)
+    "wan2.2-t2v-a14b": ("github.com/Wan-Video/Wan2.2 (Wan Team 2025), hf Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+                        "WanExperts", _WAN22_T2V, 28_576_983_168, _WAN22_SAMPLER),
+    # 1,693,783,872 / 5,570,283,072: diffusers' CogVideoXTransformer3DModel with the 2b / 5b configs on meta
+    "cogvideox-2b": ("github.com/THUDM/CogVideo (Yang et al. 2024), hf THUDM/CogVideoX-2b", "CogVideoXBackbone",
+                     _COGVIDEOX_2B, 1_693_783_872, _COGVIDEOX_2B_SAMPLER),
+    "cogvideox-5b": ("github.com/THUDM/CogVideo (Yang et al. 2024), hf THUDM/CogVideoX-5b", "CogVideoXBackbone",
+                     _COGVIDEOX_5B, 5_570_283_072, _COGVIDEOX_5B_SAMPLER),
+    # 10,027,677,744: diffusers' MochiTransformer3DModel() (the preview's config) on meta ("10B")
+    "mochi-1-preview": ("github.com/genmoai/mochi (Genmo 2024), hf genmo/mochi-1-preview", "MochiBackbone", {},
+                        10_027_677_744, _MOCHI_SAMPLER),
     # 1,923,385,472: diffusers' LTXVideoTransformer3DModel() (the 0.9.x 2B config) on meta ("2B")
     "ltx-video-2b": ("github.com/Lightricks/LTX-Video (HaCohen et al. 2024), hf Lightricks/LTX-Video 0.9.x 2B",
                      "LTXBackbone", _LTX_2B, 1_923_385_472, _LTX_SAMPLER),

@@ -67,14 +67,20 @@ DIT = "lvdm.models.dit.DiT"
 #: overridable by its flag): its VAE's (temporal, spatial) compression with the causal first frame
 #: (``1 + (frames - 1) / temporal`` latent frames), its text tokens and whether a step runs two
 #: forwards (CFG; HunyuanVideo embeds its guidance). The clip is the preset's ``sampler.size``.
+_CAUSAL_4X8 = dict(temporal_compression=4, spatial_compression=8, causal=True)
+_WAN = dict(_CAUSAL_4X8, text_len=512, guidance=True)  # Wan-VAE, umT5 padded to 512 tokens, CFG
+_HUNYUAN = dict(_CAUSAL_4X8, text_len=256, guidance=False)  # 884 VAE, LLaVA-Llama ≤ 256 tokens, embedded guidance
 PRESET_CLIPS: dict[str, dict[str, Any]] = {
-    # HunyuanVideo: 884 causal VAE, LLaVA-Llama prompt up to 256 tokens, embedded guidance
-    "hunyuanvideo": dict(temporal_compression=4, spatial_compression=8, causal=True, text_len=256, guidance=False),
-    # Open-Sora 2.0: HunyuanVideo's VAE, T5-XXL up to 512 tokens, CFG
-    "opensora-2.0": dict(temporal_compression=4, spatial_compression=8, causal=True, text_len=512, guidance=True),
-    # Wan 2.1: Wan-VAE (4 × 8 × 8 causal), umT5 padded to 512 tokens, CFG
-    "wan2.1-t2v-1.3b": dict(temporal_compression=4, spatial_compression=8, causal=True, text_len=512, guidance=True),
-    # LTX-Video: 8 × 32 × 32 causal VAE, T5 up to 128 tokens, CFG
+    "hunyuanvideo": _HUNYUAN,
+    "hunyuanvideo-diffusers": _HUNYUAN,
+    "opensora-2.0": dict(_CAUSAL_4X8, text_len=512, guidance=True),  # HunyuanVideo's VAE, T5-XXL ≤ 512 tokens
+    "wan2.1-t2v-1.3b": _WAN,
+    "wan2.1-t2v-14b": _WAN,
+    "wan2.1-i2v-14b-480p": _WAN,
+    "wan2.2-t2v-a14b": _WAN,
+    "cogvideox-2b": dict(_CAUSAL_4X8, text_len=226, guidance=True),  # CogVideoX VAE, T5 226 tokens
+    "cogvideox-5b": dict(_CAUSAL_4X8, text_len=226, guidance=True),
+    "mochi-1-preview": dict(temporal_compression=6, spatial_compression=8, causal=True, text_len=256, guidance=True),
     "ltx-video-2b": dict(temporal_compression=8, spatial_compression=32, causal=True, text_len=128, guidance=True),
 }
 
@@ -103,6 +109,8 @@ def _recipe_module(module: dict[str, Any]) -> dict[str, Any]:
     if shape:
         out["frames"], out["height"], out["width"] = (int(v) for v in shape)
     text = (module.get("text_encoder") or {}).get("init_args") or {}
+    while "max_length" not in text and isinstance(text.get("tokens"), dict):  # PooledTextEncoder(tokens=…)
+        text = text["tokens"].get("init_args") or {}
     if "max_length" in text:
         out["text_len"] = int(text["max_length"])
     objective = (module.get("objective") or {}).get("init_args") or {}

@@ -6,6 +6,11 @@ Both of its layouts convert: ``fused_qkv=True`` (``qkv``, ``linear1``) and the r
 v_mlp``), concatenated into lvdm's ``qkv`` and ``linear1``. Its packed-patch linears ``img_in``
 and ``cond_in`` (inputs ``(c, ph, pw)``) become lvdm's patch convolutions, and the output rows
 ``(c, ph, pw)`` lvdm's ``(ph, pw, c)``. The key report is strict (:func:`~.hunyuan.report`).
+
+One table of module names (:func:`module_rules`: lvdm module → Open-Sora module(s)) serves both
+directions: :func:`convert_state_dict` loads Open-Sora's weights with it, and
+:mod:`lvdm.finetune.lora_files` writes LoRA files under Open-Sora's names with it (the released
+layout's ``q_proj`` / ``k_proj`` / ``v_proj``: lvdm's fused pair with B's rows split).
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ def _fused_or_parts(sd: Mapping[str, torch.Tensor], module: str, fused: str, par
     return tuple(f"{module}.{p}" for p in parts)
 
 
-def _rules(sd: Mapping[str, torch.Tensor]) -> dict:
+def module_rules(sd: Mapping[str, Any]) -> dict[str, str | tuple[str, ...]]:
+    """lvdm module → Open-Sora module (several: concatenated along the outputs), for the blocks
+    whose names appear in ``sd``'s keys (a state dict, or :func:`block_keys`); the QKV linears
+    fused where ``sd`` holds their fused weight, else in the parts of the released layout."""
     rules = dict(_TOP)
     streams = {**_stream("video", "img"), **_stream("text", "txt")}
     rules.update(block_rules(sd, "double_blocks.", "double_blocks.", streams))
@@ -55,12 +63,18 @@ def _rules(sd: Mapping[str, torch.Tensor]) -> dict:
     return rules
 
 
+def block_keys(double: int, single: int) -> dict[str, None]:
+    """One Open-Sora key per block (what :func:`module_rules` counts) of a model of these depths:
+    the released layout (no fused QKV)."""
+    return dict.fromkeys([f"double_blocks.{i}." for i in range(double)] + [f"single_blocks.{i}." for i in range(single)])
+
+
 def convert_state_dict(sd: Mapping[str, torch.Tensor], expected: Mapping[str, Any] | None = None,
                        patch_size: tuple[int, int] = (2, 2)) -> dict[str, torch.Tensor]:
     """An Open-Sora 2.0 MMDiT state dict → MMDiT keys (strict: see :func:`~.hunyuan.report`);
     ``patch_size``: the ``(ph, pw)`` its pipeline packs latents with."""
     out: dict[str, torch.Tensor] = {}
-    used = apply_rules(sd, _rules(sd), out)
+    used = apply_rules(sd, module_rules(sd), out)
     for src, dst in (("img_in", "x_embedder.proj"), ("cond_in", "cond_embedder.proj")):
         if f"{src}.weight" in sd:  # a linear over (c, ph, pw) patches is the (1, ph, pw) convolution
             out[f"{dst}.weight"] = sd[f"{src}.weight"].unflatten(1, (-1, 1, *patch_size))
