@@ -127,11 +127,12 @@ def report(before: dict, after: dict, shares: tuple[int, int, int], seconds: flo
     adapter, base, denoiser = shares
     print(f"\n=== LoRA learning check: the new colour {NEW!r} ===")
     print(f"trainable: {adapter:,} adapter parameters = {100 * adapter / base:.2f} % of the base's {base:,} "
-          f"({100 * adapter / denoiser:.2f} % of its denoiser's {denoiser:,}); limit 5 %")
-    print(f"  {'prompts':28s} {'':6s} colour shape direction")
+          f"({100 * adapter / denoiser:.2f} % of its denoiser's {denoiser:,}); limit 5 % "
+          f"{'ok' if adapter <= 0.05 * base else 'MISSED'}")
+    print(f"  {'prompts':30s} {'':6s} colour shape direction")
     for which, label in (("new", f"new: held-out {NEW} (64)"), ("old", "old: the demo's held-out (64)")):
         for name, acc in (("before", before[which]), ("after", after[which])):
-            print(f"  {label:28s} {name:6s} " + " ".join(f"{_fmt(acc[key]):>{len(key)}s}" for key in
+            print(f"  {label:30s} {name:6s} " + " ".join(f"{_fmt(acc[key]):>{len(key)}s}" for key in
                                                          ("colour", "shape", "direction")))
     reached = {(which, key): (after[which][key] or 0.0) >= target for which, key, target in GOALS}
     for which, key, target in GOALS:

@@ -62,3 +62,4 @@ def test_report_checks_every_goal(example, tmp_path, capsys, new_colour, met):
     assert json.loads((tmp_path / "result.json").read_text())["after"]["new"]["colour"] == new_colour
     # the trainable share is a goal too
     assert example.report(before, {**after, "new": {**accuracy, "colour": 1.0}}, (60, 1000, 900), 1.0, tmp_path) is False
+    assert "limit 5 % MISSED" in capsys.readouterr().out
