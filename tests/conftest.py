@@ -87,6 +87,85 @@ def train_and_sample():
     return _train_and_sample
 
 
+# ---------------------------------------------------------------------------------- step caching
+def _randomised(model, seed: int = 0, parts=("blocks", "final_layer")):
+    """``model`` in eval mode with noise (std 0.2) added to the parameters whose name contains one of
+    ``parts`` (blocks and output layers start as the identity and zero: a residual of 0)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(part in name for part in parts):
+                p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+    return model.eval()
+
+
+def _flow_sampler(model, steps: int = 8, channels: int = 2, context_dim: int = 8):
+    """Rectified-flow sampling of ``model`` on fixed noise ``[2, channels, 2, 4, 4]`` and text
+    ``[2, 3, context_dim]``: ``() -> latents``."""
+    import torch
+
+    from lvdm.diffusion.objectives import RectifiedFlow
+
+    gen = torch.Generator().manual_seed(1)
+    noise, ctx = torch.randn(2, channels, 2, 4, 4, generator=gen), torch.randn(2, 3, context_dim, generator=gen)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    flow = RectifiedFlow(num_sampling_steps=steps)
+    return lambda: flow.sample(lambda x, t: model(x, t, ctx, mask), noise)
+
+
+def _count_block_runs(model, index: int = 0) -> list:
+    """A list that grows by one each time ``model``'s ``index``-th ``block_class`` unit runs
+    (0: the first, i.e. each block-stack run; -1: the last, each run of the remaining stack)."""
+    runs = []
+    unit = [m for m in model.modules() if isinstance(m, model.block_class)][index]
+    unit.register_forward_pre_hook(lambda *_: runs.append(1))
+    return runs
+
+
+@pytest.fixture(scope="session")
+def randomised():
+    """``randomised(model, seed=0, parts=("blocks", "final_layer"))``: see :func:`_randomised`."""
+    return _randomised
+
+
+@pytest.fixture(scope="session")
+def flow_sampler():
+    """``flow_sampler(model, steps=8, channels=2, context_dim=8)``: see :func:`_flow_sampler`."""
+    return _flow_sampler
+
+
+@pytest.fixture(scope="session")
+def count_block_runs():
+    """``count_block_runs(model, index=0)``: see :func:`_count_block_runs`."""
+    return _count_block_runs
+
+
+def _noisy_checkpoint(path: Path, hparams: dict, parts=("blocks", "final_layer")) -> Path:
+    """``path``: a checkpoint of the module ``hparams`` describe (built with seed 0), with
+    :func:`_randomised` noise on ``parts`` (a residual that moves from step to step)."""
+    import torch
+
+    from lvdm.checkpoints.load import build_module
+
+    torch.manual_seed(0)
+    module = build_module(hparams)
+    with torch.no_grad():
+        for name, p in module.denoiser.named_parameters():
+            if any(part in name for part in parts):
+                p.add_(torch.randn_like(p) * 0.2)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "global_step": 1,
+                "callbacks": {}}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def noisy_checkpoint():
+    """``noisy_checkpoint(path, hparams, parts=("blocks", "final_layer"))``: see :func:`_noisy_checkpoint`."""
+    return _noisy_checkpoint
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _hypothesis_storage_under_tmp(tmp_path_factory):
     """Hypothesis keeps its examples and constants cache in ./.hypothesis (the repository) unless told otherwise."""

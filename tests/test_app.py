@@ -78,7 +78,10 @@ def test_page_fields_set_the_negative_prompt_step_cache_and_guidance_interval(ch
     default = generator.request(*fields)
     assert (default.negative_prompt, default.step_cache, default.guidance_schedule.interval) == (None, 0.0, (0.0, 1.0))
     assert generator.request(*fields, negative_prompt="  \n").negative_prompt is None  # a blank box: none
+    assert generator.request(*fields, step_cache=0.1, step_cache_mode="first_block").step_cache_mode == "first_block"
+    assert default.step_cache_mode == "teacache"
     for change, message in (({"step_cache": -0.5}, "step_cache threshold must be a finite number >= 0"),
+                            ({"step_cache_mode": "fast"}, "step_cache_mode must be one of teacache, first_block"),
                             ({"guidance_interval": (0.9, 0.1)}, r"0 <= lo <= hi <= 1"),
                             ({"guidance_interval": (None, 1.0)}, "guidance interval must be two numbers"),
                             ({"negative_prompt": "x" * 501}, r"over the limit of 500 \(--max_prompt_chars\)")):
@@ -86,9 +89,21 @@ def test_page_fields_set_the_negative_prompt_step_cache_and_guidance_interval(ch
             generator.request(*fields, **change)
     seen, generate = [], generator.module.generate
     generator.module.generate = lambda *args, **kw: seen.append(kw) or generate(*args, **kw)
-    generator(*fields, negative_prompt="blurry", step_cache=0.1, guidance_interval=(0.2, 0.8))
-    assert (seen[0]["negative_prompt"], seen[0]["step_cache"], seen[0]["guidance_schedule"].interval) == (
-        "blurry", 0.1, (0.2, 0.8))
+    generator(*fields, negative_prompt="blurry", step_cache=0.1, guidance_interval=(0.2, 0.8),
+              step_cache_mode="first_block")
+    assert (seen[0]["negative_prompt"], seen[0]["step_cache"], seen[0]["guidance_schedule"].interval,
+            seen[0]["step_cache_mode"]) == ("blurry", 0.1, (0.2, 0.8), "first_block")
+
+
+def test_the_step_cache_rule_names_the_calibrated_thresholds():
+    from lvdm.diffusion.cache_calibration import Calibration
+    from lvdm.generation.app import cache_note
+
+    assert "no calibration file" in cache_note(None)
+    calibration = Calibration((1.0,), {"teacache": 0.21, "first_block": 0.47}, {"teacache": 2.3, "first_block": 2.3},
+                              2.3, 20)
+    assert cache_note(calibration) == ("this model's calibrated thresholds: teacache 0.21 (2.3x fewer), "
+                                       "first_block 0.47 (2.3x fewer)")
 
 
 def test_page_generates_a_video_through_the_client(checkpoint, tmp_path, monkeypatch):
@@ -106,7 +121,7 @@ def test_page_generates_a_video_through_the_client(checkpoint, tmp_path, monkeyp
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
         video, files, note = client.predict("a red square moving left\na green triangle moving up", 1.0, 16, 16, 2, 3.0, 0,
-                                      None, False, "blurry", 0.1, 0.0, 1.0, api_name="/generate")
+                                      None, False, "blurry", 0.1, 0.0, 1.0, "first_block", api_name="/generate")
         first = video["video"] if isinstance(video, dict) else video
         from lvdm.data.video import read_frames
 

@@ -69,8 +69,12 @@ def test_every_recipe_loads(recipe):
         assert model.autoencoder.latent_channels == autoencoder["init_args"]["latent_channels"]
     denoiser = spec["init_args"].get("denoiser")
     if denoiser is not None:  # diffusion recipes: the DiT they name, its text width the encoder's
-        wanted = denoiser["init_args"]
-        assert model.denoiser.hidden_size == wanted["hidden_size"] and len(model.denoiser.blocks) == wanted["depth"]
+        wanted, net = denoiser["init_args"], model.denoiser
+        if "depth" in wanted:
+            assert len(net.blocks) == wanted["depth"]
+        else:  # MMDiT: dual-stream, then single-stream blocks
+            assert (len(net.double_blocks), len(net.single_blocks)) == (wanted["depth_double"], wanted["depth_single"])
+        assert net.hidden_size == wanted["hidden_size"]
         assert model.denoiser.context_dim == model.text_encoder.dim
 
 

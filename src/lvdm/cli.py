@@ -44,11 +44,12 @@ lvdm commands:
   eval clipscore  CLIPScore of videos against their prompts  lvdm eval clipscore --videos <mp4s> --clip <path|hub id>
   eval vae    reconstruction PSNR / SSIM / rFVD of a compressor   lvdm eval vae --videos <shards> --checkpoint ae.ckpt
   eval vbench VBench-style dimensions, offline   lvdm eval vbench --videos <mp4s> --dimensions '[temporal_flickering]' --out report.json
+  cache calibrate  a checkpoint's step-cache thresholds   lvdm cache calibrate --checkpoint last.ckpt --prompt_file p.txt
   app         a web page over a checkpoint: prompts -> videos   lvdm app --checkpoint last.ckpt
   estimate    parameters, FLOPs, GPU-hours, s/video, memory/GPU   lvdm estimate --size XL/2 --frames 16
   checkpoint export  a .ckpt or DeepSpeed checkpoint -> one .safetensors   lvdm checkpoint export --checkpoint last.ckpt --out model.safetensors --ema true
   lora merge  a LoRA run's adapter folded into its base -> one .safetensors   lvdm lora merge --adapter last.ckpt --out merged.safetensors
-  lora export a LoRA run's adapter as a diffusers-layout LoRA file   lvdm lora export --checkpoint last.ckpt --out lora.safetensors
+  lora export a LoRA run's adapter as a diffusers / original-model (ComfyUI) LoRA file   lvdm lora export --checkpoint last.ckpt --out lora.safetensors --format original
 
 Run `lvdm <command> --help` for the options of a command.
 """
@@ -190,6 +191,9 @@ GROUPS: dict[str, dict[str, str]] = {
     },
     "checkpoint": {
         "export": "lvdm.checkpoints.export:export_checkpoint",
+    },
+    "cache": {
+        "calibrate": "lvdm.generation.calibrate:calibrate_step_cache",
     },
     "lora": {
         "merge": "lvdm.finetune.adapter_files:merge",

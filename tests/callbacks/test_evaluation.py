@@ -73,3 +73,36 @@ def test_bad_settings():
         PeriodicEvaluation(real="x", num_videos=1)
     with pytest.raises(ValueError, match="nothing to evaluate"):
         PeriodicEvaluation(real="x", fvd=False)
+    with pytest.raises(ValueError, match="vbench="):
+        PeriodicEvaluation(real="x", fvd=False, vbench=[])
+
+
+def test_periodic_vbench_logs_the_dimensions_of_the_generated_videos(tmp_path):
+    """A tiny random model trained 2 steps: with vbench (no FVD), the callback logs each chosen
+    dimension of its generated videos, equal to VBenchScores on the same generations."""
+    from lvdm.metrics.vbench import VBenchScores
+
+    write_synthetic_dataset(str(tmp_path / "shapes"), num_train=1, num_val=2, num_frames=9)
+    torch.manual_seed(0)
+    dit = DiT(in_channels=3, patch_size=(1, 8, 8), hidden_size=32, depth=1, num_heads=2,
+              conditioning="cross_attn", context_dim=16)
+    module = LatentDiffusionModule(dit, WordTextEncoder(dim=16, max_length=8), RectifiedFlow(num_sampling_steps=2),
+                                   sample_shape=(9, 32, 32))
+    dimensions = ["temporal_flickering", "motion_smoothness", "dynamic_degree"]
+    callback = PeriodicEvaluation(real=str(tmp_path / "shapes/val-*.tar"), every_n_steps=2, num_videos=2, fvd=False,
+                                  vbench=dimensions, vbench_options={"flow": "lucas_kanade"})
+    batch = {"video": torch.rand(2, 3, 9, 32, 32) * 2 - 1, "caption": ["a red square moving left"] * 2}
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, callbacks=[callback], limit_val_batches=0,
+                        default_root_dir=tmp_path / "run")
+    trainer.fit(module, DataLoader([batch] * 2, batch_size=None))
+    results = callback.history[0][1]
+    assert list(results) == [f"eval/vbench/{name}" for name in dimensions]
+    for name, value in results.items():
+        assert trainer.callback_metrics[name].item() == pytest.approx(value, rel=1e-6)
+    with torch.no_grad():
+        fake = module.generate(callback._prompts, num_frames=9, num_steps=None, seed=callback.seed)
+    reference = VBenchScores(dimensions, flow="lucas_kanade")
+    reference.update(fake.float())
+    assert {f"eval/vbench/{k}": v for k, v in reference.compute().items()} == pytest.approx(results, rel=1e-9)
+    assert 0.0 < results["eval/vbench/temporal_flickering"] < 1.0  # noise-like samples flicker

@@ -193,6 +193,36 @@ def test_diffusers_export_keys_and_metadata(tmp_path, tiny_hparams):
     merge_lora(module)  # the module trained on is a plain model again
 
 
+def test_a_lora_file_starts_a_new_lora_run_and_lvdm_sample_merges_one(tmp_path, tiny_hparams, monkeypatch,
+                                                                     assert_close_scaled):
+    """Continued training: LoRA(from_file=...) starts its adapter (rank 2, another alpha) at an exported
+    file's update; sampling: `lvdm sample --lora FILE --lora_scale S` merges it into the base checkpoint."""
+    from types import SimpleNamespace
+
+    from lvdm.cli import main
+    from lvdm.generation.generator import Generator
+
+    base_path = _save_base(tmp_path, tiny_hparams)
+    module = _base_module(tiny_hparams)
+    trainer, _ = _fit(tmp_path, module, 2, [LoRA(rank=2, alpha=5.0)])
+    trainer.save_checkpoint(tmp_path / "adapter.ckpt")
+    lora = export(str(tmp_path / "adapter.ckpt"), str(tmp_path / "lora.safetensors"), weights="raw")
+    trained = _outputs(module)
+    continued = _base_module(tiny_hparams)
+    callback = LoRA(rank=2, alpha=1.0, from_file=lora)
+    callback.setup(SimpleNamespace(callbacks=[callback]), continued, "fit")
+    assert_close_scaled(_outputs(continued), trained, rtol=1e-6)
+    assert callback.state_dict()["from_file"] == lora
+    assert_close_scaled(_outputs(Generator(str(base_path), device="cpu", lora=lora).module), trained, rtol=1e-6)
+    with pytest.raises(ValueError, match="has rank 2, this run's LoRA rank is 4"):
+        other = LoRA(rank=4, from_file=lora)
+        other.setup(SimpleNamespace(callbacks=[other]), _base_module(tiny_hparams), "fit")
+    monkeypatch.chdir(tmp_path)
+    main(["sample", "--checkpoint", str(base_path), "--prompts", '["a red square moving left"]', "--out", "videos",
+          "--steps", "1", "--lora", lora, "--lora_scale", "0.5"])
+    assert len(list(Path("videos").glob("*.mp4"))) == 1
+
+
 def test_tiny_lora_recipe_through_the_cli_then_sample_merge_and_export(tmp_path, monkeypatch, assert_close_scaled):
     """recipes/tiny/lora.yaml after the base recipe, as a user runs them (relative paths, from the
     run folder): the base run, the LoRA run from its last.ckpt, then the adapter checkpoint

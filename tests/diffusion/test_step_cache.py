@@ -1,7 +1,8 @@
-"""Step caching (lvdm.diffusion.step_cache): off is bit-identical, a cache that never skips is
-bit-identical through every backbone's ``run_blocks`` hook, a high threshold evaluates the block
-stack fewer times (first and last step always) with a bounded change, a reused residual is exact
-where the stack's residual does not move (known answers), and bad thresholds are refused."""
+"""Step caching (lvdm.diffusion.step_cache, ``teacache`` and ``first_block``): off is bit-identical, a
+cache that never skips is bit-identical through every backbone's ``run_blocks`` hook, a high
+threshold evaluates the block stack fewer times (first and last step always) with a bounded
+change, a reused residual is exact where the stack's residual does not move (known answers), and
+bad thresholds and modes are refused."""
 
 import math
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from lvdm.diffusion.objectives import RectifiedFlow
-from lvdm.diffusion.step_cache import StepCache, cached_steps, check_threshold
+from lvdm.diffusion.step_cache import MODES, StepCache, cached_steps, check_mode, check_threshold
 from lvdm.generation.generator import Request
 from lvdm.models.dit import DiT
 from lvdm.models.mmdit import MMDiT
@@ -19,17 +20,6 @@ from lvdm.text.words import WordTextEncoder
 from lvdm.training.module import LatentDiffusionModule
 
 CTX = 8
-
-
-def _randomised(model: nn.Module, seed: int = 0) -> nn.Module:
-    """``model`` with noise added to its blocks and final layer (they start as the identity and
-    zero: a residual of 0); the embedders keep their initialisation."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "blocks" in name or "final_layer" in name:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.2)
-    return model.eval()
 
 
 BACKBONES = {
@@ -46,58 +36,48 @@ BACKBONES = {
 }
 
 
-def _sampler(model, steps=8):
-    """Rectified-flow sampling of ``model`` on fixed noise and text: ``() -> latents``."""
-    gen = torch.Generator().manual_seed(1)
-    noise, ctx = torch.randn(2, 2, 2, 4, 4, generator=gen), torch.randn(2, 3, CTX, generator=gen)
-    mask = torch.ones(2, 3, dtype=torch.bool)
-    flow = RectifiedFlow(num_sampling_steps=steps)
-    return lambda: flow.sample(lambda x, t: model(x, t, ctx, mask), noise)
-
-
-def _count_stack_runs(model: nn.Module) -> list[int]:
-    """A list that grows by one each time the model's first block runs."""
-    runs = []
-    first = next(m for m in model.modules() if isinstance(m, model.block_class))
-    first.register_forward_pre_hook(lambda *_: runs.append(1))
-    return runs
-
-
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", sorted(BACKBONES))
-def test_a_cache_that_never_skips_is_bit_identical(name):
-    """The block loop behind ``run_blocks`` computes what the backbone computed: threshold 0 (off)
-    and a threshold no step falls under give the uncached latents bit for bit."""
-    model = _randomised(BACKBONES[name]())
-    sample = _sampler(model)
+def test_a_cache_that_never_skips_is_bit_identical(name, mode, randomised, flow_sampler):
+    """The block loop behind ``run_blocks`` computes what the backbone computed, whole or split
+    after its first block (``first_block``): threshold 0 (off) and a threshold no step falls under
+    give the uncached latents bit for bit."""
+    model = randomised(BACKBONES[name]())
+    sample = flow_sampler(model)
     with torch.no_grad():
         expected = sample()
         for threshold in (0, None, 1e-12):
-            with cached_steps(model, threshold, 8) as cache:
+            with cached_steps(model, threshold, 8, mode) as cache:
                 assert torch.equal(sample(), expected)
             assert cache is None if not threshold else cache.skipped == 0 and cache.computed == 8
         assert "run_blocks" not in vars(model)  # the hook is the backbone's own again
 
 
-@pytest.mark.parametrize("name, threshold", [("dit-full", 0.1), ("stdit3", 0.1), ("mmdit", 0.1)])
-def test_a_high_threshold_skips_the_middle_steps_with_a_bounded_change(name, threshold):
-    model = _randomised(BACKBONES[name]())
-    sample, runs = _sampler(model, steps=10), _count_stack_runs(model)
+@pytest.mark.parametrize("name, threshold, mode", [("dit-full", 0.1, "teacache"), ("stdit3", 0.1, "teacache"),
+                                                   ("mmdit", 0.1, "teacache"), ("dit-full", 0.5, "first_block"),
+                                                   ("dit-st-in-context", 0.5, "first_block"),
+                                                   ("stdit3", 0.5, "first_block"), ("mmdit", 0.5, "first_block")])
+def test_a_high_threshold_skips_the_middle_steps_with_a_bounded_change(name, threshold, mode, randomised,
+                                                                       flow_sampler, count_block_runs):
+    model = randomised(BACKBONES[name]())
+    sample, runs, heads = flow_sampler(model, steps=10), count_block_runs(model, -1), count_block_runs(model)
     with torch.no_grad():
         full = sample()
         assert len(runs) == 10
-        runs.clear()
-        with cached_steps(model, threshold, 10) as cache:
+        runs.clear(), heads.clear()
+        with cached_steps(model, threshold, 10, mode) as cache:
             cached = sample()
+    assert len(heads) == (10 if mode == "first_block" else len(runs))  # first_block: block 0 at every step
     assert cache.computed == len(runs) < 10 and cache.skipped == 10 - len(runs)
     assert not torch.equal(cached, full)
     assert (cached - full).abs().max() < 0.5 * full.abs().max()
 
 
-def test_first_and_last_steps_always_compute():
+def test_first_and_last_steps_always_compute(randomised, flow_sampler, count_block_runs):
     """Whatever the threshold, call 0 and call ``num_steps - 1`` run the blocks; between them the
     accumulated change of a huge threshold never triggers."""
-    model = _randomised(BACKBONES["dit-full"]())
-    sample, runs = _sampler(model, steps=6), _count_stack_runs(model)
+    model = randomised(BACKBONES["dit-full"]())
+    sample, runs = flow_sampler(model, steps=6), count_block_runs(model)
     computed_at = []
     with torch.no_grad(), cached_steps(model, 1e9, 6) as cache:
         model.blocks[0].register_forward_pre_hook(lambda *_: computed_at.append(cache.calls - 1))
@@ -141,18 +121,20 @@ SAME_INPUT_CASES = [(name, per_frame) for name in sorted(BACKBONES) for per_fram
                     if not (per_frame and name == "dit-st-in-context")]  # in_context: one t per sample
 
 
-@pytest.mark.parametrize("name, per_frame", SAME_INPUT_CASES)
-def test_same_input_twice_reuses_a_residual_equal_to_running_the_blocks(name, per_frame, assert_close_scaled):
+@pytest.mark.parametrize("name, per_frame, mode", [(*case, "teacache") for case in SAME_INPUT_CASES]
+                         + [(name, False, "first_block") for name in sorted(BACKBONES)])
+def test_same_input_twice_reuses_a_residual_equal_to_running_the_blocks(name, per_frame, mode, assert_close_scaled,
+                                                                       randomised):
     """A backbone called twice on the same latents and timestep (no change; per sample or per
     frame, as masked-frame conditioning gives): the second call skips the blocks and returns what
     running them returns."""
-    model = _randomised(BACKBONES[name]())
+    model = randomised(BACKBONES[name]())
     gen = torch.Generator().manual_seed(3)
     x, ctx = torch.randn(2, 2, 2, 4, 4, generator=gen), torch.randn(2, 3, CTX, generator=gen)
     t = torch.tensor([[0.0, 500.0], [0.0, 700.0]]) if per_frame else torch.full((2,), 500.0)
     with torch.no_grad():
         expected = model(x, t, ctx)
-        with cached_steps(model, 0.05, 3) as cache:
+        with cached_steps(model, 0.05, 3, mode) as cache:
             model(x, t, ctx)
             again = model(x, t, ctx)
     assert cache.skipped == 1
@@ -180,6 +162,15 @@ def test_bad_thresholds_are_refused_in_one_line(bad):
         Request(["a red square"], step_cache=bad)
 
 
+def test_bad_modes_are_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"^step_cache_mode must be one of teacache, first_block; got 'fast'$"):
+        check_mode("fast")
+    with pytest.raises(ValueError, match="step_cache_mode must be one of"):
+        Request(["a red square"], step_cache=0.1, step_cache_mode="fast")
+    with pytest.raises(ValueError, match="step_cache_mode must be one of"):
+        cached_steps(nn.Linear(2, 2), 0.1, 4, "fast").__enter__()
+
+
 def test_a_backbone_without_the_hook_refuses_caching():
     with pytest.raises(ValueError, match=r"Linear has no run_blocks\(tokens, indicator, blocks\) hook"):
         with cached_steps(nn.Linear(2, 2), 0.1, 4):
@@ -190,20 +181,23 @@ def test_a_backbone_without_the_hook_refuses_caching():
         StepCache(0.1, 0)
 
 
-def test_generate_with_a_step_cache_under_guidance():
+def test_generate_with_a_step_cache_under_guidance(randomised, count_block_runs):
     """``generate(step_cache=…)``: guided (batch 2B) sampling evaluates the blocks fewer times;
     0 is today's video bit for bit; a bad value fails before sampling."""
-    dit = _randomised(DiT(in_channels=3, patch_size=(1, 4, 4), hidden_size=32, depth=2, num_heads=2,
+    dit = randomised(DiT(in_channels=3, patch_size=(1, 4, 4), hidden_size=32, depth=2, num_heads=2,
                           conditioning="cross_attn", context_dim=16))
     module = LatentDiffusionModule(dit, WordTextEncoder(dim=16, max_length=4), guidance_scale=3.0,
                                    objective=RectifiedFlow(num_sampling_steps=8), sample_shape=(2, 8, 8)).eval()
-    runs = _count_stack_runs(dit)
+    runs = count_block_runs(dit)
     prompts = ["a red square", "a blue circle"]
     full = module.generate(prompts)
     assert torch.equal(module.generate(prompts, step_cache=0), full) and len(runs) == 16
     runs.clear()
     cached = module.generate(prompts, step_cache=0.3)
     assert 2 <= len(runs) < 8 and cached.shape == full.shape
+    last = count_block_runs(dit, -1)
+    module.generate(prompts, step_cache=0.5, step_cache_mode="first_block")
+    assert 2 <= len(last) < 8
     with pytest.raises(ValueError, match="step_cache threshold"):
         module.generate(prompts, step_cache=-1)
 

@@ -284,3 +284,62 @@ def test_motion_smoothness_of_shuffled_frames_is_lower():
     video = moving_square()
     middle = {(a.tobytes(), b.tobytes()): video[t + 1] for t, (a, b) in enumerate(zip(video[:-2], video[2:]))}
     assert vb.motion_smoothness(video, lambda a, b: middle[a.tobytes(), b.tobytes()]) == 1.0
+
+
+def test_dynamic_degree_without_a_model_through_the_command(tmp_path):
+    """``flow=lucas_kanade``: no RAFT weights needed; a still video is not dynamic, a square
+    moving 3 px a frame at 32x32 (threshold 0.75 px) is."""
+    write_mp4(tmp_path / "videos" / "a_still.mp4", still())
+    write_mp4(tmp_path / "videos" / "b_moving.mp4", moving_square())
+    report = vb.vbench(str(tmp_path / "videos"), dimensions=["dynamic_degree"], flow="lucas_kanade")
+    assert [row["dynamic_degree"] for row in report["videos"]] == [0.0, 1.0]
+    assert report["flow"] == "lucas_kanade"
+    with pytest.raises(ValueError, match="flow 'farneback' is not one of raft, lucas_kanade"):
+        vb.vbench(str(tmp_path / "videos"), dimensions=["dynamic_degree"], flow="farneback")
+
+
+def test_vbench_scores_metric_matches_the_command_on_the_same_frames(tmp_path):
+    """The Metric behind PeriodicEvaluation: videos in [-1, 1] give the same per-dimension means
+    as scoring their uint8 frames one by one, and a still video is 1 / not dynamic."""
+    import torch
+
+    videos = [still(), moving_square(), shuffled(moving_square())]
+    tensors = torch.stack([torch.from_numpy(v).permute(3, 0, 1, 2).float() / 127.5 - 1 for v in videos])
+    metric = vb.VBenchScores(["dynamic_degree", "temporal_flickering", "motion_smoothness"], flow="lucas_kanade")
+    metric.update(tensors[:1], fps=8.0)
+    assert metric.compute() == {"temporal_flickering": 1.0, "motion_smoothness": 1.0, "dynamic_degree": 0.0}
+    metric.update(tensors[1:], fps=8.0)
+    scores = metric.compute()
+    assert list(scores) == ["temporal_flickering", "motion_smoothness", "dynamic_degree"]  # the report's order
+    assert scores["temporal_flickering"] == pytest.approx(np.mean([vb.temporal_flickering(v) for v in videos]),
+                                                          rel=1e-12)
+    assert scores["motion_smoothness"] == pytest.approx(np.mean([vb.motion_smoothness(v) for v in videos]), rel=1e-12)
+    assert scores["dynamic_degree"] == pytest.approx(2 / 3, rel=1e-12)
+
+
+def test_vbench_scores_weights_consistency_by_frame_pairs(dino_dirs):
+    import torch
+
+    videos = [still(), moving_square(frames=4)]
+    metric = vb.VBenchScores(["subject_consistency"], dino=str(dino_dirs["vit"]))
+    for video in videos:
+        metric.update(torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)
+    encoder = vb.load_dino(str(dino_dirs["vit"]))
+    expected = (7 * vb.consistency(encoder(videos[0])) + 3 * vb.consistency(encoder(videos[1]))) / 10
+    assert metric.compute()["subject_consistency"] == pytest.approx(expected, rel=1e-6)
+    # under the trainer's autocast (bf16 here) the models still run in full precision
+    metric.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        metric.update(torch.from_numpy(videos[1]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)
+    assert metric.compute()["subject_consistency"] == pytest.approx(vb.consistency(encoder(videos[1])), rel=1e-6)
+
+
+def test_vbench_scores_bad_options_fail_at_once_naming_them(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown VBench option\(s\) \['dinov2'\]"):
+        vb.VBenchScores(["subject_consistency"], dinov2="x")
+    with pytest.raises(ValueError, match="flow_weights"):
+        vb.VBenchScores(["dynamic_degree"])  # RAFT by default: its weights are needed
+    with pytest.raises(FileNotFoundError, match="no_dino"):
+        vb.VBenchScores(["subject_consistency"], dino=str(tmp_path / "no_dino"))
+    with pytest.raises(ValueError, match="no VBench dimension"):
+        vb.VBenchScores([])

@@ -87,7 +87,8 @@ def test_ltx_2b_preset_size_and_sampler_on_meta():
     assert model.rope_interpolation_scale == (8 / 25, 32, 32)
     objective = chosen.sampler.build_objective()
     assert (objective.num_sampling_steps, objective.time_scale, chosen.sampler.guidance_scale) == (50, 1000.0, 3.0)
-    assert objective.shift == pytest.approx(16.17, abs=0.01)
+    # LTXPipeline's dynamic shift at its reference 768x512x121 (latents 16 x 16 x 24 = 6144 tokens): exp(2.7833)
+    assert objective.effective_shift(torch.zeros(1, 128, 16, 16, 24)) == pytest.approx(16.17, abs=0.01)
 
 
 def test_from_diffusers_ltx_loads_a_pipeline_folder(tmp_path):

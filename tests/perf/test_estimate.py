@@ -80,7 +80,7 @@ def test_bad_input_names_the_problem(tmp_path):
         estimate(gpu="h1000", print_report=False)
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         estimate(recipe=str(tmp_path / "nope.yaml"), print_report=False)
-    with pytest.raises(ValueError, match="not divisible"):
+    with pytest.raises(ValueError, match="16×250×256 does not fit the compression.*height, width divisible by 8"):
         estimate(height=250, print_report=False)
     with pytest.raises(ValueError, match="mfu"):
         estimate(mfu=1.5, print_report=False)
@@ -253,3 +253,45 @@ def test_parameters_and_gathered_block_are_exact_for_every_backbone():
         assert mem.num_params == sum(p.numel() for p in model.parameters())
         assert mem.block_params == sum(p.numel() for p in model.blocks[0].parameters())
         assert len(mem.unit_values) == (3 if kind == "DiT" else 6)  # STDiT3: spatial + temporal units
+
+
+@pytest.mark.parametrize("name,params", [
+    ("hunyuanvideo", 12_821_012_544), ("opensora-2.0", 11_891_390_528), ("wan2.1-t2v-1.3b", 1_418_996_800),
+])
+def test_modern_presets_at_720p_129_frames_match_the_flop_counter(name, params, capsys):
+    """`lvdm estimate --preset NAME --frames 129 --height 720 --width 1280`: the published
+    parameter count, the causal VAE's 33 latent frames (1 + 128 / 4) and a forward whose FLOPs
+    equal torch's FlopCounterMode on the same meta model, plus memory per GPU for every strategy."""
+    from lvdm.models.presets import from_name
+    from lvdm.perf.step_flops import meta_forward_flops
+
+    r = estimate(preset=name, frames=129, height=720, width=1280, num_gpus=8, print_report=True)
+    assert r["params"] == params == from_name(name).num_params
+    assert r["latent"] == (33, 90, 160) and r["tokens"] == 33 * 45 * 80
+    with torch.device("meta"):
+        model = from_name(name).build()
+    counted = meta_forward_flops(model, (model.in_channels, 33, 90, 160), text_len=r["text_len"],
+                                 context_dim=model.context_dim)
+    assert r["forward_flops_per_sample"] == counted
+    assert set(r["memory_per_gpu"]) == {"ddp", "zero2", "zero3", "zero3_offload"}
+    assert r["memory_per_gpu"]["zero2"]["states"] == 2 * params + 14 * params / 8
+    assert f"parameters   {params / 1e6:,.1f} M" in capsys.readouterr().out
+
+
+def test_preset_defaults_and_refusals():
+    """A preset brings its source's clip (Wan: 832×480 × 81 frames → 21 latent frames, 512 caption
+    tokens, CFG) and sampler steps; architecture flags, a recipe and clips the causal VAE cannot
+    code are refused by name."""
+    r = estimate(preset="wan2.1-t2v-1.3b", print_report=False)
+    assert r["latent"] == (21, 60, 104) and r["text_len"] == 512
+    assert r["flops_per_sampling_step"] == 2 * r["forward_flops_per_sample"]  # CFG: two forwards
+    hunyuan = estimate(preset="hunyuanvideo", frames=1, height=256, width=256, print_report=False)
+    assert hunyuan["flops_per_sampling_step"] == hunyuan["forward_flops_per_sample"]  # embedded guidance
+    with pytest.raises(ValueError, match="--preset hunyuanvideo fixes the architecture: drop --size"):
+        estimate(preset="hunyuanvideo", size="XL/2", print_report=False)
+    with pytest.raises(ValueError, match="drop --recipe"):
+        estimate(preset="hunyuanvideo", recipe=str(ROOT / "recipes/tiny/adaln.yaml"), print_report=False)
+    with pytest.raises(ValueError, match=r"clip 128×720×1280 .*frames - 1 divisible by 4 \(causal\)"):
+        estimate(preset="hunyuanvideo", frames=128, height=720, width=1280, print_report=False)
+    with pytest.raises(ValueError, match="unknown preset 'wan-99b'"):
+        estimate(preset="wan-99b", print_report=False)

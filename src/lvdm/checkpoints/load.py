@@ -214,7 +214,9 @@ class LoadedModel:
 def load_module(
     path: str | Path, weights: Literal["auto", "ema", "raw"] = "auto", map_location: str | torch.device = "cpu"
 ) -> LoadedModel:
-    """Rebuild a trained model from any checkpoint lvdm writes, with its weights, safely.
+    """Rebuild a trained model from any checkpoint lvdm writes, with its weights, safely; a
+    step-cache calibration next to it (``<path>.step_cache.json``, :mod:`lvdm.diffusion.cache_calibration`)
+    is read into the module's ``step_cache_calibration`` (a malformed one fails naming the file).
 
     Args:
         path: a ``.ckpt`` file, a DeepSpeed checkpoint directory, or an exported ``.safetensors``;
@@ -225,7 +227,16 @@ def load_module(
             ``.safetensors`` holds the one set of weights it was exported with.
         map_location: device to put the module on.
     """
-    path = Path(path)
+    loaded = _load_module(Path(path), weights, map_location)
+    from lvdm.diffusion.cache_calibration import calibration_path, read_calibration
+
+    sidecar = calibration_path(path)
+    if sidecar.exists():
+        loaded.module.step_cache_calibration = read_calibration(sidecar)
+    return loaded
+
+
+def _load_module(path: Path, weights: str, map_location: str | torch.device) -> LoadedModel:
     if weights not in ("auto", "ema", "raw"):
         raise ValueError(f"weights must be 'auto', 'ema' or 'raw', got {weights!r}")
     if not path.exists():

@@ -231,6 +231,9 @@ class GuidedDenoiser:
         schedule: a :class:`GuidanceSchedule` (None: plain guidance at every step). Its step
             count and APG momentum live in the wrapper: build one per sampling run.
         objective: the sampling objective, which any schedule but the default needs.
+        paired: micro-conditions that differ between the halves, ``name → (prompts' [B, ...],
+            null's [B or 1, ...])`` (the pooled caption of MMDiT models); the other keywords
+            reach both halves unchanged.
     """
 
     def __init__(
@@ -243,11 +246,13 @@ class GuidedDenoiser:
         scale: float,
         schedule: Optional[GuidanceSchedule] = None,
         objective: Optional[Objective] = None,
+        paired: Optional[dict[str, tuple[torch.Tensor, torch.Tensor]]] = None,
     ):
         self.denoiser = denoiser
         self.guidance = ScheduledGuidance(scale, schedule, objective)
         self.scale = self.guidance.scale
         b = context.shape[0]
+        self.paired = {name: (c, n.expand_as(c) if n.shape[0] == 1 else n) for name, (c, n) in (paired or {}).items()}
         if null_context.shape[0] == 1:
             null_context = null_context.expand(b, -1, -1)
             null_context_mask = null_context_mask.expand(b, -1)
@@ -266,8 +271,10 @@ class GuidedDenoiser:
     def _evaluate(self, both: bool, x: torch.Tensor, t: torch.Tensor, cond: dict):
         if not both:
             b = x.shape[0]
+            cond = {**cond, **{name: c[:b] for name, (c, _) in self.paired.items()}}
             return self.denoiser(x, t, self.context[:b], self.mask[:b], **cond), None
         cond = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+        cond.update({name: torch.cat([c, n]) for name, (c, n) in self.paired.items()})
         out = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), self.context, self.mask, **cond)
         return out.chunk(2)
 

@@ -126,6 +126,11 @@ class RectifiedFlow(Objective):
         min_t: lower bound on ``t`` when converting a sample prediction to a velocity.
         target: with ``prediction="velocity"``: ``eps_minus_x0`` (ε − x0) or ``x0_minus_eps``
             (x0 − ε, Open-Sora 1.2).
+        token_shift: ``none``, ``opensora2`` or ``flux`` (see above; replaces ``resolution_aware``).
+        shift_anchors: ``(n0, s0, n1, s1)`` of ``token_shift`` (Open-Sora 2.0: 256 → 1, 4096 → 3).
+        token_patch: the ``(pt, ph, pw)`` latent patch of one token, for ``token_shift``.
+        shift_terminal: the last nonzero time of the sampling grid (None: no stretch).
+        sampler: ``euler`` or ``unipc`` (needs ``time_scale`` 1000 and velocity prediction).
     """
 
     def __init__(
@@ -142,7 +147,15 @@ class RectifiedFlow(Objective):
         base_area: Optional[int] = None,
         base_frames: int = 1,
         target: Literal["eps_minus_x0", "x0_minus_eps"] = "eps_minus_x0",
+        token_shift: Literal["none", "opensora2", "flux"] = "none",
+        shift_anchors: Sequence[float] = (256, 1.0, 4096, 3.0),
+        token_patch: Sequence[int] = (1, 2, 2),
+        shift_terminal: Optional[float] = None,
+        sampler: Literal["euler", "unipc"] = "euler",
     ):
+        self._check_sampling(token_shift, shift_anchors, token_patch, shift_terminal, sampler, time_scale, prediction)
+        self.token_shift, self.shift_anchors = token_shift, tuple(float(a) for a in shift_anchors)
+        self.token_patch, self.shift_terminal, self.sampler = tuple(int(p) for p in token_patch), shift_terminal, sampler
         if prediction not in ("velocity", "sample"):
             raise ValueError(f"prediction must be velocity or sample, got {prediction!r}")
         if target not in ("eps_minus_x0", "x0_minus_eps"):
@@ -167,7 +180,32 @@ class RectifiedFlow(Objective):
         self.num_sampling_steps = num_sampling_steps
         self.time_scale = time_scale
 
+    @staticmethod
+    def _check_sampling(token_shift, anchors, patch, terminal, sampler, time_scale, prediction) -> None:
+        anchors, patch = tuple(anchors), tuple(patch)
+        _check("RectifiedFlow",
+               token_shift=(token_shift, token_shift in ("none", "opensora2", "flux"), "none, opensora2 or flux"),
+               shift_anchors=(anchors, len(anchors) == 4 and anchors[0] != anchors[2],
+                              "(n0, s0, n1, s1) with n0 != n1"),
+               token_patch=(patch, len(patch) == 3 and all(int(p) >= 1 for p in patch), "three sizes >= 1"),
+               shift_terminal=(terminal, terminal is None or 0 <= terminal < 1, "in [0, 1) (or None)"),
+               sampler=(sampler, sampler in ("euler", "unipc"), "euler or unipc"))
+        if sampler == "unipc" and (time_scale != 1000 or prediction != "velocity"):
+            raise ValueError("RectifiedFlow.sampler='unipc' runs diffusers' 1000-step flow scheduler: it needs "
+                             f"time_scale=1000 and prediction='velocity', got {time_scale} and {prediction!r}")
+
+    def token_count_shift(self, t: int, h: int, w: int) -> float:
+        """The ``token_shift`` rule's shift on a latent grid of ``t × h × w`` (see the class docstring)."""
+        n0, s0, n1, s1 = self.shift_anchors
+        pt, ph, pw = self.token_patch
+        slope = (s1 - s0) / (n1 - n0)
+        if self.token_shift == "opensora2":
+            return self.shift * (s0 + slope * ((h * w) // (ph * pw) - n0)) * math.sqrt(t)
+        return math.exp(s0 + slope * (t * h * w / (pt * ph * pw) - n0))
+
     def effective_shift(self, x: torch.Tensor, latent_size: Optional[Sequence[float]] = None) -> float:
+        if self.token_shift != "none":  # the sources count the tokens of the latents they sample
+            return self.token_count_shift(*x.shape[-3:])
         if not self.resolution_aware:
             return self.shift
         if self.base_area is not None:
@@ -235,9 +273,12 @@ class RectifiedFlow(Objective):
         return torch.linspace(0.0, 1.0, num + 2)[1:-1]
 
     def timesteps(self, num_steps: int, x: torch.Tensor, latent_size: Optional[Sequence[float]] = None) -> torch.Tensor:
-        """The Euler grid ``1 = t_0 > … > t_N = 0`` (shifted)."""
-        t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
-        return self.shift_time(t, self.effective_shift(x, latent_size))
+        """The Euler grid ``1 = t_0 > … > t_N = 0`` (shifted; stretched to ``shift_terminal``)."""
+        t = self.shift_time(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64),
+                            self.effective_shift(x, latent_size))
+        if self.shift_terminal is not None and t[-2] < 1:  # one step: nothing to stretch
+            t[:-1] = 1 - (1 - t[:-1]) * (1 - self.shift_terminal) / (1 - t[-2])
+        return t
 
     @torch.no_grad()
     def sample(
@@ -245,9 +286,12 @@ class RectifiedFlow(Objective):
         x_given: Optional[torch.Tensor] = None, frame_mask: Optional[torch.Tensor] = None,
         latent_size: Optional[Sequence[float]] = None, **cond,
     ) -> torch.Tensor:
-        """Euler integration of ``dx/dt = v`` from ``t = 1`` to ``t = 0`` (given frames held at
-        their clean latents)."""
+        """Euler (or UniPC) integration of ``dx/dt = v`` from ``t = 1`` to ``t = 0`` (given frames
+        held at their clean latents)."""
         x_given, frame_mask = self._given(noise, x_given, frame_mask)
+        if self.sampler == "unipc":
+            return self._sample_unipc(model_fn, noise, num_steps or self.num_sampling_steps, progress, x_given,
+                                      frame_mask, self.effective_shift(noise, latent_size), cond)
         grid = self.timesteps(num_steps or self.num_sampling_steps, noise, latent_size)
         x = noise
         for i in tqdm(range(len(grid) - 1), disable=not progress, desc="sampling"):
@@ -256,6 +300,30 @@ class RectifiedFlow(Objective):
             t = torch.full((x.shape[0],), float(grid[i]), device=x.device)
             v = self.velocity(model_fn, x, t, frame_mask, **cond)
             x = x + float(grid[i + 1] - grid[i]) * v.to(x.dtype)
+        return x if frame_mask is None else keep_given(x, x_given, frame_mask)
+
+    def unipc_scheduler(self, shift: float, terminal: Optional[float] = None):
+        """A fresh diffusers ``UniPCMultistepScheduler`` in the flow form Wan samples with (its
+        ``WanPipeline`` folders' ``scheduler_config.json``): flow sigmas shifted by ``shift``."""
+        from diffusers import UniPCMultistepScheduler
+
+        return UniPCMultistepScheduler(num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True,
+                                       flow_shift=shift, solver_order=2, solver_type="bh2", predict_x0=True,
+                                       lower_order_final=True, final_sigmas_type="zero", shift_terminal=terminal)
+
+    def _sample_unipc(self, model_fn: ModelFn, noise: torch.Tensor, num_steps: int, progress: bool,
+                      x_given: Optional[torch.Tensor], frame_mask: Optional[torch.Tensor], shift: float,
+                      cond: dict) -> torch.Tensor:
+        """UniPC on the flow ODE: the network sees the scheduler's whole-number timesteps."""
+        scheduler = self.unipc_scheduler(shift, self.shift_terminal)
+        scheduler.set_timesteps(num_steps, device=noise.device)
+        x = noise
+        for step in tqdm(scheduler.timesteps, disable=not progress, desc="sampling"):
+            if frame_mask is not None:
+                x = keep_given(x, x_given, frame_mask)
+            t = torch.full((x.shape[0],), float(step) / self.time_scale, device=x.device)
+            v = self.velocity(model_fn, x, t, frame_mask, **cond)
+            x = scheduler.step(v.to(x.dtype), step, x).prev_sample
         return x if frame_mask is None else keep_given(x, x_given, frame_mask)
 
 

@@ -26,12 +26,19 @@ from lvdm.checkpoints.init_from import init_from
 from lvdm.checkpoints.load import METADATA_KEY, LoadedModel, build_module, load_ema_weights, load_module, read_checkpoint
 from lvdm.checkpoints.stored_recipe import check_stored_recipe
 from lvdm.finetune.lora import ADAPTER_NAME, apply_lora, base_fingerprint, is_adapter_key, merge_lora
+from lvdm.finetune.lora_files import (
+    Layout,
+    LoraPair,
+    diffusers_metadata,
+    diffusers_names,
+    export_tensors,
+    has_diffusers_names,
+    original_kind,
+)
 from lvdm.utils import check_finite
 
 STATE_KEY = "LoRA"
 Weights = Literal["auto", "ema", "raw"]
-#: diffusers' prefix of each LightningModule part an adapter may sit in
-DIFFUSERS_PREFIX = {"denoiser": "transformer", "text_encoder": "text_encoder"}
 
 
 def lora_settings(ckpt: dict[str, Any]) -> dict[str, Any] | None:
@@ -78,9 +85,13 @@ def _check_fingerprint(module: torch.nn.Module, settings: dict[str, Any], base: 
 
 
 def add_adapter(module: torch.nn.Module, settings: dict[str, Any]) -> torch.nn.Module:
-    """Wrap the part of ``module`` the settings name with the recorded (untrained) adapter; return that part."""
+    """Wrap the part of ``module`` the settings name with the recorded (untrained) adapter, and
+    the text encoder when the settings adapt it too; return that part."""
     part = module.get_submodule(settings["module"])
     apply_lora(part, settings["rank"], settings["alpha"], settings["dropout"], settings["targets"])
+    text = settings.get("text_encoder")
+    if text:
+        apply_lora(module.get_submodule("text_encoder"), text["rank"], text["alpha"], 0.0, text["targets"])
     return part
 
 
@@ -166,45 +177,74 @@ def adapter_tensors(ckpt: dict[str, Any], weights: Weights, source: str) -> dict
     return {k: v for k, v in ckpt["state_dict"].items() if is_adapter_key(k)}
 
 
-def diffusers_lora(tensors: dict[str, torch.Tensor], settings: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Adapter tensors in diffusers' LoRA layout and its safetensors metadata.
-
-    ``denoiser.blocks.0.attns.0.qkv.lora_A.default.weight`` → ``transformer.blocks.0.attns.0.qkv.lora_A.weight``;
-    rank, alpha and the module names go into ``lora_adapter_metadata`` (diffusers' key, its
-    LoraConfig fields prefixed ``transformer.``) and also as plain ``rank`` / ``alpha`` entries."""
-    part = settings["module"]
-    prefix = DIFFUSERS_PREFIX.get(part)
-    if prefix is None:
-        raise ValueError(f"diffusers export covers adapters on {sorted(DIFFUSERS_PREFIX)}, not {part!r}")
-    out = {}
+def _pairs(tensors: dict[str, torch.Tensor], settings: dict[str, Any]) -> dict[str, LoraPair]:
+    """Adapter tensors (``denoiser.blocks.0.qkv.lora_A.default.weight``) as pairs by the part's module name."""
+    part, scale = settings["module"], settings["alpha"] / settings["rank"]
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
-        name = key.removeprefix(f"{part}.").replace(f".{ADAPTER_NAME}.weight", ".weight")
-        out[f"{prefix}.{name}"] = value.float().contiguous()
-    config = {"r": settings["rank"], "lora_alpha": settings["alpha"], "target_modules": list(settings["targets"]),
-              "lora_dropout": 0.0, "bias": "none", "use_dora": False}
-    metadata = {"format": "pt", "lora_adapter_metadata": json.dumps({f"{prefix}.{k}": v for k, v in config.items()}, sort_keys=True),
-                "rank": str(settings["rank"]), "alpha": str(settings["alpha"]),
-                "module_names": "lvdm"}  # lvdm's module names: a diffusers transformer names its layers otherwise
-    return out, metadata
+        name, _, role = key.removeprefix(f"{part}.").removesuffix(f".{ADAPTER_NAME}.weight").rpartition(".")
+        grouped.setdefault(name, {})[role] = value
+    return {name: LoraPair(ab["lora_A"], ab["lora_B"], scale) for name, ab in grouped.items()}
 
 
-def export(checkpoint: str, out: str, format: Literal["diffusers"] = "diffusers", weights: Weights = "auto") -> str:
-    """Write a LoRA run's adapter as a LoRA file other tools read.
+def _backbone(hparams: dict[str, Any], part: str, source: str) -> torch.nn.Module | None:
+    """The adapted part of the recipe's model, built on the meta device (its module names only);
+    None for a checkpoint without a recipe (a module built in Python)."""
+    if not hparams.get("_instantiator"):
+        return None
+    with torch.device("meta"):
+        return build_module(hparams, source=source).get_submodule(part)
 
-    ``diffusers``: keys ``transformer.<module>.lora_A.weight`` / ``lora_B.weight`` (float32), rank
-    and alpha in the safetensors metadata. The module names are lvdm's own (for lvdm-native
-    backbones they are not a diffusers model's names).
+
+def lora_file_tensors(tensors: dict[str, torch.Tensor], settings: dict[str, Any], hparams: dict[str, Any],
+                      format: Layout, source: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A LoRA run's adapter tensors in ``format`` (:mod:`lvdm.finetune.lora_files`) and the
+    safetensors metadata: rank and alpha (``lora_adapter_metadata`` in diffusers' form too) and
+    whose module names the file uses (``lvdm`` when the checkpoint has no recipe to build from)."""
+    part, rank, alpha = settings["module"], settings["rank"], settings["alpha"]
+    if part != "denoiser":
+        raise ValueError(f"{source}: LoRA files are written for adapters on the denoiser, not {part!r}")
+    if settings.get("text_encoder"):
+        raise ValueError(f"{source}: LoRA files are written for the denoiser's adapter; this checkpoint adapts the "
+                         "text encoder too: fold both into the model with lvdm lora merge")
+    backbone, pairs = _backbone(hparams, part, source), _pairs(tensors, settings)
+    if backbone is None and format == "original":
+        raise ValueError(f"{source} carries no recipe: the original layout needs the model's class; use --format diffusers")
+    if format == "original":
+        out = export_tensors(pairs, backbone, format)
+        return out, {"format": "pt", "rank": str(rank), "alpha": str(alpha),
+                     "module_names": f"original:{original_kind(backbone)}"}
+    names = {n: n for n in pairs} if backbone is None else diffusers_names(backbone)
+    out = export_tensors(pairs, names, format)
+    owner = "diffusers" if backbone is not None and has_diffusers_names(backbone) else "lvdm"
+    targets = sorted(t for n in pairs for t in ((names[n],) if isinstance(names[n], str) else names[n]))
+    return out, {**diffusers_metadata(targets, rank, alpha), "format": "pt",
+                 "rank": str(rank), "alpha": str(alpha), "module_names": owner}
+
+
+def export(checkpoint: str, out: str, format: Layout = "diffusers", weights: Weights = "auto") -> str:
+    """Write a LoRA run's adapter as a LoRA file other tools read (float32, rank and alpha in the metadata).
+
+    ``diffusers``: keys ``transformer.<module>.lora_A.weight`` / ``lora_B.weight``, the config in
+    ``lora_adapter_metadata``; ``<module>`` is the diffusers model's name for a backbone that wraps
+    one (Wan, LTX-Video: ``WanPipeline.load_lora_weights`` reads it) or HunyuanVideo's MMDiT (its
+    fused ``qkv`` / ``linear1`` split into diffusers' ``to_q`` / ``to_k`` / ``to_v`` / ``proj_mlp``),
+    lvdm's own module name for lvdm's other backbones (metadata ``module_names: lvdm``; lvdm reads
+    it back, a diffusers model does not).
+    ``original``: ``diffusion_model.<original module>.lora_A.weight`` / ``lora_B.weight`` / ``.alpha``
+    with the original model's module names (ComfyUI, the original repositories): Wan 2.1,
+    HunyuanVideo (lvdm's MMDiT with a token refiner), Open-Sora STDiT / STDiT3.
 
     Args:
         checkpoint: a checkpoint ``lvdm fit`` wrote with the LoRA callback.
         out: the ``.safetensors`` file to write.
-        format: ``diffusers``.
+        format: ``diffusers`` or ``original``.
         weights: the adapter's ``ema`` or ``raw`` weights, or ``auto`` (EMA when there is one).
     """
     from safetensors.torch import save_file
 
-    if format != "diffusers":
-        raise ValueError(f"--format must be 'diffusers', got {format!r}")
+    if format not in ("diffusers", "original"):
+        raise ValueError(f"--format must be 'diffusers' or 'original', got {format!r}")
     if not out.endswith(".safetensors"):
         raise ValueError(f"--out must end in .safetensors, got {out!r}")
     source = f"checkpoint {checkpoint!r}"
@@ -212,9 +252,11 @@ def export(checkpoint: str, out: str, format: Literal["diffusers"] = "diffusers"
     settings = lora_settings(ckpt)
     if settings is None:
         raise ValueError(f"{source} holds no LoRA adapter (it was not trained with callbacks/lora.yaml)")
-    tensors, metadata = diffusers_lora(adapter_tensors(ckpt, weights, source), settings)
+    tensors, metadata = lora_file_tensors(adapter_tensors(ckpt, weights, source), settings,
+                                          ckpt.get("hyper_parameters") or {}, format, source)
     check_finite(tensors, f"the LoRA adapter of {source}")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, out, metadata=metadata)
-    print(f"wrote {len(tensors)} LoRA tensors (rank {settings['rank']}, alpha {settings['alpha']}, {format}) to {out}")
+    print(f"wrote {len(tensors)} LoRA tensors (rank {settings['rank']}, alpha {settings['alpha']}, {format} layout, "
+          f"{metadata['module_names']} module names) to {out}")
     return out

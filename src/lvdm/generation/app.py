@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from lvdm.diffusion.guidance import GuidanceSchedule
+from lvdm.diffusion.step_cache import MODES
 from lvdm.generation.generator import Generator, Limits, Request, check_number, read_given
 
 __all__ = ["Limits", "VideoGenerator", "app", "build_app", "read_auth", "uploaded_file"]
@@ -69,17 +70,19 @@ class VideoGenerator(Generator):
 
     def request(self, prompts: str, seconds: float, height: int, width: int, steps: int, guidance: float,
                 seed: int, image: Optional[str] = None, loop: bool = False, negative_prompt: Optional[str] = None,
-                step_cache: float = 0.0, guidance_interval: tuple[float, float] = (0.0, 1.0)) -> Request:
+                step_cache: float = 0.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
+                step_cache_mode: str = "teacache") -> Request:
         """The page's fields as a :class:`~lvdm.generation.Request` checked against :attr:`limits`
         (a ValueError naming the limit); the size must also be a multiple of :attr:`pixel_multiple`.
-        A blank ``negative_prompt`` is none (the model's default); ``step_cache`` and
-        ``guidance_interval`` are those of ``lvdm sample``."""
+        A blank ``negative_prompt`` is none (the model's default); ``step_cache``, ``step_cache_mode``
+        and ``guidance_interval`` are those of ``lvdm sample``."""
         lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
         seconds = check_number("duration", seconds, 0, self.limits.max_seconds, "max_seconds", " s")
         negative = (negative_prompt or "").strip() or None
         request = Request(lines, self.frames_for(seconds), height, width, steps, guidance, seed, image=image,
                           loop=loop, guidance_schedule=GuidanceSchedule(tuple(guidance_interval)),
-                          step_cache=step_cache, negative_prompt=negative, limits=self.limits)
+                          step_cache=step_cache, negative_prompt=negative, step_cache_mode=step_cache_mode,
+                          limits=self.limits)
         for name, value in (("height", request.height), ("width", request.width)):
             if value % self.pixel_multiple:
                 raise ValueError(f"{name} must be a positive multiple of {self.pixel_multiple}; got {value}")
@@ -87,14 +90,15 @@ class VideoGenerator(Generator):
 
     def __call__(self, prompts: str, seconds: float, height: int, width: int, steps: int, guidance: float,
                  seed: int, image: Optional[str] = None, loop: bool = False, negative_prompt: Optional[str] = None,
-                 step_cache: float = 0.0, guidance_interval: tuple[float, float] = (0.0, 1.0)) -> list[Path]:
+                 step_cache: float = 0.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
+                 step_cache_mode: str = "teacache") -> list[Path]:
         """Render one mp4 per non-empty line of ``prompts``; returns their paths. With ``image``
         (a file) every video starts on it, resized and centre-cropped to ``height × width`` (image-to-video), and with
         ``loop`` also ends on it. Everything is checked first (:meth:`request`); at most
-        ``max_jobs`` calls render at once, the others wait. ``negative_prompt``, ``step_cache`` and
-        ``guidance_interval``: see :meth:`request`."""
+        ``max_jobs`` calls render at once, the others wait. ``negative_prompt``, ``step_cache``,
+        ``step_cache_mode`` and ``guidance_interval``: see :meth:`request`."""
         request = self.request(prompts, seconds, height, width, steps, guidance, seed, image, loop,
-                               negative_prompt, step_cache, guidance_interval)
+                               negative_prompt, step_cache, guidance_interval, step_cache_mode)
         given = read_given(request)
         with self._slots:
             # an unguessable folder: the page serves files from `out`, and one visitor's videos are not another's
@@ -122,6 +126,15 @@ def read_auth(auth: Optional[str] = None, auth_file: Optional[str] = None) -> li
     return pairs
 
 
+def cache_note(calibration) -> str:
+    """What the page says under the step-cache rule: the model's calibrated thresholds, if any."""
+    if calibration is None:
+        return "teacache: on the first block's input; first_block: on its output (no calibration file)"
+    shown = ", ".join(f"{mode} {calibration.thresholds[mode]:.3g} ({calibration.speedups[mode]:.1f}x fewer)"
+                      for mode in MODES)
+    return f"this model's calibrated thresholds: {shown}"
+
+
 def build_app(generator: VideoGenerator, max_queue: int = 16):
     """The Gradio page over ``generator`` (a ``gradio.Blocks``; ``.launch()`` serves it), queued:
     ``generator.max_jobs`` requests render at once, up to ``max_queue`` more wait, the rest are
@@ -135,11 +148,11 @@ def build_app(generator: VideoGenerator, max_queue: int = 16):
     k = generator.frame_multiple
 
     def run(prompts, seconds, h, w, n_steps, guidance, seed, image=None, loop=False, negative=None,
-            cache=0.0, lo=0.0, hi=1.0, progress=gr.Progress(track_tqdm=True)):
+            cache=0.0, lo=0.0, hi=1.0, mode="teacache", progress=gr.Progress(track_tqdm=True)):
         try:  # the upload check comes first: nothing on the server is opened for a path a visitor sent
             image = None if image is None else str(uploaded_file(image, picture.GRADIO_CACHE))
             paths = generator(prompts, seconds, h, w, n_steps, guidance, seed, image, bool(loop), negative, cache,
-                              (lo, hi))
+                              (lo, hi), mode)
         except (ValueError, FileNotFoundError) as err:  # the visitor's mistake: a message, no traceback
             raise gr.Error(str(err), print_exception=False) from None
         n = generator.frames_for(seconds)
@@ -163,8 +176,11 @@ def build_app(generator: VideoGenerator, max_queue: int = 16):
                 negative = gr.Textbox(label="negative prompt (what guidance steers away from; blank: none)",
                                       lines=2, value=module.negative_prompt or "")
                 with gr.Accordion("faster sampling", open=False):
-                    cache = gr.Number(label="step cache threshold", value=0.0,
-                                      info="e.g. 0.1: skip steps that change little (0: off)")
+                    with gr.Row():
+                        cache = gr.Number(label="step cache threshold", value=0.0,
+                                          info="e.g. 0.1: skip steps that change little (0: off)")
+                        mode = gr.Dropdown(list(MODES), value="teacache", label="step cache rule",
+                                           info=cache_note(module.step_cache_calibration))
                     with gr.Row():
                         lo = gr.Number(label="guide from noise level", value=0.0)
                         hi = gr.Number(label="guide up to noise level", value=1.0,
@@ -177,7 +193,8 @@ def build_app(generator: VideoGenerator, max_queue: int = 16):
                 video = gr.Video(label="first video")
                 files = gr.File(label="all videos (mp4)", file_count="multiple")
                 note = gr.Markdown()
-        button.click(run, [prompts, seconds, h, w, n_steps, guidance, seed, picture, loop, negative, cache, lo, hi],
+        button.click(run, [prompts, seconds, h, w, n_steps, guidance, seed, picture, loop, negative, cache, lo, hi,
+                           mode],
                      [video, files, note],
                      api_name="generate", concurrency_limit=generator.max_jobs)
     return page.queue(max_size=max_queue, api_open=False)

@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 
 from lvdm.diffusion.guidance import GuidanceSchedule
-from lvdm.diffusion.step_cache import check_threshold
+from lvdm.diffusion.step_cache import check_mode, check_threshold
 
 MAX_SEED = 2**32 - 1
 
@@ -113,7 +113,8 @@ class Request:
     centre-cropped to ``height`` × ``width`` when both are given, else keep their size. A
     class-conditional model takes ``class_labels`` instead of prompts. ``guidance_schedule``:
     guidance on an interval of noise levels, CFG-Zero* or APG (None: plain guidance every step).
-    ``step_cache``: the step-caching threshold (:mod:`lvdm.diffusion.step_cache`; 0 or None: off).
+    ``step_cache``: the step-caching threshold (:mod:`lvdm.diffusion.step_cache`; 0 or None: off;
+    ``"calibrated"``: the model's calibration file's), ``step_cache_mode`` its rule (``teacache`` or ``first_block``).
     ``negative_prompt``: what the unconditional half of guidance sees instead of "" (None: the
     model's default, e.g. a preset's; "": the empty caption); a prompt line's length limit holds.
     """
@@ -132,8 +133,9 @@ class Request:
     loop: bool = False
     class_labels: Optional[list[int]] = None
     guidance_schedule: Optional[GuidanceSchedule] = None
-    step_cache: Optional[float] = None
+    step_cache: Optional[float | str] = None
     negative_prompt: Optional[str] = None
+    step_cache_mode: str = "teacache"
     limits: InitVar[Optional[Limits]] = None
 
     def __post_init__(self, limits: Optional[Limits]):
@@ -207,6 +209,7 @@ class Request:
             self.guidance = float(check_number("guidance", self.guidance, 0, math.inf))
         self.seed = check_whole("seed", self.seed, 0, MAX_SEED)
         self.step_cache = check_threshold(self.step_cache)
+        self.step_cache_mode = check_mode(self.step_cache_mode)
 
     def _check_image_header(self, limits: Limits) -> None:
         """The image's sides within ``max_size``, read from its header: a huge image is refused
@@ -272,21 +275,39 @@ class Generator:
     turning :class:`Request` s into mp4 files.
 
     Args:
-        checkpoint: a ``.ckpt`` written by ``lvdm fit``, a DeepSpeed checkpoint directory, or a
-            ``.safetensors`` from ``lvdm checkpoint export``.
+        checkpoint: a ``.ckpt`` written by ``lvdm fit``, a DeepSpeed checkpoint directory, a
+            ``.safetensors`` from ``lvdm checkpoint export``, or with ``preset`` a published model's
+            diffusers pipeline folder or hub id (:func:`lvdm.generation.published.module_from_pipeline`).
         use_ema: use the EMA weights when the checkpoint has them.
         device: ``cpu``, ``cuda``, ``cuda:1``… or ``auto`` (a GPU when there is one).
         preset: sample the way a published model does (:func:`apply_preset`).
+        lora: a LoRA file (diffusers, original-model or kohya layout: :mod:`lvdm.finetune.lora_files`)
+            merged into the denoiser's weights, ``lora_scale`` times its update.
     """
 
-    def __init__(self, checkpoint: str, use_ema: bool = True, device: str = "auto", preset: Optional[str] = None):
-        from lvdm.checkpoints.load import load_module
+    def __init__(self, checkpoint: str, use_ema: bool = True, device: str = "auto", preset: Optional[str] = None,
+                 lora: Optional[str] = None, lora_scale: float = 1.0):
+        from lvdm.checkpoints.load import LoadedModel, load_module
+        from lvdm.generation.published import is_pipeline_folder, is_pipeline_id, module_from_pipeline
         from lvdm.utils import resolve_device
 
-        self.loaded = load_module(checkpoint, weights="auto" if use_ema else "raw", map_location=resolve_device(device))
+        if is_pipeline_folder(checkpoint) or (preset and is_pipeline_id(checkpoint)):
+            if not preset:
+                raise ValueError(f"{checkpoint} is a diffusers pipeline folder: name the published model it holds "
+                                 "with --preset (e.g. wan2.1-t2v-1.3b, hunyuanvideo, ltx-video-2b)")
+            module = module_from_pipeline(checkpoint, preset).to(resolve_device(device))
+            self.loaded = LoadedModel(module, "raw", None, f"pipeline folder {checkpoint!r} as {preset}")
+        else:
+            self.loaded = load_module(checkpoint, weights="auto" if use_ema else "raw",
+                                      map_location=resolve_device(device))
+            if preset:
+                apply_preset(self.loaded.module, preset)
         self.module = self.loaded.module.eval()
-        if preset:
-            apply_preset(self.module, preset)
+        if lora:
+            from lvdm.finetune.lora_files import merge_lora_file
+
+            merged = merge_lora_file(self.module.denoiser, lora, lora_scale)
+            self.loaded.source += f" + LoRA {lora} (x{lora_scale:g} on {len(merged)} linears)"
         self.fps = float(getattr(self.module, "fps", 8.0))
 
     @property
@@ -311,14 +332,14 @@ class Generator:
                                       request.context_frames, request.num_frames, num_steps=request.steps,
                                       guidance_scale=request.guidance, seed=seed, progress=progress, fps=fps,
                                       guidance_schedule=request.guidance_schedule, step_cache=request.step_cache,
-                                      negative_prompt=request.negative_prompt)
+                                      negative_prompt=request.negative_prompt, step_cache_mode=request.step_cache_mode)
         return self.module.generate(
             chunk, request.num_frames, request.height, request.width, num_steps=request.steps,
             guidance_scale=request.guidance, seed=seed, progress=progress,
             first_frames=None if given.first is None else given.first[start:stop], loop=request.loop,
             class_labels=request.class_labels[start:stop] if request.class_labels else None,
             fps=fps, guidance_schedule=request.guidance_schedule, step_cache=request.step_cache,
-            negative_prompt=request.negative_prompt,
+            negative_prompt=request.negative_prompt, step_cache_mode=request.step_cache_mode,
         )
 
     def write(self, request: Request, out: str | Path, given: Optional[Given] = None, batch_size: int = 16,

@@ -9,6 +9,10 @@ missing model fails at once, naming the path.
 A video's frames are scored as decoded (VBench reads every frame with OpenCV; dynamic degree
 alone keeps about 8 frames per second). The dimension's score is the mean over videos, except
 for the consistencies, which VBench averages over all frame pairs of all videos.
+
+Imaging quality (VBench: MUSIQ trained on SPAQ, through pyiqa) is absent: no package ships
+MUSIQ's weights (pyiqa, and piq for BRISQUE, download them at run time), and a model-free
+sharpness or noise statistic is not the same measurement (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -19,19 +23,26 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchmetrics import Metric
 from tqdm.auto import tqdm
 
+from lvdm.metrics.optical_flow import LucasKanadeFlow
 from lvdm.utils import resolve_device
 
-__all__ = ["DIMENSIONS", "FrameEncoder", "RaftFlow", "aesthetic_quality", "blend_midpoint", "clip_transform",
+__all__ = ["DIMENSIONS", "FLOWS", "FrameEncoder", "RaftFlow", "aesthetic_quality", "blend_midpoint", "clip_transform",
            "consistency", "dino_transform", "dynamic_degree", "dynamic_thresholds", "is_dynamic", "load_aesthetic",
            "load_clip_image", "load_dino", "motion_smoothness", "score_videos", "temporal_flickering",
-           "top_flow_magnitude", "vbench"]
+           "top_flow_magnitude", "vbench", "MODEL_OPTIONS", "VBenchScores"]
 
 #: Every dimension, in the order the report lists them (dynamic degree next to the
 #: consistencies: a still video is perfectly consistent).
 DIMENSIONS = ("temporal_flickering", "motion_smoothness", "subject_consistency", "background_consistency",
               "dynamic_degree", "aesthetic_quality")
+
+#: The optical flows ``dynamic_degree`` can use: torchvision's RAFT (VBench's model, from a
+#: local weights file) or the model-free pyramidal Lucas–Kanade
+#: (:class:`lvdm.metrics.optical_flow.LucasKanadeFlow`).
+FLOWS = ("raft", "lucas_kanade")
 
 #: Optical flow between two frames: ``(image1, image2)``, each ``float [N, 3, H, W]`` in
 #: [0, 255], to the flow ``[N, 2, H, W]`` in pixels (x, y) at the frames' size.
@@ -376,10 +387,12 @@ def _mp4s(videos: str, num_videos: Optional[int]) -> list[Path]:
     return paths
 
 
-def _check_dimensions(dimensions: list[str]) -> list[str]:
+def _check_dimensions(dimensions: list[str], flow: str = "raft") -> list[str]:
     unknown = [d for d in dimensions if d not in DIMENSIONS]
     if unknown:
         raise ValueError(f"unknown dimension(s) {unknown}; choose from {', '.join(DIMENSIONS)}")
+    if flow not in FLOWS:
+        raise ValueError(f"flow {flow!r} is not one of {', '.join(FLOWS)}")
     return [d for d in DIMENSIONS if d in dimensions]
 
 
@@ -408,8 +421,12 @@ def _scorers(chosen: list[str], settings: dict) -> dict[str, Scorer]:
     device = str(resolve_device(settings["device"]))
 
     def dynamic() -> Scorer:
-        weights = _needs(settings["flow_weights"], "flow_weights", "dynamic_degree", "a torchvision RAFT state dict")
-        flow = RaftFlow(weights, settings["flow_arch"], settings["flow_iters"], device)
+        if settings["flow"] == "lucas_kanade":
+            flow = LucasKanadeFlow(device=device)
+        else:
+            weights = _needs(settings["flow_weights"], "flow_weights", "dynamic_degree",
+                             "a torchvision RAFT state dict; or flow=lucas_kanade, model-free")
+            flow = RaftFlow(weights, settings["flow_arch"], settings["flow_iters"], device)
         return lambda frames, fps: (float(dynamic_degree(frames, fps, flow)), 1.0)
 
     def consistent(loader: Callable, option: str, dimension: str, what: str) -> Scorer:
@@ -432,6 +449,61 @@ def _scorers(chosen: list[str], settings: dict) -> dict[str, Scorer]:
         "aesthetic_quality": aesthetic,
     }
     return {name: builders[name]() for name in chosen}
+
+
+#: The model options of the dimensions (those of :func:`vbench`) and their defaults.
+MODEL_OPTIONS = {"dino": None, "clip": None, "flow": "raft", "flow_weights": None, "flow_arch": "raft_large",
+                 "flow_iters": 20, "aesthetic_clip": None, "aesthetic_head": None}
+
+
+class VBenchScores(Metric):
+    """VBench-style dimensions of generated videos as a torchmetrics ``Metric`` (what
+    :class:`~lvdm.training.callbacks.evaluation.PeriodicEvaluation` logs during training).
+
+    ``update(videos, fps)`` scores ``[B, 3, T, H, W]`` videos in [-1, 1] (turned into ``uint8``
+    frames as ``lvdm sample`` writes them, but not mp4-coded); ``compute()`` gives
+    ``{dimension: score}``, each dimension averaged with the weights of :func:`vbench` (the
+    consistencies over frame pairs), summed across processes. The models load now.
+
+    Args:
+        dimensions: which of :data:`DIMENSIONS`.
+        device: where the models run.
+        **options: the models' options (:data:`MODEL_OPTIONS`, as :func:`vbench` takes them).
+    """
+
+    full_state_update = False
+
+    def __init__(self, dimensions: list[str], device: str = "cpu", **options) -> None:
+        super().__init__()
+        unknown = sorted(set(options) - set(MODEL_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown VBench option(s) {unknown}; choose from {', '.join(MODEL_OPTIONS)}")
+        settings = {**MODEL_OPTIONS, **options, "device": device}
+        self.dimensions = _check_dimensions(list(dimensions), settings["flow"])
+        if not self.dimensions:
+            raise ValueError(f"no VBench dimension chosen; choose from {', '.join(DIMENSIONS)}")
+        self._scorers = _scorers(self.dimensions, settings)
+        for name in ("weighted", "weights", "plain"):
+            self.add_state(name, torch.zeros(len(self.dimensions), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, videos: torch.Tensor, fps: float = 8.0) -> None:
+        frames = ((videos.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        for video in frames.permute(0, 2, 3, 4, 1).cpu().numpy():  # [T, H, W, 3] each
+            with torch.autocast(videos.device.type, enabled=False):  # the models in full precision, as offline
+                values = [self._scorers[name](video, fps) for name in self.dimensions]
+            value, weight = (torch.tensor(column, dtype=torch.float64, device=self.count.device)
+                             for column in zip(*values))
+            self.weighted += value * weight
+            self.weights += weight
+            self.plain += value
+            self.count += 1
+
+    def compute(self) -> dict[str, float]:
+        if self.count == 0:
+            raise ValueError("VBenchScores has no video: update it first")
+        means = torch.where(self.weights > 0, self.weighted / self.weights.clamp_min(1e-300), self.plain / self.count)
+        return {name: float(value) for name, value in zip(self.dimensions, means)}
 
 
 def score_videos(paths: list[Path], scorers: dict[str, Scorer]) -> tuple[dict[str, float], list[dict], list[dict]]:
@@ -464,6 +536,7 @@ def vbench(
     dimensions: list[str] = list(DIMENSIONS),
     dino: Optional[str] = None,
     clip: Optional[str] = None,
+    flow: str = "raft",
     flow_weights: Optional[str] = None,
     flow_arch: str = "raft_large",
     flow_iters: int = 20,
@@ -482,8 +555,9 @@ def vbench(
     their even neighbours, ``(255 - mean |real - rebuilt|) / 255``;
     ``subject_consistency`` (DINO) / ``background_consistency`` (CLIP image features): the mean
     over frames of the average of each frame's cosine similarity to the previous and the first
-    frame; ``dynamic_degree`` (RAFT optical flow): the fraction of videos that move, judged on the
-    top-5% flow magnitudes of their frame pairs against a threshold scaled by resolution;
+    frame; ``dynamic_degree`` (optical flow: RAFT, or the model-free Lucas–Kanade): the
+    fraction of videos that move, judged on the top-5% flow magnitudes of their frame pairs
+    against a threshold scaled by resolution;
     ``aesthetic_quality`` (CLIP + LAION head): the mean over frames of the LAION score / 10.
 
     Args:
@@ -493,8 +567,11 @@ def vbench(
             ``facebook/dino-vitb16``), for ``subject_consistency``.
         clip: CLIP model folder (``CLIPModel``, ``CLIPVisionModelWithProjection`` or
             ``CLIPVisionModel``; VBench uses ViT-B/32), for ``background_consistency``.
+        flow: the optical flow of ``dynamic_degree``: ``raft`` (VBench's, needs
+            ``flow_weights``) or ``lucas_kanade`` (model-free pyramidal Lucas–Kanade; its
+            magnitudes are judged on VBench's RAFT thresholds, docs/evaluation.md).
         flow_weights: torchvision RAFT state dict file (``.pth``/``.safetensors``), for
-            ``dynamic_degree``.
+            ``dynamic_degree`` with ``flow=raft``.
         flow_arch: ``raft_large`` (VBench's) or ``raft_small``, the architecture of ``flow_weights``.
         flow_iters: RAFT refinement steps (VBench: 20).
         aesthetic_clip: CLIP model folder with its processor (VBench: ViT-L/14), for
@@ -509,8 +586,8 @@ def vbench(
     """
     from lvdm.metrics.evaluate import write_result
 
-    chosen = _check_dimensions(list(dimensions))
-    settings = {"dino": dino, "clip": clip, "flow_weights": flow_weights, "flow_arch": flow_arch,
+    chosen = _check_dimensions(list(dimensions), flow)
+    settings = {"dino": dino, "clip": clip, "flow": flow, "flow_weights": flow_weights, "flow_arch": flow_arch,
                 "flow_iters": flow_iters, "aesthetic_clip": aesthetic_clip, "aesthetic_head": aesthetic_head,
                 "device": device}
     paths = _mp4s(videos, num_videos)

@@ -24,12 +24,17 @@ variant, so a new backbone is done when it is added to that battery's list and p
 One optional method, ``run_blocks(tokens, indicator, blocks) -> tokens``, is the block-stack hook:
 the backbone runs its whole block stack (every ``block_class`` unit, embedders before it, final
 layer after it) as ``self.run_blocks(tokens, indicator, blocks)``, where ``blocks(tokens)`` runs
-the blocks on the stack's input tokens and returns its output tokens (same shape), and
+the blocks on the stack's input tokens and returns its output tokens (same shape) —
+``blocks(tokens, start, stop)`` runs blocks ``start:stop`` only (a first-block cache runs
+``blocks(tokens, 0, 1)`` then, unless it reuses, ``blocks(head, 1, None)`` in the same call) — and
 ``indicator()`` computes a per-sample tensor (``[B, ...]``) whose relative change from one
 sampling step to the next tracks the change of the stack's residual (TeaCache: the first block's
 normalised input modulated by the timestep; called only by a cache). The backbone's
 own method returns ``blocks(tokens)``; a step cache replaces it for one sampling run and may
 return ``tokens + residual`` of an earlier call instead. A backbone without it refuses step caching.
+A wrapped model that loops over its blocks itself (the diffusers adapters,
+:mod:`lvdm.models.diffusers_adapter`) meets it by swapping its block list, while a cache is on,
+for one module that runs the real blocks through ``run_blocks``.
 
 Conditioning other than the text tokens is a named micro-condition, not a second context input:
 MMDiT's pooled text vector (CLIP-L's pooled caption) is ``pooled_text`` ``[B, dim]``, its

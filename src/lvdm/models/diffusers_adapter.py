@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from inspect import signature
 from typing import Optional
 
 import torch
@@ -104,6 +105,30 @@ class WanSelfAttention:
         return attn.to_out[1](attn.to_out[0](out))
 
 
+class _BlockStack(nn.Module):
+    """Stands in for a diffusers transformer's block list for one forward under a step cache:
+    called as the transformer calls its first block, it returns ``run(hidden_states, indicator,
+    blocks)`` (the backbone's ``run_blocks``), where ``blocks(tokens, start, stop)`` runs the real
+    blocks ``start:stop`` with the other arguments of that call and ``indicator()`` is
+    ``modulated_input(blocks[0], hidden_states, arguments)``."""
+
+    def __init__(self, blocks: nn.ModuleList, run, modulated_input):
+        super().__init__()
+        self.blocks, self.run, self.modulated_input = blocks, run, modulated_input
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        first = self.blocks[0]
+        arguments = signature(first.forward).bind(*args, **kwargs).arguments
+        tokens = arguments.pop(next(iter(arguments)))  # the first parameter: the hidden states
+
+        def blocks(x: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+            for block in self.blocks[start:stop]:
+                x = block(x, **arguments)
+            return x
+
+        return self.run(tokens, lambda: self.modulated_input(first, tokens, arguments), blocks)
+
+
 class _DiffusersBackbone(nn.Module):
     """What the adapters share: the wrapped transformer's widths read from its config, its
     self-attention processors replaced by lvdm's (sharded attention), and the names sequence
@@ -132,6 +157,39 @@ class _DiffusersBackbone(nn.Module):
     def final_norm(self) -> nn.Module:
         """The transformer's final norm (whose output sequence parallelism gathers)."""
         return self.transformer.norm_out
+
+    # ------------------------------------------------------------------------------ step caching
+    def __init__(self):
+        super().__init__()
+        self.register_forward_pre_hook(self._substitute_blocks)
+        self.register_forward_hook(self._restore_blocks, always_call=True)
+
+    def run_blocks(self, tokens: torch.Tensor, indicator, blocks) -> torch.Tensor:
+        """The block-stack hook (backbone contract): ``blocks(tokens)`` (``blocks(tokens, start, stop)``:
+        blocks ``start:stop``); ``indicator()`` is the first block's normalised, modulated input
+        (TeaCache's indicator, the subclass's ``_modulated_input``). Diffusers' forward loops over
+        its blocks itself: while a step cache (or its calibration) replaces this method on the
+        instance, each forward swaps the transformer's block list for a :class:`_BlockStack` that
+        runs the blocks through it; otherwise the forward is diffusers' own, untouched."""
+        return blocks(tokens)
+
+    def _substitute_blocks(self, module: nn.Module, args) -> None:
+        """Forward pre-hook: the block list becomes a :class:`_BlockStack` while ``run_blocks`` is replaced."""
+        if "run_blocks" not in vars(self):
+            return
+        name = self._blocks_attribute
+        if not callable(getattr(self, "_modulated_input", None)) or not isinstance(name, str):
+            raise ValueError(f"{type(self).__name__} does not support step caching (it needs one block list and "
+                             "the first block's modulated input): sample with step_cache=0")
+        blocks = getattr(self.transformer, name)
+        setattr(self.transformer, name, nn.ModuleList([_BlockStack(blocks, self.run_blocks, self._modulated_input)]))
+
+    def _restore_blocks(self, module: nn.Module, args, output) -> None:
+        """Forward hook (always called, errors included): the real block list is back."""
+        name = self._blocks_attribute
+        current = getattr(self.transformer, name) if isinstance(name, str) else None
+        if current is not None and isinstance(current[0], _BlockStack):
+            setattr(self.transformer, name, current[0].blocks)
 
 
 class WanBackbone(_DiffusersBackbone):
@@ -212,6 +270,15 @@ class WanBackbone(_DiffusersBackbone):
         config = self.transformer.config
         length = max(int(text_len), self.text_length or 0)
         return cross_attention_dit_flops(self, latent_thw, length, batch_size, int(config.freq_dim), int(config.ffn_dim))
+
+    @staticmethod
+    def _modulated_input(block: WanTransformerBlock, tokens: torch.Tensor, arguments: dict) -> torch.Tensor:
+        """Step caching's indicator: ``block``'s self-attention input ``norm1(x)·(1 + scale) + shift``,
+        as the block computes it from its ``scale_shift_table`` and ``temb`` (per sample
+        ``[B, 6, D]`` or per token ``[B, N, 6, D]``)."""
+        mods = block.scale_shift_table + arguments["temb"].float()
+        mods = mods[:, None] if mods.ndim == 3 else mods  # [B, 1 or N, 6, D]
+        return (block.norm1(tokens.float()) * (1 + mods[:, :, 1]) + mods[:, :, 0]).type_as(tokens)
 
 
 def cross_attention_dit_flops(backbone: nn.Module, latent_thw: Sequence[int], length: int, batch_size: int,
@@ -378,6 +445,14 @@ class LTXBackbone(_DiffusersBackbone):
             raise ValueError("LTX-Video is text-conditional: give text_len > 0")
         freq_dim = self.transformer.time_embed.emb.time_proj.num_channels
         return cross_attention_dit_flops(self, latent_thw, int(text_len), batch_size, freq_dim, 4 * self.hidden_size)
+
+    @staticmethod
+    def _modulated_input(block: LTXVideoTransformerBlock, tokens: torch.Tensor, arguments: dict) -> torch.Tensor:
+        """Step caching's indicator: ``block``'s self-attention input ``norm1(x)·(1 + scale) + shift``,
+        as the block computes it from its ``scale_shift_table`` and ``temb`` ``[B, 1 or N, 6D]``."""
+        temb, table = arguments["temb"], block.scale_shift_table
+        mods = table[None, None] + temb.reshape(len(tokens), temb.size(1), table.shape[0], -1)
+        return block.norm1(tokens) * (1 + mods[:, :, 1]) + mods[:, :, 0]
 
 
 def build_ltx(

@@ -479,8 +479,8 @@ class DiT(nn.Module):
             tokens, c = torch.cat([prefix, tokens], dim=1), None
         block_c = self.t_block(c) if self.adaln_single else c  # per sample, or per frame (cut with the frames under SP)
 
-        def stack(x: torch.Tensor) -> torch.Tensor:
-            for block in self.blocks:
+        def stack(x: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+            for block in self.blocks[start:stop]:
                 x = block(x, block_c, grid, ctx, ctx_mask, num_prefix, mask)
             return x
 
@@ -499,8 +499,8 @@ class DiT(nn.Module):
             x, c = torch.cat([prefix[:, None].expand(-1, t, -1, -1), x], dim=2), None
         mods = self.t_block(c).unflatten(-1, (-1, self.hidden_size)) if self.adaln_single else c
 
-        def stack(x: torch.Tensor) -> torch.Tensor:
-            for block in self.blocks:
+        def stack(x: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+            for block in self.blocks[start:stop]:
                 x = block(x, mods, ctx, ctx_mask, prefix_mask=prefix_mask)
             return x
 
@@ -508,8 +508,9 @@ class DiT(nn.Module):
         return self.final_layer(x[:, :, num_prefix:].flatten(1, 2), c)
 
     def run_blocks(self, tokens: torch.Tensor, indicator, blocks) -> torch.Tensor:
-        """The block-stack hook (backbone contract): ``blocks(tokens)``; ``indicator()`` is the first
-        block's normalised, modulated input (TeaCache's indicator)."""
+        """The block-stack hook (backbone contract): ``blocks(tokens)`` (``blocks(tokens, start, stop)``:
+        blocks ``start:stop``); ``indicator()`` is the first block's normalised, modulated input
+        (TeaCache's indicator)."""
         return blocks(tokens)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

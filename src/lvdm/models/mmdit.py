@@ -453,10 +453,13 @@ class MMDiT(nn.Module):
         txt, mask = self._text(context, context_mask, b, text_time)  # [B, L, D]; [B, L] or None
         rope = self.rope(grid, x.device)  # 2 × [1, N, head_dim]
 
-        def stack(x: torch.Tensor) -> torch.Tensor:  # the text stream ends with the blocks
-            y = txt
-            for block in (*self.double_blocks, *self.single_blocks):
+        text = [txt]  # the text stream after the blocks run so far: a split stack carries it on
+
+        def stack(x: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+            y = txt if start == 0 else text[0]  # the text stream ends with the blocks
+            for block in (*self.double_blocks, *self.single_blocks)[start:stop]:
                 x, y = block(x, y, vec, txt_vec, mask, rope)
+            text[0] = y
             return x
 
         first = next(iter((*self.double_blocks, *self.single_blocks)), None)
@@ -466,8 +469,9 @@ class MMDiT(nn.Module):
 
     def run_blocks(self, tokens: torch.Tensor, indicator, blocks) -> torch.Tensor:
         """The block-stack hook (backbone contract): ``blocks(tokens)`` (double then single
-        stream; the video tokens' residual); ``indicator()`` is the first block's normalised,
-        modulated video input (TeaCache's)."""
+        stream; the video tokens' residual; ``blocks(tokens, start, stop)``: blocks ``start:stop``,
+        the text stream carried on from the blocks before ``start`` of the same call);
+        ``indicator()`` is the first block's normalised, modulated video input (TeaCache's)."""
         return blocks(tokens)
 
     # ------------------------------------------------------------------------------ FLOPs

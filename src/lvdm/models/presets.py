@@ -292,6 +292,10 @@ class SamplerDefaults:
             model has no fps condition; images are always conditioned on 120).
         negative_prompt: the source's default negative prompt (the unconditional half's caption
             under ``empty_caption``; None: the empty caption).
+        text_encoder: ``(class path, arguments)`` of the source's text encoder (an ``lvdm.text``
+            class; an argument may itself be such a pair), loaded from the hub ids it names or,
+            by :meth:`build_text_encoder`, from one local folder (None: the preset names none).
+        size: the source's default ``(frames, height, width)`` in pixels (None: the checkpoint's).
     """
 
     objective: tuple[str, dict]
@@ -301,6 +305,16 @@ class SamplerDefaults:
     source_sampler: Optional[str] = None
     fps: Optional[float] = None
     negative_prompt: Optional[str] = None
+    text_encoder: Optional[tuple[str, dict]] = None
+    size: Optional[tuple[int, int, int]] = None
+
+    def build_text_encoder(self, pretrained: Optional[str] = None):
+        """The source's text encoder (:attr:`text_encoder`), every ``pretrained`` replaced by
+        ``pretrained`` when given (a local folder in the diffusers pipeline layout, or a hub id).
+        A local path that does not exist fails at once, naming it."""
+        if self.text_encoder is None:
+            raise ValueError("this preset names no text encoder; give the module one")
+        return _build_text(self.text_encoder, pretrained)
 
     def build_objective(self) -> Objective:
         """A fresh objective with these defaults."""
@@ -308,6 +322,20 @@ class SamplerDefaults:
 
         module, _, name = self.objective[0].rpartition(".")
         return getattr(import_module(module), name)(**self.objective[1])
+
+
+def _build_text(spec: tuple[str, dict], pretrained: Optional[str]):
+    """An ``lvdm.text`` encoder from ``(class path, arguments)``, nested pairs built first."""
+    from importlib import import_module
+
+    path, kwargs = spec
+    if not path.startswith("lvdm.text."):
+        raise ValueError(f"a preset's text encoder must be an lvdm.text class, got {path!r}")
+    kwargs = {k: _build_text(v, pretrained) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+    if pretrained is not None and "pretrained" in kwargs:
+        kwargs["pretrained"] = pretrained
+    module, _, name = path.rpartition(".")
+    return getattr(import_module(module), name)(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -370,13 +398,25 @@ _OS = "github.com/hpcaitech/Open-Sora "
 _HUNYUAN = dict(in_channels=16, patch_size=(1, 2, 2), hidden_size=3072, num_heads=24, depth_double=20,
                 depth_single=40, mlp_ratio=4.0, context_dim=4096, refiner_depth=2, pooled_text_dim=768,
                 guidance_embed=True, rope_theta=256.0, rope_axes_dims=(16, 56, 56))
+def _clip_l(pretrained: str, tokenizer: Optional[str] = None, encoder: Optional[str] = None) -> tuple:
+    return ("lvdm.text.clip.CLIPTextEncoder", dict(pretrained=pretrained, max_length=77, tokenizer_subfolder=tokenizer,
+                                                  encoder_subfolder=encoder))
+
+
+_HUNYUAN_HUB = "hunyuanvideo-community/HunyuanVideo"
 _HUNYUAN_SAMPLER = SamplerDefaults(
     ("lvdm.diffusion.objectives.RectifiedFlow", dict(shift=7.0, num_sampling_steps=50, target="eps_minus_x0")),
     1.0, "empty_caption",
     {"guidance": "the distilled guidance scale the model is asked for (6.0), embedded: no classifier-free guidance",
      "pooled_text": "CLIP-L's pooled output of the prompt (77 tokens)"},
     source_sampler="diffusers' HunyuanVideoPipeline: FlowMatchEulerDiscreteScheduler(shift=7.0), 50 steps, "
-                   "guidance_scale=6.0 embedded, true_cfg_scale=1.0")
+                   "guidance_scale=6.0 embedded, true_cfg_scale=1.0",
+    text_encoder=("lvdm.text.pooled.PooledTextEncoder", dict(
+        tokens=("lvdm.text.llava_llama.LlamaPromptTextEncoder", dict(
+            pretrained=_HUNYUAN_HUB, max_length=256, crop_start=95, hidden_layer=-3, tokenizer_subfolder="tokenizer",
+            encoder_subfolder="text_encoder")),
+        pooled=_clip_l(_HUNYUAN_HUB, "tokenizer_2", "text_encoder_2"))),
+    size=(129, 720, 1280))
 
 #: Open-Sora 2.0's transformer (configs/diffusion/inference/256px.py: Flux's widths, 19 double- and 38
 #: single-stream blocks, T5-XXL tokens unmasked, CLIP-L pooled, RoPE θ 10000, image condition ``cond_in``).
@@ -384,14 +424,19 @@ _OPENSORA2 = dict(_HUNYUAN, depth_double=19, depth_single=38, refiner_depth=0, t
                   image_condition_channels=17, guidance_embed=False, rope_theta=10000.0)
 _OPENSORA2_SAMPLER = SamplerDefaults(
     ("lvdm.diffusion.objectives.RectifiedFlow",
-     dict(num_sampling_steps=50, target="eps_minus_x0", shift=1.0, resolution_aware=True, base_area=32 * 32,
-          base_frames=1)),
+     dict(num_sampling_steps=50, target="eps_minus_x0", shift=1.0, token_shift="opensora2",
+          shift_anchors=(256, 1.0, 4096, 3.0), token_patch=(1, 2, 2))),
     7.5, "empty_caption",
     {"pooled_text": "CLIP-L's pooled output of the prompt",
      "image_condition": "mask + masked latents of the given frames (image-to-video); zeros for text-to-video"},
-    source_sampler="Open-Sora 2.0 (opensora/utils/sampling.py): 50 Euler steps, text guidance 7.5 and image "
-                   "guidance 3.0 with oscillation; its shift grows linearly with the token count (1 at 256, 3 at "
-                   "4096) times sqrt(latent frames), lvdm's with sqrt(area): equal at 256px only")
+    source_sampler="Open-Sora 2.0 (opensora/utils/sampling.py): 50 Euler steps, its shift linear in the tokens of "
+                   "a frame (1 at 256, 3 at 4096) times sqrt(latent frames), as lvdm's; text guidance 7.5 and image "
+                   "guidance 3.0 with oscillation (lvdm: plain text guidance); T5-XXL (512 tokens, unmasked) and "
+                   "CLIP-L pooled of the prompt, to which Open-Sora appends its motion score",
+    text_encoder=("lvdm.text.pooled.PooledTextEncoder", dict(
+        tokens=("lvdm.text.t5.T5TextEncoder", dict(pretrained="google/t5-v1_1-xxl", max_length=512)),
+        pooled=_clip_l("openai/clip-vit-large-patch14"))),
+    size=(129, 256, 256))
 
 #: Wan 2.1 T2V 1.3B (hf Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json = Wan's
 #: wan_t2v_1_3B.py: 1536 wide, 12 heads, 30 layers, ffn 8960, umT5 tokens of 4096 zero-padded to 512).
@@ -402,28 +447,38 @@ _WAN_NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，�
                         "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，"
                         "形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
 _WAN_SAMPLER = SamplerDefaults(
-    ("lvdm.diffusion.objectives.RectifiedFlow", dict(shift=3.0, num_sampling_steps=50, target="eps_minus_x0")),
+    ("lvdm.diffusion.objectives.RectifiedFlow",
+     dict(shift=3.0, num_sampling_steps=50, target="eps_minus_x0", sampler="unipc")),
     5.0, "empty_caption", negative_prompt=_WAN_NEGATIVE_PROMPT,
     source_sampler="Wan 2.1 generate.py / diffusers' WanPipeline: UniPC (flow) 50 steps, guidance 5.0, flow shift "
-                   "3.0 at 480p and 5.0 at 720p (lvdm: Euler with the same shift), umT5 tokens zero-padded to 512, "
-                   "16 fps")
+                   "3.0 at 480p and 5.0 at 720p (lvdm: the same UniPC, shift 3.0 unless a recipe says 5.0), umT5 "
+                   "tokens zero-padded to 512, 16 fps",
+    text_encoder=("lvdm.text.umt5.UMT5TextEncoder", dict(
+        pretrained="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", max_length=512, tokenizer_subfolder="tokenizer",
+        encoder_subfolder="text_encoder")),
+    size=(81, 480, 832))
 
 #: LTX-Video 0.9.x 2B (hf Lightricks/LTX-Video transformer/config.json = diffusers'
 #: LTXVideoTransformer3DModel defaults: 2048 wide, 32 heads, 28 layers, patch 1 on 128 latent channels,
 #: T5-XXL tokens of 4096 with their mask, max 128).
 _LTX_2B = dict(in_channels=128, out_channels=128, num_attention_heads=32, attention_head_dim=64, num_layers=28,
                caption_channels=4096, frame_rate=25.0, compression=(8, 32, 32))
-#: The shift at LTX-Video's reference size 768×512 × 121 frames (latent 16 × 16 × 24 = 6,144 tokens):
-#: exp(mu), mu = 0.95 + (2.05 − 0.95)·(6144 − 1024)/(4096 − 1024) = 2.7833.
-_LTX_SHIFT = 16.17
+#: LTXPipeline's dynamic shift: exp(mu), mu linear in the latent token count t·h·w (its scheduler
+#: folder's base_shift 0.95 at base_image_seq_len 1024, max_shift 2.05 at max_image_seq_len 4096),
+#: then the grid stretched to shift_terminal 0.1 (the hub folder's scheduler_config.json, as ports
+#: quote it: not read offline here).
 _LTX_SAMPLER = SamplerDefaults(
-    ("lvdm.diffusion.objectives.RectifiedFlow", dict(shift=_LTX_SHIFT, num_sampling_steps=50, target="eps_minus_x0")),
+    ("lvdm.diffusion.objectives.RectifiedFlow",
+     dict(num_sampling_steps=50, target="eps_minus_x0", token_shift="flux", shift_anchors=(1024, 0.95, 4096, 2.05),
+          token_patch=(1, 1, 1), shift_terminal=0.1)),
     3.0, "empty_caption",
     source_sampler="diffusers' LTXPipeline: FlowMatchEulerDiscreteScheduler, 50 steps from sigmas linspace(1, 1/50), "
-                   "guidance 3.0, T5 tokens padded to 128 with their mask, frame_rate 25, negative prompt \"\"; "
-                   "its shift is dynamic: exp(mu) with mu linear in the latent token count (the scheduler "
-                   "folder's base_shift 0.95 at 1024 tokens, max_shift 2.05 at 4096) and a terminal stretch "
-                   "(shift_terminal 0.1); lvdm: Euler with the fixed shift exp(mu) at 768x512x121, no stretch")
+                   "the dynamic shift and terminal stretch as lvdm's, guidance 3.0, T5 tokens padded to 128 (the "
+                   "encoder reads the padding; the transformer gets the mask), frame_rate 25, negative prompt \"\"",
+    text_encoder=("lvdm.text.t5.T5TextEncoder", dict(
+        pretrained="Lightricks/LTX-Video", max_length=128, tokenizer_subfolder="tokenizer",
+        encoder_subfolder="text_encoder", attend_padding=True)),
+    size=(161, 512, 704))
 
 #: name → :class:`Preset`, every published configuration lvdm reproduces.
 TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {

@@ -606,9 +606,9 @@ class STDiT(nn.Module):
         # STDiT and Latte add their frame code in block 0 only
         later = positions._replace(temporal_sincos=None, stream_sincos=None)
 
-        def stack(x: torch.Tensor) -> torch.Tensor:
-            for i, block in enumerate(self.blocks):
-                x = block(x, mods, ctx, ctx_mask, positions if i == 0 else later)
+        def stack(x: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+            for i in range(len(self.blocks))[start:stop]:
+                x = self.blocks[i](x, mods, ctx, ctx_mask, positions if i == 0 else later)
                 if self.temporal == "blocks":
                     x = self.temporal_blocks[i](x, mods, ctx, ctx_mask, positions if i == 0 else later)
             return x
@@ -619,7 +619,8 @@ class STDiT(nn.Module):
 
     def run_blocks(self, tokens: torch.Tensor, indicator, blocks) -> torch.Tensor:
         """The block-stack hook (backbone contract): ``blocks(tokens)`` (spatial and temporal
-        blocks); ``indicator()`` is the first block's normalised, modulated input (TeaCache's)."""
+        blocks; ``blocks(tokens, start, stop)``: blocks ``start:stop``, each with its temporal
+        block); ``indicator()`` is the first block's normalised, modulated input (TeaCache's)."""
         return blocks(tokens)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

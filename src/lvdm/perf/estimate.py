@@ -53,6 +53,21 @@ from lvdm.perf.hardware import PEAKS
 SECONDS_PER_MONTH = 30 * 24 * 3600
 DIT = "lvdm.models.dit.DiT"
 
+#: How each modern preset's source turns a clip into tokens (``--preset``'s defaults, every one
+#: overridable by its flag): its VAE's (temporal, spatial) compression with the causal first frame
+#: (``1 + (frames - 1) / temporal`` latent frames), its text tokens and whether a step runs two
+#: forwards (CFG; HunyuanVideo embeds its guidance). The clip is the preset's ``sampler.size``.
+PRESET_CLIPS: dict[str, dict[str, Any]] = {
+    # HunyuanVideo: 884 causal VAE, LLaVA-Llama prompt up to 256 tokens, embedded guidance
+    "hunyuanvideo": dict(temporal_compression=4, spatial_compression=8, causal=True, text_len=256, guidance=False),
+    # Open-Sora 2.0: HunyuanVideo's VAE, T5-XXL up to 512 tokens, CFG
+    "opensora-2.0": dict(temporal_compression=4, spatial_compression=8, causal=True, text_len=512, guidance=True),
+    # Wan 2.1: Wan-VAE (4 × 8 × 8 causal), umT5 padded to 512 tokens, CFG
+    "wan2.1-t2v-1.3b": dict(temporal_compression=4, spatial_compression=8, causal=True, text_len=512, guidance=True),
+    # LTX-Video: 8 × 32 × 32 causal VAE, T5 up to 128 tokens, CFG
+    "ltx-video-2b": dict(temporal_compression=8, spatial_compression=32, causal=True, text_len=128, guidance=True),
+}
+
 
 def _read_recipe(path: str) -> dict[str, Any]:
     """Pull the numbers an estimate needs out of an ``lvdm fit`` recipe."""
@@ -299,6 +314,7 @@ def _peak_flops(gpu: str, dtype: str, mfu: float) -> float:
 
 def estimate(
     recipe: Optional[str] = None,
+    preset: Optional[str] = None,
     size: Optional[str] = None,
     conditioning: Optional[Literal["adaln", "cross_attn", "in_context"]] = None,
     layout: Optional[Literal["full", "spatial_temporal"]] = None,
@@ -311,6 +327,7 @@ def estimate(
     width: Optional[int] = None,
     temporal_compression: Optional[int] = None,
     spatial_compression: Optional[int] = None,
+    causal: Optional[bool] = None,
     text_len: Optional[int] = None,
     fps: float = 24.0,
     video_seconds: Optional[float] = None,
@@ -347,6 +364,9 @@ def estimate(
     Args:
         recipe: an ``lvdm fit`` YAML recipe to read the denoiser (any backbone), clip size, text length,
             sampling steps and batch from.
+        preset: a published configuration by name (``lvdm.models.presets``: ``hunyuanvideo``,
+            ``opensora-2.0``, ``wan2.1-t2v-1.3b``…) instead of a recipe, built at its real size with
+            its source's compression, text length, clip and guidance as defaults.
         size: DiT size preset (``XL/2``, ``L/2``…).
         conditioning: ``adaln``, ``cross_attn`` or ``in_context``.
         layout: ``full`` or ``spatial_temporal``.
@@ -361,6 +381,8 @@ def estimate(
         width: video width in pixels.
         temporal_compression: compressor's frame reduction (1 for per-frame VAEs).
         spatial_compression: compressor's height/width reduction (8 for SD-VAE).
+        causal: the compressor encodes the first frame alone (causal 3D VAEs: ``1 + (frames - 1) /
+            temporal_compression`` latent frames, so 129 frames → 33 at 4×).
         text_len: text tokens per sample.
         fps: frame rate, to express sampling cost per minute of video.
         video_seconds: duration of one generated clip (default ``frames × linear_frames / fps``).
@@ -393,15 +415,19 @@ def estimate(
             ``zero3``, ``zero3_offload``).
         print_report: print the report.
     """
-    from_recipe = _read_recipe(recipe) if recipe else {}
-    model = _backbone(from_recipe, bool(recipe), size=size, conditioning=conditioning, layout=layout,
-                      in_channels=in_channels, context_dim=context_dim, num_classes=num_classes,
-                      adaln_single=adaln_single)
+    flags = dict(size=size, conditioning=conditioning, layout=layout, in_channels=in_channels,
+                 context_dim=context_dim, num_classes=num_classes, adaln_single=adaln_single)
+    if preset is not None:
+        model, from_recipe = _preset_backbone(preset, recipe, flags)
+    else:
+        from_recipe = _read_recipe(recipe) if recipe else {}
+        model = _backbone(from_recipe, bool(recipe), **flags)
     pick = _picker(from_recipe)
     frames = pick(frames, "frames", 16)
     compression = (pick(temporal_compression, "temporal_compression", 1),
                    pick(spatial_compression, "spatial_compression", 8))
-    latent = _latent((frames, pick(height, "height", 256), pick(width, "width", 256)), compression)
+    latent = _latent((frames, pick(height, "height", 256), pick(width, "width", 256)), compression,
+                     pick(causal, "causal", False))
     text_len = pick(text_len, "text_len", 120) if model.context_dim else 0
     sampling_steps, guidance = pick(sampling_steps, "sampling_steps", 50), pick(guidance, "guidance", True)
     steps = pick(steps, "steps", None) if dataset_size == 0 else steps
@@ -440,13 +466,37 @@ def _picker(from_recipe: dict[str, Any]):
     return pick
 
 
-def _latent(clip: tuple[int, int, int], compression: tuple[int, int]) -> tuple[int, int, int]:
+def _latent(clip: tuple[int, int, int], compression: tuple[int, int], causal: bool = False) -> tuple[int, int, int]:
     """Latent ``(T, H, W)`` of a pixel clip ``(frames, height, width)`` under (temporal, spatial)
-    compression."""
+    compression; a ``causal`` compressor keeps the first frame alone (``1 + (frames - 1) / temporal``)."""
     (frames, height, width), (tc, sc) = clip, compression
-    if frames % tc or height % sc or width % sc:
-        raise ValueError(f"clip {frames}×{height}×{width} is not divisible by the compression ({tc}, {sc}, {sc})")
-    return frames // tc, height // sc, width // sc
+    coded = frames - 1 if causal else frames
+    if coded % tc or height % sc or width % sc:
+        rule = f"frames - 1 divisible by {tc} (causal)" if causal else f"frames divisible by {tc}"
+        raise ValueError(f"clip {frames}×{height}×{width} does not fit the compression ({tc}, {sc}, {sc}): "
+                         f"needs {rule} and height, width divisible by {sc}")
+    return coded // tc + int(causal), height // sc, width // sc
+
+
+def _preset_backbone(name: str, recipe: Optional[str], flags: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """A published configuration built on ``meta`` at its real size, and its source's clip
+    defaults (:data:`PRESET_CLIPS`, its sampler's size and step count) in a recipe's place."""
+    from lvdm.models.presets import from_name
+
+    given = sorted(key for key, value in flags.items() if value is not None)
+    if recipe or given:
+        raise ValueError(f"--preset {name} fixes the architecture: drop " + ("--recipe" if recipe else
+                         ", ".join(f"--{key}" for key in given)))
+    found = from_name(name)
+    with torch.device("meta"):
+        model = found.build()
+    defaults = dict(PRESET_CLIPS.get(name, {}))
+    if found.sampler.size is not None:
+        defaults.update(zip(("frames", "height", "width"), found.sampler.size))
+    steps = found.sampler.objective[1].get("num_sampling_steps")
+    if steps is not None:
+        defaults["sampling_steps"] = steps
+    return model, defaults
 
 
 def _flop_costs(model: nn.Module, latent: tuple[int, int, int], text_len: int, scale: float,

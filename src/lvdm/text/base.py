@@ -8,13 +8,27 @@ unconditional input of classifier-free guidance, and attention over zero keys is
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel
 
 from lvdm.utils import parse_dtype, resolve_pretrained, to_device_async
+
+
+def adapter_grad(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a frozen encoder's ``method`` without gradients, unless LoRA adapters added trainable
+    parameters to the encoder (the LoRA callback's ``text_encoder_targets``): then with them."""
+
+    @functools.wraps(method)
+    def run(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class TextEncoder(nn.Module, ABC):
@@ -47,12 +61,20 @@ class TextEncoder(nn.Module, ABC):
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions → (embeddings ``[B, L, dim]``, bool mask ``[B, L]``, True = real token)."""
 
+    def pooled_text(self, captions: list[str]) -> Optional[torch.Tensor]:
+        """Captions → one vector each ``[B, pooled_dim]`` (CLIP's pooled caption, the ``pooled_text``
+        micro-condition of MMDiT models), or None: this encoder has none
+        (:class:`~lvdm.text.pooled.PooledTextEncoder` has one)."""
+        return None
+
 
 class PretrainedTextEncoder(TextEncoder):
     """A frozen Hugging Face tokenizer + text model whose last hidden state are the tokens.
 
     Subclasses name the ``transformers`` model class and document their defaults; loading,
     freezing and encoding live here. See :class:`~lvdm.text.T5TextEncoder` for the arguments.
+    It encodes without gradients; only LoRA adapters added to it (the LoRA callback's
+    ``text_encoder_targets``) make it run with them, and they alone train.
     """
 
     def __init__(
@@ -73,6 +95,7 @@ class PretrainedTextEncoder(TextEncoder):
         super().__init__(dim=model.config.hidden_size, max_length=max_length)
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_location, subfolder=tokenizer_subfolder or "")
         self.model = model
+        self.attend_padding = False  # True: the model reads the padding too (LTXPipeline's T5), the mask is still returned
         self.requires_grad_(False)
         self.eval()
 
@@ -94,10 +117,10 @@ class PretrainedTextEncoder(TextEncoder):
         mask[:, 0] |= ~mask.any(dim=1)
         return batch["input_ids"], mask
 
-    @torch.no_grad()
+    @adapter_grad
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.tokenize(captions)
         device = self.model.device
         ids, mask = to_device_async(ids, device), to_device_async(mask, device)
-        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        hidden = self.model(input_ids=ids, attention_mask=None if self.attend_padding else mask.long()).last_hidden_state
         return hidden, mask

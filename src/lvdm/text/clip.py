@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from transformers import CLIPTextModel
 
-from lvdm.text.base import PretrainedTextEncoder
+from lvdm.text.base import PretrainedTextEncoder, adapter_grad
 
 
 class CLIPTextEncoder(PretrainedTextEncoder):
@@ -30,3 +31,12 @@ class CLIPTextEncoder(PretrainedTextEncoder):
         encoder_subfolder: str | None = None,
     ):
         super().__init__(CLIPTextModel, pretrained, max_length, dtype, tokenizer_subfolder, encoder_subfolder)
+
+    @adapter_grad
+    def pooled(self, captions: list[str]) -> torch.Tensor:
+        """The pooled caption vectors ``[B, hidden]`` (``pooler_output``: the end token's final
+        state), of captions padded or cut to ``max_length``, read without an attention mask as
+        HunyuanVideo's and Open-Sora 2.0's samplers read them (CLIP is causal: padding after the
+        end token changes nothing)."""
+        ids, _ = self.tokenize(captions)
+        return self.model(input_ids=ids.to(self.model.device)).pooler_output

@@ -19,6 +19,8 @@ class T5TextEncoder(PretrainedTextEncoder):
             diffusers pipeline checkpoint); ``None`` for ``pretrained`` itself.
         encoder_subfolder: folder of the encoder inside ``pretrained`` (``"text_encoder"`` in a
             diffusers pipeline checkpoint); ``None`` for ``pretrained`` itself.
+        attend_padding: the encoder reads the padding tokens too (no attention mask), as
+            ``LTXPipeline`` runs its T5; the mask is still returned for the denoiser.
     """
 
     def __init__(
@@ -28,5 +30,7 @@ class T5TextEncoder(PretrainedTextEncoder):
         dtype: str = "float32",
         tokenizer_subfolder: str | None = None,
         encoder_subfolder: str | None = None,
+        attend_padding: bool = False,
     ):
         super().__init__(T5EncoderModel, pretrained, max_length, dtype, tokenizer_subfolder, encoder_subfolder)
+        self.attend_padding = bool(attend_padding)

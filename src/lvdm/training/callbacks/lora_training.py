@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -25,9 +26,11 @@ from lvdm.finetune.adapter_files import STATE_KEY, check_adapter_keys
 from lvdm.finetune.block_swap import BlockSwap, enable_block_swap, swap_blocks
 from lvdm.finetune.fp8 import store_frozen_fp8
 from lvdm.finetune.lora import LoraInit, apply_lora, base_fingerprint, is_adapter_key
+from lvdm.finetune.lora_files import load_into_adapter
+from lvdm.text.base import PretrainedTextEncoder
 from lvdm.training.callbacks.warm_start import InitFrom
 
-_SETTINGS = ("rank", "alpha", "module", "targets")
+_SETTINGS = ("rank", "alpha", "module", "targets", "text_encoder")
 
 
 def _base_spec(init: InitFrom) -> dict[str, Any]:
@@ -56,14 +59,30 @@ class LoRA(Callback):
             computed in the input's dtype (:mod:`lvdm.finetune.fp8`): about half the bytes of bf16.
         block_swap: keep the frozen weights of this many blocks (from the first) on the host and
             move each to the device only while it runs (:mod:`lvdm.finetune.block_swap`); 0: off.
+        from_file: continue training an existing LoRA: a ``.safetensors`` in diffusers', the
+            original model's or kohya's layout (:mod:`lvdm.finetune.lora_files`, e.g. from
+            ``lvdm lora export``) whose modules are exactly the targets, of this ``rank``; the
+            adapter starts at its update (its alpha / rank folded into B). None: ``init``.
+        text_encoder_targets: also adapt the text encoder (next to ``module``): glob patterns
+            over its module names (T5: ``model.encoder.block.*.layer.0.SelfAttention.[qkvo]``);
+            None: off. A pretrained T5 / CLIP then runs with gradients through its adapter alone;
+            batches of cached text embeddings (``lvdm data encode --text_encoder``) never run the
+            encoder and are refused. No dropout there (the frozen encoder runs in eval mode).
+        text_encoder_rank: its adapter rank (None: ``rank``).
+        text_encoder_alpha: its scale numerator (None: ``text_encoder_rank``).
     """
 
     def __init__(self, rank: int = 16, alpha: Optional[float] = None, dropout: float = 0.0,
                  targets: Union[str, list[str], None] = None, module: str = "denoiser", init: LoraInit = "default",
-                 fp8_base: bool = False, block_swap: int = 0):
+                 fp8_base: bool = False, block_swap: int = 0, from_file: Optional[str] = None,
+                 text_encoder_targets: Union[str, list[str], None] = None, text_encoder_rank: Optional[int] = None,
+                 text_encoder_alpha: Optional[float] = None):
         self.rank, self.alpha, self.dropout = rank, float(rank if alpha is None else alpha), dropout
-        self.targets, self.module, self.init = targets, module, init
+        self.targets, self.module, self.init, self.from_file = targets, module, init, from_file
         self.fp8_base, self.block_swap = fp8_base, block_swap
+        self.text_encoder_targets, self.text_encoder_rank = text_encoder_targets, text_encoder_rank or rank
+        self.text_encoder_alpha = float(self.text_encoder_rank if text_encoder_alpha is None else text_encoder_alpha)
+        self.text_adapted: list[str] | None = None  # the text encoder's adapted module names
         self.swap: BlockSwap | None = None
         self.adapted: list[str] | None = None  # module names, once applied
         self.base: list[dict[str, Any]] = []
@@ -79,15 +98,18 @@ class LoRA(Callback):
         part = pl_module.get_submodule(self.module)
         if getattr(part, "trainable", True) is False:  # a pretrained T5 / CLIP runs under no_grad: an adapter would never train
             raise ValueError(f"LoRA module {self.module!r}: {type(part).__name__} runs frozen (no gradient reaches it); "
-                             "LoRA on a pretrained text encoder is not supported yet, adapt the denoiser")
+                             "adapt the denoiser, and a pretrained text encoder with text_encoder_targets")
         inits = [c for c in trainer.callbacks if isinstance(c, InitFrom)]
         for init in inits:  # the base weights go in under their own names, before the layers are wrapped;
             init.setup(trainer, pl_module, "fit")  # in validate / test too: the checkpoint holds no base
         self.base = [_base_spec(init) for init in inits]
         self.fingerprint = base_fingerprint(pl_module)
         self.adapted = apply_lora(part, self.rank, self.alpha, self.dropout, self.targets, self.init)
+        if self.from_file:  # a resumed run then loads the checkpoint's adapter over it
+            load_into_adapter(part, self.from_file)
+        parts = (f"{self.module}.", *(("text_encoder.",) if self._adapt_text_encoder(pl_module) else ()))
         for name, param in pl_module.named_parameters():
-            param.requires_grad_(name.startswith(f"{self.module}.") and is_adapter_key(name))
+            param.requires_grad_(name.startswith(parts) and is_adapter_key(name))
         if self.block_swap:
             swap_blocks(part, self.block_swap)  # a count over the number of blocks fails here, before any step
         if self.fp8_base:
@@ -101,6 +123,34 @@ class LoRA(Callback):
         rank_zero_only(print)(f"LoRA rank {self.rank} alpha {self.alpha:g} on {len(self.adapted)} linears of "
                               f"{self.module}: {trainable:,} trainable of {total:,} parameters "
                               f"({100 * trainable / total:.2f} %)", flush=True)
+
+    def _adapt_text_encoder(self, pl_module: L.LightningModule) -> bool:
+        """Add the text encoder's adapter when ``text_encoder_targets`` asks for one."""
+        if self.text_encoder_targets is None:
+            return False
+        encoder = getattr(pl_module, "text_encoder", None)
+        if self.module == "text_encoder" or not isinstance(encoder, torch.nn.Module):
+            raise ValueError(f"LoRA text_encoder_targets needs a text_encoder part next to module {self.module!r}; "
+                             f"{type(pl_module).__name__} has {type(encoder).__name__}")
+        pretrained = any(isinstance(m, PretrainedTextEncoder) for m in encoder.modules())  # they encode with an adapter's gradients
+        if not (pretrained or getattr(encoder, "trainable", True)):
+            raise ValueError(f"LoRA text_encoder_targets: {type(encoder).__name__} runs frozen without gradients")
+        self.text_adapted = apply_lora(encoder, self.text_encoder_rank, self.text_encoder_alpha, 0.0,
+                                       self.text_encoder_targets, self.init)
+        return True
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._refuse_cached_text(batch)
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        self._refuse_cached_text(batch)  # the cache holds the base encoder's embeddings, not the adapted one's
+
+    def _refuse_cached_text(self, batch: Any) -> None:
+        if self.text_adapted and isinstance(batch, dict) and "text" in batch:
+            raise ValueError("LoRA text_encoder_targets: this batch holds cached text embeddings ('text', from "
+                             "lvdm data encode --text_encoder), so the text encoder never runs and its adapter would be "
+                             "left out; use shards without cached text, or drop text_encoder_targets")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_swap(trainer, pl_module)
@@ -126,8 +176,13 @@ class LoRA(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "module": self.module,
-                "targets": list(self.adapted or []), "init": self.init, "base": self.base,
-                "base_fingerprint": self.fingerprint}
+                "targets": list(self.adapted or []), "init": self.init, "from_file": self.from_file, "base": self.base,
+                "base_fingerprint": self.fingerprint, "text_encoder": self._text_encoder_settings()}
+
+    def _text_encoder_settings(self) -> Optional[dict[str, Any]]:
+        if self.text_encoder_targets is None:
+            return None
+        return {"rank": self.text_encoder_rank, "alpha": self.text_encoder_alpha, "targets": list(self.text_adapted or [])}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         mine = self.state_dict()
