@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from lvdm.shapes.synthetic import (
-    ALL_COMBOS, COLOURS, HELD_OUT, OBJECT_SIZE, SHAPES, caption, parse_caption, render_clip,
-    write_synthetic_dataset,
+    ALL_COMBOS, COLOURS, EXTRA_COLOURS, EXTRA_HELD_OUT, HELD_OUT, OBJECT_SIZE, SHAPES, caption, palette,
+    parse_caption, render_clip, write_synthetic_dataset,
 )
 
 
@@ -78,3 +78,32 @@ def test_motion_direction_and_speed():
     clip = render_clip("red", "square", "up", np.random.default_rng(1))
     rows = [np.nonzero(f[..., 0].max(axis=1) > 115)[0].min() for f in clip]
     assert np.all(np.diff(rows) == -2)
+
+
+def test_default_colours_list_writes_the_default_world(tmp_path):
+    default = write_synthetic_dataset(str(tmp_path / "a"), num_train=12, num_val=8, seed=2)
+    named = write_synthetic_dataset(str(tmp_path / "b"), num_train=12, num_val=8, seed=2, colours=list(COLOURS))
+    for split in ("train_shards", "val_shards"):
+        assert _read_split(default[split]) == _read_split(named[split])
+    assert (default["train_combos"], default["val_combos"]) == (40, 8)
+    assert open(default["val_prompts"]).read() == open(named["val_prompts"]).read()
+
+
+def test_extra_colour_dataset_holds_out_its_combinations(tmp_path):
+    summary = write_synthetic_dataset(str(tmp_path), num_train=40, num_val=8, colours=["magenta"])
+    assert (summary["train_combos"], summary["val_combos"]) == (8, 4)
+    magenta = ["red", "green", "blue", "yellow", "magenta"]
+    train = {tuple(parse_caption(t, magenta).values()) for t, _ in _read_split(summary["train_shards"])}
+    assert {c[0] for c in train} == {"magenta"} and not train & set(EXTRA_HELD_OUT)
+    prompts = open(summary["val_prompts"]).read().splitlines()
+    assert [tuple(parse_caption(p, magenta).values()) for p in prompts] == list(EXTRA_HELD_OUT) * 2
+    # a caption's colour outside the palette is not read; the default palette stays the four colours
+    assert parse_caption(prompts[0])["colour"] is None and list(palette()) == list(COLOURS)
+    clip = render_clip("magenta", "square", "left", np.random.default_rng(0))
+    assert tuple(clip.reshape(-1, 3).max(axis=0)) == EXTRA_COLOURS["magenta"]
+
+
+@pytest.mark.parametrize("colours", [["purple"], [], ["red", "red"]])
+def test_bad_colours_name_the_choices(tmp_path, colours):
+    with pytest.raises(ValueError, match="colours must be distinct names from .*magenta"):
+        write_synthetic_dataset(str(tmp_path), num_train=1, num_val=1, colours=colours)

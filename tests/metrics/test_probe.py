@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from lvdm.shapes.synthetic import ALL_COMBOS, caption, render_clip
+from lvdm.shapes.synthetic import ALL_COMBOS, DIRECTIONS, SHAPES, caption, render_clip
 from lvdm.data.video import write_mp4
 from lvdm.shapes.probe import probe_folder, probe_frames, probe_videos
 
@@ -52,3 +52,26 @@ def test_sidecar_prompts_and_partial_prompts(tmp_path):
 
 def test_empty_frames_give_none():
     assert probe_frames(np.zeros((4, 32, 32, 3), np.uint8)) == {"colour": None, "shape": None, "direction": None}
+
+
+def test_extra_colour_read_with_its_palette(ground_truth, tmp_path):
+    """Magenta clips (every shape and direction) read as magenta with the five-colour palette, the
+    old clips keep their colours under it, and the default palette does not score a magenta prompt."""
+    five = ["red", "green", "blue", "yellow", "magenta"]
+    rng = np.random.default_rng(3)
+    combos = [("magenta", s, d) for s in SHAPES for d in DIRECTIONS]
+    for i, combo in enumerate(combos):
+        write_mp4(tmp_path / f"{i:03d}.mp4", render_clip(*combo, rng), fps=8)
+    prompts = [caption(*c) for c in combos]
+    result = probe_folder(str(tmp_path), prompts=_write(tmp_path / "p.txt", prompts), colours=five)
+    assert result["accuracy"]["colour"] == 1.0 and result["accuracy"]["direction"] == 1.0
+    assert probe_folder(str(ground_truth[0]), colours=five)["accuracy"]["colour"] >= 0.95
+    default = probe_videos(sorted(tmp_path.glob("*.mp4")), prompts)
+    assert default["counts"]["colour"]["total"] == 0 and default["counts"]["direction"]["total"] == 12
+    with pytest.raises(ValueError, match="colours must be distinct names"):
+        probe_folder(str(tmp_path), prompts=str(tmp_path / "p.txt"), colours=["purple"])
+
+
+def _write(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from lvdm.shapes.synthetic import COLOURS, parse_caption
+from lvdm.shapes.synthetic import palette, parse_caption
 from lvdm.data.video import read_frames
 from lvdm.utils import read_prompt_file
 
@@ -26,7 +27,6 @@ ATTRIBUTES = ("colour", "shape", "direction")
 # (ranges: square 0.98-1.00, circle 0.77-0.80, triangle 0.55-0.60; a 12px triangle's pixel
 # staircase covers its bounding box more than a true triangle's half).
 FILL_RATIOS = {"square": 0.99, "circle": 0.79, "triangle": 0.57}
-_PALETTE = np.array(list(COLOURS.values()), dtype=np.float64)
 _LUMA = np.array([0.299, 0.587, 0.114])
 _MIN_PEAK = 30  # frames whose peak luma stays below this are treated as empty (palette luma >= 93)
 _MIN_SPEED = 0.25  # px/frame; slower centroids have no readable direction
@@ -62,7 +62,7 @@ def _analyse(frame: np.ndarray) -> tuple[float, tuple[float, float], np.ndarray]
     return fill, centroid, pixels[core].mean(axis=0)
 
 
-def probe_frames(frames: np.ndarray) -> dict:
+def probe_frames(frames: np.ndarray, colours: Sequence[str] | None = None) -> dict:
     """Read colour, shape and direction from one clip of the shapes world.
 
     Per frame, the object is the largest connected bright region (see ``_analyse``). Colour is
@@ -73,6 +73,8 @@ def probe_frames(frames: np.ndarray) -> dict:
 
     Args:
         frames: ``[T, H, W, 3]`` uint8 RGB frames.
+        colours: the palette's colour names (:func:`lvdm.shapes.synthetic.palette`; None: the
+            four default colours).
 
     Returns:
         ``{"colour": ..., "shape": ..., "direction": ...}``; an attribute is ``None`` when it
@@ -80,6 +82,7 @@ def probe_frames(frames: np.ndarray) -> dict:
         or a centroid moving less than 0.25 px/frame).
     """
     frames = np.asarray(frames)
+    colour_table = palette(colours)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be [T, H, W, 3], got shape {frames.shape}")
     found = [(t, seen) for t, seen in enumerate(map(_analyse, frames)) if seen is not None]
@@ -89,7 +92,8 @@ def probe_frames(frames: np.ndarray) -> dict:
     times = np.array([t for t, _ in found], dtype=np.float64)
     fills, centroids, colours = zip(*(seen for _, seen in found))
     mean_colour = np.mean(colours, axis=0)
-    result["colour"] = list(COLOURS)[int(np.argmin(((_PALETTE - mean_colour) ** 2).sum(axis=1)))]
+    rgb = np.array(list(colour_table.values()), dtype=np.float64)
+    result["colour"] = list(colour_table)[int(np.argmin(((rgb - mean_colour) ** 2).sum(axis=1)))]
     fill = float(np.median(fills))
     result["shape"] = min(FILL_RATIOS, key=lambda name: abs(FILL_RATIOS[name] - fill))
     if len(times) >= 2:
@@ -102,7 +106,8 @@ def probe_frames(frames: np.ndarray) -> dict:
     return result
 
 
-def probe_videos(videos: list[str | Path], prompts: list[str], skip_frames: int = 0) -> dict:
+def probe_videos(videos: list[str | Path], prompts: list[str], skip_frames: int = 0,
+                 colours: Sequence[str] | None = None) -> dict:
     """Probe videos and compare what they show with what their prompts ask for.
 
     Only attributes a prompt names are scored; an unreadable attribute counts as wrong.
@@ -111,6 +116,8 @@ def probe_videos(videos: list[str | Path], prompts: list[str], skip_frames: int 
         videos: mp4 paths.
         prompts: One prompt per video, in the same order.
         skip_frames: leave out the first frames of every video (see :func:`probe_folder`).
+        colours: the colour names the probe reads and the prompts' colour words (see
+            :func:`probe_folder`).
 
     Returns:
         ``{"accuracy": {attr: float | None, "all": float | None}, "counts": {attr: {"correct":
@@ -121,14 +128,15 @@ def probe_videos(videos: list[str | Path], prompts: list[str], skip_frames: int 
         raise ValueError(f"{len(videos)} videos but {len(prompts)} prompts; they must match one to one")
     if skip_frames < 0:
         raise ValueError(f"skip_frames must be >= 0, got {skip_frames}")
+    palette(colours)  # an unknown colour fails before any video is read
     counts = {name: {"correct": 0, "total": 0} for name in (*ATTRIBUTES, "all")}
     results = []
     for video, prompt in tqdm(list(zip(videos, prompts)), desc="probe", unit="video"):
         frames, _ = read_frames(video)
         if len(frames) <= skip_frames:
             raise ValueError(f"{video} has {len(frames)} frames: none left after skip_frames={skip_frames}")
-        predicted = probe_frames(frames[skip_frames:])
-        expected = parse_caption(prompt)
+        predicted = probe_frames(frames[skip_frames:], colours)
+        expected = parse_caption(prompt, colours)
         correct = {name: predicted[name] == expected[name] for name in ATTRIBUTES if expected[name] is not None}
         for name, ok in correct.items():
             counts[name]["total"] += 1
@@ -142,7 +150,8 @@ def probe_videos(videos: list[str | Path], prompts: list[str], skip_frames: int 
     return {"accuracy": accuracy, "counts": counts, "results": results}
 
 
-def probe_folder(videos: str, prompts: str | None = None, output: str | None = None, skip_frames: int = 0) -> dict:
+def probe_folder(videos: str, prompts: str | None = None, output: str | None = None, skip_frames: int = 0,
+                 colours: list[str] | None = None) -> dict:
     """Score a folder of generated shapes-world mp4s against their prompts.
 
     Args:
@@ -156,6 +165,10 @@ def probe_folder(videos: str, prompts: str | None = None, output: str | None = N
             fit (a video that leaves its given first frame behind for a blur at the centre
             "moves" towards the centre, which the world's start positions often make the
             right direction).
+        colours: the palette the probe reads colours from and the colour words of the prompts:
+            names from ``COLOURS`` and ``EXTRA_COLOURS`` of :mod:`lvdm.shapes.synthetic`, e.g.
+            ``[red, green, blue, yellow, magenta]`` for videos of a model taught magenta (a
+            prompt's colour outside the list is not scored); None: the four default colours.
 
     Returns:
         The :func:`probe_videos` result (per-attribute accuracies, counts, per-video results).
@@ -181,7 +194,7 @@ def probe_folder(videos: str, prompts: str | None = None, output: str | None = N
                 raise FileNotFoundError(f"no prompt for {path}: give a prompt file, or put prompts.txt "
                                         f"in {folder}, or a sidecar {sidecar}")
             texts.append(sidecar.read_text().strip())
-    result = probe_videos(paths, texts, skip_frames)
+    result = probe_videos(paths, texts, skip_frames, colours)
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(result, indent=2))

@@ -5,6 +5,11 @@ the caption ``"a {colour} {shape} moving {direction}"``. Eight colour/shape/dire
 combinations (``HELD_OUT``) never appear in the train split and make up the val split, so a
 model's compositional generalisation can be measured with the analytic probe in
 :mod:`lvdm.shapes.probe`. The names and values below are part of the public contract.
+
+``EXTRA_COLOURS`` lie outside the default world: its data never shows them, and only a run that
+asks for them (``lvdm data synth --colours magenta``, ``lvdm eval probe --colours ...``) renders
+or reads them: a concept a model trained on the default world has never seen
+(``examples/lora_new_concept.py`` teaches one to it with LoRA).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -21,8 +27,8 @@ from lvdm.data.video import encode_mp4
 
 __all__ = [
     "NUM_FRAMES", "SIZE", "FPS", "COLOURS", "SHAPES", "DIRECTIONS", "OBJECT_SIZE", "SPEED",
-    "HELD_OUT", "ALL_COMBOS", "TRAIN_COMBOS", "caption", "parse_caption", "render_clip",
-    "write_synthetic_dataset",
+    "HELD_OUT", "ALL_COMBOS", "TRAIN_COMBOS", "EXTRA_COLOURS", "EXTRA_HELD_OUT", "palette", "caption",
+    "parse_caption", "render_clip", "write_synthetic_dataset",
 ]
 
 NUM_FRAMES = 8
@@ -40,10 +46,36 @@ HELD_OUT = (
 )
 ALL_COMBOS = tuple(itertools.product(COLOURS, SHAPES, DIRECTIONS))
 TRAIN_COMBOS = tuple(c for c in ALL_COMBOS if c not in HELD_OUT)
+#: Colours the default world never shows (see the module docstring); magenta is far from every
+#: default colour (nearest: blue, 179 apart in RGB) and as bright as they are (luma 120).
+EXTRA_COLOURS = {"magenta": (220, 50, 220)}
+#: The combinations of the extra colours kept out of their train split (their val split): one per
+#: direction, every shape at least once, so the held-out clips test the colour in new company.
+EXTRA_HELD_OUT = (
+    ("magenta", "square", "up"), ("magenta", "circle", "left"), ("magenta", "triangle", "right"),
+    ("magenta", "circle", "down"),
+)
 
 # Unit velocity per direction as (dx, dy); image y grows downward, so "up" is dy = -1.
 _VELOCITY = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 _SUPERSAMPLE = 4
+
+
+def palette(colours: Sequence[str] | None = None) -> dict[str, tuple[int, int, int]]:
+    """``{name: rgb}`` of the named colours, in the given order (None: the default ``COLOURS``).
+
+    Raises:
+        ValueError: a name that is neither in ``COLOURS`` nor in ``EXTRA_COLOURS`` (naming the
+            choices), a repeated name, or an empty list.
+    """
+    if colours is None:
+        return dict(COLOURS)
+    known = {**COLOURS, **EXTRA_COLOURS}
+    colours = list(colours)
+    unknown = [c for c in colours if c not in known]
+    if unknown or not colours or len(set(colours)) != len(colours):
+        raise ValueError(f"colours must be distinct names from {tuple(known)}, got {colours}")
+    return {name: known[name] for name in colours}
 
 
 def caption(colour: str, shape: str, direction: str) -> str:
@@ -51,17 +83,18 @@ def caption(colour: str, shape: str, direction: str) -> str:
     return f"a {colour} {shape} moving {direction}"
 
 
-def parse_caption(text: str) -> dict:
+def parse_caption(text: str, colours: Sequence[str] | None = None) -> dict:
     """Read colour, shape and direction from a caption.
 
     Case-insensitive, ignores other words and accepts plurals (``"Two RED squares, moving up!"``).
-    The first known word of each kind wins; a missing attribute is ``None``.
+    The first known word of each kind wins; a missing attribute is ``None``. The colour words
+    are ``colours`` (see :func:`palette`; None: the default ``COLOURS``).
 
     Returns:
         ``{"colour": str | None, "shape": str | None, "direction": str | None}``.
     """
     found: dict = {"colour": None, "shape": None, "direction": None}
-    vocab = {"colour": COLOURS, "shape": SHAPES, "direction": DIRECTIONS}
+    vocab = {"colour": palette(colours), "shape": SHAPES, "direction": DIRECTIONS}
     for word in re.findall(r"[a-z]+", text.lower()):
         for attribute, words in vocab.items():
             for candidate in (word, word[:-1] if word.endswith("s") else None):
@@ -106,7 +139,7 @@ def render_clip(
     inside the frame for every frame; the object moves ``SPEED`` px per frame.
 
     Args:
-        colour: A key of ``COLOURS``.
+        colour: A key of ``COLOURS`` or ``EXTRA_COLOURS``.
         shape: One of ``SHAPES``.
         direction: One of ``DIRECTIONS``.
         rng: Generator for the start position.
@@ -116,8 +149,9 @@ def render_clip(
     Returns:
         ``[num_frames, size, size, 3]`` uint8 RGB frames on black.
     """
-    if colour not in COLOURS:
-        raise ValueError(f"unknown colour {colour!r}; expected one of {tuple(COLOURS)}")
+    known = {**COLOURS, **EXTRA_COLOURS}
+    if colour not in known:
+        raise ValueError(f"unknown colour {colour!r}; expected one of {tuple(known)}")
     if direction not in _VELOCITY:
         raise ValueError(f"unknown direction {direction!r}; expected one of {DIRECTIONS}")
     travel = SPEED * (num_frames - 1)
@@ -134,7 +168,7 @@ def render_clip(
     x0 = rng.uniform(lo_x, hi_x) + dx * t
     y0 = rng.uniform(lo_y, hi_y) + dy * t
     alpha = _coverage(shape, x0, y0, size)
-    rgb = np.asarray(COLOURS[colour], dtype=np.float64)
+    rgb = np.asarray(known[colour], dtype=np.float64)
     return np.rint(alpha[..., None] * rgb).astype(np.uint8)
 
 
@@ -159,12 +193,14 @@ def write_synthetic_dataset(
     num_frames: int = NUM_FRAMES,
     size: int = SIZE,
     holdout: bool = True,
+    colours: list[str] | None = None,
 ) -> dict:
     """Write the synthetic shapes dataset as WebDataset shards.
 
     Train clips draw colour/shape/direction uniformly from the combinations not in
-    ``HELD_OUT``; val clips cycle evenly through the held-out combinations. The two splits use
-    independent random streams, so the val set does not change with ``num_train``.
+    ``HELD_OUT`` (or ``EXTRA_HELD_OUT``); val clips cycle evenly through the held-out
+    combinations. The two splits use independent random streams, so the val set does not change
+    with ``num_train``.
 
     Args:
         out: Output folder; receives ``train-%06d.tar``, ``val-%06d.tar`` and
@@ -176,7 +212,10 @@ def write_synthetic_dataset(
         num_frames: Frames per clip.
         size: Frame height and width in pixels.
         holdout: Keep the held-out combinations out of train and use only them for val; if
-            false, train and val both use all 48 combinations.
+            false, train and val both use every combination (48 of the default colours).
+        colours: the colours of the clips, from ``COLOURS`` and ``EXTRA_COLOURS`` (e.g.
+            ``[magenta]``: a concept the default world never shows); None: the four of ``COLOURS``
+            (the default world, clip for clip).
 
     Returns:
         Summary dict: ``out``, ``train_shards``, ``val_shards``, ``val_prompts``, ``num_train``,
@@ -184,8 +223,11 @@ def write_synthetic_dataset(
     """
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    train_combos = TRAIN_COMBOS if holdout else ALL_COMBOS
-    val_combos = HELD_OUT if holdout else ALL_COMBOS
+    chosen = palette(colours)
+    combos = tuple(itertools.product(chosen, SHAPES, DIRECTIONS))
+    held_out = tuple(c for c in (*HELD_OUT, *EXTRA_HELD_OUT) if c[0] in chosen)
+    train_combos = tuple(c for c in combos if c not in held_out) if holdout else combos
+    val_combos = held_out if holdout else combos
     train_rng, val_rng = (np.random.default_rng([seed, split]) for split in (0, 1))
     val_captions: list[str] = []
 
