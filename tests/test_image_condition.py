@@ -14,7 +14,7 @@ from lvdm.compressors.pixels import PixelCompressor
 from lvdm.diffusion.masking import FrameMasks
 from lvdm.diffusion.objectives import RectifiedFlow
 from lvdm.models.contract import image_condition_kwargs
-from lvdm.models.diffusers_adapter import WanBackbone
+from lvdm.models.diffusers_adapter import WanBackbone, WanExperts
 from lvdm.models.mmdit import MMDiT
 from lvdm.text.words import WordTextEncoder
 from lvdm.training.module import LatentDiffusionModule
@@ -95,6 +95,8 @@ def test_wan_packs_the_pipeline_mask_and_first_frame():
     assert condition.shape == ours.shape == (2, 8, 3, 4, 6)
     assert torch.equal(ours[:, :4], condition[:, :4]) and torch.equal(ours[:, 4:, 0], condition[:, 4:, 0])
     assert not ours[:, 4:, 1:].any() and condition[:, 4:, 1:].abs().min() > 0
+    experts = WanExperts(model, model, 0.9)  # Wan 2.2's two experts pack as one
+    assert torch.equal(image_condition_kwargs(experts, condition[:, 4:], given)["image_condition"], ours)
 
 
 def _module(denoiser, **kw) -> LatentDiffusionModule:

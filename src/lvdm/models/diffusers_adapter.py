@@ -480,8 +480,13 @@ class WanExperts(nn.Module):
             raise ValueError(f"boundary_ratio must be in (0, 1), got {boundary_ratio}")
         self.high, self.low = high, low
         self.boundary = float(boundary_ratio) * num_train_timesteps
-        for name in ("in_channels", "patch_size", "hidden_size", "num_heads", "context_dim", "micro_conditions"):
+        for name in ("in_channels", "patch_size", "hidden_size", "num_heads", "context_dim", "micro_conditions",
+                     "image_condition_channels"):
             setattr(self, name, getattr(high, name))
+
+    def pack_image_condition(self, latents: torch.Tensor, given_mask: torch.Tensor) -> torch.Tensor:
+        """The experts' image condition (:meth:`WanBackbone.pack_image_condition`; one config)."""
+        return self.high.pack_image_condition(latents, given_mask)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: Optional[torch.Tensor] = None,
                 context_mask: Optional[torch.Tensor] = None, image_condition: Optional[torch.Tensor] = None,
