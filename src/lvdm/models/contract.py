@@ -43,8 +43,8 @@ distilled guidance scale ``guidance`` ``[B]`` and Open-Sora 2.0's given frames `
 ``pack_image_condition(latents, given_mask)``; :func:`image_condition_kwargs`). The signature stays the same for every backbone,
 a caller that does not know a condition leaves it out (the model's default: zeros, the preset's
 guidance), and guidance wrappers pass micro-conditions to both halves unchanged — right for
-``guidance``; a pooled caption under classifier-free guidance would need the null caption's
-vector in the unconditional half (HunyuanVideo samples without CFG).
+``guidance`` — except those paired per half (``GuidedDenoiser``'s ``paired``): the module gives the
+unconditional half the null caption's pooled vector and a zero ``image_condition``.
 """
 
 from __future__ import annotations
