@@ -26,7 +26,7 @@ from torch import nn
 
 from lvdm.distributed.parallelize import parallelize
 from lvdm.distributed.sequence_parallel import SequenceParallelGroup, new_sequence_parallel_group
-from lvdm.models.contract import Backbone
+from lvdm.models.contract import Backbone, image_condition_kwargs
 from lvdm.models.dit import DiT
 from lvdm.models.mmdit import MMDiT
 from lvdm.models.parallel_plan import SequenceSplit
@@ -466,3 +466,22 @@ def test_sequence_parallel_2_equals_1(name, mode, tmp_path_factory):
         tolerance = BY_NAME[name].sp_tolerance
         assert r["out_error"] <= tolerance, f"rank {rank}: output differs by {r['out_error']:.3g} (relative)"
         assert r["grad_error"] <= tolerance, f"rank {rank}: gradient differs by {r['grad_error']:.3g} (relative)"
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_image_condition_packs_what_forward_takes(variant):
+    """A backbone with image-condition channels packs the given frames into the ``image_condition``
+    its forward takes (first frame given: it changes the output; none given: no keyword, its zeros);
+    every other backbone gets no ``image_condition`` from the module."""
+    model = _random(variant.build()).eval()
+    x, t, ctx, mask = _inputs()
+    given = torch.zeros(2, FRAMES, dtype=torch.bool)
+    assert image_condition_kwargs(model, x, given) == {}
+    given[:, 0] = True
+    cond = image_condition_kwargs(model, x, given)
+    if not getattr(model, "image_condition_channels", 0):
+        assert cond == {}
+        return
+    with torch.no_grad():
+        out, plain = model(x, t, ctx, mask, **cond), model(x, t, ctx, mask)
+    assert (out - plain).abs().max() > 1e-4 * plain.abs().max()

@@ -38,11 +38,13 @@ for one module that runs the real blocks through ``run_blocks``.
 
 Conditioning other than the text tokens is a named micro-condition, not a second context input:
 MMDiT's pooled text vector (CLIP-L's pooled caption) is ``pooled_text`` ``[B, dim]``, its
-distilled guidance scale ``guidance`` ``[B]`` and Open-Sora 2.0's given frames ``image_condition``. The signature stays the same for every backbone,
+distilled guidance scale ``guidance`` ``[B]`` and Open-Sora 2.0's given frames ``image_condition``
+(a backbone that takes one packs it from the given frames' latents with
+``pack_image_condition(latents, given_mask)``; :func:`image_condition_kwargs`). The signature stays the same for every backbone,
 a caller that does not know a condition leaves it out (the model's default: zeros, the preset's
 guidance), and guidance wrappers pass micro-conditions to both halves unchanged — right for
-``guidance``; a pooled caption under classifier-free guidance would need the null caption's
-vector in the unconditional half (HunyuanVideo samples without CFG).
+``guidance`` — except those paired per half (``GuidedDenoiser``'s ``paired``): the module gives the
+unconditional half the null caption's pooled vector and a zero ``image_condition``.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ from torch import nn
 
 from lvdm.models.parallel_plan import SequenceSplit
 
-__all__ = ["IMAGE_FPS", "Backbone", "is_backbone", "micro_condition_kwargs", "fixed_position_settings"]
+__all__ = ["IMAGE_FPS", "Backbone", "is_backbone", "micro_condition_kwargs", "given_frames_condition",
+           "image_condition_kwargs", "fixed_position_settings"]
 
 #: The fps micro-condition of a still image (``T = 1``): Open-Sora 1.2's ``IMG_FPS`` (its
 #: datasets give an image file 120, and its sampler 120 whenever ``num_frames`` is 1).
@@ -174,6 +177,36 @@ def micro_condition_kwargs(model: object, batch_size: int, height: Any = None, w
         if "aspect_ratio" in declared:
             out["aspect_ratio"] = h / w
     return out
+
+
+def given_frames_condition(latents: torch.Tensor, given_mask: torch.Tensor, mask_channels: int,
+                           channels: int) -> torch.Tensor:
+    """The image-to-video condition ``[B, channels, T, H, W]`` of latents ``[B, C, T, H, W]``
+    whose frames ``given_mask`` ``[B, T]`` marks (True: given): ``mask_channels`` copies of the
+    mask (1.0 on given frames), then the latents at the given frames and zeros elsewhere —
+    the layout of Open-Sora 2.0's ``cond`` (1 mask channel) and Wan I2V's (4). ``channels`` is the
+    backbone's ``image_condition_channels``, which must be ``mask_channels + C``."""
+    b, c, t = latents.shape[:3]
+    if mask_channels + c != channels:
+        raise ValueError(f"image_condition_channels={channels} != {mask_channels} mask channels + "
+                         f"{c} latent channels: these latents do not fit this backbone's image condition")
+    if tuple(given_mask.shape) != (b, t):
+        raise ValueError(f"given_mask must be [batch, latent frames] = [{b}, {t}], got {list(given_mask.shape)}")
+    view = given_mask.to(latents.device, torch.bool)[:, None, :, None, None]
+    mask = view.to(latents.dtype).expand(b, mask_channels, t, *latents.shape[3:])
+    return torch.cat([mask, torch.where(view, latents, torch.zeros_like(latents))], dim=1)
+
+
+def image_condition_kwargs(model: object, latents: torch.Tensor, given_mask: Any) -> dict[str, torch.Tensor]:
+    """``{"image_condition": model.pack_image_condition(latents, given_mask)}`` when ``model``
+    declares the ``image_condition`` micro-condition, has ``image_condition_channels`` and a
+    packing method, and some frame is given; else ``{}`` (no frame given: the model's own zeros,
+    text-to-video unchanged)."""
+    pack = getattr(model, "pack_image_condition", None)
+    if (given_mask is None or pack is None or not getattr(model, "image_condition_channels", 0)
+            or "image_condition" not in getattr(model, "micro_conditions", ()) or not bool(given_mask.any())):
+        return {}
+    return {"image_condition": pack(latents, given_mask)}
 
 
 def fixed_position_settings(model: object) -> dict[str, Any]:

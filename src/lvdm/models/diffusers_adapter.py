@@ -71,6 +71,7 @@ from diffusers.models.transformers.transformer_wan import (
 )
 from torch import nn
 
+from lvdm.models.contract import given_frames_condition
 from lvdm.models.embeddings import check_latents
 from lvdm.models.flops import (
     BLOCK_PARTS,
@@ -84,6 +85,9 @@ from lvdm.models.layers import pad_to_patches
 from lvdm.models.parallel_plan import SequenceSplit
 from lvdm.models.rope import apply_rope
 from lvdm.ops.attention import attention
+
+#: Wan I2V's mask channels: one per pixel frame of a latent frame (the Wan-VAE's 4× time compression).
+WAN_MASK_CHANNELS = 4
 
 __all__ = ["CogVideoXBackbone", "CogVideoXJointAttention", "HunyuanVideoBackbone", "HunyuanVideoJointAttention",
            "MochiBackbone", "MochiJointAttention", "LTXBackbone", "LTXSelfAttention", "WanBackbone", "WanExperts", "WanSelfAttention", "build_ltx", "build_wan",
@@ -302,6 +306,15 @@ class WanBackbone(_DiffusersBackbone):
             context = torch.cat([context, context.new_zeros(b, self.text_length - length, context.shape[-1])], 1)
         return context
 
+    def pack_image_condition(self, latents: torch.Tensor, given_mask: torch.Tensor) -> torch.Tensor:
+        """Wan I2V's condition for latents ``[B, C, T, H, W]`` with given frames ``given_mask``
+        ``[B, T]`` (True: given): 4 mask channels (``WanImageToVideoPipeline.prepare_latents``'s
+        pixel-frame mask folded by the VAE's 4× time compression: all four 1 on a given latent
+        frame), then the latents at the given frames and zeros elsewhere. diffusers encodes the
+        image followed by grey frames, so its frames after the first carry the VAE's latents of
+        grey, not zeros: lvdm's condition differs there (cached latents have no pixels to encode)."""
+        return given_frames_condition(latents, given_mask, WAN_MASK_CHANNELS, self.image_condition_channels)
+
     def _image_inputs(self, x: torch.Tensor, image_condition: Optional[torch.Tensor],
                       image_embeds: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The transformer's input (the latents, then ``image_condition``'s channels, as
@@ -467,8 +480,13 @@ class WanExperts(nn.Module):
             raise ValueError(f"boundary_ratio must be in (0, 1), got {boundary_ratio}")
         self.high, self.low = high, low
         self.boundary = float(boundary_ratio) * num_train_timesteps
-        for name in ("in_channels", "patch_size", "hidden_size", "num_heads", "context_dim", "micro_conditions"):
+        for name in ("in_channels", "patch_size", "hidden_size", "num_heads", "context_dim", "micro_conditions",
+                     "image_condition_channels"):
             setattr(self, name, getattr(high, name))
+
+    def pack_image_condition(self, latents: torch.Tensor, given_mask: torch.Tensor) -> torch.Tensor:
+        """The experts' image condition (:meth:`WanBackbone.pack_image_condition`; one config)."""
+        return self.high.pack_image_condition(latents, given_mask)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: Optional[torch.Tensor] = None,
                 context_mask: Optional[torch.Tensor] = None, image_condition: Optional[torch.Tensor] = None,

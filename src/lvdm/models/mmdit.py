@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lvdm.models.contract import given_frames_condition
 from lvdm.models.embeddings import PatchEmbed3D, TimestepEmbedder, check_latents
 from lvdm.models.flops import BLOCK_PARTS, attention_flops, mlp_flops, mm, patch_grid
 from lvdm.models.layers import (Attention, FinalLayer, Mlp, RMSNorm, gated, init_linears_and_patches, modulate,
@@ -408,6 +409,12 @@ class MMDiT(nn.Module):
             full = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
             return self.context_embedder(context, full if mask is None else mask, text_time), mask
         return self.context_embedder(context), mask
+
+    def pack_image_condition(self, latents: torch.Tensor, given_mask: torch.Tensor) -> torch.Tensor:
+        """Open-Sora 2.0's ``cond`` for latents ``[B, C, T, H, W]`` with given frames
+        ``given_mask`` ``[B, T]`` (True: given): one mask channel (1 on given frames), then the
+        latents at the given frames, zeros elsewhere (its ``prepare_inference_condition``)."""
+        return given_frames_condition(latents, given_mask, 1, self.image_condition_channels)
 
     def _image_condition(self, image_condition, x: torch.Tensor) -> torch.Tensor | float:
         """The embedded image condition ``[B, N, D]`` added to the video tokens (0 without one)."""

@@ -25,7 +25,7 @@ from lvdm.diffusion.masking import FrameMasks
 from lvdm.diffusion.objectives import Objective, RectifiedFlow
 from lvdm.diffusion.cache_calibration import Calibration
 from lvdm.diffusion.step_cache import cached_steps, resolve
-from lvdm.models.contract import IMAGE_FPS, micro_condition_kwargs
+from lvdm.models.contract import IMAGE_FPS, image_condition_kwargs, micro_condition_kwargs
 from lvdm.text.base import TextEncoder
 
 
@@ -298,9 +298,11 @@ class LatentDiffusionModule(L.LightningModule):
         latents = self.latents(batch)
         pooled: dict = {}
         ctx, mask = self.text_condition(batch, pooled)
+        frame_mask = self.draw_frame_mask(latents)
         return self.objective.training_loss(
-            self.denoiser, latents, frame_mask=self.draw_frame_mask(latents), context=ctx, context_mask=mask,
+            self.denoiser, latents, frame_mask=frame_mask, context=ctx, context_mask=mask,
             **self.batch_micro_conditions(batch, latents), **pooled,
+            **image_condition_kwargs(self.denoiser, latents, frame_mask),
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -417,7 +419,7 @@ class LatentDiffusionModule(L.LightningModule):
         x_given, frame_mask = (None, None) if first_frames is None else self.given_latents(first_frames, noise, loop)
         negative = self.negative_prompt if negative_prompt is None else negative_prompt
         model_fn = self.guided_denoiser(prompts, scale, class_labels, null_caption or self.null_caption,
-                                        guidance_schedule, negative)
+                                        guidance_schedule, negative, x_given, frame_mask)
         cond = self.micro_conditions(len(prompts), frames, h, w, IMAGE_FPS if frames == 1 else fps)
         with cached_steps(self.denoiser, step_cache, self._model_calls(num_steps, guidance_schedule), step_cache_mode,
                           self.step_cache_calibration):
@@ -444,10 +446,13 @@ class LatentDiffusionModule(L.LightningModule):
 
     def guided_denoiser(self, prompts: Sequence[str], scale: float, class_labels: Optional[Sequence[int]] = None,
                         null_caption: NullCaption = "empty_caption", schedule: Optional[GuidanceSchedule] = None,
-                        negative_prompt: Optional[str] = None):
+                        negative_prompt: Optional[str] = None, x_given: Optional[torch.Tensor] = None,
+                        frame_mask: Optional[torch.Tensor] = None):
         """The guided ``model_fn`` of :meth:`generate`: on class labels, or on the prompts against
         the empty caption, the ``negative_prompt``'s encoding or the learned null caption;
-        ``schedule`` as in :meth:`generate`."""
+        ``schedule`` as in :meth:`generate`. A denoiser with an ``image_condition`` gets the
+        given frames ``x_given`` / ``frame_mask`` packed in the prompts' half and zeros in the
+        unconditional half (Open-Sora 2.0's image guidance at the text guidance scale)."""
         if negative_prompt is not None and (class_labels is not None or null_caption == "learned_caption"):
             against = "class labels" if class_labels is not None else "null_caption='learned_caption'"
             raise ValueError(f"a negative prompt replaces the empty caption; it cannot be used with {against} "
@@ -465,8 +470,11 @@ class LatentDiffusionModule(L.LightningModule):
             null_ctx, null_mask = self.encode_text(["" if negative_prompt is None else negative_prompt])
         else:
             raise ValueError(f"null_caption must be empty_caption or learned_caption, got {null_caption!r}")
-        return GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale, schedule, self.objective,
-                              self.pooled_text(prompts, "" if negative_prompt is None else negative_prompt))
+        paired = self.pooled_text(prompts, "" if negative_prompt is None else negative_prompt)
+        image = image_condition_kwargs(self.denoiser, x_given, frame_mask).get("image_condition")
+        if image is not None:
+            paired["image_condition"] = (image, torch.zeros_like(image))
+        return GuidedDenoiser(self.denoiser, ctx, mask, null_ctx, null_mask, scale, schedule, self.objective, paired)
 
     def pooled_of(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
         """``{"pooled_text": [B, dim]}`` of ``captions`` when the denoiser declares the ``pooled_text``
