@@ -17,6 +17,7 @@ from lvdm.finetune.lora import is_adapter_key
 from lvdm.training.callbacks.ema import EMA
 from lvdm.training.callbacks.lora_training import LoRA
 from lvdm.training.callbacks.parallel import ActivationCheckpointing
+from lvdm.training.callbacks.summary import sample_forward_flops
 
 
 @pytest.fixture
@@ -58,6 +59,7 @@ def test_configure_model_shards_the_blocks_then_each_part_with_lora_and_checkpoi
     assert all(isinstance(p, DTensor) for p in module.parameters())
     module.configure_model()  # Lightning calls it in every fit / validate: nothing is sharded twice
     assert [m for m in module.modules() if isinstance(m, FSDPModule)] == units
+    assert sample_forward_flops(module) is None  # the summary's meta forward left FSDP2 half initialised
     loss = module.diffusion_loss({"video": torch.rand(2, 3, 2, 8, 8) * 2 - 1, "caption": ["a red square", "blue"]})
     loss.backward()
     grads = {n for n, p in module.named_parameters() if p.grad is not None}
@@ -83,3 +85,22 @@ def test_fsdp2_refuses_the_ema_and_tensor_parallelism(mesh):
     two_way = SimpleNamespace(device_mesh={"tensor_parallel": SimpleNamespace(size=lambda: 2)})
     with pytest.raises(ValueError, match="tensor_parallel_size 2 is not supported"):
         data_parallel_mesh(two_way)
+
+
+def test_the_fragment_builds_plain_data_parallel_fsdp2():
+    """Through the CLI's parser (which passes every default, ``tensor_parallel_size`` included): one
+    data-parallel rank per process is resolved at setup, tensor parallelism stays off, one checkpoint file."""
+    from pathlib import Path
+
+    import yaml
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.strategies import Strategy
+
+    fragment = Path(__file__).resolve().parents[2] / "strategies" / "fsdp2.yaml"
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(Strategy, "strategy")
+    wanted = yaml.safe_load(fragment.read_text())["trainer"]["strategy"]
+    strategy = parser.instantiate_classes(parser.parse_object({"strategy": wanted})).strategy
+    assert isinstance(strategy, FSDP2Strategy)
+    assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == ("auto", 1)
+    assert strategy._save_distributed_checkpoint is False

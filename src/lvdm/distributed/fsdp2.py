@@ -12,10 +12,12 @@ parameters outside every unit would train without their gradients being averaged
 
 from __future__ import annotations
 
-from typing import Any, Union
+from datetime import timedelta
+from typing import Any, Literal, Optional, Union
 
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+from torch.distributed.constants import default_pg_timeout
 
 from lvdm.distributed.activation_checkpointing import declared_blocks
 
@@ -29,14 +31,19 @@ class FSDP2Strategy(ModelParallelStrategy):
     callback the adapter only).
 
     Args:
+        data_parallel_size: the number of data-parallel ranks; ``auto``: every process.
+        tensor_parallel_size: 1 (lvdm's backbones declare no tensor-parallel plan).
         save_distributed_checkpoint: True writes a ``torch.distributed.checkpoint`` folder of
             per-rank shards instead of one file.
-        kwargs: the other ``ModelParallelStrategy`` arguments (``process_group_backend``, ``timeout``).
+        process_group_backend: ``nccl`` / ``gloo`` (None: the device's default).
+        timeout: of the process group's collectives.
     """
 
-    def __init__(self, save_distributed_checkpoint: bool = False, **kwargs: Any):
-        kwargs.setdefault("tensor_parallel_size", 1)
-        super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+    def __init__(self, data_parallel_size: Union[Literal["auto"], int] = "auto", tensor_parallel_size: int = 1,
+                 save_distributed_checkpoint: bool = False, process_group_backend: Optional[str] = None,
+                 timeout: Optional[timedelta] = default_pg_timeout):
+        super().__init__(data_parallel_size, tensor_parallel_size, save_distributed_checkpoint, process_group_backend,
+                         timeout)
 
     def setup_environment(self) -> None:
         if self._data_parallel_size == "auto":  # the parent's "auto" is one replica per node (tensor parallel inside)
