@@ -2,10 +2,11 @@
 test with LOCAL_RANK / RANK / WORLD_SIZE set (Lightning's externally launched mode), so both fits
 below run in the same two processes.
 
-``python lora_resume_probe.py <ddp|zero2|zero2_bf16> <out>``: 4 LoRA + EMA steps that checkpoint after each
-step (adapter-only checkpoints; DeepSpeed writes its own checkpoint folders), then a new module
+``python lora_resume_probe.py <ddp|zero2|zero2_bf16|fsdp2> <out>``: 4 LoRA + EMA steps that checkpoint after
+each step (adapter-only checkpoints; DeepSpeed writes its own checkpoint folders), then a new module
 resumed from the step-2 checkpoint for 2 more steps. Each rank writes ``<out>/rank<r>.pt``: both
-runs' losses, adapters and EMA states.
+runs' losses, adapters and EMA states. FSDP2 runs without the EMA (which refuses it) and adds a
+DDP run of the same 4 steps (``reference``), which FSDP2 must match.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def module() -> LatentDiffusionModule:
 
 
 def strategy(name: str):
+    if name == "fsdp2":
+        from lvdm.distributed.fsdp2 import FSDP2Strategy
+
+        return FSDP2Strategy(process_group_backend="gloo")
     if name == "ddp":
         return L.pytorch.strategies.DDPStrategy(process_group_backend="gloo")
     from lvdm.distributed.cpu_deepspeed import CPUDeepSpeedStrategy
@@ -68,23 +73,34 @@ def strategy(name: str):
 
 
 def fit(name: str, root: Path, steps: int, extra: list, ckpt_path: str | None = None) -> dict:
-    model, record, ema = module(), Record(), EMA(decay=0.9)
+    model, record = module(), Record()
+    ema = EMA(decay=0.9) if name != "fsdp2" else None  # the EMA refuses sharded parameters
     L.seed_everything(0)
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=2, strategy=strategy(name), logger=False,
                         default_root_dir=root, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[LoRA(rank=2, alpha=4.0), ema, *extra, record], use_distributed_sampler=True)
+                        callbacks=[LoRA(rank=2, alpha=4.0), *([ema] if ema else []), *extra, record],
+                        use_distributed_sampler=True)
     trainer.fit(model, DataLoader(Clips(), batch_size=2), ckpt_path=ckpt_path)
-    adapter = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return {"losses": record.losses, "adapter": adapter, "ema": {k: v.clone() for k, v in ema.shadow.items()},
-            "ema_updates": ema.num_updates, "step": trainer.global_step}
+    adapter = {n: whole(p).float().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {"losses": record.losses, "adapter": adapter, "step": trainer.global_step,
+            "ema": {k: v.clone() for k, v in ema.shadow.items()} if ema else {}, "ema_updates": ema.num_updates if ema else 0}
+
+
+def whole(param: torch.Tensor) -> torch.Tensor:
+    """A parameter's whole value (an FSDP2 shard gathered: a collective)."""
+    from torch.distributed.tensor import DTensor
+
+    return param.full_tensor().detach() if isinstance(param, DTensor) else param.detach()
 
 
 def main(name: str, out: Path) -> None:
     saves = RunCheckpoint(dirpath=str(out / "ckpt"), every_n_train_steps=1, save_top_k=-1, filename="{step}")
     straight = fit(name, out / "a", 4, [saves])
     resumed = fit(name, out / "b", 4, [], ckpt_path=str(out / "ckpt" / "step=2.ckpt"))
-    rank = torch.distributed.get_rank()
-    torch.save({"straight": straight, "resumed": resumed}, out / f"rank{rank}.pt")
+    records = {"straight": straight, "resumed": resumed}
+    if name == "fsdp2":
+        records["reference"] = fit("ddp", out / "c", 4, [])
+    torch.save(records, out / f"rank{torch.distributed.get_rank()}.pt")
 
 
 if __name__ == "__main__":

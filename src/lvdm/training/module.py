@@ -186,6 +186,18 @@ class LatentDiffusionModule(L.LightningModule):
 
             seed_data_parallel_replica(self.trainer)
 
+    def configure_model(self) -> None:
+        """Under Lightning's ``ModelParallelStrategy`` (``strategies/fsdp2.yaml``), shard with FSDP2:
+        one unit per backbone block, then each part (:func:`lvdm.distributed.fsdp2.shard_module`).
+        Runs after the callbacks' ``setup`` (LoRA adapters, activation checkpointing are in place);
+        other strategies wrap the model themselves."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if isinstance(getattr(self._trainer, "strategy", None), ModelParallelStrategy):
+            from lvdm.distributed.fsdp2 import data_parallel_mesh, shard_module
+
+            shard_module(self, data_parallel_mesh(self.trainer.strategy))
+
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         # noise, timesteps and caption dropout follow from (seed, rank, batch count), so a
         # resumed run draws what the uninterrupted one drew

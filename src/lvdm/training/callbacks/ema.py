@@ -56,12 +56,13 @@ class EMA(Callback):
         return {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lightning.pytorch.strategies import FSDPStrategy
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
-        if isinstance(getattr(trainer, "strategy", None), FSDPStrategy):
+        if isinstance(getattr(trainer, "strategy", None), (FSDPStrategy, ModelParallelStrategy)):
             raise RuntimeError(
-                "the EMA callback does not support FSDP (its parameters are flat per-rank shards); "
-                "train with strategies/zero2.yaml or strategies/zero3.yaml (DeepSpeed) to keep an EMA"
+                f"the EMA callback does not support FSDP ({type(trainer.strategy).__name__}: its parameters are "
+                "per-rank shards); train with strategies/ddp.yaml, strategies/zero2.yaml or strategies/zero3.yaml "
+                "(DeepSpeed) to keep an EMA"
             )
         params = self._params(pl_module)
         if not self.shadow:  # fresh run (a resumed run already loaded its state)

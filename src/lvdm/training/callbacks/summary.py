@@ -24,8 +24,13 @@ log = logging.getLogger(__name__)
 def sample_forward_flops(module) -> Optional[int]:
     """FLOPs of ``module.denoiser`` on one sample of ``module.sample_shape`` (None when the
     denoiser cannot run on meta tensors; the reason is logged at DEBUG level)."""
+    from torch.distributed.fsdp import FSDPModule
+
     from lvdm.perf.step_flops import meta_forward_flops
 
+    if any(isinstance(m, FSDPModule) for m in module.denoiser.modules()):  # strategies/fsdp2.yaml: a meta forward
+        log.debug("model summary: denoiser FLOPs not counted: it is sharded by FSDP2")  # would start FSDP2's lazy
+        return None  # initialisation on meta tensors, fail, and leave it half done for the first real forward
     try:
         latent = module.compressor.latent_shape(*module.sample_shape)
         text = module.text_encoder
