@@ -48,9 +48,27 @@ def test_cogvideox_2b_chain_and_ddim_match_diffusers():
     assert not torch.allclose(old.sample(lambda x, t: _toy(x, t), noise, num_steps=10), x, rtol=1e-3)
 
 
-def test_cogvideox_chain_options_are_checked():
-    with pytest.raises(ValueError, match="sampler must be ddim"):
-        DDPM(snr_shift_scale=3.0, sampler="dpm_solver")
+def test_cogvideox_5b_dpm_matches_the_pipeline_loop():
+    from diffusers import CogVideoXDPMScheduler
+
+    objective = _objective("cogvideox-5b")
+    # CogVideo's 5B demo: CogVideoXDPMScheduler.from_config(the 5b folder's, timestep_spacing="trailing")
+    source = CogVideoXDPMScheduler(beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.00085, clip_sample=False,
+                                   prediction_type="v_prediction", rescale_betas_zero_snr=True, set_alpha_to_one=True,
+                                   snr_shift_scale=1.0, timestep_spacing="trailing")
+    assert torch.equal(objective.train_scheduler.alphas_cumprod, source.alphas_cumprod)
+    noise = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    ours = objective.sample(lambda x, t: _toy(x, t), noise, num_steps=6)
+    source.set_timesteps(6)
+    x, x0, generator = noise.clone(), None, torch.Generator().manual_seed(objective.noise_seed)
+    for i, t in enumerate(source.timesteps):  # CogVideoXPipeline's loop
+        back = source.timesteps[i - 1] if i > 0 else None
+        x, x0 = source.step(_toy(x, t.float().expand(1)), x0, t, back, x, generator=generator, return_dict=False)
+    torch.testing.assert_close(ours, x, rtol=1e-6, atol=1e-6 * float(x.abs().max()))
+    torch.testing.assert_close(objective.sample(lambda x, t: _toy(x, t), noise, num_steps=6), ours)  # reproducible
+
+
+def test_ddpm_options_are_checked():
     with pytest.raises(ValueError, match="timestep_spacing"):
         DDPM(timestep_spacing="even")
 
@@ -100,7 +118,7 @@ def test_mochi_euler_matches_the_scheduler_loop():
     x = noise.clone()
     for t in scheduler.timesteps:
         x = scheduler.step(_toy(x, t.expand(1)), t, x).prev_sample
-    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5 * float(x.abs().max()))
+    torch.testing.assert_close(ours, x, rtol=1e-6, atol=1e-6 * float(x.abs().max()))  # measured 1.0e-7
 
 
 def test_rectified_flow_default_grid_unchanged_and_schedule_checked():

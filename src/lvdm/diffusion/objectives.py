@@ -371,7 +371,9 @@ class DDPM(Objective):
         snr_shift_scale: CogVideoX's SNR shift ``ᾱ / (s + (1 - s) ᾱ)`` of the chain (1: none).
         zero_terminal_snr: rescale the chain's ``ᾱ`` to reach 0 at the last timestep (Lin et al. 2024).
             Either of these two makes the chain diffusers' ``CogVideoXDDIMScheduler``'s (shift,
-            then rescale), trained on and sampled with that scheduler (``sampler="ddim"`` only).
+            then rescale), trained on and sampled with that scheduler (``sampler="ddim"``) or with
+            ``CogVideoXDPMScheduler`` (``sampler="dpm_solver"``: a stochastic 2nd-order DPM-Solver++).
+        noise_seed: the seed of the noise a stochastic sampler adds (restarted at every ``sample``).
         timestep_spacing: the sampling timesteps: ``leading``, ``trailing`` or ``linspace`` (diffusers');
             None: the sampler's own default (DDIM's ``leading``, DPM-Solver's ``linspace``).
         set_alpha_to_one: DDIM's last step goes to ``ᾱ = 1`` (else to ``ᾱ_0``).
@@ -390,6 +392,7 @@ class DDPM(Objective):
         zero_terminal_snr: bool = False,
         timestep_spacing: Optional[Literal["leading", "trailing", "linspace"]] = None,
         set_alpha_to_one: bool = False,
+        noise_seed: int = 0,
     ):
         from diffusers import CogVideoXDDIMScheduler, DDPMScheduler
 
@@ -408,15 +411,12 @@ class DDPM(Objective):
         self.prediction_type = prediction_type
         self.sampler = sampler
         self.num_sampling_steps = num_sampling_steps
-        self.set_alpha_to_one = set_alpha_to_one
+        self.set_alpha_to_one, self.noise_seed = set_alpha_to_one, noise_seed
         chain = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, beta_start=beta_start,
                      beta_end=beta_end, prediction_type=prediction_type, clip_sample=False)
         if timestep_spacing is not None:  # else unset: each sampler's from_config keeps its own default
             chain["timestep_spacing"] = timestep_spacing
         self.cogvideox_chain = snr_shift_scale != 1.0 or zero_terminal_snr
-        if self.cogvideox_chain and sampler != "ddim":
-            raise ValueError(f"DDPM.sampler must be ddim with snr_shift_scale or zero_terminal_snr (CogVideoX's "
-                             f"DDIM scheduler), got {sampler!r}")
         self.train_scheduler = (CogVideoXDDIMScheduler(**chain, set_alpha_to_one=set_alpha_to_one,
                                                        rescale_betas_zero_snr=zero_terminal_snr,
                                                        snr_shift_scale=snr_shift_scale)
@@ -431,7 +431,10 @@ class DDPM(Objective):
         from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
         if self.cogvideox_chain:
-            return type(self.train_scheduler).from_config(self.train_scheduler.config)
+            from diffusers import CogVideoXDPMScheduler
+
+            dpm = self.sampler == "dpm_solver"
+            return (CogVideoXDPMScheduler if dpm else type(self.train_scheduler)).from_config(self.train_scheduler.config)
         if self.sampler == "ddim":
             return DDIMScheduler.from_config(self.train_scheduler.config, set_alpha_to_one=self.set_alpha_to_one)
         return DPMSolverMultistepScheduler.from_config(self.train_scheduler.config, algorithm_type="dpmsolver++")
@@ -474,6 +477,7 @@ class DDPM(Objective):
         scheduler = self.make_sampler()
         scheduler.set_timesteps(num_steps or self.num_sampling_steps, device=noise.device)
         x = noise * scheduler.init_noise_sigma
+        previous = (None, None, torch.Generator(noise.device).manual_seed(self.noise_seed))
         for t in tqdm(scheduler.timesteps, disable=not progress, desc="sampling"):
             t_in = t.float().expand(x.shape[0]).to(x.device)
             if frame_mask is not None:  # given frames: clean, timestep 0 (the scheduler's update of them is discarded)
@@ -481,5 +485,16 @@ class DDPM(Objective):
                 t_in = frame_timesteps(t_in, frame_mask)
             model_in = scheduler.scale_model_input(x, t)
             pred = model_fn(model_in, t_in, **cond)
-            x = scheduler.step(pred, t, x).prev_sample
+            x, previous = self._step(scheduler, pred, t, x, previous)
         return x if frame_mask is None else keep_given(x, x_given, frame_mask)
+
+    def _step(self, scheduler, pred: torch.Tensor, t: torch.Tensor, x: torch.Tensor, previous: tuple):
+        """One scheduler step: ``(x_prev, previous)``. ``CogVideoXDPMScheduler`` also takes the
+        last step's timestep and clean estimate (``previous``) and its noise generator."""
+        from diffusers import CogVideoXDPMScheduler
+
+        if not isinstance(scheduler, CogVideoXDPMScheduler):
+            return scheduler.step(pred, t, x).prev_sample, previous
+        t_back, x0_back, generator = previous
+        x, x0 = scheduler.step(pred, x0_back, t, t_back, x, generator=generator, return_dict=False)
+        return x, (t, x0, generator)

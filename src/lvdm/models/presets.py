@@ -664,23 +664,24 @@ _COGVIDEOX_2B: dict = {}
 _COGVIDEOX_5B = dict(num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True)
 #: CogVideoX's chain and sampler (the hub folders' scheduler_config.json: v-prediction, scaled-linear
 #: β 0.00085 → 0.012, 1000 steps, SNR shift s, zero terminal SNR, trailing timesteps, set_alpha_to_one):
-#: lvdm's DDPM trains on it and samples it with diffusers' CogVideoXDDIMScheduler.
-def _cogvideox_ddpm(snr_shift_scale: float) -> tuple[str, dict]:
+#: lvdm's DDPM trains on it and samples it with diffusers' CogVideoXDDIMScheduler (ddim) or
+#: CogVideoXDPMScheduler (dpm_solver).
+def _cogvideox_ddpm(snr_shift_scale: float, sampler: str) -> tuple[str, dict]:
     return (_DDPM, dict(prediction_type="v_prediction", beta_schedule="scaled_linear", beta_start=0.00085,
-                        beta_end=0.012, sampler="ddim", num_sampling_steps=50, snr_shift_scale=snr_shift_scale,
+                        beta_end=0.012, sampler=sampler, num_sampling_steps=50, snr_shift_scale=snr_shift_scale,
                         zero_terminal_snr=True, timestep_spacing="trailing", set_alpha_to_one=True))
 
 
 _COGVIDEOX_2B_SAMPLER = SamplerDefaults(
-    _cogvideox_ddpm(3.0), 6.0, "empty_caption",
+    _cogvideox_ddpm(3.0, "ddim"), 6.0, "empty_caption",
     source_sampler="diffusers' CogVideoXPipeline: CogVideoXDDIMScheduler (snr_shift_scale 3.0, zero terminal SNR, "
                    "trailing), 50 steps, guidance 6.0, T5 tokens padded to 226, 8 fps (lvdm: the same scheduler)")
 _COGVIDEOX_5B_SAMPLER = SamplerDefaults(
-    _cogvideox_ddpm(1.0), 6.0, "empty_caption",
+    _cogvideox_ddpm(1.0, "dpm_solver"), 6.0, "empty_caption",
     source_sampler="diffusers' CogVideoXPipeline: CogVideoXDPMScheduler (snr_shift_scale 1.0, zero terminal SNR, "
                    "trailing), 50 steps, guidance 6.0 with use_dynamic_cfg (1 + 6 (1 - cos(pi ((50 - t) / 50)^5)) / 2), "
-                   "T5 tokens padded to 226, 8 fps; lvdm: CogVideoXDDIMScheduler on the same chain (not the "
-                   "stochastic DPM-Solver++ 2M SDE) and a constant guidance 6.0")
+                   "T5 tokens padded to 226, 8 fps; lvdm: the same scheduler (its added noise from noise_seed) and "
+                   "a constant guidance 6.0")
 
 #: Mochi 1 preview (hf genmo/mochi-1-preview transformer/config.json = diffusers' MochiTransformer3DModel
 #: defaults: 3072-wide video and 1536-wide text streams, 24 heads, 48 layers, T5-XXL tokens padded to 256).
