@@ -87,6 +87,21 @@ def _check(owner: str, **rules: tuple) -> None:
             raise ValueError(f"{owner}.{name} must be {rule}, got {value}")
 
 
+def linear_quadratic_times(num_steps: int, threshold_noise: float = 0.025) -> torch.Tensor:
+    """Genmo's Mochi 1 sampling times ``t_0 = 1 > … > t_{N-1}`` (float64, without the final 0).
+
+    The removed noise ``u_i = 1 - t_i`` grows linearly, ``threshold_noise · i / L``, over the
+    first ``L = N // 2`` steps, then along the quadratic that continues it with the same slope
+    and reaches 1 at ``i = N``: ``u_i = τ i / L + (L - τ N) · max(i - L, 0)² / (L (N - L)²)``.
+    """
+    if num_steps < 2:
+        raise ValueError(f"the linear_quadratic schedule needs at least 2 steps, got {num_steps}")
+    i = torch.arange(num_steps, dtype=torch.float64)
+    lin = num_steps // 2
+    bend = (lin - threshold_noise * num_steps) / (lin * (num_steps - lin) ** 2)
+    return 1 - (threshold_noise * i / lin + bend * (i - lin).clamp(min=0) ** 2)
+
+
 class RectifiedFlow(Objective):
     """Rectified flow / flow matching (SD3, Open-Sora 1.2).
 
@@ -131,6 +146,9 @@ class RectifiedFlow(Objective):
         token_patch: the ``(pt, ph, pw)`` latent patch of one token, for ``token_shift``.
         shift_terminal: the last nonzero time of the sampling grid (None: no stretch).
         sampler: ``euler`` or ``unipc`` (needs ``time_scale`` 1000 and velocity prediction).
+        schedule: the Euler grid before the shift: ``uniform`` (equal steps of ``t``) or
+            ``linear_quadratic`` (Mochi 1's: see :func:`linear_quadratic_times`).
+        threshold_noise: the noise level the ``linear_quadratic`` grid's linear half removes.
     """
 
     def __init__(
@@ -152,8 +170,14 @@ class RectifiedFlow(Objective):
         token_patch: Sequence[int] = (1, 2, 2),
         shift_terminal: Optional[float] = None,
         sampler: Literal["euler", "unipc"] = "euler",
+        schedule: Literal["uniform", "linear_quadratic"] = "uniform",
+        threshold_noise: float = 0.025,
     ):
         self._check_sampling(token_shift, shift_anchors, token_patch, shift_terminal, sampler, time_scale, prediction)
+        _check("RectifiedFlow", schedule=(schedule, schedule in ("uniform", "linear_quadratic") and (
+                   schedule == "uniform" or sampler == "euler"), "uniform or linear_quadratic (the latter: euler only)"),
+               threshold_noise=(threshold_noise, 0 < threshold_noise < 1, "in (0, 1)"))
+        self.schedule, self.threshold_noise = schedule, threshold_noise
         self.token_shift, self.shift_anchors = token_shift, tuple(float(a) for a in shift_anchors)
         self.token_patch, self.shift_terminal, self.sampler = tuple(int(p) for p in token_patch), shift_terminal, sampler
         if prediction not in ("velocity", "sample"):
@@ -273,9 +297,12 @@ class RectifiedFlow(Objective):
         return torch.linspace(0.0, 1.0, num + 2)[1:-1]
 
     def timesteps(self, num_steps: int, x: torch.Tensor, latent_size: Optional[Sequence[float]] = None) -> torch.Tensor:
-        """The Euler grid ``1 = t_0 > … > t_N = 0`` (shifted; stretched to ``shift_terminal``)."""
-        t = self.shift_time(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64),
-                            self.effective_shift(x, latent_size))
+        """The Euler grid ``1 = t_0 > … > t_N = 0`` (``schedule``, shifted, stretched to ``shift_terminal``)."""
+        if self.schedule == "linear_quadratic":
+            base = torch.cat([linear_quadratic_times(num_steps, self.threshold_noise), torch.zeros(1, dtype=torch.float64)])
+        else:
+            base = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+        t = self.shift_time(base, self.effective_shift(x, latent_size))
         if self.shift_terminal is not None and t[-2] < 1:  # one step: nothing to stretch
             t[:-1] = 1 - (1 - t[:-1]) * (1 - self.shift_terminal) / (1 - t[-2])
         return t
@@ -341,6 +368,15 @@ class DDPM(Objective):
         beta_end: last β of the linear schedules.
         sampler: ``ddim`` or ``dpm_solver`` (DPM-Solver++ multistep).
         num_sampling_steps: default number of sampler steps.
+        snr_shift_scale: CogVideoX's SNR shift ``ᾱ / (s + (1 - s) ᾱ)`` of the chain (1: none).
+        zero_terminal_snr: rescale the chain's ``ᾱ`` to reach 0 at the last timestep (Lin et al. 2024).
+            Either of these two makes the chain diffusers' ``CogVideoXDDIMScheduler``'s (shift,
+            then rescale), trained on and sampled with that scheduler (``sampler="ddim"``) or with
+            ``CogVideoXDPMScheduler`` (``sampler="dpm_solver"``: a stochastic 2nd-order DPM-Solver++).
+        noise_seed: the seed of the noise a stochastic sampler adds (restarted at every ``sample``).
+        timestep_spacing: the sampling timesteps: ``leading``, ``trailing`` or ``linspace`` (diffusers');
+            None: the sampler's own default (DDIM's ``leading``, DPM-Solver's ``linspace``).
+        set_alpha_to_one: DDIM's last step goes to ``ᾱ = 1`` (else to ``ᾱ_0``).
     """
 
     def __init__(
@@ -352,8 +388,13 @@ class DDPM(Objective):
         beta_end: float = 0.02,
         sampler: Literal["ddim", "dpm_solver"] = "ddim",
         num_sampling_steps: int = 50,
+        snr_shift_scale: float = 1.0,
+        zero_terminal_snr: bool = False,
+        timestep_spacing: Optional[Literal["leading", "trailing", "linspace"]] = None,
+        set_alpha_to_one: bool = False,
+        noise_seed: int = 0,
     ):
-        from diffusers import DDPMScheduler
+        from diffusers import CogVideoXDDIMScheduler, DDPMScheduler
 
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
@@ -363,18 +404,23 @@ class DDPM(Objective):
                num_sampling_steps=(num_sampling_steps, 1 <= num_sampling_steps <= num_train_timesteps,
                                    f"in [1, num_train_timesteps={num_train_timesteps}]"),
                beta_start=(beta_start, 0 < beta_start < 1, "in (0, 1)"),
-               beta_end=(beta_end, beta_start <= beta_end < 1, f"in [beta_start={beta_start}, 1)"))
+               beta_end=(beta_end, beta_start <= beta_end < 1, f"in [beta_start={beta_start}, 1)"),
+               snr_shift_scale=(snr_shift_scale, snr_shift_scale > 0, "> 0 (1: no shift)"),
+               timestep_spacing=(timestep_spacing, timestep_spacing in (None, "leading", "trailing", "linspace"),
+                                 "leading, trailing or linspace (or None)"))
         self.prediction_type = prediction_type
         self.sampler = sampler
         self.num_sampling_steps = num_sampling_steps
-        self.train_scheduler = DDPMScheduler(
-            num_train_timesteps=num_train_timesteps,
-            beta_schedule=beta_schedule,
-            beta_start=beta_start,
-            beta_end=beta_end,
-            prediction_type=prediction_type,
-            clip_sample=False,
-        )
+        self.set_alpha_to_one, self.noise_seed = set_alpha_to_one, noise_seed
+        chain = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, beta_start=beta_start,
+                     beta_end=beta_end, prediction_type=prediction_type, clip_sample=False)
+        if timestep_spacing is not None:  # else unset: each sampler's from_config keeps its own default
+            chain["timestep_spacing"] = timestep_spacing
+        self.cogvideox_chain = snr_shift_scale != 1.0 or zero_terminal_snr
+        self.train_scheduler = (CogVideoXDDIMScheduler(**chain, set_alpha_to_one=set_alpha_to_one,
+                                                       rescale_betas_zero_snr=zero_terminal_snr,
+                                                       snr_shift_scale=snr_shift_scale)
+                                if self.cogvideox_chain else DDPMScheduler(**chain))
 
     def noise_level(self, t_net: torch.Tensor) -> torch.Tensor:
         """The network's timestep as a fraction of the chain: ``t / num_train_timesteps``."""
@@ -384,8 +430,13 @@ class DDPM(Objective):
         """A fresh diffusers scheduler for sampling (schedulers keep per-run state)."""
         from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
+        if self.cogvideox_chain:
+            from diffusers import CogVideoXDPMScheduler
+
+            dpm = self.sampler == "dpm_solver"
+            return (CogVideoXDPMScheduler if dpm else type(self.train_scheduler)).from_config(self.train_scheduler.config)
         if self.sampler == "ddim":
-            return DDIMScheduler.from_config(self.train_scheduler.config, set_alpha_to_one=False)
+            return DDIMScheduler.from_config(self.train_scheduler.config, set_alpha_to_one=self.set_alpha_to_one)
         return DPMSolverMultistepScheduler.from_config(self.train_scheduler.config, algorithm_type="dpmsolver++")
 
     def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, noise: Optional[torch.Tensor] = None,
@@ -426,6 +477,7 @@ class DDPM(Objective):
         scheduler = self.make_sampler()
         scheduler.set_timesteps(num_steps or self.num_sampling_steps, device=noise.device)
         x = noise * scheduler.init_noise_sigma
+        previous = (None, None, torch.Generator(noise.device).manual_seed(self.noise_seed))
         for t in tqdm(scheduler.timesteps, disable=not progress, desc="sampling"):
             t_in = t.float().expand(x.shape[0]).to(x.device)
             if frame_mask is not None:  # given frames: clean, timestep 0 (the scheduler's update of them is discarded)
@@ -433,5 +485,16 @@ class DDPM(Objective):
                 t_in = frame_timesteps(t_in, frame_mask)
             model_in = scheduler.scale_model_input(x, t)
             pred = model_fn(model_in, t_in, **cond)
-            x = scheduler.step(pred, t, x).prev_sample
+            x, previous = self._step(scheduler, pred, t, x, previous)
         return x if frame_mask is None else keep_given(x, x_given, frame_mask)
+
+    def _step(self, scheduler, pred: torch.Tensor, t: torch.Tensor, x: torch.Tensor, previous: tuple):
+        """One scheduler step: ``(x_prev, previous)``. ``CogVideoXDPMScheduler`` also takes the
+        last step's timestep and clean estimate (``previous``) and its noise generator."""
+        from diffusers import CogVideoXDPMScheduler
+
+        if not isinstance(scheduler, CogVideoXDPMScheduler):
+            return scheduler.step(pred, t, x).prev_sample, previous
+        t_back, x0_back, generator = previous
+        x, x0 = scheduler.step(pred, x0_back, t, t_back, x, generator=generator, return_dict=False)
+        return x, (t, x0, generator)

@@ -662,33 +662,37 @@ _LTX_SAMPLER = SamplerDefaults(
 #: 48 heads, 42 layers, RoPE; T5-XXL tokens of 4096 padded to 226, unmasked).
 _COGVIDEOX_2B: dict = {}
 _COGVIDEOX_5B = dict(num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True)
-#: What lvdm's DDPM can express of CogVideoX's scheduler (v-prediction, scaled-linear β 0.00085 → 0.012,
-#: 1000 steps); what it lacks is in ``source_sampler``.
-_COGVIDEOX_DDPM = (_DDPM, dict(prediction_type="v_prediction", beta_schedule="scaled_linear", beta_start=0.00085,
-                               beta_end=0.012, sampler="ddim", num_sampling_steps=50))
-_COGVIDEOX_LACKS = ("lvdm's DDPM lacks: rescale_betas_zero_snr (zero terminal SNR), the SNR shift "
-                    "alphas_cumprod / (s + (1 - s) alphas_cumprod) with snr_shift_scale s = {snr}, "
-                    "timestep_spacing 'trailing' and set_alpha_to_one, CogVideoX's own DPM scheduler{dynamic}: "
-                    "lvdm samples with plain DDIM on the unshifted, unrescaled chain (not the source's)")
+#: CogVideoX's chain and sampler (the hub folders' scheduler_config.json: v-prediction, scaled-linear
+#: β 0.00085 → 0.012, 1000 steps, SNR shift s, zero terminal SNR, trailing timesteps, set_alpha_to_one):
+#: lvdm's DDPM trains on it and samples it with diffusers' CogVideoXDDIMScheduler (ddim) or
+#: CogVideoXDPMScheduler (dpm_solver).
+def _cogvideox_ddpm(snr_shift_scale: float, sampler: str) -> tuple[str, dict]:
+    return (_DDPM, dict(prediction_type="v_prediction", beta_schedule="scaled_linear", beta_start=0.00085,
+                        beta_end=0.012, sampler=sampler, num_sampling_steps=50, snr_shift_scale=snr_shift_scale,
+                        zero_terminal_snr=True, timestep_spacing="trailing", set_alpha_to_one=True))
+
+
 _COGVIDEOX_2B_SAMPLER = SamplerDefaults(
-    _COGVIDEOX_DDPM, 6.0, "empty_caption",
-    source_sampler="diffusers' CogVideoXPipeline: CogVideoXDDIMScheduler / CogVideoXDPMScheduler, 50 steps, "
-                   "guidance 6.0, T5 tokens padded to 226, 8 fps; " + _COGVIDEOX_LACKS.format(snr=3.0, dynamic=""))
+    _cogvideox_ddpm(3.0, "ddim"), 6.0, "empty_caption",
+    source_sampler="diffusers' CogVideoXPipeline: CogVideoXDDIMScheduler (snr_shift_scale 3.0, zero terminal SNR, "
+                   "trailing), 50 steps, guidance 6.0, T5 tokens padded to 226, 8 fps (lvdm: the same scheduler)")
 _COGVIDEOX_5B_SAMPLER = SamplerDefaults(
-    _COGVIDEOX_DDPM, 6.0, "empty_caption",
-    source_sampler="diffusers' CogVideoXPipeline: CogVideoXDPMScheduler, 50 steps, guidance 6.0 with "
-                   "use_dynamic_cfg (1 + 6 (1 - cos(pi ((50 - t) / 50)^5)) / 2), T5 tokens padded to 226, 8 fps; "
-                   + _COGVIDEOX_LACKS.format(snr=1.0, dynamic=" and the dynamic guidance"))
+    _cogvideox_ddpm(1.0, "dpm_solver"), 6.0, "empty_caption",
+    source_sampler="diffusers' CogVideoXPipeline: CogVideoXDPMScheduler (snr_shift_scale 1.0, zero terminal SNR, "
+                   "trailing), 50 steps, guidance 6.0 with use_dynamic_cfg (1 + 6 (1 - cos(pi ((50 - t) / 50)^5)) / 2), "
+                   "T5 tokens padded to 226, 8 fps; lvdm: the same scheduler (its added noise from noise_seed) and "
+                   "a constant guidance 6.0")
 
 #: Mochi 1 preview (hf genmo/mochi-1-preview transformer/config.json = diffusers' MochiTransformer3DModel
 #: defaults: 3072-wide video and 1536-wide text streams, 24 heads, 48 layers, T5-XXL tokens padded to 256).
 _MOCHI_SAMPLER = SamplerDefaults(
-    ("lvdm.diffusion.objectives.RectifiedFlow", dict(num_sampling_steps=64, target="x0_minus_eps")),
+    ("lvdm.diffusion.objectives.RectifiedFlow",
+     dict(num_sampling_steps=64, target="x0_minus_eps", schedule="linear_quadratic", threshold_noise=0.025)),
     4.5, "empty_caption",
     source_sampler="diffusers' MochiPipeline: FlowMatchEulerDiscreteScheduler(invert_sigmas=True), 64 steps on "
                    "genmo's linear-quadratic sigma schedule (the noise level falls linearly by threshold_noise "
-                   "0.025 over the first half of the steps, then quadratically to 0), guidance 4.5; lvdm: Euler on "
-                   "its own uniform grid, no shift")
+                   "0.025 over the first half of the steps, then quadratically to 0), guidance 4.5 (lvdm: Euler "
+                   "on the same grid)")
 
 #: name → :class:`Preset`, every published configuration lvdm reproduces.
 TABLE: dict[str, Preset] = {name: Preset(name, *entry) for name, entry in {
