@@ -13,11 +13,13 @@ from lvdm.cli import lightning_cli, main
 ROOT = Path(__file__).resolve().parents[1]
 # The real-size Open-Sora phases need GPUs and pretrained T5 / VAE / PixArt-α weights: they are
 # parsed and their models built on the meta device in tests/test_opensora_recipes.py instead.
-# recipes/finetune (pretrained Wan / Open-Sora bases; tiny variants needing their test-made bases)
-# are built and run in tests/test_finetune_recipes.py.
+# recipes/finetune, recipes/opensora2 and recipes/wan (pretrained bases and encoders, real sizes
+# of 1.4–14B parameters that would be allocated here; tiny variants needing their test-made bases)
+# are built on meta and run in tests/test_finetune_recipes.py, test_opensora2_recipes.py and
+# test_wan_recipes.py.
 REAL_SIZE_RECIPES = sorted((ROOT / "recipes/opensora").glob("*.yaml"))
 RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set(REAL_SIZE_RECIPES)
-                 - set((ROOT / "recipes/finetune").rglob("*.yaml")))
+                 - {p for d in ("finetune", "opensora2", "wan") for p in (ROOT / "recipes" / d).rglob("*.yaml")})
 # recipes whose compressor is a trained lvdm autoencoder: built from one in tests/test_autoencoder_pipeline.py
 NEEDS_TRAINED_VAE = {ROOT / "recipes/autoencoder/shapes_dit_vae.yaml"}
 FRAGMENTS = sorted((ROOT / "callbacks").glob("*.yaml"))
