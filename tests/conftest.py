@@ -124,6 +124,24 @@ def _count_block_runs(model, index: int = 0) -> list:
     return runs
 
 
+def _random_weights(model):
+    """``model`` in eval mode with every parameter drawn from N(0, 0.3²) under seed 0 (init zeroes
+    outputs and gates, which would hide every difference between two implementations)."""
+    import torch
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def random_weights():
+    """``random_weights(model)``: see :func:`_random_weights`."""
+    return _random_weights
+
+
 @pytest.fixture(scope="session")
 def randomised():
     """``randomised(model, seed=0, parts=("blocks", "final_layer"))``: see :func:`_randomised`."""

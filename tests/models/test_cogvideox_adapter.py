@@ -17,14 +17,6 @@ TINY = dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_cha
             max_text_seq_length=6)
 
 
-def _random(model: torch.nn.Module) -> torch.nn.Module:
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model.eval()
-
-
 def _pipeline_rope(transformer, latents: torch.Tensor):
     """CogVideoXPipeline._prepare_rotary_positional_embeddings at the pixel size of ``latents``
     (VAE factor 8), as the pipeline calls it (latent frames)."""
@@ -37,12 +29,12 @@ def _pipeline_rope(transformer, latents: torch.Tensor):
 
 @pytest.mark.parametrize("frames", [1, 5])
 @pytest.mark.parametrize("rope", [False, True], ids=["sincos-2b", "rope-5b"])
-def test_adapter_equals_bare_model_fed_as_the_pipeline(frames, rope, assert_close_scaled):
+def test_adapter_equals_bare_model_fed_as_the_pipeline(frames, rope, assert_close_scaled, random_weights):
     """Latents frames-first, the DDPM step as the time, T5 tokens (padding included) before the video
     tokens; a non-square latent that is not the config's sample size (sincos recomputed; RoPE cropped)."""
     config = dict(TINY, use_rotary_positional_embeddings=rope)
-    bare = _random(CogVideoXTransformer3DModel(**config))
-    model = CogVideoXBackbone(_random(CogVideoXTransformer3DModel(**config))).eval()
+    bare = random_weights(CogVideoXTransformer3DModel(**config))
+    model = CogVideoXBackbone(random_weights(CogVideoXTransformer3DModel(**config))).eval()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 4, frames, 6, 10, generator=g)  # 3 × 5 patches
     t = torch.tensor([999, 250])

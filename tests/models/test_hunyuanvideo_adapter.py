@@ -15,20 +15,12 @@ TINY = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head
             pooled_projection_dim=6, rope_axes_dim=(4, 4, 4))
 
 
-def _random(model: torch.nn.Module) -> torch.nn.Module:
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model.eval()
-
-
 @pytest.mark.parametrize("frames", [1, 5])
-def test_adapter_equals_bare_model_fed_as_the_pipeline(frames, assert_close_scaled):
+def test_adapter_equals_bare_model_fed_as_the_pipeline(frames, assert_close_scaled, random_weights):
     """t · 1000, LLaVA tokens with the prompt mask (real tokens first), CLIP's pooled caption and the
     guidance scale × 1000, a non-square latent."""
-    bare = _random(HunyuanVideoTransformer3DModel(**TINY))
-    model = HunyuanVideoBackbone(_random(HunyuanVideoTransformer3DModel(**TINY))).eval()
+    bare = random_weights(HunyuanVideoTransformer3DModel(**TINY))
+    model = HunyuanVideoBackbone(random_weights(HunyuanVideoTransformer3DModel(**TINY))).eval()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 4, frames, 6, 10, generator=g)  # 3 × 5 patches
     t = torch.tensor([999.0, 250.0])

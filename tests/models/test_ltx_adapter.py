@@ -15,14 +15,6 @@ TINY = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head
             num_layers=2, caption_channels=8)
 
 
-def _random(model: torch.nn.Module) -> torch.nn.Module:
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model.eval()
-
-
 def _pipeline_forward(bare, x, t, context, mask, frame_rate=25.0):
     """LTXPipeline.__call__'s transformer call (pack, RoPE scale from the VAE's 8 × 32 × 32 and
     frame_rate, σ·1000 timesteps, the tokenizer's mask) and its unpacking."""
@@ -34,9 +26,9 @@ def _pipeline_forward(bare, x, t, context, mask, frame_rate=25.0):
 
 
 @pytest.mark.parametrize("frames", [1, 5])
-def test_adapter_equals_bare_diffusers_model(frames, assert_close_scaled):
-    bare = _random(LTXVideoTransformer3DModel(**TINY))
-    model = LTXBackbone(_random(LTXVideoTransformer3DModel(**TINY))).eval()
+def test_adapter_equals_bare_diffusers_model(frames, assert_close_scaled, random_weights):
+    bare = random_weights(LTXVideoTransformer3DModel(**TINY))
+    model = LTXBackbone(random_weights(LTXVideoTransformer3DModel(**TINY))).eval()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 4, frames, 3, 5, generator=g)  # non-square
     t = torch.tensor([999.0, 250.0])
@@ -49,9 +41,9 @@ def test_adapter_equals_bare_diffusers_model(frames, assert_close_scaled):
     assert_close_scaled(out, reference)
 
 
-def test_frame_rate_sets_the_rope_scale(assert_close_scaled):
+def test_frame_rate_sets_the_rope_scale(assert_close_scaled, random_weights):
     """The adapter's frame_rate is the pipeline's: 24 fps differs from 25 fps, and matches the pipeline at 24."""
-    weights = _random(LTXVideoTransformer3DModel(**TINY))
+    weights = random_weights(LTXVideoTransformer3DModel(**TINY))
     model = LTXBackbone(weights, frame_rate=24.0)
     x, t, context = torch.randn(1, 4, 3, 2, 2), torch.tensor([500.0]), torch.randn(1, 3, 8)
     with torch.no_grad():
@@ -91,8 +83,8 @@ def test_ltx_2b_preset_size_and_sampler_on_meta():
     assert objective.effective_shift(torch.zeros(1, 128, 16, 16, 24)) == pytest.approx(16.17, abs=0.01)
 
 
-def test_from_diffusers_ltx_loads_a_pipeline_folder(tmp_path):
-    saved = _random(LTXVideoTransformer3DModel(**TINY))
+def test_from_diffusers_ltx_loads_a_pipeline_folder(tmp_path, random_weights):
+    saved = random_weights(LTXVideoTransformer3DModel(**TINY))
     saved.save_pretrained(tmp_path / "transformer", safe_serialization=True)
     model = from_diffusers_ltx(str(tmp_path), frame_rate=24.0)
     assert isinstance(model, LTXBackbone) and model.frame_rate == 24.0

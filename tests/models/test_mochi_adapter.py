@@ -15,20 +15,12 @@ TINY = dict(patch_size=2, num_attention_heads=2, attention_head_dim=16, num_laye
             in_channels=4, text_embed_dim=8, time_embed_dim=8)
 
 
-def _random(model: torch.nn.Module) -> torch.nn.Module:
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model.eval()
-
-
 @pytest.mark.parametrize("frames", [1, 5])
-def test_adapter_equals_bare_model_fed_as_the_pipeline(frames, assert_close_scaled):
+def test_adapter_equals_bare_model_fed_as_the_pipeline(frames, assert_close_scaled, random_weights):
     """MochiPipeline passes its inverted scheduler's timestep 1000 · (1 − σ) and the T5 mask; lvdm passes
     σ · 1000. A padded caption (diffusers drops its padding per sample) and a non-square latent."""
-    bare = _random(MochiTransformer3DModel(**TINY))
-    model = MochiBackbone(_random(MochiTransformer3DModel(**TINY))).eval()
+    bare = random_weights(MochiTransformer3DModel(**TINY))
+    model = MochiBackbone(random_weights(MochiTransformer3DModel(**TINY))).eval()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 4, frames, 6, 10, generator=g)  # 3 × 5 patches
     sigma = torch.tensor([0.999, 0.25])

@@ -25,14 +25,6 @@ WAN_TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=
                 text_dim=8, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32, text_length=7)
 
 
-def _random(model: torch.nn.Module) -> torch.nn.Module:
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model.eval()
-
-
 def _tencent_layout(sd: dict, channels: int) -> dict:
     """An MMDiT (HunyuanVideo) state dict under Tencent's names: the inverse of the loader's table."""
     def count(prefix: str, part: int) -> int:
@@ -63,8 +55,8 @@ def _wan_layout(sd: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def hunyuan_file(tmp_path_factory):
-    model = _random(from_name("hunyuanvideo").build(**HUNYUAN_TINY))
+def hunyuan_file(tmp_path_factory, random_weights):
+    model = random_weights(from_name("hunyuanvideo").build(**HUNYUAN_TINY))
     path = tmp_path_factory.mktemp("hunyuan") / "mp_rank_00_model_states.pt"
     torch.save({"module": _tencent_layout(model.state_dict(), 4)}, path)
     return model, path
@@ -127,10 +119,10 @@ def test_hunyuan_original_safetensors_and_refusals(hunyuan_file, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def wan_file(tmp_path_factory):
+def wan_file(tmp_path_factory, random_weights):
     from safetensors.torch import save_file
 
-    model = _random(from_name("wan2.1-t2v-1.3b").build(**WAN_TINY))
+    model = random_weights(from_name("wan2.1-t2v-1.3b").build(**WAN_TINY))
     folder = tmp_path_factory.mktemp("wan")
     save_file(_wan_layout(model.transformer.state_dict()), folder / "diffusion_pytorch_model.safetensors")
     return model, folder
